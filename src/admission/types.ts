@@ -1,0 +1,126 @@
+/**
+ * The admission contract: what the Rego policy (entrypoint `spawngate/admission/decision`) receives
+ * and must return. Types only — the runtime shapes live in zod schemas next to the code that
+ * validates them (src/admission/decision.ts, src/config/schema.ts).
+ *
+ * Concurrency/rate keys: the store counts a slot under `${scope}/${key}`.
+ *   scope        key                         counts
+ *   total        "*"                         every active worker
+ *   backend      "<backend>"                 workers on that backend
+ *   profile      "<backend>/<profile>"       workers on that profile
+ *   user         "<userId>"                  a user's workers (all backends)
+ *   channel      "<channelId>"               a channel's workers
+ *   profile_user "<backend>/<profile>/<userId>"     a user's workers on one profile
+ *   profile_channel "<backend>/<profile>/<channelId>" a channel's workers on one profile
+ */
+export type Egress = 'none' | 'proxy' | 'open';
+export type Runtime = 'acp' | 'subagent';
+export type BackendType = 'process' | 'container' | 'kubernetes';
+export type ConcurrencyScope = 'total' | 'backend' | 'profile' | 'user' | 'channel' | 'profile_user' | 'profile_channel';
+export type RateScope = 'user' | 'channel';
+export type SelectionSource = 'explicit' | 'binding' | 'agent' | 'global' | 'backend_default' | 'none';
+
+export interface AdmissionInput {
+  request: {
+    runtime: Runtime;
+    agentId: string;
+    /** What the caller asked for explicitly; null when it asked for nothing. */
+    execution: { backend: string | null; profile: string | null; egress: Egress | null } | null;
+    task: string;
+    label: string | null;
+  };
+  caller: {
+    sessionKey: string;
+    parentSessionKey: string | null;
+    depth: number;
+    channel: { id: string; kind: string; interactive: boolean };
+    user: { id: string; roles: string[] };
+  };
+  /** The selection before policy: explicit > binding > agent default > global default > backend default. */
+  resolved: { backend: string | null; profile: string | null; source: SelectionSource };
+  catalog: { backends: Record<string, CatalogBackend> };
+  usage: Usage;
+  now: string;
+}
+
+export interface CatalogBackend {
+  type: BackendType;
+  namespace: string | null;
+  defaultProfile: string | null;
+  /** Cap on all workers of this backend; null = no backend-level cap from config. */
+  maxConcurrent: number | null;
+  profiles: Record<string, CatalogProfile>;
+}
+
+export interface CatalogProfile {
+  /** "build" marks the larger profile that build/test tasks are moved to. */
+  class: 'standard' | 'build';
+  resources: {
+    requests: { cpu: string | null; memory: string | null };
+    limits: { cpu: string | null; memory: string | null };
+    gpu: number;
+  };
+  egress: Egress;
+  /** null = every agent may use it. */
+  allowedAgents: string[] | null;
+  interactiveOnly: boolean;
+  timeoutSeconds: number | null;
+  ttlSeconds: number | null;
+  maxConcurrent: { profile: number | null; backend: number | null; channel: number | null; user: number | null };
+}
+
+export interface Usage {
+  total: number;
+  user: number;
+  channel: number;
+  backends: Record<string, number>;
+  /** keyed "<backend>/<profile>" */
+  profiles: Record<string, number>;
+  /** the caller's user on each profile, keyed "<backend>/<profile>" */
+  userProfiles: Record<string, number>;
+  /** the caller's channel on each profile, keyed "<backend>/<profile>" */
+  channelProfiles: Record<string, number>;
+  /** spawns admitted in the last `windowSeconds` */
+  recent: { windowSeconds: number; user: number; channel: number };
+}
+
+export interface ConcurrencyLimit {
+  scope: ConcurrencyScope;
+  key: string;
+  max: number;
+}
+
+export interface RateLimit {
+  scope: RateScope;
+  key: string;
+  perMinute: number;
+  burst: number;
+}
+
+export interface Reason {
+  code: string;
+  message: string;
+}
+
+export interface AllowDecision {
+  allow: true;
+  backend: string;
+  profile: string;
+  egress: Egress;
+  ttlSeconds: number;
+  limits: { concurrency: ConcurrencyLimit[]; rate: RateLimit[] };
+  reasons: Reason[];
+}
+
+export interface DenyDecision {
+  allow: false;
+  backend: string | null;
+  profile: string | null;
+  egress: Egress | null;
+  ttlSeconds: number | null;
+  limits: { concurrency: ConcurrencyLimit[]; rate: RateLimit[] };
+  /** At least one; codes are stable (see docs/deny-codes.md). */
+  reasons: Reason[];
+}
+
+export type Decision = AllowDecision | DenyDecision;
