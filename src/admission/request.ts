@@ -1,0 +1,144 @@
+import { z } from 'zod';
+import { RequestError } from '../errors.js';
+import { errorMap, reservedKeyIssues, toIssues } from '../config/issues.js';
+import { agentIdSchema, egressSchema, nameSchema } from '../config/schema.js';
+import type { AdmissionInput } from './types.js';
+
+/**
+ * The spawn request a gateway sends (OpenClaw `sessions_spawn` and friends). Strict: an unknown
+ * field is an error, not something silently dropped. The prompt may be sent as `task`
+ * (OpenClaw's name, canonical) or `message` (the seed example's name).
+ */
+
+export const MAX_TASK_BYTES = 64 * 1024;
+const MAX_ID = 256;
+
+/** Channel kinds with nobody at the other end to answer a question; everything else is a chat. */
+export const NON_INTERACTIVE_KINDS: ReadonlySet<string> = new Set(['cron', 'webhook', 'api', 'heartbeat', 'unknown']);
+
+const idSchema = z
+  .string()
+  .min(1)
+  .max(MAX_ID)
+  .regex(/^[^\u0000-\u001f\u007f]+$/, { message: 'must not contain control characters' });
+
+const taskSchema = z
+  .string()
+  .max(MAX_TASK_BYTES)
+  .refine((v) => v.trim().length > 0, { message: 'must not be empty' })
+  .refine((v) => Buffer.byteLength(v, 'utf8') <= MAX_TASK_BYTES, { message: `must be at most ${MAX_TASK_BYTES} bytes (64 KiB) of UTF-8` });
+
+const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
+
+const traceparentSchema = z
+  .string()
+  .max(512)
+  .check((ctx) => {
+    const m = TRACEPARENT.exec(ctx.value);
+    const [, version, traceId, parentId] = m ?? [];
+    const ok =
+      m !== null &&
+      version !== 'ff' &&
+      // Version 00 has exactly four fields; later versions may append more.
+      !(version === '00' && m[5] !== undefined) &&
+      !/^0+$/.test(traceId ?? '') &&
+      !/^0+$/.test(parentId ?? '');
+    if (!ok) ctx.issues.push({ code: 'custom', message: 'must be a W3C traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>', input: ctx.value });
+  });
+
+export const spawnRequestSchema = z
+  .strictObject({
+    runtime: z.enum(['acp', 'subagent']).optional(),
+    agentId: agentIdSchema.min(1),
+    execution: z
+      .strictObject({
+        backend: nameSchema.nullable().optional(),
+        profile: nameSchema.nullable().optional(),
+        egress: egressSchema.nullable().optional(),
+      })
+      .nullable()
+      .optional(),
+    task: taskSchema.optional(),
+    message: taskSchema.optional(),
+    label: z.string().max(MAX_ID).nullable().optional(),
+    caller: z.strictObject({
+      sessionKey: idSchema,
+      parentSessionKey: idSchema.nullable().optional(),
+      depth: z.int().min(0).max(1000).optional(),
+      channel: z.strictObject({
+        id: idSchema,
+        kind: z
+          .string()
+          .min(1)
+          .max(64)
+          .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]*$/, { message: 'must be letters, digits, ".", "_", ":" or "-"' }),
+        interactive: z.boolean().optional(),
+      }),
+      user: z.strictObject({
+        id: idSchema,
+        roles: z.array(idSchema.max(128)).max(64).optional(),
+      }),
+    }),
+    traceparent: traceparentSchema.optional(),
+  })
+  .superRefine(
+    (value, ctx) => {
+      const task = typeof value.task === 'string' ? value.task : undefined;
+      const message = typeof value.message === 'string' ? value.message : undefined;
+      if (value.task === undefined && value.message === undefined) {
+        ctx.addIssue({ code: 'custom', path: ['task'], message: 'required (the prompt for the agent; "message" is accepted as an alias)' });
+      } else if (task !== undefined && message !== undefined && task !== message) {
+        ctx.addIssue({ code: 'custom', path: ['message'], message: 'differs from "task"; send the prompt once, as "task"' });
+      }
+    },
+    { when: () => true },
+  );
+
+/** What callers pass. */
+export type SpawnRequestInput = z.input<typeof spawnRequestSchema>;
+
+/** The normalized request: `task` canonical, defaults filled, no optional fields. */
+export interface SpawnRequest {
+  runtime: AdmissionInput['request']['runtime'];
+  agentId: string;
+  /** null when the caller asked for nothing explicitly. */
+  execution: AdmissionInput['request']['execution'];
+  task: string;
+  label: string | null;
+  caller: AdmissionInput['caller'];
+  /** The caller's W3C trace context, continued by the spawn span. */
+  traceparent: string | null;
+}
+
+export function parseSpawnRequest(value: unknown): SpawnRequest {
+  const reserved = reservedKeyIssues(value);
+  const result = spawnRequestSchema.safeParse(value, { error: errorMap });
+  if (!result.success || reserved.length > 0) {
+    const issues = [...(result.success ? [] : toIssues(result.error)), ...reserved];
+    const lines = issues.map((i) => `  ${i.path}: ${i.message}`).join('\n');
+    throw new RequestError(`invalid spawn request (${issues.length} ${issues.length === 1 ? 'problem' : 'problems'}):\n${lines}`, issues);
+  }
+  const r = result.data;
+  const exec = r.execution;
+  const execution =
+    exec && (exec.backend != null || exec.profile != null || exec.egress != null)
+      ? { backend: exec.backend ?? null, profile: exec.profile ?? null, egress: exec.egress ?? null }
+      : null;
+  const channel = r.caller.channel;
+  return {
+    runtime: r.runtime ?? 'acp',
+    agentId: r.agentId,
+    execution,
+    // The refinement guarantees one of the two is present.
+    task: r.task ?? r.message ?? '',
+    label: r.label ?? null,
+    caller: {
+      sessionKey: r.caller.sessionKey,
+      parentSessionKey: r.caller.parentSessionKey ?? null,
+      depth: r.caller.depth ?? 0,
+      channel: { id: channel.id, kind: channel.kind, interactive: channel.interactive ?? !NON_INTERACTIVE_KINDS.has(channel.kind.toLowerCase()) },
+      user: { id: r.caller.user.id, roles: [...(r.caller.user.roles ?? [])] },
+    },
+    traceparent: r.traceparent ?? null,
+  };
+}

@@ -1,0 +1,48 @@
+export {
+  configSchema,
+  profileSchema,
+  backendSchema,
+  executionSchema,
+  spawngateSectionSchema,
+  nameSchema,
+  agentIdSchema,
+  quantitySchema,
+  parseQuantity,
+  compareQuantities,
+  isPathWithin,
+  looksLikeSecretName,
+  IMPLICIT_PROFILE,
+  INLINE_SECRET_MESSAGE,
+  LIMITS,
+  type SpawngateConfig,
+  type BackendConfig,
+  type ProcessBackendConfig,
+  type ContainerBackendConfig,
+  type KubernetesBackendConfig,
+  type ProfileConfig,
+  type ExecutionConfig,
+  type SpawngateSection,
+  type WorkspaceConfig,
+} from './schema.js';
+export {
+  loadConfigFile,
+  validateConfigFile,
+  parseConfigText,
+  parseConfig,
+  validateConfig,
+  defaultConfig,
+  MAX_CONFIG_BYTES,
+  type ConfigFormat,
+  type ValidationResult,
+} from './load.js';
+export {
+  resolveSelection,
+  defaultProfileOf,
+  profileNames,
+  findBackend,
+  findProfile,
+  type SelectionContext,
+  type Selection,
+} from './resolve.js';
+export { buildCatalog, PROFILE_DEFAULTS, type Catalog } from './catalog.js';
+export { configJsonSchema, CONFIG_SCHEMA_ID } from './json-schema.js';

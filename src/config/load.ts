@@ -1,0 +1,303 @@
+import { open } from 'node:fs/promises';
+import { extname } from 'node:path';
+import { parseDocument } from 'yaml';
+import { ConfigError, type Issue } from '../errors.js';
+import { errorMap, reservedKeyIssues, toIssues } from './issues.js';
+import { configSchema, TYPE_SPECIFIC_KEYS, type SpawngateConfig } from './schema.js';
+
+/** A config is a few KiB; anything near this is a mistake (wrong file, or a device). */
+export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+const MAX_JSON_DEPTH = 256;
+const MAX_YAML_ALIASES = 100;
+
+export type ConfigFormat = 'json' | 'yaml';
+
+export type ValidationResult = { ok: true; config: SpawngateConfig } | { ok: false; issues: Issue[] };
+
+/** Reads a JSON or YAML config file and validates it. */
+export async function loadConfigFile(path: string): Promise<SpawngateConfig> {
+  const text = await readBounded(path);
+  return parseConfigText(text, { source: path, format: formatFromPath(path) });
+}
+
+/**
+ * Like loadConfigFile, but reports faults (unreadable file, syntax, schema) as issues instead of
+ * throwing; for `spawngate config validate`.
+ */
+export async function validateConfigFile(path: string): Promise<ValidationResult> {
+  try {
+    return { ok: true, config: await loadConfigFile(path) };
+  } catch (err) {
+    if (err instanceof ConfigError) return { ok: false, issues: [...err.issues] };
+    throw err;
+  }
+}
+
+/**
+ * Parses config text. `format` defaults to sniffing: text starting with "{" is JSON, anything
+ * else YAML — so the JSON parser, which is stricter and rejects duplicate keys too, gets JSON.
+ */
+export function parseConfigText(text: string, options: { source?: string; format?: ConfigFormat } = {}): SpawngateConfig {
+  const source = options.source;
+  const body = text.startsWith('\uFEFF') ? text.slice(1) : text;
+  const format = options.format ?? (/^\s*\{/.test(body) ? 'json' : 'yaml');
+  const value = format === 'json' ? parseJson(body, source) : parseYaml(body, source);
+  return parseConfig(value, source);
+}
+
+/** Validates an already-parsed value; throws ConfigError listing every fault by JSON path. */
+export function parseConfig(value: unknown, source?: string): SpawngateConfig {
+  const result = validateConfig(value);
+  if (result.ok) return result.config;
+  const where = source ? ` in ${source}` : '';
+  const lines = result.issues.map((i) => `  ${i.path}: ${i.message}`).join('\n');
+  throw new ConfigError(`invalid config${where} (${result.issues.length} ${result.issues.length === 1 ? 'problem' : 'problems'}):\n${lines}`, result.issues, {
+    details: source ? { source } : {},
+  });
+}
+
+export function validateConfig(value: unknown): ValidationResult {
+  const reserved = reservedKeyIssues(value);
+  const result = configSchema.safeParse(value, { error: errorMap });
+  if (result.success && reserved.length === 0) return { ok: true, config: result.data };
+  return { ok: false, issues: [...(result.success ? [] : toIssues(result.error, typeSpecificHint)), ...reserved] };
+}
+
+/** The embedded default: one process backend, deny-by-default egress. */
+export function defaultConfig(): SpawngateConfig {
+  return {
+    agents: {
+      executionBackends: {
+        local: {
+          type: 'process',
+          defaultProfile: 'default',
+          profiles: { default: { egress: 'none', ttlSeconds: 3600, timeoutSeconds: 3600 } },
+        },
+      },
+      execution: { default: { backend: 'local', profile: 'default' } },
+    },
+  };
+}
+
+function typeSpecificHint(parent: readonly PropertyKey[], key: string): string | undefined {
+  if (parent.length !== 3 || parent[0] !== 'agents' || parent[1] !== 'executionBackends') return undefined;
+  const owner = TYPE_SPECIFIC_KEYS[key];
+  return owner ? `"${key}" is only valid on ${owner} backends` : undefined;
+}
+
+function formatFromPath(path: string): ConfigFormat | undefined {
+  const ext = extname(path).toLowerCase();
+  if (ext === '.json') return 'json';
+  if (ext === '.yaml' || ext === '.yml') return 'yaml';
+  return undefined;
+}
+
+async function readBounded(path: string): Promise<string> {
+  let bytes: Buffer;
+  try {
+    const handle = await open(path, 'r');
+    try {
+      // Read at most one byte past the limit: stat sizes lie for pipes and devices.
+      const buf = Buffer.alloc(MAX_CONFIG_BYTES + 1);
+      let filled = 0;
+      for (;;) {
+        const { bytesRead } = await handle.read(buf, filled, buf.length - filled, null);
+        if (bytesRead === 0) break;
+        filled += bytesRead;
+        if (filled > MAX_CONFIG_BYTES) break;
+      }
+      bytes = buf.subarray(0, filled);
+    } finally {
+      await handle.close();
+    }
+  } catch (cause) {
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    throw new ConfigError(`cannot read config ${path}: ${reason}`, [{ path: '(root)', message: reason }], {
+      code: 'CONFIG_UNREADABLE',
+      cause,
+      details: { source: path },
+    });
+  }
+  if (bytes.length > MAX_CONFIG_BYTES) {
+    const message = `file is larger than ${MAX_CONFIG_BYTES} bytes`;
+    throw new ConfigError(`cannot read config ${path}: ${message}`, [{ path: '(root)', message }], { code: 'CONFIG_UNREADABLE', details: { source: path } });
+  }
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch (cause) {
+    throw syntaxError(path, 'file is not valid UTF-8', undefined, cause);
+  }
+}
+
+function syntaxError(source: string | undefined, message: string, pos?: { line: number; column: number }, cause?: unknown): ConfigError {
+  const where = pos ? `${source ?? 'config'}:${pos.line}:${pos.column}` : (source ?? 'config');
+  const text = pos ? `line ${pos.line}, column ${pos.column}: ${message}` : message;
+  return new ConfigError(`cannot parse ${where}: ${message}`, [{ path: '(root)', message: text }], {
+    cause,
+    details: { ...(source ? { source } : {}), ...(pos ?? {}) },
+  });
+}
+
+function lineColumn(text: string, offset: number): { line: number; column: number } {
+  let line = 1;
+  let lineStart = 0;
+  const end = Math.min(offset, text.length);
+  for (let i = 0; i < end; i++) {
+    if (text.charCodeAt(i) === 10) {
+      line++;
+      lineStart = i + 1;
+    }
+  }
+  return { line, column: end - lineStart + 1 };
+}
+
+function parseYaml(text: string, source: string | undefined): unknown {
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true, version: '1.2' });
+  const first = doc.errors[0];
+  if (first) {
+    const message =
+      first.code === 'DUPLICATE_KEY' ? 'duplicate key' : first.code === 'MULTIPLE_DOCS' ? 'a config file holds exactly one YAML document' : first.message;
+    throw syntaxError(source, message, lineColumn(text, first.pos[0]), first);
+  }
+  try {
+    return doc.toJS({ maxAliasCount: MAX_YAML_ALIASES });
+  } catch (cause) {
+    throw syntaxError(source, cause instanceof Error ? cause.message : String(cause), undefined, cause);
+  }
+}
+
+function parseJson(text: string, source: string | undefined): unknown {
+  // JSON.parse alone neither reports where a fault is in every engine version nor catches
+  // duplicate keys (it silently keeps the last — a quiet way to override a security setting).
+  const fault = scanJson(text);
+  if (fault) throw syntaxError(source, fault.message, lineColumn(text, fault.offset));
+  return JSON.parse(text) as unknown;
+}
+
+interface JsonFault {
+  offset: number;
+  message: string;
+}
+
+class JsonFaultSignal extends Error {
+  constructor(readonly fault: JsonFault) {
+    super(fault.message);
+  }
+}
+
+/** A strict JSON (RFC 8259) recogniser that reports the first fault's offset, including duplicate keys. */
+function scanJson(text: string): JsonFault | null {
+  let i = 0;
+  const fail = (message: string, at = i): never => {
+    throw new JsonFaultSignal({ offset: at, message });
+  };
+  const describe = (at: number): string => (at >= text.length ? 'end of input' : `"${text[at]}"`);
+  const ws = (): void => {
+    while (i < text.length && (text[i] === ' ' || text[i] === '\t' || text[i] === '\n' || text[i] === '\r')) i++;
+  };
+  const string = (): string => {
+    const start = i;
+    i++;
+    for (;;) {
+      if (i >= text.length) fail('unterminated string', start);
+      const c = text.charCodeAt(i);
+      if (c === 0x22) {
+        i++;
+        return JSON.parse(text.slice(start, i)) as string;
+      }
+      if (c < 0x20) fail('control character in string');
+      if (c === 0x5c) {
+        const e = text[i + 1];
+        if (e === 'u') {
+          if (!/^[0-9a-fA-F]{4}$/.test(text.slice(i + 2, i + 6))) fail('invalid \\u escape');
+          i += 6;
+        } else if (e !== undefined && '"\\/bfnrt'.includes(e)) i += 2;
+        else fail('invalid escape');
+      } else i++;
+    }
+  };
+  const numberRe = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
+  const value = (depth: number): void => {
+    if (depth > MAX_JSON_DEPTH) fail(`nesting deeper than ${MAX_JSON_DEPTH}`);
+    ws();
+    const c = text[i];
+    if (c === '{') {
+      i++;
+      const keys = new Set<string>();
+      ws();
+      if (text[i] === '}') {
+        i++;
+        return;
+      }
+      for (;;) {
+        ws();
+        if (text[i] !== '"') fail(`expected a property name, found ${describe(i)}`);
+        const keyAt = i;
+        const key = string();
+        if (keys.has(key)) fail(`duplicate key ${JSON.stringify(key)}`, keyAt);
+        keys.add(key);
+        ws();
+        if (text[i] !== ':') fail(`expected ":", found ${describe(i)}`);
+        i++;
+        value(depth + 1);
+        ws();
+        if (text[i] === ',') {
+          i++;
+          continue;
+        }
+        if (text[i] === '}') {
+          i++;
+          return;
+        }
+        fail(`expected "," or "}", found ${describe(i)}`);
+      }
+    }
+    if (c === '[') {
+      i++;
+      ws();
+      if (text[i] === ']') {
+        i++;
+        return;
+      }
+      for (;;) {
+        value(depth + 1);
+        ws();
+        if (text[i] === ',') {
+          i++;
+          continue;
+        }
+        if (text[i] === ']') {
+          i++;
+          return;
+        }
+        fail(`expected "," or "]", found ${describe(i)}`);
+      }
+    }
+    if (c === '"') {
+      string();
+      return;
+    }
+    for (const literal of ['true', 'false', 'null']) {
+      if (text.startsWith(literal, i)) {
+        i += literal.length;
+        return;
+      }
+    }
+    numberRe.lastIndex = i;
+    const m = numberRe.exec(text);
+    if (m && m[0].length > 0) {
+      i += m[0].length;
+      return;
+    }
+    fail(`unexpected ${describe(i)}`);
+  };
+  try {
+    value(0);
+    ws();
+    if (i < text.length) fail(`unexpected ${describe(i)} after the end of the document`);
+    return null;
+  } catch (signal) {
+    if (signal instanceof JsonFaultSignal) return signal.fault;
+    throw signal;
+  }
+}

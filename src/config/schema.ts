@@ -1,0 +1,585 @@
+import { z } from 'zod';
+
+/**
+ * The configuration schema: `agents.executionBackends` (where workers may run, with which
+ * resources) and `agents.execution` (which backend/profile a spawn gets when it names none).
+ *
+ * Every object is strict — an unknown key is far more often a typo of a security setting than
+ * an intentional extension. Every string, list and map is bounded so that a hostile or broken
+ * file fails with a path instead of exhausting memory further down the line.
+ *
+ * Defaults (egress "none", class "standard", the implicit "default" profile, …) are not written
+ * into the parsed config; they are applied by the catalog (src/config/catalog.ts), so a config
+ * round-trips as written.
+ */
+
+export const LIMITS = {
+  name: 63,
+  image: 512,
+  text: 4096,
+  id: 256,
+  quantity: 64,
+  records: 256,
+  list: 256,
+} as const;
+
+// ─── syntax ──────────────────────────────────────────────────────────────────────────────────
+
+/** Backend and profile names: usable as Kubernetes label values and never containing "/", which separates them in reservation keys. */
+export const NAME_PATTERN = /^[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?$/;
+export const AGENT_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+const DNS1123_LABEL = /^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?$/;
+const DNS1123_SUBDOMAIN = /^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$/;
+const LABEL_NAME = /^[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+/**
+ * Kubernetes resource.Quantity: a non-negative decimal with an optional binary (Ki..Ei), decimal
+ * (n, u, m, k, M..E) or exponent suffix. Exponents are capped at two digits so that comparing
+ * two quantities exactly stays cheap.
+ */
+export const QUANTITY_PATTERN = /^(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,2}|[KMGTPE]i|[numkMGTPE])?$/;
+
+const SECRET_WORD_ENDINGS = ['TOKEN', 'SECRET', 'PASSWORD', 'PASSWD', 'PASSPHRASE', 'CREDENTIAL', 'CREDENTIALS', 'APIKEY', 'PRIVATEKEY', 'ACCESSKEY'];
+const SECRET_WORDS = new Set(['AUTH', 'COOKIE']);
+const KEY_QUALIFIERS = new Set(['API', 'PRIVATE', 'ACCESS', 'SIGNING', 'ENCRYPTION', 'SSH', 'MASTER', 'SECRET', 'CLIENT']);
+
+/**
+ * Whether an environment variable name almost certainly holds a credential (GITHUB_TOKEN,
+ * db_password, OPENAI_API_KEY, githubToken). Matched on words rather than substrings so that
+ * TOKENIZERS_PARALLELISM, MAX_TOKENS or PWD are not mistaken for secrets.
+ */
+export function looksLikeSecretName(name: string): boolean {
+  const words = name
+    .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
+    .toUpperCase()
+    .split(/[^A-Z0-9]+/)
+    .filter(Boolean);
+  return words.some(
+    (word, i) =>
+      SECRET_WORDS.has(word) ||
+      SECRET_WORD_ENDINGS.some((ending) => word.endsWith(ending)) ||
+      (word === 'KEY' && i > 0 && KEY_QUALIFIERS.has(words[i - 1] ?? '')),
+  );
+}
+
+/** Values that are recognisably credentials whatever the variable is called. */
+const SECRET_VALUE_PATTERN =
+  /^(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-[A-Za-z0-9_-]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|glpat-[A-Za-z0-9_-]{20,})|-----BEGIN [A-Z ]*PRIVATE KEY-----/;
+
+export const INLINE_SECRET_MESSAGE = 'inline secret values are not allowed; use { secretRef: { name, key } }';
+
+/**
+ * JSON Schema metadata: an `id` makes the schema a named $def, a description shows in editors.
+ * A registry of our own rather than zod's global one, so importing this module has no effect
+ * on anyone else's schemas.
+ */
+export const configMetadata = z.registry<{ id?: string; description?: string }>();
+
+function text(max: number = LIMITS.text) {
+  return z.string().max(max);
+}
+
+function nonEmpty(max: number = LIMITS.text) {
+  return z.string().min(1).max(max);
+}
+
+function boundedRecord<K extends z.ZodType<string, string>, V extends z.ZodType>(key: K, value: V, what: string, max: number = LIMITS.records) {
+  return z.record(key, value).check((ctx) => {
+    const count = Object.keys(ctx.value).length;
+    if (count > max) ctx.issues.push({ code: 'custom', message: `at most ${max} ${what} are allowed (got ${count})`, input: ctx.value });
+  });
+}
+
+export const nameSchema = z
+  .string()
+  .max(LIMITS.name)
+  .regex(NAME_PATTERN, { message: 'must be 1-63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit' })
+  .register(configMetadata, { id: 'Name', description: 'backend or profile name' });
+
+export const agentIdSchema = z
+  .string()
+  .max(LIMITS.id)
+  .regex(AGENT_ID_PATTERN, { message: 'must be letters, digits, ".", "_" or "-", starting with a letter or digit' });
+
+export const absolutePathSchema = z
+  .string()
+  .max(LIMITS.text)
+  .check((ctx) => {
+    const v = ctx.value;
+    if (!v.startsWith('/')) ctx.issues.push({ code: 'custom', message: 'must be an absolute path', input: v });
+    else if (v.includes('\0')) ctx.issues.push({ code: 'custom', message: 'must not contain NUL', input: v });
+    else if (v.split('/').includes('..')) ctx.issues.push({ code: 'custom', message: 'must not contain ".." segments', input: v });
+  })
+  .register(configMetadata, { id: 'AbsolutePath' });
+
+/** A file path as written; relative paths are taken relative to the working directory of the process that loads the config. */
+const filePathSchema = nonEmpty().refine((v) => !v.includes('\0'), { message: 'must not contain NUL' });
+
+export const quantitySchema = z
+  .string()
+  .max(LIMITS.quantity)
+  .regex(QUANTITY_PATTERN, { message: 'must be a Kubernetes quantity such as "500m", "2", "0.5", "1Gi", "512Mi" or "1e9"' })
+  .register(configMetadata, { id: 'Quantity', description: 'Kubernetes quantity: "500m", "2", "0.5", "1Gi", "512Mi", "1e9"' });
+
+/** Byte quantities: "500m" is legal for Kubernetes but means half a byte, which is never what was meant. */
+const byteQuantitySchema = quantitySchema.refine((v) => !/[num]$/.test(v), {
+  message: 'a byte quantity ending in "m", "u" or "n" is a fraction of a byte; did you mean "Mi" or "M"?',
+}).register(configMetadata, { id: 'ByteQuantity', description: 'Kubernetes quantity of bytes: "1Gi", "512Mi", "1G", "1e9"' });
+
+function isLabelKey(v: string): boolean {
+  const slash = v.lastIndexOf('/');
+  const prefix = slash >= 0 ? v.slice(0, slash) : null;
+  const name = slash >= 0 ? v.slice(slash + 1) : v;
+  return (prefix === null || (prefix.length <= 253 && DNS1123_SUBDOMAIN.test(prefix))) && name.length <= 63 && LABEL_NAME.test(name);
+}
+
+const LABEL_KEY_MESSAGE = 'must be a Kubernetes label key: an optional DNS subdomain prefix and "/", then 1-63 letters, digits, "-", "_" or "."';
+
+const labelKeySchema = z
+  .string()
+  .max(LIMITS.name + 1 + 253)
+  .refine(isLabelKey, { message: LABEL_KEY_MESSAGE });
+
+const labelValueSchema = z
+  .string()
+  .max(LIMITS.name)
+  .refine((v) => v === '' || LABEL_NAME.test(v), { message: 'must be a Kubernetes label value: up to 63 letters, digits, "-", "_" or "."' });
+
+// ─── profile ─────────────────────────────────────────────────────────────────────────────────
+
+export const egressSchema = z.enum(['none', 'proxy', 'open']);
+
+const resourceListSchema = z.strictObject({
+  cpu: quantitySchema.optional(),
+  memory: byteQuantitySchema.optional(),
+  'ephemeral-storage': byteQuantitySchema.optional(),
+});
+
+export const RESOURCE_NAMES = ['cpu', 'memory', 'ephemeral-storage'] as const;
+
+const resourcesSchema = z
+  .strictObject({
+    requests: resourceListSchema.optional(),
+    limits: resourceListSchema.optional(),
+    gpu: z.int().min(0).max(1024).optional(),
+  })
+  // Runs even when a sibling quantity is malformed, so every fault in one file is reported at once.
+  .superRefine(
+    (value, ctx) => {
+      const requests = asRecord(asRecord(value)?.requests);
+      const limits = asRecord(asRecord(value)?.limits);
+      if (!requests || !limits) return;
+      for (const resource of RESOURCE_NAMES) {
+        const req = requests[resource];
+        const lim = limits[resource];
+        if (typeof req !== 'string' || typeof lim !== 'string') continue;
+        const cmp = compareQuantities(lim, req);
+        if (cmp !== null && cmp < 0) {
+          ctx.addIssue({ code: 'custom', path: ['limits', resource], message: `limit ${lim} is less than request ${req}` });
+        }
+      }
+    },
+    { when: () => true },
+  );
+
+const tolerationSchema = z
+  .strictObject({
+    // Empty is allowed here: with operator Exists it tolerates every taint.
+    key: z
+      .string()
+      .max(LIMITS.name + 1 + 253)
+      .refine((v) => v === '' || isLabelKey(v), { message: LABEL_KEY_MESSAGE })
+      .optional(),
+    operator: z.enum(['Exists', 'Equal']).optional(),
+    value: labelValueSchema.optional(),
+    effect: z.enum(['NoSchedule', 'PreferNoSchedule', 'NoExecute']).optional(),
+    tolerationSeconds: z.int().min(0).max(31_536_000).optional(),
+  })
+  .register(configMetadata, { id: 'Toleration', description: 'a Kubernetes toleration' })
+  .superRefine((t, ctx) => {
+    const operator = t.operator ?? 'Equal';
+    if (operator === 'Exists' && t.value !== undefined && t.value !== '') {
+      ctx.addIssue({ code: 'custom', path: ['value'], message: 'must be empty when operator is "Exists"' });
+    }
+    if ((t.key === undefined || t.key === '') && operator !== 'Exists') {
+      ctx.addIssue({ code: 'custom', path: ['operator'], message: 'must be "Exists" when key is empty' });
+    }
+    if (t.tolerationSeconds !== undefined && t.effect !== 'NoExecute') {
+      ctx.addIssue({ code: 'custom', path: ['tolerationSeconds'], message: 'is only allowed when effect is "NoExecute"' });
+    }
+  });
+
+const secretRefSchema = z.strictObject({
+  secretRef: z.strictObject({
+    name: nonEmpty(253).regex(DNS1123_SUBDOMAIN, { message: 'must be a Kubernetes secret name (DNS-1123 subdomain)' }),
+    key: nonEmpty(253).regex(/^[-._A-Za-z0-9]+$/, { message: 'must be letters, digits, "-", "_" or "."' }),
+  }),
+});
+
+const envNameSchema = z
+  .string()
+  .max(LIMITS.id)
+  .regex(ENV_NAME, { message: 'must be an environment variable name: letters, digits and "_", not starting with a digit' })
+  .refine((v) => v !== '__proto__', { message: 'is a reserved name' });
+
+const envSchema = boundedRecord(
+  envNameSchema,
+  z.union([text(), secretRefSchema], { error: 'must be a string or { secretRef: { name, key } }' }),
+  'environment variables',
+).superRefine(
+  (env, ctx) => {
+    for (const [name, value] of Object.entries(asRecord(env) ?? {})) {
+      if (typeof value !== 'string') continue;
+      if (looksLikeSecretName(name)) {
+        ctx.addIssue({ code: 'custom', path: [name], message: INLINE_SECRET_MESSAGE });
+      } else if (SECRET_VALUE_PATTERN.test(value)) {
+        ctx.addIssue({ code: 'custom', path: [name], message: `value looks like a credential; ${INLINE_SECRET_MESSAGE}` });
+      }
+    }
+  },
+  { when: () => true },
+);
+
+const workspaceSchema = z.discriminatedUnion('strategy', [
+  z.strictObject({ strategy: z.literal('none') }),
+  z.strictObject({ strategy: z.literal('ephemeral'), sizeLimit: byteQuantitySchema.optional() }),
+  z.strictObject({
+    strategy: z.literal('volume'),
+    claimName: nonEmpty(253).regex(DNS1123_SUBDOMAIN, { message: 'must be a PersistentVolumeClaim name (DNS-1123 subdomain)' }).optional(),
+    sizeLimit: byteQuantitySchema.optional(),
+  }),
+  z.strictObject({ strategy: z.literal('hostPath'), path: absolutePathSchema }),
+]).register(configMetadata, { id: 'Workspace', description: 'where the worker\'s working directory lives' });
+
+const concurrencyCap = z.int().min(1).max(1_000_000);
+
+export const profileSchema = z
+  .strictObject({
+    class: z.enum(['standard', 'build']).optional().register(configMetadata, { description: '"build" marks the larger profile build/test tasks are moved to; default "standard"' }),
+    resources: resourcesSchema.optional(),
+    runtimeClassName: nonEmpty(253).regex(DNS1123_SUBDOMAIN, { message: 'must be a DNS-1123 subdomain' }).optional(),
+    nodeSelector: boundedRecord(labelKeySchema, labelValueSchema, 'node selector labels', 64).optional(),
+    tolerations: z.array(tolerationSchema).max(64).optional(),
+    image: nonEmpty(LIMITS.image).optional(),
+    command: z.array(text()).max(LIMITS.list).optional(),
+    args: z.array(text()).max(LIMITS.list).optional(),
+    env: envSchema.optional().register(configMetadata, { description: 'literal values, or { secretRef: { name, key } }; literal values on secret-looking names are rejected' }),
+    egress: egressSchema.optional().register(configMetadata, { description: 'default "none": no network at all' }),
+    workspace: workspaceSchema.optional(),
+    timeoutSeconds: z.int().min(1).max(86_400).optional().register(configMetadata, { description: 'hard limit on a worker\'s whole run, readiness included; enforced by the backend itself (process timer, Pod activeDeadlineSeconds)' }),
+    ttlSeconds: z.int().min(1).max(604_800).optional().register(configMetadata, { description: 'lifetime after which the worker is closed and swept' }),
+    allowedAgents: z.array(agentIdSchema).max(LIMITS.list).optional().register(configMetadata, { description: 'absent: every agent may use this profile' }),
+    interactiveOnly: z.boolean().optional(),
+    maxConcurrent: z
+      .strictObject({
+        profile: concurrencyCap.optional(),
+        backend: concurrencyCap.optional(),
+        channel: concurrencyCap.optional(),
+        user: concurrencyCap.optional(),
+      })
+      .optional(),
+    pidsLimit: z.int().min(1).max(4_194_304).optional(),
+  })
+  .register(configMetadata, { id: 'Profile', description: 'A resource profile; every field is optional' });
+
+// ─── backends ────────────────────────────────────────────────────────────────────────────────
+
+const backendCommon = {
+  profiles: boundedRecord(nameSchema, profileSchema, 'profiles').optional(),
+  defaultProfile: nameSchema.optional(),
+  maxConcurrent: concurrencyCap.optional(),
+};
+
+export const processBackendSchema = z.strictObject({
+  type: z.literal('process'),
+  ...backendCommon,
+  stateDir: filePathSchema.optional(),
+});
+
+export const containerBackendSchema = z.strictObject({
+  type: z.literal('container'),
+  ...backendCommon,
+  socketPath: absolutePathSchema.optional(),
+  image: nonEmpty(LIMITS.image).optional(),
+  allowedHostPaths: z.array(absolutePathSchema).max(64).optional(),
+});
+
+export const kubernetesBackendSchema = z.strictObject({
+  type: z.literal('kubernetes'),
+  ...backendCommon,
+  namespace: z.string().max(63).regex(DNS1123_LABEL, { message: 'must be a Kubernetes namespace name (DNS-1123 label)' }),
+  kubeconfig: filePathSchema.optional(),
+  context: nonEmpty(253).optional(),
+});
+
+export const backendSchema = z.discriminatedUnion('type', [processBackendSchema, containerBackendSchema, kubernetesBackendSchema]);
+
+/** For "unknown key" messages: keys that are valid, but on another backend type. */
+export const TYPE_SPECIFIC_KEYS: Readonly<Record<string, 'process' | 'container' | 'kubernetes'>> = {
+  stateDir: 'process',
+  socketPath: 'container',
+  image: 'container',
+  allowedHostPaths: 'container',
+  namespace: 'kubernetes',
+  kubeconfig: 'kubernetes',
+  context: 'kubernetes',
+};
+
+// ─── selection ───────────────────────────────────────────────────────────────────────────────
+
+const selectionTarget = {
+  backend: nameSchema.optional(),
+  profile: nameSchema.optional(),
+};
+
+const bindingSchema = z
+  .strictObject({
+    match: z
+      .strictObject({
+        channelKind: nonEmpty(LIMITS.id).optional(),
+        channelId: nonEmpty(LIMITS.id).optional(),
+        userId: nonEmpty(LIMITS.id).optional(),
+        role: nonEmpty(LIMITS.id).optional(),
+      })
+      .refine((m) => Object.values(m).some((v) => v !== undefined), { message: 'needs at least one of channelKind, channelId, userId, role' }),
+    ...selectionTarget,
+  })
+  .refine((b) => b.backend !== undefined || b.profile !== undefined, { message: 'a binding must set backend or profile' });
+
+const agentSelectionSchema = z
+  .strictObject(selectionTarget)
+  .refine((a) => a.backend !== undefined || a.profile !== undefined, { message: 'must set backend or profile' });
+
+export const executionSchema = z.strictObject({
+  default: z.strictObject({ backend: nameSchema, profile: nameSchema.optional() }).optional(),
+  agents: boundedRecord(agentIdSchema, agentSelectionSchema, 'agent entries', 1024).optional(),
+  bindings: z.array(bindingSchema).max(LIMITS.list).optional().register(configMetadata, { description: 'first match wins' }),
+});
+
+// ─── spawngate ───────────────────────────────────────────────────────────────────────────────
+
+const redisUrlSchema = nonEmpty(2048).check((ctx) => {
+  let url: URL;
+  try {
+    url = new URL(ctx.value);
+  } catch {
+    ctx.issues.push({ code: 'custom', message: 'must be a URL such as redis://127.0.0.1:6379/0', input: ctx.value });
+    return;
+  }
+  if (!['redis:', 'rediss:', 'unix:'].includes(url.protocol)) {
+    ctx.issues.push({ code: 'custom', message: 'must use redis://, rediss:// or unix://', input: ctx.value });
+  } else if (url.password !== '') {
+    ctx.issues.push({ code: 'custom', message: 'credentials in the URL are not allowed; put the password in an environment variable and name it in passwordEnv', input: ctx.value });
+  }
+});
+
+export const acpAgentSchema = z.strictObject({
+  command: z.array(nonEmpty()).min(1).max(LIMITS.list),
+});
+
+export const spawngateSectionSchema = z.strictObject({
+  owner: z
+    .string()
+    .max(LIMITS.name)
+    .regex(NAME_PATTERN, { message: 'must be 1-63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit' })
+    .optional()
+    .register(configMetadata, { description: 'this gateway\'s id on worker labels; the sweeper treats untracked workers of this owner as orphans' }),
+  bundle: filePathSchema.optional().register(configMetadata, { description: 'OPA bundle (directory or .tar.gz) with the admission policy' }),
+  decisionLog: filePathSchema.optional().register(configMetadata, { description: 'a file path, "stdout", or "off"' }),
+  stateDir: filePathSchema.optional(),
+  sweepIntervalSeconds: z.int().min(1).max(86_400).optional(),
+  store: z
+    .discriminatedUnion('type', [
+      z.strictObject({ type: z.literal('memory') }),
+      z.strictObject({
+        type: z.literal('redis'),
+        url: redisUrlSchema,
+        passwordEnv: z.string().max(LIMITS.id).regex(ENV_NAME, { message: 'must be an environment variable name' }).optional(),
+      }),
+    ])
+    .optional(),
+});
+
+// ─── root ────────────────────────────────────────────────────────────────────────────────────
+
+export const configSchema = z
+  .strictObject({
+    agents: z.strictObject({
+      executionBackends: boundedRecord(nameSchema, backendSchema, 'backends'),
+      execution: executionSchema.optional(),
+      acp: boundedRecord(agentIdSchema, acpAgentSchema, 'ACP agents', 1024)
+        .optional()
+        .register(configMetadata, { description: 'how the worker starts each ACP agent over stdio; built-in agents (echo) need no entry' }),
+    }),
+    spawngate: spawngateSectionSchema.optional(),
+  })
+  // Cross-references are checked even when other parts of the file are broken, so one run shows every fault.
+  .superRefine((value, ctx) => {
+    for (const issue of crossCheck(value)) ctx.addIssue({ code: 'custom', path: issue.path, message: issue.message });
+  }, { when: () => true });
+
+export type SpawngateConfig = z.infer<typeof configSchema>;
+export type BackendConfig = z.infer<typeof backendSchema>;
+export type ProcessBackendConfig = z.infer<typeof processBackendSchema>;
+export type ContainerBackendConfig = z.infer<typeof containerBackendSchema>;
+export type KubernetesBackendConfig = z.infer<typeof kubernetesBackendSchema>;
+export type ProfileConfig = z.infer<typeof profileSchema>;
+export type ExecutionConfig = z.infer<typeof executionSchema>;
+export type SpawngateSection = z.infer<typeof spawngateSectionSchema>;
+export type WorkspaceConfig = z.infer<typeof workspaceSchema>;
+
+// ─── cross-field checks ──────────────────────────────────────────────────────────────────────
+
+/** The profile a backend gets when it declares none. */
+export const IMPLICIT_PROFILE = 'default';
+
+interface PathIssue {
+  path: PropertyKey[];
+  message: string;
+}
+
+function asRecord(v: unknown): Record<string, unknown> | undefined {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+}
+
+function list(names: Iterable<string>): string {
+  const all = [...names];
+  return all.length ? all.join(', ') : '(none)';
+}
+
+/**
+ * References between parts of the file. Written against `unknown` because it also runs when
+ * the file has other faults; anything malformed here was already reported by the schema.
+ */
+function crossCheck(root: unknown): PathIssue[] {
+  const issues: PathIssue[] = [];
+  const agents = asRecord(asRecord(root)?.agents);
+  const backends = asRecord(agents?.executionBackends);
+  if (!backends) return issues;
+  const base = ['agents', 'executionBackends'];
+
+  const profilesOf = new Map<string, Map<string, Record<string, unknown> | undefined>>();
+  for (const [name, raw] of Object.entries(backends)) {
+    const backend = asRecord(raw);
+    const profiles = asRecord(backend?.profiles);
+    const names = new Map<string, Record<string, unknown> | undefined>();
+    if (profiles && Object.keys(profiles).length > 0) for (const [p, v] of Object.entries(profiles)) names.set(p, asRecord(v));
+    else names.set(IMPLICIT_PROFILE, undefined);
+    profilesOf.set(name, names);
+    if (!backend) continue;
+
+    const def = backend.defaultProfile;
+    if (typeof def === 'string' && !names.has(def)) {
+      issues.push({ path: [...base, name, 'defaultProfile'], message: `profile "${def}" is not declared in backend "${name}" (declared: ${list(names.keys())})` });
+    }
+
+    const allowedHostPaths = Array.isArray(backend.allowedHostPaths) ? backend.allowedHostPaths.filter((p): p is string => typeof p === 'string') : [];
+    for (const [profileName, profile] of names) {
+      const workspace = asRecord(profile?.workspace);
+      if (workspace?.strategy !== 'hostPath') continue;
+      const at = [...base, name, 'profiles', profileName, 'workspace'];
+      if (backend.type !== 'container') {
+        issues.push({ path: [...at, 'strategy'], message: 'hostPath workspaces are only allowed on container backends' });
+      } else if (typeof workspace.path === 'string' && !allowedHostPaths.some((prefix) => isPathWithin(workspace.path as string, prefix))) {
+        issues.push({
+          path: [...at, 'path'],
+          message: `${workspace.path} is not under any of the backend's allowedHostPaths (${list(allowedHostPaths)})`,
+        });
+      }
+    }
+  }
+
+  const execution = asRecord(agents?.execution);
+  if (!execution) return issues;
+  const at = ['agents', 'execution'];
+
+  const checkTarget = (target: Record<string, unknown> | undefined, path: PropertyKey[], agentId?: string): void => {
+    if (!target) return;
+    const backend = typeof target.backend === 'string' ? target.backend : undefined;
+    const profile = typeof target.profile === 'string' ? target.profile : undefined;
+    if (backend !== undefined && !profilesOf.has(backend)) {
+      issues.push({ path: [...path, 'backend'], message: `unknown backend "${backend}" (declared: ${list(profilesOf.keys())})` });
+      return;
+    }
+    if (profile === undefined) return;
+    let declaring: Record<string, unknown> | undefined;
+    if (backend !== undefined) {
+      const names = profilesOf.get(backend);
+      if (!names?.has(profile)) {
+        issues.push({ path: [...path, 'profile'], message: `profile "${profile}" is not declared in backend "${backend}" (declared: ${list(names?.keys() ?? [])})` });
+        return;
+      }
+      declaring = names.get(profile);
+    } else {
+      const holders = [...profilesOf.values()].filter((names) => names.has(profile));
+      if (holders.length === 0) {
+        issues.push({ path: [...path, 'profile'], message: `profile "${profile}" is not declared by any backend` });
+        return;
+      }
+      // With only a profile name the backend comes from elsewhere; only a unanimous refusal is certain.
+      if (agentId !== undefined && holders.every((names) => !allowsAgent(names.get(profile), agentId))) {
+        issues.push({ path: [...path, 'profile'], message: `profile "${profile}" does not allow agent "${agentId}" (allowedAgents)` });
+      }
+      return;
+    }
+    if (agentId !== undefined && !allowsAgent(declaring, agentId)) {
+      issues.push({ path: [...path, 'profile'], message: `profile "${profile}" of backend "${backend}" does not allow agent "${agentId}" (allowedAgents)` });
+    }
+  };
+
+  const def = asRecord(execution.default);
+  checkTarget(def, [...at, 'default']);
+  for (const [agentId, target] of Object.entries(asRecord(execution.agents) ?? {})) {
+    checkTarget(asRecord(target), [...at, 'agents', agentId], agentId);
+  }
+  if (Array.isArray(execution.bindings)) {
+    execution.bindings.forEach((binding, i) => checkTarget(asRecord(binding), [...at, 'bindings', i]));
+  }
+  return issues;
+}
+
+function allowsAgent(profile: Record<string, unknown> | undefined, agentId: string): boolean {
+  const allowed = profile?.allowedAgents;
+  return !Array.isArray(allowed) || allowed.includes(agentId);
+}
+
+/** Segment-aware: "/data" contains "/data/x" but not "/database". */
+export function isPathWithin(path: string, prefix: string): boolean {
+  const p = prefix.length > 1 ? prefix.replace(/\/+$/, '') : prefix;
+  if (p === '/') return path.startsWith('/');
+  return path === p || path.startsWith(`${p}/`);
+}
+
+// ─── quantities ──────────────────────────────────────────────────────────────────────────────
+
+const BINARY: Record<string, number> = { Ki: 10, Mi: 20, Gi: 30, Ti: 40, Pi: 50, Ei: 60 };
+const DECIMAL: Record<string, number> = { n: -9, u: -6, m: -3, '': 0, k: 3, M: 6, G: 9, T: 12, P: 15, E: 18 };
+
+/** A quantity as an exact fraction `num / den`, or null when it is not a quantity. */
+export function parseQuantity(q: string): { num: bigint; den: bigint } | null {
+  if (q.length > LIMITS.quantity) return null;
+  const m = /^(\d*)(?:\.(\d*))?(.*)$/.exec(q);
+  if (!m || !QUANTITY_PATTERN.test(q)) return null;
+  const intPart = m[1] ?? '';
+  const frac = m[2] ?? '';
+  const suffix = m[3] ?? '';
+  let num = BigInt(`${intPart}${frac}` || '0');
+  let exp10 = -frac.length;
+  let pow2 = 0;
+  if (suffix in BINARY) pow2 = BINARY[suffix] ?? 0;
+  else if (suffix in DECIMAL) exp10 += DECIMAL[suffix] ?? 0;
+  else exp10 += Number(suffix.slice(1));
+  num *= 2n ** BigInt(pow2);
+  if (exp10 >= 0) return { num: num * 10n ** BigInt(exp10), den: 1n };
+  return { num, den: 10n ** BigInt(-exp10) };
+}
+
+/** Sign of a − b, or null when either is not a quantity. */
+export function compareQuantities(a: string, b: string): number | null {
+  const x = parseQuantity(a);
+  const y = parseQuantity(b);
+  if (!x || !y) return null;
+  const l = x.num * y.den;
+  const r = y.num * x.den;
+  return l < r ? -1 : l > r ? 1 : 0;
+}
