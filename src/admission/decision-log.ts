@@ -1,0 +1,90 @@
+import { createWriteStream } from 'node:fs';
+import type { Writable } from 'node:stream';
+import type { AdmissionInput, Decision } from './types.js';
+
+export interface DecisionLogEntry {
+  decision_id: string;
+  time: string;
+  bundle_revision: string | null;
+  /** Which step produced `result`: the policy itself, or the reservation store enforcing its limits. */
+  stage: 'policy' | 'reservation';
+  input: unknown;
+  result: Decision;
+  eval_us: number;
+}
+
+export interface DecisionLog {
+  write(entry: DecisionLogEntry): void;
+  close(): Promise<void>;
+}
+
+const SECRET_KEY = /(token|secret|password|passwd|api[_-]?key|authorization|credential|private[_-]?key|cookie)/i;
+// Shapes of credentials people paste into prompts; the decision log must not become a secret store.
+const SECRET_VALUE = [
+  /\bsk-[A-Za-z0-9_-]{16,}/g,
+  /\bgh[pousr]_[A-Za-z0-9]{20,}/g,
+  /\bgithub_pat_[A-Za-z0-9_]{20,}/g,
+  /\bxox[abposr]-[A-Za-z0-9-]{10,}/g,
+  /\bAKIA[0-9A-Z]{16}\b/g,
+  /\bBearer\s+[A-Za-z0-9._~+/=-]{12,}/gi,
+  /-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----/g,
+  /\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}/g,
+];
+
+export function redactString(value: string): string {
+  let out = value;
+  for (const pattern of SECRET_VALUE) out = out.replace(pattern, '[REDACTED]');
+  return out;
+}
+
+/** A deep copy with secret-looking keys and credential-shaped strings replaced. */
+export function redact(value: unknown): unknown {
+  if (typeof value === 'string') return redactString(value);
+  if (Array.isArray(value)) return value.map(redact);
+  if (value && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = SECRET_KEY.test(k) && v !== null ? '[REDACTED]' : redact(v);
+    return out;
+  }
+  return value;
+}
+
+export function redactInput(input: AdmissionInput): unknown {
+  // The catalog is config, identical on every line; the revision and backend names locate it.
+  const { catalog: _catalog, ...rest } = input;
+  return redact(rest);
+}
+
+function streamLog(stream: Writable, ownsStream: boolean): DecisionLog {
+  return {
+    write(entry) {
+      stream.write(`${JSON.stringify(entry)}\n`);
+    },
+    close() {
+      if (!ownsStream) return Promise.resolve();
+      return new Promise<void>((resolve) => stream.end(resolve));
+    },
+  };
+}
+
+/** Appends JSON lines to a file (created if missing). */
+export function fileDecisionLog(path: string): DecisionLog {
+  return streamLog(createWriteStream(path, { flags: 'a', mode: 0o600 }), true);
+}
+
+export function streamDecisionLog(stream: Writable): DecisionLog {
+  return streamLog(stream, false);
+}
+
+/** Keeps entries in memory — for tests and for gateways that ship entries themselves. */
+export function memoryDecisionLog(limit = 10_000): DecisionLog & { entries: DecisionLogEntry[] } {
+  const entries: DecisionLogEntry[] = [];
+  return {
+    entries,
+    write(entry) {
+      entries.push(entry);
+      if (entries.length > limit) entries.shift();
+    },
+    close: () => Promise.resolve(),
+  };
+}

@@ -1,0 +1,281 @@
+import { randomUUID } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import type { DecisionLog } from './decision-log.js';
+import { fileDecisionLog, redactInput, streamDecisionLog } from './decision-log.js';
+import type { PolicyBundle, PolicyEngine } from './engine.js';
+import { createPolicyEngine } from './engine.js';
+import type { PreparedCatalog } from './input.js';
+import { prepareCatalog, readUsage, serializeInput } from './input.js';
+import { readBundle } from './policy-tool.js';
+import type { SpawnRequest, SpawnRequestInput } from './request.js';
+import { parseSpawnRequest } from './request.js';
+import { createMemoryStore } from './store/memory.js';
+import type { ReservationRecord, ReservationStore, ReserveRejection } from './store/types.js';
+import type { AdmissionInput, AllowDecision, Decision, DenyDecision } from './types.js';
+import type { SpawngateConfig } from '../config/index.js';
+import { buildCatalog, defaultConfig, loadConfigFile, parseConfig, resolveSelection } from '../config/index.js';
+import type { Context } from '@opentelemetry/api';
+import type { Logger } from '../log.js';
+import { jsonLogger } from '../log.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { createMetrics, safely } from '../telemetry/metrics.js';
+import { inSpan, parentContext, setAttributes, SPAN } from '../telemetry/tracing.js';
+
+/** The bundle compiled from policies/ and shipped in the package. */
+export const SHIPPED_BUNDLE = fileURLToPath(new URL('../../bundles/spawngate.tar.gz', import.meta.url));
+
+export interface AdmissionOptions {
+  /** A config object (validated here) or a JSON/YAML file path. Default: the embedded process-backend config. */
+  config?: SpawngateConfig | string | unknown;
+  /** A bundle file path or an unpacked bundle. Default: `spawngate.bundle` from the config, else the shipped bundle. */
+  bundle?: string | PolicyBundle;
+  /** Reload the bundle file when it changes. Default true for a file path. */
+  watchBundle?: boolean;
+  store?: ReservationStore;
+  /** A sink, a file path, "stdout", or false. Default: `spawngate.decisionLog` from the config, else off. */
+  decisionLog?: DecisionLog | string | false;
+  logger?: Logger;
+  /** Defaults to a fresh registry; pass one to share it with the lifecycle and your /metrics. */
+  metrics?: Metrics;
+  clock?: () => Date;
+}
+
+export interface AdmitCallOptions {
+  /** Parent span context; default: the request's traceparent, else the active context. */
+  parent?: Context;
+  spawnId?: string;
+}
+
+export interface AdmitResult {
+  decisionId: string;
+  decision: Decision;
+  /** Which step decided: the policy, or the reservation store enforcing the policy's limits. */
+  stage: 'policy' | 'reservation';
+  request: SpawnRequest;
+  input: AdmissionInput;
+  bundleRevision: string | null;
+}
+
+export interface Reservation {
+  readonly id: string;
+  readonly spawnId: string;
+  readonly record: ReservationRecord;
+  /** Frees the slots; true the first time, false (logged no-op) on any later call. */
+  release(): Promise<boolean>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+export type ReserveResult =
+  | (AdmitResult & { allowed: true; decision: AllowDecision; reservation: Reservation })
+  | (AdmitResult & { allowed: false; decision: DenyDecision; reservation: null });
+
+export interface Admission {
+  readonly config: SpawngateConfig;
+  readonly policy: PolicyEngine;
+  readonly store: ReservationStore;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  /** Decision only; takes no slot or token (a dry run of reserve). */
+  admit(request: SpawnRequestInput | unknown, options?: AdmitCallOptions): Promise<AdmitResult>;
+  /** Decision, then every slot and token the decision names, atomically. */
+  reserve(request: SpawnRequestInput | unknown, options?: AdmitCallOptions): Promise<ReserveResult>;
+  close(): Promise<void>;
+}
+
+function rejectionToDeny(decision: AllowDecision, rejection: ReserveRejection): DenyDecision {
+  const message =
+    rejection.kind === 'concurrency'
+      ? `${rejection.scope} ${rejection.key} already has ${rejection.active} of ${rejection.max} workers`
+      : `${rejection.scope} ${rejection.key} exceeded ${rejection.perMinute}/min (burst ${rejection.burst}); retry in ${Math.ceil(rejection.retryAfterMs / 1000)}s`;
+  return { ...decision, allow: false, reasons: [{ code: rejection.code, message }] };
+}
+
+async function resolveConfig(config: AdmissionOptions['config']): Promise<SpawngateConfig> {
+  if (config === undefined) return defaultConfig();
+  if (typeof config === 'string') return loadConfigFile(config);
+  return parseConfig(config);
+}
+
+function openDecisionLog(option: AdmissionOptions['decisionLog'], config: SpawngateConfig): DecisionLog | null {
+  const chosen = option ?? config.spawngate?.decisionLog ?? false;
+  if (chosen === false || chosen === 'off') return null;
+  if (chosen === 'stdout') return streamDecisionLog(process.stdout);
+  if (typeof chosen === 'string') return fileDecisionLog(chosen);
+  return chosen;
+}
+
+export async function createAdmission(options: AdmissionOptions = {}): Promise<Admission> {
+  const logger = options.logger ?? jsonLogger('warn');
+  const metrics = options.metrics ?? createMetrics();
+  const clock = options.clock ?? (() => new Date());
+  const config = await resolveConfig(options.config);
+  const prepared: PreparedCatalog = prepareCatalog(buildCatalog(config));
+  const store = options.store ?? createMemoryStore({ logger });
+  const decisionLog = openDecisionLog(options.decisionLog, config);
+  const bundleOption = options.bundle ?? config.spawngate?.bundle ?? SHIPPED_BUNDLE;
+  const policy = await createPolicyEngine({
+    source: typeof bundleOption === 'string' ? { path: bundleOption } : { bundle: bundleOption },
+    readBundle,
+    watch: typeof bundleOption === 'string' && (options.watchBundle ?? true),
+    logger,
+  });
+
+  async function decide(raw: unknown, parent: Context | undefined): Promise<AdmitResult> {
+    const request = parseSpawnRequest(raw);
+    return inSpan(SPAN.admission, parent ?? parentContext(request.traceparent), { 'spawngate.agent_id': request.agentId }, async (span) => {
+      const result = await evaluate(request);
+      setAttributes(span, {
+        'spawngate.decision': result.decision.allow ? 'allow' : 'deny',
+        'spawngate.reason': result.decision.reasons[0]?.code,
+        'spawngate.backend': result.decision.backend,
+        'spawngate.profile': result.decision.profile,
+        'spawngate.bundle_revision': result.bundleRevision,
+      });
+      return result;
+    });
+  }
+
+  async function evaluate(request: SpawnRequest): Promise<AdmitResult> {
+    const { caller } = request;
+    const resolved = resolveSelection(config, {
+      agentId: request.agentId,
+      execution: request.execution,
+      channel: caller.channel,
+      user: caller.user,
+    });
+    const usage = await readUsage(store, prepared, caller.user.id, caller.channel.id);
+    const partial = {
+      request: { runtime: request.runtime, agentId: request.agentId, execution: request.execution, task: request.task, label: request.label },
+      caller: {
+        sessionKey: caller.sessionKey,
+        parentSessionKey: caller.parentSessionKey,
+        depth: caller.depth,
+        channel: caller.channel,
+        user: caller.user,
+      },
+      resolved,
+      usage,
+      now: clock().toISOString(),
+    };
+    const input: AdmissionInput = { ...partial, catalog: prepared.catalog };
+    const evaluation = policy.evaluateJson(serializeInput(partial, prepared));
+    const result: AdmitResult = {
+      decisionId: randomUUID(),
+      decision: evaluation.decision,
+      stage: 'policy',
+      request,
+      input,
+      bundleRevision: evaluation.revision,
+    };
+    logDecision(result, evaluation.evalMicros);
+    safely(() => metrics.evaluationSeconds.observe(evaluation.evalMicros / 1e6));
+    return result;
+  }
+
+  function logDecision(result: AdmitResult, evalMicros: number): void {
+    if (!decisionLog) return;
+    try {
+      decisionLog.write({
+        decision_id: result.decisionId,
+        time: clock().toISOString(),
+        bundle_revision: result.bundleRevision,
+        stage: result.stage,
+        input: redactInput(result.input),
+        result: result.decision,
+        eval_us: Math.round(evalMicros),
+      });
+    } catch (err) {
+      // The log is an audit aid; losing a line must not turn into a failed spawn.
+      logger.warn('decision log write failed', { error: (err as Error).message });
+    }
+  }
+
+  function makeReservation(record: ReservationRecord): Reservation {
+    const release = () => store.release(record.id);
+    return {
+      id: record.id,
+      spawnId: record.spawnId,
+      record,
+      release,
+      async [Symbol.asyncDispose]() {
+        await release();
+      },
+    };
+  }
+
+  /** Counts the final outcome once: a policy allow that the store then refuses is one deny. */
+  function count(result: AdmitResult): void {
+    const decision = result.decision;
+    safely(() => {
+      const reason = decision.allow ? '' : (decision.reasons[0]?.code ?? '');
+      metrics.decisions.inc({ result: decision.allow ? 'allow' : 'deny', reason, stage: result.stage });
+      if (result.stage === 'reservation' && !decision.allow) {
+        metrics.reservationsRejected.inc({ code: reason });
+        if (reason.startsWith('rate_limit_')) metrics.rateLimited.inc({ scope: reason.slice('rate_limit_'.length) });
+      }
+    });
+  }
+
+  async function admit(raw: unknown, call: AdmitCallOptions = {}): Promise<AdmitResult> {
+    const result = await decide(raw, call.parent);
+    if (!result.decision.allow) return result;
+    const check = await store.check({ concurrency: result.decision.limits.concurrency, rate: result.decision.limits.rate });
+    if (check.ok) return result;
+    const denied: AdmitResult = { ...result, stage: 'reservation', decision: rejectionToDeny(result.decision, check) };
+    logDecision(denied, 0);
+    return denied;
+  }
+
+  async function reserve(raw: unknown, call: AdmitCallOptions = {}): Promise<ReserveResult> {
+    const result = await decide(raw, call.parent);
+    const decision = result.decision;
+    if (!decision.allow) return { ...result, allowed: false, decision, reservation: null };
+    const parent = call.parent ?? parentContext(result.request.traceparent);
+    return inSpan(SPAN.reservation, parent, { 'spawngate.store': store.kind }, async (span): Promise<ReserveResult> => {
+      const outcome = await store.reserve({
+        spawnId: call.spawnId ?? randomUUID(),
+        concurrency: decision.limits.concurrency,
+        rate: decision.limits.rate,
+        meta: {
+          user: result.request.caller.user.id,
+          channel: result.request.caller.channel.id,
+          backend: decision.backend,
+          profile: decision.profile,
+          agent: result.request.agentId,
+          decisionId: result.decisionId,
+        },
+      });
+      if (!outcome.ok) {
+        setAttributes(span, { 'spawngate.decision': 'deny', 'spawngate.reason': outcome.code });
+        const deniedResult = { ...result, stage: 'reservation' as const, decision: rejectionToDeny(decision, outcome) };
+        logDecision(deniedResult, 0);
+        return { ...deniedResult, allowed: false, reservation: null };
+      }
+      setAttributes(span, { 'spawngate.decision': 'allow', 'spawngate.reservation_id': outcome.record.id });
+      return { ...result, allowed: true, decision, reservation: makeReservation(outcome.record) };
+    });
+  }
+
+  return {
+    config,
+    policy,
+    store,
+    metrics,
+    logger,
+    async admit(raw, call) {
+      const result = await admit(raw, call);
+      count(result);
+      return result;
+    },
+    async reserve(raw, call) {
+      const result = await reserve(raw, call);
+      count(result);
+      return result;
+    },
+    async close() {
+      policy.close();
+      await decisionLog?.close();
+      if (!options.store) await store.close();
+    },
+  };
+}

@@ -1,0 +1,76 @@
+import { context, propagation, ROOT_CONTEXT, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
+
+export const TRACER_NAME = 'spawngate';
+export const SPAN = {
+  spawn: 'spawngate.spawn',
+  admission: 'spawngate.admission.evaluate',
+  reservation: 'spawngate.reservation',
+  backendCreate: 'spawngate.backend.create',
+  backendReady: 'spawngate.backend.ready',
+  turn: 'spawngate.turn',
+  close: 'spawngate.close',
+  sweep: 'spawngate.sweep',
+} as const;
+
+const w3c = new W3CTraceContextPropagator();
+
+export function tracer(): Tracer {
+  return trace.getTracer(TRACER_NAME);
+}
+
+/**
+ * The caller's context from a W3C `traceparent` (the gateway's parent session span), falling back
+ * to the active context. Uses the W3C propagator directly so it works whatever global propagator
+ * (or none) the host application registered.
+ */
+export function parentContext(traceparent: string | null | undefined): Context {
+  if (!traceparent) return context.active();
+  return w3c.extract(ROOT_CONTEXT, { traceparent }, { get: (c, k) => (c as Record<string, string>)[k], keys: (c) => Object.keys(c as object) });
+}
+
+/** The `traceparent` header value for a span, to hand to the worker so it continues the trace. */
+export function traceparentOf(span: Span): string | null {
+  const carrier: Record<string, string> = {};
+  w3c.inject(trace.setSpan(ROOT_CONTEXT, span), carrier, { set: (c, k, v) => ((c as Record<string, string>)[k] = v) });
+  return carrier.traceparent ?? null;
+}
+
+/** Sets attributes, dropping null/undefined, and never throwing into the caller. */
+export function setAttributes(span: Span, attributes: Record<string, string | number | boolean | null | undefined>): void {
+  try {
+    const clean: Attributes = {};
+    for (const [k, v] of Object.entries(attributes)) if (v !== null && v !== undefined) clean[k] = v;
+    span.setAttributes(clean);
+  } catch {
+    // telemetry must never break a spawn
+  }
+}
+
+/**
+ * Runs `fn` inside a child span of `parent`. The span ends when fn settles; an exception is
+ * recorded and rethrown unchanged (the span never swallows or wraps the caller's error).
+ */
+export async function inSpan<T>(name: string, parent: Context, attributes: Record<string, string | number | boolean | null | undefined>, fn: (span: Span, ctx: Context) => Promise<T>): Promise<T> {
+  const span = tracer().startSpan(name, {}, parent);
+  setAttributes(span, attributes);
+  const ctx = trace.setSpan(parent, span);
+  try {
+    const result = await context.with(ctx, () => fn(span, ctx));
+    return result;
+  } catch (err) {
+    try {
+      span.recordException(err as Error);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+      const code = (err as { code?: unknown }).code;
+      if (typeof code === 'string') span.setAttribute('spawngate.error_code', code);
+    } catch {
+      // ignore
+    }
+    throw err;
+  } finally {
+    span.end();
+  }
+}
+
+export { propagation };
