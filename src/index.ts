@@ -1,1 +1,18 @@
+export { createSpawngate, agentCommandFor, type Spawngate, type SpawngateOptions, type ShutdownOptions } from './spawngate.js';
+export { createAdmission, SHIPPED_BUNDLE, type Admission, type AdmissionOptions, type AdmitResult, type ReserveResult, type Reservation } from './admission/gate.js';
+export type * from './admission/types.js';
+export type { SpawnRequest, SpawnRequestInput } from './admission/request.js';
+export { createMemoryStore } from './admission/store/memory.js';
+export type { ReservationStore, ReservationRecord, ReserveOutcome, ReservationRequest } from './admission/store/types.js';
+export { fileDecisionLog, memoryDecisionLog, streamDecisionLog, type DecisionLog, type DecisionLogEntry } from './admission/decision-log.js';
+export type * from './backends/types.js';
+export { BACKEND_SPEC_VERSION, LABELS } from './backends/types.js';
+export { defaultBackendResolver, type BackendResolver } from './backends/registry.js';
+export { createWorkerClient, waitForHealthy } from './backends/worker-client.js';
+export type { WorkerEvent } from './worker/events.js';
+export type { WorkerHandle, SpawnStatus, SpawnProgress, SweepReport, ListedSpawn } from './sessions/lifecycle.js';
+export * from './config/index.js';
+export { createMetrics, type Metrics } from './telemetry/metrics.js';
+export { SPAN } from './telemetry/tracing.js';
 export * from './errors.js';
+export { jsonLogger, silentLogger, type Logger } from './log.js';

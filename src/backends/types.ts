@@ -1,0 +1,149 @@
+/**
+ * The backend contract. No runtime imports: a backend package (in-tree or third-party) depends on
+ * this file only. `specVersion` lets the contract evolve without silently mismatching old drivers.
+ *
+ * Road of a worker through a backend:
+ *   validate(spec) → create(spec) → waitReady(ref) → [status/logs]* → delete(ref)
+ * and, for the sweeper, list(selector) finds what exists even after the gateway restarted.
+ */
+import type { Egress } from '../admission/types.js';
+
+export const BACKEND_SPEC_VERSION = 1 as const;
+
+export const LABELS = {
+  spawnId: 'spawngate.io/spawn-id',
+  owner: 'spawngate.io/owner',
+  profile: 'spawngate.io/profile',
+  backend: 'spawngate.io/backend',
+  agent: 'spawngate.io/agent',
+  /** Unix seconds; a string because label values are strings everywhere (Docker, Kubernetes). */
+  expiresAt: 'spawngate.io/expires-at',
+} as const;
+
+export type BackendKind = 'process' | 'container' | 'kubernetes';
+
+export interface Quantities {
+  cpu: string | null;
+  memory: string | null;
+  ephemeralStorage: string | null;
+}
+
+export type WorkspaceSpec =
+  | { strategy: 'none' }
+  | { strategy: 'ephemeral'; sizeLimit: string | null }
+  | { strategy: 'volume'; claimName: string | null; sizeLimit: string | null }
+  | { strategy: 'hostPath'; path: string };
+
+export interface SecretEnvRef {
+  name: string;
+  secretRef: { name: string; key: string };
+}
+
+export interface Toleration {
+  key?: string;
+  operator?: 'Exists' | 'Equal';
+  value?: string;
+  effect?: 'NoSchedule' | 'PreferNoSchedule' | 'NoExecute';
+  tolerationSeconds?: number;
+}
+
+/** Everything a backend needs to start one worker; built by the lifecycle from config + decision. */
+export interface WorkerSpec {
+  spawnId: string;
+  /** Identifies the spawngate instance; the sweeper only deletes its own owner's orphans unless told otherwise. */
+  owner: string;
+  backendName: string;
+  profileName: string;
+  agentId: string;
+  /**
+   * The ACP agent command the worker starts over stdio; null = the worker's own built-in agent of
+   * that id (e.g. `echo`), resolved inside the worker because its install path differs per backend
+   * (host checkout, /app in the image). Backends pass null on by leaving SPAWNGATE_AGENT_COMMAND unset.
+   */
+  agentCommand: readonly string[] | null;
+  /** Worker image (container, kubernetes); the process backend runs the worker in-place. */
+  image: string | null;
+  /** Overrides of the worker entry (profile `command`/`args`); null = the reference worker. */
+  command: readonly string[] | null;
+  args: readonly string[] | null;
+  env: Readonly<Record<string, string>>;
+  secretEnv: readonly SecretEnvRef[];
+  resources: { requests: Quantities; limits: Quantities; gpu: number };
+  pidsLimit: number | null;
+  runtimeClassName: string | null;
+  nodeSelector: Readonly<Record<string, string>>;
+  tolerations: readonly Toleration[];
+  egress: Egress;
+  workspace: WorkspaceSpec;
+  /** Bearer token the worker demands on every request; never logged. */
+  token: string;
+  /** Bound on create + ready, and the run deadline the backend enforces (activeDeadlineSeconds, kill timer). */
+  timeoutSeconds: number;
+  expiresAt: Date;
+  labels: Readonly<Record<string, string>>;
+  traceparent: string | null;
+}
+
+/** How to reach a worker's HTTP contract. */
+export type WorkerEndpoint = { baseUrl: string; socketPath?: undefined } | { socketPath: string; baseUrl?: undefined };
+
+/** A created worker as the backend knows it; serialisable so a restarted gateway can rebuild it from list(). */
+export interface WorkerRef {
+  spawnId: string;
+  backendName: string;
+  /** pid | container id | namespace/podName */
+  nativeId: string;
+}
+
+export type WorkerPhase = 'pending' | 'starting' | 'running' | 'succeeded' | 'failed' | 'gone' | 'unknown';
+
+export interface WorkerStatus {
+  nativeId: string;
+  phase: WorkerPhase;
+  ready: boolean;
+  /** Machine-readable cause when not healthy: OOMKilled, Error, ImagePullBackOff, Unschedulable, DeadlineExceeded, Exited, Signaled… */
+  reason: string | null;
+  message: string | null;
+  exitCode: number | null;
+  /** Backend-native attributes for telemetry (process.pid, container.id, k8s.namespace.name, k8s.pod.name). */
+  attributes: Readonly<Record<string, string | number>>;
+}
+
+export interface ListedWorker {
+  ref: WorkerRef;
+  labels: Readonly<Record<string, string>>;
+  expiresAt: Date | null;
+  phase: WorkerPhase;
+}
+
+export interface WaitReadyOptions {
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+export interface LogsOptions {
+  tail?: number;
+}
+
+export interface Backend {
+  readonly specVersion: typeof BACKEND_SPEC_VERSION;
+  readonly kind: BackendKind;
+  /** The configured name (`agents.executionBackends.<name>`). */
+  readonly name: string;
+  /** Dry run: throws a BackendError naming the offending field when the spec cannot run here. Creates nothing. */
+  validate(spec: WorkerSpec): Promise<void>;
+  /** Creates the resource and returns at once; readiness is waitReady's job. */
+  create(spec: WorkerSpec): Promise<WorkerRef>;
+  /** Resolves when the backend reports the resource running AND the worker answers /healthz with its token. */
+  waitReady(ref: WorkerRef, token: string, options: WaitReadyOptions): Promise<WorkerEndpoint>;
+  status(ref: WorkerRef): Promise<WorkerStatus>;
+  logs(ref: WorkerRef, options?: LogsOptions): Promise<string[]>;
+  /** Idempotent: deleting what is already gone resolves. */
+  delete(ref: WorkerRef): Promise<void>;
+  /** Every worker whose labels include all of `selector`. */
+  list(selector: Readonly<Record<string, string>>): Promise<ListedWorker[]>;
+  /** Releases clients/watches; does not delete workers. */
+  close?(): Promise<void>;
+}
+
+export type BackendFactory<Options> = (options: Options) => Backend;

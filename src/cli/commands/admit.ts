@@ -1,0 +1,66 @@
+import { RequestError } from '../../errors.js';
+import type { Decision } from '../../admission/types.js';
+import { createAdmission } from '../../admission/gate.js';
+import type { Command } from '../framework.js';
+import { EXIT, readInputFile, str } from '../framework.js';
+
+export function formatDecision(decision: Decision): string {
+  const lines: string[] = [];
+  if (decision.allow) {
+    lines.push(`ALLOWED  backend=${decision.backend} profile=${decision.profile} egress=${decision.egress} ttl=${decision.ttlSeconds}s`);
+  } else {
+    lines.push('DENIED');
+  }
+  for (const r of decision.reasons) lines.push(`  ${r.code}: ${r.message}`);
+  const { concurrency, rate } = decision.limits;
+  if (concurrency.length) lines.push(`  concurrency: ${concurrency.map((c) => `${c.scope}/${c.key}≤${c.max}`).join(', ')}`);
+  if (rate.length) lines.push(`  rate: ${rate.map((r) => `${r.scope}/${r.key} ${r.perMinute}/min burst ${r.burst}`).join(', ')}`);
+  return `${lines.join('\n')}\n`;
+}
+
+export function parseJsonInput(text: string, what: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (cause) {
+    throw new RequestError(`${what} is not valid JSON: ${(cause as Error).message}`, [{ path: '(root)', message: (cause as Error).message }], { cause });
+  }
+}
+
+export const admitCommand: Command = {
+  name: 'admit',
+  summary: 'Decide a spawn request without starting anything (exit 0 allowed, 3 denied, 2 bad input).',
+  usage: 'spawngate admit --input FILE|- [--config FILE] [--bundle FILE] [--json]',
+  options: {
+    input: { type: 'string', short: 'i' },
+    config: { type: 'string', short: 'c' },
+    bundle: { type: 'string' },
+    json: { type: 'boolean' },
+  },
+  async run({ values, io }) {
+    const inputPath = str(values, 'input');
+    if (!inputPath) {
+      io.stderr.write('spawngate admit: --input FILE is required (a spawn request as JSON; - reads stdin)\n');
+      return EXIT.usage;
+    }
+    const request = parseJsonInput(await readInputFile(inputPath, io), inputPath);
+    const configPath = str(values, 'config');
+    const bundle = str(values, 'bundle');
+    const gate = await createAdmission({
+      ...(configPath ? { config: configPath } : {}),
+      ...(bundle ? { bundle } : {}),
+      watchBundle: false,
+      decisionLog: false,
+    });
+    try {
+      const result = await gate.admit(request);
+      if (values.json) {
+        io.stdout.write(`${JSON.stringify({ decisionId: result.decisionId, bundleRevision: result.bundleRevision, stage: result.stage, ...result.decision })}\n`);
+      } else {
+        io.stdout.write(formatDecision(result.decision));
+      }
+      return result.decision.allow ? EXIT.ok : EXIT.denied;
+    } finally {
+      await gate.close();
+    }
+  },
+};

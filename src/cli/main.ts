@@ -1,0 +1,66 @@
+import { admitCommand } from './commands/admit.js';
+import { configSchemaCommand, configValidateCommand } from './commands/config.js';
+import { policyBuildCommand, policyEvalCommand, policyTestCommand } from './commands/policy.js';
+import { workerCommand } from './commands/worker.js';
+import { closeCommand, logsCommand, lsCommand, spawnCommand, statusCommand, sweepCommand } from './commands/sessions.js';
+import type { Command, Io } from './framework.js';
+import { EXIT, runCommand } from './framework.js';
+
+/** Commands by their words; `policy build` is two words. */
+const commands: Command[] = [
+  spawnCommand,
+  lsCommand,
+  statusCommand,
+  logsCommand,
+  closeCommand,
+  sweepCommand,
+  admitCommand,
+  policyBuildCommand,
+  policyTestCommand,
+  policyEvalCommand,
+  configValidateCommand,
+  configSchemaCommand,
+  workerCommand,
+];
+
+function overview(): string {
+  const width = Math.max(...commands.map((c) => c.name.length));
+  return [
+    'spawngate — admission and execution layer for AI agent workers',
+    '',
+    'Usage: spawngate <command> [options]',
+    '',
+    'Commands:',
+    ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+    '',
+    'Run `spawngate <command> --help` for the options of one command.',
+    '',
+  ].join('\n');
+}
+
+export async function main(argv: string[], io: Io): Promise<number> {
+  const [first, second] = argv;
+  if (first === undefined || first === '--help' || first === '-h' || first === 'help') {
+    (first === undefined ? io.stderr : io.stdout).write(overview());
+    return first === undefined ? EXIT.usage : EXIT.ok;
+  }
+  if (first === '--version' || first === '-v') {
+    const { createRequire } = await import('node:module');
+    const pkg = createRequire(import.meta.url)('../../package.json') as { version: string };
+    io.stdout.write(`${pkg.version}\n`);
+    return EXIT.ok;
+  }
+  const two = commands.find((c) => c.name === `${first} ${second ?? ''}`);
+  if (two) return runCommand(two, argv.slice(2), io);
+  const one = commands.find((c) => c.name === first);
+  if (one) return runCommand(one, argv.slice(1), io);
+  const group = commands.filter((c) => c.name.startsWith(`${first} `));
+  if (group.length) {
+    const asked = second === undefined || second === '--help' || second === '-h';
+    const text = [`Usage: spawngate ${first} <${group.map((c) => c.name.split(' ')[1]).join('|')}>`, '', ...group.map((c) => `  ${c.name}  ${c.summary}`), ''].join('\n');
+    (asked && second !== undefined ? io.stdout : io.stderr).write(second === undefined || asked ? text : `spawngate: unknown command "${first} ${second}"\n\n${text}`);
+    return asked && second !== undefined ? EXIT.ok : EXIT.usage;
+  }
+  io.stderr.write(`spawngate: unknown command "${first}"\n\n${overview()}`);
+  return EXIT.usage;
+}

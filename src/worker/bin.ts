@@ -1,0 +1,33 @@
+/**
+ * Process entry of the reference worker: `node dist/worker/bin.js`, or from a source checkout
+ * `node src/worker/bin.ts` (Node strips the types itself). Exit codes: 0 after a graceful stop,
+ * 1 when the agent died or the worker failed, 2 for a bad environment.
+ */
+import { registerHooks } from 'node:module';
+import type { SpawngateError } from '../errors.js';
+
+if (import.meta.url.endsWith('.ts')) {
+  // Running the TypeScript sources: imports say `./x.js` (as compiled output needs) but only x.ts exists.
+  registerHooks({
+    resolve(specifier, context, nextResolve) {
+      try {
+        return nextResolve(specifier, context);
+      } catch (err) {
+        const relativeJs = /^\.\.?\//.test(specifier) && specifier.endsWith('.js');
+        if (!relativeJs || (err as { code?: string }).code !== 'ERR_MODULE_NOT_FOUND') throw err;
+        return nextResolve(`${specifier.slice(0, -3)}.ts`, context);
+      }
+    },
+  });
+}
+
+try {
+  const { runWorkerFromEnv } = await import('./main.js');
+  await runWorkerFromEnv();
+} catch (err) {
+  const error = err as Partial<SpawngateError> & Error;
+  process.stderr.write(
+    `${JSON.stringify({ time: new Date().toISOString(), source: 'worker', level: 'error', message: error.message, code: error.code ?? null, details: error.details ?? null })}\n`,
+  );
+  process.exit(error.code === 'CONFIG_INVALID' ? 2 : 1);
+}

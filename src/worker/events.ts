@@ -1,0 +1,170 @@
+/**
+ * The worker HTTP contract: the NDJSON events of POST /turn and the JSON bodies of the other routes.
+ * Types only — the reference worker (src/worker/) produces these, the worker client
+ * (src/backends/worker-client.ts) consumes them, and neither side needs the other's code.
+ * docs/worker-protocol.md describes the same contract for implementers in other languages.
+ */
+
+/** Bumped only for breaking changes of routes or event shapes; additive fields and event types keep it. */
+export type WorkerProtocolVersion = 1;
+
+/** Fields every event line carries. `seq` starts at 0 (turn.started) and grows by one per line of a turn. */
+export interface WorkerEventBase {
+  turnId: string;
+  seq: number;
+  /** RFC 3339 time the worker emitted the line. */
+  time: string;
+  /** The W3C `traceparent` the /turn request carried, so consumers can keep the trace going. */
+  traceparent?: string;
+  /** The trace id part of `traceparent`. */
+  traceId?: string;
+}
+
+export interface TurnStartedEvent extends WorkerEventBase {
+  type: 'turn.started';
+  agentId: string;
+}
+
+export interface AgentMessageDeltaEvent extends WorkerEventBase {
+  type: 'agent.message.delta';
+  text: string;
+}
+
+export interface AgentThoughtDeltaEvent extends WorkerEventBase {
+  type: 'agent.thought.delta';
+  text: string;
+}
+
+/** ACP tool kinds (`read`, `edit`, `execute`, …); kept open because agents may send newer ones. */
+export type ToolKind = string;
+export type ToolCallStatus = 'pending' | 'in_progress' | 'completed' | 'failed';
+
+export interface ToolCallEvent extends WorkerEventBase {
+  type: 'tool.call';
+  toolCallId: string;
+  title: string;
+  kind: ToolKind;
+  status: ToolCallStatus;
+}
+
+export interface ToolResultEvent extends WorkerEventBase {
+  type: 'tool.result';
+  toolCallId: string;
+  /** The title from the matching tool.call, or null when the agent never announced the call. */
+  title: string | null;
+  status: 'completed' | 'failed';
+  /** Text summary of the tool's output (text blocks, diff paths, terminal ids), truncated. */
+  content: string;
+}
+
+/** ACP stop reasons; `cancelled` never appears here (that is turn.cancelled). */
+export type StopReason = 'end_turn' | 'max_tokens' | 'max_turn_requests' | 'refusal' | (string & {});
+
+export interface TurnCompletedEvent extends WorkerEventBase {
+  type: 'turn.completed';
+  stopReason: StopReason;
+}
+
+/**
+ * `agent_exited`: the agent process ended during the turn (exitCode/signal say how).
+ * `agent_error`: the agent answered session/prompt with a JSON-RPC error (acpCode is its code).
+ * `agent_unavailable`: the ACP connection was gone before the prompt could be sent.
+ */
+export type TurnFailureCode = 'agent_exited' | 'agent_error' | 'agent_unavailable';
+
+export interface TurnFailedEvent extends WorkerEventBase {
+  type: 'turn.failed';
+  error: {
+    code: TurnFailureCode;
+    message: string;
+    exitCode?: number | null;
+    signal?: string | null;
+    acpCode?: number;
+  };
+}
+
+/** Why a turn was cancelled: POST /cancel, the HTTP client went away, the worker shut down, or the agent chose to stop. */
+export type CancelReason = 'client_cancel' | 'client_disconnect' | 'shutdown' | 'agent';
+
+export interface TurnCancelledEvent extends WorkerEventBase {
+  type: 'turn.cancelled';
+  reason: CancelReason;
+  /** true when the agent did not finish within the cancel grace period and the worker ended the turn itself. */
+  forced: boolean;
+}
+
+export type WorkerEvent =
+  | TurnStartedEvent
+  | AgentMessageDeltaEvent
+  | AgentThoughtDeltaEvent
+  | ToolCallEvent
+  | ToolResultEvent
+  | TurnCompletedEvent
+  | TurnFailedEvent
+  | TurnCancelledEvent;
+
+export type WorkerEventType = WorkerEvent['type'];
+/** Exactly one of these ends every turn stream, and it is always the last line. */
+export type TerminalWorkerEvent = TurnCompletedEvent | TurnFailedEvent | TurnCancelledEvent;
+
+/** POST /turn body. */
+export interface TurnRequest {
+  message: string;
+  /** 1–128 chars of [A-Za-z0-9._:-]; the worker mints a UUID when absent. */
+  turnId?: string;
+}
+
+/** GET /healthz: 200 with status "ok" once the ACP session exists, 503 with status "starting"/"exiting" and a reason otherwise. */
+export interface Healthz {
+  status: 'ok' | 'starting' | 'exiting';
+  agentId: string;
+  /** spawngate version of the worker. */
+  version: string;
+  protocolVersion: WorkerProtocolVersion;
+  /** The agent's self-description from ACP initialize, when it gave one. */
+  agentInfo?: { name: string; version: string } | null;
+  reason?: string;
+}
+
+/** `starting` is reported until the ACP session exists (healthz is 503 meanwhile). */
+export type WorkerState = 'starting' | 'idle' | 'busy' | 'exiting';
+
+/** GET /status. Named apart from the backend-level WorkerStatus (src/backends/types.ts). */
+export interface WorkerStatusReport {
+  state: WorkerState;
+  agentId: string;
+  /** Turns accepted since the worker started. */
+  turns: number;
+  outcomes: { completed: number; failed: number; cancelled: number };
+  currentTurnId: string | null;
+  startedAt: string;
+  lastEventAt: string | null;
+  agentPid: number | null;
+}
+
+/** POST /cancel → 202. `turnId` is the turn being cancelled, or null when no turn was open. */
+export interface CancelResponse {
+  turnId: string | null;
+}
+
+export interface WorkerLogLine {
+  time: string;
+  /** `worker`: the worker's own lines; `agent`: the agent process's stderr. */
+  source: 'worker' | 'agent';
+  level: 'debug' | 'info' | 'warn' | 'error';
+  message: string;
+}
+
+/** GET /logs?tail=N (N ≤ 1000). */
+export interface WorkerLogsResponse {
+  lines: WorkerLogLine[];
+}
+
+/** Error body of every non-2xx answer. */
+export interface WorkerErrorBody {
+  error: {
+    code: 'unauthorized' | 'busy' | 'not_ready' | 'exiting' | 'invalid_request' | 'payload_too_large' | 'not_found' | 'method_not_allowed';
+    message: string;
+    currentTurnId?: string;
+  };
+}

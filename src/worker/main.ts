@@ -1,0 +1,122 @@
+/**
+ * Environment-driven entry of the reference worker, shared by `spawngate worker` and the container
+ * image (src/worker/bin.ts). Importing this module has no side effects; runWorkerFromEnv does.
+ *
+ *   SPAWNGATE_WORKER_TOKEN    required; the bearer token every request must carry (never passed to the agent)
+ *   SPAWNGATE_AGENT_ID        agent id reported in /healthz and events; default "echo"
+ *   SPAWNGATE_AGENT_COMMAND   JSON array argv of the ACP agent; default: the built-in agent of that id
+ *   SPAWNGATE_LISTEN          "8080" (127.0.0.1:8080), "host:port", "[::1]:port" or "unix:/path.sock";
+ *                             default "127.0.0.1:0" (an ephemeral port, reported in the listening line)
+ *   SPAWNGATE_WORKER_CWD      the agent's working directory; default the worker's
+ *   SPAWNGATE_CANCEL_GRACE_MS how long the agent may take to honour a cancel; default 5000
+ */
+import { fileURLToPath } from 'node:url';
+import { ConfigError } from '../errors.js';
+import type { Issue } from '../errors.js';
+import { resolveBuiltinAgent } from '../agents/index.js';
+import { startWorker } from './worker.js';
+import type { RunningWorker, StartWorkerOptions, WorkerListen } from './worker.js';
+
+type Env = Record<string, string | undefined>;
+
+export function parseListen(value: string | undefined): WorkerListen | Issue {
+  const spec = value?.trim() || '127.0.0.1:0';
+  const path = 'SPAWNGATE_LISTEN';
+  if (spec.startsWith('unix:')) {
+    const socketPath = spec.slice('unix:'.length);
+    return socketPath ? { socketPath } : { path, message: 'unix: needs a socket path, e.g. unix:/run/worker.sock' };
+  }
+  const match = /^(?:(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+)):)?(\d{1,5})$/.exec(spec);
+  const port = Number(match?.[3]);
+  if (!match || port > 65535) return { path, message: `expected a port, "host:port" or "unix:/path", got ${JSON.stringify(spec)}` };
+  return { port, host: match[1] ?? match[2] ?? '127.0.0.1' };
+}
+
+/** Turns the environment into startWorker options; every fault is reported at once, by variable name. */
+export function workerOptionsFromEnv(env: Env): StartWorkerOptions {
+  const issues: Issue[] = [];
+  const token = env['SPAWNGATE_WORKER_TOKEN'];
+  if (!token) issues.push({ path: 'SPAWNGATE_WORKER_TOKEN', message: 'required: the per-worker bearer token' });
+  const agentId = env['SPAWNGATE_AGENT_ID'] || 'echo';
+
+  let argv: string[] | null = null;
+  const rawCommand = env['SPAWNGATE_AGENT_COMMAND'];
+  if (rawCommand) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(rawCommand);
+    } catch {
+      parsed = undefined;
+    }
+    if (Array.isArray(parsed) && parsed.length > 0 && parsed.every((a) => typeof a === 'string') && parsed[0] !== '') argv = parsed;
+    else issues.push({ path: 'SPAWNGATE_AGENT_COMMAND', message: 'must be a JSON array of strings, e.g. ["node","/app/dist/agents/echo.js"]' });
+  } else {
+    argv = resolveBuiltinAgent(agentId)?.command ?? null;
+    if (!argv) issues.push({ path: 'SPAWNGATE_AGENT_COMMAND', message: `required: "${agentId}" is not a built-in agent` });
+  }
+
+  const listen = parseListen(env['SPAWNGATE_LISTEN']);
+  if ('message' in listen) issues.push(listen);
+
+  let cancelGraceMs: number | undefined;
+  const rawGrace = env['SPAWNGATE_CANCEL_GRACE_MS'];
+  if (rawGrace) {
+    cancelGraceMs = Number(rawGrace);
+    if (!Number.isInteger(cancelGraceMs) || cancelGraceMs < 0) issues.push({ path: 'SPAWNGATE_CANCEL_GRACE_MS', message: 'must be a non-negative integer' });
+  }
+
+  if (issues.length > 0 || !token || !argv || 'message' in listen) throw new ConfigError('invalid worker environment', issues);
+  const [agentCommand = '', ...agentArgs] = argv;
+  return {
+    agentCommand,
+    agentArgs,
+    agentId,
+    token,
+    listen,
+    ...(env['SPAWNGATE_WORKER_CWD'] ? { cwd: env['SPAWNGATE_WORKER_CWD'] } : {}),
+    ...(cancelGraceMs === undefined ? {} : { cancelGraceMs }),
+  };
+}
+
+export interface WorkerIo {
+  stdout: (line: string) => void;
+  stderr: (line: string) => void;
+}
+
+const processIo: WorkerIo = {
+  stdout: (line) => process.stdout.write(line),
+  stderr: (line) => process.stderr.write(line),
+};
+
+/**
+ * Starts the worker from the environment, prints `{"event":"listening",...}` on stdout once the server
+ * listens, mirrors log lines to stderr as JSON, and stops gracefully (exit 0) on SIGTERM/SIGINT.
+ * When the agent dies the worker exits 1 on its own (see StartWorkerOptions.exitOnAgentExit).
+ */
+export async function runWorkerFromEnv(env: Env = process.env, io: WorkerIo = processIo): Promise<RunningWorker> {
+  const options = workerOptionsFromEnv(env);
+  const worker = await startWorker({
+    ...options,
+    onLog: (line) => io.stderr(`${JSON.stringify(line)}\n`),
+  });
+  const onSignal = (signal: NodeJS.Signals): void => {
+    io.stderr(`${JSON.stringify({ time: new Date().toISOString(), source: 'worker', level: 'info', message: `received ${signal}` })}\n`);
+    worker.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  io.stdout(`${JSON.stringify({ event: 'listening', ...worker.address, agentId: worker.agentId, pid: process.pid })}\n`);
+  return worker;
+}
+
+/**
+ * argv that starts the reference worker as its own process with the running node binary, for the
+ * process backend: bin.js once built, bin.ts when spawngate runs from its sources.
+ */
+export function workerBinCommand(): string[] {
+  const extension = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+  return [process.execPath, fileURLToPath(new URL(`./bin${extension}`, import.meta.url))];
+}

@@ -1,0 +1,645 @@
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { lstat, unlink } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { connect } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { isAbsolute, resolve as resolvePath } from 'node:path';
+import type { PromptResponse, SessionUpdate } from '@agentclientprotocol/sdk';
+import { BackendError, ConfigError, WorkerProtocolError } from '../errors.js';
+import type { Issue } from '../errors.js';
+import { acpErrorCode, openAcpSession } from './acp-session.js';
+import type { AcpSession, AgentInfo } from './acp-session.js';
+import { spawnAgentProcess, within } from './agent-process.js';
+import type { AgentExit, AgentProcess } from './agent-process.js';
+import type {
+  CancelReason,
+  CancelResponse,
+  Healthz,
+  WorkerLogLine,
+  WorkerLogsResponse,
+  WorkerState,
+  WorkerStatusReport,
+} from './events.js';
+import { BodyTooLargeError, parseTraceparent, readBody, sendError, sendJson, tokenVerifier } from './http.js';
+import { LogBuffer, MAX_LOG_TAIL } from './log-buffer.js';
+import { mapSessionUpdate } from './map-update.js';
+import type { EventBody } from './map-update.js';
+
+export type WorkerListen = { port: number; host?: string } | { socketPath: string };
+
+export interface StartWorkerOptions {
+  agentCommand: string;
+  agentArgs: string[];
+  /** Added to the worker's own environment (minus SPAWNGATE_WORKER_TOKEN, which the agent never sees). */
+  agentEnv?: Record<string, string>;
+  agentId: string;
+  token: string;
+  /** TCP (host defaults to 127.0.0.1) or a unix socket path. */
+  listen: WorkerListen;
+  /** The agent's working directory and ACP session cwd; defaults to process.cwd(). */
+  cwd?: string;
+  /** Capacity of the /logs ring buffer; defaults to 1000 lines. */
+  logLimit?: number;
+  /**
+   * When the agent process dies (or never gets an ACP session), close the worker and exit the process
+   * non-zero after `agentExitLingerMs`, so the backend sees the failure. Default true; in-process
+   * embedders (tests) turn it off and watch /healthz instead.
+   */
+  exitOnAgentExit?: boolean;
+  agentExitLingerMs?: number;
+  /** How long an agent may take to honour session/cancel before the worker ends the turn itself. Default 5000. */
+  cancelGraceMs?: number;
+  /** Bound on initialize + session/new. Default 120000. */
+  initTimeoutMs?: number;
+  /** Time between SIGTERM and SIGKILL of the agent's process group. Default 3000. */
+  killGraceMs?: number;
+  /** Also receives every log line (the CLI mirrors them to stderr). */
+  onLog?: (line: WorkerLogLine) => void;
+}
+
+export interface RunningWorker {
+  readonly address: { url: string } | { socketPath: string };
+  readonly agentId: string;
+  /** Resolves when the ACP session exists; rejects (WORKER_PROTOCOL) when the agent never got there. */
+  readonly ready: Promise<void>;
+  /** Graceful stop: cancels the open turn, kills the agent's process group, closes the server. Idempotent. */
+  close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+interface OpenTurn {
+  readonly id: string;
+  readonly res: ServerResponse;
+  readonly trace: { traceparent: string; traceId: string } | null;
+  readonly toolTitles: Map<string, string>;
+  /** Aborting stops waiting for the prompt and sends $/cancel_request; used once the cancel grace is over. */
+  readonly promptAbort: AbortController;
+  readonly done: Promise<void>;
+  resolveDone: () => void;
+  seq: number;
+  ended: boolean;
+  cancelReason: CancelReason | null;
+  graceTimer: NodeJS.Timeout | null;
+}
+
+type TerminalBody = Extract<EventBody, { type: 'turn.completed' | 'turn.failed' | 'turn.cancelled' }>;
+
+const MAX_TURN_BODY_BYTES = 1024 * 1024;
+const TURN_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+const DEFAULT_LOG_TAIL = 200;
+
+const workerVersion = readPackageVersion();
+
+function readPackageVersion(): string {
+  try {
+    // src/worker/ and dist/worker/ both sit two levels below the package root.
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+    return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+function validateOptions(opts: StartWorkerOptions): void {
+  const issues: Issue[] = [];
+  if (typeof opts.agentCommand !== 'string' || opts.agentCommand === '') issues.push({ path: 'agentCommand', message: 'must be a non-empty string' });
+  if (!Array.isArray(opts.agentArgs) || opts.agentArgs.some((a) => typeof a !== 'string')) issues.push({ path: 'agentArgs', message: 'must be an array of strings' });
+  if (typeof opts.agentId !== 'string' || opts.agentId === '') issues.push({ path: 'agentId', message: 'must be a non-empty string' });
+  if (typeof opts.token !== 'string' || !/^\S+$/.test(opts.token)) issues.push({ path: 'token', message: 'must be a non-empty string without whitespace' });
+  if ('socketPath' in opts.listen) {
+    if (!opts.listen.socketPath) issues.push({ path: 'listen.socketPath', message: 'must be a non-empty path' });
+  } else if (!Number.isInteger(opts.listen.port) || opts.listen.port < 0 || opts.listen.port > 65535) {
+    issues.push({ path: 'listen.port', message: 'must be an integer between 0 and 65535' });
+  }
+  if (opts.logLimit !== undefined && (!Number.isInteger(opts.logLimit) || opts.logLimit < 1)) issues.push({ path: 'logLimit', message: 'must be a positive integer' });
+  for (const key of ['agentExitLingerMs', 'cancelGraceMs', 'initTimeoutMs', 'killGraceMs'] as const) {
+    const value = opts[key];
+    if (value !== undefined && (!Number.isFinite(value) || value < 0)) issues.push({ path: key, message: 'must be a non-negative number of milliseconds' });
+  }
+  if (issues.length > 0) throw new ConfigError('invalid worker options', issues);
+}
+
+function agentEnvironment(extra: Record<string, string> | undefined): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(process.env)) {
+    // The agent runs model-written code; it has no business holding the credential of its own worker.
+    if (value !== undefined && key !== 'SPAWNGATE_WORKER_TOKEN') env[key] = value;
+  }
+  return { ...env, ...extra };
+}
+
+function describeExit(exit: AgentExit | null): string {
+  if (!exit) return 'agent process did not exit in time';
+  if (exit.spawnError) return `agent process could not start: ${exit.spawnError}`;
+  if (exit.signal) return `agent process was killed by ${exit.signal}`;
+  return `agent process exited with code ${exit.code}`;
+}
+
+function nextMacrotask(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+function signalClosed(signal: AbortSignal): Promise<void> {
+  return signal.aborted ? Promise.resolve() : new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+}
+
+/** A unix socket left behind by a crashed worker blocks listen(); remove it only if nobody answers on it. */
+async function removeStaleSocket(path: string): Promise<void> {
+  const stat = await lstat(path).catch(() => null);
+  if (!stat?.isSocket()) return;
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (!alive) await unlink(path).catch(() => undefined);
+}
+
+function listen(server: Server, where: WorkerListen): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error): void => reject(err);
+    server.once('error', onError);
+    const onListening = (): void => {
+      server.off('error', onError);
+      resolve();
+    };
+    if ('socketPath' in where) server.listen(where.socketPath, onListening);
+    else server.listen(where.port, where.host ?? '127.0.0.1', onListening);
+  });
+}
+
+/**
+ * Starts the reference worker: an HTTP server speaking the worker contract (docs/worker-protocol.md)
+ * in front of one ACP agent process driven over stdio. Resolves once the server listens; the ACP
+ * handshake continues in the background (`ready`, and /healthz turns 200 when it is done).
+ */
+export async function startWorker(opts: StartWorkerOptions): Promise<RunningWorker> {
+  validateOptions(opts);
+  const cwd = opts.cwd ? resolvePath(opts.cwd) : process.cwd();
+  if (!isAbsolute(cwd)) throw new ConfigError('invalid worker options', [{ path: 'cwd', message: 'must resolve to an absolute path' }]);
+  const exitOnAgentExit = opts.exitOnAgentExit ?? true;
+  const agentExitLingerMs = opts.agentExitLingerMs ?? 1000;
+  const cancelGraceMs = opts.cancelGraceMs ?? 5000;
+  const initTimeoutMs = opts.initTimeoutMs ?? 120_000;
+  const killGraceMs = opts.killGraceMs ?? 3000;
+  const logs = new LogBuffer(opts.logLimit ?? MAX_LOG_TAIL);
+  const isAuthorized = tokenVerifier(opts.token);
+  const startedAt = new Date().toISOString();
+
+  let state: WorkerState = 'starting';
+  let unavailableReason = 'waiting for the ACP session';
+  let session: AcpSession | null = null;
+  let agentInfo: AgentInfo | null = null;
+  let agent: AgentProcess | null = null;
+  let turn: OpenTurn | null = null;
+  let lastEventAt: string | null = null;
+  let closing = false;
+  let closePromise: Promise<void> | null = null;
+  let exitTimer: NodeJS.Timeout | null = null;
+  const stats = { turns: 0, completed: 0, failed: 0, cancelled: 0 };
+  let droppedUpdates = 0;
+
+  const log = (level: WorkerLogLine['level'], message: string, fields?: Record<string, unknown>): void => {
+    const line: WorkerLogLine = {
+      time: new Date().toISOString(),
+      source: 'worker',
+      level,
+      message: fields ? `${message} ${JSON.stringify(fields)}` : message,
+    };
+    logs.push(line);
+    opts.onLog?.(line);
+  };
+
+  // ---- turns -------------------------------------------------------------------------------------
+
+  const emit = (t: OpenTurn, body: EventBody): void => {
+    if (t.ended) return;
+    const time = new Date().toISOString();
+    lastEventAt = time;
+    // Envelope first so a line reads {type, turnId, seq, time, …} as documented.
+    const { type, ...fields } = body;
+    const line = { type, turnId: t.id, seq: t.seq++, time, ...fields, ...(t.trace ?? {}) };
+    if (!t.res.destroyed && !t.res.writableEnded) t.res.write(`${JSON.stringify(line)}\n`);
+  };
+
+  const endTurn = (t: OpenTurn, body: TerminalBody): void => {
+    if (t.ended) return;
+    emit(t, body);
+    t.ended = true;
+    if (t.graceTimer) clearTimeout(t.graceTimer);
+    if (body.type === 'turn.completed') stats.completed++;
+    else if (body.type === 'turn.failed') stats.failed++;
+    else stats.cancelled++;
+    if (turn === t) {
+      turn = null;
+      if (state === 'busy') state = 'idle';
+    }
+    if (!t.res.destroyed && !t.res.writableEnded) t.res.end();
+    log(body.type === 'turn.failed' ? 'warn' : 'info', 'turn ended', {
+      turnId: t.id,
+      outcome: body.type,
+      ...(t.trace ? { traceId: t.trace.traceId } : {}),
+      ...(body.type === 'turn.failed' ? { error: body.error } : {}),
+      ...(body.type === 'turn.cancelled' ? { reason: body.reason, forced: body.forced } : {}),
+    });
+    t.resolveDone();
+  };
+
+  const agentExitedFailure = (exit: AgentExit): TerminalBody => ({
+    type: 'turn.failed',
+    error: { code: 'agent_exited', message: describeExit(exit), exitCode: exit.code, signal: exit.signal },
+  });
+
+  const cancelTurn = (t: OpenTurn, reason: CancelReason): void => {
+    if (t.ended || t.cancelReason) return;
+    t.cancelReason = reason;
+    log('info', 'cancelling turn', { turnId: t.id, reason });
+    if (session && !session.closedSignal.aborted) {
+      session.cancel().catch((err: unknown) => log('warn', 'session/cancel could not be sent', { error: String(err) }));
+    }
+    t.graceTimer = setTimeout(() => {
+      if (t.ended) return;
+      log('warn', 'agent did not honour session/cancel in time; ending the turn without it', { turnId: t.id, graceMs: cancelGraceMs });
+      t.promptAbort.abort();
+      endTurn(t, { type: 'turn.cancelled', reason, forced: true });
+    }, cancelGraceMs);
+  };
+
+  const onPromptAnswered = async (t: OpenTurn, response: PromptResponse): Promise<void> => {
+    // Updates that arrived just before the response may still be in the SDK's async dispatch chain.
+    await nextMacrotask();
+    if (t.ended) return;
+    if (t.cancelReason || response.stopReason === 'cancelled') {
+      endTurn(t, { type: 'turn.cancelled', reason: t.cancelReason ?? 'agent', forced: false });
+    } else {
+      endTurn(t, { type: 'turn.completed', stopReason: response.stopReason });
+    }
+  };
+
+  const onPromptFailed = async (t: OpenTurn, err: unknown, s: AcpSession): Promise<void> => {
+    await nextMacrotask();
+    if (t.ended) return;
+    if (s.closedSignal.aborted || agent?.exit) {
+      // The connection died with the agent; its exit status usually follows within milliseconds.
+      const exit = agent ? await within(agent.exited, 1000) : null;
+      endTurn(
+        t,
+        exit ? agentExitedFailure(exit) : { type: 'turn.failed', error: { code: 'agent_unavailable', message: 'the ACP connection to the agent closed' } },
+      );
+      return;
+    }
+    const acpCode = acpErrorCode(err);
+    if (t.cancelReason && acpCode === -32800) {
+      endTurn(t, { type: 'turn.cancelled', reason: t.cancelReason, forced: false });
+      return;
+    }
+    const message = err instanceof Error ? err.message : String(err);
+    endTurn(t, { type: 'turn.failed', error: { code: 'agent_error', message, ...(acpCode === null ? {} : { acpCode }) } });
+  };
+
+  const onUpdate = (update: SessionUpdate): void => {
+    const t = turn;
+    if (!t || t.ended) {
+      // Counted, not logged one by one: an agent still busy with a force-cancelled prompt could flood the log ring.
+      droppedUpdates++;
+      return;
+    }
+    for (const body of mapSessionUpdate(update, t.toolTitles)) emit(t, body);
+  };
+
+  const startTurn = (res: ServerResponse, req: IncomingMessage, message: string, turnId: string, s: AcpSession): void => {
+    let resolveDone!: () => void;
+    const done = new Promise<void>((resolve) => {
+      resolveDone = resolve;
+    });
+    const t: OpenTurn = {
+      id: turnId,
+      res,
+      trace: parseTraceparent(req.headers.traceparent),
+      toolTitles: new Map(),
+      promptAbort: new AbortController(),
+      done,
+      resolveDone,
+      seq: 0,
+      ended: false,
+      cancelReason: null,
+      graceTimer: null,
+    };
+    turn = t;
+    state = 'busy';
+    stats.turns++;
+    res.writeHead(200, {
+      'content-type': 'application/x-ndjson; charset=utf-8',
+      'cache-control': 'no-store',
+      'x-turn-id': turnId,
+      // Reverse proxies must pass lines through as they come, not buffer the stream.
+      'x-accel-buffering': 'no',
+    });
+    res.on('close', () => {
+      if (!t.ended) cancelTurn(t, 'client_disconnect');
+    });
+    log('info', 'turn started', {
+      turnId,
+      messageChars: message.length,
+      ...(t.trace ? { traceId: t.trace.traceId } : {}),
+      ...(droppedUpdates > 0 ? { updatesDroppedBetweenTurns: droppedUpdates } : {}),
+    });
+    droppedUpdates = 0;
+    emit(t, { type: 'turn.started', agentId: opts.agentId });
+    s.prompt(message, { traceparent: t.trace?.traceparent ?? null, signal: t.promptAbort.signal }).then(
+      (response) => onPromptAnswered(t, response),
+      (err: unknown) => onPromptFailed(t, err, s),
+    );
+  };
+
+  // ---- HTTP routes -------------------------------------------------------------------------------
+
+  const healthz = (): { status: number; body: Healthz } => {
+    const base = { agentId: opts.agentId, version: workerVersion, protocolVersion: 1 as const, agentInfo };
+    if (state === 'idle' || state === 'busy') return { status: 200, body: { status: 'ok', ...base } };
+    return { status: 503, body: { status: state === 'starting' ? 'starting' : 'exiting', ...base, reason: unavailableReason } };
+  };
+
+  const statusReport = (): WorkerStatusReport => ({
+    state,
+    agentId: opts.agentId,
+    turns: stats.turns,
+    outcomes: { completed: stats.completed, failed: stats.failed, cancelled: stats.cancelled },
+    currentTurnId: turn?.id ?? null,
+    startedAt,
+    lastEventAt,
+    agentPid: agent?.exit ? null : (agent?.pid ?? null),
+  });
+
+  const refuseUnavailable = (res: ServerResponse): void => {
+    if (state === 'starting') sendError(res, 503, 'not_ready', `the agent session is not ready: ${unavailableReason}`);
+    else sendError(res, 503, 'exiting', `the worker is exiting: ${unavailableReason}`);
+  };
+
+  // Functions rather than inline reads: TypeScript would keep narrowings of these across awaits.
+  const serving = (): boolean => state === 'idle' || state === 'busy';
+  const openTurn = (): OpenTurn | null => turn;
+
+  const handleTurn = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    if (state === 'starting' || state === 'exiting') {
+      req.resume();
+      refuseUnavailable(res);
+      return;
+    }
+    if (turn) {
+      req.resume();
+      sendError(res, 409, 'busy', 'a turn is already running; one turn at a time', { currentTurnId: turn.id });
+      return;
+    }
+    let raw: string;
+    try {
+      raw = await readBody(req, MAX_TURN_BODY_BYTES);
+    } catch (err) {
+      if (err instanceof BodyTooLargeError) sendError(res, 413, 'payload_too_large', err.message, { headers: { connection: 'close' } });
+      else res.destroy();
+      return;
+    }
+    let body: unknown;
+    try {
+      body = JSON.parse(raw);
+    } catch {
+      sendError(res, 400, 'invalid_request', 'body must be JSON: {"message": string, "turnId"?: string}');
+      return;
+    }
+    const fields = typeof body === 'object' && body !== null && !Array.isArray(body) ? (body as Record<string, unknown>) : null;
+    const message = fields?.['message'];
+    const turnId = fields?.['turnId'];
+    if (typeof message !== 'string' || message.trim() === '') {
+      sendError(res, 400, 'invalid_request', 'message must be a non-empty string');
+      return;
+    }
+    if (turnId !== undefined && (typeof turnId !== 'string' || !TURN_ID.test(turnId))) {
+      sendError(res, 400, 'invalid_request', 'turnId must be 1-128 characters of A-Z a-z 0-9 . _ : -');
+      return;
+    }
+    // Re-checked after the body arrived: the state may have changed and another request may have taken the slot.
+    const s = session;
+    if (!s || !serving()) {
+      refuseUnavailable(res);
+      return;
+    }
+    const running = openTurn();
+    if (running) {
+      sendError(res, 409, 'busy', 'a turn is already running; one turn at a time', { currentTurnId: running.id });
+      return;
+    }
+    startTurn(res, req, message, turnId ?? randomUUID(), s);
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    if (!isAuthorized(req)) {
+      req.resume();
+      sendError(res, 401, 'unauthorized', 'missing or wrong bearer token', { headers: { 'www-authenticate': 'Bearer' } });
+      return;
+    }
+    const url = new URL(req.url ?? '/', 'http://worker');
+    const allowed: Record<string, string> = { '/healthz': 'GET', '/turn': 'POST', '/cancel': 'POST', '/status': 'GET', '/logs': 'GET' };
+    const allow = allowed[url.pathname];
+    if (!allow) {
+      req.resume();
+      sendError(res, 404, 'not_found', `no route ${url.pathname}`);
+      return;
+    }
+    if (req.method !== allow && !(allow === 'GET' && req.method === 'HEAD')) {
+      req.resume();
+      sendError(res, 405, 'method_not_allowed', `${url.pathname} accepts ${allow}`, { headers: { allow } });
+      return;
+    }
+    if (url.pathname === '/turn') {
+      await handleTurn(req, res);
+      return;
+    }
+    req.resume();
+    switch (url.pathname) {
+      case '/healthz': {
+        const { status, body } = healthz();
+        sendJson(res, status, body);
+        return;
+      }
+      case '/cancel': {
+        const t = turn;
+        if (t) cancelTurn(t, 'client_cancel');
+        const body: CancelResponse = { turnId: t?.id ?? null };
+        sendJson(res, 202, body);
+        return;
+      }
+      case '/status':
+        sendJson(res, 200, statusReport());
+        return;
+      case '/logs': {
+        const tailParam = url.searchParams.get('tail');
+        const tail = tailParam === null ? DEFAULT_LOG_TAIL : Number(tailParam);
+        if (!Number.isInteger(tail) || tail < 0 || tail > MAX_LOG_TAIL) {
+          sendError(res, 400, 'invalid_request', `tail must be an integer between 0 and ${MAX_LOG_TAIL}`);
+          return;
+        }
+        const body: WorkerLogsResponse = { lines: logs.tail(tail) };
+        sendJson(res, 200, body);
+        return;
+      }
+    }
+  };
+
+  const server = createServer((req, res) => {
+    handle(req, res).catch((err: unknown) => {
+      log('error', 'request handler failed', { error: err instanceof Error ? err.message : String(err) });
+      if (!res.headersSent) sendJson(res, 500, { error: { code: 'internal', message: 'internal worker error' } });
+      else res.destroy();
+    });
+  });
+  server.on('clientError', (_err, socket) => socket.destroy());
+
+  if ('socketPath' in opts.listen) await removeStaleSocket(opts.listen.socketPath);
+  try {
+    await listen(server, opts.listen);
+  } catch (err) {
+    throw new BackendError('BACKEND_FAILED', `worker could not listen on ${JSON.stringify(opts.listen)}: ${(err as Error).message}`, { cause: err });
+  }
+  const address: RunningWorker['address'] = (() => {
+    if ('socketPath' in opts.listen) return { socketPath: opts.listen.socketPath };
+    const info = server.address() as AddressInfo;
+    const host = info.family === 'IPv6' ? `[${info.address}]` : info.address;
+    return { url: `http://${host}:${info.port}` };
+  })();
+
+  // ---- lifecycle ---------------------------------------------------------------------------------
+
+  const closeServer = (): Promise<void> =>
+    new Promise((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    });
+
+  const close = (): Promise<void> => {
+    if (closePromise) return closePromise;
+    closing = true;
+    state = 'exiting';
+    unavailableReason = 'the worker is shutting down';
+    if (exitTimer) clearTimeout(exitTimer);
+    closePromise = (async () => {
+      log('info', 'worker shutting down');
+      const open = turn;
+      if (open) {
+        cancelTurn(open, 'shutdown');
+        // Bounded: cancelTurn's grace timer ends the turn at the latest after cancelGraceMs.
+        await open.done;
+      }
+      session?.close();
+      if (agent && !agent.exit) {
+        const exit = await agent.terminate(killGraceMs);
+        log('info', 'agent stopped', { exit: describeExit(exit) });
+      }
+      await closeServer();
+    })();
+    return closePromise;
+  };
+
+  const becomeUnusable = (reason: string): void => {
+    if (closing || state === 'exiting') return;
+    state = 'exiting';
+    unavailableReason = reason;
+    log('error', 'worker unusable', { reason });
+    if (exitOnAgentExit) {
+      exitTimer = setTimeout(() => {
+        void close().finally(() => process.exit(1));
+      }, agentExitLingerMs);
+    }
+  };
+
+  log('info', 'starting agent', { agentId: opts.agentId, command: opts.agentCommand, args: opts.agentArgs, cwd });
+  const proc = spawnAgentProcess({
+    command: opts.agentCommand,
+    args: opts.agentArgs,
+    cwd,
+    env: agentEnvironment(opts.agentEnv),
+    onStderrLine: (message) => {
+      const line: WorkerLogLine = { time: new Date().toISOString(), source: 'agent', level: 'info', message };
+      logs.push(line);
+      opts.onLog?.(line);
+    },
+  });
+  agent = proc;
+
+  void proc.exited.then(async (exit) => {
+    if (closing) return;
+    log('error', 'agent process ended', { exitCode: exit.code, signal: exit.signal, spawnError: exit.spawnError });
+    const reason = describeExit(exit);
+    becomeUnusable(reason);
+    // Let the last lines the agent wrote before dying reach the open turn before it is failed.
+    if (session) await within(signalClosed(session.closedSignal), 1000);
+    await nextMacrotask();
+    const open = turn;
+    if (open) endTurn(open, agentExitedFailure(exit));
+  });
+
+  let initTimer: NodeJS.Timeout | undefined;
+  const ready = (async () => {
+    const opened = openAcpSession({
+      stdin: proc.stdin,
+      stdout: proc.stdout,
+      cwd,
+      onUpdate,
+      onPermission: (request, response) =>
+        log('info', 'answered permission request', {
+          toolCallId: request.toolCall.toolCallId,
+          title: request.toolCall.title ?? null,
+          outcome: response.outcome.outcome === 'selected' ? `selected ${response.outcome.optionId}` : 'cancelled',
+        }),
+    });
+    const timeout = new Promise<never>((_, reject) => {
+      initTimer = setTimeout(() => reject(new Error(`no ACP session after ${initTimeoutMs} ms`)), initTimeoutMs);
+    });
+    try {
+      const s = await Promise.race([opened, timeout]);
+      if (closing) {
+        s.close();
+        return;
+      }
+      session = s;
+      agentInfo = s.agentInfo;
+      state = 'idle';
+      log('info', 'ACP session ready', { sessionId: s.sessionId, agentInfo });
+      void signalClosed(s.closedSignal).then(async () => {
+        // Usually the agent died and the exit path reports it; an agent that merely closed its stdout
+        // is alive but unreachable, which is just as fatal for this worker.
+        if (closing || (await within(proc.exited, 1000))) return;
+        becomeUnusable('the ACP connection to the agent closed');
+        const open = turn;
+        if (open) endTurn(open, { type: 'turn.failed', error: { code: 'agent_unavailable', message: 'the ACP connection to the agent closed' } });
+        void proc.terminate(killGraceMs);
+      });
+    } catch (err) {
+      opened.then((s) => s.close(), () => undefined);
+      throw new WorkerProtocolError('WORKER_PROTOCOL', `agent ${opts.agentId} did not complete the ACP handshake: ${(err as Error).message}`, {
+        cause: err,
+      });
+    } finally {
+      clearTimeout(initTimer);
+    }
+  })();
+  ready.catch((err: unknown) => {
+    if (closing) return;
+    const reason = proc.exit ? describeExit(proc.exit) : (err as Error).message;
+    becomeUnusable(reason);
+    // An agent that is alive but cannot hold a session is useless; do not leave it running.
+    if (!proc.exit) void proc.terminate(killGraceMs);
+  });
+
+  return {
+    address,
+    agentId: opts.agentId,
+    ready,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}

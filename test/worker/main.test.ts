@@ -1,0 +1,154 @@
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { createWorkerClient } from '../../src/backends/worker-client.js';
+import type { WorkerClient } from '../../src/backends/worker-client.js';
+import { ConfigError } from '../../src/errors.js';
+import { builtinAgents } from '../../src/agents/index.js';
+import type { WorkerEvent } from '../../src/worker/events.js';
+import { parseListen, workerBinCommand, workerOptionsFromEnv } from '../../src/worker/main.js';
+import { bounded, eventually, fixtureAgent, isAlive, newToken, spawnWorkerBin, tempDir, workerBin } from './helpers.js';
+
+const fixtureCommand = JSON.stringify([process.execPath, fixtureAgent]);
+
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return err as ConfigError;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('worker environment', () => {
+  it('parses SPAWNGATE_LISTEN forms', () => {
+    expect(parseListen('8080')).toEqual({ port: 8080, host: '127.0.0.1' });
+    expect(parseListen('0.0.0.0:9000')).toEqual({ port: 9000, host: '0.0.0.0' });
+    expect(parseListen('[::1]:9000')).toEqual({ port: 9000, host: '::1' });
+    expect(parseListen('unix:/run/w.sock')).toEqual({ socketPath: '/run/w.sock' });
+    expect(parseListen(undefined)).toEqual({ port: 0, host: '127.0.0.1' });
+    expect(parseListen('70000')).toMatchObject({ path: 'SPAWNGATE_LISTEN' });
+    expect(parseListen('unix:')).toMatchObject({ path: 'SPAWNGATE_LISTEN' });
+    expect(parseListen('host:port')).toMatchObject({ path: 'SPAWNGATE_LISTEN' });
+  });
+
+  it('defaults to the built-in echo agent', () => {
+    const options = workerOptionsFromEnv({ SPAWNGATE_WORKER_TOKEN: 't0k' });
+    expect(options.agentId).toBe('echo');
+    expect([options.agentCommand, ...options.agentArgs]).toEqual(builtinAgents['echo']?.command);
+  });
+
+  it('reads an explicit agent command, cwd and cancel grace', () => {
+    const options = workerOptionsFromEnv({
+      SPAWNGATE_WORKER_TOKEN: 't0k',
+      SPAWNGATE_AGENT_ID: 'codex',
+      SPAWNGATE_AGENT_COMMAND: '["npx","codex-acp","--flag"]',
+      SPAWNGATE_LISTEN: 'unix:/tmp/w.sock',
+      SPAWNGATE_WORKER_CWD: '/workspace',
+      SPAWNGATE_CANCEL_GRACE_MS: '2500',
+    });
+    expect(options).toMatchObject({
+      agentId: 'codex',
+      agentCommand: 'npx',
+      agentArgs: ['codex-acp', '--flag'],
+      listen: { socketPath: '/tmp/w.sock' },
+      cwd: '/workspace',
+      cancelGraceMs: 2500,
+    });
+  });
+
+  it('reports every bad variable by name', () => {
+    const err = configError(() =>
+      workerOptionsFromEnv({ SPAWNGATE_AGENT_ID: 'codex', SPAWNGATE_LISTEN: 'nope', SPAWNGATE_CANCEL_GRACE_MS: '-1' }),
+    );
+    expect(err.issues.map((i) => i.path).sort()).toEqual(['SPAWNGATE_AGENT_COMMAND', 'SPAWNGATE_CANCEL_GRACE_MS', 'SPAWNGATE_LISTEN', 'SPAWNGATE_WORKER_TOKEN']);
+    const badCommand = configError(() => workerOptionsFromEnv({ SPAWNGATE_WORKER_TOKEN: 't', SPAWNGATE_AGENT_COMMAND: '"node agent.js"' }));
+    expect(badCommand.issues).toEqual([expect.objectContaining({ path: 'SPAWNGATE_AGENT_COMMAND' })]);
+  });
+
+  it('points workerBinCommand at the bin entry next to main', () => {
+    expect(workerBinCommand()).toEqual([process.execPath, workerBin]);
+  });
+});
+
+function clientFor(listening: { url?: string; socketPath?: string }, token: string): WorkerClient {
+  return listening.url ? createWorkerClient({ baseUrl: listening.url, token }) : createWorkerClient({ socketPath: listening.socketPath, token });
+}
+
+describe('worker process (node src/worker/bin.ts)', () => {
+  it('stops gracefully on SIGTERM: cancels the open turn, kills the agent, exits 0', async () => {
+    const token = newToken();
+    const dir = tempDir();
+    const worker = spawnWorkerBin({
+      SPAWNGATE_WORKER_TOKEN: token,
+      SPAWNGATE_AGENT_ID: 'fixture',
+      SPAWNGATE_AGENT_COMMAND: fixtureCommand,
+      SPAWNGATE_LISTEN: `unix:${join(dir.path, 'w.sock')}`,
+    });
+    try {
+      const listening = await bounded(worker.listening, 20_000, 'listening line');
+      expect(listening).toMatchObject({ event: 'listening', socketPath: join(dir.path, 'w.sock'), agentId: 'fixture', pid: worker.child.pid });
+      expect(worker.stdoutLines).toHaveLength(1);
+      const client = clientFor(listening, token);
+      await eventually(() => client.healthz());
+      const agentPid = (await client.status()).agentPid as number;
+      expect(isAlive(agentPid)).toBe(true);
+
+      const events: WorkerEvent[] = [];
+      for await (const e of client.turn('slow 400')) {
+        events.push(e);
+        if (e.type === 'agent.message.delta' && events.filter((x) => x.type === 'agent.message.delta').length === 1) worker.child.kill('SIGTERM');
+      }
+      expect(events.at(-1)).toMatchObject({ type: 'turn.cancelled', reason: 'shutdown' });
+      expect(await bounded(worker.exited, 20_000, 'worker exit')).toEqual({ code: 0, signal: null });
+      await eventually(() => (isAlive(agentPid) ? undefined : true), 5000);
+      // The agent never sees the worker's token.
+      expect(worker.stderr()).not.toContain(token);
+    } finally {
+      worker.child.kill('SIGKILL');
+      dir.remove();
+    }
+  });
+
+  it('exits non-zero on its own when the agent dies', async () => {
+    const token = newToken();
+    const worker = spawnWorkerBin({ SPAWNGATE_WORKER_TOKEN: token, SPAWNGATE_AGENT_ID: 'fixture', SPAWNGATE_AGENT_COMMAND: fixtureCommand, SPAWNGATE_LISTEN: '0' });
+    try {
+      const listening = await bounded(worker.listening, 20_000, 'listening line');
+      const client = clientFor(listening, token);
+      await eventually(() => client.healthz());
+      const events: WorkerEvent[] = [];
+      for await (const e of client.turn('crash')) events.push(e);
+      expect(events.at(-1)).toMatchObject({ type: 'turn.failed', error: { code: 'agent_exited', exitCode: 3 } });
+      expect((await bounded(worker.exited, 20_000, 'worker exit')).code).toBe(1);
+    } finally {
+      worker.child.kill('SIGKILL');
+    }
+  });
+
+  it('exits 2 with a JSON error line for a bad environment', async () => {
+    const worker = spawnWorkerBin({ SPAWNGATE_LISTEN: '0' });
+    expect((await bounded(worker.exited, 20_000, 'worker exit')).code).toBe(2);
+    const last = JSON.parse(worker.stderr().trim().split('\n').at(-1) ?? '{}') as { code?: string; details?: { issues?: { path: string }[] } };
+    expect(last.code).toBe('CONFIG_INVALID');
+    expect(last.details?.issues?.map((i) => i.path)).toEqual(['SPAWNGATE_WORKER_TOKEN']);
+  });
+
+  it('runs the built-in echo agent when no command is given', async () => {
+    const token = newToken();
+    const worker = spawnWorkerBin({ SPAWNGATE_WORKER_TOKEN: token, SPAWNGATE_LISTEN: '127.0.0.1:0' });
+    try {
+      const listening = await bounded(worker.listening, 20_000, 'listening line');
+      expect(listening.agentId).toBe('echo');
+      const client = clientFor(listening, token);
+      await eventually(() => client.healthz());
+      const events: WorkerEvent[] = [];
+      for await (const e of client.turn('from the container entry')) events.push(e);
+      expect(events.map((e) => (e.type === 'agent.message.delta' ? e.text : '')).join('')).toBe('echo: from the container entry');
+      worker.child.kill('SIGTERM');
+      expect((await bounded(worker.exited, 20_000, 'worker exit')).code).toBe(0);
+    } finally {
+      worker.child.kill('SIGKILL');
+    }
+  });
+});
