@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: tools and services first, then lint, types, policy checks, tests.
+# Runs under `npm test`, so `node` is the Node 24 from node_modules/.bin.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "node $(node -v)"
+case "$(node -v)" in v2[2-9].*|v[3-9][0-9].*) ;; *) echo "Node >= 22 required (run through npm so node_modules/.bin/node is used)"; exit 1;; esac
+
+step "tools: OPA CLI"
+OPA_BIN="$(bash scripts/ensure-opa.sh | tail -n 1)"
+export OPA_BIN
+"$OPA_BIN" version | head -n 1
+
+if [ -x scripts/ensure-docker.sh ] || [ -f scripts/ensure-docker.sh ]; then
+  step "services: Docker Engine"
+  bash scripts/ensure-docker.sh
+fi
+
+step "lint"
+npx eslint .
+
+step "type-check"
+npx tsc -p tsconfig.json --noEmit
+
+step "build"
+npx tsc -p tsconfig.build.json
+
+step "policies: opa fmt --diff, opa check --strict"
+fmt_out="$("$OPA_BIN" fmt --diff policies)"
+if [ -n "$fmt_out" ]; then echo "$fmt_out"; echo "policies/ is not opa-fmt formatted (run: $OPA_BIN fmt -w policies)"; exit 1; fi
+"$OPA_BIN" check --strict policies
+
+step "policies: opa test --coverage (>= 90%)"
+"$OPA_BIN" test policies -v | tail -n 5
+coverage="$("$OPA_BIN" test policies --coverage --format=json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).coverage))')"
+echo "policy coverage: ${coverage}%"
+node -e "process.exit(Number(process.argv[1]) >= 90 ? 0 : 1)" "$coverage" || { echo "policy coverage below 90%"; exit 1; }
+
+step "bundle: committed bundles/spawngate.tar.gz matches policies/"
+node bin/spawngate.js policy build --check
+
+step "tests"
+npx vitest run
