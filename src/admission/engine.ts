@@ -89,13 +89,24 @@ const CANARY: AdmissionInput = {
   now: new Date(0).toISOString(),
 };
 
+/** The wasm SDK throws strings and plain objects as well as Errors. */
+function describe(thrown: unknown): string {
+  if (thrown instanceof Error) return thrown.message;
+  if (typeof thrown === 'string') return thrown;
+  try {
+    return JSON.stringify(thrown);
+  } catch {
+    return String(thrown);
+  }
+}
+
 async function instantiate(bundle: PolicyBundle): Promise<Active> {
   let policy: LoadedPolicy;
   try {
     policy = await loadPolicy(bundle.wasm);
     policy.setData((bundle.data ?? {}) as object);
   } catch (cause) {
-    throw new PolicyError('POLICY_LOAD_FAILED', `policy.wasm could not be instantiated: ${(cause as Error).message}`, { cause });
+    throw new PolicyError('POLICY_LOAD_FAILED', `policy.wasm could not be instantiated: ${describe(cause)}`, { cause });
   }
   const entrypoints = policy.entrypoints as Record<string, number> | undefined;
   const entrypoint = entrypoints?.[ENTRYPOINT];
@@ -117,7 +128,7 @@ function run(active: Active, input: Uint8Array): Decision {
     // Copy into an exact-size ArrayBuffer: the SDK takes ArrayBuffer input as already-serialised JSON.
     resultSet = active.policy.evaluate(input.buffer.byteLength === input.byteLength ? input.buffer : input.slice().buffer, active.entrypoint);
   } catch (cause) {
-    return denyWith([{ code: 'policy_error', message: `policy evaluation failed: ${(cause as Error).message}` }]);
+    return denyWith([{ code: 'policy_error', message: `policy evaluation failed: ${describe(cause)}` }]);
   }
   if (!Array.isArray(resultSet) || resultSet.length !== 1) {
     return denyWith([{ code: 'policy_output_invalid', message: `the policy returned ${Array.isArray(resultSet) ? resultSet.length : 'no'} results for ${ENTRYPOINT}; expected exactly one decision` }]);
@@ -144,7 +155,7 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
       return { ok: true, revision: next.revision };
     } catch (cause) {
       const error =
-        cause instanceof PolicyError ? cause : new PolicyError('POLICY_LOAD_FAILED', `policy bundle could not be loaded: ${(cause as Error).message}`, { cause });
+        cause instanceof PolicyError ? cause : new PolicyError('POLICY_LOAD_FAILED', `policy bundle could not be loaded: ${describe(cause)}`, { cause });
       lastError = error;
       logger.error(active ? 'new policy bundle rejected; previous bundle keeps serving' : 'no policy bundle loaded; denying every spawn', {
         error: error.message,

@@ -1,0 +1,134 @@
+#!/usr/bin/env node
+// Admission benchmark (not a test): the shipped policy evaluated in-process (WASM) versus the same
+// policy behind `opa run --server` on loopback REST, in one run, on the same inputs.
+//   npm run bench:admission [-- --n 20000 --rest-n 3000]
+import { spawn, execFileSync } from 'node:child_process';
+import { request as httpRequest, Agent } from 'node:http';
+import { createServer } from 'node:net';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { createAdmission, SHIPPED_BUNDLE, loadConfigFile } from '../dist/index.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const { values } = parseArgs({ options: { n: { type: 'string' }, 'rest-n': { type: 'string' } } });
+const N = Number(values.n ?? 20000);
+const REST_N = Number(values['rest-n'] ?? 3000);
+
+const config = await loadConfigFile(`${root}examples/spawngate.example.yaml`);
+delete config.spawngate; // the example points at a Redis store and /var/log; the bench measures the policy and the in-memory store
+const gate = await createAdmission({ config, bundle: SHIPPED_BUNDLE, watchBundle: false, decisionLog: false, logger: { debug() {}, info() {}, warn() {}, error() {} } });
+
+const tasks = ['Fix the failing unit test in src/util.ts', 'run the full test suite', 'explain this stack trace', 'npm test && npm run build', 'refactor the parser', 'cargo build --release'];
+const kinds = [['telegram', true], ['webchat', true], ['slack', true], ['cron', false], ['webhook', false]];
+const agents = ['codex', 'claude', 'gemini', 'echo'];
+const requests = Array.from({ length: 64 }, (_, i) => {
+  const [kind, interactive] = kinds[i % kinds.length];
+  return {
+    runtime: 'acp',
+    agentId: agents[i % agents.length],
+    task: tasks[i % tasks.length],
+    caller: { sessionKey: `agent:main:${kind}:${i}`, depth: i % 3, channel: { id: `${kind}:${i % 7}`, kind, interactive }, user: { id: `user${i % 11}`, roles: i % 13 === 0 ? ['admin'] : [] } },
+  };
+});
+// Full admission inputs (what the policy sees), captured once from the gate itself.
+const inputs = [];
+for (const r of requests) inputs.push((await gate.admit(r)).input);
+const inputJson = inputs.map((i) => JSON.stringify(i));
+
+const canonical = (v) => JSON.stringify(v, (_k, x) => (x && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : 1))) : x));
+const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+function summarize(samplesNs, wallMs) {
+  const s = Float64Array.from(samplesNs).sort();
+  return { n: s.length, perSec: (s.length / wallMs) * 1000, p50us: pct(s, 50) / 1000, p99us: pct(s, 99) / 1000 };
+}
+
+// 1. in-process policy evaluation
+for (let i = 0; i < 2000; i++) gate.policy.evaluateJson(inputJson[i % inputJson.length]);
+const evalSamples = new Array(N);
+let t0 = performance.now();
+for (let i = 0; i < N; i++) {
+  const s = process.hrtime.bigint();
+  gate.policy.evaluateJson(inputJson[i % inputJson.length]);
+  evalSamples[i] = Number(process.hrtime.bigint() - s);
+}
+const inProcess = summarize(evalSamples, performance.now() - t0);
+
+// 2. the whole admit + reserve path (request validation, selection, usage, policy, atomic reservation), then release
+const allowN = Math.min(N, 20000);
+const reserveSamples = new Array(allowN);
+let allowed = 0;
+t0 = performance.now();
+for (let i = 0; i < allowN; i++) {
+  const s = process.hrtime.bigint();
+  const r = await gate.reserve(requests[i % requests.length]);
+  reserveSamples[i] = Number(process.hrtime.bigint() - s);
+  if (r.allowed) {
+    allowed++;
+    await r.reservation.release();
+  }
+}
+const reservePath = summarize(reserveSamples, performance.now() - t0);
+
+// 3. the same policy behind `opa run --server` (REST sidecar) on loopback
+const opa = process.env.OPA_BIN ?? execFileSync('bash', [`${root}scripts/ensure-opa.sh`], { encoding: 'utf8' }).trim().split('\n').at(-1);
+const port = await new Promise((resolve) => {
+  const srv = createServer().listen(0, '127.0.0.1', () => {
+    const { port: p } = srv.address();
+    srv.close(() => resolve(p));
+  });
+});
+const server = spawn(opa, ['run', '--server', '--addr', `127.0.0.1:${port}`, '--log-level', 'error', '--ignore', '*_test.rego', `${root}policies`], { stdio: ['ignore', 'ignore', 'inherit'] });
+const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+function post(body) {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path: '/v1/data/spawngate/admission/decision', method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => (text += c));
+      res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(text)) : reject(new Error(`HTTP ${res.statusCode}: ${text}`))));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+const bodies = inputs.map((input) => JSON.stringify({ input }));
+let rest;
+try {
+  for (let i = 0; ; i++) {
+    try {
+      await post(bodies[0]);
+      break;
+    } catch (err) {
+      if (i >= 200) throw new Error(`opa server did not answer: ${err.message}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  // Same answers from both: the comparison is only fair if they compute the same thing.
+  for (let i = 0; i < inputs.length; i++) {
+    const viaRest = (await post(bodies[i])).result;
+    const viaWasm = gate.policy.evaluateJson(inputJson[i]).decision;
+    if (canonical(viaRest) !== canonical(viaWasm)) throw new Error(`decision mismatch on input ${i}:\nREST ${JSON.stringify(viaRest)}\nWASM ${JSON.stringify(viaWasm)}`);
+  }
+  for (let i = 0; i < 200; i++) await post(bodies[i % bodies.length]);
+  const restSamples = new Array(REST_N);
+  t0 = performance.now();
+  for (let i = 0; i < REST_N; i++) {
+    const s = process.hrtime.bigint();
+    await post(bodies[i % bodies.length]);
+    restSamples[i] = Number(process.hrtime.bigint() - s);
+  }
+  rest = summarize(restSamples, performance.now() - t0);
+} finally {
+  server.kill('SIGTERM');
+  agent.destroy();
+  await gate.close();
+}
+
+const row = (name, r) => `${name.padEnd(44)} ${String(r.n).padStart(6)} ${r.perSec.toFixed(0).padStart(10)} ${r.p50us.toFixed(1).padStart(9)} ${r.p99us.toFixed(1).padStart(9)}`;
+console.log(`node ${process.version}, ${inputs.length} distinct inputs, bundle ${gate.policy.revision}`);
+console.log(`${'path'.padEnd(44)} ${'n'.padStart(6)} ${'ops/s'.padStart(10)} ${'p50 µs'.padStart(9)} ${'p99 µs'.padStart(9)}`);
+console.log(row('in-process WASM policy evaluation', inProcess));
+console.log(row(`admit+reserve+release (${allowed} allowed)`, reservePath));
+console.log(row('opa run --server, loopback REST (baseline)', rest));
+console.log(`\nREST / in-process: p50 ${(rest.p50us / inProcess.p50us).toFixed(1)}×, p99 ${(rest.p99us / inProcess.p99us).toFixed(1)}×, throughput ${(inProcess.perSec / rest.perSec).toFixed(1)}×`);
+console.log(`targets: in-process p99 ≤ 100 µs: ${inProcess.p99us <= 100 ? 'met' : 'NOT met'}; ≥ 20× faster than REST (p50): ${rest.p50us / inProcess.p50us >= 20 ? 'met' : 'NOT met'}; ≥ 10,000 admit+reserve/s: ${reservePath.perSec >= 10000 ? 'met' : 'NOT met'}`);

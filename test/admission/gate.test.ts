@@ -1,0 +1,196 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { memoryDecisionLog } from '../../src/admission/decision-log.js';
+import { createAdmission, SHIPPED_BUNDLE, type Admission } from '../../src/admission/gate.js';
+import { readBundle } from '../../src/admission/policy-tool.js';
+import { loadConfigFile } from '../../src/config/index.js';
+import { RequestError } from '../../src/errors.js';
+
+const example = (name: string) => fileURLToPath(new URL(`../../examples/${name}`, import.meta.url));
+const json = (name: string) => JSON.parse(readFileSync(example(name), 'utf8')) as Record<string, unknown>;
+
+const gates: Admission[] = [];
+async function gate(config: unknown, extra: Parameters<typeof createAdmission>[0] = {}): Promise<Admission> {
+  const g = await createAdmission({ config, bundle: SHIPPED_BUNDLE, watchBundle: false, decisionLog: false, ...extra });
+  gates.push(g);
+  return g;
+}
+afterAll(async () => {
+  for (const g of gates) await g.close();
+});
+
+const caller = (over: Record<string, unknown> = {}) => ({
+  sessionKey: 'agent:main:telegram:1',
+  depth: 0,
+  channel: { id: 'telegram:1', kind: 'telegram' },
+  user: { id: 'alice', roles: [] },
+  ...over,
+});
+
+/** A small config where every cap is 1 or 2, so each concurrency scope can be hit on its own. */
+const capped = {
+  agents: {
+    executionBackends: {
+      local: {
+        type: 'process',
+        maxConcurrent: 3,
+        defaultProfile: 'small',
+        profiles: {
+          small: { allowedAgents: ['echo', 'codex'], maxConcurrent: { profile: 2, user: 1, channel: 1 } },
+          build: { class: 'build', allowedAgents: ['codex'] },
+          chat: { interactiveOnly: true, egress: 'open' },
+          wide: { egress: 'open' },
+        },
+      },
+      other: { type: 'process' },
+    },
+    execution: { default: { backend: 'local', profile: 'small' } },
+  },
+};
+
+describe('admission gate', () => {
+  it('admits the seed examples: the DESIGN config with the seed request (message alias), and the full example config', async () => {
+    const design = await gate(json('design-example.json'));
+    const seed = await design.admit(json('seed-spawn-request.json'));
+    expect(seed.decision).toMatchObject({ allow: true, backend: 'k8s', profile: 'small' });
+    expect(seed.request.task).toBe('Run the full test suite and fix what fails');
+
+    const full = await gate(await loadConfigFile(example('spawngate.example.yaml')));
+    const res = await full.admit(json('spawn-request.json'));
+    expect(res.decision).toMatchObject({ allow: true, backend: 'k8s', profile: 'small', egress: 'proxy' });
+    expect(res.input.resolved).toMatchObject({ backend: 'k8s', profile: 'small', source: 'global' });
+  });
+
+  it('moves a build/test task to the build profile only when the agent may use it', async () => {
+    const g = await gate(capped);
+    const codex = await g.admit({ agentId: 'codex', task: 'please run the full test suite', caller: caller() });
+    expect(codex.decision).toMatchObject({ allow: true, profile: 'build' });
+    expect(codex.decision.reasons.map((r) => r.code)).toContain('placed_on_build_profile');
+    const echo = await g.admit({ agentId: 'echo', task: 'please run the full test suite', caller: caller() });
+    expect(echo.decision).toMatchObject({ allow: true, profile: 'small' });
+    const plain = await g.admit({ agentId: 'codex', task: 'explain this function', caller: caller() });
+    expect(plain.decision).toMatchObject({ allow: true, profile: 'small' });
+  });
+
+  it('tightens egress for untrusted channels and never loosens it on request', async () => {
+    const g = await gate(capped);
+    const wide = { backend: 'local', profile: 'wide' };
+    expect((await g.admit({ agentId: 'echo', task: 't', execution: wide, caller: caller() })).decision).toMatchObject({ allow: true, egress: 'open' });
+    expect((await g.admit({ agentId: 'echo', task: 't', execution: { ...wide, egress: 'proxy' }, caller: caller() })).decision).toMatchObject({ egress: 'proxy' });
+    const hook = caller({ channel: { id: 'hook:1', kind: 'webhook' } });
+    expect((await g.admit({ agentId: 'echo', task: 't', execution: wide, caller: hook })).decision).toMatchObject({ allow: true, egress: 'none' });
+    const small = await g.admit({ agentId: 'echo', task: 't', execution: { egress: 'open' }, caller: caller() });
+    expect(small.decision).toMatchObject({ allow: true, egress: 'none' });
+  });
+
+  const denies: [string, Record<string, unknown>][] = [
+    ['unknown_backend', { agentId: 'echo', task: 't', execution: { backend: 'nope' }, caller: caller() }],
+    ['unknown_profile', { agentId: 'echo', task: 't', execution: { profile: 'nope' }, caller: caller() }],
+    ['agent_not_allowed', { agentId: 'gemini', task: 't', caller: caller() }],
+    ['interactive_only_profile', { agentId: 'echo', task: 't', execution: { profile: 'chat' }, caller: caller({ channel: { id: 'cron:nightly', kind: 'cron' } }) }],
+    ['depth_exceeded', { agentId: 'echo', task: 't', caller: caller({ depth: 3 }) }],
+  ];
+  it.each(denies)('denies with %s', async (code, request) => {
+    const g = await gate(capped);
+    const res = await g.admit(request);
+    expect(res.decision.allow).toBe(false);
+    expect(res.decision.reasons.map((r) => r.code)).toContain(code);
+  });
+
+  it('denies with backend_unresolved when nothing selects a backend', async () => {
+    const g = await gate({ agents: { executionBackends: { a: { type: 'process' }, b: { type: 'process' } } } });
+    const res = await g.admit({ agentId: 'echo', task: 't', caller: caller() });
+    expect(res.decision).toMatchObject({ allow: false, reasons: [{ code: 'backend_unresolved' }] });
+  });
+
+  it('reaches every concurrency code, from the policy (usage) and from the store (reserve)', async () => {
+    const g = await gate(capped);
+    const reserve = (user: string, channel: string, execution?: Record<string, unknown>) =>
+      g.reserve({ agentId: 'echo', task: 't', ...(execution ? { execution } : {}), caller: caller({ user: { id: user, roles: [] }, channel: { id: channel, kind: 'telegram' } }) });
+    const first = await reserve('u1', 'c1');
+    expect(first.allowed).toBe(true);
+    expect((await reserve('u1', 'c2')).decision.reasons[0]?.code).toBe('concurrency_limit_profile_user');
+    expect((await reserve('u2', 'c1')).decision.reasons[0]?.code).toBe('concurrency_limit_profile_channel');
+    expect((await reserve('u2', 'c2')).allowed).toBe(true);
+    expect((await reserve('u3', 'c3')).decision.reasons[0]?.code).toBe('concurrency_limit_profile');
+    expect((await reserve('u3', 'c3', { profile: 'wide' })).allowed).toBe(true);
+    expect((await reserve('u4', 'c4', { profile: 'wide' })).decision.reasons[0]?.code).toBe('concurrency_limit_backend');
+
+    const users = await gate({ agents: { executionBackends: { l: { type: 'process' } } } });
+    const byUser = (channel: string, roles: string[] = []) =>
+      users.reserve({ agentId: 'echo', task: 't', caller: caller({ user: { id: 'bob', roles }, channel: { id: channel, kind: 'telegram' } }) });
+    for (let i = 0; i < 4; i++) expect((await byUser(`ch${i}`)).allowed).toBe(true);
+    expect((await byUser('ch9')).decision.reasons[0]?.code).toBe('concurrency_limit_user');
+    expect((await byUser('ch9', ['admin'])).allowed).toBe(true); // role override: admins get 16
+    const byChannel = (user: string) => users.reserve({ agentId: 'echo', task: 't', caller: caller({ user: { id: user, roles: [] }, channel: { id: 'busy', kind: 'telegram' } }) });
+    for (let i = 0; i < 8; i++) expect((await byChannel(`p${i}`)).allowed).toBe(true);
+    expect((await byChannel('p9')).decision.reasons[0]?.code).toBe('concurrency_limit_channel');
+  });
+
+  it('reaches concurrency_limit_total and the rate limits (token buckets in the store)', async () => {
+    const bundle = await readBundle(SHIPPED_BUNDLE);
+    const data = structuredClone(bundle.data) as { spawngate: { admission: { config: { concurrency: { total: number } } } } };
+    data.spawngate.admission.config.concurrency.total = 1;
+    const g = await gate({ agents: { executionBackends: { l: { type: 'process' } } } }, { bundle: { ...bundle, data, revision: 'total-1' } });
+    expect((await g.reserve({ agentId: 'echo', task: 't', caller: caller() })).allowed).toBe(true);
+    expect((await g.admit({ agentId: 'echo', task: 't', caller: caller({ user: { id: 'z', roles: [] } }) })).decision.reasons[0]?.code).toBe('concurrency_limit_total');
+
+    const cron = await gate({ agents: { executionBackends: { l: { type: 'process' } } } });
+    const tick = (user: string, channel: string) =>
+      cron.reserve({ agentId: 'echo', task: 't', caller: caller({ user: { id: user, roles: [] }, channel: { id: channel, kind: 'cron' } }) });
+    const one = await tick('job-user', 'cron:a');
+    expect(one.decision.limits.rate.map((r) => r.scope).sort()).toEqual(['channel', 'user']);
+    if (one.allowed) await one.reservation.release();
+    expect((await tick('job-user', 'cron:b')).decision.reasons[0]?.code).toBe('rate_limit_user');
+    expect((await tick('other-user', 'cron:a')).decision.reasons[0]?.code).toBe('rate_limit_channel');
+    // admit (the dry run) reports the same rate limit without taking a token
+    const dry = await cron.admit({ agentId: 'echo', task: 't', caller: caller({ user: { id: 'job-user', roles: [] }, channel: { id: 'cron:c', kind: 'cron' } }) });
+    expect(dry).toMatchObject({ stage: 'reservation', decision: { allow: false, reasons: [{ code: 'rate_limit_user' }] } });
+  });
+
+  it('1,000 concurrent reserves against a cap of 5 admit exactly 5; after release the slots are reusable', async () => {
+    const g = await gate({ agents: { executionBackends: { l: { type: 'process', profiles: { p: { maxConcurrent: { profile: 5 } } } } } } });
+    const request = (i: number) => ({ agentId: 'echo', task: 't', caller: caller({ user: { id: `u${i}`, roles: [] }, channel: { id: `c${i}`, kind: 'telegram' } }) });
+    const results = await Promise.all(Array.from({ length: 1000 }, (_, i) => g.reserve(request(i))));
+    const won = results.filter((r) => r.allowed);
+    expect(won).toHaveLength(5);
+    expect(results.filter((r) => !r.allowed && r.decision.reasons[0]?.code === 'concurrency_limit_profile')).toHaveLength(995);
+    for (const r of won) if (r.allowed) expect(await r.reservation.release()).toBe(true);
+    for (const r of won) if (r.allowed) expect(await r.reservation.release()).toBe(false);
+    const again = await Promise.all(Array.from({ length: 20 }, (_, i) => g.reserve(request(2000 + i))));
+    expect(again.filter((r) => r.allowed)).toHaveLength(5);
+  });
+
+  it('writes one decision log line per decision, with revision and secrets redacted', async () => {
+    const log = memoryDecisionLog();
+    const g = await gate(capped, { decisionLog: log });
+    const res = await g.admit({ agentId: 'echo', task: 'use key sk-abcdefghijklmnopqrstuvwxyz123456 and Bearer abcdefghijklmnop1234', caller: caller() });
+    expect(log.entries).toHaveLength(1);
+    const entry = log.entries[0]!;
+    expect(entry).toMatchObject({ decision_id: res.decisionId, bundle_revision: (await readBundle(SHIPPED_BUNDLE)).revision, stage: 'policy', result: { allow: true } });
+    expect(Date.parse(entry.time)).not.toBeNaN();
+    const text = JSON.stringify(entry.input);
+    expect(text).not.toContain('sk-abcdefghijklmnopqrstuvwxyz123456');
+    expect(text).not.toContain('abcdefghijklmnop1234');
+    expect(text).toContain('[REDACTED]');
+  });
+
+  it('rejects malformed requests with the JSON path of every fault, and reserves nothing', async () => {
+    const g = await gate(capped);
+    const bad = [
+      [{ agentId: 7, task: 't', caller: caller() }, 'agentId'],
+      [{ agentId: 'echo', task: 't', caller: caller({ depth: -1 }) }, 'caller.depth'],
+      [{ agentId: 'echo', task: 't', caller: caller(), surprise: true }, 'surprise'],
+      [{ agentId: 'echo', task: 'x'.repeat(70_000), caller: caller() }, 'task'],
+      [{ agentId: 'echo', task: 't', caller: caller({ channel: { id: 'c', kind: 'telegram', interactive: 'yes' } }) }, 'caller.channel.interactive'],
+      [{ agentId: 'echo', caller: caller() }, 'task'],
+    ] as const;
+    for (const [request, path] of bad) {
+      const err = await g.reserve(request).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(RequestError);
+      expect((err as RequestError).issues.map((i) => i.path)).toContain(path);
+    }
+    expect(await g.store.active()).toHaveLength(0);
+  });
+});
