@@ -1,0 +1,43 @@
+# METADATA
+# title: spawngate admission
+# description: |
+#   Entrypoint spawngate/admission/decision. Input and output are AdmissionInput and Decision
+#   in src/admission/types.ts; deny codes are listed in docs/deny-codes.md.
+package spawngate.admission
+
+deny contains [1, "policy_config_invalid", sprintf("policy configuration is invalid: %s", [problem])] if {
+	some problem in config_problems
+}
+
+allow := count(deny) == 0
+
+# The engine accepts at most 64 reasons; the most fundamental ones sort first.
+reasons := [{"code": d[1], "message": d[2]} | some d in array.slice(sort(deny), 0, 64)] if not allow
+
+reasons := [{"code": i[1], "message": i[2]} | some i in sort(info)] if allow
+
+default decision_backend := null
+
+decision_backend := backend_name if backend
+
+default decision_profile := null
+
+decision_profile := profile_name if profile
+
+default decision_egress := null
+
+decision_egress := egress
+
+default decision_ttl := null
+
+decision_ttl := ttl_seconds
+
+decision := {
+	"allow": allow,
+	"backend": decision_backend,
+	"profile": decision_profile,
+	"egress": decision_egress,
+	"ttlSeconds": decision_ttl,
+	"limits": {"concurrency": concurrency_limits, "rate": rate_limits},
+	"reasons": reasons,
+}

@@ -1,0 +1,129 @@
+package spawngate.admission_test
+
+test_role_override_raises_user_cap if {
+	d := decide({"caller": {"user": {"roles": ["admin"]}}})
+	limit(d, "user") == [{"scope": "user", "key": "alice", "max": 16}]
+}
+
+test_most_generous_role_wins if {
+	d := decide({"caller": {"user": {"roles": ["admin", "intern"]}}}) with data.spawngate.admission.config as config_set("/concurrency/roles", {"admin": {"user": 16}, "intern": {"user": 1}})
+	limit(d, "user")[0].max == 16
+}
+
+test_lower_role_override_applies if {
+	d := decide({"caller": {"user": {"roles": ["intern"]}}}) with data.spawngate.admission.config as config_set("/concurrency/roles", {"intern": {"user": 1, "channel": 2}})
+	limit(d, "user")[0].max == 1
+	limit(d, "channel")[0].max == 2
+}
+
+test_null_role_override_removes_cap if {
+	d := decide({"caller": {"user": {"roles": ["admin", "sre"]}}}) with data.spawngate.admission.config as config_set("/concurrency/roles", {"admin": {"user": 16}, "sre": {"user": null}})
+	limit(d, "user") == []
+}
+
+test_null_global_caps_are_omitted if {
+	d := decide({}) with data.spawngate.admission.config as config_set("/concurrency", {"total": null, "user": null, "channel": null, "roles": {}})
+	[l.scope | some l in d.limits.concurrency] == ["backend", "profile", "profile_user", "profile_channel"]
+}
+
+test_backend_cap_is_tighter_of_backend_and_profile if {
+	d := decide(profile_patch("k8s", "small", {"maxConcurrent": {"backend": 5}}))
+	limit(d, "backend") == [{"scope": "backend", "key": "k8s", "max": 5}]
+}
+
+test_profile_backend_cap_alone if {
+	d := decide(object.union({"resolved": {"backend": "local", "profile": "default"}}, profile_patch("local", "default", {"maxConcurrent": {"backend": 7}})))
+	limit(d, "backend") == [{"scope": "backend", "key": "local", "max": 7}]
+}
+
+test_catalog_caps_null_are_omitted if {
+	d := decide({"resolved": {"backend": "local", "profile": "default"}})
+	[l.scope | some l in d.limits.concurrency] == ["total", "user", "channel"]
+}
+
+test_concurrency_limit_total if {
+	d := decide({"usage": {"total": 64}})
+	d.reasons == [{"code": "concurrency_limit_total", "message": "spawngate as a whole already has 64 active workers; the limit is 64"}]
+}
+
+test_concurrency_limit_backend if {
+	d := decide({"usage": {"backends": {"k8s": 20}}})
+	d.reasons == [{"code": "concurrency_limit_backend", "message": "backend \"k8s\" already has 20 active workers; the limit is 20"}]
+}
+
+test_concurrency_limit_profile if {
+	d := decide({"usage": {"profiles": {"k8s/small": 10}}})
+	d.reasons == [{"code": "concurrency_limit_profile", "message": "profile \"k8s/small\" already has 10 active workers; the limit is 10"}]
+}
+
+test_concurrency_limit_user if {
+	d := decide({"usage": {"user": 4}})
+	d.reasons == [{"code": "concurrency_limit_user", "message": "user \"alice\" already has 4 active workers; the limit is 4"}]
+}
+
+test_concurrency_limit_channel if {
+	d := decide({"usage": {"channel": 8}})
+	d.reasons == [{"code": "concurrency_limit_channel", "message": "channel \"tg-1\" already has 8 active workers; the limit is 8"}]
+}
+
+test_concurrency_limit_profile_user if {
+	d := decide({"usage": {"userProfiles": {"k8s/small": 2}}})
+	d.reasons == [{"code": "concurrency_limit_profile_user", "message": "user \"alice\" on profile \"k8s/small\" already has 2 active workers; the limit is 2"}]
+}
+
+test_concurrency_limit_profile_channel if {
+	d := decide({"usage": {"channelProfiles": {"k8s/small": 3}}})
+	d.reasons == [{"code": "concurrency_limit_profile_channel", "message": "channel \"tg-1\" on profile \"k8s/small\" already has 3 active workers; the limit is 3"}]
+}
+
+test_usage_below_every_cap_is_allowed if {
+	decide({"usage": {
+		"total": 63, "user": 3, "channel": 7, "backends": {"k8s": 19}, "profiles": {"k8s/small": 9},
+		"userProfiles": {"k8s/small": 1}, "channelProfiles": {"k8s/small": 2},
+	}}).allow
+}
+
+test_usage_on_other_profile_does_not_count if {
+	decide({"usage": {"profiles": {"k8s/build": 2}, "userProfiles": {"k8s/build": 1}}}).allow
+}
+
+test_caps_follow_build_placement if {
+	d := decide({"request": {"task": "cargo test"}, "usage": {"userProfiles": {"k8s/build": 1}}})
+	d.profile == "build"
+	d.reasons == [{"code": "concurrency_limit_profile_user", "message": "user \"alice\" on profile \"k8s/build\" already has 1 active workers; the limit is 1"}]
+}
+
+test_interactive_callers_have_no_rate_limits if {
+	decide({}).limits.rate == []
+}
+
+test_non_interactive_callers_get_default_buckets if {
+	d := decide({"caller": {"channel": {"id": "api-1", "kind": "api", "interactive": false}}})
+	d.limits.rate == [
+		{"scope": "user", "key": "alice", "perMinute": 6, "burst": 3},
+		{"scope": "channel", "key": "api-1", "perMinute": 12, "burst": 4},
+	]
+}
+
+test_cron_gets_stricter_buckets if {
+	d := decide({"caller": cron_caller})
+	d.limits.rate == [
+		{"scope": "user", "key": "alice", "perMinute": 2, "burst": 1},
+		{"scope": "channel", "key": "cron-nightly", "perMinute": 2, "burst": 1},
+	]
+}
+
+test_kind_override_null_disables_a_bucket if {
+	d := decide({"caller": cron_caller}) with data.spawngate.admission.config as config_set("/rate/kinds/cron", {"channel": null})
+	d.limits.rate == [{"scope": "user", "key": "alice", "perMinute": 6, "burst": 3}]
+}
+
+test_kind_override_applies_to_interactive_kinds if {
+	d := decide({}) with data.spawngate.admission.config as config_set("/rate/kinds/telegram", {"user": {"perMinute": 30, "burst": 10}})
+	d.limits.rate == [{"scope": "user", "key": "alice", "perMinute": 30, "burst": 10}]
+}
+
+test_interactive_defaults_come_from_data if {
+	d := decide({}) with data.spawngate.admission.config as config_set("/rate/interactive", {"channel": {"perMinute": 60, "burst": 20}})
+	d.limits.rate == [{"scope": "channel", "key": "tg-1", "perMinute": 60, "burst": 20}]
+}
