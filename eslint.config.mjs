@@ -1,7 +1,7 @@
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', '.tools/**', 'coverage/**', 'bundles/**'] },
+  { ignores: ['dist/**', 'node_modules/**', '.tools/**', '.cache/**', 'coverage/**', 'bundles/**'] },
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: {

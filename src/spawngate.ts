@@ -52,11 +52,14 @@ export async function createSpawngate(options: SpawngateOptions = {}): Promise<S
     sweepIntervalMs: options.sweepIntervalMs ?? (config.spawngate?.sweepIntervalSeconds ?? 60) * 1000,
     ...(options.clock ? { clock: options.clock } : {}),
   });
-  const { shutdown: stopLifecycle, ...sessions } = lifecycle;
-  const { close: closeAdmission, ...admissionParts } = admission;
+  // Both are plain factory objects of closures (no `this`), so their methods can be spread.
+  // eslint-disable-next-line @typescript-eslint/unbound-method
+  const { shutdown: _shutdown, ...sessions } = lifecycle;
+  // eslint-disable-next-line @typescript-eslint/unbound-method
+  const { close: _close, ...admissionParts } = admission;
   const shutdown = async (shutdownOptions: ShutdownOptions = {}) => {
-    await stopLifecycle({ closeWorkers: !shutdownOptions.keepWorkers });
-    await closeAdmission();
+    await lifecycle.shutdown({ closeWorkers: !shutdownOptions.keepWorkers });
+    await admission.close();
   };
   return {
     ...admissionParts,

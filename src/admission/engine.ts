@@ -104,7 +104,7 @@ async function instantiate(bundle: PolicyBundle): Promise<Active> {
   let policy: LoadedPolicy;
   try {
     policy = await loadPolicy(bundle.wasm);
-    policy.setData((bundle.data ?? {}) as object);
+    policy.setData(bundle.data ?? {});
   } catch (cause) {
     throw new PolicyError('POLICY_LOAD_FAILED', `policy.wasm could not be instantiated: ${describe(cause)}`, { cause });
   }

@@ -9,7 +9,7 @@ import { prepareCatalog, readUsage, serializeInput } from './input.js';
 import { readBundle } from './policy-tool.js';
 import type { SpawnRequest, SpawnRequestInput } from './request.js';
 import { parseSpawnRequest } from './request.js';
-import { createMemoryStore } from './store/memory.js';
+import { createStoreFromConfig } from './store/index.js';
 import type { ReservationRecord, ReservationStore, ReserveRejection } from './store/types.js';
 import type { AdmissionInput, AllowDecision, Decision, DenyDecision } from './types.js';
 import type { SpawngateConfig } from '../config/index.js';
@@ -26,7 +26,7 @@ export const SHIPPED_BUNDLE = fileURLToPath(new URL('../../bundles/spawngate.tar
 
 export interface AdmissionOptions {
   /** A config object (validated here) or a JSON/YAML file path. Default: the embedded process-backend config. */
-  config?: SpawngateConfig | string | unknown;
+  config?: unknown;
   /** A bundle file path or an unpacked bundle. Default: `spawngate.bundle` from the config, else the shipped bundle. */
   bundle?: string | PolicyBundle;
   /** Reload the bundle file when it changes. Default true for a file path. */
@@ -76,9 +76,9 @@ export interface Admission {
   readonly metrics: Metrics;
   readonly logger: Logger;
   /** Decision only; takes no slot or token (a dry run of reserve). */
-  admit(request: SpawnRequestInput | unknown, options?: AdmitCallOptions): Promise<AdmitResult>;
+  admit(request: SpawnRequestInput, options?: AdmitCallOptions): Promise<AdmitResult>;
   /** Decision, then every slot and token the decision names, atomically. */
-  reserve(request: SpawnRequestInput | unknown, options?: AdmitCallOptions): Promise<ReserveResult>;
+  reserve(request: SpawnRequestInput, options?: AdmitCallOptions): Promise<ReserveResult>;
   close(): Promise<void>;
 }
 
@@ -110,7 +110,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   const clock = options.clock ?? (() => new Date());
   const config = await resolveConfig(options.config);
   const prepared: PreparedCatalog = prepareCatalog(buildCatalog(config));
-  const store = options.store ?? createMemoryStore({ logger });
+  const store = options.store ?? (await createStoreFromConfig(config, logger));
   const decisionLog = openDecisionLog(options.decisionLog, config);
   const bundleOption = options.bundle ?? config.spawngate?.bundle ?? SHIPPED_BUNDLE;
   const policy = await createPolicyEngine({

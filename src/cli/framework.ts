@@ -79,7 +79,7 @@ export function reportError(name: string, err: unknown, io: Io): number {
 export async function readInputFile(path: string, io: Io): Promise<string> {
   if (path === '-') {
     const chunks: Buffer[] = [];
-    for await (const chunk of io.stdin) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
+    for await (const chunk of io.stdin) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));
     return Buffer.concat(chunks).toString('utf8');
   }
   const { readFile } = await import('node:fs/promises');

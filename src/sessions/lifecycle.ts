@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Context, Span } from '@opentelemetry/api';
 import type { Admission, Reservation } from '../admission/gate.js';
+import type { SpawnRequestInput } from '../admission/request.js';
 import type { AllowDecision } from '../admission/types.js';
 import type { BackendResolver } from '../backends/registry.js';
 import type { Backend, WorkerEndpoint, WorkerRef, WorkerStatus } from '../backends/types.js';
@@ -8,9 +9,8 @@ import { LABELS } from '../backends/types.js';
 import { createWorkerClient } from '../backends/worker-client.js';
 import { findBackend, findProfile } from '../config/index.js';
 import { AdmissionDeniedError, BackendError, isSpawngateError, SpawngateError } from '../errors.js';
-import type { Logger } from '../log.js';
 import { safely } from '../telemetry/metrics.js';
-import { inSpan, parentContext, setAttributes, SPAN, tracer, traceparentOf } from '../telemetry/tracing.js';
+import { endSpan, inSpan, parentContext, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
 import type { WorkerEvent, WorkerStatusReport } from '../worker/events.js';
 import { buildWorkerSpec, labelValue } from './spec.js';
 
@@ -102,7 +102,7 @@ export interface LifecycleOptions {
 }
 
 export interface Lifecycle {
-  spawn(request: unknown, options?: SpawnOptions): Promise<WorkerHandle>;
+  spawn(request: SpawnRequestInput, options?: SpawnOptions): Promise<WorkerHandle>;
   get(spawnId: string): WorkerHandle | undefined;
   turn(spawnId: string, message: string, options?: { turnId?: string; signal?: AbortSignal }): AsyncIterable<WorkerEvent>;
   cancel(spawnId: string): Promise<void>;
@@ -157,11 +157,11 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     }
   }
 
-  async function spawn(request: unknown, spawnOptions: SpawnOptions = {}): Promise<WorkerHandle> {
+  async function spawn(request: SpawnRequestInput, spawnOptions: SpawnOptions = {}): Promise<WorkerHandle> {
     const progress = (p: SpawnProgress) => safely(() => spawnOptions.onProgress?.(p));
     const started = performance.now();
     const spawnId = randomUUID();
-    const traceparent = (request as { traceparent?: unknown } | null)?.traceparent;
+    const traceparent = (request as { traceparent?: unknown } | null)?.traceparent; // not yet validated
     const parent = spawnOptions.parent ?? parentContext(typeof traceparent === 'string' ? traceparent : null);
     return inSpan(SPAN.spawn, parent, { 'spawngate.spawn_id': spawnId }, async (span, ctx) => {
       progress({ stage: 'admission' });
@@ -290,8 +290,14 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
   async function* runTurn(spawnId: string, message: string, turnOptions: { turnId?: string; signal?: AbortSignal } = {}): AsyncGenerator<WorkerEvent> {
     const entry = live.get(spawnId);
     if (!entry) throw new SpawngateError('SPAWN_NOT_FOUND', `no live worker ${spawnId}`);
-    const span: Span = tracer().startSpan(SPAN.turn, {}, entry.spawnSpan);
-    setAttributes(span, { 'spawngate.spawn_id': spawnId, 'spawngate.backend': entry.handle.backend, ...nativeAttributes(entry.backend.kind, entry.ref.nativeId) });
+    const span: Span = startSpan(SPAN.turn, entry.spawnSpan);
+    setAttributes(span, {
+      'spawngate.spawn_id': spawnId,
+      'spawngate.backend': entry.handle.backend,
+      'spawngate.profile': entry.handle.profile,
+      'spawngate.agent_id': entry.handle.agentId,
+      ...nativeAttributes(entry.backend.kind, entry.ref.nativeId),
+    });
     let outcome = 'failed';
     let crashed = false;
     try {
@@ -307,13 +313,13 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         yield event;
       }
     } catch (err) {
-      span.recordException(err as Error);
+      recordError(span, err);
       // A stream that breaks off usually means the worker died under us; the status check below decides.
       crashed = true;
       throw err;
     } finally {
       setAttributes(span, { 'spawngate.turn_outcome': outcome });
-      span.end();
+      endSpan(span);
       safely(() => metrics.turns.inc({ backend: entry.handle.backend, outcome }));
       if (crashed) await reapIfDead(spawnId);
     }

@@ -6,6 +6,10 @@ import { createAdmission, SHIPPED_BUNDLE, type Admission } from '../../src/admis
 import { readBundle } from '../../src/admission/policy-tool.js';
 import { loadConfigFile } from '../../src/config/index.js';
 import { RequestError } from '../../src/errors.js';
+import type { SpawnRequestInput } from '../../src/admission/request.js';
+
+/** Requests as raw JSON: the gate validates them, so tests may hand it anything. */
+const raw = (r: unknown) => r as SpawnRequestInput;
 
 const example = (name: string) => fileURLToPath(new URL(`../../examples/${name}`, import.meta.url));
 const json = (name: string) => JSON.parse(readFileSync(example(name), 'utf8')) as Record<string, unknown>;
@@ -52,12 +56,12 @@ const capped = {
 describe('admission gate', () => {
   it('admits the seed examples: the DESIGN config with the seed request (message alias), and the full example config', async () => {
     const design = await gate(json('design-example.json'));
-    const seed = await design.admit(json('seed-spawn-request.json'));
+    const seed = await design.admit(raw(json('seed-spawn-request.json')));
     expect(seed.decision).toMatchObject({ allow: true, backend: 'k8s', profile: 'small' });
     expect(seed.request.task).toBe('Run the full test suite and fix what fails');
 
     const full = await gate(await loadConfigFile(example('spawngate.example.yaml')));
-    const res = await full.admit(json('spawn-request.json'));
+    const res = await full.admit(raw(json('spawn-request.json')));
     expect(res.decision).toMatchObject({ allow: true, backend: 'k8s', profile: 'small', egress: 'proxy' });
     expect(res.input.resolved).toMatchObject({ backend: 'k8s', profile: 'small', source: 'global' });
   });
@@ -93,7 +97,7 @@ describe('admission gate', () => {
   ];
   it.each(denies)('denies with %s', async (code, request) => {
     const g = await gate(capped);
-    const res = await g.admit(request);
+    const res = await g.admit(raw(request));
     expect(res.decision.allow).toBe(false);
     expect(res.decision.reasons.map((r) => r.code)).toContain(code);
   });
@@ -187,7 +191,7 @@ describe('admission gate', () => {
       [{ agentId: 'echo', caller: caller() }, 'task'],
     ] as const;
     for (const [request, path] of bad) {
-      const err = await g.reserve(request).catch((e: unknown) => e);
+      const err = await g.reserve(raw(request)).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(RequestError);
       expect((err as RequestError).issues.map((i) => i.path)).toContain(path);
     }

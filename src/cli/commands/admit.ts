@@ -1,6 +1,7 @@
 import { RequestError } from '../../errors.js';
 import type { Decision } from '../../admission/types.js';
 import { createAdmission } from '../../admission/gate.js';
+import type { SpawnRequestInput } from '../../admission/request.js';
 import type { Command } from '../framework.js';
 import { EXIT, readInputFile, str } from '../framework.js';
 
@@ -52,7 +53,7 @@ export const admitCommand: Command = {
       decisionLog: false,
     });
     try {
-      const result = await gate.admit(request);
+      const result = await gate.admit(request as SpawnRequestInput);
       if (values.json) {
         io.stdout.write(`${JSON.stringify({ decisionId: result.decisionId, bundleRevision: result.bundleRevision, stage: result.stage, ...result.decision })}\n`);
       } else {

@@ -1,4 +1,5 @@
 import { userInfo } from 'node:os';
+import type { SpawnRequestInput } from '../../admission/request.js';
 import { AdmissionDeniedError, isSpawngateError } from '../../errors.js';
 import type { Spawngate } from '../../spawngate.js';
 import { createSpawngate } from '../../spawngate.js';
@@ -87,7 +88,7 @@ export const spawnCommand: Command = {
     const profile = str(values, 'profile');
     const user = str(values, 'user') ?? userInfo().username;
     const kind = str(values, 'channel-kind') ?? 'cli';
-    const request = {
+    const request: SpawnRequestInput = {
       runtime: 'acp',
       agentId,
       task: positionals[0] ?? '',
@@ -117,7 +118,7 @@ export const spawnCommand: Command = {
       let last: WorkerEvent | null = null;
       const onCancel = () => void handle.cancel().catch(() => undefined);
       controller.signal.addEventListener('abort', onCancel, { once: true });
-      for await (const event of handle.turn(request.task)) {
+      for await (const event of handle.turn(positionals[0] ?? '')) {
         last = event;
         writeEvent(io, event, json);
       }

@@ -1,0 +1,436 @@
+import { createHash, randomUUID } from 'node:crypto';
+import type { Logger } from '../../log.js';
+import { silentLogger } from '../../log.js';
+import { ConfigError, SpawngateError } from '../../errors.js';
+import { slotKey } from './types.js';
+import type { ReservationRecord, ReservationRequest, ReservationStore, ReserveOutcome, ReserveRejection, SlotKey } from './types.js';
+
+/**
+ * The few ioredis calls this store makes. ioredis' `Redis` satisfies it; so does anything shaped
+ * like it (a Cluster whose keys share one hash slot, a client with custom TLS or Sentinel setup).
+ */
+export interface RedisClient {
+  evalsha(sha1: string, numkeys: number, ...args: (string | number)[]): Promise<unknown>;
+  eval(script: string, numkeys: number, ...args: (string | number)[]): Promise<unknown>;
+  mget(...keys: string[]): Promise<(string | null)[]>;
+  zrange(key: string, start: number, stop: number): Promise<string[]>;
+  hgetall(key: string): Promise<Record<string, string>>;
+  quit(): Promise<unknown>;
+  disconnect(): void;
+}
+
+export interface RedisStoreOptions {
+  /** redis://, rediss:// (TLS) or unix:///path/to/socket; the db number is the path (redis://host:6379/2). */
+  url?: string;
+  /** Never put it in the URL: configs name an environment variable instead (see createStoreFromConfig). */
+  password?: string;
+  /** Every key this store touches starts with it. For Redis Cluster include a hash tag, e.g. `spawngate:{gw}:`. */
+  keyPrefix?: string;
+  logger?: Logger;
+  /**
+   * A clock for tests. Without it the scripts read Redis' own `TIME`, so every gateway sharing the
+   * server refills buckets and stamps history on one clock however far their hosts' clocks drift.
+   */
+  now?: () => number;
+  /** Use this client instead of connecting to `url`. It stays yours: `close()` leaves it open. */
+  client?: RedisClient;
+  /** How long reservation timestamps are kept for `recent()` (default 10 minutes, as in memory). */
+  recentRetentionMs?: number;
+  /** Upper bound on one Redis round trip before reserve/release/… reject (default 5000). */
+  commandTimeoutMs?: number;
+}
+
+interface IoredisModule {
+  Redis: new (...args: unknown[]) => RedisClient & {
+    on(event: string, listener: (...args: unknown[]) => void): unknown;
+  };
+  ReplyError: abstract new (...args: never[]) => Error;
+}
+
+/**
+ * Loads ioredis on first use, so gateways on the memory store never need it installed.
+ * `load` exists so the "not installed" path can be exercised with a module that truly is absent.
+ */
+export async function loadIoredis(load: () => Promise<unknown> = () => import('ioredis')): Promise<IoredisModule> {
+  try {
+    const mod = (await load()) as Partial<IoredisModule> & { default?: Partial<IoredisModule> };
+    const Redis = mod.Redis ?? mod.default?.Redis;
+    const ReplyError = mod.ReplyError ?? mod.default?.ReplyError;
+    if (typeof Redis !== 'function' || typeof ReplyError !== 'function') throw new TypeError('ioredis does not export Redis and ReplyError');
+    return { Redis, ReplyError };
+  } catch (err) {
+    throw new SpawngateError('DEPENDENCY_MISSING', 'the Redis reservation store needs ioredis: install ioredis (npm install ioredis)', { cause: err });
+  }
+}
+
+// ─── Lua ─────────────────────────────────────────────────────────────────────────────────────
+// Redis runs a script to completion before serving any other command, so each script below is
+// the critical section that the memory store gets from JavaScript's run-to-completion: every
+// cap and bucket is read and every slot and token taken with nothing interleaved. All reads come
+// before the first write, so a rejection writes nothing.
+
+const CLOCK = `
+local function clock(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function num(x) return string.format('%.17g', x) end
+`;
+
+/**
+ * KEYS: [1] reservation index (zset id -> createdAt), [2] the new record (hash),
+ *       then nc concurrency counters (one per limit, repeats allowed), nr token buckets (one per
+ *       rate limit), nh recent-history zsets (distinct).
+ * ARGV: [1] "reserve"|"check", [2] clock ms or "" for Redis TIME, [3] nc, [4] nr, [5] nh,
+ *       [6] history retention ms, [7] reservation id, [8] spawnId, [9] slots JSON, [10] meta JSON,
+ *       then max per concurrency limit, then perMinute, burst per rate limit.
+ * Returns {1, now} on success, {0, 1, i, active} when concurrency limit i is full,
+ *         {0, 2, i, retryAfterMs} when rate limit i has no token.
+ */
+const RESERVE_LUA = `${CLOCK}
+local nc, nr, nh = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local now = clock(ARGV[2])
+
+for i = 1, nc do
+  local active = tonumber(redis.call('GET', KEYS[2 + i]) or '0')
+  if active >= tonumber(ARGV[10 + i]) then return {0, 1, i, active} end
+end
+
+local function bucket(i)
+  local key = KEYS[2 + nc + i]
+  local perMs = tonumber(ARGV[10 + nc + 2 * i - 1]) / 60000
+  local burst = tonumber(ARGV[10 + nc + 2 * i])
+  local state = redis.call('HMGET', key, 'tokens', 'updatedAt')
+  if not state[1] then return key, burst, now, perMs, burst end
+  local tokens, last = tonumber(state[1]), tonumber(state[2])
+  -- Only a caller-supplied clock can run backwards; never let that drain a bucket.
+  if now <= last then return key, math.min(burst, tokens), last, perMs, burst end
+  return key, math.min(burst, tokens + (now - last) * perMs), now, perMs, burst
+end
+
+for i = 1, nr do
+  local _, tokens, _, perMs = bucket(i)
+  if tokens < 1 then return {0, 2, i, math.ceil((1 - tokens) / perMs)} end
+end
+
+if ARGV[1] == 'check' then return {1, now} end
+
+local seen = {}
+for i = 1, nc do
+  local key = KEYS[2 + i]
+  -- The same key named by two limits is one slot.
+  if not seen[key] then
+    seen[key] = true
+    redis.call('INCR', key)
+  end
+end
+for i = 1, nr do
+  local key, tokens, updatedAt, perMs, burst = bucket(i)
+  tokens = tokens - 1
+  redis.call('HSET', key, 'tokens', num(tokens), 'updatedAt', num(updatedAt))
+  -- Once full again a bucket equals a missing one, so it may vanish then: idle buckets do not pile up.
+  local ttl = math.min(math.ceil((burst - tokens) / perMs) + 1000, 1e15)
+  redis.call('PEXPIRE', key, string.format('%.0f', ttl))
+end
+local retention = tonumber(ARGV[6])
+for i = 1, nh do
+  local key = KEYS[2 + nc + nr + i]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now - retention))
+  redis.call('ZADD', key, num(now), ARGV[7])
+  redis.call('PEXPIRE', key, string.format('%.0f', retention))
+end
+redis.call('HSET', KEYS[2], 'spawnId', ARGV[8], 'slots', ARGV[9], 'createdAt', num(now), 'meta', ARGV[10])
+redis.call('ZADD', KEYS[1], num(now), ARGV[7])
+return {1, now}
+`;
+
+/**
+ * KEYS: [1] the record, [2] reservation index. ARGV: [1] counter key prefix, [2] reservation id.
+ * The record names its own slots, so a release needs nothing but the id and frees each slot once:
+ * the DEL of the record is what makes a second release find nothing.
+ */
+const RELEASE_LUA = `
+local slots = redis.call('HGET', KEYS[1], 'slots')
+if not slots then return 0 end
+for _, slot in ipairs(cjson.decode(slots)) do
+  local key = ARGV[1] .. slot
+  if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+`;
+
+/** KEYS: history zsets. ARGV: [1] clock ms or "", [2] window ms, [3] retention ms. */
+const RECENT_LUA = `${CLOCK}
+local now = clock(ARGV[1])
+local from = num(now - math.min(tonumber(ARGV[2]), tonumber(ARGV[3])))
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('ZCOUNT', KEYS[i], '(' .. from, '+inf') end
+return out
+`;
+
+interface Script {
+  source: string;
+  sha: string;
+}
+
+const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
+const RESERVE = script(RESERVE_LUA);
+const RELEASE = script(RELEASE_LUA);
+const RECENT = script(RECENT_LUA);
+
+/** Key layout; docs/stores.md lists it for operators. */
+export function redisKeys(prefix: string) {
+  return {
+    counter: (slot: SlotKey) => `${prefix}slot:${slot}`,
+    counterPrefix: `${prefix}slot:`,
+    bucket: (slot: SlotKey) => `${prefix}bucket:${slot}`,
+    history: (slot: SlotKey) => `${prefix}recent:${slot}`,
+    record: (id: string) => `${prefix}reservation:${id}`,
+    index: `${prefix}reservations`,
+  };
+}
+
+function connectionOptions(url: string): { url?: string; path?: string; db?: number } {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch (err) {
+    throw new ConfigError('invalid Redis URL', [{ path: 'spawngate.store.url', message: 'must be a URL such as redis://127.0.0.1:6379/0' }], { cause: err });
+  }
+  if (parsed.protocol === 'redis:' || parsed.protocol === 'rediss:') return { url };
+  if (parsed.protocol === 'unix:') {
+    // ioredis has no unix: scheme; it takes a socket path and a db option.
+    const db = parsed.searchParams.get('db');
+    return { path: decodeURIComponent(parsed.pathname), ...(db === null ? {} : { db: Number(db) }) };
+  }
+  throw new ConfigError('unsupported Redis URL scheme', [{ path: 'spawngate.store.url', message: 'must use redis://, rediss:// or unix://' }]);
+}
+
+function asNumber(value: unknown): number {
+  return typeof value === 'number' ? value : Number(value);
+}
+
+/**
+ * Reservation store shared by every gateway that points at the same Redis (and key prefix).
+ * Semantics are the memory store's, key for key; docs/stores.md explains the layout, the
+ * atomicity argument and the failure modes. Any Redis failure rejects with a retryable
+ * SpawngateError 'RESERVATION_FAILED' — never an allow.
+ */
+export async function createRedisStore(options: RedisStoreOptions): Promise<ReservationStore> {
+  const logger = options.logger ?? silentLogger;
+  const keys = redisKeys(options.keyPrefix ?? 'spawngate:');
+  const retention = options.recentRetentionMs ?? 10 * 60_000;
+  const clockArg = (): string => (options.now ? String(options.now()) : '');
+  const ownsClient = options.client === undefined;
+
+  let client: RedisClient;
+  let isReplyError: (err: unknown) => boolean = () => false;
+  if (options.client) {
+    client = options.client;
+  } else {
+    if (options.url === undefined) {
+      throw new ConfigError('the Redis store needs a url', [{ path: 'spawngate.store.url', message: 'required' }]);
+    }
+    const target = connectionOptions(options.url);
+    const { Redis, ReplyError } = await loadIoredis();
+    isReplyError = (err) => err instanceof ReplyError;
+    const timeout = options.commandTimeoutMs ?? 5000;
+    const settings = {
+      ...(target.path === undefined ? {} : { path: target.path }),
+      ...(target.db === undefined ? {} : { db: target.db }),
+      ...(options.password === undefined ? {} : { password: options.password }),
+      // A reserve must answer within a bound even when Redis is gone: fail it fast (the gateway
+      // denies and the caller retries) instead of queueing it behind ioredis' reconnect loop.
+      maxRetriesPerRequest: 1,
+      connectTimeout: timeout,
+      commandTimeout: timeout,
+    };
+    const redis = target.url === undefined ? new Redis(settings) : new Redis(target.url, settings);
+    let healthy = true;
+    // Without a listener ioredis prints every reconnect failure; log each outage once instead.
+    redis.on('error', (err) => {
+      if (!healthy) return;
+      healthy = false;
+      logger.warn('redis reservation store connection failed; reservations fail until it is back', { store: 'redis', error: (err as Error).message });
+    });
+    redis.on('ready', () => {
+      if (healthy) return;
+      healthy = true;
+      logger.info('redis reservation store connection is back', { store: 'redis' });
+    });
+    client = redis;
+  }
+
+  async function run(s: Script, keyArgs: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    try {
+      return await client.evalsha(s.sha, keyArgs.length, ...keyArgs, ...args);
+    } catch (err) {
+      // NOSCRIPT is Redis' error code (the reply's first word) for a script cache that does not
+      // hold this script yet, e.g. after a restart or SCRIPT FLUSH; EVAL runs and caches it.
+      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
+      return client.eval(s.source, keyArgs.length, ...keyArgs, ...args);
+    }
+  }
+
+  function failed(operation: string, err: unknown): SpawngateError {
+    if (err instanceof SpawngateError) return err;
+    return new SpawngateError('RESERVATION_FAILED', `redis reservation store: ${operation} failed: ${(err as Error).message ?? String(err)}`, {
+      cause: err,
+      retryable: true,
+      details: { store: 'redis', operation },
+    });
+  }
+
+  function scriptArgs(mode: 'reserve' | 'check', request: Omit<ReservationRequest, 'spawnId'> & { spawnId?: string }, id: string) {
+    const slots = [...new Set(request.concurrency.map((l) => slotKey(l.scope, l.key)))];
+    const history = [...new Set([...slots, ...request.rate.map((l) => slotKey(l.scope, l.key))])];
+    const keyArgs = [
+      keys.index,
+      keys.record(id),
+      ...request.concurrency.map((l) => keys.counter(slotKey(l.scope, l.key))),
+      ...request.rate.map((l) => keys.bucket(slotKey(l.scope, l.key))),
+      ...(mode === 'reserve' ? history.map((k) => keys.history(k)) : []),
+    ];
+    const args = [
+      mode,
+      clockArg(),
+      request.concurrency.length,
+      request.rate.length,
+      mode === 'reserve' ? history.length : 0,
+      retention,
+      id,
+      request.spawnId ?? '',
+      JSON.stringify(slots),
+      JSON.stringify({ ...request.meta }),
+      ...request.concurrency.map((l) => String(l.max)),
+      ...request.rate.flatMap((l) => [String(l.perMinute), String(l.burst)]),
+    ];
+    return { slots, keyArgs, args };
+  }
+
+  function rejection(request: Omit<ReservationRequest, 'spawnId'>, reply: unknown[]): ReserveRejection {
+    const kind = asNumber(reply[1]);
+    const index = asNumber(reply[2]) - 1;
+    const value = asNumber(reply[3]);
+    if (kind === 1) {
+      const limit = request.concurrency[index];
+      if (limit) return { ok: false, kind: 'concurrency', code: `concurrency_limit_${limit.scope}`, scope: limit.scope, key: limit.key, max: limit.max, active: value };
+    } else if (kind === 2) {
+      const limit = request.rate[index];
+      if (limit) {
+        return { ok: false, kind: 'rate', code: `rate_limit_${limit.scope}`, scope: limit.scope, key: limit.key, perMinute: limit.perMinute, burst: limit.burst, retryAfterMs: value };
+      }
+    }
+    throw new Error(`unexpected reply from the reserve script: ${JSON.stringify(reply)}`);
+  }
+
+  async function releaseScript(id: string): Promise<boolean> {
+    return asNumber(await run(RELEASE, [keys.record(id), keys.index], [keys.counterPrefix, id])) === 1;
+  }
+
+  return {
+    kind: 'redis',
+
+    async reserve(request): Promise<ReserveOutcome> {
+      const id = randomUUID();
+      const { slots, keyArgs, args } = scriptArgs('reserve', request, id);
+      let reply: unknown;
+      try {
+        reply = await run(RESERVE, keyArgs, args);
+      } catch (err) {
+        // A timeout or a dropped connection leaves it unknown whether the script ran. The release
+        // goes out on the same connection after it, so if the reserve did land it is undone; if
+        // Redis is unreachable both fail and the record stays visible to active() for the sweeper.
+        if (!isReplyError(err)) await releaseScript(id).catch(() => false);
+        throw failed('reserve', err);
+      }
+      const parts = reply as unknown[];
+      if (asNumber(parts[0]) !== 1) {
+        try {
+          return rejection(request, parts);
+        } catch (err) {
+          throw failed('reserve', err);
+        }
+      }
+      const record: ReservationRecord = { id, spawnId: request.spawnId, slots, createdAt: asNumber(parts[1]), meta: { ...request.meta } };
+      return { ok: true, record };
+    },
+
+    async check(request) {
+      const { keyArgs, args } = scriptArgs('check', request, randomUUID());
+      try {
+        const reply = (await run(RESERVE, keyArgs, args)) as unknown[];
+        return asNumber(reply[0]) === 1 ? { ok: true as const } : rejection(request, reply);
+      } catch (err) {
+        throw failed('check', err);
+      }
+    },
+
+    async release(id) {
+      let freed: boolean;
+      try {
+        freed = await releaseScript(id);
+      } catch (err) {
+        throw failed('release', err);
+      }
+      if (!freed) logger.warn('release of unknown or already released reservation ignored', { reservationId: id, store: 'redis' });
+      return freed;
+    },
+
+    async counts(slotKeys) {
+      if (slotKeys.length === 0) return new Map();
+      try {
+        const values = await client.mget(...slotKeys.map((k) => keys.counter(k)));
+        return new Map(slotKeys.map((k, i) => [k, Number(values[i] ?? 0)]));
+      } catch (err) {
+        throw failed('counts', err);
+      }
+    },
+
+    async recent(slotKeys, windowMs) {
+      if (slotKeys.length === 0) return new Map();
+      try {
+        const values = (await run(RECENT, slotKeys.map((k) => keys.history(k)), [clockArg(), windowMs, retention])) as unknown[];
+        return new Map(slotKeys.map((k, i) => [k, asNumber(values[i] ?? 0)]));
+      } catch (err) {
+        throw failed('recent', err);
+      }
+    },
+
+    async active() {
+      try {
+        const ids = await client.zrange(keys.index, 0, -1);
+        const hashes = await Promise.all(ids.map((id) => client.hgetall(keys.record(id))));
+        const records: ReservationRecord[] = [];
+        ids.forEach((id, i) => {
+          const h = hashes[i];
+          // Released between the two reads: it is no longer active.
+          if (!h || h['slots'] === undefined) return;
+          records.push({
+            id,
+            spawnId: h['spawnId'] ?? '',
+            slots: JSON.parse(h['slots']) as SlotKey[],
+            createdAt: Number(h['createdAt']),
+            meta: JSON.parse(h['meta'] ?? '{}') as Record<string, string>,
+          });
+        });
+        return records;
+      } catch (err) {
+        throw failed('active', err);
+      }
+    },
+
+    async close() {
+      if (!ownsClient) return;
+      try {
+        await client.quit();
+      } catch {
+        // QUIT cannot reach a Redis that is down; dropping the socket is all that is left to do.
+        client.disconnect();
+      }
+    },
+  };
+}

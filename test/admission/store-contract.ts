@@ -1,0 +1,201 @@
+/**
+ * The reservation-store contract: every store (memory, Redis) must pass these scenarios. Called
+ * from each store's test file with a factory that builds a fresh, empty store.
+ */
+import fc from 'fast-check';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { ReservationStore } from '../../src/admission/store/types.js';
+import type { ConcurrencyLimit, RateLimit } from '../../src/admission/types.js';
+import type { Logger } from '../../src/log.js';
+import { memoryLogger } from '../helpers/logger.js';
+
+export interface StoreFactoryOptions {
+  /** A fake clock in ms; a store must use it for buckets and history instead of its own. */
+  now?: () => number;
+  logger?: Logger;
+}
+
+export type StoreFactory = (options: StoreFactoryOptions) => ReservationStore | Promise<ReservationStore>;
+
+export interface StoreContractOptions {
+  /** fast-check runs of the model test; a networked store pays a round trip per step. */
+  propertyRuns?: number;
+}
+
+const userCap = (user: string, max: number): ConcurrencyLimit => ({ scope: 'user', key: user, max });
+
+export function describeStoreContract(name: string, factory: StoreFactory, contract: StoreContractOptions = {}): void {
+  describe(`${name} reservation store (contract)`, () => {
+    const opened: ReservationStore[] = [];
+    async function open(options: StoreFactoryOptions = {}): Promise<ReservationStore> {
+      const store = await factory(options);
+      opened.push(store);
+      return store;
+    }
+    afterEach(async () => {
+      for (const store of opened.splice(0)) await store.close();
+    });
+
+    it('takes every slot or none: a full second cap leaves the first untouched', async () => {
+      const store = await open();
+      const first = await store.reserve({ spawnId: 's1', concurrency: [userCap('alice', 5), { scope: 'channel', key: 'c1', max: 1 }], rate: [] });
+      expect(first.ok).toBe(true);
+      const second = await store.reserve({ spawnId: 's2', concurrency: [userCap('alice', 5), { scope: 'channel', key: 'c1', max: 1 }], rate: [] });
+      expect(second).toMatchObject({ ok: false, code: 'concurrency_limit_channel', scope: 'channel', key: 'c1', max: 1, active: 1 });
+      const counts = await store.counts(['user/alice', 'channel/c1']);
+      expect(counts.get('user/alice')).toBe(1);
+      expect(counts.get('channel/c1')).toBe(1);
+    });
+
+    it('1,000 concurrent reserves against a cap of 5 admit exactly 5; released slots are reusable', async () => {
+      const store = await open();
+      const attempts = await Promise.all(
+        Array.from({ length: 1000 }, (_, i) => store.reserve({ spawnId: `s${i}`, concurrency: [{ scope: 'profile', key: 'k8s/small', max: 5 }], rate: [] })),
+      );
+      const won = attempts.filter((a) => a.ok);
+      expect(won).toHaveLength(5);
+      expect(attempts.filter((a) => !a.ok && a.code === 'concurrency_limit_profile')).toHaveLength(995);
+      for (const a of won) if (a.ok) expect(await store.release(a.record.id)).toBe(true);
+      expect((await store.counts(['profile/k8s/small'])).get('profile/k8s/small')).toBe(0);
+      const again = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => store.reserve({ spawnId: `t${i}`, concurrency: [{ scope: 'profile', key: 'k8s/small', max: 5 }], rate: [] })),
+      );
+      expect(again.filter((a) => a.ok)).toHaveLength(5);
+    });
+
+    it('releases exactly once; an unknown or repeated release is a logged no-op', async () => {
+      const log = memoryLogger();
+      const store = await open({ logger: log });
+      const r = await store.reserve({ spawnId: 's', concurrency: [userCap('bob', 1)], rate: [] });
+      if (!r.ok) throw new Error('expected a reservation');
+      expect(await store.release(r.record.id)).toBe(true);
+      expect(await store.release(r.record.id)).toBe(false);
+      expect(await store.release('no-such-id')).toBe(false);
+      expect(log.lines.filter((l) => l.level === 'warn' && l.msg.includes('unknown or already released'))).toHaveLength(2);
+      expect((await store.counts(['user/bob'])).get('user/bob')).toBe(0);
+    });
+
+    it('a duplicated limit on one key takes one slot, not two', async () => {
+      const store = await open();
+      const r = await store.reserve({ spawnId: 's', concurrency: [userCap('carol', 2), userCap('carol', 3)], rate: [] });
+      expect(r.ok).toBe(true);
+      expect((await store.counts(['user/carol'])).get('user/carol')).toBe(1);
+    });
+
+    it('a reservation record carries its spawn id, distinct slots and meta; active() lists exactly the unreleased ones', async () => {
+      const store = await open();
+      const a = await store.reserve({ spawnId: 'spawn-a', concurrency: [userCap('erin', 3), userCap('erin', 2), { scope: 'total', key: '*', max: 9 }], rate: [], meta: { user: 'erin' } });
+      const b = await store.reserve({ spawnId: 'spawn-b', concurrency: [userCap('erin', 3)], rate: [] });
+      if (!a.ok || !b.ok) throw new Error('expected two reservations');
+      expect(a.record).toMatchObject({ spawnId: 'spawn-a', slots: ['user/erin', 'total/*'], meta: { user: 'erin' } });
+      expect(b.record.meta).toEqual({});
+      expect(await store.release(b.record.id)).toBe(true);
+      const active = await store.active();
+      expect(active).toHaveLength(1);
+      expect(active[0]).toEqual(a.record);
+    });
+
+    it('token bucket: burst, then one token per 60/perMinute seconds, with retryAfter', async () => {
+      let t = 1_000_000;
+      const store = await open({ now: () => t });
+      const rate: RateLimit[] = [{ scope: 'channel', key: 'cron:nightly', perMinute: 6, burst: 2 }];
+      expect((await store.reserve({ spawnId: 'a', concurrency: [], rate })).ok).toBe(true);
+      expect((await store.reserve({ spawnId: 'b', concurrency: [], rate })).ok).toBe(true);
+      const third = await store.reserve({ spawnId: 'c', concurrency: [], rate });
+      expect(third).toMatchObject({ ok: false, code: 'rate_limit_channel', retryAfterMs: 10_000 });
+      expect(await store.check({ concurrency: [], rate })).toMatchObject({ ok: false });
+      t += 10_000;
+      expect(await store.check({ concurrency: [], rate })).toEqual({ ok: true });
+      expect((await store.reserve({ spawnId: 'd', concurrency: [], rate })).ok).toBe(true);
+      expect((await store.reserve({ spawnId: 'e', concurrency: [], rate })).ok).toBe(false);
+      // Releasing a reservation returns its slots, never its rate tokens.
+      const list = await store.active();
+      for (const rec of list) await store.release(rec.id);
+      expect((await store.reserve({ spawnId: 'f', concurrency: [], rate })).ok).toBe(false);
+    });
+
+    it('check() is a dry run: it reports the same rejection and takes nothing', async () => {
+      const store = await open({ now: () => 5_000 });
+      const rate: RateLimit[] = [{ scope: 'user', key: 'dry', perMinute: 60, burst: 1 }];
+      for (let i = 0; i < 3; i++) expect(await store.check({ concurrency: [userCap('dry', 1)], rate })).toEqual({ ok: true });
+      expect((await store.counts(['user/dry'])).get('user/dry')).toBe(0);
+      expect(await store.active()).toHaveLength(0);
+      expect((await store.reserve({ spawnId: 'a', concurrency: [userCap('dry', 1)], rate })).ok).toBe(true);
+      expect(await store.check({ concurrency: [userCap('dry', 1)], rate })).toMatchObject({ ok: false, code: 'concurrency_limit_user', active: 1 });
+      expect(await store.check({ concurrency: [], rate })).toMatchObject({ ok: false, code: 'rate_limit_user', retryAfterMs: 1000 });
+      expect((await store.recent(['user/dry'], 60_000)).get('user/dry')).toBe(1);
+    });
+
+    it('a rejected rate check takes no concurrency slot', async () => {
+      const store = await open();
+      const rate: RateLimit[] = [{ scope: 'user', key: 'u', perMinute: 1, burst: 1 }];
+      expect((await store.reserve({ spawnId: 'a', concurrency: [userCap('u', 10)], rate })).ok).toBe(true);
+      expect((await store.reserve({ spawnId: 'b', concurrency: [userCap('u', 10)], rate })).ok).toBe(false);
+      expect((await store.counts(['user/u'])).get('user/u')).toBe(1);
+    });
+
+    it('recent() counts reservations inside the window', async () => {
+      let t = 0;
+      const store = await open({ now: () => t });
+      await store.reserve({ spawnId: 'a', concurrency: [userCap('d', 9)], rate: [] });
+      t = 30_000;
+      await store.reserve({ spawnId: 'b', concurrency: [userCap('d', 9)], rate: [] });
+      t = 70_000;
+      expect((await store.recent(['user/d'], 60_000)).get('user/d')).toBe(1);
+    });
+
+    // Model-based: an arbitrary interleaving of reserves and releases (incl. repeats) never exceeds a cap,
+    // counts always equal the live reservations holding each key, and each reservation frees exactly once.
+    it('property: never over a cap, never a double release', async () => {
+      const keys = ['user/a', 'user/b', 'channel/x', 'profile/p/q'] as const;
+      const op = fc.oneof(
+        fc.record({
+          kind: fc.constant('reserve' as const),
+          limits: fc.uniqueArray(fc.record({ idx: fc.integer({ min: 0, max: 3 }), max: fc.integer({ min: 0, max: 3 }) }), { selector: (l) => l.idx, maxLength: 4 }),
+        }),
+        fc.record({ kind: fc.constant('release' as const), pick: fc.nat() }),
+      );
+      await fc.assert(
+        fc.asyncProperty(fc.array(op, { maxLength: 60 }), async (ops) => {
+          const store = await factory({});
+          try {
+            const live = new Map<string, string[]>();
+            const released = new Set<string>();
+            const ids: string[] = [];
+            for (const o of ops) {
+              if (o.kind === 'reserve') {
+                const concurrency = o.limits.map((l) => {
+                  const [scope, ...rest] = keys[l.idx]!.split('/');
+                  return { scope: scope as ConcurrencyLimit['scope'], key: rest.join('/'), max: l.max };
+                });
+                const before = await store.counts([...keys]);
+                const res = await store.reserve({ spawnId: 'p', concurrency, rate: [] });
+                const shouldFit = concurrency.every((c) => (before.get(`${c.scope}/${c.key}`) ?? 0) < c.max);
+                expect(res.ok).toBe(shouldFit);
+                if (res.ok) {
+                  live.set(res.record.id, [...res.record.slots]);
+                  ids.push(res.record.id);
+                }
+              } else if (ids.length) {
+                const id = ids[o.pick % ids.length]!;
+                const freed = await store.release(id);
+                expect(freed).toBe(!released.has(id));
+                released.add(id);
+                live.delete(id);
+              }
+              const counts = await store.counts([...keys]);
+              for (const k of keys) {
+                const expected = [...live.values()].filter((slots) => slots.includes(k)).length;
+                expect(counts.get(k)).toBe(expected);
+              }
+            }
+            for (const c of await store.active()) expect(live.has(c.id)).toBe(true);
+          } finally {
+            await store.close();
+          }
+        }),
+        { numRuns: contract.propertyRuns ?? 300 },
+      );
+    });
+  });
+}
