@@ -60,7 +60,9 @@ describe('admission gate', () => {
     expect(seed.decision).toMatchObject({ allow: true, backend: 'k8s', profile: 'small' });
     expect(seed.request.task).toBe('Run the full test suite and fix what fails');
 
-    const full = await gate(await loadConfigFile(example('spawngate.example.yaml')));
+    // The example's `spawngate` section points at a Redis store and /var/log; this test is about admission.
+    const { spawngate: _ops, ...exampleConfig } = await loadConfigFile(example('spawngate.example.yaml'));
+    const full = await gate(exampleConfig);
     const res = await full.admit(raw(json('spawn-request.json')));
     expect(res.decision).toMatchObject({ allow: true, backend: 'k8s', profile: 'small', egress: 'proxy' });
     expect(res.input.resolved).toMatchObject({ backend: 'k8s', profile: 'small', source: 'global' });
