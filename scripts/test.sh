@@ -19,6 +19,9 @@ if [ -x scripts/ensure-docker.sh ] || [ -f scripts/ensure-docker.sh ]; then
   bash scripts/ensure-docker.sh
 fi
 
+step "services: Redis"
+bash scripts/ensure-redis.sh
+
 step "lint"
 npx eslint .
 

@@ -3,6 +3,8 @@ export { createAdmission, SHIPPED_BUNDLE, type Admission, type AdmissionOptions,
 export type * from './admission/types.js';
 export type { SpawnRequest, SpawnRequestInput } from './admission/request.js';
 export { createMemoryStore } from './admission/store/memory.js';
+export { createRedisStore, type RedisStoreOptions, type RedisClient } from './admission/store/redis.js';
+export { createStoreFromConfig } from './admission/store/index.js';
 export type { ReservationStore, ReservationRecord, ReserveOutcome, ReservationRequest } from './admission/store/types.js';
 export { fileDecisionLog, memoryDecisionLog, streamDecisionLog, type DecisionLog, type DecisionLogEntry } from './admission/decision-log.js';
 export type * from './backends/types.js';

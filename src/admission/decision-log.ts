@@ -67,9 +67,14 @@ function streamLog(stream: Writable, ownsStream: boolean): DecisionLog {
   };
 }
 
-/** Appends JSON lines to a file (created if missing). */
-export function fileDecisionLog(path: string): DecisionLog {
-  return streamLog(createWriteStream(path, { flags: 'a', mode: 0o600 }), true);
+/**
+ * Appends JSON lines to a file (created if missing). A write error (unwritable path, full disk) is
+ * reported through `onError` and never crashes the gateway: the audit trail is not worth an outage.
+ */
+export function fileDecisionLog(path: string, onError: (err: Error) => void = () => undefined): DecisionLog {
+  const stream = createWriteStream(path, { flags: 'a', mode: 0o600 });
+  stream.on('error', onError);
+  return streamLog(stream, true);
 }
 
 export function streamDecisionLog(stream: Writable): DecisionLog {

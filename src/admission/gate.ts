@@ -96,11 +96,11 @@ async function resolveConfig(config: AdmissionOptions['config']): Promise<Spawng
   return parseConfig(config);
 }
 
-function openDecisionLog(option: AdmissionOptions['decisionLog'], config: SpawngateConfig): DecisionLog | null {
+function openDecisionLog(option: AdmissionOptions['decisionLog'], config: SpawngateConfig, logger: Logger): DecisionLog | null {
   const chosen = option ?? config.spawngate?.decisionLog ?? false;
   if (chosen === false || chosen === 'off') return null;
   if (chosen === 'stdout') return streamDecisionLog(process.stdout);
-  if (typeof chosen === 'string') return fileDecisionLog(chosen);
+  if (typeof chosen === 'string') return fileDecisionLog(chosen, (err) => logger.error('decision log write failed', { path: chosen, error: err.message }));
   return chosen;
 }
 
@@ -110,15 +110,28 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   const clock = options.clock ?? (() => new Date());
   const config = await resolveConfig(options.config);
   const prepared: PreparedCatalog = prepareCatalog(buildCatalog(config));
-  const store = options.store ?? (await createStoreFromConfig(config, logger));
-  const decisionLog = openDecisionLog(options.decisionLog, config);
   const bundleOption = options.bundle ?? config.spawngate?.bundle ?? SHIPPED_BUNDLE;
+  // The engine never throws (it fails closed), so it goes first; what follows may throw and must not leak it.
   const policy = await createPolicyEngine({
     source: typeof bundleOption === 'string' ? { path: bundleOption } : { bundle: bundleOption },
     readBundle,
     watch: typeof bundleOption === 'string' && (options.watchBundle ?? true),
     logger,
   });
+  let store: ReservationStore;
+  let decisionLog: DecisionLog | null;
+  try {
+    store = options.store ?? (await createStoreFromConfig(config, logger));
+    try {
+      decisionLog = openDecisionLog(options.decisionLog, config, logger);
+    } catch (err) {
+      if (!options.store) await store.close();
+      throw err;
+    }
+  } catch (err) {
+    policy.close();
+    throw err;
+  }
 
   async function decide(raw: unknown, parent: Context | undefined): Promise<AdmitResult> {
     const request = parseSpawnRequest(raw);

@@ -42,6 +42,7 @@ export interface RedisStoreOptions {
 
 interface IoredisModule {
   Redis: new (...args: unknown[]) => RedisClient & {
+    readonly status: string;
     on(event: string, listener: (...args: unknown[]) => void): unknown;
   };
   ReplyError: abstract new (...args: never[]) => Error;
@@ -90,6 +91,10 @@ local function num(x) return string.format('%.17g', x) end
  */
 const RESERVE_LUA = `${CLOCK}
 local nc, nr, nh = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+-- The id is fresh per call, so this only matters if a client re-sends the same call: it must not
+-- take the slots a second time.
+local existing = redis.call('HGET', KEYS[2], 'createdAt')
+if existing then return {1, tonumber(existing)} end
 local now = clock(ARGV[2])
 
 for i = 1, nc do
@@ -193,14 +198,21 @@ export function redisKeys(prefix: string) {
   };
 }
 
-function connectionOptions(url: string): { url?: string; path?: string; db?: number } {
+function connectionOptions(url: string): { url?: string; path?: string; db?: number; username?: string } {
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch (err) {
     throw new ConfigError('invalid Redis URL', [{ path: 'spawngate.store.url', message: 'must be a URL such as redis://127.0.0.1:6379/0' }], { cause: err });
   }
-  if (parsed.protocol === 'redis:' || parsed.protocol === 'rediss:') return { url };
+  if (parsed.protocol === 'redis:' || parsed.protocol === 'rediss:') {
+    // ioredis lets credentials parsed from the URL win over explicit options, and a URL with a
+    // user but no password would then blank out the password: pass the user separately.
+    const username = decodeURIComponent(parsed.username);
+    parsed.username = '';
+    parsed.password = '';
+    return { url: parsed.toString(), ...(username === '' ? {} : { username }) };
+  }
   if (parsed.protocol === 'unix:') {
     // ioredis has no unix: scheme; it takes a socket path and a db option.
     const db = parsed.searchParams.get('db');
@@ -228,6 +240,8 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
 
   let client: RedisClient;
   let isReplyError: (err: unknown) => boolean = () => false;
+  /** Why a call would only wait for a connection that is known to be down; null when it may go ahead. */
+  let unavailable: () => string | null = () => null;
   if (options.client) {
     client = options.client;
   } else {
@@ -241,10 +255,14 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
     const settings = {
       ...(target.path === undefined ? {} : { path: target.path }),
       ...(target.db === undefined ? {} : { db: target.db }),
+      ...(target.username === undefined ? {} : { username: target.username }),
       ...(options.password === undefined ? {} : { password: options.password }),
       // A reserve must answer within a bound even when Redis is gone: fail it fast (the gateway
       // denies and the caller retries) instead of queueing it behind ioredis' reconnect loop.
       maxRetriesPerRequest: 1,
+      // Re-sending a reserve whose answer was lost with the connection could take its slots twice;
+      // such a call fails instead, and reserve() undoes it by id (see there).
+      autoResendUnfulfilledCommands: false,
       connectTimeout: timeout,
       commandTimeout: timeout,
     };
@@ -261,6 +279,9 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
       healthy = true;
       logger.info('redis reservation store connection is back', { store: 'redis' });
     });
+    // Between reconnect attempts ioredis would queue a call until the next attempt fails (up to
+    // seconds of backoff): during a known outage, answer at once instead.
+    unavailable = () => (redis.status === 'reconnecting' || redis.status === 'end' || redis.status === 'close' ? `redis connection is ${redis.status}` : null);
     client = redis;
   }
 
@@ -277,11 +298,22 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
 
   function failed(operation: string, err: unknown): SpawngateError {
     if (err instanceof SpawngateError) return err;
-    return new SpawngateError('RESERVATION_FAILED', `redis reservation store: ${operation} failed: ${(err as Error).message ?? String(err)}`, {
+    return new SpawngateError('RESERVATION_FAILED', `redis reservation store: ${operation} failed: ${err instanceof Error ? err.message : String(err)}`, {
       cause: err,
       retryable: true,
       details: { store: 'redis', operation },
     });
+  }
+
+  /** Every store call: fails fast during a known outage, and turns any failure into RESERVATION_FAILED. */
+  async function guarded<T>(operation: string, body: () => Promise<T>): Promise<T> {
+    const down = unavailable();
+    if (down !== null) throw failed(operation, new Error(down));
+    try {
+      return await body();
+    } catch (err) {
+      throw failed(operation, err);
+    }
   }
 
   function scriptArgs(mode: 'reserve' | 'check', request: Omit<ReservationRequest, 'spawnId'> & { spawnId?: string }, id: string) {
@@ -334,74 +366,54 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
   return {
     kind: 'redis',
 
-    async reserve(request): Promise<ReserveOutcome> {
-      const id = randomUUID();
-      const { slots, keyArgs, args } = scriptArgs('reserve', request, id);
-      let reply: unknown;
-      try {
-        reply = await run(RESERVE, keyArgs, args);
-      } catch (err) {
-        // A timeout or a dropped connection leaves it unknown whether the script ran. The release
-        // goes out on the same connection after it, so if the reserve did land it is undone; if
-        // Redis is unreachable both fail and the record stays visible to active() for the sweeper.
-        if (!isReplyError(err)) await releaseScript(id).catch(() => false);
-        throw failed('reserve', err);
-      }
-      const parts = reply as unknown[];
-      if (asNumber(parts[0]) !== 1) {
+    reserve: (request) =>
+      guarded('reserve', async (): Promise<ReserveOutcome> => {
+        const id = randomUUID();
+        const { slots, keyArgs, args } = scriptArgs('reserve', request, id);
+        let reply: unknown[];
         try {
-          return rejection(request, parts);
+          reply = (await run(RESERVE, keyArgs, args)) as unknown[];
         } catch (err) {
-          throw failed('reserve', err);
+          // A timeout or a dropped connection leaves it unknown whether the script ran. The release
+          // goes out on the same connection after it, so if the reserve did land it is undone; if
+          // Redis is unreachable both fail and the record stays visible to active() for the sweeper.
+          if (!isReplyError(err)) await releaseScript(id).catch(() => false);
+          throw err;
         }
-      }
-      const record: ReservationRecord = { id, spawnId: request.spawnId, slots, createdAt: asNumber(parts[1]), meta: { ...request.meta } };
-      return { ok: true, record };
-    },
+        if (asNumber(reply[0]) !== 1) return rejection(request, reply);
+        const record: ReservationRecord = { id, spawnId: request.spawnId, slots, createdAt: asNumber(reply[1]), meta: { ...request.meta } };
+        return { ok: true, record };
+      }),
 
-    async check(request) {
-      const { keyArgs, args } = scriptArgs('check', request, randomUUID());
-      try {
+    check: (request) =>
+      guarded('check', async () => {
+        const { keyArgs, args } = scriptArgs('check', request, randomUUID());
         const reply = (await run(RESERVE, keyArgs, args)) as unknown[];
         return asNumber(reply[0]) === 1 ? { ok: true as const } : rejection(request, reply);
-      } catch (err) {
-        throw failed('check', err);
-      }
-    },
+      }),
 
     async release(id) {
-      let freed: boolean;
-      try {
-        freed = await releaseScript(id);
-      } catch (err) {
-        throw failed('release', err);
-      }
+      const freed = await guarded('release', () => releaseScript(id));
       if (!freed) logger.warn('release of unknown or already released reservation ignored', { reservationId: id, store: 'redis' });
       return freed;
     },
 
-    async counts(slotKeys) {
-      if (slotKeys.length === 0) return new Map();
-      try {
+    counts: (slotKeys) =>
+      guarded('counts', async () => {
+        if (slotKeys.length === 0) return new Map<SlotKey, number>();
         const values = await client.mget(...slotKeys.map((k) => keys.counter(k)));
         return new Map(slotKeys.map((k, i) => [k, Number(values[i] ?? 0)]));
-      } catch (err) {
-        throw failed('counts', err);
-      }
-    },
+      }),
 
-    async recent(slotKeys, windowMs) {
-      if (slotKeys.length === 0) return new Map();
-      try {
+    recent: (slotKeys, windowMs) =>
+      guarded('recent', async () => {
+        if (slotKeys.length === 0) return new Map<SlotKey, number>();
         const values = (await run(RECENT, slotKeys.map((k) => keys.history(k)), [clockArg(), windowMs, retention])) as unknown[];
         return new Map(slotKeys.map((k, i) => [k, asNumber(values[i] ?? 0)]));
-      } catch (err) {
-        throw failed('recent', err);
-      }
-    },
+      }),
 
-    async active() {
-      try {
+    active: () =>
+      guarded('active', async () => {
         const ids = await client.zrange(keys.index, 0, -1);
         const hashes = await Promise.all(ids.map((id) => client.hgetall(keys.record(id))));
         const records: ReservationRecord[] = [];
@@ -418,10 +430,7 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
           });
         });
         return records;
-      } catch (err) {
-        throw failed('active', err);
-      }
-    },
+      }),
 
     async close() {
       if (!ownsClient) return;
