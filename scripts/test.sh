@@ -22,6 +22,9 @@ fi
 step "services: Redis"
 bash scripts/ensure-redis.sh
 
+step "tools: kube-apiserver, etcd, scheduler, controller-manager (built from the Go module proxy; cached)"
+bash scripts/ensure-k8s-bins.sh > /dev/null
+
 step "lint"
 npx eslint .
 

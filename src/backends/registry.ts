@@ -1,5 +1,4 @@
 import type { BackendConfig } from '../config/index.js';
-import { SpawngateError } from '../errors.js';
 import type { Backend } from './types.js';
 
 /** Gives the lifecycle a Backend for a configured name; the lifecycle never knows concrete backends. */
@@ -35,9 +34,18 @@ async function instantiate(name: string, config: BackendConfig, _defaults: { own
         ...(config.socketPath ? { socketPath: config.socketPath } : {}),
         ...(config.image ? { image: config.image } : {}),
         ...(config.allowedHostPaths ? { allowedHostPaths: config.allowedHostPaths } : {}),
+        ...(config.stateDir ? { stateDir: config.stateDir } : {}),
+        ...(config.proxy ? { proxy: config.proxy } : {}),
       });
     }
-    case 'kubernetes':
-      throw new SpawngateError('BACKEND_UNAVAILABLE', `backend ${name}: the kubernetes backend is not available in this build`);
+    case 'kubernetes': {
+      const { createKubernetesBackend } = await import('./kubernetes/index.js');
+      return createKubernetesBackend({
+        name,
+        namespace: config.namespace,
+        ...(config.kubeconfig ? { kubeconfig: config.kubeconfig } : {}),
+        ...(config.context ? { context: config.context } : {}),
+      });
+    }
   }
 }

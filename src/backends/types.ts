@@ -77,7 +77,11 @@ export interface WorkerSpec {
   workspace: WorkspaceSpec;
   /** Bearer token the worker demands on every request; never logged. */
   token: string;
-  /** Bound on create + ready, and the run deadline the backend enforces (activeDeadlineSeconds, kill timer). */
+  /**
+   * Bounds create + ready on every backend. Where a backend can enforce a deadline by itself it is
+   * also the hard run limit (Kubernetes activeDeadlineSeconds; the process backend's kill timer while
+   * the gateway lives). Docker has no native deadline: the TTL timer and the sweeper bound it there.
+   */
   timeoutSeconds: number;
   expiresAt: Date;
   labels: Readonly<Record<string, string>>;

@@ -302,6 +302,15 @@ export const containerBackendSchema = z.strictObject({
   socketPath: absolutePathSchema.optional(),
   image: nonEmpty(LIMITS.image).optional(),
   allowedHostPaths: z.array(absolutePathSchema).max(64).optional(),
+  stateDir: filePathSchema.optional(),
+  proxy: z
+    .strictObject({
+      network: nonEmpty(LIMITS.name).register(configMetadata, { description: 'an --internal Docker network on which the proxy is reachable' }),
+      url: nonEmpty(LIMITS.text).regex(/^https?:\/\//, { message: 'must be an http:// or https:// URL' }),
+      noProxy: nonEmpty(LIMITS.text).optional(),
+    })
+    .optional()
+    .register(configMetadata, { description: 'egress "proxy": workers join this internal network and get HTTP(S)_PROXY' }),
 });
 
 export const kubernetesBackendSchema = z.strictObject({
@@ -315,9 +324,10 @@ export const kubernetesBackendSchema = z.strictObject({
 export const backendSchema = z.discriminatedUnion('type', [processBackendSchema, containerBackendSchema, kubernetesBackendSchema]);
 
 /** For "unknown key" messages: keys that are valid, but on another backend type. */
-export const TYPE_SPECIFIC_KEYS: Readonly<Record<string, 'process' | 'container' | 'kubernetes'>> = {
-  stateDir: 'process',
+export const TYPE_SPECIFIC_KEYS: Readonly<Record<string, 'process' | 'container' | 'process and container' | 'kubernetes'>> = {
+  stateDir: 'process and container',
   socketPath: 'container',
+  proxy: 'container',
   image: 'container',
   allowedHostPaths: 'container',
   namespace: 'kubernetes',

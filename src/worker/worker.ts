@@ -168,7 +168,9 @@ function listen(server: Server, where: WorkerListen): Promise<void> {
       server.off('error', onError);
       resolve();
     };
-    if ('socketPath' in where) server.listen(where.socketPath, onListening);
+    // The socket lives in a folder only the gateway can enter (0700), while the worker may run as
+    // another uid (10001 in the image): the socket itself must be writable by the gateway's uid.
+    if ('socketPath' in where) server.listen({ path: where.socketPath, writableAll: true, readableAll: true }, onListening);
     else server.listen(where.port, where.host ?? '127.0.0.1', onListening);
   });
 }

@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { chmod, copyFile, lstat, mkdir, mkdtemp, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, dirname, isAbsolute, join, relative } from 'node:path';
+import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { SpawngateError } from '../../errors.js';
 import { PACKAGE_ROOT } from '../../paths.js';
@@ -135,7 +135,8 @@ function isWithin(root: string, path: string): boolean {
  * the hoisted one); one found in node_modules of the root or of an ancestor (an installed, hoisted
  * spawngate) goes to app/node_modules. Dev dependencies and optional peers (dockerode…) stay out.
  */
-export function productionPackages(packageRoot: string): { source: string; dest: string }[] {
+export function productionPackages(root: string): { source: string; dest: string }[] {
+  const packageRoot = resolve(root);
   const placedDest = new Map<string, string>([[packageRoot, 'app']]);
   const byDest = new Map<string, string>();
   const out: { source: string; dest: string }[] = [];
@@ -219,6 +220,7 @@ async function imageEntries(packageRoot: string, nodeBinary: string, extraFiles:
 
   for (const extra of extraFiles) {
     if (!isAbsolute(extra.path) || extra.path.split('/').includes('..')) throw buildError(`extra file path ${extra.path} must be absolute, without ".."`);
+    if (entries.some((e) => e.path === extra.path.slice(1))) throw buildError(`extra file ${extra.path} would replace a file of the image`);
     const parts = extra.path.slice(1).split('/');
     for (let i = 1; i < parts.length; i++) dir(parts.slice(0, i).join('/'));
     const mode = (await stat(extra.source)).mode & 0o111 ? 0o755 : 0o644;
@@ -293,7 +295,7 @@ async function tarRootfs(rootfs: string, tarball: string): Promise<void> {
  */
 export async function buildWorkerImage(options: BuildWorkerImageOptions = {}): Promise<BuiltWorkerImage> {
   const log = options.log ?? (() => undefined);
-  const packageRoot = options.packageRoot ?? PACKAGE_ROOT;
+  const packageRoot = resolve(options.packageRoot ?? PACKAGE_ROOT);
   if (!existsSync(join(packageRoot, 'dist', 'worker', 'bin.js'))) {
     throw buildError(`${join(packageRoot, 'dist', 'worker', 'bin.js')} does not exist; run \`npm run build\` first`, undefined, 'DEPENDENCY_MISSING');
   }
@@ -336,6 +338,14 @@ export async function buildWorkerImage(options: BuildWorkerImageOptions = {}): P
   }
   const image = await engineCall('inspect image', () => docker.getImage(tag).inspect(), { image: tag });
   log(`built ${tag} ${image.Id}`);
+  if (existing && existing.Id !== image.Id) {
+    // The tag moved; the previous build would linger as a dangling 160 MB image. In use (409) → keep it.
+    await docker
+      .getImage(existing.Id)
+      .remove()
+      .then(() => log(`removed the previous ${tag} ${existing.Id}`))
+      .catch(() => undefined);
+  }
   return { tag, imageId: image.Id, inputsHash, built: true };
 }
 

@@ -65,10 +65,6 @@ function isWithin(root: string, path: string): boolean {
   return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
 }
 
-function labelsOf(info: ContainerInspectInfo): Record<string, string> {
-  return info.Config.Labels ?? {};
-}
-
 function envOf(info: ContainerInspectInfo, name: string): string | null {
   const prefix = `${name}=`;
   const entry = info.Config.Env?.find((e) => e.startsWith(prefix));
@@ -395,6 +391,13 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
     async delete(ref) {
       const d = await client();
       const info = await inspect(d, ref);
+      const labels = info?.Config.Labels ?? {};
+      // The ref may come from outside (a sweeper, an API call): never stop, or rm -rf the mounts of, someone else's container.
+      if (info && (labels[LABELS.spawnId] !== ref.spawnId || labels[LABELS.backend] !== name)) {
+        throw new BackendError('BACKEND_FAILED', `container ${ref.nativeId} is not the worker of spawn ${ref.spawnId} on backend ${name}; not deleting it`, {
+          details: { reason: 'LabelMismatch', containerId: info.Id },
+        });
+      }
       const socketDir = info?.Mounts.find((m) => m.Destination === SOCKET_MOUNT)?.Source ?? socketDirOf(stateDir, ref.spawnId);
       // The socket folder first: if the engine call below fails, the container is still listed and swept later.
       await rm(socketDir, { recursive: true, force: true });

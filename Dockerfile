@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+#
+# The spawngate worker image, for engines and clusters that can pull from a registry:
+#   docker build -t spawngate-worker:$(node -p "require('./package.json').version") .
+# It runs the reference worker (dist/worker/bin.js) as uid 10001 and matches the image that
+# scripts/build-image.sh makes without a registry (docs/docker.md): same paths, user, entrypoint and env,
+# so the container and kubernetes backends treat both alike. Add your agent CLIs in a stage FROM this one.
+
+ARG NODE_IMAGE=node:24-slim
+
+FROM ${NODE_IMAGE} AS build
+WORKDIR /src
+COPY package.json package-lock.json ./
+# tsc needs the dev dependencies; no lifecycle script is needed (and `prepare` would build before src/ is here).
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+# Called through the image's node: with --ignore-scripts the `node` dev dependency installed no binary.
+RUN node node_modules/typescript/bin/tsc -p tsconfig.build.json \
+ && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
+
+FROM ${NODE_IMAGE}
+RUN groupadd --gid 10001 worker \
+ && useradd --uid 10001 --gid 10001 --home-dir /workspace --no-create-home --shell /usr/sbin/nologin worker \
+ && mkdir -p /workspace /run/spawngate \
+ && chown 10001:10001 /workspace
+COPY --from=build /src/package.json /app/package.json
+COPY --from=build /src/node_modules /app/node_modules
+COPY --from=build /src/dist /app/dist
+COPY bin /app/bin
+ENV NODE_ENV=production \
+    HOME=/tmp
+USER 10001
+WORKDIR /workspace
+ENTRYPOINT ["node", "/app/dist/worker/bin.js"]
