@@ -1,7 +1,9 @@
 import { admitCommand } from './commands/admit.js';
 import { configSchemaCommand, configValidateCommand } from './commands/config.js';
+import { doctorCommand } from './commands/doctor.js';
 import { policyBuildCommand, policyEvalCommand, policyTestCommand } from './commands/policy.js';
 import { workerCommand } from './commands/worker.js';
+import { imageBuildCommand } from './commands/image.js';
 import { closeCommand, logsCommand, lsCommand, spawnCommand, statusCommand, sweepCommand } from './commands/sessions.js';
 import type { Command, Io } from './framework.js';
 import { EXIT, runCommand } from './framework.js';
@@ -20,6 +22,8 @@ const commands: Command[] = [
   policyEvalCommand,
   configValidateCommand,
   configSchemaCommand,
+  imageBuildCommand,
+  doctorCommand,
   workerCommand,
 ];
 
