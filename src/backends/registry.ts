@@ -45,6 +45,9 @@ async function instantiate(name: string, config: BackendConfig, _defaults: { own
         namespace: config.namespace,
         ...(config.kubeconfig ? { kubeconfig: config.kubeconfig } : {}),
         ...(config.context ? { context: config.context } : {}),
+        ...(config.image ? { image: config.image } : {}),
+        ...(config.workerPort ? { workerPort: config.workerPort } : {}),
+        ...(config.proxy ? { proxy: config.proxy } : {}),
       });
     }
   }

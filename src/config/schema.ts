@@ -319,16 +319,32 @@ export const kubernetesBackendSchema = z.strictObject({
   namespace: z.string().max(63).regex(DNS1123_LABEL, { message: 'must be a Kubernetes namespace name (DNS-1123 label)' }),
   kubeconfig: filePathSchema.optional(),
   context: nonEmpty(253).optional(),
+  image: nonEmpty(LIMITS.image).optional().register(configMetadata, { description: 'worker image for profiles that name none' }),
+  workerPort: z.int().min(1).max(65_535).optional().register(configMetadata, { description: 'port the worker listens on in the pod; default 8080' }),
+  proxy: z
+    .strictObject({
+      url: nonEmpty(LIMITS.text).regex(/^https?:\/\//, { message: 'must be an http:// or https:// URL' }),
+      port: z.int().min(1).max(65_535),
+      to: z.union([
+        z.strictObject({ podSelector: boundedRecord(labelKeySchema, labelValueSchema, 'labels', 64), namespace: z.string().max(63).regex(DNS1123_LABEL).optional() }),
+        z.strictObject({ cidr: nonEmpty(64).regex(/^[0-9a-fA-F:.]+\/\d{1,3}$/, { message: 'must be a CIDR such as 10.0.0.0/8' }) }),
+      ]),
+      dns: z.boolean().optional(),
+      noProxy: nonEmpty(LIMITS.text).optional(),
+    })
+    .optional()
+    .register(configMetadata, { description: 'egress "proxy": the NetworkPolicy allows only this proxy (and DNS); workers get HTTP(S)_PROXY' }),
 });
 
 export const backendSchema = z.discriminatedUnion('type', [processBackendSchema, containerBackendSchema, kubernetesBackendSchema]);
 
 /** For "unknown key" messages: keys that are valid, but on another backend type. */
-export const TYPE_SPECIFIC_KEYS: Readonly<Record<string, 'process' | 'container' | 'process and container' | 'kubernetes'>> = {
+export const TYPE_SPECIFIC_KEYS: Readonly<Record<string, string>> = {
   stateDir: 'process and container',
   socketPath: 'container',
-  proxy: 'container',
-  image: 'container',
+  image: 'container or kubernetes',
+  proxy: 'container or kubernetes',
+  workerPort: 'kubernetes',
   allowedHostPaths: 'container',
   namespace: 'kubernetes',
   kubeconfig: 'kubernetes',

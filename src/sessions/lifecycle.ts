@@ -141,6 +141,8 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
   const live = new Map<string, Live>();
   // Closed spawns stay answerable (status after a crash says why) for a while, bounded.
   const closed = new Map<string, Closed>();
+  // Spawns between create and ready exist on the backend but are not live yet; the sweeper must not take them for orphans.
+  const inflight = new Set<string>();
   let sweepTimer: NodeJS.Timeout | null = null;
 
   function backendFor(name: string): Promise<Backend> {
@@ -180,6 +182,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
       progress({ stage: 'admitted', backend: decision.backend, profile: decision.profile, egress: decision.egress, ttlSeconds: decision.ttlSeconds });
       let ref: WorkerRef | null = null;
       let backend: Backend | null = null;
+      inflight.add(spawnId);
       try {
         backend = await backendFor(decision.backend);
         const backendConfig = findBackend(config, decision.backend);
@@ -240,6 +243,8 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         });
         if (isSpawngateError(err)) throw err;
         throw new BackendError('BACKEND_FAILED', `spawn on ${decision.backend} failed: ${(err as Error).message}`, { cause: err, details: { reason } });
+      } finally {
+        inflight.delete(spawnId);
       }
     });
   }
@@ -462,6 +467,11 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           continue;
         }
         for (const w of found) {
+          // A spawn still on its way to ready is its own caller's to clean up, whatever its state.
+          if (inflight.has(w.ref.spawnId)) {
+            report.kept++;
+            continue;
+          }
           const tracked = live.has(w.ref.spawnId);
           const reason: SweepEntry['reason'] | null =
             w.expiresAt && w.expiresAt.getTime() <= now

@@ -52,7 +52,7 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
     else secretEnv.push({ name, secretRef: { name: value.secretRef.name, key: value.secretRef.key } });
   }
   const expiresAt = new Date(input.now.getTime() + decision.ttlSeconds * 1000);
-  const image = profile.image ?? (input.backend.type === 'container' ? (input.backend.image ?? null) : null);
+  const image = profile.image ?? (input.backend.type === 'process' ? null : (input.backend.image ?? null));
   return {
     spawnId: input.spawnId,
     owner: input.owner,
