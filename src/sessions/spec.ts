@@ -3,8 +3,6 @@ import type { BackendConfig, ProfileConfig } from '../config/index.js';
 import type { Quantities, SecretEnvRef, WorkerSpec, WorkspaceSpec } from '../backends/types.js';
 import { LABELS } from '../backends/types.js';
 
-export const DEFAULT_TIMEOUT_SECONDS = 120;
-
 /** Kubernetes label values: ≤ 63 chars of [A-Za-z0-9._-], alphanumeric at both ends. Docker accepts the same. */
 export function labelValue(value: string): string {
   const cleaned = value.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 63);
@@ -73,7 +71,8 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
     egress: decision.egress,
     workspace: workspace(profile.workspace),
     token: input.token,
-    timeoutSeconds: profile.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS,
+    // Unset, the hard run limit is the lifetime the policy granted.
+    timeoutSeconds: profile.timeoutSeconds ?? decision.ttlSeconds,
     expiresAt,
     labels: {
       [LABELS.spawnId]: input.spawnId,

@@ -146,7 +146,7 @@ describe('buildCatalog', () => {
       egress: 'proxy',
       allowedAgents: ['codex', 'claude'],
       interactiveOnly: false,
-      timeoutSeconds: 1800,
+      timeoutSeconds: 7200,
       ttlSeconds: 7200,
       maxConcurrent: { profile: 2, backend: null, channel: null, user: 1 },
     });

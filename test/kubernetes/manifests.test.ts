@@ -109,7 +109,7 @@ describe('golden manifests', () => {
     const container = pod?.containers[0];
     expect(pod).toMatchObject({
       restartPolicy: 'Never',
-      activeDeadlineSeconds: 120,
+      activeDeadlineSeconds: 3600,
       automountServiceAccountToken: false,
       enableServiceLinks: false,
       securityContext: { runAsNonRoot: true, runAsUser: 10001, seccompProfile: { type: 'RuntimeDefault' } },
