@@ -322,6 +322,9 @@ function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
 export async function waitForHealthy(client: WorkerClient, options: WaitForHealthyOptions): Promise<Healthz> {
   const deadline = Date.now() + options.timeoutMs;
   const intervalMs = options.intervalMs ?? 100;
+  // Start fast and back off: most workers answer within a few hundred ms, and a refused loopback
+  // connect is cheap, but polling hard for long steals CPU from the worker that is starting.
+  let backoff = Math.min(10, intervalMs);
   let lastError: unknown = null;
   for (;;) {
     const remaining = deadline - Date.now();
@@ -336,7 +339,8 @@ export async function waitForHealthy(client: WorkerClient, options: WaitForHealt
     } finally {
       attempt.dispose();
     }
-    const wait = Math.min(intervalMs, deadline - Date.now());
+    const wait = Math.min(backoff, deadline - Date.now());
+    backoff = Math.min(intervalMs, Math.ceil(backoff * 1.5));
     if (wait > 0) await pause(wait, options.signal);
   }
   throw new WorkerProtocolError('TIMEOUT', `worker not healthy within ${options.timeoutMs} ms`, {

@@ -40,7 +40,7 @@ export function createMetrics(registry: Registry = new Registry()): Metrics {
     spawns: new Counter({ name: 'spawngate_spawns_total', help: 'Spawn attempts by outcome (ready|denied|failed)', labelNames: ['backend', 'profile', 'outcome'], registers: [registry] }),
     reservationsRejected: new Counter({ name: 'spawngate_reservations_rejected_total', help: 'Reservations refused by the store, by reason code', labelNames: ['code'], registers: [registry] }),
     rateLimited: new Counter({ name: 'spawngate_rate_limited_total', help: 'Spawns refused by a rate limit, by scope', labelNames: ['scope'], registers: [registry] }),
-    sweeperDeletions: new Counter({ name: 'spawngate_sweeper_deletions_total', help: 'Workers deleted by the sweeper, by reason (expired|orphaned|failed)', labelNames: ['backend', 'reason'], registers: [registry] }),
+    sweeperDeletions: new Counter({ name: 'spawngate_sweeper_deletions_total', help: 'Workers deleted by the sweeper, by reason (expired|orphaned|exited)', labelNames: ['backend', 'reason'], registers: [registry] }),
     workerFailures: new Counter({ name: 'spawngate_worker_failures_total', help: 'Workers that failed (create, readiness, crash), by failure reason', labelNames: ['backend', 'reason'], registers: [registry] }),
     turns: new Counter({ name: 'spawngate_turns_total', help: 'Turns by outcome (completed|failed|cancelled)', labelNames: ['backend', 'outcome'], registers: [registry] }),
   };

@@ -1,4 +1,4 @@
-import { context, propagation, ROOT_CONTEXT, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
+import { context, INVALID_SPAN_CONTEXT, propagation, ROOT_CONTEXT, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 
 export const TRACER_NAME = 'spawngate';
@@ -48,28 +48,56 @@ export function setAttributes(span: Span, attributes: Record<string, string | nu
 }
 
 /**
+ * Starts a child span of `parent`. The SDK calls span processors' onStart synchronously and lets
+ * their exceptions through, so a faulty processor would otherwise fail the spawn: on any error the
+ * result is a non-recording span carrying the parent's span context, which keeps the trace (and the
+ * traceparent handed to the worker) continuous even though this one span is lost.
+ */
+export function startSpan(name: string, parent: Context): Span {
+  try {
+    return tracer().startSpan(name, {}, parent);
+  } catch {
+    return trace.wrapSpanContext(trace.getSpanContext(parent) ?? INVALID_SPAN_CONTEXT);
+  }
+}
+
+/** Ends a span; a processor's onEnd throwing must not replace the caller's result or error. */
+export function endSpan(span: Span): void {
+  try {
+    span.end();
+  } catch {
+    // telemetry must never break a spawn
+  }
+}
+
+/** Records an error on a span without ever throwing. */
+export function recordError(span: Span, err: unknown): void {
+  try {
+    span.recordException(err as Error);
+    span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+    const code = (err as { code?: unknown }).code;
+    if (typeof code === 'string') span.setAttribute('spawngate.error_code', code);
+  } catch {
+    // ignore
+  }
+}
+
+/**
  * Runs `fn` inside a child span of `parent`. The span ends when fn settles; an exception is
  * recorded and rethrown unchanged (the span never swallows or wraps the caller's error).
  */
 export async function inSpan<T>(name: string, parent: Context, attributes: Record<string, string | number | boolean | null | undefined>, fn: (span: Span, ctx: Context) => Promise<T>): Promise<T> {
-  const span = tracer().startSpan(name, {}, parent);
+  const span = startSpan(name, parent);
   setAttributes(span, attributes);
   const ctx = trace.setSpan(parent, span);
   try {
     const result = await context.with(ctx, () => fn(span, ctx));
     return result;
   } catch (err) {
-    try {
-      span.recordException(err as Error);
-      span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
-      const code = (err as { code?: unknown }).code;
-      if (typeof code === 'string') span.setAttribute('spawngate.error_code', code);
-    } catch {
-      // ignore
-    }
+    recordError(span, err);
     throw err;
   } finally {
-    span.end();
+    endSpan(span);
   }
 }
 

@@ -68,6 +68,10 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
   // Deadline timers live only as long as this backend object; after a restart the sweeper takes over.
   const deadlines = new Map<string, NodeJS.Timeout>();
   const timedOut = new Set<string>();
+  // The exit handler rewrites state.json; delete() must neither race it (a state file recreated
+  // inside a folder being removed: ENOTEMPTY, and a "failed" worker listed forever) nor be undone by it.
+  const exitWrites = new Map<string, Promise<void>>();
+  const deleting = new Set<string>();
 
   const stateFile = (spawnId: string) => join(stateDir, spawnId, 'state.json');
 
@@ -252,8 +256,13 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
         if (timer) clearTimeout(timer);
         deadlines.delete(spec.spawnId);
         const reason = exitReason(code, signal, timedOut.delete(spec.spawnId));
+        if (deleting.has(spec.spawnId)) return;
         // The state dir may already be gone when the exit follows a delete.
-        void readState(spec.spawnId).then((s) => (s ? writeState({ ...s, exit: { code, signal, reason } }) : undefined)).catch(() => undefined);
+        const write = readState(spec.spawnId)
+          .then((s) => (s ? writeState({ ...s, exit: { code, signal, reason } }) : undefined))
+          .catch(() => undefined)
+          .finally(() => exitWrites.delete(spec.spawnId));
+        exitWrites.set(spec.spawnId, write);
       });
       child.unref();
       armDeadline(spec.spawnId, pid, spec.timeoutSeconds * 1000);
@@ -263,6 +272,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     async waitReady(ref, token, { timeoutMs, signal }) {
       const deadline = Date.now() + timeoutMs;
       let endpoint: WorkerEndpoint | null = null;
+      let backoff = 5;
       for (;;) {
         signal?.throwIfAborted();
         const state = await requireState(ref);
@@ -276,7 +286,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
         endpoint ??= await listeningEndpoint(state);
         if (endpoint) break;
         if (Date.now() >= deadline) throw new BackendError('TIMEOUT', `worker ${ref.spawnId} did not start listening within ${timeoutMs} ms`, { retryable: true });
-        await sleep(25, undefined, signal ? { signal } : undefined);
+        await sleep(backoff, undefined, signal ? { signal } : undefined);
+        backoff = Math.min(50, backoff * 2);
       }
       const client = createWorkerClient({ ...endpoint, token });
       await waitForHealthy(client, { timeoutMs: Math.max(1, deadline - Date.now()), ...(signal ? { signal } : {}) });
@@ -323,9 +334,17 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       const timer = deadlines.get(ref.spawnId);
       if (timer) clearTimeout(timer);
       deadlines.delete(ref.spawnId);
-      const state = await readState(ref.spawnId);
-      if (state) await terminate(ref.spawnId, state.pid);
-      await rm(join(stateDir, ref.spawnId), { recursive: true, force: true });
+      deleting.add(ref.spawnId);
+      try {
+        const state = await readState(ref.spawnId);
+        if (state) await terminate(ref.spawnId, state.pid);
+        // terminate() returns once the worker is a zombie, which can be before its exit event.
+        await exitWrites.get(ref.spawnId);
+        // Retries cover a writer this object does not know (another backend object on the same stateDir).
+        await rm(join(stateDir, ref.spawnId), { recursive: true, force: true, maxRetries: 5, retryDelay: 20 });
+      } finally {
+        deleting.delete(ref.spawnId);
+      }
     },
 
     async list(selector) {
