@@ -5,8 +5,16 @@
 #   in src/admission/types.ts; deny codes are listed in docs/deny-codes.md.
 package spawngate.admission
 
-deny contains [1, "policy_config_invalid", sprintf("policy configuration is invalid: %s", [problem])] if {
+deny contains [1, "policy_config_invalid", concat("", ["policy configuration is invalid: ", problem])] if {
+	not config_valid
 	some problem in config_problems
+}
+
+# The tests keep config_valid and config_problems in agreement; should they ever differ, an
+# invalid config still denies.
+deny contains [1, "policy_config_invalid", "policy configuration is invalid"] if {
+	not config_valid
+	count(config_problems) == 0
 }
 
 allow := count(deny) == 0

@@ -53,6 +53,13 @@ test_deny_keeps_known_fields_and_nulls_the_rest if {
 	}
 }
 
+test_deny_without_a_profile_reports_no_egress_even_if_requested if {
+	d := decide({"resolved": {"backend": "nope"}, "caller": webhook_caller, "request": {"execution": {"backend": null, "profile": null, "egress": "none"}}})
+	d.allow == false
+	d.egress == null
+	d.ttlSeconds == null
+}
+
 test_deny_on_known_profile_still_reports_placement_fields if {
 	d := decide({"caller": {"depth": 3}})
 	d.allow == false

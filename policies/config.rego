@@ -1,11 +1,83 @@
 # Tunables live in data (policies/data.json → data.spawngate.admission.config) so that a
 # security team changes numbers and lists without touching rules. A config that is missing
 # or malformed denies every spawn (policy_config_invalid) instead of silently relaxing a rule.
+#
+# WASM keeps nothing between evaluations, so the config is checked on every one. config_valid
+# is that check, written as direct lookups without building tables, sets or messages; it decides.
+# config_problems says what is wrong, one message per problem, and is evaluated only when
+# config_valid fails. The two must agree: config_test.rego breaks every field in turn.
 package spawngate.admission
 
 default cfg := {}
 
 cfg := data.spawngate.admission.config
+
+default config_valid := false
+
+config_valid if {
+	whole(cfg.maxDepth)
+	array_or_null(cfg.agents.allow)
+	is_array(cfg.agents.deny)
+	is_array(cfg.channels.nonInteractiveKinds)
+	is_array(cfg.channels.untrustedKinds)
+	whole_or_null(cfg.concurrency.total)
+	whole_or_null(cfg.concurrency.user)
+	whole_or_null(cfg.concurrency.channel)
+	is_object(cfg.concurrency.roles)
+	every caps in cfg.concurrency.roles {
+		role_caps_valid(caps)
+	}
+	rate_buckets_valid(cfg.rate.interactive)
+	rate_buckets_valid(cfg.rate.nonInteractive)
+	is_object(cfg.rate.kinds)
+	every buckets in cfg.rate.kinds {
+		rate_buckets_valid(buckets)
+	}
+	positive(cfg.ttl.defaultSeconds)
+	positive_or_null(cfg.ttl.maxSeconds)
+	positive_or_null(cfg.ttl.maxNonInteractiveSeconds)
+	is_object(cfg.ttl.maxByKind)
+	every seconds in cfg.ttl.maxByKind {
+		positive_or_null(seconds)
+	}
+	string_list(cfg.buildPlacement.keywords)
+	string_list(cfg.buildPlacement.phrases)
+	string_list(cfg.buildPlacement.ignoredWords)
+	is_object(cfg.buildPlacement.commands)
+	every targets in cfg.buildPlacement.commands {
+		string_list(targets)
+	}
+}
+
+role_caps_valid(caps) if {
+	is_object(caps)
+	every scope, cap in caps {
+		scope in {"user", "channel"}
+		whole_or_null(cap)
+	}
+}
+
+rate_buckets_valid(buckets) if {
+	is_object(buckets)
+	every scope, bucket in buckets {
+		scope in {"user", "channel"}
+		valid_bucket(bucket)
+	}
+}
+
+string_list(list) if {
+	is_array(list)
+	every item in list {
+		is_string(item)
+	}
+}
+
+# --- what is wrong, when config_valid fails ---
+
+# cfg when it is an object, so that every check below sees a missing key rather than an error.
+config_root := cfg if {
+	is_object(cfg)
+} else := {}
 
 # Each entry: [path under config, accepted type names]. "null" means "no limit" / "any".
 config_fields := [
@@ -25,98 +97,127 @@ config_fields := [
 	[["ttl", "maxSeconds"], {"number", "null"}],
 	[["ttl", "maxNonInteractiveSeconds"], {"number", "null"}],
 	[["ttl", "maxByKind"], {"object"}],
-	[["buildPlacement", "taskPatterns"], {"array"}],
+	[["buildPlacement", "keywords"], {"array"}],
+	[["buildPlacement", "phrases"], {"array"}],
+	[["buildPlacement", "ignoredWords"], {"array"}],
+	[["buildPlacement", "commands"], {"object"}],
 ]
 
-# object.get with two different defaults agrees only when the key exists, even if its value is null.
-config_has(path) if object.get(cfg, path, 0) == object.get(cfg, path, 1)
-
-config_problems contains sprintf("%s is missing", [concat(".", field[0])]) if {
+# JSON has no sets, so a set can only be the default: the key is missing.
+config_problems contains problem if {
 	some field in config_fields
-	not config_has(field[0])
+	found := type_name(object.get(config_root, field[0], set()))
+	not found in field[1]
+	problem := type_problem(concat(".", field[0]), field[1], found)
 }
 
-config_problems contains sprintf("%s must be one of: %s", [concat(".", field[0]), concat(", ", sort(field[1]))]) if {
-	some field in config_fields
-	config_has(field[0])
-	not type_name(object.get(cfg, field[0], null)) in field[1]
-}
+type_problem(key, _, "set") := concat("", [key, " is missing"])
 
-config_problems contains sprintf("%s must be a whole number >= 0", [concat(".", path)]) if {
+type_problem(key, types, found) := concat("", [key, " must be one of: ", concat(", ", types)]) if found != "set"
+
+config_problems contains concat("", [concat(".", path), " must be a whole number >= 0"]) if {
 	some path in [["maxDepth"], ["concurrency", "total"], ["concurrency", "user"], ["concurrency", "channel"]]
-	not whole_or_null(object.get(cfg, path, null))
+	not whole_or_null(object.get(config_root, path, null))
 }
 
-config_problems contains sprintf("ttl.%s must be a whole number > 0", [name]) if {
+config_problems contains concat("", ["ttl.", name, " must be a whole number > 0"]) if {
 	some name in ["defaultSeconds", "maxSeconds", "maxNonInteractiveSeconds"]
-	not positive_or_null(object.get(cfg.ttl, name, null))
+	not positive_or_null(object.get(config_root, ["ttl", name], null))
 }
 
-config_problems contains sprintf("ttl.maxByKind.%s must be a whole number > 0", [kind]) if {
-	some kind, seconds in cfg.ttl.maxByKind
+config_problems contains concat("", ["ttl.maxByKind.", kind, " must be a whole number > 0"]) if {
+	some kind, seconds in config_object(["ttl", "maxByKind"])
 	not positive_or_null(seconds)
 }
 
-config_problems contains sprintf("%s.%s must be an object", [where, name]) if {
+config_problems contains concat("", [where, ".", name, " must be an object"]) if {
 	some where in ["concurrency.roles", "rate.kinds"]
-	some name, value in object.get(cfg, split(where, "."), {})
+	some name, value in config_object(split(where, "."))
 	not is_object(value)
 }
 
-config_problems contains sprintf("concurrency.roles.%s.%s must be a whole number >= 0 or null", [role, scope]) if {
-	some role, caps in cfg.concurrency.roles
-	some scope, cap in caps
+config_problems contains concat("", ["concurrency.roles.", role, ".", scope, " must be a whole number >= 0 or null"]) if {
+	some role, caps in config_object(["concurrency", "roles"])
+	some scope, cap in object_or_empty(caps)
 	not whole_or_null(cap)
 }
 
-config_problems contains sprintf("concurrency.roles.%s may only set user and channel", [role]) if {
-	some role, caps in cfg.concurrency.roles
-	some scope, _ in caps
+config_problems contains concat("", ["concurrency.roles.", role, " may only set user and channel"]) if {
+	some role, caps in config_object(["concurrency", "roles"])
+	some scope, _ in object_or_empty(caps)
 	not scope in {"user", "channel"}
 }
 
-config_problems contains sprintf("rate.%s must hold {perMinute > 0, burst >= 1} or null", [where]) if {
+config_problems contains concat("", ["rate.", where, " must hold {perMinute > 0, burst >= 1} or null"]) if {
 	some where, bucket in rate_buckets_in_config
 	not valid_bucket(bucket)
 }
 
-config_problems contains sprintf("buildPlacement.taskPatterns[%d] is not a valid regular expression", [i]) if {
-	some i, pattern in cfg.buildPlacement.taskPatterns
-	not valid_pattern(pattern)
-}
-
-config_problems contains sprintf("rate.%s may only set user and channel", [where]) if {
+config_problems contains concat("", ["rate.", where, " may only set user and channel"]) if {
 	some where, _ in rate_buckets_in_config
 	not rate_scope_of(where) in {"user", "channel"}
 }
 
 rate_scope_of(where) := parts[count(parts) - 1] if parts := split(where, ".")
 
-rate_buckets_in_config[sprintf("%s.%s", [group, scope])] := bucket if {
+rate_buckets_in_config[concat(".", [group, scope])] := bucket if {
 	some group in ["interactive", "nonInteractive"]
-	some scope, bucket in cfg.rate[group]
+	some scope, bucket in config_object(["rate", group])
 }
 
-rate_buckets_in_config[sprintf("kinds.%s.%s", [kind, scope])] := bucket if {
-	some kind, buckets in cfg.rate.kinds
-	some scope, bucket in buckets
+rate_buckets_in_config[concat(".", ["kinds", kind, scope])] := bucket if {
+	some kind, buckets in config_object(["rate", "kinds"])
+	some scope, bucket in object_or_empty(buckets)
 }
 
-whole_or_null(null)
+config_problems contains concat("", ["buildPlacement.", list, "[", format_int(i, 10), "] must be a string"]) if {
+	some list in ["keywords", "phrases", "ignoredWords"]
+	some i, item in config_array(["buildPlacement", list])
+	not is_string(item)
+}
 
-whole_or_null(n) if {
+config_problems contains concat("", ["buildPlacement.commands.", name, " must be a list of strings"]) if {
+	some name, targets in config_object(["buildPlacement", "commands"])
+	not string_list(targets)
+}
+
+config_object(path) := value if {
+	value := object.get(config_root, path, {})
+	is_object(value)
+} else := {}
+
+config_array(path) := value if {
+	value := object.get(config_root, path, [])
+	is_array(value)
+} else := []
+
+object_or_empty(value) := value if {
+	is_object(value)
+} else := {}
+
+whole(n) if {
 	is_number(n)
 	n >= 0
 	floor(n) == n
 }
 
-positive_or_null(null)
+whole_or_null(null)
 
-positive_or_null(n) if {
+whole_or_null(n) if whole(n)
+
+positive(n) if {
 	is_number(n)
 	n > 0
 	floor(n) == n
 }
+
+positive_or_null(null)
+
+positive_or_null(n) if positive(n)
+
+array_or_null(null)
+
+array_or_null(list) if is_array(list)
 
 valid_bucket(null)
 
@@ -126,9 +227,4 @@ valid_bucket(bucket) if {
 	is_number(bucket.burst)
 	bucket.burst >= 1
 	floor(bucket.burst) == bucket.burst
-}
-
-valid_pattern(pattern) if {
-	is_string(pattern)
-	regex.is_valid(pattern)
 }

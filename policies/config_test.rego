@@ -3,7 +3,30 @@ package spawngate.admission_test
 import data.spawngate.admission
 
 test_shipped_data_is_valid if {
+	admission.config_valid
 	count(admission.config_problems) == 0
+	count(admission.build_vocabulary_problems) == 0
+}
+
+# config_valid decides and config_problems explains: breaking any field must fail the one and
+# be named by the other.
+test_config_valid_checks_every_field if {
+	every field in admission.config_fields {
+		pointer := concat("/", array.concat([""], field[0]))
+		missing := json.remove(data.spawngate.admission.config, [pointer])
+		not admission.config_valid with data.spawngate.admission.config as missing
+		concat("", [concat(".", field[0]), " is missing"]) in admission.config_problems with data.spawngate.admission.config as missing
+		mistyped := config_set(pointer, "x")
+		not admission.config_valid with data.spawngate.admission.config as mistyped
+		some problem in admission.config_problems with data.spawngate.admission.config as mistyped
+		startswith(problem, concat(".", field[0]))
+	}
+}
+
+test_invalid_config_without_a_message_still_denies if {
+	d := decide({}) with data.spawngate.admission.config as "oops" with data.spawngate.admission.config_problems as set()
+	d.allow == false
+	d.reasons == [{"code": "policy_config_invalid", "message": "policy configuration is invalid"}]
 }
 
 config_denial(config) := [r.message | some r in d.reasons; r.code == "policy_config_invalid"] if {
@@ -12,7 +35,7 @@ config_denial(config) := [r.message | some r in d.reasons; r.code == "policy_con
 
 test_config_that_is_not_an_object_denies_everything if {
 	msgs := config_denial("oops")
-	count(msgs) == 17
+	count(msgs) == 20
 	"policy configuration is invalid: maxDepth is missing" in msgs
 }
 
@@ -61,9 +84,77 @@ test_rate_buckets_are_checked if {
 	]
 }
 
-test_task_patterns_must_compile if {
-	cfg := json.patch(data.spawngate.admission.config, [{"op": "add", "path": "/buildPlacement/taskPatterns/-", "value": "(unclosed"}])
-	config_denial(cfg) == ["policy configuration is invalid: buildPlacement.taskPatterns[12] is not a valid regular expression"]
+test_build_vocabulary_must_be_strings if {
+	cfg := json.patch(data.spawngate.admission.config, [
+		{"op": "add", "path": "/buildPlacement/keywords/-", "value": 7},
+		{"op": "add", "path": "/buildPlacement/phrases/-", "value": ["npm", "test"]},
+		{"op": "add", "path": "/buildPlacement/commands/just", "value": "build"},
+		{"op": "add", "path": "/buildPlacement/commands/task", "value": ["build", null]},
+	])
+	config_denial(cfg) == [
+		"policy configuration is invalid: buildPlacement.commands.just must be a list of strings",
+		"policy configuration is invalid: buildPlacement.commands.task must be a list of strings",
+		"policy configuration is invalid: buildPlacement.keywords[14] must be a string",
+		"policy configuration is invalid: buildPlacement.phrases[35] must be a string",
+	]
+}
+
+vocabulary_problems(patch) := problems if {
+	problems := admission.build_vocabulary_problems with data.spawngate.admission.config as json.patch(data.spawngate.admission.config, patch)
+}
+
+test_build_words_must_be_single_lower_case_words if {
+	vocabulary_problems([
+		{"op": "add", "path": "/buildPlacement/keywords/-", "value": "C++"},
+		{"op": "add", "path": "/buildPlacement/keywords/-", "value": "make test"},
+		{"op": "add", "path": "/buildPlacement/ignoredWords/-", "value": ";"},
+		{"op": "add", "path": "/buildPlacement/ignoredWords/-", "value": "."},
+	]) == {
+		"buildPlacement.ignoredWords[4] must be a single lower-case word",
+		"buildPlacement.ignoredWords[5] must be a single lower-case word",
+		"buildPlacement.keywords[14] must be a single lower-case word",
+		"buildPlacement.keywords[15] must be a single lower-case word",
+	}
+}
+
+test_build_phrases_must_be_matchable if {
+	vocabulary_problems([
+		{"op": "add", "path": "/buildPlacement/phrases/-", "value": "npm  test"},
+		{"op": "add", "path": "/buildPlacement/phrases/-", "value": "Run Tests"},
+		{"op": "add", "path": "/buildPlacement/phrases/-", "value": "make; make install"},
+		{"op": "add", "path": "/buildPlacement/phrases/-", "value": ""},
+		{"op": "add", "path": "/buildPlacement/phrases/-", "value": "run the tests"},
+	]) == {
+		"buildPlacement.phrases[35] must be lower-case words separated by single spaces",
+		"buildPlacement.phrases[36] must be lower-case words separated by single spaces",
+		"buildPlacement.phrases[37] must be lower-case words separated by single spaces",
+		"buildPlacement.phrases[38] must be lower-case words separated by single spaces",
+		"buildPlacement.phrases[39] contains the ignored word the",
+	}
+}
+
+test_build_commands_must_be_words if {
+	vocabulary_problems([
+		{"op": "add", "path": "/buildPlacement/commands/Ninja", "value": []},
+		{"op": "add", "path": "/buildPlacement/commands/task", "value": ["build", "run-all"]},
+	]) == {
+		"buildPlacement.commands.Ninja must be a single lower-case word",
+		"buildPlacement.commands.task[1] must be a single lower-case word",
+	}
+}
+
+test_build_entries_must_not_be_ignored_words if {
+	vocabulary_problems([
+		{"op": "add", "path": "/buildPlacement/ignoredWords/-", "value": "tox"},
+		{"op": "add", "path": "/buildPlacement/ignoredWords/-", "value": "make"},
+	]) == {
+		"buildPlacement.commands.make is an ignored word",
+		"buildPlacement.keywords[1] is an ignored word",
+	}
+}
+
+test_bad_vocabulary_does_not_deny if {
+	decide({}).allow with data.spawngate.admission.config as config_set("/buildPlacement/keywords", ["Pytest", "c++"])
 }
 
 test_invalid_config_denies_even_a_plain_spawn if {
@@ -73,8 +164,8 @@ test_invalid_config_denies_even_a_plain_spawn if {
 }
 
 test_reasons_are_capped_at_64 if {
-	patterns := [sprintf("(bad%d", [i]) | some i in numbers.range(1, 80)]
-	d := decide({}) with data.spawngate.admission.config as config_set("/buildPlacement/taskPatterns", patterns)
+	caps := {sprintf("kind%d", [i]): -1 | some i in numbers.range(1, 80)}
+	d := decide({}) with data.spawngate.admission.config as config_set("/ttl/maxByKind", caps)
 	count(d.reasons) == 64
 }
 

@@ -5,47 +5,62 @@ package spawngate.admission
 
 egress_order := ["none", "proxy", "open"]
 
-egress_rank := {mode: i | some i, mode in egress_order}
+egress_rank := {"none": 0, "proxy": 1, "open": 2}
 
-egress_candidates contains [egress_rank[profile.egress], "profile"]
+default untrusted_channel := false
 
-egress_candidates contains [0, "channel"] if channel.kind in cfg.channels.untrustedKinds
+untrusted_channel if channel.kind in cfg.channels.untrustedKinds
 
-egress_candidates contains [egress_rank[input.request.execution.egress], "request"]
+# Absent limits count as "open", the loosest, so that min() picks the strictest one that is set.
+channel_egress_rank := 0 if {
+	untrusted_channel
+} else := 2
 
-egress := egress_order[min({c[0] | some c in egress_candidates})]
+request_egress_rank := rank if {
+	rank := egress_rank[input.request.execution.egress]
+} else := 2
+
+egress := egress_order[min([egress_rank[profile.egress], channel_egress_rank, request_egress_rank])]
 
 info contains [2, "egress_tightened", msg] if {
 	egress != profile.egress
-	msg := sprintf("egress tightened from %s to %s (%s)", [profile.egress, egress, concat(", ", egress_causes)])
+	msg := concat("", ["egress tightened from ", profile.egress, " to ", egress, " (", concat(", ", egress_causes), ")"])
 }
 
-egress_causes contains "untrusted channel kind" if channel.kind in cfg.channels.untrustedKinds
+egress_causes contains "untrusted channel kind" if untrusted_channel
 
-egress_causes contains "requested by caller" if {
-	egress_rank[input.request.execution.egress] < egress_rank[profile.egress]
-}
+egress_causes contains "requested by caller" if request_egress_rank < egress_rank[profile.egress]
 
 ttl_requested := profile.ttlSeconds if profile.ttlSeconds != null
 
 ttl_requested := cfg.ttl.defaultSeconds if profile.ttlSeconds == null
 
-ttl_caps contains [cfg.ttl.maxSeconds, "global maximum"] if cfg.ttl.maxSeconds != null
+# Each cap, or the requested TTL when that cap is not set.
+ttl_global_cap := cap if {
+	cap := cfg.ttl.maxSeconds
+	cap != null
+} else := ttl_requested
 
-ttl_caps contains [cfg.ttl.maxNonInteractiveSeconds, "non-interactive caller"] if {
+ttl_non_interactive_cap := cap if {
 	non_interactive
-	cfg.ttl.maxNonInteractiveSeconds != null
-}
+	cap := cfg.ttl.maxNonInteractiveSeconds
+	cap != null
+} else := ttl_requested
 
-ttl_caps contains [seconds, sprintf("channel kind %s", [channel.kind])] if {
-	seconds := cfg.ttl.maxByKind[channel.kind]
-	seconds != null
-}
+ttl_kind_cap := cap if {
+	cap := cfg.ttl.maxByKind[channel.kind]
+	cap != null
+} else := ttl_requested
 
-ttl_seconds := min({ttl_requested} | {c[0] | some c in ttl_caps})
+ttl_seconds := min([ttl_requested, ttl_global_cap, ttl_non_interactive_cap, ttl_kind_cap])
 
 info contains [3, "ttl_capped", msg] if {
 	ttl_seconds < ttl_requested
-	causes := concat(", ", sort({c[1] | some c in ttl_caps; c[0] == ttl_seconds}))
-	msg := sprintf("ttl capped from %ds to %ds (%s)", [ttl_requested, ttl_seconds, causes])
+	msg := concat("", ["ttl capped from ", format_int(ttl_requested, 10), "s to ", format_int(ttl_seconds, 10), "s (", concat(", ", ttl_causes), ")"])
 }
+
+ttl_causes contains "global maximum" if ttl_global_cap == ttl_seconds
+
+ttl_causes contains "non-interactive caller" if ttl_non_interactive_cap == ttl_seconds
+
+ttl_causes contains concat(" ", ["channel kind", channel.kind]) if ttl_kind_cap == ttl_seconds

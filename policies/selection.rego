@@ -11,8 +11,16 @@ backend_name := input.resolved.backend
 
 backend := input.catalog.backends[backend_name]
 
+# WASM memoizes a rule's value within one evaluation, but not its being undefined: a boolean
+# rule without a default is evaluated again at every reference while it is false. Hence the
+# defaults on every boolean rule.
+
 # The caller named a profile itself: placement never second-guesses an explicit choice.
+default explicit_profile := false
+
 explicit_profile if input.request.execution.profile != null
+
+default non_interactive := false
 
 non_interactive if channel.interactive == false
 
@@ -27,11 +35,95 @@ base_profile_name := backend.defaultProfile if {
 
 base_profile := backend.profiles[base_profile_name]
 
-build_task if {
-	task := lower(input.request.task)
-	some pattern in cfg.buildPlacement.taskPatterns
-	regex.match(pattern, task)
+# --- build/test detection ---
+# On words, not regular expressions: an RE2 pattern is compiled on every evaluation inside WASM,
+# which cost more than the rest of the policy together. The task is lower-cased and split into
+# words at whitespace and at punctuation, which leaves a mark: the shell separators ` ; & | ( )
+# become the word ";" (a command ends there), all other ASCII punctuation except _ becomes ".".
+# So, as with a regex \b, "pytest-cov" holds the word "pytest", but "cargo-build" is not the
+# phrase "cargo build" and "make." is not a bare "make".
+normalised(text) := strings.replace_n(task_separators, lower(text))
+
+task_words_of(text) := [word | some word in split(normalised(text), " "); word != ""]
+
+task_separators := {
+	"\t": " ", "\n": " ", "\r": " ", "\f": " ", "\u000b": " ",
+	"`": " ; ", ";": " ; ", "&": " ; ", "|": " ; ", "(": " ; ", ")": " ; ",
+	"!": " . ", "\"": " . ", "#": " . ", "$": " . ", "%": " . ", "'": " . ", "*": " . ", "+": " . ",
+	",": " . ", "-": " . ", ".": " . ", "/": " . ", ":": " . ", "<": " . ", "=": " . ", ">": " . ",
+	"?": " . ", "@": " . ", "[": " . ", "\\": " . ", "]": " . ", "^": " . ", "{": " . ", "}": " . ",
+	"~": " . ",
 }
+
+normalised_task := normalised(input.request.task)
+
+task_words := [word | some word in split(normalised_task, " "); word != ""]
+
+# The words without the ignored ones, joined by single spaces and padded with one, so that
+# contains(task_text, " npm test ") finds whole words only and the phrase "run test suite" is
+# found in "run the full test suite".
+task_text := concat("", [
+	" ", concat(" ", [word |
+		some word in split(normalised_task, " ")
+		word != ""
+		not ignored_words[word]
+	]),
+	" ",
+])
+
+ignored_words := {word | some word in cfg.buildPlacement.ignoredWords}
+
+# Every keyword, phrase and command is looked for in the whole text: one native scan per entry
+# costs far less than a rule evaluation per word, and a task can be a long prompt. The unpadded
+# contains needs no new string and rules out almost every entry.
+default build_task := false
+
+build_task if {
+	some keyword in cfg.buildPlacement.keywords
+	contains(task_text, keyword)
+	contains(task_text, concat("", [" ", keyword, " "]))
+} else if {
+	some phrase in cfg.buildPlacement.phrases
+	contains(task_text, phrase)
+	contains(task_text, concat("", [" ", phrase, " "]))
+} else if {
+	some name, targets in cfg.buildPlacement.commands
+	contains(task_text, concat("", [" ", name, " "]))
+	some i, word in task_words
+	word == name
+	command_run(i, targets)
+}
+
+# A command counts where one of its targets follows it ("make test and report"), and where it
+# ends its shell command after an optional -jN flag and an optional target: "make", "`make`",
+# "run make -j8", "make -j8 all; make install". Not in "make the button blue" or "what to make?".
+command_run(at, targets) if task_words[at + 1] in targets
+
+command_run(at, targets) if command_ends_at(targets, (at + 1) + jobs_flag_words(at + 1))
+
+command_ends_at(_, next) if next == count(task_words)
+
+command_ends_at(_, next) if task_words[next] == ";"
+
+command_ends_at(targets, next) if task_words[next] in targets
+
+# "-j8" and "-j 8" are the words [".", "j8"] and [".", "j", "8"].
+jobs_flag_words(at) := 3 if {
+	task_words[at] == "."
+	task_words[at + 1] == "j"
+	digits(task_words[at + 2])
+} else := 2 if {
+	task_words[at] == "."
+	startswith(task_words[at + 1], "j")
+	digits(substring(task_words[at + 1], 1, -1))
+} else := 0
+
+digits(text) if {
+	text != ""
+	trim_left(text, "0123456789") == ""
+}
+
+# --- placement ---
 
 build_profiles contains name if {
 	some name, profile in backend.profiles
@@ -40,16 +132,19 @@ build_profiles contains name if {
 	not blocked_for_channel(profile)
 }
 
+default placed_on_build := false
+
+# Cheapest test first: most spawns stop before the task text is looked at.
 placed_on_build if {
 	not explicit_profile
 	base_profile.class != "build"
-	build_task
 	count(build_profiles) > 0
+	build_task
 }
 
-profile_name := min(build_profiles) if placed_on_build
-
-profile_name := base_profile_name if not placed_on_build
+profile_name := min(build_profiles) if {
+	placed_on_build
+} else := base_profile_name
 
 profile := backend.profiles[profile_name]
 
@@ -65,12 +160,16 @@ blocked_for_channel(p) if {
 }
 
 # --- deny reasons: [rank, code, message]; rank fixes the order users see them in ---
+# Messages are built with concat and format_int, which WASM runs natively; sprintf is a call
+# out to JavaScript with the arguments serialised to JSON and back.
+
+quoted(name) := concat("", ["\"", name, "\""])
 
 deny contains [10, "backend_unresolved", "no execution backend was selected: name one in the request or configure a default backend"] if {
 	backend_name == null
 }
 
-deny contains [11, "unknown_backend", sprintf("backend \"%s\" is not configured", [backend_name])] if {
+deny contains [11, "unknown_backend", concat("", ["backend ", quoted(backend_name), " is not configured"])] if {
 	backend_name != null
 	not backend
 }
@@ -79,40 +178,40 @@ deny contains [12, "unknown_profile", msg] if {
 	backend
 	base_profile_name
 	not base_profile
-	msg := sprintf("profile \"%s\" is not defined on backend \"%s\"", [base_profile_name, backend_name])
+	msg := concat("", ["profile ", quoted(base_profile_name), " is not defined on backend ", quoted(backend_name)])
 }
 
 deny contains [12, "unknown_profile", msg] if {
 	backend
 	not base_profile_name
-	msg := sprintf("no profile was selected and backend \"%s\" has no defaultProfile", [backend_name])
+	msg := concat("", ["no profile was selected and backend ", quoted(backend_name), " has no defaultProfile"])
 }
 
 deny contains [20, "agent_not_allowed", msg] if {
 	not agent_may_use(profile)
-	msg := sprintf("agent \"%s\" may not use profile \"%s\" (allowed: %s)", [agent_id, profile_key, concat(", ", sort(profile.allowedAgents))])
+	msg := concat("", ["agent ", quoted(agent_id), " may not use profile ", quoted(profile_key), " (allowed: ", concat(", ", sort(profile.allowedAgents)), ")"])
 }
 
-deny contains [20, "agent_not_allowed", sprintf("agent \"%s\" is not on the allow-list", [agent_id])] if {
+deny contains [20, "agent_not_allowed", concat("", ["agent ", quoted(agent_id), " is not on the allow-list"])] if {
 	cfg.agents.allow != null
 	not agent_id in cfg.agents.allow
 }
 
-deny contains [20, "agent_not_allowed", sprintf("agent \"%s\" is on the deny-list", [agent_id])] if {
+deny contains [20, "agent_not_allowed", concat("", ["agent ", quoted(agent_id), " is on the deny-list"])] if {
 	agent_id in cfg.agents.deny
 }
 
 deny contains [21, "interactive_only_profile", msg] if {
 	blocked_for_channel(profile)
-	msg := sprintf("profile \"%s\" is interactive-only and channel \"%s\" (kind %s) is not interactive", [profile_key, channel.id, channel.kind])
+	msg := concat("", ["profile ", quoted(profile_key), " is interactive-only and channel ", quoted(channel.id), " (kind ", channel.kind, ") is not interactive"])
 }
 
 deny contains [22, "depth_exceeded", msg] if {
 	input.caller.depth >= cfg.maxDepth
-	msg := sprintf("caller is at spawn depth %d and spawns are allowed only below depth %d", [input.caller.depth, cfg.maxDepth])
+	msg := concat("", ["caller is at spawn depth ", format_int(input.caller.depth, 10), " and spawns are allowed only below depth ", format_int(cfg.maxDepth, 10)])
 }
 
 info contains [1, "placed_on_build_profile", msg] if {
 	placed_on_build
-	msg := sprintf("build/test task placed on profile \"%s\" instead of \"%s/%s\"", [profile_key, backend_name, base_profile_name])
+	msg := concat("", ["build/test task placed on profile ", quoted(profile_key), " instead of ", quoted(concat("/", [backend_name, base_profile_name]))])
 }

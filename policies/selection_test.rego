@@ -85,6 +85,18 @@ build_tasks := [
 	"compile the project",
 	"figure out why CI is red",
 	"mvn package",
+	"make -j8 all",
+	"make -j 4",
+	"npm run build && npm test",
+	"Re-run the whole testsuite",
+	"EXECUTE THE TESTS",
+	"cd web; make",
+	"(make install)",
+	"go vet ./...",
+	"pip install pytest-cov and run it",
+	"why does compilation take so long?",
+	"bun run build",
+	"./gradlew assemble",
 ]
 
 plain_tasks := [
@@ -94,6 +106,14 @@ plain_tasks := [
 	"write a test plan for the login page",
 	"explain what the circuit breaker does",
 	"summarize the latest issues",
+	"update the makefile",
+	"testing the idea is cheap",
+	"make the tests easier to read",
+	"run the linter",
+	"explain npm testing conventions",
+	"rename the cicd folder",
+	"we should go and test it manually",
+	"make -j8 the default",
 ]
 
 test_build_tasks_are_placed_on_build_profile if {
@@ -112,6 +132,12 @@ test_plain_tasks_stay_on_default_profile if {
 		d.profile == "small"
 		d.reasons == []
 	}
+}
+
+test_build_phrase_late_in_a_long_task_is_found if {
+	prose := concat(" ", [sentence | some _ in numbers.range(1, 100); sentence := "Look at why the session cookie is dropped after the redirect."])
+	decide({"request": {"task": concat(" ", [prose, "Then run the whole test suite."])}}).profile == "build"
+	decide({"request": {"task": prose}}).profile == "small"
 }
 
 test_explicit_profile_is_never_moved if {

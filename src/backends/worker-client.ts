@@ -51,7 +51,8 @@ export interface TurnOptions extends CallOptions {
 }
 
 export interface WorkerClient {
-  healthz(options?: CallOptions): Promise<Healthz>;
+  /** With `waitMs`, the worker holds the answer until it is ready or the wait is over (no polling). */
+  healthz(options?: CallOptions & { waitMs?: number }): Promise<Healthz>;
   /**
    * Streams the turn's events as they arrive; the last one is turn.completed, turn.failed or
    * turn.cancelled. Leaving the loop early or aborting `signal` drops the connection, which the
@@ -292,7 +293,7 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
   }
 
   return {
-    healthz: (o) => call<Healthz>('GET', '/healthz', 200, o),
+    healthz: (o) => call<Healthz>('GET', o?.waitMs ? `/healthz?wait=${Math.ceil(o.waitMs)}` : '/healthz', 200, o),
     turn,
     cancel: (o) => call<CancelResponse>('POST', '/cancel', 202, o),
     status: (o) => call<WorkerStatusReport>('GET', '/status', 200, o),
@@ -331,7 +332,8 @@ export async function waitForHealthy(client: WorkerClient, options: WaitForHealt
     if (remaining <= 0) break;
     const attempt = boundedSignal(options.signal, remaining);
     try {
-      return await client.healthz({ signal: attempt.signal });
+      // Leave headroom under the per-call time-out for the answer itself.
+      return await client.healthz({ signal: attempt.signal, waitMs: Math.min(remaining, 5000) });
     } catch (err) {
       if (options.signal?.aborted) throw options.signal.reason;
       if (!(err instanceof WorkerProtocolError) || !err.retryable) throw err;

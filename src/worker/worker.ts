@@ -160,6 +160,9 @@ async function removeStaleSocket(path: string): Promise<void> {
   if (!alive) await unlink(path).catch(() => undefined);
 }
 
+/** Upper bound of GET /healthz?wait=ms, so a parked request never outlives a client's own time-out. */
+export const MAX_HEALTHZ_WAIT_MS = 30_000;
+
 function listen(server: Server, where: WorkerListen): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error): void => reject(err);
@@ -194,6 +197,13 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   const startedAt = new Date().toISOString();
 
   let state: WorkerState = 'starting';
+  // GET /healthz?wait=ms parks here until the worker leaves "starting": readiness is then seen the
+  // moment it happens, without the caller polling (and stealing CPU from the start-up it waits for).
+  const startWaiters = new Set<() => void>();
+  const leaveStarting = (): void => {
+    for (const wake of startWaiters) wake();
+    startWaiters.clear();
+  };
   let unavailableReason = 'waiting for the ACP session';
   let session: AcpSession | null = null;
   let agentInfo: AgentInfo | null = null;
@@ -464,6 +474,19 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     req.resume();
     switch (url.pathname) {
       case '/healthz': {
+        const waitMs = Math.min(Math.max(Number(url.searchParams.get('wait')) || 0, 0), MAX_HEALTHZ_WAIT_MS);
+        if (state === 'starting' && waitMs > 0) {
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(done, waitMs);
+            function done(): void {
+              clearTimeout(timer);
+              startWaiters.delete(done);
+              resolve();
+            }
+            startWaiters.add(done);
+            res.once('close', done);
+          });
+        }
         const { status, body } = healthz();
         sendJson(res, status, body);
         return;
@@ -527,6 +550,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     closing = true;
     state = 'exiting';
     unavailableReason = 'the worker is shutting down';
+    leaveStarting();
     if (exitTimer) clearTimeout(exitTimer);
     closePromise = (async () => {
       log('info', 'worker shutting down');
@@ -550,6 +574,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     if (closing || state === 'exiting') return;
     state = 'exiting';
     unavailableReason = reason;
+    leaveStarting();
     log('error', 'worker unusable', { reason });
     if (exitOnAgentExit) {
       exitTimer = setTimeout(() => {
@@ -610,6 +635,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       session = s;
       agentInfo = s.agentInfo;
       state = 'idle';
+      leaveStarting();
       log('info', 'ACP session ready', { sessionId: s.sessionId, agentInfo });
       void signalClosed(s.closedSignal).then(async () => {
         // Usually the agent died and the exit path reports it; an agent that merely closed its stdout

@@ -278,6 +278,28 @@ describe('reference worker failure paths', () => {
     }
   });
 
+  it('GET /healthz?wait=ms holds the answer until the session exists, and gives up at the wait', async () => {
+    const dir = tempDir();
+    const gate = join(dir.path, 'gate');
+    const w = await startTestWorker('tcp', { agentEnv: { ACP_FIXTURE_SESSION_GATE: gate } });
+    try {
+      const shortWait = await errorOf(w.client.healthz({ waitMs: 200 }));
+      expect(shortWait.details).toMatchObject({ httpStatus: 503 });
+      let answered = false;
+      const parked = w.client.healthz({ waitMs: 8000 }).then((h) => {
+        answered = true;
+        return h;
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      expect(answered).toBe(false);
+      writeFileSync(gate, '');
+      expect((await parked).status).toBe('ok');
+    } finally {
+      await w.close();
+      dir.remove();
+    }
+  });
+
   it('rejects ready and stops the agent when the ACP handshake fails', async () => {
     const w = await startTestWorker('tcp', { agentEnv: { ACP_FIXTURE_FAIL_INIT: '1' } });
     try {
