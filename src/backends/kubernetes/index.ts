@@ -64,6 +64,12 @@ export interface KubernetesBackendOptions {
   proxy?: KubernetesProxyOptions;
   /** How long delete() waits for a pod to be gone before reporting it still terminating; default grace + 20 s. */
   deleteTimeoutMs?: number;
+  /**
+   * How long a pod may stay Unschedulable before waitReady gives up; default 10 s. The scheduler
+   * retries when nodes change (a node registering, an autoscaler adding one), so the first
+   * Unschedulable is not yet a verdict.
+   */
+  unschedulableGraceMs?: number;
 }
 
 /** Waiting reasons no amount of waiting fixes; waitReady fails on them at once. */
@@ -89,6 +95,8 @@ export interface PodFacts {
   exitCode: number | null;
   /** The pod can never become ready: waitReady stops waiting. */
   hopeless: boolean;
+  /** The scheduler found no node for it (so far); hopeless only once it stays so. */
+  unschedulable: boolean;
 }
 
 /** Reads what a pod's status says about the worker, in the WorkerStatus vocabulary. */
@@ -142,10 +150,9 @@ export function podFacts(pod: V1Pod): PodFacts {
     phase === 'failed' ||
     phase === 'succeeded' ||
     terminated !== null ||
-    unschedulable ||
     (waiting?.reason !== undefined && FAIL_FAST_WAITING.has(waiting.reason)) ||
     Boolean(pod.metadata?.deletionTimestamp);
-  return { phase, ready: phase === 'running' && readyCondition, reason, message, exitCode, hopeless };
+  return { phase, ready: phase === 'running' && readyCondition, reason, message, exitCode, hopeless, unschedulable };
 }
 
 function expiresAtOf(labels: Readonly<Record<string, string>>): Date | null {
@@ -164,11 +171,14 @@ interface PodTracker {
   /** Resolves with `pick`'s first non-undefined answer over the pod's snapshots (null = the pod is gone). */
   until<T>(pick: (pod: Snapshot) => T | undefined): Promise<T>;
   latest(): Snapshot | undefined;
+  /** Re-runs pending `until` picks on the latest snapshot (for conditions that change with time, not with the pod). */
+  recheck(): void;
   stop(): void;
 }
 
 export function createKubernetesBackend(options: KubernetesBackendOptions): Backend {
   const { name, namespace } = options;
+  const unschedulableGraceMs = options.unschedulableGraceMs ?? 10_000;
   const workerPort = options.workerPort ?? DEFAULT_WORKER_PORT;
   const manifestOptions: ManifestOptions = {
     backendName: name,
@@ -289,6 +299,7 @@ export function createKubernetesBackend(options: KubernetesBackendOptions): Back
         });
       },
       latest: () => latest,
+      recheck: notify,
       stop,
     };
     trackers.add(tracker);
@@ -416,8 +427,27 @@ export function createKubernetesBackend(options: KubernetesBackendOptions): Back
       const tracker = trackPod(c, ns, podName, bounded);
       let stage = 'to be scheduled and started';
       try {
-        const pod = await tracker.until((p) => (p === null || podFacts(p).hopeless || (p.status?.phase === 'Running' && p.status.podIP) ? p : undefined));
-        if (!pod || podFacts(pod).hopeless) throw await failureOf(ref, pod, 'cannot become ready');
+        let unschedulableSince: number | null = null;
+        let graceTimer: NodeJS.Timeout | undefined;
+        const gaveUpScheduling = (facts: PodFacts): boolean => {
+          if (!facts.unschedulable) {
+            unschedulableSince = null;
+            return false;
+          }
+          if (unschedulableSince === null) {
+            unschedulableSince = Date.now();
+            graceTimer = setTimeout(() => tracker.recheck(), unschedulableGraceMs);
+          }
+          return Date.now() - unschedulableSince >= unschedulableGraceMs;
+        };
+        const pod = await tracker
+          .until((p) => {
+            if (p === null) return p;
+            const facts = podFacts(p);
+            return facts.hopeless || gaveUpScheduling(facts) || (p.status?.phase === 'Running' && p.status.podIP) ? p : undefined;
+          })
+          .finally(() => clearTimeout(graceTimer));
+        if (!pod || podFacts(pod).hopeless || podFacts(pod).unschedulable) throw await failureOf(ref, pod, 'cannot become ready');
         const podIP = pod.status?.podIP as string;
         // "open" has no policy by design; anything else without one would run with unconfined egress.
         const policyName = networkPolicyNameOf(ref.spawnId);
