@@ -4,7 +4,8 @@
  * egress open, two short probes and one memory hog; every other case is refused before anything is
  * created. One file, so the images are built once and containers never compete with each other.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { testWorkerSpec } from '../helpers/worker-spec.js';
+import { randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
@@ -33,34 +34,15 @@ let backend: Backend;
 const created: WorkerRef[] = [];
 
 function spec(overrides: Partial<WorkerSpec> = {}): WorkerSpec {
-  const spawnId = overrides.spawnId ?? `t-${randomUUID()}`;
-  const expiresAt = new Date(Date.now() + 600_000);
-  return {
-    spawnId,
-    owner,
-    backendName: 'docker-test',
-    profileName: 'test',
-    agentId: 'echo',
-    agentCommand: [],
-    image: null,
-    command: null,
-    args: null,
-    env: { GREETING: 'hello' },
-    secretEnv: [],
-    resources: { requests: { cpu: null, memory: null, ephemeralStorage: null }, limits: { cpu: '500m', memory: '256Mi', ephemeralStorage: null }, gpu: 0 },
-    pidsLimit: null,
-    runtimeClassName: null,
-    nodeSelector: {},
-    tolerations: [],
-    egress: 'none',
-    workspace: { strategy: 'none' },
-    token: randomBytes(24).toString('base64url'),
-    timeoutSeconds: 120,
-    expiresAt,
-    labels: { [LABELS.spawnId]: spawnId, [LABELS.owner]: owner, [LABELS.expiresAt]: String(Math.floor(expiresAt.getTime() / 1000)) },
-    traceparent: null,
-    ...overrides,
-  };
+  return testWorkerSpec(
+    {
+      spawnId: `t-${randomUUID()}`,
+      owner,
+      backendName: 'docker-test',
+      resources: { requests: { cpu: null, memory: null, ephemeralStorage: null }, limits: { cpu: '500m', memory: '256Mi', ephemeralStorage: null }, gpu: 0 },
+    },
+    overrides,
+  );
 }
 
 async function createTracked(s: WorkerSpec): Promise<WorkerRef> {

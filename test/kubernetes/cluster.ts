@@ -3,7 +3,8 @@
  * already runs), admin clients, throwaway namespaces that enforce PodSecurity "restricted", and a
  * WorkerSpec builder. A plane that cannot be built or started fails the tests; nothing skips.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { testWorkerSpec } from '../helpers/worker-spec.js';
+import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -115,33 +116,16 @@ export async function leftovers(a: Admin, namespace: string, spawnId: string): P
 export const FIXTURE_COMMAND: readonly string[] = [process.execPath, fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url))];
 
 export function workerSpec(overrides: Partial<WorkerSpec> = {}): WorkerSpec {
-  const spawnId = overrides.spawnId ?? randomUUID();
-  const owner = overrides.owner ?? 'k8s-test';
-  const expiresAt = overrides.expiresAt ?? new Date(Date.now() + 600_000);
-  return {
-    spawnId,
-    owner,
-    backendName: 'k8s-test',
-    profileName: 'test',
-    agentId: 'fixture',
-    agentCommand: FIXTURE_COMMAND,
-    image: 'spawngate-worker:test',
-    command: null,
-    args: null,
-    env: { GREETING: 'hello' },
-    secretEnv: [],
-    resources: { requests: { cpu: '100m', memory: '128Mi', ephemeralStorage: null }, limits: { cpu: null, memory: '512Mi', ephemeralStorage: null }, gpu: 0 },
-    pidsLimit: null,
-    runtimeClassName: null,
-    nodeSelector: {},
-    tolerations: [],
-    egress: 'none',
-    workspace: { strategy: 'ephemeral', sizeLimit: '1Gi' },
-    token: randomBytes(24).toString('base64url'),
-    timeoutSeconds: 120,
-    expiresAt,
-    labels: { [LABELS.spawnId]: spawnId, [LABELS.owner]: owner, [LABELS.expiresAt]: String(Math.floor(expiresAt.getTime() / 1000)) },
-    traceparent: null,
-    ...overrides,
-  };
+  return testWorkerSpec(
+    {
+      owner: 'k8s-test',
+      backendName: 'k8s-test',
+      agentId: 'fixture',
+      agentCommand: FIXTURE_COMMAND,
+      image: 'spawngate-worker:test',
+      resources: { requests: { cpu: '100m', memory: '128Mi', ephemeralStorage: null }, limits: { cpu: null, memory: '512Mi', ephemeralStorage: null }, gpu: 0 },
+      workspace: { strategy: 'ephemeral', sizeLimit: '1Gi' },
+    },
+    overrides,
+  );
 }
