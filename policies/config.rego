@@ -2,10 +2,16 @@
 # security team changes numbers and lists without touching rules. A config that is missing
 # or malformed denies every spawn (policy_config_invalid) instead of silently relaxing a rule.
 #
-# WASM keeps nothing between evaluations, so the config is checked on every one. config_valid
-# is that check, written as direct lookups without building tables, sets or messages; it decides.
-# config_problems says what is wrong, one message per problem, and is evaluated only when
-# config_valid fails. The two must agree: config_test.rego breaks every field in turn.
+# WASM keeps nothing between evaluations. config_well_formed is the check, written as direct
+# lookups without building tables, sets or messages; it decides. config_problems says what is
+# wrong, one message per problem, and is evaluated only when the check fails. The two must agree:
+# config_test.rego breaks every field in turn.
+#
+# The engine runs the check once per bundle: it evaluates a canary decision on the bundle's data
+# and, when that carries no policy_config_invalid, sets data.spawngate.runtime.configChecked (it
+# writes the config and the flag together, so the flag cannot outlive the config it vouches for).
+# Everywhere else (opa eval, opa test, a REST sidecar) the flag is absent and every evaluation
+# checks. Nothing but the engine may set it: with it, a broken config is no longer denied.
 package spawngate.admission
 
 default cfg := {}
@@ -15,6 +21,12 @@ cfg := data.spawngate.admission.config
 default config_valid := false
 
 config_valid if {
+	data.spawngate.runtime.configChecked == true
+} else := config_well_formed
+
+default config_well_formed := false
+
+config_well_formed if {
 	whole(cfg.maxDepth)
 	array_or_null(cfg.agents.allow)
 	is_array(cfg.agents.deny)

@@ -179,3 +179,26 @@ test_role_and_kind_entries_must_be_objects if {
 		"policy configuration is invalid: rate.kinds.email must be an object",
 	]
 }
+
+# The engine sets data.spawngate.runtime.configChecked after the canary found the config valid.
+test_checked_config_decides_alike if {
+	every patch in catalog_cases {
+		d := decide(patch) with data.spawngate.runtime.configChecked as true
+		d == decide(patch)
+	}
+	admission.config_valid with data.spawngate.runtime.configChecked as true
+}
+
+test_broken_config_is_denied_without_the_flag if {
+	broken := json.remove(data.spawngate.admission.config, ["maxDepth"])
+	not admission.config_well_formed with data.spawngate.admission.config as broken
+	not admission.config_valid with data.spawngate.admission.config as broken
+	config_denial(broken) == ["policy configuration is invalid: maxDepth is missing"]
+}
+
+test_only_the_engines_flag_skips_the_check if {
+	broken := json.remove(data.spawngate.admission.config, ["maxDepth"])
+	every flag in ["true", 1, {}, false, null] {
+		not admission.config_valid with data.spawngate.admission.config as broken with data.spawngate.runtime.configChecked as flag
+	}
+}

@@ -9,7 +9,14 @@ channel := input.caller.channel
 
 backend_name := input.resolved.backend
 
-backend := input.catalog.backends[backend_name]
+# The catalog (backends and profiles from the gateway's config) comes with the input when the
+# caller sends it: opa eval, opa test, a REST sidecar. The engine loads it into data once per
+# config instead, because parsing it inside WASM on every evaluation cost more than most rules.
+catalog := input.catalog if {
+	input.catalog
+} else := data.spawngate.runtime.catalog
+
+backend := catalog.backends[backend_name]
 
 # WASM memoizes a rule's value within one evaluation, but not its being undefined: a boolean
 # rule without a default is evaluated again at every reference while it is false. Hence the

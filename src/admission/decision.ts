@@ -55,8 +55,81 @@ export function denyWith(reasons: Reason[]): DenyDecision {
   return { allow: false, backend: null, profile: null, egress: null, ttlSeconds: null, limits: { concurrency: [], rate: [] }, reasons };
 }
 
+const EGRESS: ReadonlySet<unknown> = new Set(['none', 'proxy', 'open']);
+const CONCURRENCY_SCOPES: ReadonlySet<unknown> = new Set(['total', 'backend', 'profile', 'user', 'channel', 'profile_user', 'profile_channel']);
+const RATE_SCOPES: ReadonlySet<unknown> = new Set(['user', 'channel']);
+const REASON_CODE = /^[a-z][a-z0-9_.]*$/;
+const DECISION_KEYS: ReadonlySet<string> = new Set(['allow', 'backend', 'profile', 'egress', 'ttlSeconds', 'limits', 'reasons']);
+const LIMITS_KEYS: ReadonlySet<string> = new Set(['concurrency', 'rate']);
+const CONCURRENCY_KEYS: ReadonlySet<string> = new Set(['scope', 'key', 'max']);
+const RATE_KEYS: ReadonlySet<string> = new Set(['scope', 'key', 'perMinute', 'burst']);
+const REASON_KEYS: ReadonlySet<string> = new Set(['code', 'message']);
+
+/** A JSON-shaped object (what the policy's output parses into) with no key outside `keys`. */
+function isPlainWith(value: unknown, keys: ReadonlySet<string>): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Object.getPrototypeOf(value) !== Object.prototype) return false;
+  for (const key in value) if (!keys.has(key)) return false;
+  return true;
+}
+
+// String limits are in code points for zod; a string within the limit in UTF-16 units is within it in code points.
+const shortString = (value: unknown, max: number): value is string => typeof value === 'string' && value.length <= max;
+const whole = (value: unknown, min: number): boolean => Number.isSafeInteger(value) && (value as number) >= min;
+
+function isArrayOf(value: unknown, max: number, item: (entry: unknown) => boolean): boolean {
+  if (!Array.isArray(value) || value.length > max) return false;
+  for (let i = 0; i < value.length; i++) if (!item(value[i])) return false;
+  return true;
+}
+
+const isConcurrencyLimit = (l: unknown): boolean =>
+  isPlainWith(l, CONCURRENCY_KEYS) && CONCURRENCY_SCOPES.has(l.scope) && shortString(l.key, 1024) && l.key.length > 0 && whole(l.max, 0);
+
+const isRateLimit = (l: unknown): boolean =>
+  isPlainWith(l, RATE_KEYS) &&
+  RATE_SCOPES.has(l.scope) &&
+  shortString(l.key, 1024) &&
+  l.key.length > 0 &&
+  typeof l.perMinute === 'number' &&
+  Number.isFinite(l.perMinute) &&
+  l.perMinute > 0 &&
+  whole(l.burst, 1);
+
+const isReason = (r: unknown): boolean => isPlainWith(r, REASON_KEYS) && shortString(r.code, 64) && REASON_CODE.test(r.code) && shortString(r.message, 2048);
+
+/**
+ * The decision schema written out by hand for the hot path: true only for values `decisionSchema`
+ * accepts unchanged. It may say false for some that the schema accepts (a string over a limit in
+ * UTF-16 units but not in code points, a non-plain object); checkDecision then asks the schema,
+ * which stays the one definition. test/admission/decision.test.ts holds the two in agreement.
+ */
+export function isWellFormedDecision(raw: unknown): raw is Decision {
+  if (!isPlainWith(raw, DECISION_KEYS)) return false;
+  const { allow, backend, profile, egress, ttlSeconds, limits, reasons } = raw;
+  if (
+    !isPlainWith(limits, LIMITS_KEYS) ||
+    !isArrayOf(limits.concurrency, 64, isConcurrencyLimit) ||
+    !isArrayOf(limits.rate, 64, isRateLimit) ||
+    !isArrayOf(reasons, 64, isReason)
+  ) {
+    return false;
+  }
+  if (allow === true) {
+    return typeof backend === 'string' && backend.length > 0 && typeof profile === 'string' && profile.length > 0 && EGRESS.has(egress) && whole(ttlSeconds, 1);
+  }
+  return (
+    allow === false &&
+    (backend === null || typeof backend === 'string') &&
+    (profile === null || typeof profile === 'string') &&
+    (egress === null || EGRESS.has(egress)) &&
+    (ttlSeconds === null || whole(ttlSeconds, 1)) &&
+    (reasons as unknown[]).length > 0
+  );
+}
+
 /** Validates raw policy output; a malformed result becomes a deny that says what was wrong with it. */
 export function checkDecision(raw: unknown): Decision {
+  if (isWellFormedDecision(raw)) return raw;
   const parsed = decisionSchema.safeParse(raw);
   if (parsed.success) return parsed.data;
   const first = parsed.error.issues[0];

@@ -17,6 +17,15 @@ export interface PolicyBundle {
 
 export type BundleSource = { path: string } | { bundle: PolicyBundle };
 
+/**
+ * Per-gateway facts that are the same for every evaluation, loaded into the policy's data at
+ * `data.spawngate.runtime` once (and again after every bundle reload) instead of being sent and
+ * parsed with every input.
+ */
+export interface RuntimeData {
+  catalog: AdmissionInput['catalog'];
+}
+
 export interface PolicyEngineOptions {
   source: BundleSource;
   /** Reads and unpacks a bundle file; injected so the engine does not care about tar. */
@@ -24,6 +33,8 @@ export interface PolicyEngineOptions {
   /** Reload when the bundle file changes (only for `{ path }`). */
   watch?: boolean;
   logger?: Logger;
+  /** What `evaluateJsonWithoutCatalog` evaluates against; can be replaced later with `setRuntimeData`. */
+  runtimeData?: RuntimeData;
   onReload?: (event: { ok: true; revision: string } | { ok: false; error: PolicyError }) => void;
 }
 
@@ -36,21 +47,53 @@ export interface EvaluationResult {
 export interface PolicyEngine {
   /** Never throws: no bundle, an evaluation error, or malformed output are all denies. */
   evaluate(input: AdmissionInput): EvaluationResult;
-  /** Same as evaluate, with the input already serialised (the gate caches the catalog's JSON). */
+  /** Same as evaluate, with the input already serialised. */
   evaluateJson(inputJson: string): EvaluationResult;
+  /**
+   * The gate's path: an AdmissionInput without its `catalog` member, as JSON; the catalog is the
+   * runtime data's. A bundle whose policy reads `data.spawngate.runtime.catalog` gets the input as
+   * is; for one that does not (built from older policies) the catalog is spliced into the input.
+   */
+  evaluateJsonWithoutCatalog(inputJson: string): EvaluationResult;
+  /** Replaces the runtime data (e.g. after a config change); throws a PolicyError if the policy cannot take it, and the previous data keeps serving. */
+  setRuntimeData(data: RuntimeData): void;
+  /** Whether the serving bundle reads the catalog from runtime data (false: it is sent with every input). */
+  readonly readsRuntimeCatalog: boolean;
   readonly revision: string | null;
   readonly lastError: PolicyError | null;
   reload(): Promise<{ ok: true; revision: string } | { ok: false; error: PolicyError }>;
   close(): void;
 }
 
+/**
+ * The members of the SDK's LoadedPolicy (declared public in its typings) that its own evaluate()
+ * uses on the OPA WASM ABI 1.2 path, and the one export it calls there.
+ */
+interface RawPolicy {
+  minorVersion: unknown;
+  mem: { buffer: ArrayBuffer; grow(pages: number): number };
+  wasmInstance: { exports: Record<string, unknown> };
+  dataAddr: number;
+  dataHeapPtr: number;
+}
+
+type OpaEval = (reserved: number, entrypoint: number, dataAddr: number, inputAddr: number, inputLength: number, heapAddr: number, format: number) => number;
+
 interface Active {
   policy: LoadedPolicy;
+  /** The ABI 1.2 entry, when the module has it; otherwise evaluation goes through the SDK. */
+  opaEval: OpaEval | null;
   entrypoint: number;
   revision: string;
+  bundleData: unknown;
+  /** Probed at load: the policy decides the same with the catalog in data as with it in the input. */
+  readsRuntimeCatalog: boolean;
+  configChecked: boolean;
 }
 
 const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const WASM_PAGE = 64 * 1024;
 
 // A request shape every sane policy answers; a bundle that cannot is not swapped in.
 const CANARY: AdmissionInput = {
@@ -100,11 +143,31 @@ function describe(thrown: unknown): string {
   }
 }
 
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** What the engine writes at data.spawngate.runtime: the caller's runtime data and what the engine found at load. */
+interface RuntimeLayer {
+  catalog?: AdmissionInput['catalog'];
+  /** The bundle's canary decision had no policy_config_invalid: the policy need not check its config again. */
+  configChecked?: true;
+}
+
+/** The bundle's data with `layer` at spawngate.runtime. The engine owns that path: a bundle's own data there is replaced. */
+function dataWithRuntime(bundleData: unknown, layer: RuntimeLayer): object {
+  const root = isRecord(bundleData) ? bundleData : {};
+  const spawngate = isRecord(root.spawngate) ? root.spawngate : {};
+  return { ...root, spawngate: { ...spawngate, runtime: layer } };
+}
+
+const sameDecision = (a: Decision, b: Decision) => JSON.stringify(a) === JSON.stringify(b);
+
 async function instantiate(bundle: PolicyBundle): Promise<Active> {
   let policy: LoadedPolicy;
   try {
     policy = await loadPolicy(bundle.wasm);
-    policy.setData(bundle.data ?? {});
+    policy.setData(dataWithRuntime(bundle.data, {}));
   } catch (cause) {
     throw new PolicyError('POLICY_LOAD_FAILED', `policy.wasm could not be instantiated: ${describe(cause)}`, { cause });
   }
@@ -114,19 +177,60 @@ async function instantiate(bundle: PolicyBundle): Promise<Active> {
     const found = Object.keys(entrypoints ?? {}).join(', ') || 'none';
     throw new PolicyError('POLICY_LOAD_FAILED', `bundle has no entrypoint ${ENTRYPOINT} (found: ${found}); build it with -e ${ENTRYPOINT}`);
   }
-  const active: Active = { policy, entrypoint, revision: bundle.revision };
-  const canary = run(active, encoder.encode(JSON.stringify(CANARY)));
+  const raw = policy as unknown as RawPolicy;
+  const opaEval = typeof raw.minorVersion === 'number' && raw.minorVersion >= 2 && typeof raw.wasmInstance.exports.opa_eval === 'function' ? (raw.wasmInstance.exports.opa_eval as OpaEval) : null;
+  const active: Active = { policy, opaEval, entrypoint, revision: bundle.revision, bundleData: bundle.data, readsRuntimeCatalog: false, configChecked: false };
+  const canary = run(active, JSON.stringify(CANARY));
   if (canary.reasons.some((r) => r.code === 'policy_output_invalid' || r.code === 'policy_error')) {
     throw new PolicyError('POLICY_LOAD_FAILED', `bundle ${bundle.revision} failed its self-check: ${canary.reasons.map((r) => r.message).join('; ')}`);
+  }
+  // The config is part of the bundle, so one check per load is enough (policies/config.rego).
+  // A bundle with a broken config is still loaded, and keeps checking and denying on every evaluation.
+  active.configChecked = !canary.reasons.some((r) => r.code === 'policy_config_invalid');
+  // Whether the catalog may be left out of the input: the canary without it must decide as with it
+  // when the catalog is in data, and differently when it is nowhere (proof the data is read at all).
+  // Anything else keeps sending the catalog with every input, as bundles before runtime data need.
+  try {
+    const withoutCatalog = JSON.stringify({ ...CANARY, catalog: undefined });
+    const bare = run(active, withoutCatalog);
+    policy.setData(dataWithRuntime(bundle.data, { catalog: CANARY.catalog }));
+    const fromData = run(active, withoutCatalog);
+    active.readsRuntimeCatalog = sameDecision(fromData, canary) && !sameDecision(bare, canary);
+  } catch (cause) {
+    throw new PolicyError('POLICY_LOAD_FAILED', `bundle ${bundle.revision} failed its self-check with runtime data: ${describe(cause)}`, { cause });
   }
   return active;
 }
 
-function run(active: Active, input: Uint8Array): Decision {
+/**
+ * What the SDK's evaluate() does on ABI 1.2 (one opa_eval call: parse the input JSON placed just
+ * above the data, evaluate, dump the result set as JSON), minus two copies and a byte-by-byte scan:
+ * the input is encoded straight into WASM memory and the result's end is found natively.
+ */
+function evaluateRaw(policy: RawPolicy, opaEval: OpaEval, entrypoint: number, json: string): unknown {
+  const inputAddr = policy.dataHeapPtr;
+  // UTF-8 needs at most 3 bytes per UTF-16 unit.
+  const shortfall = inputAddr + json.length * 3 - policy.mem.buffer.byteLength;
+  if (shortfall > 0) policy.mem.grow(Math.ceil(shortfall / WASM_PAGE));
+  const { written } = encoder.encodeInto(json, new Uint8Array(policy.mem.buffer, inputAddr));
+  const resultAddr = opaEval(0, entrypoint, policy.dataAddr, inputAddr, written, inputAddr + written, 0);
+  // Evaluation may have grown the memory, which detaches any earlier view of it.
+  const heap = new Uint8Array(policy.mem.buffer);
+  const end = heap.indexOf(0, resultAddr);
+  return JSON.parse(decoder.decode(heap.subarray(resultAddr, end < 0 ? heap.length : end)));
+}
+
+// The SDK takes an ArrayBuffer as already-serialised JSON, all of it: it must be exactly the bytes.
+function exactBuffer(bytes: Uint8Array<ArrayBuffer>): ArrayBuffer {
+  return bytes.buffer.byteLength === bytes.byteLength ? bytes.buffer : bytes.slice().buffer;
+}
+
+function run(active: Active, json: string): Decision {
   let resultSet: unknown;
   try {
-    // Copy into an exact-size ArrayBuffer: the SDK takes ArrayBuffer input as already-serialised JSON.
-    resultSet = active.policy.evaluate(input.buffer.byteLength === input.byteLength ? input.buffer : input.slice().buffer, active.entrypoint);
+    resultSet = active.opaEval
+      ? evaluateRaw(active.policy, active.opaEval, active.entrypoint, json)
+      : active.policy.evaluate(exactBuffer(encoder.encode(json)), active.entrypoint);
   } catch (cause) {
     return denyWith([{ code: 'policy_error', message: `policy evaluation failed: ${describe(cause)}` }]);
   }
@@ -136,6 +240,12 @@ function run(active: Active, input: Uint8Array): Decision {
   return checkDecision((resultSet[0] as { result?: unknown }).result);
 }
 
+/** `{"catalog":…,` + the members of `json` (an object's JSON, as the gate builds it). */
+function spliceCatalog(json: string, catalogJson: string): string {
+  const body = json.trim();
+  return body === '{}' ? `{"catalog":${catalogJson}}` : `{"catalog":${catalogJson},${body.slice(1)}`;
+}
+
 export async function createPolicyEngine(options: PolicyEngineOptions): Promise<PolicyEngine> {
   const logger = options.logger ?? silentLogger;
   let active: Active | null = null;
@@ -143,15 +253,30 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
   let watcher: FSWatcher | null = null;
   let debounce: NodeJS.Timeout | null = null;
   let reloading: Promise<unknown> = Promise.resolve();
+  let runtime: RuntimeData | null = options.runtimeData ?? null;
+  // Spliced into inputs for a bundle that does not read the catalog from data.
+  let runtimeCatalogJson: string | null = runtime ? JSON.stringify(runtime.catalog) : null;
+
+  /** Loads the runtime data into a policy; synchronous, so no evaluation sees it half done. */
+  function applyRuntime(target: Active, data: RuntimeData | null): void {
+    const layer: RuntimeLayer = data ? { catalog: data.catalog } : {};
+    if (target.configChecked) layer.configChecked = true;
+    target.policy.setData(dataWithRuntime(target.bundleData, layer));
+  }
 
   async function load(): Promise<{ ok: true; revision: string } | { ok: false; error: PolicyError }> {
     try {
       const bundle = 'bundle' in options.source ? options.source.bundle : await options.readBundle(options.source.path);
       const next = await instantiate(bundle);
+      try {
+        applyRuntime(next, runtime);
+      } catch (cause) {
+        throw new PolicyError('POLICY_LOAD_FAILED', `bundle ${next.revision} could not take the runtime data: ${describe(cause)}`, { cause });
+      }
       const previous = active?.revision ?? null;
       active = next; // the swap: evaluate() is synchronous, so no evaluation ever sees half a bundle
       lastError = null;
-      if (previous !== next.revision) logger.info('policy bundle loaded', { revision: next.revision, previous });
+      if (previous !== next.revision) logger.info('policy bundle loaded', { revision: next.revision, previous, readsRuntimeCatalog: next.readsRuntimeCatalog });
       return { ok: true, revision: next.revision };
     } catch (cause) {
       const error =
@@ -165,15 +290,47 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     }
   }
 
-  function evaluateBytes(bytes: Uint8Array): EvaluationResult {
+  function evaluateText(json: string): EvaluationResult {
     const current = active;
     if (!current) {
       const why = lastError ? lastError.message : 'no policy bundle is loaded';
       return { decision: denyWith([{ code: 'policy_unavailable', message: `admission fails closed: ${why}` }]), revision: null, evalMicros: 0 };
     }
     const started = process.hrtime.bigint();
-    const decision = run(current, bytes);
+    const decision = run(current, json);
     return { decision, revision: current.revision, evalMicros: Number(process.hrtime.bigint() - started) / 1000 };
+  }
+
+  function evaluateWithoutCatalog(json: string): EvaluationResult {
+    const current = active;
+    if (current && runtimeCatalogJson === null) {
+      return { decision: denyWith([{ code: 'policy_unavailable', message: 'admission fails closed: the engine was given no runtime catalog' }]), revision: current.revision, evalMicros: 0 };
+    }
+    if (!current || current.readsRuntimeCatalog) return evaluateText(json);
+    return evaluateText(spliceCatalog(json, runtimeCatalogJson ?? 'null'));
+  }
+
+  function setRuntimeData(data: RuntimeData): void {
+    const current = active;
+    const catalogJson = JSON.stringify(data.catalog);
+    if (current) {
+      try {
+        applyRuntime(current, data);
+      } catch (cause) {
+        try {
+          applyRuntime(current, runtime);
+        } catch {
+          // The policy's data is in an unknown state: stop serving rather than decide on it.
+          active = null;
+        }
+        const error = new PolicyError('POLICY_LOAD_FAILED', `runtime data could not be loaded into bundle ${current.revision}: ${describe(cause)}`, { cause });
+        if (!active) lastError = error;
+        logger.error(active ? 'runtime data rejected; previous runtime data keeps serving' : 'runtime data could not be loaded; denying every spawn', { error: error.message });
+        throw error;
+      }
+    }
+    runtime = data;
+    runtimeCatalogJson = catalogJson;
   }
 
   const reload = () => {
@@ -203,8 +360,13 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
   }
 
   return {
-    evaluate: (input) => evaluateBytes(encoder.encode(JSON.stringify(input))),
-    evaluateJson: (json) => evaluateBytes(encoder.encode(json)),
+    evaluate: (input) => evaluateText(JSON.stringify(input)),
+    evaluateJson: evaluateText,
+    evaluateJsonWithoutCatalog: evaluateWithoutCatalog,
+    setRuntimeData,
+    get readsRuntimeCatalog() {
+      return active?.readsRuntimeCatalog ?? false;
+    },
     get revision() {
       return active?.revision ?? null;
     },

@@ -14,7 +14,7 @@ import type { ReservationRecord, ReservationStore, ReserveRejection } from './st
 import type { AdmissionInput, AllowDecision, Decision, DenyDecision } from './types.js';
 import type { SpawngateConfig } from '../config/index.js';
 import { buildCatalog, defaultConfig, loadConfigFile, parseConfig, resolveSelection } from '../config/index.js';
-import type { Context } from '@opentelemetry/api';
+import type { Context, Span } from '@opentelemetry/api';
 import type { Logger } from '../log.js';
 import { jsonLogger } from '../log.js';
 import type { Metrics } from '../telemetry/metrics.js';
@@ -90,6 +90,17 @@ function rejectionToDeny(decision: AllowDecision, rejection: ReserveRejection): 
   return { ...decision, allow: false, reasons: [{ code: rejection.code, message }] };
 }
 
+/** Builds a span's attributes only when it records them: without a tracer SDK, every span is a no-op. */
+function annotate(span: Span, attributes: () => Record<string, string | number | boolean | null | undefined>): void {
+  let recording: boolean;
+  try {
+    recording = span.isRecording();
+  } catch {
+    return; // telemetry must never break a spawn
+  }
+  if (recording) setAttributes(span, attributes());
+}
+
 async function resolveConfig(config: AdmissionOptions['config']): Promise<SpawngateConfig> {
   if (config === undefined) return defaultConfig();
   if (typeof config === 'string') return loadConfigFile(config);
@@ -117,6 +128,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     readBundle,
     watch: typeof bundleOption === 'string' && (options.watchBundle ?? true),
     logger,
+    runtimeData: { catalog: prepared.catalog },
   });
   let store: ReservationStore;
   let decisionLog: DecisionLog | null;
@@ -137,13 +149,13 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     const request = parseSpawnRequest(raw);
     return inSpan(SPAN.admission, parent ?? parentContext(request.traceparent), { 'spawngate.agent_id': request.agentId }, async (span) => {
       const result = await evaluate(request);
-      setAttributes(span, {
+      annotate(span, () => ({
         'spawngate.decision': result.decision.allow ? 'allow' : 'deny',
         'spawngate.reason': result.decision.reasons[0]?.code,
         'spawngate.backend': result.decision.backend,
         'spawngate.profile': result.decision.profile,
         'spawngate.bundle_revision': result.bundleRevision,
-      });
+      }));
       return result;
     });
   }
@@ -156,7 +168,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       channel: caller.channel,
       user: caller.user,
     });
-    const usage = await readUsage(store, prepared, caller.user.id, caller.channel.id);
+    const usage = await readUsage(store, prepared, resolved.backend, caller.user.id, caller.channel.id);
     const partial = {
       request: { runtime: request.runtime, agentId: request.agentId, execution: request.execution, task: request.task, label: request.label },
       caller: {
@@ -171,7 +183,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       now: clock().toISOString(),
     };
     const input: AdmissionInput = { ...partial, catalog: prepared.catalog };
-    const evaluation = policy.evaluateJson(serializeInput(partial, prepared));
+    const evaluation = policy.evaluateJsonWithoutCatalog(serializeInput(partial));
     const result: AdmitResult = {
       decisionId: randomUUID(),
       decision: evaluation.decision,
@@ -259,12 +271,12 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
         },
       });
       if (!outcome.ok) {
-        setAttributes(span, { 'spawngate.decision': 'deny', 'spawngate.reason': outcome.code });
+        annotate(span, () => ({ 'spawngate.decision': 'deny', 'spawngate.reason': outcome.code }));
         const deniedResult = { ...result, stage: 'reservation' as const, decision: rejectionToDeny(decision, outcome) };
         logDecision(deniedResult, 0);
         return { ...deniedResult, allowed: false, reservation: null };
       }
-      setAttributes(span, { 'spawngate.decision': 'allow', 'spawngate.reservation_id': outcome.record.id });
+      annotate(span, () => ({ 'spawngate.decision': 'allow', 'spawngate.reservation_id': outcome.record.id }));
       return { ...result, allowed: true, decision, reservation: makeReservation(outcome.record) };
     });
   }

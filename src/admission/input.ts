@@ -6,60 +6,69 @@ export const RECENT_WINDOW_SECONDS = 60;
 
 type Catalog = AdmissionInput['catalog'];
 
-/**
- * Everything about the catalog that does not change between requests, computed once per config:
- * its JSON (the largest part of every input) and the slot keys whose counts feed `usage`.
- */
-export interface PreparedCatalog {
-  catalog: Catalog;
-  json: string;
-  backends: string[];
+interface PreparedBackend {
+  slot: SlotKey;
   /** "<backend>/<profile>" */
   profiles: string[];
 }
 
-export function prepareCatalog(catalog: Catalog): PreparedCatalog {
-  const backends = Object.keys(catalog.backends);
-  const profiles = backends.flatMap((b) => Object.keys(catalog.backends[b]?.profiles ?? {}).map((p) => `${b}/${p}`));
-  return { catalog, json: JSON.stringify(catalog), backends, profiles };
+/** Everything about the catalog that does not change between requests, computed once per config. */
+export interface PreparedCatalog {
+  catalog: Catalog;
+  /** By backend name; a Map so that a caller-chosen name never reaches Object.prototype. */
+  backends: ReadonlyMap<string, PreparedBackend>;
 }
 
-export async function readUsage(store: ReservationStore, prepared: PreparedCatalog, userId: string, channelId: string): Promise<Usage> {
-  const keys: SlotKey[] = [slotKey('total', '*'), slotKey('user', userId), slotKey('channel', channelId)];
-  for (const b of prepared.backends) keys.push(slotKey('backend', b));
-  for (const p of prepared.profiles) {
-    keys.push(slotKey('profile', p), slotKey('profile_user', `${p}/${userId}`), slotKey('profile_channel', `${p}/${channelId}`));
+export function prepareCatalog(catalog: Catalog): PreparedCatalog {
+  const backends = new Map<string, PreparedBackend>();
+  for (const [name, backend] of Object.entries(catalog.backends)) {
+    backends.set(name, { slot: slotKey('backend', name), profiles: Object.keys(backend.profiles).map((p) => `${name}/${p}`) });
   }
-  const [counts, recent] = await Promise.all([
-    store.counts(keys),
-    store.recent([slotKey('user', userId), slotKey('channel', channelId)], RECENT_WINDOW_SECONDS * 1000),
-  ]);
+  return { catalog, backends };
+}
+
+/**
+ * Current counts for `usage`. Only the resolved backend's backend and profile entries are read:
+ * the policy can move a spawn to another profile of that backend (build placement) but never to
+ * another backend, and a missing entry counts 0 there as here (docs/policy.md, "Runtime data").
+ */
+export async function readUsage(store: ReservationStore, prepared: PreparedCatalog, backendName: string | null, userId: string, channelId: string): Promise<Usage> {
+  const totalKey = slotKey('total', '*');
+  const userKey = slotKey('user', userId);
+  const channelKey = slotKey('channel', channelId);
+  const backend = backendName === null ? undefined : prepared.backends.get(backendName);
+  const profiles = (backend?.profiles ?? []).map((p) => ({
+    name: p,
+    profile: slotKey('profile', p),
+    user: slotKey('profile_user', `${p}/${userId}`),
+    channel: slotKey('profile_channel', `${p}/${channelId}`),
+  }));
+  const keys: SlotKey[] = [totalKey, userKey, channelKey];
+  if (backend) keys.push(backend.slot);
+  for (const p of profiles) keys.push(p.profile, p.user, p.channel);
+  const [counts, recent] = await Promise.all([store.counts(keys), store.recent([userKey, channelKey], RECENT_WINDOW_SECONDS * 1000)]);
   const at = (k: SlotKey) => counts.get(k) ?? 0;
   const usage: Usage = {
-    total: at(slotKey('total', '*')),
-    user: at(slotKey('user', userId)),
-    channel: at(slotKey('channel', channelId)),
+    total: at(totalKey),
+    user: at(userKey),
+    channel: at(channelKey),
     backends: {},
     profiles: {},
     userProfiles: {},
     channelProfiles: {},
-    recent: {
-      windowSeconds: RECENT_WINDOW_SECONDS,
-      user: recent.get(slotKey('user', userId)) ?? 0,
-      channel: recent.get(slotKey('channel', channelId)) ?? 0,
-    },
+    recent: { windowSeconds: RECENT_WINDOW_SECONDS, user: recent.get(userKey) ?? 0, channel: recent.get(channelKey) ?? 0 },
   };
-  for (const b of prepared.backends) usage.backends[b] = at(slotKey('backend', b));
-  for (const p of prepared.profiles) {
-    usage.profiles[p] = at(slotKey('profile', p));
-    usage.userProfiles[p] = at(slotKey('profile_user', `${p}/${userId}`));
-    usage.channelProfiles[p] = at(slotKey('profile_channel', `${p}/${channelId}`));
+  if (backend && backendName !== null) usage.backends[backendName] = at(backend.slot);
+  for (const p of profiles) {
+    usage.profiles[p.name] = at(p.profile);
+    usage.userProfiles[p.name] = at(p.user);
+    usage.channelProfiles[p.name] = at(p.channel);
   }
   return usage;
 }
 
-/** The input as JSON, splicing in the catalog's cached JSON instead of serialising it again. */
-export function serializeInput(input: Omit<AdmissionInput, 'catalog'>, prepared: PreparedCatalog): string {
+/** The input as JSON without the catalog, which the engine holds as runtime data (PolicyEngine.evaluateJsonWithoutCatalog). */
+export function serializeInput(input: Omit<AdmissionInput, 'catalog'>): string {
   const { request, caller, resolved, usage, now } = input;
-  return `{"request":${JSON.stringify(request)},"caller":${JSON.stringify(caller)},"resolved":${JSON.stringify(resolved)},"catalog":${prepared.json},"usage":${JSON.stringify(usage)},"now":${JSON.stringify(now)}}`;
+  return JSON.stringify({ request, caller, resolved, usage, now });
 }

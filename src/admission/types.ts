@@ -38,6 +38,11 @@ export interface AdmissionInput {
   };
   /** The selection before policy: explicit > binding > agent default > global default > backend default. */
   resolved: { backend: string | null; profile: string | null; source: SelectionSource };
+  /**
+   * The engine's gate path sends the input without it and keeps it in the policy's data at
+   * `data.spawngate.runtime.catalog`; a policy reads `input.catalog` when present, else that
+   * (docs/policy.md, "Runtime data").
+   */
   catalog: { backends: Record<string, CatalogBackend> };
   usage: Usage;
   now: string;
@@ -69,6 +74,11 @@ export interface CatalogProfile {
   maxConcurrent: { profile: number | null; backend: number | null; channel: number | null; user: number | null };
 }
 
+/**
+ * `backends`, `profiles`, `userProfiles` and `channelProfiles` hold the resolved backend's entries
+ * only (none when it is unset or unknown): a policy places a spawn on a profile of that backend or
+ * nowhere, and a missing entry counts 0.
+ */
 export interface Usage {
   total: number;
   user: number;

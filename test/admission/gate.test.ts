@@ -155,6 +155,33 @@ describe('admission gate', () => {
     expect(dry).toMatchObject({ stage: 'reservation', decision: { allow: false, reasons: [{ code: 'rate_limit_user' }] } });
   });
 
+  it('sends the policy only the resolved backend\'s usage, and decides as the policy does on the full input', async () => {
+    const g = await gate(capped);
+    const held = await g.reserve({ agentId: 'echo', task: 't', caller: caller() });
+    expect(held.allowed).toBe(true);
+    const onLocal = await g.admit({ agentId: 'codex', task: 'npm test', caller: caller({ channel: { id: 'telegram:2', kind: 'telegram' } }) });
+    expect(onLocal.input.usage).toMatchObject({
+      total: 1,
+      user: 1,
+      backends: { local: 1 },
+      profiles: { 'local/small': 1, 'local/build': 0, 'local/chat': 0, 'local/wide': 0 },
+      userProfiles: { 'local/small': 1, 'local/build': 0 },
+      channelProfiles: { 'local/small': 0 },
+    });
+    expect(Object.keys(onLocal.input.usage.backends)).toEqual(['local']);
+    expect(Object.keys(onLocal.input.usage.profiles)).toEqual(['local/small', 'local/build', 'local/chat', 'local/wide']);
+    const onOther = await g.admit({ agentId: 'codex', task: 't', execution: { backend: 'other' }, caller: caller() });
+    expect(onOther.input.usage).toMatchObject({ total: 1, user: 1, backends: { other: 0 }, profiles: { 'other/default': 0 } });
+    expect(Object.keys(onOther.input.usage.profiles)).toEqual(['other/default']);
+    const unknown = await g.admit({ agentId: 'codex', task: 't', execution: { backend: 'nope' }, caller: caller() });
+    expect(unknown.input.usage).toMatchObject({ backends: {}, profiles: {}, userProfiles: {}, channelProfiles: {} });
+    expect(unknown.decision.reasons[0]?.code).toBe('unknown_backend');
+    // The gate leaves the catalog out of what it sends (the engine holds it); the full input decides alike.
+    for (const res of [onLocal, onOther, unknown]) expect(g.policy.evaluate(res.input).decision).toEqual(res.decision);
+    expect(Object.keys(onLocal.input.catalog.backends)).toEqual(['local', 'other']);
+    await held.reservation?.release();
+  });
+
   it('1,000 concurrent reserves against a cap of 5 admit exactly 5; after release the slots are reusable', async () => {
     const g = await gate({ agents: { executionBackends: { l: { type: 'process', profiles: { p: { maxConcurrent: { profile: 5 } } } } } } });
     const request = (i: number) => ({ agentId: 'echo', task: 't', caller: caller({ user: { id: `u${i}`, roles: [] }, channel: { id: `c${i}`, kind: 'telegram' } }) });

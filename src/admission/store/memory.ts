@@ -22,6 +22,18 @@ export interface MemoryStoreOptions {
  * check-then-take in `take` is synchronous, so no other reserve can interleave with it. Only a
  * single gateway process may share it; several gateways need the Redis store.
  */
+/** Index of the first stamp > `t` in ascending `stamps` (they are appended in time order). */
+function firstAfter(stamps: readonly number[], t: number): number {
+  let lo = 0;
+  let hi = stamps.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if ((stamps[mid] ?? 0) > t) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
 export function createMemoryStore(options: MemoryStoreOptions = {}): ReservationStore {
   const now = options.now ?? Date.now;
   const logger = options.logger ?? silentLogger;
@@ -59,8 +71,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
   function prune(key: SlotKey, at: number): number[] | undefined {
     const stamps = history.get(key);
     if (!stamps) return undefined;
-    let drop = 0;
-    while (drop < stamps.length && (stamps[drop] ?? 0) <= at - retention) drop++;
+    const drop = firstAfter(stamps, at - retention);
     if (drop > 0) stamps.splice(0, drop);
     if (stamps.length === 0) {
       history.delete(key);
@@ -120,7 +131,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
         new Map(
           keys.map((k) => {
             const stamps = prune(k, at) ?? [];
-            return [k, stamps.filter((t) => t > at - windowMs).length];
+            return [k, stamps.length - firstAfter(stamps, at - windowMs)];
           }),
         ),
       );
