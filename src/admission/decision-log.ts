@@ -6,6 +6,8 @@ export interface DecisionLogEntry {
   decision_id: string;
   time: string;
   bundle_revision: string | null;
+  /** sha256 of the catalog (the config the decision saw), which the logged input leaves out; with the bundle revision it makes a line replayable. */
+  catalog_revision: string;
   /** Which step produced `result`: the policy itself, or the reservation store enforcing its limits. */
   stage: 'policy' | 'reservation';
   input: unknown;

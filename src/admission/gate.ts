@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import type { DecisionLog } from './decision-log.js';
 import { fileDecisionLog, redactInput, streamDecisionLog } from './decision-log.js';
@@ -121,6 +121,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   const clock = options.clock ?? (() => new Date());
   const config = await resolveConfig(options.config);
   const prepared: PreparedCatalog = prepareCatalog(buildCatalog(config));
+  const catalogRevision = createHash('sha256').update(JSON.stringify(prepared.catalog)).digest('hex');
   const bundleOption = options.bundle ?? config.spawngate?.bundle ?? SHIPPED_BUNDLE;
   // The engine never throws (it fails closed), so it goes first; what follows may throw and must not leak it.
   const policy = await createPolicyEngine({
@@ -204,6 +205,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
         decision_id: result.decisionId,
         time: clock().toISOString(),
         bundle_revision: result.bundleRevision,
+        catalog_revision: catalogRevision,
         stage: result.stage,
         input: redactInput(result.input),
         result: result.decision,

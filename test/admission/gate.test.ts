@@ -203,6 +203,7 @@ describe('admission gate', () => {
     const entry = log.entries[0]!;
     expect(entry).toMatchObject({ decision_id: res.decisionId, bundle_revision: (await readBundle(SHIPPED_BUNDLE)).revision, stage: 'policy', result: { allow: true } });
     expect(Date.parse(entry.time)).not.toBeNaN();
+    expect(entry.catalog_revision).toMatch(/^[0-9a-f]{64}$/);
     const text = JSON.stringify(entry.input);
     expect(text).not.toContain('sk-abcdefghijklmnopqrstuvwxyz123456');
     expect(text).not.toContain('abcdefghijklmnop1234');
