@@ -49,4 +49,9 @@ step "bundle: committed bundles/spawngate.tar.gz matches policies/"
 node bin/spawngate.js policy build --check
 
 step "tests"
-npx vitest run
+mkdir -p .cache
+status=0
+npx vitest run --reporter=default --reporter=json --outputFile.json=.cache/vitest-results.json || status=$?
+# One plain closing line, whatever reads this log.
+node -e 'const r=require("./.cache/vitest-results.json");console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests+r.numTodoTests} skipped`)' || true
+exit "$status"
