@@ -498,6 +498,22 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           }
           report.removed.push(item);
         }
+        // A live worker its backend no longer has (removed by hand, node lost): close it so its slots come back.
+        const listed = new Set(found.map((w) => w.ref.spawnId));
+        for (const [spawnId, entry] of [...live]) {
+          if (entry.handle.backend !== name || listed.has(spawnId)) continue;
+          const item: SweepEntry = { spawnId, backend: name, nativeId: entry.ref.nativeId, reason: 'exited', deleted: false };
+          if (!dryRun) {
+            try {
+              await closeSpawn(spawnId, 'failed');
+              item.deleted = true;
+              safely(() => metrics.sweeperDeletions.inc({ backend: name, reason: 'exited' }));
+            } catch (err) {
+              item.error = (err as Error).message;
+            }
+          }
+          report.removed.push(item);
+        }
       }
       setAttributes(span, { 'spawngate.sweep.removed': report.removed.length, 'spawngate.sweep.kept': report.kept });
     });
