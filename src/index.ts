@@ -16,5 +16,6 @@ export type { WorkerHandle, SpawnStatus, SpawnProgress, SweepReport, ListedSpawn
 export * from './config/index.js';
 export { createMetrics, type Metrics } from './telemetry/metrics.js';
 export { SPAN } from './telemetry/tracing.js';
+export * from './server/index.js';
 export * from './errors.js';
 export { jsonLogger, silentLogger, type Logger } from './log.js';

@@ -3,6 +3,7 @@ import { configSchemaCommand, configValidateCommand } from './commands/config.js
 import { doctorCommand } from './commands/doctor.js';
 import { policyBuildCommand, policyEvalCommand, policyTestCommand } from './commands/policy.js';
 import { workerCommand } from './commands/worker.js';
+import { serveCommand } from './commands/serve.js';
 import { imageBuildCommand } from './commands/image.js';
 import { closeCommand, logsCommand, lsCommand, spawnCommand, statusCommand, sweepCommand } from './commands/sessions.js';
 import type { Command, Io } from './framework.js';
@@ -25,6 +26,7 @@ const commands: Command[] = [
   imageBuildCommand,
   doctorCommand,
   workerCommand,
+  serveCommand,
 ];
 
 function overview(): string {

@@ -180,8 +180,10 @@ interface JsonFault {
 }
 
 class JsonFaultSignal extends Error {
-  constructor(readonly fault: JsonFault) {
+  readonly fault: JsonFault;
+  constructor(fault: JsonFault) {
     super(fault.message);
+    this.fault = fault;
   }
 }
 

@@ -320,7 +320,9 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     } catch (err) {
       recordError(span, err);
       // A stream that breaks off usually means the worker died under us; the status check below decides.
-      crashed = true;
+      // A busy worker (409) or the caller's own abort says nothing about the worker's health.
+      const code = (err as { code?: unknown }).code;
+      crashed = !turnOptions.signal?.aborted && code !== 'WORKER_BUSY' && code !== 'WORKER_UNAUTHORIZED';
       throw err;
     } finally {
       setAttributes(span, { 'spawngate.turn_outcome': outcome });

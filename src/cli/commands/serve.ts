@@ -1,0 +1,74 @@
+import { jsonLogger } from '../../log.js';
+import type { ServerListen } from '../../server/index.js';
+import { createServer } from '../../server/index.js';
+import { createSpawngate } from '../../spawngate.js';
+import type { Command } from '../framework.js';
+import { EXIT, str } from '../framework.js';
+
+const DEFAULT_PORT = 8080;
+const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
+type LogLevel = (typeof LOG_LEVELS)[number];
+
+function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const signals: NodeJS.Signals[] = ['SIGTERM', 'SIGINT'];
+    const onSignal = (signal: NodeJS.Signals): void => {
+      // Only the first one is ours: a second Ctrl-C gets Node's default and ends the process at once.
+      for (const s of signals) process.off(s, onSignal);
+      resolve(signal);
+    };
+    for (const s of signals) process.on(s, onSignal);
+  });
+}
+
+export const serveCommand: Command = {
+  name: 'serve',
+  summary: 'Run the HTTP API for gateways (/v1, /healthz, /metrics); bearer token from SPAWNGATE_API_TOKEN.',
+  usage: 'SPAWNGATE_API_TOKEN=… spawngate serve [--config FILE] [--bundle FILE] [--port N [--host H] | --socket PATH]',
+  options: {
+    config: { type: 'string', short: 'c' },
+    bundle: { type: 'string' },
+    port: { type: 'string', short: 'p' },
+    host: { type: 'string' },
+    socket: { type: 'string' },
+  },
+  async run({ values, io }) {
+    const usage = (message: string): number => {
+      io.stderr.write(`spawngate serve: ${message}\n`);
+      return EXIT.usage;
+    };
+    const socketPath = str(values, 'socket');
+    const portText = str(values, 'port');
+    const host = str(values, 'host');
+    if (socketPath !== undefined && (portText !== undefined || host !== undefined)) return usage('--socket cannot be combined with --port or --host');
+    const port = Number(portText ?? DEFAULT_PORT);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) return usage('--port must be an integer from 0 to 65535');
+    const token = io.env['SPAWNGATE_API_TOKEN'] || undefined;
+    if (token === undefined && socketPath === undefined) return usage('set SPAWNGATE_API_TOKEN: the API refuses TCP without a bearer token (only --socket may go without one)');
+    const levelText = io.env['SPAWNGATE_LOG_LEVEL'] ?? 'info';
+    if (!(LOG_LEVELS as readonly string[]).includes(levelText)) return usage(`SPAWNGATE_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}`);
+    const listen: ServerListen = socketPath !== undefined ? { socketPath } : { port, ...(host ? { host } : {}) };
+
+    // Log lines go to stderr; stdout carries only the listening/stopped events a supervisor reads.
+    const logger = jsonLogger(levelText as LogLevel, (line) => io.stderr.write(line));
+    const config = str(values, 'config');
+    const bundle = str(values, 'bundle');
+    const gate = await createSpawngate({ ...(config ? { config } : {}), ...(bundle ? { bundle } : {}), logger });
+    let server;
+    try {
+      server = await createServer({ gate, listen, logger, ...(token === undefined ? {} : { token }) });
+    } catch (err) {
+      await gate.shutdown();
+      throw err;
+    }
+    const signalled = waitForSignal();
+    io.stdout.write(`${JSON.stringify({ event: 'listening', ...server.address, pid: process.pid, owner: gate.owner, bundleRevision: gate.policy.revision })}\n`);
+    const signal = await signalled;
+    logger.info('shutting down', { signal });
+    // Turn streams end first (cancelled), then the gate closes every worker it still runs.
+    await server.close();
+    await gate.shutdown();
+    io.stdout.write(`${JSON.stringify({ event: 'stopped', signal })}\n`);
+    return EXIT.ok;
+  },
+};

@@ -1,0 +1,2 @@
+export { createServer, DEFAULT_MAX_BODY_BYTES, type RunningServer, type ServedGate, type ServerListen, type ServerOptions } from './server.js';
+export { errorReply, HTTP_ERROR_STATUS, HTTP_STATUS, httpErrorBody, type ErrorBody, type HttpErrorCode } from './errors.js';

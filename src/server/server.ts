@@ -1,0 +1,512 @@
+import { chmod, lstat, unlink } from 'node:fs/promises';
+import { createServer as createHttpServer } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { connect } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { z } from 'zod';
+import type { SpawnRequestInput } from '../admission/request.js';
+import { errorMap, toIssues } from '../config/issues.js';
+import { ConfigError, RequestError, SpawngateError } from '../errors.js';
+import type { Issue } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Spawngate } from '../spawngate.js';
+import { BodyTooLargeError, parseTraceparent, readBody, sendJson, tokenVerifier } from '../worker/http.js';
+import type { WorkerEvent } from '../worker/events.js';
+import { errorReply, httpErrorBody } from './errors.js';
+import type { HttpErrorCode } from './errors.js';
+import { HTTP_ERROR_STATUS } from './errors.js';
+
+export type ServerListen = { port: number; host?: string } | { socketPath: string };
+
+/** The parts of a gate the API calls; a full `Spawngate` is one. */
+export type ServedGate = Pick<
+  Spawngate,
+  'admit' | 'spawn' | 'get' | 'turn' | 'cancel' | 'status' | 'logs' | 'close' | 'list' | 'sweep' | 'metrics' | 'policy' | 'logger'
+>;
+
+export interface ServerOptions {
+  gate: ServedGate;
+  /**
+   * Bearer token every /v1 request must carry. Required on TCP; on a unix socket it may be left out,
+   * and then the socket's file mode (0600) is the access control.
+   */
+  token?: string;
+  /** TCP (host defaults to 127.0.0.1) or a unix socket path. */
+  listen: ServerListen;
+  /** Default: the gate's logger. */
+  logger?: Logger;
+  /** Largest request body; default 1 MiB. */
+  maxBodyBytes?: number;
+  /** How long close() lets open requests and turn streams finish before cutting them off; default 10 s. */
+  drainTimeoutMs?: number;
+}
+
+export interface RunningServer {
+  readonly address: { url: string } | { socketPath: string };
+  /** Stops accepting, cancels open turns so their streams end with turn.cancelled, then closes every connection. Idempotent. */
+  close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
+const MAX_LOG_TAIL = 100_000;
+const SPAWN_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+const TURN_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+type Method = 'GET' | 'POST' | 'DELETE';
+
+interface Reply {
+  status: number;
+  body?: unknown;
+  headers?: Record<string, string>;
+}
+
+interface RequestContext {
+  req: IncomingMessage;
+  res: ServerResponse;
+  url: URL;
+  spawnId: string;
+  body: string;
+  /** Aborts when the client goes away before its response is complete. */
+  signal: AbortSignal;
+}
+
+/** null: the handler wrote the response itself (a stream). */
+type Handler = (ctx: RequestContext) => Promise<Reply | null>;
+
+interface Route {
+  pattern: RegExp;
+  /** Served without a token: load balancers and Prometheus scrape these. */
+  public?: boolean;
+  methods: Partial<Record<Method, Handler>>;
+}
+
+interface OpenTurn {
+  spawnId: string;
+}
+
+const turnBodySchema = z.strictObject({
+  message: z.string().refine((v) => v.trim() !== '', { message: 'must not be empty' }),
+  turnId: z.string().regex(TURN_ID, { message: 'must be 1-128 characters of A-Z a-z 0-9 . _ : -' }).optional(),
+});
+
+const sweepBodySchema = z.strictObject({
+  dryRun: z.boolean().optional(),
+  orphans: z.boolean().optional(),
+});
+
+function parseJson(text: string, emptyAsObject: boolean): unknown {
+  if (emptyAsObject && text.trim() === '') return {};
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (cause) {
+    const message = `not valid JSON: ${(cause as Error).message}`;
+    throw new RequestError(`request body is ${message}`, [{ path: '(root)', message }], { cause });
+  }
+}
+
+function parseWith<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  const result = schema.safeParse(value, { error: errorMap });
+  if (result.success) return result.data;
+  const issues = toIssues(result.error);
+  throw new RequestError(`invalid ${what}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** The gateway's trace continues through the header when the body does not name one itself. */
+function withTraceparent(body: unknown, header: string | string[] | undefined): unknown {
+  const trace = parseTraceparent(header);
+  if (!trace || !isRecord(body) || body['traceparent'] !== undefined) return body;
+  return { ...body, traceparent: trace.traceparent };
+}
+
+function queryFlag(url: URL, name: string): boolean {
+  const value = url.searchParams.get(name);
+  if (value === null || value === 'false' || value === '0') return false;
+  if (value === 'true' || value === '1' || value === '') return true;
+  throw new RequestError(`query parameter ${name} must be true or false`, [{ path: `query.${name}`, message: 'must be true or false' }]);
+}
+
+function notFound(spawnId: string): SpawngateError {
+  return new SpawngateError('SPAWN_NOT_FOUND', `no worker ${spawnId}`);
+}
+
+/** Waits until the line is handed to the socket, so a slow reader slows the stream instead of growing memory. */
+function writeLine(res: ServerResponse, value: unknown): Promise<void> {
+  if (res.destroyed || res.writableEnded) return Promise.resolve();
+  if (res.write(`${JSON.stringify(value)}\n`)) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
+
+function within(promise: Promise<unknown>, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    const done = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    promise.then(done, done);
+  });
+}
+
+/** A socket left behind by a crashed server blocks listen(); remove it only if nobody answers on it. */
+async function removeStaleSocket(path: string): Promise<void> {
+  const stat = await lstat(path).catch(() => null);
+  if (!stat?.isSocket()) return;
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (!alive) await unlink(path).catch(() => undefined);
+}
+
+function listenOn(server: Server, where: ServerListen): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error): void => reject(err);
+    server.once('error', onError);
+    const onListening = (): void => {
+      server.off('error', onError);
+      resolve();
+    };
+    if ('socketPath' in where) server.listen({ path: where.socketPath }, onListening);
+    else server.listen(where.port, where.host ?? '127.0.0.1', onListening);
+  });
+}
+
+function validateOptions(options: ServerOptions): void {
+  const issues: Issue[] = [];
+  const { token, listen } = options;
+  if (token !== undefined && (typeof token !== 'string' || !/^\S+$/.test(token))) issues.push({ path: 'token', message: 'must be a non-empty string without whitespace' });
+  if ('socketPath' in listen) {
+    if (typeof listen.socketPath !== 'string' || listen.socketPath === '') issues.push({ path: 'listen.socketPath', message: 'must be a non-empty path' });
+  } else {
+    if (!Number.isInteger(listen.port) || listen.port < 0 || listen.port > 65535) issues.push({ path: 'listen.port', message: 'must be an integer between 0 and 65535' });
+    // Anyone who can reach the port could spawn workers: TCP without a token is refused outright.
+    if (token === undefined) issues.push({ path: 'token', message: 'required when listening on TCP (set SPAWNGATE_API_TOKEN); only a unix socket may go without one' });
+  }
+  if (options.maxBodyBytes !== undefined && (!Number.isInteger(options.maxBodyBytes) || options.maxBodyBytes < 1)) issues.push({ path: 'maxBodyBytes', message: 'must be a positive integer' });
+  if (options.drainTimeoutMs !== undefined && (!Number.isFinite(options.drainTimeoutMs) || options.drainTimeoutMs < 0)) issues.push({ path: 'drainTimeoutMs', message: 'must be a non-negative number of milliseconds' });
+  if (issues.length > 0) throw new ConfigError(`invalid server options: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+}
+
+/**
+ * Starts spawngate's HTTP API (docs/server.md) in front of a gate: admission, spawns, streamed
+ * turns, status, logs, close, list and sweep under /v1, plus /healthz and /metrics. The gate stays
+ * the caller's: close() stops the server, not the gate.
+ */
+export async function createServer(options: ServerOptions): Promise<RunningServer> {
+  validateOptions(options);
+  const { gate } = options;
+  const logger = options.logger ?? gate.logger;
+  const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
+  const isAuthorized = options.token === undefined ? null : tokenVerifier(options.token);
+  const openTurns = new Set<OpenTurn>();
+  const inflight = new Set<Promise<void>>();
+  const requestAborts = new Set<AbortController>();
+  let closing = false;
+  let closePromise: Promise<void> | null = null;
+
+  // ---- handlers ----------------------------------------------------------------------------------
+
+  const healthz: Handler = () => {
+    const bundleRevision = gate.policy.revision;
+    if (closing) return Promise.resolve({ status: 503, body: { status: 'shutting_down', bundleRevision } });
+    // No bundle means every spawn is denied (fail closed); load balancers should see that.
+    if (bundleRevision === null) {
+      return Promise.resolve({ status: 503, body: { status: 'no_policy', bundleRevision, reason: gate.policy.lastError?.message ?? 'no policy bundle is loaded' } });
+    }
+    return Promise.resolve({ status: 200, body: { status: 'ok', bundleRevision } });
+  };
+
+  const metrics: Handler = async ({ res }) => {
+    const { registry } = gate.metrics;
+    const text = await registry.metrics();
+    res.writeHead(200, { 'content-type': registry.contentType, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+    res.end(text);
+    return null;
+  };
+
+  const admit: Handler = async ({ req, body }) => {
+    const request = withTraceparent(parseJson(body, false), req.headers.traceparent);
+    const result = await gate.admit(request as SpawnRequestInput);
+    return { status: 200, body: { decisionId: result.decisionId, stage: result.stage, bundleRevision: result.bundleRevision, decision: result.decision } };
+  };
+
+  const spawn: Handler = async ({ req, body, signal }) => {
+    const request = withTraceparent(parseJson(body, false), req.headers.traceparent);
+    // The client going away aborts the wait for readiness; the lifecycle then removes what it created.
+    const handle = await gate.spawn(request as SpawnRequestInput, { signal });
+    if (signal.aborted) {
+      // Ready just as the caller left: nobody will ever learn this id, so nobody else would close it.
+      await gate.close(handle.spawnId).catch((err: unknown) => logger.error('closing a worker whose caller left failed', { spawnId: handle.spawnId, error: (err as Error).message }));
+      return null;
+    }
+    logger.info('spawned worker', { spawnId: handle.spawnId, backend: handle.backend, profile: handle.profile, nativeId: handle.nativeId });
+    return {
+      status: 201,
+      headers: { location: `/v1/spawns/${encodeURIComponent(handle.spawnId)}` },
+      body: {
+        spawnId: handle.spawnId,
+        agentId: handle.agentId,
+        backend: handle.backend,
+        profile: handle.profile,
+        nativeId: handle.nativeId,
+        expiresAt: handle.expiresAt.toISOString(),
+        decision: handle.decision,
+      },
+    };
+  };
+
+  const list: Handler = async ({ url }) => ({ status: 200, body: { spawns: await gate.list({ allOwners: queryFlag(url, 'all') }) } });
+
+  const status: Handler = async ({ spawnId }) => ({ status: 200, body: await gate.status(spawnId) });
+
+  const logs: Handler = async ({ spawnId, url }) => {
+    const raw = url.searchParams.get('tail');
+    const tail = raw === null ? 200 : Number(raw);
+    if (!Number.isInteger(tail) || tail < 1 || tail > MAX_LOG_TAIL) {
+      throw new RequestError(`tail must be an integer from 1 to ${MAX_LOG_TAIL}`, [{ path: 'query.tail', message: `must be an integer from 1 to ${MAX_LOG_TAIL}` }]);
+    }
+    return { status: 200, body: { lines: await gate.logs(spawnId, tail) } };
+  };
+
+  const close: Handler = async ({ spawnId }) => {
+    await gate.close(spawnId);
+    logger.info('closed worker', { spawnId });
+    return { status: 204 };
+  };
+
+  const cancel: Handler = async ({ spawnId }) => {
+    await gate.cancel(spawnId);
+    return { status: 202, body: { spawnId } };
+  };
+
+  const sweep: Handler = async ({ body }) => {
+    const options = parseWith(sweepBodySchema, parseJson(body, true), 'sweep request');
+    return { status: 200, body: await gate.sweep(options) };
+  };
+
+  const turn: Handler = async ({ res, spawnId, body, signal }) => {
+    const { message, turnId } = parseWith(turnBodySchema, parseJson(body, false), 'turn request');
+    if (!gate.get(spawnId)) throw new SpawngateError('SPAWN_NOT_FOUND', `no live worker ${spawnId}`);
+    // The request's signal is the turn's: a client that goes away drops the worker connection, and the worker cancels.
+    const iterator = gate.turn(spawnId, message, { ...(turnId === undefined ? {} : { turnId }), signal })[Symbol.asyncIterator]();
+    const open: OpenTurn = { spawnId };
+    openTurns.add(open);
+    let finished = false;
+    try {
+      // The status is decided by the first event: a busy worker or a vanished one is still a proper 409/404/502.
+      const first = await iterator.next();
+      if (first.done) {
+        finished = true;
+        throw new SpawngateError('WORKER_PROTOCOL', 'the worker ended the turn stream without any event');
+      }
+      let last: WorkerEvent = first.value;
+      res.writeHead(200, {
+        'content-type': 'application/x-ndjson; charset=utf-8',
+        'cache-control': 'no-store',
+        'x-turn-id': first.value.turnId,
+        // Reverse proxies must pass lines through as they come, not buffer the stream.
+        'x-accel-buffering': 'no',
+        ...(closing ? { connection: 'close' } : {}),
+      });
+      await writeLine(res, first.value);
+      try {
+        for (;;) {
+          const next = await iterator.next();
+          if (next.done) break;
+          last = next.value;
+          await writeLine(res, next.value);
+        }
+        finished = true;
+      } catch (err) {
+        finished = true;
+        if (signal.aborted) return null;
+        // Headers are gone: the failure can only be told in the stream, as the terminal line it lacks.
+        const failure = errorReply(err).body.error;
+        logger.warn('turn stream from the worker broke', { spawnId, error: failure.message });
+        await writeLine(res, {
+          type: 'turn.failed',
+          turnId: last.turnId,
+          seq: last.seq + 1,
+          time: new Date().toISOString(),
+          error: { code: 'stream_broken', message: failure.message, spawngateCode: failure.code },
+        });
+      }
+      res.end();
+      return null;
+    } finally {
+      openTurns.delete(open);
+      // Leaving early drops the worker connection, which is how the worker learns to cancel the turn.
+      if (!finished) await iterator.return?.(undefined).catch(() => undefined);
+    }
+  };
+
+  const routes: Route[] = [
+    { pattern: /^\/healthz$/, public: true, methods: { GET: healthz } },
+    { pattern: /^\/metrics$/, public: true, methods: { GET: metrics } },
+    { pattern: /^\/v1\/admit$/, methods: { POST: admit } },
+    { pattern: /^\/v1\/sweep$/, methods: { POST: sweep } },
+    { pattern: /^\/v1\/spawns$/, methods: { GET: list, POST: spawn } },
+    { pattern: /^\/v1\/spawns\/([^/]+)$/, methods: { GET: status, DELETE: close } },
+    { pattern: /^\/v1\/spawns\/([^/]+)\/turns$/, methods: { POST: turn } },
+    { pattern: /^\/v1\/spawns\/([^/]+)\/cancel$/, methods: { POST: cancel } },
+    { pattern: /^\/v1\/spawns\/([^/]+)\/logs$/, methods: { GET: logs } },
+  ];
+
+  // ---- dispatch ----------------------------------------------------------------------------------
+
+  const sendReply = (res: ServerResponse, reply: Reply): void => {
+    if (res.headersSent || res.destroyed) return;
+    const headers = { ...reply.headers, ...(closing ? { connection: 'close' } : {}) };
+    if (reply.body === undefined) {
+      res.writeHead(reply.status, { 'cache-control': 'no-store', ...headers });
+      res.end();
+    } else {
+      sendJson(res, reply.status, reply.body, headers);
+    }
+  };
+
+  const httpError = (res: ServerResponse, code: HttpErrorCode, message: string, headers: Record<string, string> = {}, details: Record<string, unknown> = {}): void =>
+    sendReply(res, { status: HTTP_ERROR_STATUS[code], body: httpErrorBody(code, message, details), headers });
+
+  const handle = async (req: IncomingMessage, res: ServerResponse, signal: AbortSignal): Promise<void> => {
+    const url = new URL(req.url ?? '/', 'http://spawngate');
+    let route: Route | undefined;
+    let match: RegExpExecArray | null = null;
+    for (const candidate of routes) {
+      match = candidate.pattern.exec(url.pathname);
+      if (match) {
+        route = candidate;
+        break;
+      }
+    }
+    // Unknown routes need the token too, so an anonymous caller learns nothing about what exists.
+    if (!route?.public && isAuthorized && !isAuthorized(req)) {
+      req.resume();
+      httpError(res, 'UNAUTHORIZED', 'missing or wrong bearer token', { 'www-authenticate': 'Bearer' });
+      return;
+    }
+    if (!route) {
+      req.resume();
+      httpError(res, 'ROUTE_NOT_FOUND', `no route ${url.pathname}`);
+      return;
+    }
+    const method = req.method === 'HEAD' ? 'GET' : (req.method as Method);
+    const handler = route.methods[method];
+    if (!handler) {
+      req.resume();
+      const allow = Object.keys(route.methods).join(', ');
+      httpError(res, 'METHOD_NOT_ALLOWED', `${url.pathname} accepts ${allow}`, { allow }, { allow: Object.keys(route.methods) });
+      return;
+    }
+    if (closing && !route.public) {
+      req.resume();
+      httpError(res, 'SHUTTING_DOWN', 'the server is shutting down');
+      return;
+    }
+    let body = '';
+    try {
+      body = await readBody(req, maxBodyBytes);
+    } catch (err) {
+      if (err instanceof BodyTooLargeError) httpError(res, 'PAYLOAD_TOO_LARGE', `request body exceeds ${maxBodyBytes} bytes`, { connection: 'close' }, { limit: maxBodyBytes });
+      else res.destroy();
+      return;
+    }
+    let spawnId = '';
+    if (match?.[1] !== undefined) {
+      try {
+        spawnId = decodeURIComponent(match[1]);
+      } catch {
+        throw notFound(match[1]);
+      }
+      if (!SPAWN_ID.test(spawnId)) throw notFound(spawnId);
+    }
+    const reply = await handler({ req, res, url, spawnId, body, signal });
+    if (reply) sendReply(res, reply);
+  };
+
+  const server = createHttpServer((req, res) => {
+    const abort = new AbortController();
+    requestAborts.add(abort);
+    res.once('close', () => {
+      if (!res.writableFinished) abort.abort();
+      requestAborts.delete(abort);
+      logger.debug('request', { method: req.method, url: req.url, status: res.statusCode, complete: res.writableFinished });
+    });
+    const done = handle(req, res, abort.signal)
+      .catch((err: unknown) => {
+        if (abort.signal.aborted || res.destroyed) {
+          logger.debug('request ended after its client left', { method: req.method, url: req.url, error: (err as Error).message });
+          return;
+        }
+        const { status, body, internal } = errorReply(err);
+        if (internal) logger.error('request handler failed', { method: req.method, url: req.url, error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+        if (res.headersSent) res.destroy();
+        else sendReply(res, { status, body });
+      })
+      .finally(() => inflight.delete(done));
+    inflight.add(done);
+  });
+  server.on('clientError', (_err, socket) => socket.destroy());
+
+  if ('socketPath' in options.listen) await removeStaleSocket(options.listen.socketPath);
+  try {
+    await listenOn(server, options.listen);
+  } catch (err) {
+    const where = 'socketPath' in options.listen ? 'listen.socketPath' : 'listen.port';
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw new ConfigError(`cannot listen on ${JSON.stringify(options.listen)}: ${code}`, [{ path: where, message: `cannot listen: ${code}` }], { cause: err });
+  }
+  if ('socketPath' in options.listen && options.token === undefined) {
+    // Without a token, only the socket's owner may connect.
+    await chmod(options.listen.socketPath, 0o600);
+  }
+  const address: RunningServer['address'] = (() => {
+    if ('socketPath' in options.listen) return { socketPath: options.listen.socketPath };
+    const info = server.address() as AddressInfo;
+    const host = info.family === 'IPv6' ? `[${info.address}]` : info.address;
+    return { url: `http://${host}:${info.port}` };
+  })();
+
+  const stop = (): Promise<void> => {
+    closePromise ??= (async () => {
+      closing = true;
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      // A cancel makes each open stream end the proper way, with turn.cancelled from the worker.
+      for (const open of openTurns) {
+        gate.cancel(open.spawnId).catch((err: unknown) => logger.warn('could not cancel an open turn at shutdown', { spawnId: open.spawnId, error: (err as Error).message }));
+      }
+      await within(Promise.allSettled([...inflight]), drainTimeoutMs);
+      if (inflight.size > 0) {
+        logger.warn('cutting off requests still open at shutdown', { open: inflight.size });
+        for (const abort of requestAborts) abort.abort();
+        server.closeAllConnections();
+        // Aborted spawns remove what they created; give them a bounded moment to do it.
+        await within(Promise.allSettled([...inflight]), drainTimeoutMs);
+      }
+      server.closeAllConnections();
+      await stopped;
+    })();
+    return closePromise;
+  };
+
+  return { address, close: stop, [Symbol.asyncDispose]: stop };
+}
