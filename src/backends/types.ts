@@ -22,6 +22,12 @@ export const LABELS = {
 
 export type BackendKind = 'process' | 'container' | 'kubernetes';
 
+/**
+ * Exit status of a reference worker that stopped itself at its deadline (SPAWNGATE_DEADLINE, as GNU
+ * `timeout` does); backends report it as reason DeadlineExceeded.
+ */
+export const WORKER_EXIT_DEADLINE = 124;
+
 export interface Quantities {
   cpu: string | null;
   memory: string | null;
@@ -78,9 +84,9 @@ export interface WorkerSpec {
   /** Bearer token the worker demands on every request; never logged. */
   token: string;
   /**
-   * Bounds create + ready on every backend. Where a backend can enforce a deadline by itself it is
-   * also the hard run limit (Kubernetes activeDeadlineSeconds; the process backend's kill timer while
-   * the gateway lives). Docker has no native deadline: the TTL timer and the sweeper bound it there.
+   * Bounds create + ready, and is the hard limit on the worker's whole run: Kubernetes enforces it
+   * as activeDeadlineSeconds; the process and Docker backends pass SPAWNGATE_DEADLINE and the
+   * worker stops itself then (exit WORKER_EXIT_DEADLINE), which survives a gateway restart.
    */
   timeoutSeconds: number;
   expiresAt: Date;

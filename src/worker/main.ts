@@ -9,6 +9,7 @@
  *                             default "127.0.0.1:0" (an ephemeral port, reported in the listening line)
  *   SPAWNGATE_WORKER_CWD      the agent's working directory; default the worker's
  *   SPAWNGATE_CANCEL_GRACE_MS how long the agent may take to honour a cancel; default 5000
+ *   SPAWNGATE_DEADLINE        Unix time (s) at which the worker stops itself and exits 124 (the profile timeout)
  */
 import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../errors.js';
@@ -65,6 +66,14 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions {
     if (!Number.isInteger(cancelGraceMs) || cancelGraceMs < 0) issues.push({ path: 'SPAWNGATE_CANCEL_GRACE_MS', message: 'must be a non-negative integer' });
   }
 
+  let deadlineAt: Date | undefined;
+  const rawDeadline = env['SPAWNGATE_DEADLINE'];
+  if (rawDeadline) {
+    const seconds = Number(rawDeadline);
+    if (!Number.isInteger(seconds) || seconds <= 0) issues.push({ path: 'SPAWNGATE_DEADLINE', message: 'must be a Unix time in seconds' });
+    else deadlineAt = new Date(seconds * 1000);
+  }
+
   if (issues.length > 0 || !token || !argv || 'message' in listen) throw new ConfigError('invalid worker environment', issues);
   const [agentCommand = '', ...agentArgs] = argv;
   return {
@@ -75,6 +84,7 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions {
     listen,
     ...(env['SPAWNGATE_WORKER_CWD'] ? { cwd: env['SPAWNGATE_WORKER_CWD'] } : {}),
     ...(cancelGraceMs === undefined ? {} : { cancelGraceMs }),
+    ...(deadlineAt ? { deadlineAt } : {}),
   };
 }
 

@@ -7,6 +7,7 @@ import { connect } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import type { PromptResponse, SessionUpdate } from '@agentclientprotocol/sdk';
+import { WORKER_EXIT_DEADLINE } from '../backends/types.js';
 import { BackendError, ConfigError, WorkerProtocolError } from '../errors.js';
 import type { Issue } from '../errors.js';
 import { acpErrorCode, openAcpSession } from './acp-session.js';
@@ -57,7 +58,15 @@ export interface StartWorkerOptions {
   killGraceMs?: number;
   /** Also receives every log line (the CLI mirrors them to stderr). */
   onLog?: (line: WorkerLogLine) => void;
+  /**
+   * Hard end of this worker's life (the profile's timeoutSeconds). The worker shuts itself down
+   * then — open turn cancelled, agent stopped — and, with `exitOnAgentExit`, exits with
+   * {@link WORKER_EXIT_DEADLINE}: a backend without deadlines of its own (Docker), or a gateway that
+   * restarted and lost its timers, cannot leave it running past this.
+   */
+  deadlineAt?: Date;
 }
+
 
 export interface RunningWorker {
   readonly address: { url: string } | { socketPath: string };
@@ -655,6 +664,24 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       clearTimeout(initTimer);
     }
   })();
+  if (opts.deadlineAt) {
+    // setTimeout caps at 2^31-1 ms; a longer life is re-armed when that much has passed.
+    const arm = (): void => {
+      const left = (opts.deadlineAt?.getTime() ?? 0) - Date.now();
+      const timer = setTimeout(left > 2 ** 31 - 1 ? arm : onDeadline, Math.max(0, Math.min(left, 2 ** 31 - 1)));
+      timer.unref();
+    };
+    const onDeadline = (): void => {
+      if (closing) return;
+      log('warn', 'deadline reached; the worker stops', { deadlineAt: opts.deadlineAt?.toISOString() });
+      unavailableReason = 'the worker reached its deadline';
+      void close().finally(() => {
+        if (exitOnAgentExit) process.exit(WORKER_EXIT_DEADLINE);
+      });
+    };
+    arm();
+  }
+
   ready.catch((err: unknown) => {
     if (closing) return;
     const reason = proc.exit ? describeExit(proc.exit) : (err as Error).message;

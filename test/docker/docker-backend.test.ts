@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createDockerBackend } from '../../src/backends/docker/index.js';
-import { LABELS } from '../../src/backends/types.js';
+import { LABELS, WORKER_EXIT_DEADLINE } from '../../src/backends/types.js';
 import type { Backend, WorkerEndpoint, WorkerRef, WorkerSpec, WorkerStatus } from '../../src/backends/types.js';
 import { createWorkerClient } from '../../src/backends/worker-client.js';
 import type { WorkerEvent } from '../../src/worker/events.js';
@@ -268,6 +268,15 @@ describe('docker backend', () => {
     await expect(backend.waitReady(ref, s.token, { timeoutMs: 60_000 })).rejects.toMatchObject({ code: 'BACKEND_FAILED', details: { reason: 'OOMKilled' } });
     const status = await stopped(ref);
     expect(status).toMatchObject({ phase: 'failed', ready: false, reason: 'OOMKilled', exitCode: 137 });
+    await backend.delete(ref);
+  });
+
+  it('Docker has no run deadline of its own: the worker stops itself at timeoutSeconds and status says DeadlineExceeded', async () => {
+    const s = spec({ timeoutSeconds: 4 });
+    const ref = await createTracked(s);
+    await backend.waitReady(ref, s.token, { timeoutMs: 60_000 });
+    const status = await stopped(ref);
+    expect(status).toMatchObject({ phase: 'failed', ready: false, reason: 'DeadlineExceeded', exitCode: WORKER_EXIT_DEADLINE });
     await backend.delete(ref);
   });
 

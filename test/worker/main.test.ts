@@ -6,6 +6,7 @@ import { ConfigError } from '../../src/errors.js';
 import { builtinAgents } from '../../src/agents/index.js';
 import type { WorkerEvent } from '../../src/worker/events.js';
 import { parseListen, workerBinCommand, workerOptionsFromEnv } from '../../src/worker/main.js';
+import { WORKER_EXIT_DEADLINE } from '../../src/backends/types.js';
 import { bounded, eventually, fixtureAgent, isAlive, newToken, spawnWorkerBin, tempDir, workerBin } from './helpers.js';
 
 const fixtureCommand = JSON.stringify([process.execPath, fixtureAgent]);
@@ -76,6 +77,40 @@ function clientFor(listening: { url?: string; socketPath?: string }, token: stri
 }
 
 describe('worker process (node src/worker/bin.ts)', () => {
+  it('stops itself at SPAWNGATE_DEADLINE: the open turn is cancelled, the agent killed, exit status 124', async () => {
+    const token = newToken();
+    const dir = tempDir();
+    const deadline = Math.floor(Date.now() / 1000) + 3;
+    const worker = spawnWorkerBin({
+      SPAWNGATE_WORKER_TOKEN: token,
+      SPAWNGATE_AGENT_ID: 'fixture',
+      SPAWNGATE_AGENT_COMMAND: fixtureCommand,
+      SPAWNGATE_LISTEN: `unix:${join(dir.path, 'w.sock')}`,
+      SPAWNGATE_DEADLINE: String(deadline),
+    });
+    try {
+      const client = clientFor(await bounded(worker.listening, 20_000, 'listening line'), token);
+      await eventually(() => client.healthz());
+      const agentPid = (await client.status()).agentPid as number;
+      const events: WorkerEvent[] = [];
+      for await (const e of client.turn('slow 1000')) events.push(e);
+      expect(events.at(-1)).toMatchObject({ type: 'turn.cancelled', reason: 'shutdown' });
+      expect(await bounded(worker.exited, 20_000, 'worker exit')).toEqual({ code: WORKER_EXIT_DEADLINE, signal: null });
+      expect(Date.now()).toBeGreaterThanOrEqual(deadline * 1000);
+      expect(worker.stderr()).toContain('deadline reached');
+      await eventually(() => (isAlive(agentPid) ? undefined : true), 5000);
+    } finally {
+      worker.child.kill('SIGKILL');
+      dir.remove();
+    }
+  });
+
+  it('refuses a malformed SPAWNGATE_DEADLINE with exit status 2, naming the variable', async () => {
+    const worker = spawnWorkerBin({ SPAWNGATE_WORKER_TOKEN: newToken(), SPAWNGATE_LISTEN: '0', SPAWNGATE_DEADLINE: 'tomorrow' });
+    expect(await bounded(worker.exited, 20_000, 'worker exit')).toEqual({ code: 2, signal: null });
+    expect(worker.stderr()).toContain('SPAWNGATE_DEADLINE');
+  });
+
   it('stops gracefully on SIGTERM: cancels the open turn, kills the agent, exits 0', async () => {
     const token = newToken();
     const dir = tempDir();

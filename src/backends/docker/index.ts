@@ -17,7 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ContainerInfo, ContainerInspectInfo } from 'dockerode';
 import { BackendError, WorkerProtocolError } from '../../errors.js';
 import type { Backend, ListedWorker, WorkerEndpoint, WorkerPhase, WorkerRef, WorkerSpec, WorkerStatus } from '../types.js';
-import { BACKEND_SPEC_VERSION, LABELS } from '../types.js';
+import { BACKEND_SPEC_VERSION, LABELS, WORKER_EXIT_DEADLINE } from '../types.js';
 import { createWorkerClient } from '../worker-client.js';
 import type { DockerClient } from './client.js';
 import { connectDocker, engineCall, engineCallOr404, engineStatus, toBackendError } from './client.js';
@@ -130,6 +130,7 @@ function factsOf(info: ContainerInspectInfo): StatusFacts {
   if (exited) {
     const detail = state.Error ? `: ${state.Error}` : '';
     if (exitCode === 0) return { phase, reason: 'Completed', message: `exited with code 0${detail}`, exitCode };
+    if (exitCode === WORKER_EXIT_DEADLINE) return { phase, reason: 'DeadlineExceeded', message: `the worker stopped at its deadline (timeoutSeconds)${detail}`, exitCode };
     return { phase, reason: 'Error', message: `exited with code ${exitCode ?? 'unknown'}${detail}`, exitCode };
   }
   if (state.Status === 'created' && state.Error) return { phase, reason: 'StartError', message: state.Error, exitCode: null };

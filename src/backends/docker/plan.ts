@@ -169,6 +169,8 @@ export function planWorker(spec: WorkerSpec, ctx: PlanContext): WorkerPlan {
     SPAWNGATE_AGENT_ID: spec.agentId,
     SPAWNGATE_SPAWN_ID: spec.spawnId,
     SPAWNGATE_LISTEN: isolated ? `unix:${SOCKET_MOUNT}/${SOCKET_NAME}` : `0.0.0.0:${WORKER_PORT}`,
+    // Docker has no run deadline of its own: the worker enforces the profile timeout on itself.
+    SPAWNGATE_DEADLINE: String(Math.floor(Date.now() / 1000) + spec.timeoutSeconds),
   });
 
   // ── resources

@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BackendError } from '../../errors.js';
 import { workerBinCommand } from '../../worker/main.js';
 import type { Backend, ListedWorker, WorkerEndpoint, WorkerPhase, WorkerRef, WorkerSpec, WorkerStatus } from '../types.js';
-import { BACKEND_SPEC_VERSION, LABELS } from '../types.js';
+import { BACKEND_SPEC_VERSION, LABELS, WORKER_EXIT_DEADLINE } from '../types.js';
 import { createWorkerClient, waitForHealthy } from '../worker-client.js';
 import { isOurProcess, processStartTime, signalGroup } from './proc.js';
 
@@ -59,6 +59,7 @@ function exitReason(code: number | null, signal: string | null, timedOut: boolea
   if (timedOut) return 'DeadlineExceeded';
   if (signal === 'SIGKILL') return 'Killed';
   if (signal) return 'Signaled';
+  if (code === WORKER_EXIT_DEADLINE) return 'DeadlineExceeded';
   return code === 0 ? 'Completed' : 'Error';
 }
 
@@ -212,6 +213,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
         ...(spec.agentCommand ? { SPAWNGATE_AGENT_COMMAND: JSON.stringify(spec.agentCommand) } : {}),
         SPAWNGATE_LISTEN: socketPath ? `unix:${socketPath}` : '127.0.0.1:0',
         SPAWNGATE_SPAWN_ID: spec.spawnId,
+        // The worker stops itself at the deadline too, so a gateway restart (which loses the kill timer) cannot extend it.
+        SPAWNGATE_DEADLINE: String(Math.floor(Date.now() / 1000) + spec.timeoutSeconds),
         ...(spec.traceparent ? { TRACEPARENT: spec.traceparent } : {}),
         ...(spec.egress === 'proxy' && options.proxyUrl ? { HTTPS_PROXY: options.proxyUrl, HTTP_PROXY: options.proxyUrl } : {}),
         // Best effort only: a V8 heap cap approximates the memory limit; there is no cgroup here.
