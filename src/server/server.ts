@@ -1,7 +1,7 @@
-import { chmod, lstat, unlink } from 'node:fs/promises';
+import { chmod } from 'node:fs/promises';
 import { createServer as createHttpServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { connect } from 'node:net';
+import { removeStaleSocket } from '../net.js';
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
 import type { SpawnRequestInput } from '../admission/request.js';
@@ -158,21 +158,6 @@ function within(promise: Promise<unknown>, ms: number): Promise<void> {
     };
     promise.then(done, done);
   });
-}
-
-/** A socket left behind by a crashed server blocks listen(); remove it only if nobody answers on it. */
-async function removeStaleSocket(path: string): Promise<void> {
-  const stat = await lstat(path).catch(() => null);
-  if (!stat?.isSocket()) return;
-  const alive = await new Promise<boolean>((resolve) => {
-    const probe = connect(path);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
-  if (!alive) await unlink(path).catch(() => undefined);
 }
 
 function listenOn(server: Server, where: ServerListen): Promise<void> {

@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { lstat, unlink } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { connect } from 'node:net';
+import { removeStaleSocket } from '../net.js';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import type { PromptResponse, SessionUpdate } from '@agentclientprotocol/sdk';
@@ -152,21 +151,6 @@ function nextMacrotask(): Promise<void> {
 
 function signalClosed(signal: AbortSignal): Promise<void> {
   return signal.aborted ? Promise.resolve() : new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
-}
-
-/** A unix socket left behind by a crashed worker blocks listen(); remove it only if nobody answers on it. */
-async function removeStaleSocket(path: string): Promise<void> {
-  const stat = await lstat(path).catch(() => null);
-  if (!stat?.isSocket()) return;
-  const alive = await new Promise<boolean>((resolve) => {
-    const probe = connect(path);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
-  if (!alive) await unlink(path).catch(() => undefined);
 }
 
 /** Upper bound of GET /healthz?wait=ms, so a parked request never outlives a client's own time-out. */
