@@ -1,11 +1,11 @@
 import { chmod } from 'node:fs/promises';
 import { createServer as createHttpServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { removeStaleSocket } from '../net.js';
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
 import type { SpawnRequestInput } from '../admission/request.js';
 import { errorMap, toIssues } from '../config/issues.js';
+import { removeStaleSocket } from '../net.js';
 import { ConfigError, RequestError, SpawngateError } from '../errors.js';
 import type { Issue } from '../errors.js';
 import type { Logger } from '../log.js';
