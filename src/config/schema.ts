@@ -421,6 +421,9 @@ export const spawngateSectionSchema = z.strictObject({
         type: z.literal('redis'),
         url: redisUrlSchema,
         passwordEnv: z.string().max(LIMITS.id).regex(ENV_NAME, { message: 'must be an environment variable name' }).optional(),
+        keyPrefix: nonEmpty(LIMITS.name)
+          .optional()
+          .register(configMetadata, { description: 'prefix of every key (default "spawngate:"); gateways that share caps must share it; for Redis Cluster use a hash tag, e.g. "spawngate:{gw}:"' }),
       }),
     ])
     .optional(),

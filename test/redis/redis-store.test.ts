@@ -279,7 +279,11 @@ describe('createStoreFromConfig', () => {
       const denied = await good.reserve({ spawnId: 's', concurrency: [{ scope: 'user', key: 'acl', max: 1 }], rate: [] }).catch((e: unknown) => e);
       expect(denied).toMatchObject({ code: 'RESERVATION_FAILED' });
       expect(String((denied as Error).cause)).toContain('NOPERM');
-      const scoped = await createRedisStore({ url: withUser, password, keyPrefix: prefix });
+      const scoped = await createStoreFromConfig(
+        { spawngate: { store: { type: 'redis', url: withUser, passwordEnv: 'SG_REDIS_PW', keyPrefix: prefix } } },
+        memoryLogger(),
+        { SG_REDIS_PW: password },
+      );
       opened.push(scoped);
       expect((await scoped.reserve({ spawnId: 's', concurrency: [{ scope: 'user', key: 'acl', max: 1 }], rate: [] })).ok).toBe(true);
 

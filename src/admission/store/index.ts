@@ -31,5 +31,5 @@ export async function createStoreFromConfig(
       ]);
     }
   }
-  return createRedisStore({ url: section.url, ...(password === undefined ? {} : { password }), logger });
+  return createRedisStore({ url: section.url, ...(password === undefined ? {} : { password }), ...(section.keyPrefix ? { keyPrefix: section.keyPrefix } : {}), logger });
 }
