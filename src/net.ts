@@ -1,5 +1,5 @@
 import { lstat, unlink } from 'node:fs/promises';
-import { connect } from 'node:net';
+import { connect, type Server } from 'node:net';
 
 /**
  * A unix socket left behind by a crashed process blocks listen(); remove it only if nobody answers
@@ -17,4 +17,22 @@ export async function removeStaleSocket(path: string): Promise<void> {
     probe.once('error', () => resolve(false));
   });
   if (!alive) await unlink(path).catch(() => undefined);
+}
+
+export type ListenAddress = { port: number; host?: string } | { socketPath: string };
+
+/** `server.listen` as a promise that rejects on the listen error (EADDRINUSE, EACCES) instead of emitting it. Port binds default to loopback. */
+export function listen(server: Server, where: ListenAddress, options: { socketWritableByAll?: boolean } = {}): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error): void => reject(err);
+    server.once('error', onError);
+    const onListening = (): void => {
+      server.off('error', onError);
+      resolve();
+    };
+    if ('socketPath' in where) {
+      const shared = options.socketWritableByAll === true;
+      server.listen({ path: where.socketPath, writableAll: shared, readableAll: shared }, onListening);
+    } else server.listen(where.port, where.host ?? '127.0.0.1', onListening);
+  });
 }

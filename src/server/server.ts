@@ -1,11 +1,11 @@
 import { chmod } from 'node:fs/promises';
 import { createServer as createHttpServer } from 'node:http';
-import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
 import type { SpawnRequestInput } from '../admission/request.js';
 import { errorMap, toIssues } from '../config/issues.js';
-import { removeStaleSocket } from '../net.js';
+import { listen, removeStaleSocket, type ListenAddress } from '../net.js';
 import { ConfigError, RequestError, SpawngateError } from '../errors.js';
 import type { Issue } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -16,7 +16,7 @@ import { errorReply, httpErrorBody } from './errors.js';
 import type { HttpErrorCode } from './errors.js';
 import { HTTP_ERROR_STATUS } from './errors.js';
 
-export type ServerListen = { port: number; host?: string } | { socketPath: string };
+export type ServerListen = ListenAddress;
 
 /** The parts of a gate the API calls; a full `Spawngate` is one. */
 export type ServedGate = Pick<
@@ -157,19 +157,6 @@ function within(promise: Promise<unknown>, ms: number): Promise<void> {
       resolve();
     };
     promise.then(done, done);
-  });
-}
-
-function listenOn(server: Server, where: ServerListen): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error): void => reject(err);
-    server.once('error', onError);
-    const onListening = (): void => {
-      server.off('error', onError);
-      resolve();
-    };
-    if ('socketPath' in where) server.listen({ path: where.socketPath }, onListening);
-    else server.listen(where.port, where.host ?? '127.0.0.1', onListening);
   });
 }
 
@@ -453,7 +440,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
 
   if ('socketPath' in options.listen) await removeStaleSocket(options.listen.socketPath);
   try {
-    await listenOn(server, options.listen);
+    await listen(server, options.listen);
   } catch (err) {
     const where = 'socketPath' in options.listen ? 'listen.socketPath' : 'listen.port';
     const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;

@@ -1,14 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import type { PromptResponse, SessionUpdate } from '@agentclientprotocol/sdk';
 import { WORKER_EXIT_DEADLINE } from '../backends/types.js';
 import { BackendError, ConfigError, WorkerProtocolError } from '../errors.js';
 import type { Issue } from '../errors.js';
-import { removeStaleSocket } from '../net.js';
+import { listen, removeStaleSocket, type ListenAddress } from '../net.js';
 import { acpErrorCode, openAcpSession } from './acp-session.js';
 import type { AcpSession, AgentInfo } from './acp-session.js';
 import { spawnAgentProcess, within } from './agent-process.js';
@@ -27,7 +27,7 @@ import { LogBuffer, MAX_LOG_TAIL } from './log-buffer.js';
 import { mapSessionUpdate } from './map-update.js';
 import type { EventBody } from './map-update.js';
 
-export type WorkerListen = { port: number; host?: string } | { socketPath: string };
+export type WorkerListen = ListenAddress;
 
 export interface StartWorkerOptions {
   agentCommand: string;
@@ -155,21 +155,6 @@ function signalClosed(signal: AbortSignal): Promise<void> {
 
 /** Upper bound of GET /healthz?wait=ms, so a parked request never outlives a client's own time-out. */
 export const MAX_HEALTHZ_WAIT_MS = 30_000;
-
-function listen(server: Server, where: WorkerListen): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error): void => reject(err);
-    server.once('error', onError);
-    const onListening = (): void => {
-      server.off('error', onError);
-      resolve();
-    };
-    // The socket lives in a folder only the gateway can enter (0700), while the worker may run as
-    // another uid (10001 in the image): the socket itself must be writable by the gateway's uid.
-    if ('socketPath' in where) server.listen({ path: where.socketPath, writableAll: true, readableAll: true }, onListening);
-    else server.listen(where.port, where.host ?? '127.0.0.1', onListening);
-  });
-}
 
 /**
  * Starts the reference worker: an HTTP server speaking the worker contract (docs/worker-protocol.md)
@@ -519,7 +504,9 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
 
   if ('socketPath' in opts.listen) await removeStaleSocket(opts.listen.socketPath);
   try {
-    await listen(server, opts.listen);
+    // The socket lives in a folder only the gateway can enter (0700), while the worker may run as
+    // another uid (10001 in the image): the socket itself must be writable by the gateway's uid.
+    await listen(server, opts.listen, { socketWritableByAll: true });
   } catch (err) {
     throw new BackendError('BACKEND_FAILED', `worker could not listen on ${JSON.stringify(opts.listen)}: ${(err as Error).message}`, { cause: err });
   }

@@ -5,8 +5,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { expect } from 'vitest';
 import { createWorkerClient } from '../../src/backends/worker-client.js';
 import type { WorkerClient } from '../../src/backends/worker-client.js';
+import { WorkerProtocolError } from '../../src/errors.js';
 import { startWorker } from '../../src/worker/worker.js';
 import type { RunningWorker, StartWorkerOptions } from '../../src/worker/worker.js';
 import type { WorkerEvent } from '../../src/worker/events.js';
@@ -175,4 +177,15 @@ export async function bounded<T>(promise: Promise<T>, ms: number, what: string):
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** The WorkerProtocolError a call rejects with (fails the test if it resolves or rejects with anything else). */
+export async function errorOf(promise: Promise<unknown>): Promise<WorkerProtocolError> {
+  try {
+    await promise;
+  } catch (err) {
+    expect(err).toBeInstanceOf(WorkerProtocolError);
+    return err as WorkerProtocolError;
+  }
+  throw new Error('expected the call to fail');
 }

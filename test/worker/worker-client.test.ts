@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createWorkerClient, parseWorkerEvent, waitForHealthy } from '../../src/backends/worker-client.js';
 import { WorkerProtocolError } from '../../src/errors.js';
-import { collect } from './helpers.js';
+import { collect, errorOf } from './helpers.js';
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -37,15 +37,6 @@ function ndjson(res: ServerResponse, body: string): void {
   res.end(body);
 }
 
-async function protocolErrorOf(promise: Promise<unknown>): Promise<WorkerProtocolError> {
-  try {
-    await promise;
-  } catch (err) {
-    expect(err).toBeInstanceOf(WorkerProtocolError);
-    return err as WorkerProtocolError;
-  }
-  throw new Error('expected the call to fail');
-}
 
 describe('worker client', () => {
   it('sends the bearer token and traceparent on every request', async () => {
@@ -64,19 +55,19 @@ describe('worker client', () => {
   it('fails with WORKER_PROTOCOL on a malformed NDJSON line', async () => {
     const baseUrl = await serve((_req, res) => ndjson(res, `${line({ type: 'turn.started', seq: 0, agentId: 'a' })}{not json\n`));
     const client = createWorkerClient({ baseUrl, token: 'tok' });
-    expect((await protocolErrorOf(collect(client.turn('hi')))).code).toBe('WORKER_PROTOCOL');
+    expect((await errorOf(collect(client.turn('hi')))).code).toBe('WORKER_PROTOCOL');
   });
 
   it('fails with WORKER_PROTOCOL when an event lacks its required fields', async () => {
     const baseUrl = await serve((_req, res) => ndjson(res, line({ type: 'agent.message.delta', seq: 0 })));
     const client = createWorkerClient({ baseUrl, token: 'tok' });
-    expect((await protocolErrorOf(collect(client.turn('hi')))).code).toBe('WORKER_PROTOCOL');
+    expect((await errorOf(collect(client.turn('hi')))).code).toBe('WORKER_PROTOCOL');
   });
 
   it('refuses a line longer than maxLineBytes', async () => {
     const baseUrl = await serve((_req, res) => ndjson(res, line({ type: 'agent.message.delta', seq: 0, text: 'x'.repeat(10_000) })));
     const client = createWorkerClient({ baseUrl, token: 'tok', maxLineBytes: 1024 });
-    const err = await protocolErrorOf(collect(client.turn('hi')));
+    const err = await errorOf(collect(client.turn('hi')));
     expect(err.code).toBe('WORKER_PROTOCOL');
     expect(err.message).toContain('exceeds 1024 bytes');
   });
@@ -85,7 +76,7 @@ describe('worker client', () => {
     const baseUrl = await serve((_req, res) => ndjson(res, line({ type: 'turn.started', seq: 0, agentId: 'a' })));
     const client = createWorkerClient({ baseUrl, token: 'tok' });
     const seen: string[] = [];
-    const err = await protocolErrorOf(
+    const err = await errorOf(
       (async () => {
         for await (const e of client.turn('hi')) seen.push(e.type);
       })(),
@@ -99,7 +90,7 @@ describe('worker client', () => {
       ndjson(res, line({ type: 'turn.started', seq: 0, agentId: 'a' }) + line({ type: 'turn.completed', seq: 2, stopReason: 'end_turn' })),
     );
     const client = createWorkerClient({ baseUrl, token: 'tok' });
-    expect((await protocolErrorOf(collect(client.turn('hi')))).code).toBe('WORKER_PROTOCOL');
+    expect((await errorOf(collect(client.turn('hi')))).code).toBe('WORKER_PROTOCOL');
   });
 
   it('skips event types it does not know, keeping seq accounting', async () => {
@@ -148,7 +139,7 @@ describe('worker client', () => {
       res.end('<html></html>');
     });
     const client = createWorkerClient({ baseUrl, token: 'tok' });
-    expect((await protocolErrorOf(collect(client.turn('hi')))).code).toBe('WORKER_PROTOCOL');
+    expect((await errorOf(collect(client.turn('hi')))).code).toBe('WORKER_PROTOCOL');
   });
 
   it('maps a refused connection to a retryable BACKEND_UNAVAILABLE', async () => {
@@ -156,7 +147,7 @@ describe('worker client', () => {
     servers[0]?.close();
     await new Promise((resolve) => setImmediate(resolve));
     const client = createWorkerClient({ baseUrl, token: 'tok' });
-    const err = await protocolErrorOf(client.status());
+    const err = await errorOf(client.status());
     expect(err.code).toBe('BACKEND_UNAVAILABLE');
     expect(err.retryable).toBe(true);
   });
@@ -166,7 +157,7 @@ describe('worker client', () => {
       // never answers
     });
     const client = createWorkerClient({ baseUrl, token: 'tok', requestTimeoutMs: 200 });
-    const err = await protocolErrorOf(client.status());
+    const err = await errorOf(client.status());
     expect(err.code).toBe('TIMEOUT');
   });
 
@@ -207,7 +198,7 @@ describe('waitForHealthy', () => {
       res.end(JSON.stringify({ status: 'starting', agentId: 'a', version: '1', protocolVersion: 1, reason: 'never ready' }));
     });
     const client = createWorkerClient({ baseUrl, token: 'tok' });
-    const err = await protocolErrorOf(waitForHealthy(client, { timeoutMs: 300, intervalMs: 20 }));
+    const err = await errorOf(waitForHealthy(client, { timeoutMs: 300, intervalMs: 20 }));
     expect(err.code).toBe('TIMEOUT');
     expect((err.cause as WorkerProtocolError).code).toBe('BACKEND_UNAVAILABLE');
   });
@@ -220,7 +211,7 @@ describe('waitForHealthy', () => {
       res.end(JSON.stringify({ error: { code: 'unauthorized', message: 'no' } }));
     });
     const client = createWorkerClient({ baseUrl, token: 'tok' });
-    expect((await protocolErrorOf(waitForHealthy(client, { timeoutMs: 5000 }))).code).toBe('WORKER_UNAUTHORIZED');
+    expect((await errorOf(waitForHealthy(client, { timeoutMs: 5000 }))).code).toBe('WORKER_UNAUTHORIZED');
     expect(calls).toBe(1);
   });
 

@@ -2,22 +2,12 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitForHealthy } from '../../src/backends/worker-client.js';
-import { WorkerProtocolError } from '../../src/errors.js';
 import type { WorkerEvent, WorkerLogLine } from '../../src/worker/events.js';
-import { collect, eventually, isAlive, messageText, startTestWorker, tempDir, types } from './helpers.js';
+import { collect, errorOf, eventually, isAlive, messageText, startTestWorker, tempDir, types } from './helpers.js';
 import type { TestWorker, Transport } from './helpers.js';
 
 const TRACEPARENT = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
 
-async function errorOf(promise: Promise<unknown>): Promise<WorkerProtocolError> {
-  try {
-    await promise;
-  } catch (err) {
-    expect(err).toBeInstanceOf(WorkerProtocolError);
-    return err as WorkerProtocolError;
-  }
-  throw new Error('expected the call to fail');
-}
 
 describe.each<Transport>(['tcp', 'unix'])('reference worker over %s', (transport) => {
   let w: TestWorker;
