@@ -62,3 +62,21 @@ describe('process backend: egress and endpoints', () => {
     expect(await say(worker.turn(`connect 127.0.0.1 ${port}`))).toBe('connect ok');
   });
 });
+
+describe('network isolation probe (egress "none" on the process backend)', () => {
+  it('succeeds on a host with unshare and user namespaces, and names the cause when it cannot', async () => {
+    const { probeNetworkIsolation } = await import('../../src/backends/process/isolation.js');
+    expect(await probeNetworkIsolation()).toEqual({ ok: true });
+    expect(await probeNetworkIsolation('/nonexistent/unshare')).toEqual({ ok: false, reason: '/nonexistent/unshare not found' });
+  });
+
+  it('spawngate doctor checks it for a process backend whose profiles need it', async () => {
+    const { runDoctor } = await import('../../src/cli/commands/doctor.js');
+    const { defaultConfig } = await import('../../src/config/index.js');
+    const report = await runDoctor(defaultConfig());
+    expect(report.ok).toBe(true);
+    expect(report.checks).toContainEqual(expect.objectContaining({ check: 'local: egress "none" isolation (unshare)', backend: 'local', result: 'ok' }));
+    const open = await runDoctor({ agents: { executionBackends: { local: { type: 'process', profiles: { wide: { egress: 'open' } } } } } });
+    expect(open.checks.map((c) => c.check)).not.toContain('local: egress "none" isolation (unshare)');
+  });
+});

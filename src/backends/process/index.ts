@@ -9,6 +9,7 @@ import { workerBinCommand } from '../../worker/main.js';
 import type { Backend, ListedWorker, WorkerEndpoint, WorkerPhase, WorkerRef, WorkerSpec, WorkerStatus } from '../types.js';
 import { BACKEND_SPEC_VERSION, LABELS, WORKER_EXIT_DEADLINE } from '../types.js';
 import { createWorkerClient, waitForHealthy } from '../worker-client.js';
+import { probeNetworkIsolation, UNSHARE_ARGS, type IsolationProbe } from './isolation.js';
 import { isOurProcess, processStartTime, signalGroup } from './proc.js';
 
 export interface ProcessBackendOptions {
@@ -75,6 +76,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
   const deleting = new Set<string>();
 
   const stateFile = (spawnId: string) => join(stateDir, spawnId, 'state.json');
+  // The host does not change under us: probe once, on the first profile that needs it.
+  let isolation: Promise<IsolationProbe> | null = null;
 
   async function readState(spawnId: string): Promise<StateFile | null> {
     try {
@@ -185,9 +188,17 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     kind: 'process',
     name: options.name,
 
-    validate(spec) {
+    async validate(spec) {
       checkSpec(spec);
-      return Promise.resolve();
+      if (spec.egress === 'none') {
+        isolation ??= probeNetworkIsolation();
+        const probe = await isolation;
+        if (!probe.ok) {
+          throw new BackendError('BACKEND_UNAVAILABLE', `profile ${spec.profileName}: egress "none" needs an empty network namespace, which this host cannot make (${probe.reason}); install util-linux and allow user namespaces, or use a container backend`, {
+            details: { field: 'egress', reason: 'IsolationUnavailable' },
+          });
+        }
+      }
     },
 
     async create(spec) {
@@ -202,7 +213,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       const socketPath = isolated ? join(dir, 'w.sock') : null;
       const [cmd, ...cmdArgs] = spec.command ? [...spec.command, ...(spec.args ?? [])] : [...(options.workerCommand ?? workerBinCommand()), ...(spec.args ?? [])];
       if (!cmd) throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: empty worker command`, { details: { field: 'command' } });
-      const argv = isolated ? ['unshare', '--user', '--map-root-user', '--net', '--', cmd, ...cmdArgs] : [cmd, ...cmdArgs];
+      const argv = isolated ? ['unshare', ...UNSHARE_ARGS, cmd, ...cmdArgs] : [cmd, ...cmdArgs];
       const memory = parseMemoryBytes(spec.resources.limits.memory);
       const env: Record<string, string> = {
         PATH: process.env.PATH ?? '/usr/bin:/bin',

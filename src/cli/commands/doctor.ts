@@ -88,6 +88,24 @@ async function checkDocker(name: string, config: Extract<BackendConfig, { type: 
   }
 }
 
+/** Process workers with egress "none" run in an empty network namespace: prove the host can make one. */
+async function checkProcessIsolation(name: string, config: Extract<BackendConfig, { type: 'process' }>): Promise<DoctorCheck | null> {
+  const profiles = Object.values(config.profiles ?? {});
+  // A backend without profiles has the implicit default profile, whose egress is "none".
+  const needsIsolation = profiles.length === 0 || profiles.some((p) => (p.egress ?? 'none') === 'none');
+  if (!needsIsolation) return null;
+  const { probeNetworkIsolation } = await import('../../backends/process/isolation.js');
+  const probe = await probeNetworkIsolation();
+  const check = { check: `${name}: egress "none" isolation (unshare)`, backend: name };
+  if (probe.ok) return { ...check, result: 'ok', detail: 'an empty network namespace can be created', fix: null };
+  return {
+    ...check,
+    result: 'fail',
+    detail: probe.reason,
+    fix: 'install util-linux (unshare) and allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces > 0), or run these profiles on a container backend',
+  };
+}
+
 /** A WorkerSpec for a profile as a spawn would build it, to dry-run it. */
 function probeSpec(name: string, config: KubernetesBackendConfig, profileName: string): ReturnType<typeof buildWorkerSpec> {
   const profile = config.profiles?.[profileName] ?? {};
@@ -248,6 +266,10 @@ export async function runDoctor(config: SpawngateConfig, options: DoctorOptions 
   for (const [name, backend] of Object.entries(config.agents.executionBackends)) {
     if (backend.type === 'kubernetes') checks.push(...(await checkKubernetes(name, backend, resolved)));
     else if (backend.type === 'container') checks.push(await checkDocker(name, backend, resolved));
+    else {
+      const isolation = await checkProcessIsolation(name, backend);
+      if (isolation) checks.push(isolation);
+    }
   }
   return { ok: checks.every((c) => c.result !== 'fail'), checks };
 }
