@@ -1,4 +1,4 @@
-import { context, INVALID_SPAN_CONTEXT, propagation, ROOT_CONTEXT, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
+import { context, INVALID_SPAN_CONTEXT, ROOT_CONTEXT, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 
 export const TRACER_NAME = 'spawngate';
@@ -101,4 +101,3 @@ export async function inSpan<T>(name: string, parent: Context, attributes: Recor
   }
 }
 
-export { propagation };

@@ -10,7 +10,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/main.js';
 import { call, eventually, openStream, processBackend, readAll, spawnRequest } from './helpers.js';
 
-const entry = fileURLToPath(new URL('./serve-entry.ts', import.meta.url));
+// The installed bin (dist/, built by `npm test` before the suites), as an operator runs it.
+const bin = fileURLToPath(new URL('../../bin/spawngate.js', import.meta.url));
 
 async function serveInProcess(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stderr: string }> {
   const err = new PassThrough();
@@ -47,7 +48,7 @@ describe('spawngate serve', () => {
     const configFile = join(backend.stateDir, 'config.json');
     writeFileSync(configFile, JSON.stringify(backend.config));
     // Transform, not just strip: some sources use TypeScript-only syntax (parameter properties).
-    const child = spawn(process.execPath, ['--experimental-transform-types', '--no-warnings', entry, 'serve', '--config', configFile, '--port', '0', '--host', '127.0.0.1'], {
+    const child = spawn(process.execPath, [bin, 'serve', '--config', configFile, '--port', '0', '--host', '127.0.0.1'], {
       env: { ...process.env, SPAWNGATE_API_TOKEN: token, SPAWNGATE_LOG_LEVEL: 'warn' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

@@ -1,6 +1,6 @@
 import { userInfo } from 'node:os';
 import type { SpawnRequestInput } from '../../admission/request.js';
-import { AdmissionDeniedError, isSpawngateError } from '../../errors.js';
+import { AdmissionDeniedError } from '../../errors.js';
 import type { Spawngate } from '../../spawngate.js';
 import { createSpawngate } from '../../spawngate.js';
 import type { SpawnProgress } from '../../sessions/lifecycle.js';
@@ -236,7 +236,3 @@ export const sweepCommand: Command = {
       return report.errors.length || report.removed.some((e) => e.error) ? EXIT.failed : EXIT.ok;
     }),
 };
-
-export function isDenied(err: unknown): boolean {
-  return isSpawngateError(err) && err.code === 'ADMISSION_DENIED';
-}
