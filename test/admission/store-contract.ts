@@ -95,6 +95,52 @@ export function describeStoreContract(name: string, factory: StoreFactory, contr
       expect(active[0]).toEqual(a.record);
     });
 
+    it('a lease lapses on the store clock unless renewed; its slots come back without a release', async () => {
+      let t = 2_000_000;
+      const store = await open({ now: () => t });
+      const cap = [userCap('lease', 1)];
+      const r = await store.reserve({ spawnId: 'held', holder: 'gw-1', leaseMs: 1_000, concurrency: cap, rate: [] });
+      if (!r.ok) throw new Error('expected a reservation');
+      expect(r.record).toMatchObject({ spawnId: 'held', holder: 'gw-1', createdAt: t, leaseExpiresAt: t + 1_000 });
+      t += 999;
+      expect(await store.reserve({ spawnId: 'other', holder: 'gw-2', leaseMs: 1_000, concurrency: cap, rate: [] })).toMatchObject({ ok: false, active: 1 });
+      t += 1;
+      // Nobody released it: the holder stopped renewing (crashed, hung, cut off).
+      expect((await store.counts(['user/lease'])).get('user/lease')).toBe(0);
+      expect(await store.active()).toEqual([]);
+      expect(await store.renew([r.record.id], 1_000)).toEqual(new Set());
+      expect(await store.release(r.record.id)).toBe(false);
+      expect((await store.reserve({ spawnId: 'other', holder: 'gw-2', leaseMs: 1_000, concurrency: cap, rate: [] })).ok).toBe(true);
+    });
+
+    it('renew extends held leases from now and answers only the ids still held', async () => {
+      let t = 3_000_000;
+      const store = await open({ now: () => t });
+      const a = await store.reserve({ spawnId: 'a', holder: 'gw', leaseMs: 1_000, concurrency: [userCap('renew', 5)], rate: [] });
+      const b = await store.reserve({ spawnId: 'b', holder: 'gw', leaseMs: 1_000, concurrency: [userCap('renew', 5)], rate: [] });
+      if (!a.ok || !b.ok) throw new Error('expected two reservations');
+      expect(await store.release(b.record.id)).toBe(true);
+      t += 800;
+      expect(await store.renew([a.record.id, b.record.id, 'never-existed'], 1_000)).toEqual(new Set([a.record.id]));
+      t += 900; // 1,700 ms after the reserve, 900 ms after the renewal
+      expect((await store.counts(['user/renew'])).get('user/renew')).toBe(1);
+      expect((await store.active()).map((x) => [x.id, x.leaseExpiresAt])).toEqual([[a.record.id, t - 900 + 1_000]]);
+      t += 100;
+      expect((await store.counts(['user/renew'])).get('user/renew')).toBe(0);
+      expect(await store.renew([a.record.id], 1_000)).toEqual(new Set());
+    });
+
+    it('a reservation without a lease is held until released, whatever the clock says', async () => {
+      let t = 4_000_000;
+      const store = await open({ now: () => t });
+      const r = await store.reserve({ spawnId: 'forever', concurrency: [userCap('nolease', 1)], rate: [] });
+      if (!r.ok) throw new Error('expected a reservation');
+      expect(r.record.leaseExpiresAt).toBeNull();
+      t += 86_400_000;
+      expect((await store.counts(['user/nolease'])).get('user/nolease')).toBe(1);
+      expect(await store.release(r.record.id)).toBe(true);
+    });
+
     it('token bucket: burst, then one token per 60/perMinute seconds, with retryAfter', async () => {
       let t = 1_000_000;
       const store = await open({ now: () => t });

@@ -156,6 +156,48 @@ describe('redis reservation store: several gateways, one Redis', () => {
     expect((await survivor.reserve({ spawnId: 'y', concurrency: [{ scope: 'user', key: 'zed', max: 1 }], rate: [] })).ok).toBe(true);
   });
 
+  it('leases: every key a leased reservation touches has a TTL, and a lapsed lease is freed on Redis\' own clock', async () => {
+    const prefix = freshPrefix();
+    // No `now` option: the scripts read Redis TIME, as in production.
+    const s = await store(prefix);
+    const cap = [{ scope: 'user' as const, key: 'ttl', max: 1 }];
+    const rate: RateLimit[] = [{ scope: 'user', key: 'ttl', perMinute: 60, burst: 5 }];
+    const r = await s.reserve({ spawnId: 'leased', holder: 'gw-a', leaseMs: 400, concurrency: cap, rate, meta: { user: 'ttl' } });
+    if (!r.ok) throw new Error('expected a reservation');
+    const keys = await raw.keys(`${prefix}*`);
+    expect(keys.length).toBeGreaterThanOrEqual(5); // index, record, counter, bucket, history
+    const withoutTtl: string[] = [];
+    for (const key of keys) if ((await raw.pttl(key)) <= 0) withoutTtl.push(key);
+    expect(withoutTtl).toEqual([]);
+    expect(await s.renew([r.record.id], 400)).toEqual(new Set([r.record.id]));
+    // Bounded wait for the server's clock to pass the lease: nothing renews it any more.
+    let freed = false;
+    for (let i = 0; i < 100 && !freed; i++) {
+      freed = (await s.counts(['user/ttl'])).get('user/ttl') === 0;
+      if (!freed) await sleep(50);
+    }
+    expect(freed).toBe(true);
+    expect(await s.active()).toEqual([]);
+    expect(await raw.exists(redisKeys(prefix).record(r.record.id))).toBe(0);
+    expect((await s.reserve({ spawnId: 'next', holder: 'gw-b', leaseMs: 400, concurrency: cap, rate: [] })).ok).toBe(true);
+  });
+
+  it('a renewal from another store object (another replica) keeps a lease alive; release stays exactly once across them', async () => {
+    let t = 9_000_000;
+    const prefix = freshPrefix();
+    const a = await store(prefix, { now: () => t });
+    const b = await store(prefix, { now: () => t });
+    const r = await a.reserve({ spawnId: 's', holder: 'gw-a', leaseMs: 1_000, concurrency: [{ scope: 'total', key: '*', max: 1 }], rate: [] });
+    if (!r.ok) throw new Error('expected a reservation');
+    t += 900;
+    expect(await b.renew([r.record.id], 1_000)).toEqual(new Set([r.record.id]));
+    t += 900;
+    expect((await a.active()).map((x) => x.holder)).toEqual(['gw-a']);
+    expect(await b.release(r.record.id)).toBe(true);
+    expect(await a.release(r.record.id)).toBe(false);
+    expect((await a.counts(['total/*'])).get('total/*')).toBe(0);
+  });
+
   it('survives an emptied script cache (Redis restart, SCRIPT FLUSH): EVALSHA falls back to EVAL', async () => {
     const s = await store(freshPrefix());
     const cap = [{ scope: 'channel' as const, key: 'c', max: 2 }];

@@ -42,6 +42,31 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
   const counts = new Map<SlotKey, number>();
   const buckets = new Map<SlotKey, Bucket>();
   const history = new Map<SlotKey, number[]>();
+  // Earliest lease expiry among active records: lapsed leases are looked for only once it passes,
+  // so the hot path pays nothing while every lease is fresh.
+  let nextExpiry = Infinity;
+
+  function free(record: ReservationRecord): void {
+    active.delete(record.id);
+    for (const key of record.slots) {
+      const left = (counts.get(key) ?? 0) - 1;
+      if (left > 0) counts.set(key, left);
+      else counts.delete(key);
+    }
+  }
+
+  /** Frees every reservation whose lease lapsed: its holder stopped renewing it (crashed, hung, cut off). */
+  function reclaim(at: number): void {
+    if (at < nextExpiry) return;
+    nextExpiry = Infinity;
+    for (const record of [...active.values()]) {
+      if (record.leaseExpiresAt === null) continue;
+      if (record.leaseExpiresAt <= at) {
+        free(record);
+        logger.warn('reservation lease lapsed; its slots are free again', { reservationId: record.id, spawnId: record.spawnId, holder: record.holder, store: 'memory' });
+      } else nextExpiry = Math.min(nextExpiry, record.leaseExpiresAt);
+    }
+  }
 
   function refill(limit: RateLimit, at: number): { key: SlotKey; bucket: Bucket } {
     const key = slotKey(limit.scope, limit.key);
@@ -82,6 +107,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
 
   function take(request: ReservationRequest): ReserveOutcome {
     const at = now();
+    reclaim(at);
     const rejection = firstRejection(request, at);
     if (rejection) return rejection;
     // Duplicate limits on one key (the same user named by two rules) must take one slot, not two.
@@ -99,30 +125,47 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
       stamps.push(at);
       history.set(key, stamps);
     }
-    const record: ReservationRecord = { id: randomUUID(), spawnId: request.spawnId, slots, createdAt: at, meta: { ...request.meta } };
+    const leaseExpiresAt = request.leaseMs === undefined ? null : at + request.leaseMs;
+    const record: ReservationRecord = { id: randomUUID(), spawnId: request.spawnId, holder: request.holder ?? '', slots, createdAt: at, leaseExpiresAt, meta: { ...request.meta } };
     active.set(record.id, record);
+    if (leaseExpiresAt !== null) nextExpiry = Math.min(nextExpiry, leaseExpiresAt);
     return { ok: true, record };
   }
 
   return {
     kind: 'memory',
     reserve: (request) => Promise.resolve(take(request)),
-    check: (request) => Promise.resolve(firstRejection(request, now()) ?? { ok: true as const }),
+    check(request) {
+      const at = now();
+      reclaim(at);
+      return Promise.resolve(firstRejection(request, at) ?? { ok: true as const });
+    },
     release(id) {
+      reclaim(now());
       const record = active.get(id);
       if (!record) {
         logger.warn('release of unknown or already released reservation ignored', { reservationId: id, store: 'memory' });
         return Promise.resolve(false);
       }
-      active.delete(id);
-      for (const key of record.slots) {
-        const left = (counts.get(key) ?? 0) - 1;
-        if (left > 0) counts.set(key, left);
-        else counts.delete(key);
-      }
+      free(record);
       return Promise.resolve(true);
     },
+    renew(ids, leaseMs) {
+      const at = now();
+      reclaim(at);
+      const held = new Set<string>();
+      for (const id of ids) {
+        const record = active.get(id);
+        if (!record) continue;
+        const leaseExpiresAt = at + leaseMs;
+        active.set(id, { ...record, leaseExpiresAt });
+        nextExpiry = Math.min(nextExpiry, leaseExpiresAt);
+        held.add(id);
+      }
+      return Promise.resolve(held);
+    },
     counts(keys) {
+      reclaim(now());
       return Promise.resolve(new Map(keys.map((k) => [k, counts.get(k) ?? 0])));
     },
     recent(keys, windowMs) {
@@ -136,7 +179,10 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
         ),
       );
     },
-    active: () => Promise.resolve([...active.values()]),
+    active() {
+      reclaim(now());
+      return Promise.resolve([...active.values()]);
+    },
     close() {
       active.clear();
       counts.clear();

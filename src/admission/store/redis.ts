@@ -12,7 +12,6 @@ import type { ReservationRecord, ReservationRequest, ReservationStore, ReserveOu
 export interface RedisClient {
   evalsha(sha1: string, numkeys: number, ...args: (string | number)[]): Promise<unknown>;
   eval(script: string, numkeys: number, ...args: (string | number)[]): Promise<unknown>;
-  mget(...keys: string[]): Promise<(string | null)[]>;
   zrange(key: string, start: number, stop: number): Promise<string[]>;
   hgetall(key: string): Promise<Record<string, string>>;
   quit(): Promise<unknown>;
@@ -80,32 +79,74 @@ local function num(x) return string.format('%.17g', x) end
 `;
 
 /**
- * KEYS: [1] reservation index (zset id -> createdAt), [2] the new record (hash),
+ * Lease housekeeping shared by every script. The index zset scores each reservation by the instant
+ * its lease lapses (the server's clock; +inf without a lease), so lapsed ones are a range query.
+ * A lapsed reservation is freed exactly as a release would free it, inside the same script as the
+ * call that found it, so no reader ever counts a slot whose holder stopped renewing it.
+ * Keys that live only while some lease does get a TTL of lease + one more lease period (the grace in
+ * which a call reclaims them properly); a TTL never shrinks, so a key outlives every lease it serves.
+ */
+const LEASES = `
+local function free(index, recordKey, id, counterPrefix)
+  local slots = redis.call('HGET', recordKey, 'slots')
+  if slots then
+    for _, slot in ipairs(cjson.decode(slots)) do
+      local key = counterPrefix .. slot
+      if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
+    end
+    redis.call('DEL', recordKey)
+  end
+  redis.call('ZREM', index, id)
+  return slots and 1 or 0
+end
+-- Bounded per call so one script never runs long; whatever is left goes on the next call.
+local function reclaim(index, recordPrefix, counterPrefix, now)
+  local lapsed = redis.call('ZRANGEBYSCORE', index, '-inf', num(now), 'LIMIT', 0, 256)
+  for _, id in ipairs(lapsed) do free(index, recordPrefix .. id, id, counterPrefix) end
+  return #lapsed
+end
+local function extend(key, ms)
+  local ttl = redis.call('PTTL', key)
+  if ttl == -1 then return end -- persistent: a reservation without a lease shares it
+  if ttl < ms then redis.call('PEXPIRE', key, string.format('%.0f', ms)) end
+end
+-- The index may expire only while every entry in it is a lease (reservations without one score +inf).
+local function extendIndex(index, ms)
+  if redis.call('ZCOUNT', index, '+inf', '+inf') > 0 then return end
+  if redis.call('PTTL', index) < ms then redis.call('PEXPIRE', index, string.format('%.0f', ms)) end
+end
+`;
+
+/**
+ * KEYS: [1] reservation index (zset id -> lease expiry), [2] the new record (hash),
  *       then nc concurrency counters (one per limit, repeats allowed), nr token buckets (one per
  *       rate limit), nh recent-history zsets (distinct).
  * ARGV: [1] "reserve"|"check", [2] clock ms or "" for Redis TIME, [3] nc, [4] nr, [5] nh,
  *       [6] history retention ms, [7] reservation id, [8] spawnId, [9] slots JSON, [10] meta JSON,
+ *       [11] holder, [12] lease ms or "" for none, [13] record key prefix, [14] counter key prefix,
  *       then max per concurrency limit, then perMinute, burst per rate limit.
- * Returns {1, now} on success, {0, 1, i, active} when concurrency limit i is full,
+ * Returns {1, now, leaseExpiresAt|-1} on success, {0, 1, i, active} when concurrency limit i is full,
  *         {0, 2, i, retryAfterMs} when rate limit i has no token.
  */
-const RESERVE_LUA = `${CLOCK}
+const RESERVE_LUA = `${CLOCK}${LEASES}
 local nc, nr, nh = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local A = 14
 -- The id is fresh per call, so this only matters if a client re-sends the same call: it must not
 -- take the slots a second time.
-local existing = redis.call('HGET', KEYS[2], 'createdAt')
-if existing then return {1, tonumber(existing)} end
+local existing = redis.call('HMGET', KEYS[2], 'createdAt', 'leaseExpiresAt')
+if existing[1] then return {1, tonumber(existing[1]), tonumber(existing[2] or '-1')} end
 local now = clock(ARGV[2])
+reclaim(KEYS[1], ARGV[13], ARGV[14], now)
 
 for i = 1, nc do
   local active = tonumber(redis.call('GET', KEYS[2 + i]) or '0')
-  if active >= tonumber(ARGV[10 + i]) then return {0, 1, i, active} end
+  if active >= tonumber(ARGV[A + i]) then return {0, 1, i, active} end
 end
 
 local function bucket(i)
   local key = KEYS[2 + nc + i]
-  local perMs = tonumber(ARGV[10 + nc + 2 * i - 1]) / 60000
-  local burst = tonumber(ARGV[10 + nc + 2 * i])
+  local perMs = tonumber(ARGV[A + nc + 2 * i - 1]) / 60000
+  local burst = tonumber(ARGV[A + nc + 2 * i])
   local state = redis.call('HMGET', key, 'tokens', 'updatedAt')
   if not state[1] then return key, burst, now, perMs, burst end
   local tokens, last = tonumber(state[1]), tonumber(state[2])
@@ -119,15 +160,21 @@ for i = 1, nr do
   if tokens < 1 then return {0, 2, i, math.ceil((1 - tokens) / perMs)} end
 end
 
-if ARGV[1] == 'check' then return {1, now} end
+if ARGV[1] == 'check' then return {1, now, -1} end
 
+local lease = ARGV[12] ~= '' and tonumber(ARGV[12]) or nil
+local keep = lease and (2 * lease) or nil
 local seen = {}
 for i = 1, nc do
   local key = KEYS[2 + i]
   -- The same key named by two limits is one slot.
   if not seen[key] then
     seen[key] = true
+    local fresh = redis.call('EXISTS', key) == 0
     redis.call('INCR', key)
+    if not keep then redis.call('PERSIST', key)
+    elseif fresh then redis.call('PEXPIRE', key, string.format('%.0f', keep))
+    else extend(key, keep) end
   end
 end
 for i = 1, nr do
@@ -145,26 +192,63 @@ for i = 1, nh do
   redis.call('ZADD', key, num(now), ARGV[7])
   redis.call('PEXPIRE', key, string.format('%.0f', retention))
 end
-redis.call('HSET', KEYS[2], 'spawnId', ARGV[8], 'slots', ARGV[9], 'createdAt', num(now), 'meta', ARGV[10])
-redis.call('ZADD', KEYS[1], num(now), ARGV[7])
-return {1, now}
+local expiresAt = lease and (now + lease) or -1
+redis.call('HSET', KEYS[2], 'spawnId', ARGV[8], 'slots', ARGV[9], 'createdAt', num(now), 'meta', ARGV[10], 'holder', ARGV[11], 'leaseExpiresAt', num(expiresAt))
+if keep then
+  redis.call('PEXPIRE', KEYS[2], string.format('%.0f', keep))
+  redis.call('ZADD', KEYS[1], num(expiresAt), ARGV[7])
+  extendIndex(KEYS[1], keep)
+else
+  redis.call('ZADD', KEYS[1], '+inf', ARGV[7])
+  redis.call('PERSIST', KEYS[1])
+end
+return {1, now, expiresAt}
 `;
 
 /**
- * KEYS: [1] the record, [2] reservation index. ARGV: [1] counter key prefix, [2] reservation id.
+ * KEYS: [1] the record, [2] reservation index. ARGV: [1] counter key prefix, [2] reservation id,
+ * [3] clock ms or "", [4] record key prefix.
  * The record names its own slots, so a release needs nothing but the id and frees each slot once:
- * the DEL of the record is what makes a second release find nothing.
+ * the DEL of the record is what makes a second release find nothing. A lapsed lease is not the
+ * caller's to release any more: it is reclaimed (freed once) and the release answers 0.
  */
-const RELEASE_LUA = `
-local slots = redis.call('HGET', KEYS[1], 'slots')
-if not slots then return 0 end
-for _, slot in ipairs(cjson.decode(slots)) do
-  local key = ARGV[1] .. slot
-  if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
+const RELEASE_LUA = `${CLOCK}${LEASES}
+reclaim(KEYS[2], ARGV[4], ARGV[1], clock(ARGV[3]))
+return free(KEYS[2], KEYS[1], ARGV[2], ARGV[1])
+`;
+
+/**
+ * KEYS: [1] reservation index. ARGV: [1] clock ms or "", [2] lease ms, [3] record key prefix,
+ * [4] counter key prefix, then reservation ids. Returns the ids whose lease was extended.
+ */
+const RENEW_LUA = `${CLOCK}${LEASES}
+local now = clock(ARGV[1])
+reclaim(KEYS[1], ARGV[3], ARGV[4], now)
+local lease = tonumber(ARGV[2])
+local keep = 2 * lease
+local held = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local recordKey = ARGV[3] .. id
+  local slots = redis.call('HGET', recordKey, 'slots')
+  if slots then
+    redis.call('HSET', recordKey, 'leaseExpiresAt', num(now + lease))
+    redis.call('ZADD', KEYS[1], num(now + lease), id)
+    extend(recordKey, keep)
+    for _, slot in ipairs(cjson.decode(slots)) do extend(ARGV[4] .. slot, keep) end
+    held[#held + 1] = id
+  end
 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-return 1
+extendIndex(KEYS[1], keep)
+return held
+`;
+
+/** KEYS: [1] reservation index, then counters. ARGV: [1] clock ms or "", [2] record prefix, [3] counter prefix. */
+const COUNTS_LUA = `${CLOCK}${LEASES}
+reclaim(KEYS[1], ARGV[2], ARGV[3], clock(ARGV[1]))
+local out = {}
+for i = 2, #KEYS do out[i - 1] = tonumber(redis.call('GET', KEYS[i]) or '0') end
+return out
 `;
 
 /** KEYS: history zsets. ARGV: [1] clock ms or "", [2] window ms, [3] retention ms. */
@@ -185,6 +269,8 @@ const script = (source: string): Script => ({ source, sha: createHash('sha1').up
 const RESERVE = script(RESERVE_LUA);
 const RELEASE = script(RELEASE_LUA);
 const RECENT = script(RECENT_LUA);
+const RENEW = script(RENEW_LUA);
+const COUNTS = script(COUNTS_LUA);
 
 /** Key layout; docs/stores.md lists it for operators. */
 export function redisKeys(prefix: string) {
@@ -194,6 +280,7 @@ export function redisKeys(prefix: string) {
     bucket: (slot: SlotKey) => `${prefix}bucket:${slot}`,
     history: (slot: SlotKey) => `${prefix}recent:${slot}`,
     record: (id: string) => `${prefix}reservation:${id}`,
+    recordPrefix: `${prefix}reservation:`,
     index: `${prefix}reservations`,
   };
 }
@@ -317,6 +404,7 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
   }
 
   function scriptArgs(mode: 'reserve' | 'check', request: Omit<ReservationRequest, 'spawnId'> & { spawnId?: string }, id: string) {
+    if (request.leaseMs !== undefined && !(Number.isInteger(request.leaseMs) && request.leaseMs > 0)) throw new RangeError(`leaseMs must be a positive integer, got ${request.leaseMs}`);
     const slots = [...new Set(request.concurrency.map((l) => slotKey(l.scope, l.key)))];
     const history = [...new Set([...slots, ...request.rate.map((l) => slotKey(l.scope, l.key))])];
     const keyArgs = [
@@ -337,6 +425,10 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
       request.spawnId ?? '',
       JSON.stringify(slots),
       JSON.stringify({ ...request.meta }),
+      request.holder ?? '',
+      request.leaseMs === undefined ? '' : String(request.leaseMs),
+      keys.recordPrefix,
+      keys.counterPrefix,
       ...request.concurrency.map((l) => String(l.max)),
       ...request.rate.flatMap((l) => [String(l.perMinute), String(l.burst)]),
     ];
@@ -360,7 +452,7 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
   }
 
   async function releaseScript(id: string): Promise<boolean> {
-    return asNumber(await run(RELEASE, [keys.record(id), keys.index], [keys.counterPrefix, id])) === 1;
+    return asNumber(await run(RELEASE, [keys.record(id), keys.index], [keys.counterPrefix, id, clockArg(), keys.recordPrefix])) === 1;
   }
 
   return {
@@ -381,7 +473,16 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
           throw err;
         }
         if (asNumber(reply[0]) !== 1) return rejection(request, reply);
-        const record: ReservationRecord = { id, spawnId: request.spawnId, slots, createdAt: asNumber(reply[1]), meta: { ...request.meta } };
+        const leaseExpiresAt = asNumber(reply[2]);
+        const record: ReservationRecord = {
+          id,
+          spawnId: request.spawnId,
+          holder: request.holder ?? '',
+          slots,
+          createdAt: asNumber(reply[1]),
+          leaseExpiresAt: leaseExpiresAt < 0 ? null : leaseExpiresAt,
+          meta: { ...request.meta },
+        };
         return { ok: true, record };
       }),
 
@@ -398,11 +499,18 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
       return freed;
     },
 
+    renew: (ids, leaseMs) =>
+      guarded('renew', async () => {
+        if (!(Number.isInteger(leaseMs) && leaseMs > 0)) throw new RangeError(`leaseMs must be a positive integer, got ${leaseMs}`);
+        const held = (await run(RENEW, [keys.index], [clockArg(), leaseMs, keys.recordPrefix, keys.counterPrefix, ...ids])) as unknown[];
+        return new Set(held.map(String));
+      }),
+
     counts: (slotKeys) =>
       guarded('counts', async () => {
         if (slotKeys.length === 0) return new Map<SlotKey, number>();
-        const values = await client.mget(...slotKeys.map((k) => keys.counter(k)));
-        return new Map(slotKeys.map((k, i) => [k, Number(values[i] ?? 0)]));
+        const values = (await run(COUNTS, [keys.index, ...slotKeys.map((k) => keys.counter(k))], [clockArg(), keys.recordPrefix, keys.counterPrefix])) as unknown[];
+        return new Map(slotKeys.map((k, i) => [k, asNumber(values[i] ?? 0)]));
       }),
 
     recent: (slotKeys, windowMs) =>
@@ -414,6 +522,8 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
 
     active: () =>
       guarded('active', async () => {
+        // Lapsed leases are freed first, so what is listed is what holds slots now.
+        await run(COUNTS, [keys.index], [clockArg(), keys.recordPrefix, keys.counterPrefix]);
         const ids = await client.zrange(keys.index, 0, -1);
         const hashes = await Promise.all(ids.map((id) => client.hgetall(keys.record(id))));
         const records: ReservationRecord[] = [];
@@ -424,8 +534,10 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
           records.push({
             id,
             spawnId: h['spawnId'] ?? '',
+            holder: h['holder'] ?? '',
             slots: JSON.parse(h['slots']) as SlotKey[],
             createdAt: Number(h['createdAt']),
+            leaseExpiresAt: h['leaseExpiresAt'] === undefined || Number(h['leaseExpiresAt']) < 0 ? null : Number(h['leaseExpiresAt']),
             meta: JSON.parse(h['meta'] ?? '{}') as Record<string, string>,
           });
         });

@@ -9,6 +9,14 @@ export function slotKey(scope: ConcurrencyScope | RateScope, key: string): SlotK
 
 export interface ReservationRequest {
   spawnId: string;
+  /** The gateway instance that holds (and renews) the lease; listed with the record. */
+  holder?: string;
+  /**
+   * Lease length. The reservation lives only while its holder renews it within this period; once
+   * it lapses the store frees its slots itself, so a holder that dies cannot keep them. Absent:
+   * held until released (for direct users of a store; the gate always takes a lease).
+   */
+  leaseMs?: number;
   concurrency: readonly ConcurrencyLimit[];
   rate: readonly RateLimit[];
   /** Free-form labels kept with the reservation (user, channel, backend/profile) for listings and logs. */
@@ -18,8 +26,12 @@ export interface ReservationRequest {
 export interface ReservationRecord {
   id: string;
   spawnId: string;
+  /** Instance id of the holder; '' when the request named none. */
+  holder: string;
   slots: readonly SlotKey[];
   createdAt: number;
+  /** When the lease lapses unless renewed (store clock, ms); null = no lease. */
+  leaseExpiresAt: number | null;
   meta: Readonly<Record<string, string>>;
 }
 
@@ -38,12 +50,19 @@ export interface ReservationStore {
   reserve(request: ReservationRequest): Promise<ReserveOutcome>;
   /** The same checks as reserve, taking nothing (dry run for `admit`). */
   check(request: Omit<ReservationRequest, 'spawnId'>): Promise<{ ok: true } | ReserveRejection>;
-  /** true when this call freed the reservation; false for an unknown or already-released id (a logged no-op). */
+  /** true when this call freed the reservation; false for an unknown, already-released or lapsed id (a logged no-op). */
   release(reservationId: string): Promise<boolean>;
+  /**
+   * Extends the leases of these reservations to now + leaseMs on the store's clock. Answers the ids
+   * still held: an id missing from the answer was released or its lease lapsed, and its slots may
+   * already belong to someone else.
+   */
+  renew(reservationIds: readonly string[], leaseMs: number): Promise<Set<string>>;
   /** Active slot counts, for the admission input's `usage`. Missing keys count 0. */
   counts(keys: readonly SlotKey[]): Promise<Map<SlotKey, number>>;
   /** Reservations taken in the last `windowMs` per key (e.g. user/alice), for `usage.recent`. */
   recent(keys: readonly SlotKey[], windowMs: number): Promise<Map<SlotKey, number>>;
+  /** Reservations whose lease has not lapsed (lapsed ones are freed first). */
   active(): Promise<ReservationRecord[]>;
   close(): Promise<void>;
 }
