@@ -20,7 +20,8 @@
  * moment without polling: it waits for the worker's "ACP session ready" log line and then asks
  * /healthz (polling only if that is not 200 yet). A tight /healthz poll instead (--poll-ms N) steals
  * CPU from the starting worker on a small machine and makes the raw side slower, not faster;
- * --poll-ms 100 is what spawngate's waitReady does. Raw and gate samples
+ * --poll-ms 100 is the longest pause of waitForHealthy, the /healthz wait of spawngate's readiness
+ * strategy (src/sessions/readiness.ts), while the worker does not listen yet. Raw and gate samples
  * alternate so drift on a shared machine hits both alike; warm-up samples are dropped. The gate
  * samples also carry a breakdown by span (admission, reservation, create, ready) from an in-memory
  * exporter, whose cost is microseconds. Bounded: every wait has a deadline, every worker is removed.

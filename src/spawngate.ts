@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Admission, AdmissionOptions } from './admission/gate.js';
 import { createAdmission } from './admission/gate.js';
@@ -12,10 +13,19 @@ import { createLifecycle } from './sessions/lifecycle.js';
 export interface SpawngateOptions extends AdmissionOptions {
   /** Backends by configured name; default: the built-in process/docker/kubernetes drivers, loaded on first use. */
   resolveBackend?: BackendResolver;
-  /** Identifies this gateway on every worker's labels; default `spawngate.owner` from the config, else the host name. */
+  /**
+   * The owner group on every worker's label: the gateways that may sweep each other's orphans.
+   * Default `spawngate.owner` from the config, else the host name. Replicas may share it; what
+   * tells them apart is the instance id, and what keeps a worker alive is its lease.
+   */
   owner?: string;
   /** Sweep interval; default `spawngate.sweepIntervalSeconds` from the config, else 60 s; 0 disables. */
   sweepIntervalMs?: number;
+  /**
+   * Sweep once before the gate is handed out, so a restarted gateway admits nothing until its
+   * predecessor's orphans are gone (no over-admission window). Default: on when the sweeper is.
+   */
+  reconcileOnStart?: boolean;
 }
 
 export interface ShutdownOptions {
@@ -27,6 +37,8 @@ export interface ShutdownOptions {
 export type Spawngate = Omit<Admission, 'close'> &
   Omit<Lifecycle, 'shutdown'> & {
     readonly owner: string;
+    /** This process's id: the holder of its leases, unique per gateway process. */
+    readonly instanceId: string;
     /** Stops hot reload, timers and the sweeper; closes every live worker unless `keepWorkers`. */
     shutdown(options?: ShutdownOptions): Promise<void>;
     [Symbol.asyncDispose](): Promise<void>;
@@ -40,18 +52,39 @@ export function agentCommandFor(config: SpawngateConfig, agentId: string): reado
   throw new SpawngateError('CONFIG_INVALID', `agent ${agentId} has no ACP command: add agents.acp.${agentId}.command to the config (built-in agents: echo)`);
 }
 
+/** Unique per process and readable in a listing: host, pid, and randomness against pid reuse. */
+export function newInstanceId(): string {
+  return `${hostname().slice(0, 40)}-${process.pid}-${randomBytes(4).toString('hex')}`;
+}
+
 export async function createSpawngate(options: SpawngateOptions = {}): Promise<Spawngate> {
-  const admission = await createAdmission(options);
+  const instanceId = options.instanceId ?? newInstanceId();
+  const admission = await createAdmission({ ...options, instanceId });
   const { config } = admission;
   const owner = options.owner ?? config.spawngate?.owner ?? hostname();
+  const sweepIntervalMs = options.sweepIntervalMs ?? (config.spawngate?.sweepIntervalSeconds ?? 60) * 1000;
   const lifecycle = createLifecycle({
     admission,
     resolveBackend: options.resolveBackend ?? defaultBackendResolver(),
     owner,
+    instanceId,
     agentCommand: (agentId) => agentCommandFor(config, agentId),
-    sweepIntervalMs: options.sweepIntervalMs ?? (config.spawngate?.sweepIntervalSeconds ?? 60) * 1000,
+    sweepIntervalMs,
     ...(options.clock ? { clock: options.clock } : {}),
   });
+  if (options.reconcileOnStart ?? sweepIntervalMs > 0) {
+    try {
+      const report = await lifecycle.sweep({ orphans: true });
+      if (report.removed.length || report.releasedLeases.length) {
+        admission.logger.info('reconciled before the first spawn', { removed: report.removed.map((e) => ({ spawnId: e.spawnId, reason: e.reason })), releasedLeases: report.releasedLeases.length });
+      }
+      for (const e of report.errors) admission.logger.warn('start-up reconciliation could not check a backend', e);
+    } catch (err) {
+      await lifecycle.shutdown();
+      await admission.close();
+      throw err;
+    }
+  }
   // Both are plain factory objects of closures (no `this`), so their methods can be spread.
   // eslint-disable-next-line @typescript-eslint/unbound-method
   const { shutdown: _shutdown, ...sessions } = lifecycle;
@@ -65,6 +98,7 @@ export async function createSpawngate(options: SpawngateOptions = {}): Promise<S
     ...admissionParts,
     ...sessions,
     owner,
+    instanceId,
     shutdown,
     [Symbol.asyncDispose]: () => shutdown(),
   };

@@ -131,3 +131,4 @@ export function spanTree(spans: readonly ReadableSpan[], options: SpanTreeOption
   }
   return lines.join('\n');
 }
+export { createFakeBackend, type FakeBackend, type FakeBackendOptions, type FakeWorker } from './testing/fake-backend.js';

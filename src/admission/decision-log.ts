@@ -1,4 +1,5 @@
 import { createWriteStream } from 'node:fs';
+import type { WriteStream } from 'node:fs';
 import type { Writable } from 'node:stream';
 import type { AdmissionInput, Decision } from './types.js';
 
@@ -17,6 +18,12 @@ export interface DecisionLogEntry {
 
 export interface DecisionLog {
   write(entry: DecisionLogEntry): void;
+  /**
+   * For a sink writing to a named file: start over at that path, because something (logrotate)
+   * moved the file away. Lines written before the call still end up in the old file. The built-in
+   * stream and memory sinks do nothing; optional, so a custom sink need not have it.
+   */
+  reopen?(): void;
   close(): Promise<void>;
 }
 
@@ -57,30 +64,54 @@ export function redactInput(input: AdmissionInput): unknown {
   return redact(rest);
 }
 
-function streamLog(stream: Writable, ownsStream: boolean): DecisionLog {
-  return {
-    write(entry) {
-      stream.write(`${JSON.stringify(entry)}\n`);
-    },
-    close() {
-      if (!ownsStream) return Promise.resolve();
-      return new Promise<void>((resolve) => stream.end(resolve));
-    },
-  };
+function line(entry: DecisionLogEntry): string {
+  return `${JSON.stringify(entry)}\n`;
 }
 
 /**
  * Appends JSON lines to a file (created if missing). A write error (unwritable path, full disk) is
  * reported through `onError` and never crashes the gateway: the audit trail is not worth an outage.
+ * `reopen()` (what `spawngate serve` does on SIGHUP) starts a fresh file at `path`; after an error
+ * it is also the way to try the path again.
  */
 export function fileDecisionLog(path: string, onError: (err: Error) => void = () => undefined): DecisionLog {
-  const stream = createWriteStream(path, { flags: 'a', mode: 0o600 });
-  stream.on('error', onError);
-  return streamLog(stream, true);
+  const open = (): WriteStream => {
+    const opened = createWriteStream(path, { flags: 'a', mode: 0o600 });
+    opened.on('error', onError);
+    return opened;
+  };
+  // end()'s callback also runs (with the error) for a stream that failed, so this always settles.
+  const end = (ending: WriteStream): Promise<void> => new Promise((resolve) => ending.end(() => resolve()));
+  let stream = open();
+  let closed = false;
+  let retired: Promise<unknown> = Promise.resolve();
+  return {
+    write(entry) {
+      stream.write(line(entry));
+    },
+    reopen() {
+      if (closed) return;
+      const previous = stream;
+      stream = open();
+      // Its queued lines still reach the old (renamed) file: the descriptor follows the file, not the name.
+      retired = Promise.all([retired, end(previous)]);
+    },
+    async close() {
+      closed = true;
+      await Promise.all([retired, end(stream)]);
+    },
+  };
 }
 
+/** Writes to a stream it does not own: `close()` leaves it open, and there is no file to reopen. */
 export function streamDecisionLog(stream: Writable): DecisionLog {
-  return streamLog(stream, false);
+  return {
+    write(entry) {
+      stream.write(line(entry));
+    },
+    reopen() {},
+    close: () => Promise.resolve(),
+  };
 }
 
 /** Keeps entries in memory — for tests and for gateways that ship entries themselves. */
@@ -92,6 +123,7 @@ export function memoryDecisionLog(limit = 10_000): DecisionLog & { entries: Deci
       entries.push(entry);
       if (entries.length > limit) entries.shift();
     },
+    reopen() {},
     close: () => Promise.resolve(),
   };
 }

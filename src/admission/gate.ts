@@ -4,6 +4,8 @@ import type { DecisionLog } from './decision-log.js';
 import { fileDecisionLog, redactInput, streamDecisionLog } from './decision-log.js';
 import type { PolicyBundle, PolicyEngine } from './engine.js';
 import { createPolicyEngine } from './engine.js';
+import type { LeaseKeeper, LeaseSettings } from './leases.js';
+import { createLeaseKeeper, DEFAULT_LEASE } from './leases.js';
 import type { PreparedCatalog } from './input.js';
 import { prepareCatalog, readUsage, serializeInput } from './input.js';
 import { readBundle } from './policy-tool.js';
@@ -38,6 +40,10 @@ export interface AdmissionOptions {
   /** Defaults to a fresh registry; pass one to share it with the lifecycle and your /metrics. */
   metrics?: Metrics;
   clock?: () => Date;
+  /** This gateway instance's id, recorded as the holder of every lease; default: a fresh random id. */
+  instanceId?: string;
+  /** Lease and heartbeat; default `spawngate.leaseSeconds`/`renewSeconds` from the config, else 30 s / 10 s. */
+  lease?: Partial<LeaseSettings> & { heartbeat?: boolean };
 }
 
 export interface AdmitCallOptions {
@@ -60,7 +66,9 @@ export interface Reservation {
   readonly id: string;
   readonly spawnId: string;
   readonly record: ReservationRecord;
-  /** Frees the slots; true the first time, false (logged no-op) on any later call. */
+  /** Aborted when the store no longer holds this reservation (its lease lapsed): its slots may be someone else's. */
+  readonly lost: AbortSignal;
+  /** Frees the slots; true the first time, false (logged no-op) on any later call or after the lease was lost. */
   release(): Promise<boolean>;
   [Symbol.asyncDispose](): Promise<void>;
 }
@@ -75,10 +83,14 @@ export interface Admission {
   readonly store: ReservationStore;
   readonly metrics: Metrics;
   readonly logger: Logger;
+  /** Renews the leases of every reservation this instance holds. */
+  readonly leases: LeaseKeeper;
   /** Decision only; takes no slot or token (a dry run of reserve). */
   admit(request: SpawnRequestInput, options?: AdmitCallOptions): Promise<AdmitResult>;
   /** Decision, then every slot and token the decision names, atomically. */
   reserve(request: SpawnRequestInput, options?: AdmitCallOptions): Promise<ReserveResult>;
+  /** Reopens a file decision log at its path (after logrotate moved it); a no-op for other sinks. */
+  reopenDecisionLog(): void;
   close(): Promise<void>;
 }
 
@@ -145,6 +157,17 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     policy.close();
     throw err;
   }
+  const leaseSettings: LeaseSettings = {
+    leaseMs: options.lease?.leaseMs ?? (config.spawngate?.leaseSeconds ?? DEFAULT_LEASE.leaseMs / 1000) * 1000,
+    renewMs: options.lease?.renewMs ?? (config.spawngate?.renewSeconds ?? DEFAULT_LEASE.renewMs / 1000) * 1000,
+  };
+  const leases = createLeaseKeeper({
+    store,
+    holder: options.instanceId ?? randomUUID(),
+    ...leaseSettings,
+    logger,
+    ...(options.lease?.heartbeat === undefined ? {} : { heartbeat: options.lease.heartbeat }),
+  });
 
   async function decide(raw: unknown, parent: Context | undefined): Promise<AdmitResult> {
     const request = parseSpawnRequest(raw);
@@ -218,11 +241,13 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   }
 
   function makeReservation(record: ReservationRecord): Reservation {
-    const release = () => store.release(record.id);
+    const lost = leases.hold(record.id);
+    const release = () => leases.release(record.id);
     return {
       id: record.id,
       spawnId: record.spawnId,
       record,
+      lost,
       release,
       async [Symbol.asyncDispose]() {
         await release();
@@ -261,6 +286,8 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     return inSpan(SPAN.reservation, parent, { 'spawngate.store': store.kind }, async (span): Promise<ReserveResult> => {
       const outcome = await store.reserve({
         spawnId: call.spawnId ?? randomUUID(),
+        holder: leases.holder,
+        leaseMs: leases.leaseMs,
         concurrency: decision.limits.concurrency,
         rate: decision.limits.rate,
         meta: {
@@ -289,6 +316,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     store,
     metrics,
     logger,
+    leases,
     async admit(raw, call) {
       const result = await admit(raw, call);
       count(result);
@@ -299,7 +327,11 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       count(result);
       return result;
     },
+    reopenDecisionLog() {
+      decisionLog?.reopen?.();
+    },
     async close() {
+      leases.stop();
       policy.close();
       await decisionLog?.close();
       if (!options.store) await store.close();

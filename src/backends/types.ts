@@ -2,13 +2,21 @@
  * The backend contract. No runtime imports: a backend package (in-tree or third-party) depends on
  * this file only. `specVersion` lets the contract evolve without silently mismatching old drivers.
  *
- * Road of a worker through a backend:
- *   validate(spec) → create(spec) → waitReady(ref) → [status/logs]* → delete(ref)
+ * Road of a worker (contract v2):
+ *   validate(spec) → create(spec) → running(ref) → [sessions: GET /healthz] → [status/logs]* → delete(ref)
  * and, for the sweeper, list(selector) finds what exists even after the gateway restarted.
+ *
+ * A backend knows resources, not the worker protocol: `running` says the resource runs and how the
+ * worker can be reached, or why it never will. Waiting for the worker to answer /healthz is one
+ * strategy in the sessions layer (src/sessions/readiness.ts), the same for every backend, which also
+ * watches `status` so a worker that dies while starting fails the spawn at once with its reason.
+ *
+ * v1 → v2: `waitReady(ref, token, options)`, which made each backend poll the worker's /healthz, is
+ * replaced by `running(ref, options)`.
  */
 import type { Egress } from '../admission/types.js';
 
-export const BACKEND_SPEC_VERSION = 1 as const;
+export const BACKEND_SPEC_VERSION = 2 as const;
 
 export const LABELS = {
   spawnId: 'spawngate.io/spawn-id',
@@ -126,8 +134,10 @@ export interface ListedWorker {
   phase: WorkerPhase;
 }
 
-export interface WaitReadyOptions {
+export interface RunningOptions {
+  /** Bound on the wait; running out of it rejects with a retryable BackendError TIMEOUT naming what was awaited. */
   timeoutMs: number;
+  /** Aborting rejects with the signal's reason. */
   signal?: AbortSignal;
 }
 
@@ -142,10 +152,19 @@ export interface Backend {
   readonly name: string;
   /** Dry run: throws a BackendError naming the offending field when the spec cannot run here. Creates nothing. */
   validate(spec: WorkerSpec): Promise<void>;
-  /** Creates the resource and returns at once; readiness is waitReady's job. */
+  /**
+   * Creates the resource and returns at once. Whatever list() needs to find it again (labels, a
+   * state file) exists before the worker does; a create that fails leaves nothing behind.
+   */
   create(spec: WorkerSpec): Promise<WorkerRef>;
-  /** Resolves when the backend reports the resource running AND the worker answers /healthz with its token. */
-  waitReady(ref: WorkerRef, token: string, options: WaitReadyOptions): Promise<WorkerEndpoint>;
+  /**
+   * Resolves once the backend sees the resource running and knows how to reach the worker. Never
+   * talks to the worker itself. Rejects with a BackendError whose `details.reason` says why
+   * (Exited, Error, OOMKilled, ImagePullBackOff, Unschedulable, DeadlineExceeded, NotFound…) as
+   * soon as the resource can never get there; engine/API refusals carry `details.statusCode`.
+   */
+  running(ref: WorkerRef, options: RunningOptions): Promise<WorkerEndpoint>;
+  /** `ready` may probe the worker's /healthz; `phase` and `reason` come from the backend alone. */
   status(ref: WorkerRef): Promise<WorkerStatus>;
   logs(ref: WorkerRef, options?: LogsOptions): Promise<string[]>;
   /** Idempotent: deleting what is already gone resolves. */

@@ -414,6 +414,18 @@ export const spawngateSectionSchema = z.strictObject({
   decisionLog: filePathSchema.optional().register(configMetadata, { description: 'a file path, "stdout", or "off"' }),
   stateDir: filePathSchema.optional(),
   sweepIntervalSeconds: z.int().min(1).max(86_400).optional(),
+  leaseSeconds: z
+    .int()
+    .min(2)
+    .max(3600)
+    .optional()
+    .register(configMetadata, { description: 'how long a reservation outlives its last renewal (default 30); a gateway that dies frees its slots after this' }),
+  renewSeconds: z
+    .int()
+    .min(1)
+    .max(1800)
+    .optional()
+    .register(configMetadata, { description: 'lease heartbeat period (default 10); at most half of leaseSeconds' }),
   store: z
     .discriminatedUnion('type', [
       z.strictObject({ type: z.literal('memory') }),
@@ -427,6 +439,13 @@ export const spawngateSectionSchema = z.strictObject({
       }),
     ])
     .optional(),
+}).check((ctx) => {
+  // A heartbeat that is not well inside the lease lets a healthy gateway's leases lapse on one slow renewal.
+  const lease = ctx.value.leaseSeconds ?? 30;
+  const renew = ctx.value.renewSeconds ?? 10;
+  if (renew * 2 > lease) {
+    ctx.issues.push({ code: 'custom', path: [ctx.value.renewSeconds === undefined ? 'leaseSeconds' : 'renewSeconds'], message: `renewSeconds (${renew}) must be at most half of leaseSeconds (${lease})`, input: ctx.value });
+  }
 });
 
 // ─── root ────────────────────────────────────────────────────────────────────────────────────

@@ -26,6 +26,8 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   POLICY_UNAVAILABLE: 503,
   POLICY_LOAD_FAILED: 503,
   RESERVATION_FAILED: 503,
+  // The store lost the reservation (lease lapsed in an outage): the worker was closed; a new spawn can work.
+  LEASE_LOST: 503,
   TIMEOUT: 504,
 };
 

@@ -4,7 +4,8 @@ import type { Admission, Reservation } from '../admission/gate.js';
 import type { SpawnRequestInput } from '../admission/request.js';
 import type { AllowDecision } from '../admission/types.js';
 import type { BackendResolver } from '../backends/registry.js';
-import type { Backend, WorkerEndpoint, WorkerRef, WorkerStatus } from '../backends/types.js';
+import type { ReservationRecord } from '../admission/store/types.js';
+import type { Backend, ListedWorker, WorkerEndpoint, WorkerRef, WorkerStatus } from '../backends/types.js';
 import { LABELS } from '../backends/types.js';
 import { createWorkerClient } from '../backends/worker-client.js';
 import { findBackend, findProfile } from '../config/index.js';
@@ -13,6 +14,7 @@ import { safely } from '../telemetry/metrics.js';
 import { endSpan, inSpan, parentContext, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
 import type { WorkerEvent, WorkerStatusReport } from '../worker/events.js';
 import { buildWorkerSpec, labelValue } from './spec.js';
+import { waitForWorker } from './readiness.js';
 
 export type SpawnProgress =
   | { stage: 'admission' }
@@ -27,7 +29,7 @@ export interface SpawnOptions {
   parent?: Context;
 }
 
-export type CloseReason = 'closed' | 'expired' | 'failed' | 'orphaned' | 'shutdown';
+export type CloseReason = 'closed' | 'expired' | 'failed' | 'orphaned' | 'shutdown' | 'lease_lost';
 
 export interface SpawnStatus {
   spawnId: string;
@@ -65,14 +67,24 @@ export interface SweepEntry {
   spawnId: string;
   backend: string;
   nativeId: string;
-  reason: 'expired' | 'orphaned' | 'exited';
+  reason: 'expired' | 'orphaned' | 'exited' | 'lease_lost';
   deleted: boolean;
+  error?: string;
+}
+
+/** A lease this instance held with no worker behind it, released by the reconciler. */
+export interface ReleasedLease {
+  reservationId: string;
+  spawnId: string;
+  released: boolean;
   error?: string;
 }
 
 export interface SweepReport {
   dryRun: boolean;
   removed: SweepEntry[];
+  /** Leases released because no worker and no caller stood behind them. */
+  releasedLeases: ReleasedLease[];
   kept: number;
   errors: { backend: string; error: string }[];
 }
@@ -92,8 +104,10 @@ export interface ListedSpawn {
 export interface LifecycleOptions {
   admission: Admission;
   resolveBackend: BackendResolver;
-  /** Label value identifying this gateway; the sweeper treats untracked workers of this owner as orphans. */
+  /** The owner group on worker labels: the sweeper looks for orphans among this group's workers only. */
   owner: string;
+  /** This gateway process; recorded on the workers it creates (a worker's liveness is its lease, not this label). */
+  instanceId: string;
   /** ACP agent argv for an agent id; null = the worker's built-in agent of that id. */
   agentCommand: (agentId: string) => readonly string[] | null;
   /** Periodic sweep; 0 or null disables it. */
@@ -129,6 +143,7 @@ interface Live {
 interface Closed {
   status: SpawnStatus;
   at: number;
+  reservationId: string | null;
 }
 
 const CLOSED_KEPT = 1000;
@@ -144,6 +159,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
   // Spawns between create and ready exist on the backend but are not live yet; the sweeper must not take them for orphans.
   const inflight = new Set<string>();
   let sweepTimer: NodeJS.Timeout | null = null;
+  let sweeping: Promise<void> | null = null;
 
   function backendFor(name: string): Promise<Backend> {
     const cfg = findBackend(config, name);
@@ -151,8 +167,8 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     return resolveBackend(name, cfg);
   }
 
-  function remember(status: SpawnStatus): void {
-    closed.set(status.spawnId, { status, at: Date.now() });
+  function remember(status: SpawnStatus, reservationId: string | null = null): void {
+    closed.set(status.spawnId, { status, at: Date.now(), reservationId });
     if (closed.size > CLOSED_KEPT) {
       const oldest = closed.keys().next().value;
       if (oldest !== undefined) closed.delete(oldest);
@@ -215,7 +231,8 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         progress({ stage: 'created', nativeId: ref.nativeId });
         const createdRef = ref;
         const endpoint = await inSpan(SPAN.backendReady, ctx, nativeAttributes(chosen.kind, createdRef.nativeId), () =>
-          chosen.waitReady(createdRef, token, { timeoutMs: spec.timeoutSeconds * 1000, ...(spawnOptions.signal ? { signal: spawnOptions.signal } : {}) }),
+          // A lease lost while the worker starts (store outage past the lease) ends the wait: its slots are gone.
+          waitForWorker({ backend: chosen, ref: createdRef, token, timeoutMs: spec.timeoutSeconds * 1000, signal: spawnOptions.signal ? AbortSignal.any([spawnOptions.signal, reservation.lost]) : reservation.lost }),
         );
         const readyMs = performance.now() - started;
         safely(() => {
@@ -236,7 +253,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           await backend.delete(failedRef).catch((e: unknown) => logger.error('cleanup after failed spawn did not delete the worker; the sweeper will retry', { spawnId, error: (e as Error).message }));
           if (status) remember({ ...baseStatus(spawnId, decision.backend, decision.profile, admitted.request.agentId, failedRef.nativeId, null), closeReason: 'failed', backendStatus: status });
         }
-        await reservation.release();
+        await releaseQuietly(reservation, spawnId);
         safely(() => {
           metrics.spawns.inc({ backend: decision.backend, profile: decision.profile, outcome: 'failed' });
           metrics.workerFailures.inc({ backend: decision.backend, reason });
@@ -247,6 +264,23 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         inflight.delete(spawnId);
       }
     });
+  }
+
+  /**
+   * The worker is gone either way; a store that cannot take the release right now (connection
+   * reset) gets it again on each lease heartbeat, and the lease is no longer renewed, so the slots
+   * come back within one lease at the latest. A retried close() retries it at once.
+   */
+  async function releaseQuietly(reservation: Reservation, spawnId: string): Promise<void> {
+    try {
+      await reservation.release();
+    } catch (err) {
+      logger.warn('releasing the reservation failed; retried on the next lease heartbeat, and its lease lapses meanwhile', {
+        spawnId,
+        reservationId: reservation.id,
+        error: (err as Error).message,
+      });
+    }
   }
 
   function baseStatus(spawnId: string, backend: string, profile: string | null, agentId: string | null, nativeId: string, expiresAt: Date | null): Omit<SpawnStatus, 'backendStatus' | 'closeReason'> {
@@ -289,6 +323,10 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     };
     const entry: Live = { handle, ref, backend, reservation: args.reservation, token, spawnSpan: args.spawnSpan, ttlTimer, closing: null };
     live.set(spawnId, entry);
+    // Its slots were freed under it (the store lost the lease): keeping it would run past the caps.
+    const onLost = () => void closeSpawn(spawnId, 'lease_lost');
+    if (args.reservation.lost.aborted) onLost();
+    else args.reservation.lost.addEventListener('abort', onLost, { once: true });
     return entry;
   }
 
@@ -351,7 +389,13 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
   function closeSpawn(spawnId: string, reason: CloseReason, knownStatus?: WorkerStatus): Promise<void> {
     const entry = live.get(spawnId);
     if (!entry) {
-      if (closed.has(spawnId)) return Promise.resolve();
+      const done = closed.get(spawnId);
+      if (done) {
+        // A retried close after a store outage: try the release that could not be taken then.
+        const id = done.reservationId;
+        if (id !== null && admission.leases.pendingRelease(id)) return admission.leases.release(id).then(() => undefined);
+        return Promise.resolve();
+      }
       return closeUntracked(spawnId);
     }
     entry.closing ??= (async () => {
@@ -369,8 +413,8 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
             ...baseStatus(spawnId, handle.backend, handle.profile, handle.agentId, handle.nativeId, handle.expiresAt),
             closeReason: reason,
             backendStatus: last ?? { nativeId: handle.nativeId, phase: 'gone', ready: false, reason: null, message: null, exitCode: null, attributes: {} },
-          });
-          await entry.reservation.release();
+          }, entry.reservation.id);
+          await releaseQuietly(entry.reservation, spawnId);
           safely(() => metrics.activeWorkers.dec({ backend: handle.backend, profile: handle.profile }));
         }
       });
@@ -452,73 +496,122 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     return out;
   }
 
+  /**
+   * Reconciles the backends with the store's leases, both ways. A worker's fate belongs to whoever
+   * holds its lease: untracked workers whose lease a live instance holds (another replica's, or one
+   * between create and ready anywhere) are left alone; without a live lease they are orphans. The
+   * leases are read after each backend's listing, so a worker seen in a listing had its lease (taken
+   * before create) in that read unless it was released or lapsed meanwhile.
+   */
   async function sweep(sweepOptions: { dryRun?: boolean; orphans?: boolean } = {}): Promise<SweepReport> {
     const dryRun = sweepOptions.dryRun ?? false;
     const orphans = sweepOptions.orphans ?? true;
-    const report: SweepReport = { dryRun, removed: [], kept: 0, errors: [] };
-    await inSpan(SPAN.sweep, parentContext(null), { 'spawngate.sweep.dry_run': dryRun }, async (span) => {
-      const now = clock().getTime();
-      for (const name of Object.keys(config.agents.executionBackends)) {
-        let backend: Backend;
-        let found;
-        try {
-          backend = await backendFor(name);
-          found = await backend.list({ [LABELS.owner]: owner });
-        } catch (err) {
-          report.errors.push({ backend: name, error: (err as Error).message });
-          continue;
-        }
-        for (const w of found) {
-          // A spawn still on its way to ready is its own caller's to clean up, whatever its state.
-          if (inflight.has(w.ref.spawnId)) {
-            report.kept++;
+    const report: SweepReport = { dryRun, removed: [], releasedLeases: [], kept: 0, errors: [] };
+    // Concurrent sweeps (timer and an API call) must not judge the same worker twice.
+    if (sweeping) return sweeping.then(() => sweep(sweepOptions));
+    let done!: () => void;
+    sweeping = new Promise<void>((resolve) => (done = resolve));
+    try {
+      await inSpan(SPAN.sweep, parentContext(null), { 'spawngate.sweep.dry_run': dryRun }, async (span) => {
+        let lastLeases: ReservationRecord[] | null = null;
+        let listedEverywhere = true;
+        for (const name of Object.keys(config.agents.executionBackends)) {
+          let backend: Backend;
+          let found: ListedWorker[];
+          try {
+            backend = await backendFor(name);
+            found = await backend.list({ [LABELS.owner]: owner });
+          } catch (err) {
+            listedEverywhere = false;
+            report.errors.push({ backend: name, error: (err as Error).message });
             continue;
           }
-          const tracked = live.has(w.ref.spawnId);
-          const reason: SweepEntry['reason'] | null =
-            w.expiresAt && w.expiresAt.getTime() <= now
+          let leased: Set<string> | null = null;
+          try {
+            lastLeases = await admission.store.active();
+            leased = new Set(lastLeases.map((r) => r.spawnId));
+          } catch (err) {
+            // Without the leases nobody can tell an orphan from another replica's worker: delete none.
+            report.errors.push({ backend: name, error: `reservation store: ${(err as Error).message}; orphans are left for the next sweep` });
+          }
+          const now = clock().getTime();
+          for (const w of found) {
+            const spawnId = w.ref.spawnId;
+            // A spawn still on its way to ready is its own caller's to clean up, whatever its state.
+            if (inflight.has(spawnId)) {
+              report.kept++;
+              continue;
+            }
+            const tracked = live.has(spawnId);
+            const expired = w.expiresAt !== null && w.expiresAt.getTime() <= now;
+            const exited = w.phase === 'failed' || w.phase === 'succeeded' || w.phase === 'gone';
+            const heldElsewhere = !tracked && (leased === null || leased.has(spawnId));
+            const reason: SweepEntry['reason'] | null = expired
               ? 'expired'
-              : w.phase === 'failed' || w.phase === 'succeeded' || w.phase === 'gone'
-                ? 'exited'
-                : !tracked && orphans
-                  ? 'orphaned'
-                  : null;
-          if (!reason) {
-            report.kept++;
-            continue;
-          }
-          const item: SweepEntry = { spawnId: w.ref.spawnId, backend: name, nativeId: w.ref.nativeId, reason, deleted: false };
-          if (!dryRun) {
-            try {
-              if (tracked) await closeSpawn(w.ref.spawnId, reason === 'exited' ? 'failed' : reason === 'expired' ? 'expired' : 'orphaned');
-              else await backend.delete(w.ref);
-              item.deleted = true;
-              safely(() => metrics.sweeperDeletions.inc({ backend: name, reason }));
-            } catch (err) {
-              item.error = (err as Error).message;
+              : heldElsewhere
+                ? null
+                : exited
+                  ? 'exited'
+                  : !tracked && orphans
+                    ? 'orphaned'
+                    : null;
+            if (!reason) {
+              report.kept++;
+              continue;
             }
-          }
-          report.removed.push(item);
-        }
-        // A live worker its backend no longer has (removed by hand, node lost): close it so its slots come back.
-        const listed = new Set(found.map((w) => w.ref.spawnId));
-        for (const [spawnId, entry] of [...live]) {
-          if (entry.handle.backend !== name || listed.has(spawnId)) continue;
-          const item: SweepEntry = { spawnId, backend: name, nativeId: entry.ref.nativeId, reason: 'exited', deleted: false };
-          if (!dryRun) {
-            try {
-              await closeSpawn(spawnId, 'failed');
-              item.deleted = true;
-              safely(() => metrics.sweeperDeletions.inc({ backend: name, reason: 'exited' }));
-            } catch (err) {
-              item.error = (err as Error).message;
+            const item: SweepEntry = { spawnId, backend: name, nativeId: w.ref.nativeId, reason, deleted: false };
+            if (!dryRun) {
+              try {
+                if (tracked) await closeSpawn(spawnId, reason === 'exited' ? 'failed' : reason === 'expired' ? 'expired' : 'orphaned');
+                else await backend.delete(w.ref);
+                item.deleted = true;
+                safely(() => metrics.sweeperDeletions.inc({ backend: name, reason }));
+              } catch (err) {
+                item.error = (err as Error).message;
+              }
             }
+            report.removed.push(item);
           }
-          report.removed.push(item);
+          // A live worker its backend no longer has (removed by hand, node lost): close it so its slots come back.
+          const listed = new Set(found.map((w) => w.ref.spawnId));
+          for (const [spawnId, entry] of [...live]) {
+            if (entry.handle.backend !== name || listed.has(spawnId)) continue;
+            const item: SweepEntry = { spawnId, backend: name, nativeId: entry.ref.nativeId, reason: 'exited', deleted: false };
+            if (!dryRun) {
+              try {
+                await closeSpawn(spawnId, 'failed');
+                item.deleted = true;
+                safely(() => metrics.sweeperDeletions.inc({ backend: name, reason: 'exited' }));
+              } catch (err) {
+                item.error = (err as Error).message;
+              }
+            }
+            report.removed.push(item);
+          }
         }
-      }
-      setAttributes(span, { 'spawngate.sweep.removed': report.removed.length, 'spawngate.sweep.kept': report.kept });
-    });
+        // The other way round: a lease recorded for this instance that nothing here holds any more
+        // (no live or starting worker, no caller's reservation) only keeps slots from others.
+        if (listedEverywhere && lastLeases) {
+          const held = admission.leases.held();
+          for (const lease of lastLeases) {
+            if (lease.holder !== admission.leases.holder || held.has(lease.id) || live.has(lease.spawnId) || inflight.has(lease.spawnId)) continue;
+            const item: ReleasedLease = { reservationId: lease.id, spawnId: lease.spawnId, released: false };
+            if (!dryRun) {
+              try {
+                item.released = await admission.store.release(lease.id);
+              } catch (err) {
+                item.error = (err as Error).message;
+              }
+            }
+            report.releasedLeases.push(item);
+          }
+        }
+        setAttributes(span, { 'spawngate.sweep.removed': report.removed.length, 'spawngate.sweep.kept': report.kept });
+      });
+    } finally {
+      sweeping = null;
+      done();
+    }
     return report;
   }
 

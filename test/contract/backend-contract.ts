@@ -1,15 +1,23 @@
 /**
- * The backend contract suite. Every backend runs the same scenarios through the public gate, on
- * the real engine behind it: a backend is done when this passes. Call it from a backend's test
- * file with a factory describing how to configure that backend here.
+ * The backend contract suite. Every backend runs the same scenarios on the real engine behind it,
+ * through the Backend interface itself (validate, create, list by selector, running, idempotent
+ * delete, and a worker that dies while starting) and through the public gate: a backend is done
+ * when this passes. Call it from a backend's test file with a target describing that backend here.
  */
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Egress } from '../../src/admission/types.js';
+import { defaultBackendResolver } from '../../src/backends/registry.js';
+import type { Backend, WorkerRef, WorkerSpec } from '../../src/backends/types.js';
+import { LABELS } from '../../src/backends/types.js';
+import { createWorkerClient } from '../../src/backends/worker-client.js';
 import type { BackendConfig } from '../../src/config/index.js';
-import { AdmissionDeniedError } from '../../src/errors.js';
+import { AdmissionDeniedError, BackendError } from '../../src/errors.js';
+import { waitForWorker } from '../../src/sessions/readiness.js';
 import { createSpawngate, type Spawngate } from '../../src/spawngate.js';
 import type { WorkerEvent } from '../../src/worker/events.js';
+import { testWorkerSpec } from '../helpers/worker-spec.js';
 
 export interface ContractTarget {
   /** Test title and configured backend name. */
@@ -22,7 +30,18 @@ export interface ContractTarget {
   profileBase?: Record<string, unknown>;
   /** Readiness takes longer on slow engines; bounds every wait. */
   readyTimeoutSeconds?: number;
+  /** WorkerSpec fields this backend needs when driven directly (image, placement), like profileBase for the gate. */
+  workerSpec?: Partial<WorkerSpec>;
+  /** Egress modes the start-up failure cases run in; default ["none"]. */
+  egressModes?: readonly Egress[];
 }
+
+/** What the fixture agent writes to stderr before it exits at start-up (ACP_FIXTURE_EXIT_AT_START). */
+const AGENT_EXIT_LINE = 'fixture: exiting at start-up with code 3';
+/** Long enough that a failure seen "well under" it cannot be the time-out; short enough to fail a hang in one test run. */
+const FAIL_FAST_TIMEOUT_SECONDS = 120;
+/** A generous bound on how long a worker that dies while starting may keep a spawn waiting, start included. */
+const FAIL_FAST_BOUND_MS = 30_000;
 
 const caller = (user = 'contract-user') => ({
   sessionKey: `agent:main:contract:${randomUUID()}`,
@@ -62,6 +81,7 @@ export function describeBackendContract(target: ContractTarget): void {
               small: { ...base, ttlSeconds: 600 },
               short: { ...base, ttlSeconds: 2 },
               restricted: { ...base, allowedAgents: ['nobody'] },
+              crashing: { ...base, timeoutSeconds: FAIL_FAST_TIMEOUT_SECONDS, env: { ACP_FIXTURE_EXIT_AT_START: '3' } },
             },
           },
         },
@@ -165,6 +185,24 @@ export function describeBackendContract(target: ContractTarget): void {
       expect(await second.list()).toHaveLength(0);
     });
 
+    it('a worker whose agent dies at start-up fails the spawn fast, with its reason and stderr, and frees the slots', async () => {
+      const gate = await open();
+      const before = (await gate.list()).map((w) => w.spawnId);
+      const started = Date.now();
+      const err = await gate.spawn(request('echo never answered', { execution: { profile: 'crashing' } })).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      const elapsed = Date.now() - started;
+      console.log(`${target.name}: spawn of a worker whose agent exits at start-up failed after ${elapsed} ms (timeoutSeconds ${FAIL_FAST_TIMEOUT_SECONDS})`);
+      expect(err).toBeInstanceOf(BackendError);
+      expect(err).toMatchObject({ code: 'BACKEND_FAILED', details: { reason: 'Error', exitCode: 1 } });
+      expect((err as BackendError).message).toContain(AGENT_EXIT_LINE);
+      expect(elapsed).toBeLessThan(FAIL_FAST_BOUND_MS);
+      expect((await gate.list()).map((w) => w.spawnId)).toEqual(before);
+      expect(await gate.store.active()).toHaveLength(0);
+    });
+
     it('a deny never creates anything', async () => {
       const gate = await open();
       const before = (await gate.list({ allOwners: true })).length;
@@ -173,6 +211,104 @@ export function describeBackendContract(target: ContractTarget): void {
       await expect(attempt).rejects.toMatchObject({ reasons: [expect.objectContaining({ code: 'agent_not_allowed' })] });
       expect((await gate.list({ allOwners: true })).length).toBe(before);
       expect(await gate.store.active()).toHaveLength(0);
+    });
+
+    describe('the Backend interface itself', () => {
+      const directOwner = `${owner}-direct`;
+      const readyMs = timeout * 1000;
+      let backend: Backend;
+      const refs: WorkerRef[] = [];
+
+      beforeAll(async () => {
+        backend = await defaultBackendResolver()(target.name, target.backend);
+      });
+
+      afterAll(async () => {
+        for (const ref of refs) await backend?.delete(ref).catch(() => undefined);
+        await backend?.close?.();
+      });
+
+      const directSpec = (overrides: Partial<WorkerSpec> = {}): WorkerSpec => {
+        const s = testWorkerSpec(
+          { owner: directOwner, backendName: target.name, profileName: 'direct', agentId: 'fixture', agentCommand: target.fixtureCommand, ...target.workerSpec },
+          overrides,
+        );
+        return { ...s, labels: { ...s.labels, [LABELS.backend]: target.name, [LABELS.profile]: 'direct' } };
+      };
+      const created = async (s: WorkerSpec): Promise<WorkerRef> => {
+        const ref = await backend.create(s);
+        refs.push(ref);
+        return ref;
+      };
+
+      it('validate → create → list by selector → running → /healthz → delete, and delete is idempotent', async () => {
+        const s = directSpec();
+        await backend.validate(s);
+        const ref = await created(s);
+        expect(ref).toMatchObject({ spawnId: s.spawnId, backendName: target.name });
+        // Seen from create on, and only by selectors whose every label matches.
+        expect((await backend.list({ [LABELS.spawnId]: s.spawnId })).map((w) => w.ref.spawnId)).toEqual([s.spawnId]);
+        expect((await backend.list({ [LABELS.owner]: directOwner, [LABELS.profile]: 'direct' })).map((w) => w.ref.spawnId)).toContain(s.spawnId);
+        expect(await backend.list({ [LABELS.spawnId]: s.spawnId, [LABELS.owner]: `${directOwner}-other` })).toEqual([]);
+        expect(await backend.list({ [LABELS.spawnId]: randomUUID() })).toEqual([]);
+
+        const endpoint = await backend.running(ref, { timeoutMs: readyMs });
+        expect(endpoint.socketPath ?? endpoint.baseUrl).toBeTruthy();
+        expect(await waitForWorker({ backend, ref, token: s.token, timeoutMs: readyMs })).toEqual(endpoint);
+        expect(await createWorkerClient({ ...endpoint, token: s.token }).healthz()).toMatchObject({ status: 'ok', agentId: 'fixture' });
+        expect(await backend.status(ref)).toMatchObject({ phase: 'running', reason: null });
+
+        await backend.delete(ref);
+        expect(await backend.list({ [LABELS.spawnId]: s.spawnId })).toEqual([]);
+        expect((await backend.status(ref)).phase).toBe('gone');
+        await backend.delete(ref);
+        // Something that never existed here is already deleted.
+        await backend.delete({ spawnId: randomUUID(), backendName: target.name, nativeId: '' });
+      });
+
+      it('a wrong token is refused by the worker, not waited out', async () => {
+        const s = directSpec();
+        const ref = await created(s);
+        await expect(waitForWorker({ backend, ref, token: 'not-the-token', timeoutMs: readyMs })).rejects.toMatchObject({ code: 'WORKER_UNAUTHORIZED' });
+        await backend.delete(ref);
+      });
+
+      for (const egress of target.egressModes ?? ['none']) {
+        /** Creates a worker that dies while starting and returns how waitForWorker failed, and how fast. */
+        const failedStart = async (what: string, env: Record<string, string>): Promise<BackendError> => {
+          const s = directSpec({ egress, env, timeoutSeconds: FAIL_FAST_TIMEOUT_SECONDS });
+          const ref = await created(s);
+          const started = Date.now();
+          const err = await waitForWorker({ backend, ref, token: s.token, timeoutMs: s.timeoutSeconds * 1000 }).then(
+            () => null,
+            (e: unknown) => e,
+          );
+          const elapsed = Date.now() - started;
+          console.log(`${target.name} egress ${egress}: ${what}: waitForWorker failed after ${elapsed} ms (timeoutSeconds ${s.timeoutSeconds})`);
+          expect(err).toBeInstanceOf(BackendError);
+          expect(elapsed).toBeLessThan(FAIL_FAST_BOUND_MS);
+          await backend.delete(ref);
+          expect(await backend.list({ [LABELS.spawnId]: s.spawnId })).toEqual([]);
+          return err as BackendError;
+        };
+
+        it(`egress ${egress}: a worker whose agent exits at start-up fails the wait fast, with the reason and the agent's stderr`, async () => {
+          const err = await failedStart('agent exits at start-up', { ACP_FIXTURE_EXIT_AT_START: '3' });
+          // The reference worker exits 1 when its agent died.
+          expect(err).toMatchObject({ code: 'BACKEND_FAILED', details: { reason: 'Error', exitCode: 1 } });
+          expect(err.details['logTail']).toEqual(expect.arrayContaining([expect.stringContaining(AGENT_EXIT_LINE)]));
+          expect(err.message).toMatch(/failed before it was ready: Error/);
+          expect(err.message).toContain(AGENT_EXIT_LINE);
+        });
+
+        it(`egress ${egress}: a worker that exits before it listens fails the wait fast, with the reason and its stderr`, async () => {
+          // A bad environment: the worker refuses to start (exit 2) before it listens anywhere.
+          const err = await failedStart('worker exits before listening', { SPAWNGATE_CANCEL_GRACE_MS: 'never' });
+          expect(err).toMatchObject({ code: 'BACKEND_FAILED', details: { reason: 'Error', exitCode: 2 } });
+          expect(err.details['logTail']).toEqual(expect.arrayContaining([expect.stringContaining('SPAWNGATE_CANCEL_GRACE_MS')]));
+          expect(err.message).toContain('SPAWNGATE_CANCEL_GRACE_MS');
+        });
+      }
     });
   });
 }

@@ -18,6 +18,7 @@ import { createDockerBackend } from '../../src/backends/docker/index.js';
 import { LABELS, WORKER_EXIT_DEADLINE } from '../../src/backends/types.js';
 import type { Backend, WorkerEndpoint, WorkerRef, WorkerSpec, WorkerStatus } from '../../src/backends/types.js';
 import { createWorkerClient } from '../../src/backends/worker-client.js';
+import { waitForWorker } from '../../src/sessions/readiness.js';
 import type { WorkerEvent } from '../../src/worker/events.js';
 import { describeBackendContract } from '../contract/backend-contract.js';
 import { CONTRACT_IMAGE, engine, ensureEngine, ensureImages, fixtureInImage } from './engine.js';
@@ -150,7 +151,7 @@ describe('docker backend', () => {
     expect((await backend.list({ [LABELS.owner]: owner })).map((w) => w.ref.spawnId)).toContain(s.spawnId);
     expect(await backend.list({ [LABELS.owner]: `${owner}-someone-else` })).toEqual([]);
 
-    const endpoint = await backend.waitReady(ref, s.token, { timeoutMs: 60_000 });
+    const endpoint = await waitForWorker({ backend, ref, token: s.token, timeoutMs: 60_000 });
     expect(endpoint.socketPath).toBe(join(stateDir, s.spawnId, 'w.sock'));
 
     const client = createWorkerClient({ ...endpoint, token: s.token });
@@ -184,7 +185,7 @@ describe('docker backend', () => {
   it('egress open publishes the worker on 127.0.0.1 only', async () => {
     const s = spec({ egress: 'open' });
     const ref = await createTracked(s);
-    const endpoint = await backend.waitReady(ref, s.token, { timeoutMs: 60_000 });
+    const endpoint = await waitForWorker({ backend, ref, token: s.token, timeoutMs: 60_000 });
     expect(endpoint.baseUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     const info = await engine().getContainer(ref.nativeId).inspect();
     expect(info.NetworkSettings.Ports['8080/tcp']).toEqual([{ HostIp: '127.0.0.1', HostPort: new URL(endpoint.baseUrl ?? '').port }]);
@@ -245,7 +246,7 @@ describe('docker backend', () => {
       const s = spec({ egress: 'proxy' });
       const ref = await viaProxy.create(s);
       created.push(ref);
-      const endpoint = await viaProxy.waitReady(ref, s.token, { timeoutMs: 60_000 });
+      const endpoint = await waitForWorker({ backend: viaProxy, ref, token: s.token, timeoutMs: 60_000 });
       expect(endpoint.socketPath).toBe(join(stateDir, s.spawnId, 'w.sock'));
       const info = await engine().getContainer(ref.nativeId).inspect();
       expect(Object.keys(info.NetworkSettings.Networks)).toEqual([`sg-test-internal-${suffix}`]);
@@ -259,20 +260,20 @@ describe('docker backend', () => {
     }
   });
 
-  it('a worker past its memory limit is OOM-killed, and waitReady and status say so', async () => {
+  it('a worker past its memory limit is OOM-killed, and the readiness wait and status say so', async () => {
     const s = spec({
       resources: { requests: { cpu: null, memory: null, ephemeralStorage: null }, limits: { cpu: null, memory: '64Mi', ephemeralStorage: null }, gpu: 0 },
       command: ['/usr/local/bin/node', '-e', 'const keep = []; for (;;) keep.push(Buffer.alloc(8 << 20, 1));'],
     });
     const ref = await createTracked(s);
-    await expect(backend.waitReady(ref, s.token, { timeoutMs: 60_000 })).rejects.toMatchObject({ code: 'BACKEND_FAILED', details: { reason: 'OOMKilled' } });
+    await expect(waitForWorker({ backend, ref, token: s.token, timeoutMs: 60_000 })).rejects.toMatchObject({ code: 'BACKEND_FAILED', details: { reason: 'OOMKilled', exitCode: 137 } });
     const status = await stopped(ref);
     expect(status).toMatchObject({ phase: 'failed', ready: false, reason: 'OOMKilled', exitCode: 137 });
     await backend.delete(ref);
   });
 
   it('Docker has no run deadline of its own: the worker stops itself at timeoutSeconds and status says DeadlineExceeded', async () => {
-    // No waitReady: on a loaded engine the container may only start after its deadline, and must stop all the same.
+    // No readiness wait: on a loaded engine the container may only start after its deadline, and must stop all the same.
     const s = spec({ timeoutSeconds: 4 });
     const ref = await createTracked(s);
     const status = await stopped(ref);
@@ -326,4 +327,6 @@ describeBackendContract({
   backend: { type: 'container', image: CONTRACT_IMAGE },
   fixtureCommand: ['/usr/local/bin/node', fixtureInImage],
   readyTimeoutSeconds: 60,
+  workerSpec: { image: CONTRACT_IMAGE },
+  egressModes: ['none', 'open'],
 });

@@ -13,6 +13,7 @@ import type { Backend, WorkerRef, WorkerSpec } from '../../src/backends/types.js
 import { LABELS } from '../../src/backends/types.js';
 import { createWorkerClient } from '../../src/backends/worker-client.js';
 import { BackendError } from '../../src/errors.js';
+import { waitForWorker } from '../../src/sessions/readiness.js';
 import { createSpawngate } from '../../src/spawngate.js';
 import { NODE_AGENT_LABEL, startNodeAgent, type NodeAgent } from '../k8s-node-agent/node-agent.js';
 import {
@@ -77,7 +78,8 @@ describe('kubernetes backend: a worker from create to delete', () => {
     await backend.validate(s);
     const ref = await created(s);
     expect(ref.nativeId).toBe(`${namespace}/spawngate-${s.spawnId}`);
-    const endpoint = await backend.waitReady(ref, s.token, { timeoutMs: 60_000 });
+    const endpoint = await backend.running(ref, { timeoutMs: 60_000 });
+    expect(await waitForWorker({ backend, ref, token: s.token, timeoutMs: 60_000 })).toEqual(endpoint);
     expect(endpoint.baseUrl).toMatch(/^http:\/\/127\.\d+\.\d+\.\d+:8080$/);
 
     const pod = await a.core.readNamespacedPod({ namespace, name: `spawngate-${s.spawnId}` });
@@ -112,7 +114,7 @@ describe('kubernetes backend: a worker from create to delete', () => {
   it('egress open makes no NetworkPolicy', async () => {
     const s = spec({ egress: 'open' });
     const ref = await created(s);
-    await backend.waitReady(ref, s.token, { timeoutMs: 60_000 });
+    await waitForWorker({ backend, ref, token: s.token, timeoutMs: 60_000 });
     expect(await leftovers(a, namespace, s.spawnId)).toEqual([`pod/spawngate-${s.spawnId}`, `secret/spawngate-${s.spawnId}-token`]);
     await backend.delete(ref);
     expect(await leftovers(a, namespace, s.spawnId)).toEqual([]);
@@ -120,10 +122,10 @@ describe('kubernetes backend: a worker from create to delete', () => {
 });
 
 describe('kubernetes backend: failure reasons', () => {
-  it('an image that cannot be pulled fails waitReady at once with ImagePullBackOff', async () => {
+  it('an image that cannot be pulled fails running() at once with ImagePullBackOff', async () => {
     const s = spec({ image: 'spawngate-worker:missing' });
     const ref = await created(s);
-    const err = await failureOf(backend.waitReady(ref, s.token, { timeoutMs: 60_000 }));
+    const err = await failureOf(backend.running(ref, { timeoutMs: 60_000 }));
     expect(err.code).toBe('BACKEND_FAILED');
     expect(err.details).toMatchObject({ reason: 'ImagePullBackOff' });
     expect(err.message).toContain('spawngate-worker:missing');
@@ -132,11 +134,11 @@ describe('kubernetes backend: failure reasons', () => {
     expect(await leftovers(a, namespace, s.spawnId)).toEqual([]);
   }, 90_000);
 
-  it('a nodeSelector no node matches fails waitReady with Unschedulable and the scheduler\'s message', async () => {
+  it('a nodeSelector no node matches fails running() with Unschedulable and the scheduler\'s message', async () => {
     const s = spec({ nodeSelector: { [NODE_AGENT_LABEL]: 'no-such-node' } });
     const ref = await created(s);
     const started = Date.now();
-    const err = await failureOf(backend.waitReady(ref, s.token, { timeoutMs: 60_000 }));
+    const err = await failureOf(backend.running(ref, { timeoutMs: 60_000 }));
     // Not on the scheduler's first verdict: a node may still appear within the grace period.
     expect(Date.now() - started).toBeGreaterThanOrEqual(2_000);
     expect(err.details).toMatchObject({ reason: 'Unschedulable', phase: 'Pending' });
@@ -150,7 +152,7 @@ describe('kubernetes backend: failure reasons', () => {
     const s = spec({ resources: { requests: { cpu: null, memory: '16Mi', ephemeralStorage: null }, limits: { cpu: null, memory: '16Mi', ephemeralStorage: null }, gpu: 0 } });
     const ref = await created(s);
     // Whether the kill lands before or after the first /healthz answer is a race; the outcome is not.
-    await backend.waitReady(ref, s.token, { timeoutMs: 60_000 }).catch(() => undefined);
+    await waitForWorker({ backend, ref, token: s.token, timeoutMs: 60_000 }).catch(() => undefined);
     const status = await eventually('the OOM kill', async () => {
       const st = await backend.status(ref);
       return st.phase === 'failed' ? st : undefined;
@@ -162,7 +164,7 @@ describe('kubernetes backend: failure reasons', () => {
   it('activeDeadlineSeconds (= timeoutSeconds) ends the pod with DeadlineExceeded', async () => {
     const s = spec({ timeoutSeconds: 3 });
     const ref = await created(s);
-    await backend.waitReady(ref, s.token, { timeoutMs: 3_000 }).catch(() => undefined);
+    await waitForWorker({ backend, ref, token: s.token, timeoutMs: 3_000 }).catch(() => undefined);
     const status = await eventually('the deadline', async () => {
       const st = await backend.status(ref);
       return st.phase === 'failed' ? st : undefined;
@@ -172,11 +174,11 @@ describe('kubernetes backend: failure reasons', () => {
     expect(await leftovers(a, namespace, s.spawnId)).toEqual([]);
   }, 90_000);
 
-  it('waitReady gives up at its bound with a TIMEOUT that says what the pod is waiting for', async () => {
+  it('running() gives up at its bound with a TIMEOUT that says what the pod is waiting for', async () => {
     // create() without validate(): the referenced secret does not exist, so the container never starts.
     const s = spec({ secretEnv: [{ name: 'API_KEY', secretRef: { name: 'no-such-secret', key: 'k' } }] });
     const ref = await created(s);
-    const err = await failureOf(backend.waitReady(ref, s.token, { timeoutMs: 3_000 }));
+    const err = await failureOf(backend.running(ref, { timeoutMs: 3_000 }));
     expect(err).toMatchObject({ code: 'TIMEOUT', retryable: true, details: { reason: 'CreateContainerConfigError' } });
     expect(err.message).toContain('secret "no-such-secret" not found');
     await backend.delete(ref);
@@ -186,7 +188,7 @@ describe('kubernetes backend: failure reasons', () => {
   it('a wrong token is refused by the worker, not waited out', async () => {
     const s = spec();
     const ref = await created(s);
-    await expect(backend.waitReady(ref, 'not-the-token', { timeoutMs: 60_000 })).rejects.toMatchObject({ code: 'WORKER_UNAUTHORIZED' });
+    await expect(waitForWorker({ backend, ref, token: 'not-the-token', timeoutMs: 60_000 })).rejects.toMatchObject({ code: 'WORKER_UNAUTHORIZED' });
     await backend.delete(ref);
   }, 90_000);
 });
@@ -207,7 +209,7 @@ describe('kubernetes backend: API errors', () => {
     }
   });
 
-  it('an account that may not watch pods gets that refusal from waitReady, not a time-out', async () => {
+  it('an account that may not watch pods gets that refusal from running(), not a time-out', async () => {
     const rules = KUBERNETES_PERMISSIONS.filter((p) => p.verb !== 'watch').map((p) => ({
       apiGroups: [p.group],
       resources: [p.subresource ? `${p.resource}/${p.subresource}` : p.resource],
@@ -219,7 +221,7 @@ describe('kubernetes backend: API errors', () => {
       const s = spec();
       const ref = await blind.create(s);
       refs.push(ref);
-      const err = await failureOf(blind.waitReady(ref, s.token, { timeoutMs: 60_000 }));
+      const err = await failureOf(blind.running(ref, { timeoutMs: 60_000 }));
       expect(err.details).toMatchObject({ statusCode: 403, action: 'watch pods' });
       // client-node's watch keeps only the HTTP status, not the Status body that would name the account.
       expect(err.message).toBe(`forbidden: the service account cannot watch pods in namespace ${namespace}`);

@@ -28,16 +28,27 @@ afterAll(async () => {
   await agent?.stop();
 }, 60_000);
 
+// Only pods that carry these land on this file's node agent.
+const placement = {
+  nodeSelector: { [NODE_AGENT_LABEL]: nodeName },
+  tolerations: [{ key: NODE_AGENT_LABEL, operator: 'Equal' as const, value: nodeName, effect: 'NoSchedule' as const }],
+};
+
 describeBackendContract({
   name: 'k8s',
   backend: { type: 'kubernetes', namespace, kubeconfig: join(stateDir, 'spawngate.kubeconfig') },
   fixtureCommand: FIXTURE_COMMAND as string[],
   profileBase: {
     image: 'spawngate-worker:contract',
-    // Only pods that carry these land on this file's node agent.
-    nodeSelector: { [NODE_AGENT_LABEL]: nodeName },
-    tolerations: [{ key: NODE_AGENT_LABEL, operator: 'Equal', value: nodeName, effect: 'NoSchedule' }],
+    ...placement,
     resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
     egress: 'none',
   },
+  // The same pod shape when the suite drives the Backend directly.
+  workerSpec: {
+    image: 'spawngate-worker:contract',
+    ...placement,
+    resources: { requests: { cpu: '100m', memory: '128Mi', ephemeralStorage: null }, limits: { cpu: null, memory: '512Mi', ephemeralStorage: null }, gpu: 0 },
+  },
+  egressModes: ['none', 'open'],
 });

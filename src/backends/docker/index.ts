@@ -6,8 +6,9 @@
  *     worker listens on a unix socket (a container without network has nothing else to be reached by);
  *   - egress open: the worker port published on 127.0.0.1 only, on a random host port;
  *   - workspace ephemeral: a named volume `spawngate-<spawn key>-workspace`, labelled like the container.
- * The engine is the source of truth: every ref can be rebuilt from list(), and status/waitReady read
- * endpoints and tokens back from `inspect`, so nothing lives only in this object's memory.
+ * The engine is the source of truth: every ref can be rebuilt from list(), and status/running read
+ * endpoints and tokens back from `inspect`, so nothing lives only in this object's memory. Labels are
+ * set at create, so list() sees a container from the moment it exists.
  * See docs/docker.md for the mapping of each profile field.
  */
 import { chmod, chown, lstat, mkdir, realpath, rm } from 'node:fs/promises';
@@ -15,7 +16,7 @@ import { homedir } from 'node:os';
 import { isAbsolute, join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ContainerInfo, ContainerInspectInfo } from 'dockerode';
-import { BackendError, WorkerProtocolError } from '../../errors.js';
+import { BackendError } from '../../errors.js';
 import type { Backend, ListedWorker, WorkerEndpoint, WorkerPhase, WorkerRef, WorkerSpec, WorkerStatus } from '../types.js';
 import { BACKEND_SPEC_VERSION, LABELS, WORKER_EXIT_DEADLINE } from '../types.js';
 import { createWorkerClient } from '../worker-client.js';
@@ -58,7 +59,6 @@ export function defaultDockerStateDir(): string {
 
 const HEALTH_PROBE_TIMEOUT_MS = 2_000;
 const STOP_GRACE_SECONDS = 2;
-const FAILURE_LOG_LINES = 20;
 
 function isWithin(root: string, path: string): boolean {
   const rel = relative(root, path);
@@ -258,17 +258,16 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
     }
   }
 
-  async function failureOf(ref: WorkerRef, info: ContainerInspectInfo, action: string): Promise<BackendError> {
+  /** The container's own verdict; the worker's log tail is added by the sessions layer, which reads it for every backend. */
+  function failureOf(info: ContainerInspectInfo, action: string): BackendError {
     const facts = factsOf(info);
-    const logTail = await backend.logs(ref, { tail: FAILURE_LOG_LINES }).catch(() => []);
     return new BackendError('BACKEND_FAILED', `worker container ${info.Name.replace(/^\//, '')} ${action}: ${facts.reason ?? info.State.Status}${facts.message ? ` (${facts.message})` : ''}`, {
-      details: { reason: facts.reason ?? 'Exited', exitCode: facts.exitCode, containerId: info.Id, logTail },
+      details: { reason: facts.reason ?? 'Exited', exitCode: facts.exitCode, containerId: info.Id },
     });
   }
 
-  async function probe(endpoint: WorkerEndpoint, token: string, signal?: AbortSignal): Promise<void> {
-    const worker = createWorkerClient({ ...endpoint, token, requestTimeoutMs: HEALTH_PROBE_TIMEOUT_MS });
-    await worker.healthz(signal ? { signal } : undefined);
+  async function probe(endpoint: WorkerEndpoint, token: string): Promise<void> {
+    await createWorkerClient({ ...endpoint, token, requestTimeoutMs: HEALTH_PROBE_TIMEOUT_MS }).healthz();
   }
 
   const backend: Backend = {
@@ -284,7 +283,6 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
       const d = await client();
       const plan = await checkedPlan(spec, d);
       let containerId: string | null = null;
-      let volumeMade = false;
       try {
         if (plan.socketDir) {
           await ensureStateDir();
@@ -295,7 +293,6 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
           await engineCall('create volume', () =>
             d.createVolume({ Name: volumeName, Driver: 'local', Labels: plan.labels, ...(driverOpts ? { DriverOpts: driverOpts } : {}) }),
           );
-          volumeMade = true;
         }
         const container = await engineCall('create container', () => d.createContainer(plan.create), { image: plan.image, name: plan.containerName });
         containerId = container.id;
@@ -304,48 +301,49 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
         return { spawnId: spec.spawnId, backendName: name, nativeId: container.id };
       } catch (err) {
         // Nothing half-made may outlive a failed create: the caller gets no ref to delete it by.
+        // A create call that failed on its way back (a time-out) may still have made the container:
+        // look it up by its name, and remove it only if its label says it is this spawn's.
+        if (!containerId) {
+          const leftover = await engineCallOr404('inspect container', () => d.getContainer(plan.containerName).inspect(), null).catch(() => null);
+          if (leftover?.Config.Labels?.[LABELS.spawnId] === spec.spawnId) containerId = leftover.Id;
+        }
         if (containerId) await removeContainer(d, containerId).catch(() => undefined);
-        if (volumeMade) await removeWorkerVolumes(d, spec.spawnId).catch(() => undefined);
+        // By label, for the same reason: a volume create that timed out may have made it.
+        if (plan.volume) await removeWorkerVolumes(d, spec.spawnId).catch(() => undefined);
         if (plan.socketDir) await rm(plan.socketDir, { recursive: true, force: true }).catch(() => undefined);
         throw toBackendError(err, 'create worker', { spawnId: spec.spawnId });
       }
     },
 
-    async waitReady(ref, token, { timeoutMs, signal }) {
+    async running(ref, { timeoutMs, signal }) {
       const d = await client();
       const deadline = Date.now() + timeoutMs;
       let pauseMs = 50;
-      let lastError: unknown = null;
       for (;;) {
         signal?.throwIfAborted();
         const info = await inspect(d, ref);
         if (!info) throw new BackendError('BACKEND_NOT_FOUND', `worker container ${ref.nativeId} of spawn ${ref.spawnId} no longer exists`, { details: { reason: 'NotFound' } });
         const facts = factsOf(info);
         if (facts.phase === 'failed' || facts.phase === 'succeeded' || facts.phase === 'gone' || facts.reason === 'StartError') {
-          throw await failureOf(ref, info, 'exited before it was ready');
+          throw failureOf(info, 'stopped before it was running');
         }
         if (info.State.Running) {
+          // The socket folder is bound, or the port published, as soon as the container runs; whether
+          // the worker answers there is the sessions layer's /healthz wait.
           const endpoint = endpointOf(info);
           if (!endpoint) throw new BackendError('BACKEND_FAILED', `worker container ${ref.nativeId} has neither a socket folder nor a published port`, { details: { reason: 'NoEndpoint' } });
-          try {
-            await probe(endpoint, token, signal);
-            return endpoint;
-          } catch (err) {
-            if (signal?.aborted) throw signal.reason;
-            // Refused/absent socket and 503 "starting" mean not yet; a wrong token or an exiting worker never heals.
-            if (!(err instanceof WorkerProtocolError) || !err.retryable) throw err;
-            lastError = err;
-          }
+          return endpoint;
         }
         const remaining = deadline - Date.now();
         if (remaining <= 0) {
-          throw new BackendError('TIMEOUT', `worker container ${ref.nativeId} of spawn ${ref.spawnId} was not ready within ${timeoutMs} ms`, {
+          throw new BackendError('TIMEOUT', `worker container ${ref.nativeId} of spawn ${ref.spawnId} was not running within ${timeoutMs} ms (state ${info.State.Status})`, {
             retryable: true,
-            ...(lastError ? { cause: lastError } : {}),
-            details: { reason: 'ReadyTimeout', state: info.State.Status, lastError: lastError instanceof Error ? lastError.message : null },
+            details: { reason: 'StartTimeout', state: info.State.Status },
           });
         }
-        await sleep(Math.min(pauseMs, remaining), undefined, signal ? { signal } : undefined);
+        await sleep(Math.min(pauseMs, remaining), undefined, signal ? { signal } : undefined).catch((err: unknown) => {
+          throw signal?.aborted ? signal.reason : err;
+        });
         pauseMs = Math.min(pauseMs * 2, 500);
       }
     },

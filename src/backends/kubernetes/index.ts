@@ -11,11 +11,10 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { V1NetworkPolicy, V1Pod, V1Secret } from '@kubernetes/client-node';
-import { BackendError, SpawngateError, WorkerProtocolError } from '../../errors.js';
+import { BackendError, SpawngateError } from '../../errors.js';
 import { PACKAGE_ROOT } from '../../paths.js';
 import type { Backend, ListedWorker, WorkerEndpoint, WorkerPhase, WorkerRef, WorkerSpec, WorkerStatus } from '../types.js';
 import { BACKEND_SPEC_VERSION, LABELS } from '../types.js';
-import { createWorkerClient, waitForHealthy } from '../worker-client.js';
 import type { ApiAction, KubernetesClients } from './client.js';
 import { apiCall, apiCallOr404, connectKubernetes, statusCodeOf, toBackendError } from './client.js';
 import type { KubernetesProxyOptions, ManifestOptions } from './manifest.js';
@@ -65,17 +64,15 @@ export interface KubernetesBackendOptions {
   /** How long delete() waits for a pod to be gone before reporting it still terminating; default grace + 20 s. */
   deleteTimeoutMs?: number;
   /**
-   * How long a pod may stay Unschedulable before waitReady gives up; default 10 s. The scheduler
+   * How long a pod may stay Unschedulable before running() gives up; default 10 s. The scheduler
    * retries when nodes change (a node registering, an autoscaler adding one), so the first
    * Unschedulable is not yet a verdict.
    */
   unschedulableGraceMs?: number;
 }
 
-/** Waiting reasons no amount of waiting fixes; waitReady fails on them at once. */
+/** Waiting reasons no amount of waiting fixes; running() fails on them at once. */
 const FAIL_FAST_WAITING = new Set(['ImagePullBackOff', 'ErrImagePull', 'InvalidImageName', 'ErrImageNeverPull', 'CrashLoopBackOff', 'CreateContainerError', 'RunContainerError']);
-const HEALTH_PROBE_TIMEOUT_MS = 2_000;
-const LOG_TAIL_ON_FAILURE = 20;
 const RESTART_WATCH_PAUSE_MS = 200;
 
 function defaultImage(): string {
@@ -93,7 +90,7 @@ export interface PodFacts {
   reason: string | null;
   message: string | null;
   exitCode: number | null;
-  /** The pod can never become ready: waitReady stops waiting. */
+  /** The pod can never become ready: running() stops waiting. */
   hopeless: boolean;
   /** The scheduler found no node for it (so far); hopeless only once it stays so. */
   unschedulable: boolean;
@@ -313,13 +310,13 @@ export function createKubernetesBackend(options: KubernetesBackendOptions): Back
     return tracker;
   }
 
-  async function failureOf(ref: WorkerRef, pod: Snapshot, action: string): Promise<BackendError> {
+  /** The pod's own verdict; the worker's log tail is added by the sessions layer, which reads it for every backend. */
+  function failureOf(ref: WorkerRef, pod: Snapshot, action: string): BackendError {
     const { namespace: ns, pod: podName } = podOf(ref);
-    if (!pod) return new BackendError('BACKEND_NOT_FOUND', `worker pod ${ns}/${podName} of spawn ${ref.spawnId} was deleted ${action}`, { details: { reason: 'NotFound' } });
+    if (!pod) return new BackendError('BACKEND_NOT_FOUND', `worker pod ${ns}/${podName} of spawn ${ref.spawnId} was deleted before it was running`, { details: { reason: 'NotFound' } });
     const facts = podFacts(pod);
-    const logTail = facts.phase === 'failed' || facts.phase === 'succeeded' ? await backend.logs(ref, { tail: LOG_TAIL_ON_FAILURE }).catch(() => []) : [];
     return new BackendError('BACKEND_FAILED', `worker pod ${ns}/${podName} ${action}: ${facts.reason ?? pod.status?.phase ?? 'unknown'}${facts.message ? ` (${facts.message})` : ''}`, {
-      details: { reason: facts.reason ?? 'Unknown', exitCode: facts.exitCode, phase: pod.status?.phase ?? null, pod: `${ns}/${podName}`, logTail },
+      details: { reason: facts.reason ?? 'Unknown', exitCode: facts.exitCode, phase: pod.status?.phase ?? null, pod: `${ns}/${podName}` },
     });
   }
 
@@ -393,42 +390,40 @@ export function createKubernetesBackend(options: KubernetesBackendOptions): Back
       const manifests = buildWorkerManifests(spec, manifestOptions);
       const c = await clients();
       const { podName } = manifests;
-      let made = false;
       try {
-        // NetworkPolicy first: it selects by label, so it is in force before the pod gets an IP.
+        // NetworkPolicy first: it selects by label, so it is in force before the pod gets an IP. Every
+        // object carries the spawn's labels from its creation, so list() sees whatever a crash leaves.
         const policy: V1NetworkPolicy | null = manifests.networkPolicy;
         if (policy) {
           await apiCall(act('create', 'networkpolicies', networkPolicyNameOf(spec.spawnId)), () => c.networking.createNamespacedNetworkPolicy({ namespace, body: policy }));
-          made = true;
         }
         const pod = await apiCall(act('create', 'pods', podName), () => c.core.createNamespacedPod({ namespace, body: manifests.pod }));
-        made = true;
         const uid = pod.metadata?.uid;
         if (!uid) throw new BackendError('BACKEND_FAILED', `the API server returned pod ${namespace}/${podName} without a uid`, { details: { reason: 'NoUid' } });
         // The Secret comes after the pod because it is owned by it (the uid exists only now). Until it
         // exists the kubelet holds the container in CreateContainerConfigError and retries, so the
-        // worker never starts without its token; waitReady does not treat that reason as fatal.
+        // worker never starts without its token; running() does not treat that reason as fatal.
         const secret = buildTokenSecret(spec, manifestOptions, { name: podName, uid });
         await apiCall(act('create', 'secrets', manifests.secretName), () => c.core.createNamespacedSecret({ namespace, body: secret }));
         return { spawnId: spec.spawnId, backendName: name, nativeId: `${namespace}/${podName}` };
       } catch (err) {
-        // Nothing half-made may outlive a failed create: the caller gets no ref to delete it by.
-        if (made) await removeWorker(c, namespace, podName, spec.spawnId).catch(() => undefined);
+        // Nothing half-made may outlive a failed create: the caller gets no ref to delete it by. Also
+        // when no call succeeded: one that failed on its way back (a time-out, a reset) may have
+        // created its object all the same. Not on 409, which names an object this call did not make.
+        if (!(err instanceof SpawngateError && err.details['statusCode'] === 409)) await removeWorker(c, namespace, podName, spec.spawnId).catch(() => undefined);
         throw err instanceof SpawngateError ? err : toBackendError(err, act('create', 'pods', podName));
       }
     },
 
-    async waitReady(ref, token, { timeoutMs, signal }) {
+    async running(ref, { timeoutMs, signal }) {
       const c = await clients();
       const { namespace: ns, pod: podName } = podOf(ref);
       const timeout = AbortSignal.timeout(Math.max(1, timeoutMs));
       const bounded = signal ? AbortSignal.any([signal, timeout]) : timeout;
-      const deadline = Date.now() + timeoutMs;
       const tracker = trackPod(c, ns, podName, bounded);
-      let stage = 'to be scheduled and started';
+      let unschedulableSince: number | null = null;
+      let graceTimer: NodeJS.Timeout | undefined;
       try {
-        let unschedulableSince: number | null = null;
-        let graceTimer: NodeJS.Timeout | undefined;
         const gaveUpScheduling = (facts: PodFacts): boolean => {
           if (!facts.unschedulable) {
             unschedulableSince = null;
@@ -440,14 +435,12 @@ export function createKubernetesBackend(options: KubernetesBackendOptions): Back
           }
           return Date.now() - unschedulableSince >= unschedulableGraceMs;
         };
-        const pod = await tracker
-          .until((p) => {
-            if (p === null) return p;
-            const facts = podFacts(p);
-            return facts.hopeless || gaveUpScheduling(facts) || (p.status?.phase === 'Running' && p.status.podIP) ? p : undefined;
-          })
-          .finally(() => clearTimeout(graceTimer));
-        if (!pod || podFacts(pod).hopeless || podFacts(pod).unschedulable) throw await failureOf(ref, pod, 'cannot become ready');
+        const pod = await tracker.until((p) => {
+          if (p === null) return p;
+          const facts = podFacts(p);
+          return facts.hopeless || gaveUpScheduling(facts) || (p.status?.phase === 'Running' && p.status.podIP) ? p : undefined;
+        });
+        if (!pod || podFacts(pod).hopeless || podFacts(pod).unschedulable) throw failureOf(ref, pod, 'cannot run');
         const podIP = pod.status?.podIP as string;
         // "open" has no policy by design; anything else without one would run with unconfined egress.
         const policyName = networkPolicyNameOf(ref.spawnId);
@@ -459,29 +452,22 @@ export function createKubernetesBackend(options: KubernetesBackendOptions): Back
             });
           }
         }
-        const endpoint = endpointOf(podIP, workerPort);
-        stage = `to answer /healthz at ${endpoint.baseUrl} (in a real cluster the gateway must run in-cluster or route to pod IPs)`;
-        const client = createWorkerClient({ ...endpoint, token, requestTimeoutMs: HEALTH_PROBE_TIMEOUT_MS });
-        const failed = tracker.until((p) => (p === null || podFacts(p).hopeless ? p : undefined)).then(async (p) => {
-          throw await failureOf(ref, p, 'failed before it was ready');
-        });
-        failed.catch(() => undefined);
-        await Promise.race([waitForHealthy(client, { timeoutMs: Math.max(1, deadline - Date.now()), signal: bounded }), failed]);
-        return endpoint;
+        // In a real cluster the gateway must run in-cluster (or route to pod IPs) to reach this.
+        return endpointOf(podIP, workerPort);
       } catch (err) {
         if (signal?.aborted) throw signal.reason;
-        const timedOut = timeout.aborted || (err instanceof WorkerProtocolError && err.code === 'TIMEOUT');
-        if (timedOut) {
+        if (timeout.aborted) {
           const last = tracker.latest();
           const facts = last ? podFacts(last) : null;
-          throw new BackendError('TIMEOUT', `worker pod ${ns}/${podName} was not ready within ${timeoutMs} ms: waiting ${stage}; pod phase ${last?.status?.phase ?? 'unknown'}${facts?.reason ? `, ${facts.reason}${facts.message ? ` (${facts.message})` : ''}` : ''}`, {
+          throw new BackendError('TIMEOUT', `worker pod ${ns}/${podName} was not running within ${timeoutMs} ms: waiting for it to be scheduled and started; pod phase ${last?.status?.phase ?? 'unknown'}${facts?.reason ? `, ${facts.reason}${facts.message ? ` (${facts.message})` : ''}` : ''}`, {
             retryable: true,
             cause: err,
-            details: { reason: facts?.reason ?? 'ReadyTimeout', phase: last?.status?.phase ?? null, pod: `${ns}/${podName}` },
+            details: { reason: facts?.reason ?? 'StartTimeout', phase: last?.status?.phase ?? null, pod: `${ns}/${podName}` },
           });
         }
         throw err;
       } finally {
+        clearTimeout(graceTimer);
         tracker.stop();
       }
     },

@@ -26,7 +26,7 @@ export const ANNOTATIONS = {
   expiresAt: 'spawngate.io/expires-at',
   agent: 'spawngate.io/agent',
   owner: 'spawngate.io/owner',
-  /** none | proxy | open: waitReady refuses a none/proxy worker whose NetworkPolicy is missing. */
+  /** none | proxy | open: running() refuses a none/proxy worker whose NetworkPolicy is missing. */
   egress: 'spawngate.io/egress',
 } as const;
 export const MANAGED_BY = { 'app.kubernetes.io/managed-by': 'spawngate', 'app.kubernetes.io/component': 'worker' } as const;

@@ -14,9 +14,9 @@ export interface KubernetesPermission {
 
 export const KUBERNETES_PERMISSIONS: readonly KubernetesPermission[] = [
   { group: '', resource: 'pods', verb: 'create', why: 'create() makes the worker pod; validate() sends it with dryRun=All, which needs create too' },
-  { group: '', resource: 'pods', verb: 'get', why: 'status() and waitReady() read the pod' },
+  { group: '', resource: 'pods', verb: 'get', why: 'status() and running() read the pod' },
   { group: '', resource: 'pods', verb: 'list', why: 'list(selector): the sweeper finds expired and orphaned workers by label' },
-  { group: '', resource: 'pods', verb: 'watch', why: 'waitReady() follows the pod with a watch instead of polling' },
+  { group: '', resource: 'pods', verb: 'watch', why: 'running() follows the pod with a watch instead of polling' },
   { group: '', resource: 'pods', verb: 'delete', why: 'delete() and the sweeper remove workers' },
   { group: '', resource: 'pods', subresource: 'log', verb: 'get', why: 'logs() reads the worker container log' },
   { group: '', resource: 'secrets', verb: 'create', why: 'the per-worker bearer token Secret, made with the pod' },
@@ -24,7 +24,7 @@ export const KUBERNETES_PERMISSIONS: readonly KubernetesPermission[] = [
   { group: '', resource: 'secrets', verb: 'list', why: 'the sweeper finds token Secrets whose pod is gone' },
   { group: '', resource: 'secrets', verb: 'delete', why: 'delete() removes the token Secret explicitly (garbage collection may not run)' },
   { group: 'networking.k8s.io', resource: 'networkpolicies', verb: 'create', why: 'egress "none"/"proxy": a NetworkPolicy next to each worker' },
-  { group: 'networking.k8s.io', resource: 'networkpolicies', verb: 'get', why: 'waitReady() confirms a none/proxy worker\'s NetworkPolicy exists before handing the worker out' },
+  { group: 'networking.k8s.io', resource: 'networkpolicies', verb: 'get', why: 'running() confirms a none/proxy worker\'s NetworkPolicy exists before handing the worker out' },
   { group: 'networking.k8s.io', resource: 'networkpolicies', verb: 'list', why: 'the sweeper finds NetworkPolicies whose pod is gone' },
   { group: 'networking.k8s.io', resource: 'networkpolicies', verb: 'delete', why: 'delete() removes the NetworkPolicy with its worker' },
 ];

@@ -1,16 +1,17 @@
 import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BackendError } from '../../errors.js';
+import { BackendError, SpawngateError } from '../../errors.js';
 import { workerBinCommand } from '../../worker/main.js';
 import type { Backend, ListedWorker, WorkerEndpoint, WorkerPhase, WorkerRef, WorkerSpec, WorkerStatus } from '../types.js';
 import { BACKEND_SPEC_VERSION, LABELS, WORKER_EXIT_DEADLINE } from '../types.js';
-import { createWorkerClient, waitForHealthy } from '../worker-client.js';
+import { createWorkerClient } from '../worker-client.js';
 import { probeNetworkIsolation, UNSHARE_ARGS, type IsolationProbe } from './isolation.js';
-import { isOurProcess, processStartTime, signalGroup } from './proc.js';
+import { findProcessByEnv, isOurProcess, processStartTime, signalGroup, type ProcessIdentity } from './proc.js';
 
 export interface ProcessBackendOptions {
   name: string;
@@ -26,12 +27,20 @@ export interface ProcessBackendOptions {
   killGraceMs?: number;
 }
 
-/** One file per worker: the backend's source of truth across gateway restarts. */
+/**
+ * One file per worker: the backend's source of truth across gateway restarts. It is written twice:
+ * as an intent (`creating`, no pid) before the child is spawned, so a gateway killed at any instant
+ * leaves nothing list() cannot see, and with the pid once the child runs.
+ */
 interface StateFile {
   spawnId: string;
   backendName: string;
-  pid: number;
-  startTime: string;
+  /** null while `creating`: the child may not exist yet, or its pid was never recorded (status() then finds it by its environment). */
+  pid: number | null;
+  /** /proc start time of `pid`; null when the child was gone before it could be read. */
+  startTime: string | null;
+  /** The intent was written and the child's pid not (yet). Absent in files of older versions. */
+  creating?: boolean;
   labels: Record<string, string>;
   expiresAt: string;
   createdAt: string;
@@ -64,16 +73,38 @@ function exitReason(code: number | null, signal: string | null, timedOut: boolea
   return code === 0 ? 'Completed' : 'Error';
 }
 
+/** The promise's value, or null when it has not settled within `ms`. */
+async function within<T>(promise: Promise<T>, ms: number): Promise<T | null> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([promise, new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A prefix list() skips: a spawn's folder appears under its own name only with its intent inside. */
+const STAGING_PREFIX = '.creating-';
+/**
+ * Between a staging folder's mkdir and its intent's write there is one syscall; a folder this old
+ * without its intent was abandoned by a killed gateway (no process can exist for it: the child is
+ * spawned after the rename). A live writer that loses the race fails its create cleanly.
+ */
+const STAGING_ABANDONED_MS = 1_000;
+
 export function createProcessBackend(options: ProcessBackendOptions): Backend {
   const stateDir = options.stateDir ?? defaultProcessStateDir();
   const killGraceMs = options.killGraceMs ?? 3000;
   // Deadline timers live only as long as this backend object; after a restart the sweeper takes over.
   const deadlines = new Map<string, NodeJS.Timeout>();
   const timedOut = new Set<string>();
-  // The exit handler rewrites state.json; delete() must neither race it (a state file recreated
-  // inside a folder being removed: ENOTEMPTY, and a "failed" worker listed forever) nor be undone by it.
-  const exitWrites = new Map<string, Promise<void>>();
+  // Settles once the exit of a child of this object is written to its state file. status() awaits it
+  // so that an exit is reported with its code, not as "gone"; delete() so that the write cannot
+  // recreate a state file inside a folder being removed (ENOTEMPTY, a "failed" worker listed forever).
+  const exitRecords = new Map<string, Promise<void>>();
   const deleting = new Set<string>();
+  // Spawns this object is creating right now: their intent has no pid yet, and that is not "gone".
+  const creatingHere = new Set<string>();
 
   const stateFile = (spawnId: string) => join(stateDir, spawnId, 'state.json');
   // The host does not change under us: probe once, on the first profile that needs it.
@@ -92,6 +123,64 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     const tmp = `${stateFile(state.spawnId)}.tmp`;
     await writeFile(tmp, JSON.stringify(state), { mode: 0o600 });
     await rename(tmp, stateFile(state.spawnId));
+  }
+
+  /** The spawn's folder, made under a staging name and renamed: it never exists without its intent. */
+  async function writeIntent(state: StateFile): Promise<void> {
+    await mkdir(stateDir, { recursive: true, mode: 0o700 });
+    const staging = join(stateDir, `${STAGING_PREFIX}${state.spawnId}`);
+    await rm(staging, { recursive: true, force: true });
+    await mkdir(staging, { mode: 0o700 });
+    try {
+      await writeFile(join(staging, 'state.json'), JSON.stringify(state), { mode: 0o600 });
+      await rename(staging, state.dir);
+    } catch (err) {
+      await rm(staging, { recursive: true, force: true }).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /**
+   * A staging folder that was never renamed: the gateway died between writing the intent and
+   * spawning the child, so no process exists for it. It is listed (phase gone, or pending while this
+   * object is still creating it) so the sweeper can delete it by its labels; one without even its
+   * intent has no labels to be found by and is removed here once no writer can still be at work.
+   */
+  async function listStaged(spawnId: string, selector: Readonly<Record<string, string>>): Promise<ListedWorker | null> {
+    const dir = join(stateDir, `${STAGING_PREFIX}${spawnId}`);
+    let state: StateFile | null = null;
+    try {
+      state = JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as StateFile;
+    } catch {
+      const age = await stat(dir).then((st) => Date.now() - st.mtimeMs, () => 0);
+      if (age > STAGING_ABANDONED_MS && !creatingHere.has(spawnId)) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      return null;
+    }
+    if (state.backendName !== options.name || !Object.entries(selector).every(([k, v]) => state.labels[k] === v)) return null;
+    const expires = Number(state.labels[LABELS.expiresAt]);
+    return {
+      ref: { spawnId, backendName: options.name, nativeId: '' },
+      labels: state.labels,
+      expiresAt: Number.isFinite(expires) && expires > 0 ? new Date(expires * 1000) : new Date(state.expiresAt),
+      phase: creatingHere.has(spawnId) ? 'pending' : 'gone',
+    };
+  }
+
+  /** The worker's process if it runs: by its recorded pid and start time, or, for an intent without a pid, by its environment. */
+  async function locate(state: StateFile): Promise<ProcessIdentity | null> {
+    if (state.pid !== null) {
+      if (state.startTime === null) return null;
+      return (await isOurProcess(state.pid, state.startTime)) ? { pid: state.pid, startTime: state.startTime } : null;
+    }
+    return findProcessByEnv('SPAWNGATE_SPAWN_ID', state.spawnId);
+  }
+
+  /** The state once a just-observed exit of our own child is on disk (bounded: the exit event is milliseconds away). */
+  async function settledState(state: StateFile): Promise<StateFile> {
+    const record = exitRecords.get(state.spawnId);
+    if (state.exit || !record) return state;
+    await within(record, 2000);
+    return (await readState(state.spawnId)) ?? state;
   }
 
   function checkSpec(spec: WorkerSpec): void {
@@ -127,32 +216,33 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     }
   }
 
-  function armDeadline(spawnId: string, pid: number, ms: number): void {
+  function armDeadline(spawnId: string, worker: ProcessIdentity, ms: number): void {
     const timer = setTimeout(() => {
       deadlines.delete(spawnId);
       timedOut.add(spawnId);
-      void terminate(spawnId, pid);
+      void terminate(worker);
     }, ms);
     timer.unref();
     deadlines.set(spawnId, timer);
   }
 
-  async function terminate(spawnId: string, pid: number): Promise<void> {
-    const state = await readState(spawnId);
-    if (!state || state.pid !== pid || !(await isOurProcess(pid, state.startTime))) return;
+  async function terminate(worker: ProcessIdentity): Promise<void> {
+    const { pid, startTime } = worker;
+    if (!(await isOurProcess(pid, startTime))) return;
     signalGroup(pid, 'SIGTERM');
     for (let waited = 0; waited < killGraceMs; waited += 50) {
-      if (!(await isOurProcess(pid, state.startTime))) return;
+      if (!(await isOurProcess(pid, startTime))) return;
       await sleep(50);
     }
-    if (await isOurProcess(pid, state.startTime)) signalGroup(pid, 'SIGKILL');
+    if (await isOurProcess(pid, startTime)) signalGroup(pid, 'SIGKILL');
   }
 
-  async function phaseOf(state: StateFile): Promise<{ phase: WorkerPhase; alive: boolean }> {
-    const alive = await isOurProcess(state.pid, state.startTime);
-    if (alive) return { phase: 'running', alive };
-    if (state.exit) return { phase: state.exit.code === 0 ? 'succeeded' : 'failed', alive };
-    return { phase: 'gone', alive };
+  async function phaseOf(state: StateFile): Promise<{ phase: WorkerPhase; worker: ProcessIdentity | null }> {
+    const worker = await locate(state);
+    if (worker) return { phase: 'running', worker };
+    if (state.exit) return { phase: state.exit.code === 0 ? 'succeeded' : 'failed', worker };
+    if (state.creating && creatingHere.has(state.spawnId)) return { phase: 'pending', worker };
+    return { phase: 'gone', worker };
   }
 
   async function listeningEndpoint(state: StateFile): Promise<WorkerEndpoint | null> {
@@ -183,7 +273,67 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     return state;
   }
 
-  return {
+  /** Starts the child of an intent and records its pid; throws with nothing of it left running. */
+  async function startChild(spec: WorkerSpec, intent: StateFile): Promise<{ state: StateFile; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> }> {
+    const workspace = spec.workspace.strategy === 'hostPath' ? spec.workspace.path : join(intent.dir, 'workspace');
+    if (spec.workspace.strategy !== 'hostPath') await mkdir(workspace, { recursive: true, mode: 0o700 });
+    // egress none: a fresh network namespace has no route anywhere, so the worker is reached over a unix socket.
+    const isolated = spec.egress === 'none';
+    const [cmd, ...cmdArgs] = spec.command ? [...spec.command, ...(spec.args ?? [])] : [...(options.workerCommand ?? workerBinCommand()), ...(spec.args ?? [])];
+    if (!cmd) throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: empty worker command`, { details: { field: 'command' } });
+    const argv = isolated ? ['unshare', ...UNSHARE_ARGS, cmd, ...cmdArgs] : [cmd, ...cmdArgs];
+    const memory = parseMemoryBytes(spec.resources.limits.memory);
+    const env: Record<string, string> = {
+      PATH: process.env.PATH ?? '/usr/bin:/bin',
+      HOME: workspace,
+      ...spec.env,
+      SPAWNGATE_WORKER_TOKEN: spec.token,
+      SPAWNGATE_AGENT_ID: spec.agentId,
+      ...(spec.agentCommand ? { SPAWNGATE_AGENT_COMMAND: JSON.stringify(spec.agentCommand) } : {}),
+      SPAWNGATE_LISTEN: intent.socketPath ? `unix:${intent.socketPath}` : '127.0.0.1:0',
+      // How status() finds a worker whose pid was never recorded; a profile cannot override it.
+      SPAWNGATE_SPAWN_ID: spec.spawnId,
+      // The worker stops itself at the deadline too, so a gateway restart (which loses the kill timer) cannot extend it.
+      SPAWNGATE_DEADLINE: String(Math.floor(Date.now() / 1000) + spec.timeoutSeconds),
+      ...(spec.traceparent ? { TRACEPARENT: spec.traceparent } : {}),
+      ...(spec.egress === 'proxy' && options.proxyUrl ? { HTTPS_PROXY: options.proxyUrl, HTTP_PROXY: options.proxyUrl } : {}),
+      // Best effort only: a V8 heap cap approximates the memory limit; there is no cgroup here.
+      ...(memory ? { NODE_OPTIONS: `--max-old-space-size=${Math.max(32, Math.floor((memory / 2 ** 20) * 0.75))}` } : {}),
+    };
+    const logFd = openSync(intent.logFile, 'a', 0o600);
+    let child: ChildProcess;
+    try {
+      child = spawn(argv[0]!, argv.slice(1), { cwd: workspace, env, detached: true, stdio: ['ignore', logFd, logFd] });
+    } finally {
+      closeSync(logFd);
+    }
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    try {
+      const pid = await new Promise<number>((resolve, reject) => {
+        child.once('spawn', () => resolve(child.pid ?? -1));
+        child.once('error', (err) =>
+          reject(new BackendError('BACKEND_FAILED', `cannot start worker ${argv[0]}: ${err.message}`, { cause: err, details: { reason: 'StartError' } })),
+        );
+      });
+      const startTime = await processStartTime(pid);
+      let exit: StateFile['exit'] = null;
+      if (!startTime) {
+        // Dead before its start time could be read. Not a failed create: the worker ran and left its
+        // log, which running() reports with the exit, so wait the milliseconds until the exit is known.
+        const early = await within(exited, 5000);
+        exit = early ? { ...early, reason: exitReason(early.code, early.signal, false) } : { code: null, signal: null, reason: 'Unknown' };
+      }
+      const state: StateFile = { ...intent, pid, startTime, creating: false, exit };
+      await writeState(state);
+      child.unref();
+      return { state, exited };
+    } catch (err) {
+      if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) signalGroup(child.pid, 'SIGKILL');
+      throw err;
+    }
+  }
+
+  const backend: Backend = {
     specVersion: BACKEND_SPEC_VERSION,
     kind: 'process',
     name: options.name,
@@ -204,116 +354,109 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     async create(spec) {
       checkSpec(spec);
       const dir = join(stateDir, spec.spawnId);
-      await mkdir(dir, { recursive: true, mode: 0o700 });
-      const workspace = spec.workspace.strategy === 'hostPath' ? spec.workspace.path : join(dir, 'workspace');
-      if (spec.workspace.strategy !== 'hostPath') await mkdir(workspace, { recursive: true, mode: 0o700 });
-      const logFile = join(dir, 'worker.log');
-      // egress none: a fresh network namespace has no route anywhere, so the worker is reached over a unix socket.
-      const isolated = spec.egress === 'none';
-      const socketPath = isolated ? join(dir, 'w.sock') : null;
-      const [cmd, ...cmdArgs] = spec.command ? [...spec.command, ...(spec.args ?? [])] : [...(options.workerCommand ?? workerBinCommand()), ...(spec.args ?? [])];
-      if (!cmd) throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: empty worker command`, { details: { field: 'command' } });
-      const argv = isolated ? ['unshare', ...UNSHARE_ARGS, cmd, ...cmdArgs] : [cmd, ...cmdArgs];
-      const memory = parseMemoryBytes(spec.resources.limits.memory);
-      const env: Record<string, string> = {
-        PATH: process.env.PATH ?? '/usr/bin:/bin',
-        HOME: workspace,
-        ...spec.env,
-        SPAWNGATE_WORKER_TOKEN: spec.token,
-        SPAWNGATE_AGENT_ID: spec.agentId,
-        ...(spec.agentCommand ? { SPAWNGATE_AGENT_COMMAND: JSON.stringify(spec.agentCommand) } : {}),
-        SPAWNGATE_LISTEN: socketPath ? `unix:${socketPath}` : '127.0.0.1:0',
-        SPAWNGATE_SPAWN_ID: spec.spawnId,
-        // The worker stops itself at the deadline too, so a gateway restart (which loses the kill timer) cannot extend it.
-        SPAWNGATE_DEADLINE: String(Math.floor(Date.now() / 1000) + spec.timeoutSeconds),
-        ...(spec.traceparent ? { TRACEPARENT: spec.traceparent } : {}),
-        ...(spec.egress === 'proxy' && options.proxyUrl ? { HTTPS_PROXY: options.proxyUrl, HTTP_PROXY: options.proxyUrl } : {}),
-        // Best effort only: a V8 heap cap approximates the memory limit; there is no cgroup here.
-        ...(memory ? { NODE_OPTIONS: `--max-old-space-size=${Math.max(32, Math.floor((memory / 2 ** 20) * 0.75))}` } : {}),
-      };
-      const logFd = openSync(logFile, 'a', 0o600);
-      let child;
-      try {
-        child = spawn(argv[0]!, argv.slice(1), { cwd: workspace, env, detached: true, stdio: ['ignore', logFd, logFd] });
-      } finally {
-        closeSync(logFd);
-      }
-      const pid = await new Promise<number>((resolve, reject) => {
-        child.once('spawn', () => resolve(child.pid ?? -1));
-        child.once('error', (err) =>
-          reject(new BackendError('BACKEND_FAILED', `cannot start worker ${argv[0]}: ${err.message}`, { cause: err, details: { reason: 'StartError' } })),
-        );
-      });
-      const startTime = await processStartTime(pid);
-      if (!startTime) {
-        throw new BackendError('BACKEND_FAILED', `worker for ${spec.spawnId} exited immediately; see ${logFile}`, { details: { reason: 'Error' } });
-      }
       const now = new Date();
-      const state: StateFile = {
+      const intent: StateFile = {
         spawnId: spec.spawnId,
         backendName: options.name,
-        pid,
-        startTime,
+        pid: null,
+        startTime: null,
+        creating: true,
         labels: { ...spec.labels },
         expiresAt: spec.expiresAt.toISOString(),
         createdAt: now.toISOString(),
         deadlineAt: new Date(now.getTime() + spec.timeoutSeconds * 1000).toISOString(),
         dir,
-        logFile,
-        socketPath,
+        logFile: join(dir, 'worker.log'),
+        socketPath: spec.egress === 'none' ? join(dir, 'w.sock') : null,
         token: spec.token,
         exit: null,
       };
-      await writeState(state);
-      child.once('exit', (code, signal) => {
-        const timer = deadlines.get(spec.spawnId);
-        if (timer) clearTimeout(timer);
-        deadlines.delete(spec.spawnId);
-        const reason = exitReason(code, signal, timedOut.delete(spec.spawnId));
-        if (deleting.has(spec.spawnId)) return;
-        // The state dir may already be gone when the exit follows a delete.
-        const write = readState(spec.spawnId)
-          .then((s) => (s ? writeState({ ...s, exit: { code, signal, reason } }) : undefined))
-          .catch(() => undefined)
-          .finally(() => exitWrites.delete(spec.spawnId));
-        exitWrites.set(spec.spawnId, write);
-      });
-      child.unref();
-      armDeadline(spec.spawnId, pid, spec.timeoutSeconds * 1000);
-      return { spawnId: spec.spawnId, backendName: options.name, nativeId: String(pid) };
+      creatingHere.add(spec.spawnId);
+      try {
+        try {
+          await writeIntent(intent);
+        } catch (err) {
+          throw new BackendError('BACKEND_FAILED', `cannot write the state of worker ${spec.spawnId} under ${stateDir}: ${(err as Error).message}`, {
+            cause: err,
+            details: { field: 'stateDir', reason: 'StateDirUnwritable' },
+          });
+        }
+        let started;
+        try {
+          started = await startChild(spec, intent);
+        } catch (err) {
+          // Nothing half-made may outlive a failed create: the caller gets no ref to delete it by.
+          await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 20 }).catch(() => undefined);
+          if (err instanceof SpawngateError) throw err;
+          throw new BackendError('BACKEND_FAILED', `cannot start worker ${spec.spawnId}: ${(err as Error).message}`, { cause: err, details: { reason: 'StartError' } });
+        }
+        const { state, exited } = started;
+        const pid = state.pid ?? -1;
+        if (state.startTime) {
+          const worker = { pid, startTime: state.startTime };
+          const record = exited
+            .then(async ({ code, signal }) => {
+              const timer = deadlines.get(spec.spawnId);
+              if (timer) clearTimeout(timer);
+              deadlines.delete(spec.spawnId);
+              const reason = exitReason(code, signal, timedOut.delete(spec.spawnId));
+              if (deleting.has(spec.spawnId)) return;
+              // The state dir may already be gone when the exit follows a delete.
+              const current = await readState(spec.spawnId);
+              if (current) await writeState({ ...current, exit: { code, signal, reason } });
+            })
+            .catch(() => undefined)
+            .finally(() => exitRecords.delete(spec.spawnId));
+          exitRecords.set(spec.spawnId, record);
+          armDeadline(spec.spawnId, worker, spec.timeoutSeconds * 1000);
+        }
+        return { spawnId: spec.spawnId, backendName: options.name, nativeId: String(pid) };
+      } finally {
+        creatingHere.delete(spec.spawnId);
+      }
     },
 
-    async waitReady(ref, token, { timeoutMs, signal }) {
+    async running(ref, { timeoutMs, signal }) {
       const deadline = Date.now() + timeoutMs;
-      let endpoint: WorkerEndpoint | null = null;
       let backoff = 5;
       for (;;) {
         signal?.throwIfAborted();
-        const state = await requireState(ref);
-        const { alive } = await phaseOf(state);
-        if (!alive) {
-          const status = await this.status(ref);
-          throw new BackendError('BACKEND_FAILED', `worker ${ref.spawnId} exited before it was ready (${status.reason ?? 'unknown'}${status.message ? `: ${status.message}` : ''})`, {
-            details: { reason: status.reason, exitCode: status.exitCode },
+        const state = await readState(ref.spawnId);
+        if (!state) throw new BackendError('BACKEND_NOT_FOUND', `process worker ${ref.spawnId} is not known to backend ${options.name} (deleted?)`, { details: { reason: 'NotFound' } });
+        const { phase, worker } = await phaseOf(state);
+        if (phase !== 'running' && phase !== 'pending') {
+          const status = await backend.status(ref);
+          throw new BackendError('BACKEND_FAILED', `process worker ${ref.spawnId} (pid ${state.pid ?? 'unknown'}) is not running: ${status.reason ?? 'Unknown'}${status.message ? ` (${status.message})` : ''}`, {
+            details: { reason: status.reason ?? 'Unknown', exitCode: status.exitCode, pid: state.pid },
           });
         }
-        endpoint ??= await listeningEndpoint(state);
-        if (endpoint) break;
-        if (Date.now() >= deadline) throw new BackendError('TIMEOUT', `worker ${ref.spawnId} did not start listening within ${timeoutMs} ms`, { retryable: true });
-        await sleep(backoff, undefined, signal ? { signal } : undefined);
+        // With a unix socket the address is known up front; on TCP the worker prints the port it got.
+        const endpoint = worker ? await listeningEndpoint(state) : null;
+        if (endpoint) return endpoint;
+        if (Date.now() >= deadline) {
+          throw new BackendError('TIMEOUT', `process worker ${ref.spawnId} (pid ${worker?.pid ?? 'unknown'}) did not ${worker ? 'print its {"event":"listening"} line' : 'start'} within ${timeoutMs} ms`, {
+            retryable: true,
+            details: { reason: worker ? 'ListenTimeout' : 'StartTimeout' },
+          });
+        }
+        await sleep(backoff, undefined, signal ? { signal } : undefined).catch((err: unknown) => {
+          throw signal?.aborted ? signal.reason : err;
+        });
         backoff = Math.min(50, backoff * 2);
       }
-      const client = createWorkerClient({ ...endpoint, token });
-      await waitForHealthy(client, { timeoutMs: Math.max(1, deadline - Date.now()), ...(signal ? { signal } : {}) });
-      return endpoint;
     },
 
     async status(ref) {
-      const state = await readState(ref.spawnId);
-      if (!state) return { nativeId: ref.nativeId, phase: 'gone', ready: false, reason: 'NotFound', message: null, exitCode: null, attributes: { 'process.pid': Number(ref.nativeId) } };
-      const { phase, alive } = await phaseOf(state);
+      const found = await readState(ref.spawnId);
+      if (!found) return { nativeId: ref.nativeId, phase: 'gone', ready: false, reason: 'NotFound', message: null, exitCode: null, attributes: { 'process.pid': Number(ref.nativeId) } };
+      let state = found;
+      let { phase, worker } = await phaseOf(state);
+      if (!worker && !state.exit) {
+        state = await settledState(state);
+        ({ phase, worker } = await phaseOf(state));
+      }
       let ready = false;
-      if (alive) {
+      if (worker) {
         const endpoint = await listeningEndpoint(state);
         if (endpoint) {
           ready = await createWorkerClient({ ...endpoint, token: state.token })
@@ -324,14 +467,18 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
             );
         }
       }
+      const pid = worker?.pid ?? state.pid;
+      let message: string | null = null;
+      if (state.exit) message = `exit code ${state.exit.code ?? 'none'}${state.exit.signal ? `, signal ${state.exit.signal}` : ''}`;
+      else if (phase === 'gone') message = state.creating ? 'the worker was being created, and no process carries its spawn id' : 'process is gone and its exit was not observed';
       const status: WorkerStatus = {
-        nativeId: String(state.pid),
+        nativeId: pid === null ? '' : String(pid),
         phase,
         ready,
-        reason: alive ? null : (state.exit?.reason ?? 'Unknown'),
-        message: state.exit ? `exit code ${state.exit.code ?? 'none'}${state.exit.signal ? `, signal ${state.exit.signal}` : ''}` : alive ? null : 'process is gone and its exit was not observed',
+        reason: worker || phase === 'pending' ? null : (state.exit?.reason ?? 'Unknown'),
+        message,
         exitCode: state.exit?.code ?? null,
-        attributes: { 'process.pid': state.pid },
+        attributes: pid === null ? {} : { 'process.pid': pid },
       };
       return status;
     },
@@ -351,11 +498,16 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       deleting.add(ref.spawnId);
       try {
         const state = await readState(ref.spawnId);
-        if (state) await terminate(ref.spawnId, state.pid);
+        // An intent without a pid is found by its environment: a worker whose pid was never recorded is still stopped.
+        const worker = state ? await locate(state) : null;
+        if (worker) await terminate(worker);
         // terminate() returns once the worker is a zombie, which can be before its exit event.
-        await exitWrites.get(ref.spawnId);
+        const record = exitRecords.get(ref.spawnId);
+        if (record) await within(record, killGraceMs + 2000);
         // Retries cover a writer this object does not know (another backend object on the same stateDir).
         await rm(join(stateDir, ref.spawnId), { recursive: true, force: true, maxRetries: 5, retryDelay: 20 });
+        // A gateway killed between staging and rename left only the staging folder (no process: the child comes after the rename).
+        await rm(join(stateDir, `${STAGING_PREFIX}${ref.spawnId}`), { recursive: true, force: true });
       } finally {
         deleting.delete(ref.spawnId);
       }
@@ -370,13 +522,19 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       }
       const found: ListedWorker[] = [];
       for (const spawnId of entries) {
+        if (spawnId.startsWith(STAGING_PREFIX)) {
+          const staged = await listStaged(spawnId.slice(STAGING_PREFIX.length), selector);
+          if (staged) found.push(staged);
+          continue;
+        }
         const state = await readState(spawnId);
         if (!state || state.backendName !== options.name) continue;
         if (!Object.entries(selector).every(([k, v]) => state.labels[k] === v)) continue;
-        const { phase } = await phaseOf(state);
+        const { phase, worker } = await phaseOf(state);
+        const pid = worker?.pid ?? state.pid;
         const expires = Number(state.labels[LABELS.expiresAt]);
         found.push({
-          ref: { spawnId, backendName: options.name, nativeId: String(state.pid) },
+          ref: { spawnId, backendName: options.name, nativeId: pid === null ? '' : String(pid) },
           labels: state.labels,
           expiresAt: Number.isFinite(expires) && expires > 0 ? new Date(expires * 1000) : new Date(state.expiresAt),
           phase,
@@ -391,4 +549,5 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       return Promise.resolve();
     },
   };
+  return backend;
 }

@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 
 /**
  * Process identity on Linux: a pid is only "ours" if its start time (clock ticks since boot,
@@ -31,4 +31,60 @@ export function signalGroup(pgid: number, signal: NodeJS.Signals): boolean {
     if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false;
     throw err;
   }
+}
+
+export interface ProcessIdentity {
+  pid: number;
+  startTime: string;
+}
+
+async function statFields(pid: number): Promise<{ state: string; ppid: number; startTime: string } | null> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const startTime = rest[19];
+    if (rest[0] === undefined || startTime === undefined) return null;
+    return { state: rest[0], ppid: Number(rest[1]), startTime };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Finds the live process that was started with `name=value` in its environment, by reading
+ * /proc/<pid>/environ of this user's processes. The environment is fixed at exec, before the
+ * program runs a single instruction, so this finds a worker whose pid the gateway never got to
+ * record (killed between the spawn and the state write), whatever command the worker runs and
+ * however early it dies. When children inherited the variable (the worker's agent), the topmost
+ * match wins: the one whose parent does not carry it too.
+ */
+export async function findProcessByEnv(name: string, value: string): Promise<ProcessIdentity | null> {
+  const wanted = `${name}=${value}`;
+  const uid = typeof process.getuid === 'function' ? process.getuid() : null;
+  let entries: string[];
+  try {
+    entries = await readdir('/proc');
+  } catch {
+    return null;
+  }
+  const matches = new Map<number, { ppid: number; startTime: string }>();
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    try {
+      // Only our own processes: a stranger's process that copies the variable must never be signalled.
+      if (uid !== null && (await stat(`/proc/${pid}`)).uid !== uid) continue;
+      const environ = await readFile(`/proc/${pid}/environ`, 'latin1');
+      if (!environ.split('\0').includes(wanted)) continue;
+    } catch {
+      continue; // exited meanwhile, or not readable
+    }
+    const fields = await statFields(pid);
+    if (!fields || fields.state === 'Z') continue;
+    matches.set(pid, { ppid: fields.ppid, startTime: fields.startTime });
+  }
+  for (const [pid, match] of matches) {
+    if (!matches.has(match.ppid)) return { pid, startTime: match.startTime };
+  }
+  return null;
 }

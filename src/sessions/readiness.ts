@@ -1,0 +1,190 @@
+/**
+ * The one readiness wait of a spawn, the same for every backend (contract v2):
+ *
+ *   backend.running(ref)  the resource runs and the backend knows how to reach the worker
+ *   then, raced:
+ *     GET /healthz?wait   the worker answers with its token (its agent finished the ACP handshake)
+ *     backend.status(ref) polled, so a worker that exits, crashes or is OOM-killed while starting
+ *                         ends the wait at once, instead of the health wait retrying a dead socket
+ *                         until timeoutSeconds
+ *
+ * A failure is a BackendError BACKEND_FAILED whose message names the backend's reason and quotes
+ * the last lines of the worker's log (its own stderr and its agent's); details carry { reason,
+ * exitCode, logTail }. Running out of time is a retryable BackendError TIMEOUT naming what it waited for.
+ */
+import type { Backend, WorkerEndpoint, WorkerRef, WorkerStatus } from '../backends/types.js';
+import { createWorkerClient, waitForHealthy } from '../backends/worker-client.js';
+import { BackendError, WorkerProtocolError } from '../errors.js';
+
+export interface WaitForWorkerOptions {
+  backend: Backend;
+  ref: WorkerRef;
+  /** The worker's bearer token, for /healthz. */
+  token: string;
+  /** Bounds the whole wait: running, then healthy. */
+  timeoutMs: number;
+  signal?: AbortSignal;
+  /** Log lines quoted in a failure; default 20. */
+  logTailLines?: number;
+  /**
+   * How long to wait for the backend to see the exit of a worker that already answers "exiting"
+   * (the reference worker exits about a second after its agent died); default 10 s.
+   */
+  exitGraceMs?: number;
+}
+
+const DEFAULT_LOG_TAIL_LINES = 20;
+const DEFAULT_EXIT_GRACE_MS = 10_000;
+/** The exit watcher starts fast (most start-up crashes are immediate) and backs off so a slow start is not polled hard. */
+const WATCH_FIRST_MS = 50;
+const WATCH_MAX_MS = 250;
+/** A log line quoted in an error message is cut here; details.logTail keeps the lines whole. */
+const MAX_QUOTED_LINE = 500;
+
+const TERMINAL: ReadonlySet<WorkerStatus['phase']> = new Set(['failed', 'succeeded', 'gone']);
+
+interface FailureFacts {
+  reason: string;
+  exitCode: number | null;
+  /** What the backend said, e.g. "exit code 1" or the engine's message. */
+  detail: string | null;
+  cause?: unknown;
+  details?: Record<string, unknown>;
+}
+
+function delay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+/**
+ * Resolves with the first status whose phase can never turn into a ready worker; null when `signal`
+ * stops the watch first. A status call that fails (an engine hiccup) is retried, not fatal.
+ */
+async function watchForExit(backend: Backend, ref: WorkerRef, signal: AbortSignal): Promise<WorkerStatus | null> {
+  let pause = WATCH_FIRST_MS;
+  // Bounded by `signal`, which the caller aborts when the wait ends either way.
+  while (!signal.aborted) {
+    await delay(pause, signal);
+    if (signal.aborted) break;
+    const status = await backend.status(ref).catch(() => null);
+    if (status && TERMINAL.has(status.phase)) return status;
+    pause = Math.min(WATCH_MAX_MS, Math.ceil(pause * 1.5));
+  }
+  return null;
+}
+
+function factsOfStatus(status: WorkerStatus): FailureFacts {
+  return { reason: status.reason ?? (status.phase === 'gone' ? 'NotFound' : 'Exited'), exitCode: status.exitCode, detail: status.message };
+}
+
+async function failure(backend: Backend, ref: WorkerRef, facts: FailureFacts, lines: number): Promise<BackendError> {
+  const logTail = await backend.logs(ref, { tail: lines }).catch(() => [] as string[]);
+  const quoted = logTail.length
+    ? `; last ${logTail.length} log lines:\n${logTail.map((line) => `  ${line.length > MAX_QUOTED_LINE ? `${line.slice(0, MAX_QUOTED_LINE)}…` : line}`).join('\n')}`
+    : '; the worker left no log lines';
+  return new BackendError(
+    'BACKEND_FAILED',
+    `worker ${ref.spawnId} on backend ${backend.name} failed before it was ready: ${facts.reason}${facts.detail ? ` (${facts.detail})` : ''}${quoted}`,
+    {
+      ...(facts.cause === undefined ? {} : { cause: facts.cause }),
+      details: { ...facts.details, reason: facts.reason, exitCode: facts.exitCode, logTail, nativeId: ref.nativeId },
+    },
+  );
+}
+
+/**
+ * A rejection of `running` that means the worker will never run (as opposed to an engine/API
+ * refusal, which carries `statusCode`, or a time-out): it gets the log tail like any other failure.
+ */
+function isWorkerFailure(err: unknown): err is BackendError {
+  return (
+    err instanceof BackendError &&
+    (err.code === 'BACKEND_FAILED' || err.code === 'BACKEND_NOT_FOUND') &&
+    typeof err.details['reason'] === 'string' &&
+    err.details['statusCode'] === undefined
+  );
+}
+
+function endpointLabel(endpoint: WorkerEndpoint): string {
+  return endpoint.socketPath !== undefined ? `unix:${endpoint.socketPath}` : endpoint.baseUrl;
+}
+
+/** Waits until the worker of `ref` answers /healthz, or fails fast with the backend's reason and the worker's last log lines. */
+export async function waitForWorker(options: WaitForWorkerOptions): Promise<WorkerEndpoint> {
+  const { backend, ref, token, timeoutMs, signal } = options;
+  const lines = options.logTailLines ?? DEFAULT_LOG_TAIL_LINES;
+  const deadline = Date.now() + timeoutMs;
+
+  let endpoint: WorkerEndpoint;
+  try {
+    endpoint = await backend.running(ref, { timeoutMs, ...(signal ? { signal } : {}) });
+  } catch (err) {
+    if (signal?.aborted) throw signal.reason;
+    if (!isWorkerFailure(err)) throw err;
+    const exitCode = err.details['exitCode'];
+    throw await failure(
+      backend,
+      ref,
+      { reason: err.details['reason'] as string, exitCode: typeof exitCode === 'number' ? exitCode : null, detail: err.message, cause: err, details: err.details },
+      lines,
+    );
+  }
+
+  const stop = new AbortController();
+  const both = signal ? AbortSignal.any([signal, stop.signal]) : stop.signal;
+  const exited = watchForExit(backend, ref, both);
+  const client = createWorkerClient({ ...endpoint, token });
+  const healthy = waitForHealthy(client, { timeoutMs: Math.max(1, deadline - Date.now()), signal: both });
+  try {
+    const first = await Promise.race([
+      healthy.then(
+        () => ({ kind: 'healthy' as const }),
+        (err: unknown) => ({ kind: 'unhealthy' as const, err }),
+      ),
+      exited.then((status) => ({ kind: 'exited' as const, status })),
+    ]);
+    if (signal?.aborted) throw signal.reason;
+    if (first.kind === 'healthy') return endpoint;
+    if (first.kind === 'exited') {
+      // null only when the watch was stopped, i.e. by the caller's signal, handled above.
+      if (!first.status) throw new BackendError('BACKEND_FAILED', `stopped waiting for worker ${ref.spawnId}`, { details: { reason: 'Stopped' } });
+      throw await failure(backend, ref, factsOfStatus(first.status), lines);
+    }
+    const err = first.err;
+    if (err instanceof WorkerProtocolError && err.code === 'TIMEOUT') {
+      const status = await backend.status(ref).catch(() => null);
+      throw new BackendError(
+        'TIMEOUT',
+        `worker ${ref.spawnId} on backend ${backend.name} did not answer /healthz at ${endpointLabel(endpoint)} within ${timeoutMs} ms (backend phase ${status?.phase ?? 'unknown'}; its agent may not have finished the ACP handshake)`,
+        { retryable: true, cause: err, details: { reason: 'ReadyTimeout', phase: status?.phase ?? null, lastError: err.details['lastError'] ?? null } },
+      );
+    }
+    if (err instanceof WorkerProtocolError && err.details['exiting'] === true) {
+      // The worker says it will never be ready (its agent died): wait, bounded, for the backend to
+      // see the exit, so the error carries the backend's reason and exit code, not just the worker's word.
+      const grace = AbortSignal.any([both, AbortSignal.timeout(options.exitGraceMs ?? DEFAULT_EXIT_GRACE_MS)]);
+      const status = await watchForExit(backend, ref, grace);
+      if (signal?.aborted) throw signal.reason;
+      const facts: FailureFacts = status
+        ? factsOfStatus(status)
+        : { reason: 'WorkerExiting', exitCode: null, detail: typeof err.details['reason'] === 'string' ? err.details['reason'] : err.message };
+      throw await failure(backend, ref, { ...facts, cause: err }, lines);
+    }
+    // A wrong token, a protocol violation: the worker runs but will not serve this gateway. Said as is,
+    // unless the worker died meanwhile, which is the better explanation.
+    const status = await backend.status(ref).catch(() => null);
+    if (status && TERMINAL.has(status.phase)) throw await failure(backend, ref, { ...factsOfStatus(status), cause: err }, lines);
+    throw err;
+  } finally {
+    stop.abort();
+  }
+}
