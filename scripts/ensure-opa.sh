@@ -17,7 +17,10 @@ fail() {
 
 [[ -f "$modfile" ]] || fail "missing $modfile"
 # Accepts both `require github.com/open-policy-agent/opa vX` and the form inside a require block.
-version="$(sed -nE 's#^[[:space:]]*(require[[:space:]]+)?github\.com/open-policy-agent/opa[[:space:]]+(v[0-9][^[:space:]]*).*#\2#p' "$modfile" | head -n 1)"
+# Every match is captured, then the first kept: `sed … | head -n 1` under pipefail can kill sed with
+# SIGPIPE (exit 141) and end this script silently.
+matches="$(sed -nE 's#^[[:space:]]*(require[[:space:]]+)?github\.com/open-policy-agent/opa[[:space:]]+(v[0-9][^[:space:]]*).*#\2#p' "$modfile")"
+version="${matches%%$'\n'*}"
 [[ -n "$version" ]] || fail "no github.com/open-policy-agent/opa requirement in $modfile"
 
 dir="$root/.tools/opa/$version"

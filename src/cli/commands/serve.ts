@@ -1,7 +1,9 @@
 import { jsonLogger } from '../../log.js';
+import type { Logger } from '../../log.js';
 import type { ServerListen } from '../../server/index.js';
 import { createServer } from '../../server/index.js';
 import { createSpawngate } from '../../spawngate.js';
+import type { Spawngate } from '../../spawngate.js';
 import type { Command } from '../framework.js';
 import { EXIT, str } from '../framework.js';
 
@@ -21,6 +23,49 @@ function waitForSignal(): Promise<NodeJS.Signals> {
   });
 }
 
+/**
+ * A write function for stdout or stderr that outlives its reader. When a supervisor's pipe closes
+ * (EPIPE) or the terminal goes away (EIO), the stream errors; without a listener that error would
+ * end the process and orphan every worker it runs. The first error marks the stream gone, and
+ * whatever is written after it is dropped.
+ */
+function survivingWriter(stream: NodeJS.WritableStream, onGone: (err: Error) => void = () => undefined): (text: string) => void {
+  let gone = false;
+  // Never removed: the error of the last write (the "stopped" line) arrives after run() returned.
+  stream.on('error', (err: Error) => {
+    if (gone) return;
+    gone = true;
+    onGone(err);
+  });
+  return (text) => {
+    if (gone || (stream as { destroyed?: boolean }).destroyed === true) return;
+    try {
+      stream.write(text);
+    } catch (err) {
+      gone = true;
+      onGone(err as Error);
+    }
+  };
+}
+
+/** A log call must not fail the request or shutdown step that makes it (e.g. fields JSON cannot hold). */
+function neverThrowing(logger: Logger): Logger {
+  const guard =
+    (level: keyof Logger) =>
+    (msg: string, fields?: Record<string, unknown>): void => {
+      try {
+        logger[level](msg, fields);
+      } catch (err) {
+        try {
+          logger[level](msg, { unloggableFields: String(err) });
+        } catch {
+          // Nothing left that could report it.
+        }
+      }
+    };
+  return { debug: guard('debug'), info: guard('info'), warn: guard('warn'), error: guard('error') };
+}
+
 export const serveCommand: Command = {
   name: 'serve',
   summary: 'Run the HTTP API for gateways (/v1, /healthz, /metrics); bearer token from SPAWNGATE_API_TOKEN.',
@@ -33,8 +78,9 @@ export const serveCommand: Command = {
     socket: { type: 'string' },
   },
   async run({ values, io }) {
+    const writeErr = survivingWriter(io.stderr);
     const usage = (message: string): number => {
-      io.stderr.write(`spawngate serve: ${message}\n`);
+      writeErr(`spawngate serve: ${message}\n`);
       return EXIT.usage;
     };
     const socketPath = str(values, 'socket');
@@ -50,25 +96,39 @@ export const serveCommand: Command = {
     const listen: ServerListen = socketPath !== undefined ? { socketPath } : { port, ...(host ? { host } : {}) };
 
     // Log lines go to stderr; stdout carries only the listening/stopped events a supervisor reads.
-    const logger = jsonLogger(levelText as LogLevel, (line) => io.stderr.write(line));
+    const logger = neverThrowing(jsonLogger(levelText as LogLevel, writeErr));
+    const writeOut = survivingWriter(io.stdout, (err) => logger.warn('stdout is gone; its events are dropped from now on', { error: err.message }));
     const config = str(values, 'config');
     const bundle = str(values, 'bundle');
-    const gate = await createSpawngate({ ...(config ? { config } : {}), ...(bundle ? { bundle } : {}), logger });
-    let server;
+
+    // SIGHUP is logrotate's "reopen your files", not the end: its default action would kill serve
+    // and orphan its workers. Taken from the start, so a rotation during start-up is harmless too.
+    let gate: Spawngate | undefined;
+    const onHangup = (): void => {
+      gate?.reopenDecisionLog();
+      logger.info('reopened the decision log', { signal: 'SIGHUP' });
+    };
+    process.on('SIGHUP', onHangup);
     try {
-      server = await createServer({ gate, listen, logger, ...(token === undefined ? {} : { token }) });
-    } catch (err) {
+      gate = await createSpawngate({ ...(config ? { config } : {}), ...(bundle ? { bundle } : {}), logger });
+      let server;
+      try {
+        server = await createServer({ gate, listen, logger, ...(token === undefined ? {} : { token }) });
+      } catch (err) {
+        await gate.shutdown();
+        throw err;
+      }
+      const signalled = waitForSignal();
+      writeOut(`${JSON.stringify({ event: 'listening', ...server.address, pid: process.pid, owner: gate.owner, instanceId: gate.instanceId, bundleRevision: gate.policy.revision })}\n`);
+      const signal = await signalled;
+      logger.info('shutting down', { signal });
+      // Turn streams end first (cancelled), then the gate closes every worker it still runs.
+      await server.close();
       await gate.shutdown();
-      throw err;
+      writeOut(`${JSON.stringify({ event: 'stopped', signal })}\n`);
+      return EXIT.ok;
+    } finally {
+      process.off('SIGHUP', onHangup);
     }
-    const signalled = waitForSignal();
-    io.stdout.write(`${JSON.stringify({ event: 'listening', ...server.address, pid: process.pid, owner: gate.owner, bundleRevision: gate.policy.revision })}\n`);
-    const signal = await signalled;
-    logger.info('shutting down', { signal });
-    // Turn streams end first (cancelled), then the gate closes every worker it still runs.
-    await server.close();
-    await gate.shutdown();
-    io.stdout.write(`${JSON.stringify({ event: 'stopped', signal })}\n`);
-    return EXIT.ok;
   },
 };
