@@ -5,13 +5,14 @@ import { policyBuildCommand, policyEvalCommand, policyTestCommand } from './comm
 import { workerCommand } from './commands/worker.js';
 import { serveCommand } from './commands/serve.js';
 import { imageBuildCommand } from './commands/image.js';
-import { closeCommand, logsCommand, lsCommand, spawnCommand, statusCommand, sweepCommand } from './commands/sessions.js';
+import { closeCommand, logsCommand, lsCommand, spawnCommand, statusCommand, sweepCommand, turnCommand } from './commands/sessions.js';
 import type { Command, Io } from './framework.js';
 import { EXIT, runCommand } from './framework.js';
 
 /** Commands by their words; `policy build` is two words. */
 const commands: Command[] = [
   spawnCommand,
+  turnCommand,
   lsCommand,
   statusCommand,
   logsCommand,
