@@ -1,5 +1,21 @@
 import tseslint from 'typescript-eslint';
 
+/** Imports that must never exist: each zone names the folders it covers and what they may not reach. */
+const concreteBackends = {
+  group: ['**/backends/process/**', '**/backends/docker/**', '**/backends/kubernetes/**', 'dockerode', '@kubernetes/client-node'],
+  message: 'The core never imports a concrete backend: backends are resolved at the edge (src/backends/registry.ts) and load their SDKs lazily.',
+};
+const upward = {
+  group: ['**/admission/**', '**/sessions/**', '**/server/**', '**/cli/**', '**/spawngate.js'],
+  message: 'A backend or the worker knows its contract (src/backends/types.ts, src/protocol/), never admission, sessions, the server or the CLI.',
+};
+const zones = [
+  { files: ['src/admission/**', 'src/sessions/**', 'src/config/**', 'src/telemetry/**', 'src/server/**', 'src/protocol/**'], patterns: [concreteBackends] },
+  // Type-only imports stay allowed: a backend's spec carries the decided egress mode.
+  { files: ['src/backends/**'], patterns: [{ ...upward, allowTypeImports: true }] },
+  { files: ['src/worker/**', 'src/protocol/**'], patterns: [upward, { group: ['**/backends/**'], message: 'The worker and the protocol stand apart from the backends: shared types live in src/protocol/.' }] },
+];
+
 export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**', '.tools/**', '.cache/**', 'coverage/**', 'bundles/**'] },
   ...tseslint.configs.recommendedTypeChecked,
@@ -15,6 +31,7 @@ export default tseslint.config(
       '@typescript-eslint/restrict-template-expressions': ['error', { allowNumber: true, allowBoolean: true }],
     },
   },
+  ...zones.map(({ files, patterns }) => ({ files, rules: { '@typescript-eslint/no-restricted-imports': ['error', { patterns }] } })),
   {
     files: ['**/*.mjs', '**/*.js'],
     ...tseslint.configs.disableTypeChecked,

@@ -10,8 +10,8 @@ export { fileDecisionLog, memoryDecisionLog, streamDecisionLog, type DecisionLog
 export type * from './backends/types.js';
 export { BACKEND_SPEC_VERSION, LABELS } from './backends/types.js';
 export { defaultBackendResolver, type BackendResolver } from './backends/registry.js';
-export { createWorkerClient, waitForHealthy } from './backends/worker-client.js';
-export type { WorkerEvent } from './worker/events.js';
+export { createWorkerClient, waitForHealthy } from './protocol/client.js';
+export type { WorkerEvent } from './protocol/events.js';
 export type { WorkerHandle, SpawnStatus, SpawnProgress, SweepReport, ListedSpawn } from './sessions/lifecycle.js';
 export * from './config/index.js';
 export { createMetrics, type Metrics } from './telemetry/metrics.js';

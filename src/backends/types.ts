@@ -30,12 +30,6 @@ export const LABELS = {
 
 export type BackendKind = 'process' | 'container' | 'kubernetes';
 
-/**
- * Exit status of a reference worker that stopped itself at its deadline (SPAWNGATE_DEADLINE, as GNU
- * `timeout` does); backends report it as reason DeadlineExceeded.
- */
-export const WORKER_EXIT_DEADLINE = 124;
-
 export interface Quantities {
   cpu: string | null;
   memory: string | null;

@@ -16,7 +16,7 @@ import type { SpawnRequestInput } from '../admission/request.js';
 import type { DenyReason, ErrorCode, Issue } from '../errors.js';
 import { AdmissionDeniedError, RequestError, SpawngateError, UsageError } from '../errors.js';
 import type { Spawngate } from '../spawngate.js';
-import type { WorkerEvent, WorkerEventType } from '../worker/events.js';
+import type { WorkerEvent, WorkerEventType } from '../protocol/events.js';
 import { HTTP_STATUS } from './errors.js';
 
 // The bodies are the library's own return values as JSON; deriving them from the Spawngate type

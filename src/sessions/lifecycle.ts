@@ -7,12 +7,12 @@ import type { BackendResolver } from '../backends/registry.js';
 import type { ReservationRecord } from '../admission/store/types.js';
 import type { Backend, ListedWorker, WorkerEndpoint, WorkerRef, WorkerStatus } from '../backends/types.js';
 import { LABELS } from '../backends/types.js';
-import { createWorkerClient } from '../backends/worker-client.js';
+import { createWorkerClient } from '../protocol/client.js';
 import { findBackend, findProfile } from '../config/index.js';
 import { AdmissionDeniedError, BackendError, isSpawngateError, SpawngateError } from '../errors.js';
 import { safely } from '../telemetry/metrics.js';
 import { endSpan, inSpan, parentContext, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
-import type { WorkerEvent, WorkerStatusReport } from '../worker/events.js';
+import type { WorkerEvent, WorkerStatusReport } from '../protocol/events.js';
 import { buildWorkerSpec, labelValue } from './spec.js';
 import { waitForWorker } from './readiness.js';
 

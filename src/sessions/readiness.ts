@@ -13,7 +13,7 @@
  * exitCode, logTail }. Running out of time is a retryable BackendError TIMEOUT naming what it waited for.
  */
 import type { Backend, WorkerEndpoint, WorkerRef, WorkerStatus } from '../backends/types.js';
-import { createWorkerClient, waitForHealthy } from '../backends/worker-client.js';
+import { createWorkerClient, waitForHealthy } from '../protocol/client.js';
 import { BackendError, WorkerProtocolError } from '../errors.js';
 
 export interface WaitForWorkerOptions {

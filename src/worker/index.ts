@@ -4,4 +4,4 @@ export type { RunningWorker, StartWorkerOptions, WorkerListen } from './worker.j
 export { parseListen, runWorkerFromEnv, workerBinCommand, workerOptionsFromEnv } from './main.js';
 export type { WorkerIo } from './main.js';
 export { answerPermission } from './acp-session.js';
-export type * from './events.js';
+export type * from '../protocol/events.js';

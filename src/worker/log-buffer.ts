@@ -1,4 +1,4 @@
-import type { WorkerLogLine } from './events.js';
+import type { WorkerLogLine } from '../protocol/events.js';
 
 /** The most /logs ever returns, and the default capacity. */
 export const MAX_LOG_TAIL = 1000;

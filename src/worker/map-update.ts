@@ -1,5 +1,5 @@
 import type { ContentBlock, SessionUpdate, ToolCallContent } from '@agentclientprotocol/sdk';
-import type { ToolCallStatus, WorkerEvent } from './events.js';
+import type { ToolCallStatus, WorkerEvent } from '../protocol/events.js';
 
 /** Event fields without the per-line envelope (turnId, seq, time, trace), which the worker adds. */
 export type EventBody = DistributiveOmit<WorkerEvent, 'turnId' | 'seq' | 'time' | 'traceparent' | 'traceId'>;

@@ -5,7 +5,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import type { PromptResponse, SessionUpdate } from '@agentclientprotocol/sdk';
-import { WORKER_EXIT_DEADLINE } from '../backends/types.js';
+import { WORKER_EXIT_DEADLINE } from '../protocol/events.js';
 import { BackendError, ConfigError, WorkerProtocolError } from '../errors.js';
 import type { Issue } from '../errors.js';
 import { listen, removeStaleSocket, type ListenAddress } from '../net.js';
@@ -21,8 +21,8 @@ import type {
   WorkerLogsResponse,
   WorkerState,
   WorkerStatusReport,
-} from './events.js';
-import { BodyTooLargeError, parseTraceparent, readBody, sendError, sendJson, tokenVerifier } from './http.js';
+} from '../protocol/events.js';
+import { BodyTooLargeError, parseTraceparent, readBody, sendError, sendJson, tokenVerifier } from '../protocol/http.js';
 import { LogBuffer, MAX_LOG_TAIL } from './log-buffer.js';
 import { mapSessionUpdate } from './map-update.js';
 import type { EventBody } from './map-update.js';

@@ -11,12 +11,12 @@ import type { Egress } from '../../src/admission/types.js';
 import { defaultBackendResolver } from '../../src/backends/registry.js';
 import type { Backend, WorkerRef, WorkerSpec } from '../../src/backends/types.js';
 import { LABELS } from '../../src/backends/types.js';
-import { createWorkerClient } from '../../src/backends/worker-client.js';
+import { createWorkerClient } from '../../src/protocol/client.js';
 import type { BackendConfig } from '../../src/config/index.js';
 import { AdmissionDeniedError, BackendError } from '../../src/errors.js';
 import { waitForWorker } from '../../src/sessions/readiness.js';
 import { createSpawngate, type Spawngate } from '../../src/spawngate.js';
-import type { WorkerEvent } from '../../src/worker/events.js';
+import type { WorkerEvent } from '../../src/protocol/events.js';
 import { testWorkerSpec } from '../helpers/worker-spec.js';
 
 export interface ContractTarget {

@@ -15,11 +15,12 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createDockerBackend } from '../../src/backends/docker/index.js';
-import { LABELS, WORKER_EXIT_DEADLINE } from '../../src/backends/types.js';
+import { LABELS } from '../../src/backends/types.js';
+import { WORKER_EXIT_DEADLINE } from '../../src/protocol/events.js';
 import type { Backend, WorkerEndpoint, WorkerRef, WorkerSpec, WorkerStatus } from '../../src/backends/types.js';
-import { createWorkerClient } from '../../src/backends/worker-client.js';
+import { createWorkerClient } from '../../src/protocol/client.js';
 import { waitForWorker } from '../../src/sessions/readiness.js';
-import type { WorkerEvent } from '../../src/worker/events.js';
+import type { WorkerEvent } from '../../src/protocol/events.js';
 import { describeBackendContract } from '../contract/backend-contract.js';
 import { CONTRACT_IMAGE, engine, ensureEngine, ensureImages, fixtureInImage } from './engine.js';
 

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKubernetesBackend, KUBERNETES_PERMISSIONS } from '../../src/backends/kubernetes/index.js';
 import type { Backend, WorkerRef, WorkerSpec } from '../../src/backends/types.js';
 import { LABELS } from '../../src/backends/types.js';
-import { createWorkerClient } from '../../src/backends/worker-client.js';
+import { createWorkerClient } from '../../src/protocol/client.js';
 import { BackendError } from '../../src/errors.js';
 import { waitForWorker } from '../../src/sessions/readiness.js';
 import { createSpawngate } from '../../src/spawngate.js';

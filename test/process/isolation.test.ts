@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSpawngate, type Spawngate } from '../../src/spawngate.js';
-import type { WorkerEvent } from '../../src/worker/events.js';
+import type { WorkerEvent } from '../../src/protocol/events.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 

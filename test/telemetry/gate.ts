@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Registry } from 'prom-client';
 import { createSpawngate, type Spawngate, type SpawngateOptions } from '../../src/spawngate.js';
-import type { WorkerEvent } from '../../src/worker/events.js';
+import type { WorkerEvent } from '../../src/protocol/events.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 

@@ -4,7 +4,7 @@
  * main.test.ts checks the same deadline end to end, through the environment and the exit status.
  */
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import type { WorkerEvent, WorkerLogLine } from '../../src/worker/events.js';
+import type { WorkerEvent, WorkerLogLine } from '../../src/protocol/events.js';
 import { isAlive, startTestWorker } from './helpers.js';
 
 const HOUR_MS = 3_600_000;

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { builtinAgents, resolveBuiltinAgent } from '../../src/agents/index.js';
-import type { WorkerEvent } from '../../src/worker/events.js';
+import type { WorkerEvent } from '../../src/protocol/events.js';
 import { collect, messageText, startTestWorker, types } from './helpers.js';
 import type { TestWorker } from './helpers.js';
 

@@ -6,12 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
-import { createWorkerClient } from '../../src/backends/worker-client.js';
-import type { WorkerClient } from '../../src/backends/worker-client.js';
+import { createWorkerClient } from '../../src/protocol/client.js';
+import type { WorkerClient } from '../../src/protocol/client.js';
 import { WorkerProtocolError } from '../../src/errors.js';
 import { startWorker } from '../../src/worker/worker.js';
 import type { RunningWorker, StartWorkerOptions } from '../../src/worker/worker.js';
-import type { WorkerEvent } from '../../src/worker/events.js';
+import type { WorkerEvent } from '../../src/protocol/events.js';
 
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 export const fixtureAgent = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));

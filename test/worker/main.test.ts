@@ -1,12 +1,12 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { createWorkerClient, waitForHealthy } from '../../src/backends/worker-client.js';
-import type { WorkerClient } from '../../src/backends/worker-client.js';
+import { createWorkerClient, waitForHealthy } from '../../src/protocol/client.js';
+import type { WorkerClient } from '../../src/protocol/client.js';
 import { ConfigError } from '../../src/errors.js';
 import { builtinAgents } from '../../src/agents/index.js';
-import type { WorkerEvent } from '../../src/worker/events.js';
+import type { WorkerEvent } from '../../src/protocol/events.js';
 import { parseListen, workerBinCommand, workerOptionsFromEnv } from '../../src/worker/main.js';
-import { WORKER_EXIT_DEADLINE } from '../../src/backends/types.js';
+import { WORKER_EXIT_DEADLINE } from '../../src/protocol/events.js';
 import { bounded, eventually, fixtureAgent, isAlive, newToken, spawnWorkerBin, tempDir, workerBin } from './helpers.js';
 
 const fixtureCommand = JSON.stringify([process.execPath, fixtureAgent]);

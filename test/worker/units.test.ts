@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { describe, expect, it } from 'vitest';
 import { answerPermission } from '../../src/worker/acp-session.js';
-import { parseTraceparent, tokenVerifier } from '../../src/worker/http.js';
+import { parseTraceparent, tokenVerifier } from '../../src/protocol/http.js';
 import { LogBuffer, lineSplitter } from '../../src/worker/log-buffer.js';
 import { mapSessionUpdate, summarizeToolOutput } from '../../src/worker/map-update.js';
 

@@ -6,7 +6,7 @@ import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createWorkerClient, parseWorkerEvent, waitForHealthy } from '../../src/backends/worker-client.js';
+import { createWorkerClient, parseWorkerEvent, waitForHealthy } from '../../src/protocol/client.js';
 import { WorkerProtocolError } from '../../src/errors.js';
 import { collect, errorOf } from './helpers.js';
 

@@ -1,8 +1,8 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { waitForHealthy } from '../../src/backends/worker-client.js';
-import type { WorkerEvent, WorkerLogLine } from '../../src/worker/events.js';
+import { waitForHealthy } from '../../src/protocol/client.js';
+import type { WorkerEvent, WorkerLogLine } from '../../src/protocol/events.js';
 import { collect, errorOf, eventually, isAlive, messageText, startTestWorker, tempDir, types } from './helpers.js';
 import type { TestWorker, Transport } from './helpers.js';
 

@@ -8,8 +8,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BackendError, SpawngateError } from '../../errors.js';
 import { workerBinCommand } from '../../worker/main.js';
 import type { Backend, ListedWorker, WorkerEndpoint, WorkerPhase, WorkerRef, WorkerSpec, WorkerStatus } from '../types.js';
-import { BACKEND_SPEC_VERSION, LABELS, WORKER_EXIT_DEADLINE } from '../types.js';
-import { createWorkerClient } from '../worker-client.js';
+import { WORKER_EXIT_DEADLINE } from '../../protocol/events.js';
+import { BACKEND_SPEC_VERSION, LABELS } from '../types.js';
+import { createWorkerClient } from '../../protocol/client.js';
 import { probeNetworkIsolation, UNSHARE_ARGS, type IsolationProbe } from './isolation.js';
 import { findProcessByEnv, isOurProcess, processStartTime, signalGroup, type ProcessIdentity } from './proc.js';
 

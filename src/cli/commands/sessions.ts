@@ -8,7 +8,7 @@ import { createServerClient, parseServerAddress, ServerApiError } from '../../se
 import type { Spawngate } from '../../spawngate.js';
 import { createSpawngate } from '../../spawngate.js';
 import type { SpawnProgress } from '../../sessions/lifecycle.js';
-import type { WorkerEvent } from '../../worker/events.js';
+import type { WorkerEvent } from '../../protocol/events.js';
 import type { Command, Io } from '../framework.js';
 import { EXIT, str } from '../framework.js';
 import { createProgress } from '../progress.js';

@@ -23,9 +23,9 @@ import type {
   WorkerLogLine,
   WorkerLogsResponse,
   WorkerStatusReport,
-} from '../worker/events.js';
+} from './events.js';
 
-export type { WorkerEvent } from '../worker/events.js';
+export type { WorkerEvent } from './events.js';
 
 export interface WorkerClientOptions {
   /** http://host:port[/prefix] — TCP endpoint. Exactly one of baseUrl / socketPath. */

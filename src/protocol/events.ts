@@ -1,7 +1,7 @@
 /**
  * The worker HTTP contract: the NDJSON events of POST /turn and the JSON bodies of the other routes.
- * Types only — the reference worker (src/worker/) produces these, the worker client
- * (src/backends/worker-client.ts) consumes them, and neither side needs the other's code.
+ * Types (and the deadline exit status) — the reference worker (src/worker/) produces these, the worker client
+ * (src/protocol/client.ts) consumes them, and neither side needs the other's code.
  * docs/worker-protocol.md describes the same contract for implementers in other languages.
  */
 
@@ -168,3 +168,9 @@ export interface WorkerErrorBody {
     currentTurnId?: string;
   };
 }
+
+/**
+ * Exit status of a reference worker that stopped itself at its deadline (SPAWNGATE_DEADLINE, as GNU
+ * `timeout` does); backends report it as reason DeadlineExceeded.
+ */
+export const WORKER_EXIT_DEADLINE = 124;
