@@ -21,6 +21,8 @@ export const BACKEND_SPEC_VERSION = 2 as const;
 export const LABELS = {
   spawnId: 'spawngate.io/spawn-id',
   owner: 'spawngate.io/owner',
+  /** The gateway process that created the worker; who keeps it alive is told by its lease, not by this label. */
+  instance: 'spawngate.io/instance',
   profile: 'spawngate.io/profile',
   backend: 'spawngate.io/backend',
   agent: 'spawngate.io/agent',

@@ -210,6 +210,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         const spec = buildWorkerSpec({
           spawnId,
           owner,
+          instanceId: options.instanceId,
           decision,
           backend: backendConfig,
           profile: profileConfig,

@@ -30,6 +30,7 @@ function workspace(config: ProfileConfig['workspace']): WorkspaceSpec {
 export interface SpecInput {
   spawnId: string;
   owner: string;
+  instanceId: string;
   decision: AllowDecision;
   backend: BackendConfig;
   profile: ProfileConfig;
@@ -77,6 +78,7 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
     labels: {
       [LABELS.spawnId]: input.spawnId,
       [LABELS.owner]: labelValue(input.owner),
+      [LABELS.instance]: labelValue(input.instanceId),
       [LABELS.backend]: labelValue(decision.backend),
       [LABELS.profile]: labelValue(decision.profile),
       [LABELS.agent]: labelValue(input.agentId),

@@ -60,6 +60,7 @@ function specFor(c: Case): WorkerSpec {
   return buildWorkerSpec({
     spawnId: '0b6a3c1e-7d2f-4e8a-9c41-5f0e2d7a9b13',
     owner: 'gateway-1',
+    instanceId: 'gateway-1-4242-0a1b2c3d',
     decision,
     backend,
     profile,

@@ -121,6 +121,7 @@ function probeSpec(name: string, config: KubernetesBackendConfig, profileName: s
   return buildWorkerSpec({
     spawnId: `doctor-${Date.now().toString(36)}`,
     owner: 'spawngate-doctor',
+    instanceId: 'spawngate-doctor',
     decision,
     backend: config,
     profile,
