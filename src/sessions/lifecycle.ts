@@ -1,178 +1,43 @@
+/**
+ * The road of a spawn after admission, as one object: spawn (reserve → create → ready), the live
+ * set, turns, close and TTL, status/logs/list of what the backends have, and the sweeper. Each part
+ * lives in its own file (live-set, readiness, turns, sweeper); this file wires them and owns spawn
+ * and close, the two steps that take and give back a reservation.
+ */
 import { randomBytes, randomUUID } from 'node:crypto';
-import type { Context, Span } from '@opentelemetry/api';
-import type { Admission, Reservation } from '../admission/gate.js';
+import type { Context } from '@opentelemetry/api';
+import type { Reservation } from '../admission/gate.js';
 import type { SpawnRequestInput } from '../admission/request.js';
 import type { AllowDecision } from '../admission/types.js';
-import type { BackendResolver } from '../backends/registry.js';
-import type { ReservationRecord } from '../admission/store/types.js';
-import type { Backend, ListedWorker, WorkerEndpoint, WorkerRef, WorkerStatus } from '../backends/types.js';
+import type { Backend, WorkerEndpoint, WorkerRef, WorkerStatus } from '../backends/types.js';
 import { LABELS } from '../backends/types.js';
 import { createWorkerClient } from '../protocol/client.js';
 import { findBackend, findProfile } from '../config/index.js';
 import { AdmissionDeniedError, BackendError, isSpawngateError, SpawngateError } from '../errors.js';
 import { safely } from '../telemetry/metrics.js';
-import { endSpan, inSpan, parentContext, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
-import type { WorkerEvent, WorkerStatusReport } from '../protocol/events.js';
-import { buildWorkerSpec, labelValue } from './spec.js';
+import { inSpan, parentContext, setAttributes, SPAN, traceparentOf } from '../telemetry/tracing.js';
+import type { Live, LiveSet } from './live-set.js';
+import { createLiveSet, nativeAttributes } from './live-set.js';
 import { waitForWorker } from './readiness.js';
+import { buildWorkerSpec, labelValue } from './spec.js';
+import { createSweeper } from './sweeper.js';
+import { createTurns } from './turns.js';
+import type { CloseReason, Lifecycle, LifecycleOptions, ListedSpawn, SpawnOptions, SpawnProgress, SpawnStatus, WorkerHandle } from './types.js';
 
-export type SpawnProgress =
-  | { stage: 'admission' }
-  | { stage: 'admitted'; backend: string; profile: string; egress: string; ttlSeconds: number }
-  | { stage: 'creating'; backend: string; profile: string }
-  | { stage: 'created'; nativeId: string }
-  | { stage: 'ready'; nativeId: string; readyMs: number };
-
-export interface SpawnOptions {
-  signal?: AbortSignal;
-  onProgress?: (progress: SpawnProgress) => void;
-  parent?: Context;
-}
-
-export type CloseReason = 'closed' | 'expired' | 'failed' | 'orphaned' | 'shutdown' | 'lease_lost';
-
-export interface SpawnStatus {
-  spawnId: string;
-  /** live: tracked by this gateway; closed: closed by it; untracked: found on a backend only (another gateway, or before a restart). */
-  tracking: 'live' | 'closed' | 'untracked';
-  backend: string;
-  profile: string | null;
-  agentId: string | null;
-  nativeId: string;
-  expiresAt: string | null;
-  closeReason: CloseReason | null;
-  backendStatus: WorkerStatus;
-  /** The worker's own /status, when it answers. */
-  worker: WorkerStatusReport | null;
-}
-
-export interface WorkerHandle {
-  readonly spawnId: string;
-  readonly backend: string;
-  readonly profile: string;
-  readonly agentId: string;
-  readonly nativeId: string;
-  readonly decision: AllowDecision;
-  readonly endpoint: WorkerEndpoint;
-  readonly expiresAt: Date;
-  turn(message: string, options?: { turnId?: string; signal?: AbortSignal }): AsyncIterable<WorkerEvent>;
-  cancel(): Promise<void>;
-  status(): Promise<SpawnStatus>;
-  logs(tail?: number): Promise<string[]>;
-  close(): Promise<void>;
-  [Symbol.asyncDispose](): Promise<void>;
-}
-
-export interface SweepEntry {
-  spawnId: string;
-  backend: string;
-  nativeId: string;
-  reason: 'expired' | 'orphaned' | 'exited' | 'lease_lost';
-  deleted: boolean;
-  error?: string;
-}
-
-/** A lease this instance held with no worker behind it, released by the reconciler. */
-export interface ReleasedLease {
-  reservationId: string;
-  spawnId: string;
-  released: boolean;
-  error?: string;
-}
-
-export interface SweepReport {
-  dryRun: boolean;
-  removed: SweepEntry[];
-  /** Leases released because no worker and no caller stood behind them. */
-  releasedLeases: ReleasedLease[];
-  kept: number;
-  errors: { backend: string; error: string }[];
-}
-
-export interface ListedSpawn {
-  spawnId: string;
-  backend: string;
-  profile: string | null;
-  agentId: string | null;
-  nativeId: string;
-  phase: string;
-  expiresAt: string | null;
-  owner: string | null;
-  tracked: boolean;
-}
-
-export interface LifecycleOptions {
-  admission: Admission;
-  resolveBackend: BackendResolver;
-  /** The owner group on worker labels: the sweeper looks for orphans among this group's workers only. */
-  owner: string;
-  /** This gateway process; recorded on the workers it creates (a worker's liveness is its lease, not this label). */
-  instanceId: string;
-  /** ACP agent argv for an agent id; null = the worker's built-in agent of that id. */
-  agentCommand: (agentId: string) => readonly string[] | null;
-  /** Periodic sweep; 0 or null disables it. */
-  sweepIntervalMs?: number | null;
-  clock?: () => Date;
-}
-
-export interface Lifecycle {
-  spawn(request: SpawnRequestInput, options?: SpawnOptions): Promise<WorkerHandle>;
-  get(spawnId: string): WorkerHandle | undefined;
-  turn(spawnId: string, message: string, options?: { turnId?: string; signal?: AbortSignal }): AsyncIterable<WorkerEvent>;
-  cancel(spawnId: string): Promise<void>;
-  status(spawnId: string): Promise<SpawnStatus>;
-  logs(spawnId: string, tail?: number): Promise<string[]>;
-  close(spawnId: string): Promise<void>;
-  list(options?: { allOwners?: boolean }): Promise<ListedSpawn[]>;
-  sweep(options?: { dryRun?: boolean; orphans?: boolean }): Promise<SweepReport>;
-  /** Stops timers; with `closeWorkers`, closes every live worker first. */
-  shutdown(options?: { closeWorkers?: boolean }): Promise<void>;
-}
-
-interface Live {
-  handle: WorkerHandle;
-  ref: WorkerRef;
-  backend: Backend;
-  reservation: Reservation;
-  token: string;
-  spawnSpan: Context;
-  ttlTimer: NodeJS.Timeout;
-  closing: Promise<void> | null;
-}
-
-interface Closed {
-  status: SpawnStatus;
-  at: number;
-  reservationId: string | null;
-}
-
-const CLOSED_KEPT = 1000;
+export type * from './types.js';
 
 export function createLifecycle(options: LifecycleOptions): Lifecycle {
   const { admission, resolveBackend } = options;
   const { config, metrics, logger } = admission;
   const clock = options.clock ?? (() => new Date());
   const owner = labelValue(options.owner);
-  const live = new Map<string, Live>();
-  // Closed spawns stay answerable (status after a crash says why) for a while, bounded.
-  const closed = new Map<string, Closed>();
-  // Spawns between create and ready exist on the backend but are not live yet; the sweeper must not take them for orphans.
-  const inflight = new Set<string>();
-  let sweepTimer: NodeJS.Timeout | null = null;
-  let sweeping: Promise<void> | null = null;
+  const liveSet: LiveSet = createLiveSet((spawnId, reason, knownStatus) => closeSpawn(spawnId, reason, knownStatus));
+  const { live, closed, inflight, remember } = liveSet;
 
   function backendFor(name: string): Promise<Backend> {
     const cfg = findBackend(config, name);
     if (!cfg) return Promise.reject(new SpawngateError('BACKEND_NOT_FOUND', `backend ${name} is not configured`));
     return resolveBackend(name, cfg);
-  }
-
-  function remember(status: SpawnStatus, reservationId: string | null = null): void {
-    closed.set(status.spawnId, { status, at: Date.now(), reservationId });
-    if (closed.size > CLOSED_KEPT) {
-      const oldest = closed.keys().next().value;
-      if (oldest !== undefined) closed.delete(oldest);
-    }
   }
 
   async function spawn(request: SpawnRequestInput, spawnOptions: SpawnOptions = {}): Promise<WorkerHandle> {
@@ -331,62 +196,6 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     return entry;
   }
 
-  async function* runTurn(spawnId: string, message: string, turnOptions: { turnId?: string; signal?: AbortSignal } = {}): AsyncGenerator<WorkerEvent> {
-    const entry = live.get(spawnId);
-    if (!entry) throw new SpawngateError('SPAWN_NOT_FOUND', `no live worker ${spawnId}`);
-    const span: Span = startSpan(SPAN.turn, entry.spawnSpan);
-    setAttributes(span, {
-      'spawngate.spawn_id': spawnId,
-      'spawngate.backend': entry.handle.backend,
-      'spawngate.profile': entry.handle.profile,
-      'spawngate.agent_id': entry.handle.agentId,
-      ...nativeAttributes(entry.backend.kind, entry.ref.nativeId),
-    });
-    let outcome = 'failed';
-    let crashed = false;
-    try {
-      const client = createWorkerClient({ ...entry.handle.endpoint, token: entry.token, traceparent: traceparentOf(span) ?? undefined });
-      for await (const event of client.turn(message, { ...(turnOptions.turnId ? { turnId: turnOptions.turnId } : {}), ...(turnOptions.signal ? { signal: turnOptions.signal } : {}) })) {
-        if (event.type === 'turn.completed') outcome = 'completed';
-        else if (event.type === 'turn.cancelled') outcome = 'cancelled';
-        else if (event.type === 'turn.failed') {
-          outcome = 'failed';
-          crashed = event.error.code === 'agent_exited' || event.error.code === 'agent_unavailable';
-          setAttributes(span, { 'spawngate.reason': event.error.code });
-        }
-        yield event;
-      }
-    } catch (err) {
-      recordError(span, err);
-      // A stream that breaks off usually means the worker died under us; the status check below decides.
-      // A busy worker (409) or the caller's own abort says nothing about the worker's health.
-      const code = (err as { code?: unknown }).code;
-      crashed = !turnOptions.signal?.aborted && code !== 'WORKER_BUSY' && code !== 'WORKER_UNAUTHORIZED';
-      throw err;
-    } finally {
-      setAttributes(span, { 'spawngate.turn_outcome': outcome });
-      endSpan(span);
-      safely(() => metrics.turns.inc({ backend: entry.handle.backend, outcome }));
-      if (crashed) await reapIfDead(spawnId);
-    }
-  }
-
-  /** A worker whose agent died exits on its own; close it so its slots are freed and status keeps the reason. */
-  async function reapIfDead(spawnId: string): Promise<void> {
-    const entry = live.get(spawnId);
-    if (!entry) return;
-    // The worker exits shortly after its agent does; give it a bounded moment before judging.
-    for (let i = 0; i < 40; i++) {
-      const status = await entry.backend.status(entry.ref).catch(() => null);
-      if (status && (status.phase === 'failed' || status.phase === 'gone' || status.phase === 'succeeded')) {
-        safely(() => metrics.workerFailures.inc({ backend: entry.handle.backend, reason: status.reason ?? 'Unknown' }));
-        await closeSpawn(spawnId, 'failed', status);
-        return;
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-
   function closeSpawn(spawnId: string, reason: CloseReason, knownStatus?: WorkerStatus): Promise<void> {
     const entry = live.get(spawnId);
     if (!entry) {
@@ -497,137 +306,10 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     return out;
   }
 
-  /**
-   * Reconciles the backends with the store's leases, both ways. A worker's fate belongs to whoever
-   * holds its lease: untracked workers whose lease a live instance holds (another replica's, or one
-   * between create and ready anywhere) are left alone; without a live lease they are orphans. The
-   * leases are read after each backend's listing, so a worker seen in a listing had its lease (taken
-   * before create) in that read unless it was released or lapsed meanwhile.
-   */
-  async function sweep(sweepOptions: { dryRun?: boolean; orphans?: boolean } = {}): Promise<SweepReport> {
-    const dryRun = sweepOptions.dryRun ?? false;
-    const orphans = sweepOptions.orphans ?? true;
-    const report: SweepReport = { dryRun, removed: [], releasedLeases: [], kept: 0, errors: [] };
-    // Concurrent sweeps (timer and an API call) must not judge the same worker twice.
-    if (sweeping) return sweeping.then(() => sweep(sweepOptions));
-    let done!: () => void;
-    sweeping = new Promise<void>((resolve) => (done = resolve));
-    try {
-      await inSpan(SPAN.sweep, parentContext(null), { 'spawngate.sweep.dry_run': dryRun }, async (span) => {
-        let lastLeases: ReservationRecord[] | null = null;
-        let listedEverywhere = true;
-        for (const name of Object.keys(config.agents.executionBackends)) {
-          let backend: Backend;
-          let found: ListedWorker[];
-          try {
-            backend = await backendFor(name);
-            found = await backend.list({ [LABELS.owner]: owner });
-          } catch (err) {
-            listedEverywhere = false;
-            report.errors.push({ backend: name, error: (err as Error).message });
-            continue;
-          }
-          let leased: Set<string> | null = null;
-          try {
-            lastLeases = await admission.store.active();
-            leased = new Set(lastLeases.map((r) => r.spawnId));
-          } catch (err) {
-            // Without the leases nobody can tell an orphan from another replica's worker: delete none.
-            report.errors.push({ backend: name, error: `reservation store: ${(err as Error).message}; orphans are left for the next sweep` });
-          }
-          const now = clock().getTime();
-          for (const w of found) {
-            const spawnId = w.ref.spawnId;
-            // A spawn still on its way to ready is its own caller's to clean up, whatever its state.
-            if (inflight.has(spawnId)) {
-              report.kept++;
-              continue;
-            }
-            const tracked = live.has(spawnId);
-            const expired = w.expiresAt !== null && w.expiresAt.getTime() <= now;
-            const exited = w.phase === 'failed' || w.phase === 'succeeded' || w.phase === 'gone';
-            const heldElsewhere = !tracked && (leased === null || leased.has(spawnId));
-            const reason: SweepEntry['reason'] | null = expired
-              ? 'expired'
-              : heldElsewhere
-                ? null
-                : exited
-                  ? 'exited'
-                  : !tracked && orphans
-                    ? 'orphaned'
-                    : null;
-            if (!reason) {
-              report.kept++;
-              continue;
-            }
-            const item: SweepEntry = { spawnId, backend: name, nativeId: w.ref.nativeId, reason, deleted: false };
-            if (!dryRun) {
-              try {
-                if (tracked) await closeSpawn(spawnId, reason === 'exited' ? 'failed' : reason === 'expired' ? 'expired' : 'orphaned');
-                else await backend.delete(w.ref);
-                item.deleted = true;
-                safely(() => metrics.sweeperDeletions.inc({ backend: name, reason }));
-              } catch (err) {
-                item.error = (err as Error).message;
-              }
-            }
-            report.removed.push(item);
-          }
-          // A live worker its backend no longer has (removed by hand, node lost): close it so its slots come back.
-          const listed = new Set(found.map((w) => w.ref.spawnId));
-          for (const [spawnId, entry] of [...live]) {
-            if (entry.handle.backend !== name || listed.has(spawnId)) continue;
-            const item: SweepEntry = { spawnId, backend: name, nativeId: entry.ref.nativeId, reason: 'exited', deleted: false };
-            if (!dryRun) {
-              try {
-                await closeSpawn(spawnId, 'failed');
-                item.deleted = true;
-                safely(() => metrics.sweeperDeletions.inc({ backend: name, reason: 'exited' }));
-              } catch (err) {
-                item.error = (err as Error).message;
-              }
-            }
-            report.removed.push(item);
-          }
-        }
-        // The other way round: a lease recorded for this instance that nothing here holds any more
-        // (no live or starting worker, no caller's reservation) only keeps slots from others.
-        if (listedEverywhere && lastLeases) {
-          const held = admission.leases.held();
-          for (const lease of lastLeases) {
-            if (lease.holder !== admission.leases.holder || held.has(lease.id) || live.has(lease.spawnId) || inflight.has(lease.spawnId)) continue;
-            const item: ReleasedLease = { reservationId: lease.id, spawnId: lease.spawnId, released: false };
-            if (!dryRun) {
-              try {
-                item.released = await admission.store.release(lease.id);
-              } catch (err) {
-                item.error = (err as Error).message;
-              }
-            }
-            report.releasedLeases.push(item);
-          }
-        }
-        setAttributes(span, { 'spawngate.sweep.removed': report.removed.length, 'spawngate.sweep.kept': report.kept });
-      });
-    } finally {
-      sweeping = null;
-      done();
-    }
-    return report;
-  }
 
-  if (options.sweepIntervalMs) {
-    sweepTimer = setInterval(() => {
-      sweep({ orphans: true }).then(
-        (r) => {
-          if (r.removed.length) logger.info('sweeper removed workers', { removed: r.removed.map((e) => ({ spawnId: e.spawnId, reason: e.reason })) });
-          for (const e of r.errors) logger.warn('sweeper could not list a backend', e);
-        },
-        (err: unknown) => logger.error('sweep failed', { error: (err as Error).message }),
-      );
-    }, options.sweepIntervalMs);
-    sweepTimer.unref();
-  }
+  const { runTurn } = createTurns(liveSet, metrics);
+  const sweeper = createSweeper({ admission, config, owner, liveSet, backendFor, clock });
+  if (options.sweepIntervalMs) sweeper.start(options.sweepIntervalMs);
 
   return {
     spawn,
@@ -642,10 +324,9 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     logs: logsOf,
     close: (spawnId) => closeSpawn(spawnId, 'closed'),
     list,
-    sweep,
+    sweep: sweeper.sweep,
     async shutdown(shutdownOptions = {}) {
-      if (sweepTimer) clearInterval(sweepTimer);
-      sweepTimer = null;
+      sweeper.stop();
       if (shutdownOptions.closeWorkers) await Promise.all([...live.keys()].map((id) => closeSpawn(id, 'shutdown')));
       // Kept workers outlive this object: their labels (expires-at) and the next sweeper bound them.
       for (const entry of live.values()) clearTimeout(entry.ttlTimer);
@@ -653,17 +334,3 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     },
   };
 }
-
-function nativeAttributes(kind: Backend['kind'], nativeId: string): Record<string, string | number> {
-  switch (kind) {
-    case 'process':
-      return { 'process.pid': Number(nativeId) };
-    case 'container':
-      return { 'container.id': nativeId };
-    case 'kubernetes': {
-      const [namespace, pod] = nativeId.split('/');
-      return { 'k8s.namespace.name': namespace ?? '', 'k8s.pod.name': pod ?? '' };
-    }
-  }
-}
-

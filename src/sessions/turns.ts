@@ -1,0 +1,80 @@
+/**
+ * Turns on a live worker: one span per turn under the spawn's, outcome metrics, and the reaper that
+ * closes a worker whose agent died mid-turn so its slots come back and status keeps the reason.
+ */
+import type { Span } from '@opentelemetry/api';
+import { createWorkerClient } from '../protocol/client.js';
+import type { WorkerEvent } from '../protocol/events.js';
+import { SpawngateError } from '../errors.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { safely } from '../telemetry/metrics.js';
+import { endSpan, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
+import type { LiveSet } from './live-set.js';
+import { nativeAttributes } from './live-set.js';
+
+export interface TurnOptions {
+  turnId?: string;
+  signal?: AbortSignal;
+}
+
+export function createTurns(liveSet: LiveSet, metrics: Metrics): { runTurn: (spawnId: string, message: string, turnOptions?: TurnOptions) => AsyncGenerator<WorkerEvent> } {
+  const { live, closeSpawn } = liveSet;
+
+  async function* runTurn(spawnId: string, message: string, turnOptions: TurnOptions = {}): AsyncGenerator<WorkerEvent> {
+    const entry = live.get(spawnId);
+    if (!entry) throw new SpawngateError('SPAWN_NOT_FOUND', `no live worker ${spawnId}`);
+    const span: Span = startSpan(SPAN.turn, entry.spawnSpan);
+    setAttributes(span, {
+      'spawngate.spawn_id': spawnId,
+      'spawngate.backend': entry.handle.backend,
+      'spawngate.profile': entry.handle.profile,
+      'spawngate.agent_id': entry.handle.agentId,
+      ...nativeAttributes(entry.backend.kind, entry.ref.nativeId),
+    });
+    let outcome = 'failed';
+    let crashed = false;
+    try {
+      const client = createWorkerClient({ ...entry.handle.endpoint, token: entry.token, traceparent: traceparentOf(span) ?? undefined });
+      for await (const event of client.turn(message, { ...(turnOptions.turnId ? { turnId: turnOptions.turnId } : {}), ...(turnOptions.signal ? { signal: turnOptions.signal } : {}) })) {
+        if (event.type === 'turn.completed') outcome = 'completed';
+        else if (event.type === 'turn.cancelled') outcome = 'cancelled';
+        else if (event.type === 'turn.failed') {
+          outcome = 'failed';
+          crashed = event.error.code === 'agent_exited' || event.error.code === 'agent_unavailable';
+          setAttributes(span, { 'spawngate.reason': event.error.code });
+        }
+        yield event;
+      }
+    } catch (err) {
+      recordError(span, err);
+      // A stream that breaks off usually means the worker died under us; the status check below decides.
+      // A busy worker (409) or the caller's own abort says nothing about the worker's health.
+      const code = (err as { code?: unknown }).code;
+      crashed = !turnOptions.signal?.aborted && code !== 'WORKER_BUSY' && code !== 'WORKER_UNAUTHORIZED';
+      throw err;
+    } finally {
+      setAttributes(span, { 'spawngate.turn_outcome': outcome });
+      endSpan(span);
+      safely(() => metrics.turns.inc({ backend: entry.handle.backend, outcome }));
+      if (crashed) await reapIfDead(spawnId);
+    }
+  }
+
+  /** A worker whose agent died exits on its own; close it so its slots are freed and status keeps the reason. */
+  async function reapIfDead(spawnId: string): Promise<void> {
+    const entry = live.get(spawnId);
+    if (!entry) return;
+    // The worker exits shortly after its agent does; give it a bounded moment before judging.
+    for (let i = 0; i < 40; i++) {
+      const status = await entry.backend.status(entry.ref).catch(() => null);
+      if (status && (status.phase === 'failed' || status.phase === 'gone' || status.phase === 'succeeded')) {
+        safely(() => metrics.workerFailures.inc({ backend: entry.handle.backend, reason: status.reason ?? 'Unknown' }));
+        await closeSpawn(spawnId, 'failed', status);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  return { runTurn };
+}

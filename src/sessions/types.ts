@@ -1,0 +1,124 @@
+/**
+ * The sessions layer's public types: what a spawn reports while it travels, the handle of a live
+ * worker, status and listings, the sweeper's report, and the Lifecycle itself.
+ */
+import type { Context } from '@opentelemetry/api';
+import type { Admission } from '../admission/gate.js';
+import type { SpawnRequestInput } from '../admission/request.js';
+import type { AllowDecision } from '../admission/types.js';
+import type { BackendResolver } from '../backends/registry.js';
+import type { WorkerEndpoint, WorkerStatus } from '../backends/types.js';
+import type { WorkerEvent, WorkerStatusReport } from '../protocol/events.js';
+
+export type SpawnProgress =
+  | { stage: 'admission' }
+  | { stage: 'admitted'; backend: string; profile: string; egress: string; ttlSeconds: number }
+  | { stage: 'creating'; backend: string; profile: string }
+  | { stage: 'created'; nativeId: string }
+  | { stage: 'ready'; nativeId: string; readyMs: number };
+
+export interface SpawnOptions {
+  signal?: AbortSignal;
+  onProgress?: (progress: SpawnProgress) => void;
+  parent?: Context;
+}
+
+export type CloseReason = 'closed' | 'expired' | 'failed' | 'orphaned' | 'shutdown' | 'lease_lost';
+
+export interface SpawnStatus {
+  spawnId: string;
+  /** live: tracked by this gateway; closed: closed by it; untracked: found on a backend only (another gateway, or before a restart). */
+  tracking: 'live' | 'closed' | 'untracked';
+  backend: string;
+  profile: string | null;
+  agentId: string | null;
+  nativeId: string;
+  expiresAt: string | null;
+  closeReason: CloseReason | null;
+  backendStatus: WorkerStatus;
+  /** The worker's own /status, when it answers. */
+  worker: WorkerStatusReport | null;
+}
+
+export interface WorkerHandle {
+  readonly spawnId: string;
+  readonly backend: string;
+  readonly profile: string;
+  readonly agentId: string;
+  readonly nativeId: string;
+  readonly decision: AllowDecision;
+  readonly endpoint: WorkerEndpoint;
+  readonly expiresAt: Date;
+  turn(message: string, options?: { turnId?: string; signal?: AbortSignal }): AsyncIterable<WorkerEvent>;
+  cancel(): Promise<void>;
+  status(): Promise<SpawnStatus>;
+  logs(tail?: number): Promise<string[]>;
+  close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+export interface SweepEntry {
+  spawnId: string;
+  backend: string;
+  nativeId: string;
+  reason: 'expired' | 'orphaned' | 'exited' | 'lease_lost';
+  deleted: boolean;
+  error?: string;
+}
+
+/** A lease this instance held with no worker behind it, released by the reconciler. */
+export interface ReleasedLease {
+  reservationId: string;
+  spawnId: string;
+  released: boolean;
+  error?: string;
+}
+
+export interface SweepReport {
+  dryRun: boolean;
+  removed: SweepEntry[];
+  /** Leases released because no worker and no caller stood behind them. */
+  releasedLeases: ReleasedLease[];
+  kept: number;
+  errors: { backend: string; error: string }[];
+}
+
+export interface ListedSpawn {
+  spawnId: string;
+  backend: string;
+  profile: string | null;
+  agentId: string | null;
+  nativeId: string;
+  phase: string;
+  expiresAt: string | null;
+  owner: string | null;
+  tracked: boolean;
+}
+
+export interface LifecycleOptions {
+  admission: Admission;
+  resolveBackend: BackendResolver;
+  /** The owner group on worker labels: the sweeper looks for orphans among this group's workers only. */
+  owner: string;
+  /** This gateway process; recorded on the workers it creates (a worker's liveness is its lease, not this label). */
+  instanceId: string;
+  /** ACP agent argv for an agent id; null = the worker's built-in agent of that id. */
+  agentCommand: (agentId: string) => readonly string[] | null;
+  /** Periodic sweep; 0 or null disables it. */
+  sweepIntervalMs?: number | null;
+  clock?: () => Date;
+}
+
+export interface Lifecycle {
+  spawn(request: SpawnRequestInput, options?: SpawnOptions): Promise<WorkerHandle>;
+  get(spawnId: string): WorkerHandle | undefined;
+  turn(spawnId: string, message: string, options?: { turnId?: string; signal?: AbortSignal }): AsyncIterable<WorkerEvent>;
+  cancel(spawnId: string): Promise<void>;
+  status(spawnId: string): Promise<SpawnStatus>;
+  logs(spawnId: string, tail?: number): Promise<string[]>;
+  close(spawnId: string): Promise<void>;
+  list(options?: { allOwners?: boolean }): Promise<ListedSpawn[]>;
+  sweep(options?: { dryRun?: boolean; orphans?: boolean }): Promise<SweepReport>;
+  /** Stops timers; with `closeWorkers`, closes every live worker first. */
+  shutdown(options?: { closeWorkers?: boolean }): Promise<void>;
+}
