@@ -8,7 +8,7 @@ import type { LeaseKeeper, LeaseSettings } from './leases.js';
 import { createLeaseKeeper, DEFAULT_LEASE } from './leases.js';
 import type { PreparedCatalog } from './input.js';
 import { prepareCatalog, readUsage, serializeInput } from './input.js';
-import { readBundle } from './policy-tool.js';
+import { readBundle } from './bundle.js';
 import type { SpawnRequest, SpawnRequestInput } from './request.js';
 import { parseSpawnRequest } from './request.js';
 import { createStoreFromConfig } from './store/index.js';

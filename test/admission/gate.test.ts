@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { memoryDecisionLog } from '../../src/admission/decision-log.js';
 import { createAdmission, SHIPPED_BUNDLE, type Admission } from '../../src/admission/gate.js';
-import { readBundle } from '../../src/admission/policy-tool.js';
+import { readBundle } from '../../src/admission/bundle.js';
 import { loadConfigFile } from '../../src/config/index.js';
 import { RequestError } from '../../src/errors.js';
 import type { SpawnRequestInput } from '../../src/admission/request.js';

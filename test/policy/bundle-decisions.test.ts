@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { loadPolicy } from '@open-policy-agent/opa-wasm';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { decisionSchema } from '../../src/admission/decision.js';
-import { POLICY_ENTRYPOINT, readBundle, type BundleContents } from '../../src/admission/policy-tool.js';
+import { POLICY_ENTRYPOINT, readBundle, type BundleContents } from '../../src/admission/bundle.js';
 import type { AdmissionInput, Decision } from '../../src/admission/types.js';
 import { coverageInputs, cronChannel, input, merge, webhookChannel } from './fixtures.js';
 

@@ -6,17 +6,8 @@ import { promisify } from 'node:util';
 import { loadPolicy } from '@open-policy-agent/opa-wasm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isSpawngateError } from '../../src/errors.js';
-import {
-  buildBundle,
-  checkPolicies,
-  compareBundles,
-  evalPolicy,
-  findOpa,
-  policyRevision,
-  POLICY_ENTRYPOINT,
-  readBundle,
-  testPolicies,
-} from '../../src/admission/policy-tool.js';
+import { POLICY_ENTRYPOINT, readBundle } from '../../src/admission/bundle.js';
+import { buildBundle, checkPolicies, compareBundles, evalPolicy, findOpa, policyRevision, testPolicies } from '../../src/cli/policy-tool.js';
 import { coverageInputs } from './fixtures.js';
 
 const ROOT = new URL('../..', import.meta.url).pathname;

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isSpawngateError } from '../../src/errors.js';
-import { compareBundles, parseBundle, readBundle, type BundleLimits } from '../../src/admission/policy-tool.js';
+import { parseBundle, readBundle, type BundleLimits } from '../../src/admission/bundle.js';
+import { compareBundles } from '../../src/cli/policy-tool.js';
 
 const COMMITTED = new URL('../../bundles/spawngate.tar.gz', import.meta.url).pathname;
 

@@ -3,7 +3,7 @@ import { createServer } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createAdmission, SHIPPED_BUNDLE, type Admission } from '../../src/admission/gate.js';
 import type { PolicyBundle } from '../../src/admission/engine.js';
-import { readBundle } from '../../src/admission/policy-tool.js';
+import { readBundle } from '../../src/admission/bundle.js';
 import { createRedisStore } from '../../src/admission/store/redis.js';
 import { memoryLogger } from '../helpers/logger.js';
 import { ensureRedis } from './server.js';

@@ -6,7 +6,7 @@
  */
 import { SHIPPED_BUNDLE } from '../../admission/gate.js';
 import { createPolicyEngine } from '../../admission/engine.js';
-import { readBundle } from '../../admission/policy-tool.js';
+import { readBundle } from '../../admission/bundle.js';
 import type { AllowDecision } from '../../admission/types.js';
 import type { BackendConfig, KubernetesBackendConfig, SpawngateConfig } from '../../config/index.js';
 import { defaultConfig, loadConfigFile } from '../../config/index.js';
