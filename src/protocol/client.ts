@@ -236,8 +236,9 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
     });
 
   /** A non-streaming call: bounded in time, 2xx JSON body or a mapped error. */
-  const call = async <T>(method: string, path: string, expected: number, callOptions: CallOptions | undefined): Promise<T> => {
-    const bounded = boundedSignal(callOptions?.signal, requestTimeoutMs);
+  const call = async <T>(method: string, path: string, expected: number, callOptions: CallOptions | undefined, heldMs = 0): Promise<T> => {
+    // A parked /healthz?wait answers only at the end of its wait: the bound is on top of that.
+    const bounded = boundedSignal(callOptions?.signal, requestTimeoutMs + heldMs);
     const route = `${method} ${path}`;
     try {
       const res = await open(method, path, method === 'POST' ? '{}' : null, bounded.signal, callOptions?.traceparent);
@@ -293,7 +294,7 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
   }
 
   return {
-    healthz: (o) => call<Healthz>('GET', o?.waitMs ? `/healthz?wait=${Math.ceil(o.waitMs)}` : '/healthz', 200, o),
+    healthz: (o) => call<Healthz>('GET', o?.waitMs ? `/healthz?wait=${Math.ceil(o.waitMs)}` : '/healthz', 200, o, o?.waitMs ?? 0),
     turn,
     cancel: (o) => call<CancelResponse>('POST', '/cancel', 202, o),
     status: (o) => call<WorkerStatusReport>('GET', '/status', 200, o),

@@ -276,7 +276,7 @@ describe('reference worker failure paths', () => {
       const shortWait = await errorOf(w.client.healthz({ waitMs: 200 }));
       expect(shortWait.details).toMatchObject({ httpStatus: 503 });
       let answered = false;
-      const parked = w.client.healthz({ waitMs: 8000 }).then((h) => {
+      const parked = w.client.healthz({ waitMs: 30_000 }).then((h) => {
         answered = true;
         return h;
       });
@@ -332,7 +332,7 @@ describe('reference worker failure paths', () => {
     expect(logged.some((l) => l.source === 'agent' && l.message === 'fixture: ignoring SIGTERM')).toBe(true);
     expect(logged.some((l) => l.source === 'worker' && l.message.includes('killed by SIGKILL'))).toBe(true);
     // The grandchild is not the worker's child: whoever adopts it reaps it, so allow a moment.
-    await eventually(() => (isAlive(grandchild) ? undefined : true), 5000);
+    await eventually(() => (isAlive(grandchild) ? undefined : true), 20_000);
   });
 
   it('ends an open turn as cancelled (shutdown) when the worker closes', async () => {
