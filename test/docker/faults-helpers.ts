@@ -7,12 +7,15 @@
  * of its own, sweeper on) gets 2-3 spawns; at a chosen instant it is frozen (SIGSTOP, so the
  * instant is exact) and killed (SIGKILL). What the kill left is taken stock of — leases in Redis,
  * objects on the engine, which spawns had answered 201 — and every spawn is put in the stage it had
- * reached. Then a survivor of the same owner group (an in-process gate, or a second serve) waits
- * (bounded poll) for the dead instance's leases to lapse on Redis' clock, sweeps once, and the
- * trial asserts that no object of that owner and no slot is left.
+ * reached (where the backend can tell, once the engine has answered every call the dead serve had
+ * in flight: {@link FaultTarget.settle}). Then a survivor of the same owner group (an in-process
+ * gate, or a second serve) waits (bounded poll) for the dead instance's leases to lapse on Redis'
+ * clock, sweeps once, and the trial asserts that no object of that owner and no slot is left —
+ * also none that the test's own cleanup finds afterwards.
  *
  * The backend-specific part — config, what the engine holds for an owner, what the backend lists,
- * engine events to freeze on, and a forced removal for cleanup — is a {@link FaultTarget}.
+ * engine events to freeze on, and a forced removal for cleanup — is a {@link FaultTarget}. This
+ * file lives next to the Docker suite; the Kubernetes suite imports it from here.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -49,6 +52,11 @@ export interface TrialEnv {
   readonly workDir: string;
   /** Short (socket paths live under it), empty at the start; the backend may use it as its stateDir. */
   readonly stateDir: string;
+  /**
+   * Spawn ids of this trial, as far as known (every lease in Redis at the kill, every 201): for
+   * objects an engine may make without the owner label (e.g. a volume it creates by name).
+   */
+  readonly spawnIds: Set<string>;
 }
 
 export interface FaultTarget {
@@ -57,6 +65,14 @@ export interface FaultTarget {
   /** The configured backend name (`agents.executionBackends.<name>`). */
   backendName: string;
   agentId: string;
+  /** Per-trial set-up before the config is written (e.g. an engine proxy); registers its undo with `cleanup`. */
+  prepare?(env: TrialEnv, cleanup: Cleanup): Promise<void>;
+  /**
+   * After the kill: waits (bounded) until the engine has carried out every call the dead serve had
+   * sent, and answers how many there were. Without it, a call still running at the engine (a
+   * container create copying the image) can make an object after the census and the sweep.
+   */
+  settle?(env: TrialEnv, killedAt: number): Promise<{ inflightAtKill: number; settleMs: number }>;
   /** `agents.executionBackends[backendName]` for this trial (one profile, the default). */
   backendConfig(env: TrialEnv): Record<string, unknown>;
   /** Extra `agents` keys (e.g. `acp`). */
@@ -67,8 +83,8 @@ export interface FaultTarget {
   listed(env: TrialEnv): Promise<string[]>;
   /** Starts watching for the first `event` of this owner; `onFirst` is called once. Resolves once the watch is in place, with its stop. */
   watch(env: TrialEnv, event: string, onFirst: (what: string) => void): Promise<() => void>;
-  /** Test cleanup only: removes every object of this owner, bypassing spawngate; answers how many there were. */
-  forceRemove(env: TrialEnv): Promise<number>;
+  /** Test cleanup only: removes every object of this owner, bypassing spawngate; answers what it removed. */
+  forceRemove(env: TrialEnv): Promise<string[]>;
 }
 
 /**
@@ -108,6 +124,10 @@ export interface TrialResult {
   /** Of those, objects of spawns the backend did not list (nothing a sweep could find). */
   unlistedAtKill: string[];
   leasesAtKill: number;
+  /** Engine calls the dead serve had sent and the engine had not answered yet (null: not observable on this backend). */
+  engineCallsInFlightAtKill: number | null;
+  /** How long after the kill the engine answered the last of them. */
+  engineSettleMs: number | null;
   startupSweepRemoved: number | null;
   sweepRemoved: number;
   leaseLapseMs: number;
@@ -178,10 +198,11 @@ function describeObjects(objects: readonly EngineObject[]): string {
 export async function runTrial(target: FaultTarget, ctx: SuiteContext, n: number, mode: KillMode, survivorKind: 'serve' | 'in-process'): Promise<TrialResult> {
   const cleanup = new Cleanup();
   let failure: unknown = null;
-  let result: TrialResult | null = null;
+  // Filled in as the trial goes, so a failed trial still reports how far it got and what it found.
+  const r: Partial<TrialResult> = { n, mode: modeName(mode), survivor: survivorKind };
   // Objects the cleanup still found after a passing trial: made after the final census (say, an
   // engine call the dead serve had sent that completed late), so no sweep saw them.
-  let late = 0;
+  let late: string[] = [];
   try {
     const owner = `sgf-${target.suite.slice(0, 6)}-${n}-${randomBytes(3).toString('hex')}`;
     const prefix = `spawngate-test:faults:${target.suite}:${n}:${randomBytes(4).toString('hex')}:`;
@@ -191,10 +212,11 @@ export async function runTrial(target: FaultTarget, ctx: SuiteContext, n: number
     cleanup.add(`remove ${workDir}`, () => rmSync(workDir, { recursive: true, force: true }));
     const stateDir = mkdtempSync(join(tmpdir(), 'sgf-'));
     cleanup.add(`remove ${stateDir}`, () => rmSync(stateDir, { recursive: true, force: true }));
-    const env: TrialEnv = { n, owner, workDir, stateDir };
+    const env: TrialEnv = { n, owner, workDir, stateDir, spawnIds: new Set() };
     cleanup.add(`force-remove the objects of ${owner}`, async () => {
       late = await target.forceRemove(env);
     });
+    await target.prepare?.(env, cleanup);
 
     const config = {
       agents: {
@@ -239,6 +261,7 @@ export async function runTrial(target: FaultTarget, ctx: SuiteContext, n: number
     cleanup.add('stop the engine watch', () => stopWatch());
 
     const fired = randomInt(2, 3);
+    r.fired = fired;
     const t0 = Date.now();
     const answers: Promise<Answer>[] = Array.from({ length: fired }, () =>
       serve.post('/v1/spawns', spawnRequest(target.agentId, `${target.suite}${n}`)).then(
@@ -278,6 +301,7 @@ export async function runTrial(target: FaultTarget, ctx: SuiteContext, n: number
     stopWatch();
     const killedAt = Date.now();
     await serve.kill9();
+    Object.assign(r, { killAfterMs: killedAt - t0, trigger });
 
     // Polled from the kill on, alongside everything below: the dead instance's leases lapse on Redis' clock.
     const lapsed = waitFor(async () => (await inspector.active()).length === 0, "the killed serve's leases to lapse", 20 * LEASE_MS, 50).then(() => Date.now() - killedAt);
@@ -287,6 +311,8 @@ export async function runTrial(target: FaultTarget, ctx: SuiteContext, n: number
     const unexpected = settled.filter((a) => 'status' in a && a.status !== 201);
     expect(unexpected, `answers other than 201 / connection reset; serve stderr:\n${serve.stderr()}`).toEqual([]);
     const ready = new Set(settled.flatMap((a) => ('status' in a && a.status === 201 && a.spawnId && a.at <= killedAt ? [a.spawnId] : [])));
+    for (const id of [...leases, ...ready]) env.spawnIds.add(id);
+    const engine = target.settle ? await target.settle(env, killedAt) : null;
 
     // What the kill left, before any survivor touches it.
     const objects = await target.census(env);
@@ -298,6 +324,14 @@ export async function runTrial(target: FaultTarget, ctx: SuiteContext, n: number
       stages[ready.has(id) ? 'ready' : mine.some((o) => o.primary) ? 'created' : mine.length > 0 ? 'creating' : 'reserved']++;
     }
     const unlistedAtKill = objects.filter((o) => o.spawnId === null || !listed.has(o.spawnId)).map((o) => `${o.kind}/${o.name}`);
+    Object.assign(r, {
+      stages,
+      objectsAtKill: countBy(objects, (o) => o.kind),
+      unlistedAtKill,
+      leasesAtKill: leases.length,
+      engineCallsInFlightAtKill: engine?.inflightAtKill ?? null,
+      engineSettleMs: engine?.settleMs ?? null,
+    });
 
     // The survivor: same owner group, Redis and backend. Its start-up reconciliation runs while the
     // dead instance's leases may still count; they lapse on Redis' clock within one lease.
@@ -321,6 +355,7 @@ export async function runTrial(target: FaultTarget, ctx: SuiteContext, n: number
     }
     const leaseLapseMs = await lapsed;
     const swept = await sweep();
+    Object.assign(r, { startupSweepRemoved, sweepRemoved: swept.removed.length, leaseLapseMs });
     const atKill = `stages at kill ${JSON.stringify(stages)}, objects at kill ${describeObjects(objects)}`;
     const notDeleted = swept.removed.filter((r) => !r.deleted);
     if (swept.errors.length || notDeleted.length) {
@@ -332,46 +367,36 @@ export async function runTrial(target: FaultTarget, ctx: SuiteContext, n: number
       .then(() => [] as EngineObject[])
       .catch(async () => target.census(env));
     const slots = await slotCensus(inspector, ctx.raw, prefix);
-    const recoverMs = Date.now() - killedAt;
+    Object.assign(r, { leftRightAfterSweep: rightAfter.length, recoverMs: Date.now() - killedAt, objectsLeft: left.length, slotsLeft: slots.active + slots.slots });
     if (left.length) {
       throw new Error(`objects of ${owner} left after the lease lapsed and one sweep: ${describeObjects(left)}; ${atKill}; not listed by the backend at kill: ${JSON.stringify(unlistedAtKill)}`);
     }
     expect({ active: slots.active, slots: slots.slots }, `slots left; ${atKill}`).toEqual({ active: 0, slots: 0 });
-    result = {
-      n,
-      mode: modeName(mode),
-      survivor: survivorKind,
-      fired,
-      killAfterMs: killedAt - t0,
-      trigger,
-      stages,
-      objectsAtKill: countBy(objects, (o) => o.kind),
-      unlistedAtKill,
-      leasesAtKill: leases.length,
-      startupSweepRemoved,
-      sweepRemoved: swept.removed.length,
-      leaseLapseMs,
-      leftRightAfterSweep: rightAfter.length,
-      recoverMs,
-      objectsLeft: left.length,
-      lateObjects: 0,
-      slotsLeft: slots.active + slots.slots,
-    };
   } catch (err) {
     failure = err;
-    throw err;
   } finally {
     try {
       await cleanup.run();
     } catch (err) {
       // A failed cleanup must fail the trial, but not hide the trial's own failure.
-      if (failure === null) throw err;
+      failure ??= err;
     }
   }
-  if (!result) throw new Error(`trial ${n} returned no result`);
-  result.lateObjects = late;
-  if (late > 0) throw new Error(`trial ${n}: ${late} object(s) of the owner appeared after the sweep and the final census (removed by the test's cleanup)`);
-  return result;
+  if (failure === null) r.lateObjects = late.length;
+  if (failure === null && late.length > 0) failure = new Error(`object(s) of the owner appeared after the sweep and the final census (removed by the test's cleanup): ${JSON.stringify(late)}`);
+  if (failure !== null) throw new TrialFailure(failure, r);
+  return r as TrialResult;
+}
+
+/** A failed trial: its error, and the figures it had gathered so far. */
+export class TrialFailure extends Error {
+  constructor(
+    readonly error: unknown,
+    readonly partial: Partial<TrialResult>,
+  ) {
+    super(error instanceof Error ? error.message : String(error), { cause: error });
+    this.stack = error instanceof Error ? error.stack : this.stack;
+  }
 }
 
 // ─── a suite of trials ───────────────────────────────────────────────────────────────────────
@@ -391,7 +416,7 @@ export interface SuitePlan {
 
 export interface SuiteOutcome {
   results: TrialResult[];
-  failures: { n: number; mode: string; error: string }[];
+  failures: { n: number; mode: string; error: string; partial: Partial<TrialResult> }[];
 }
 
 /** Runs the plan's trials, `parallel` at a time; every trial runs even when others fail. Then one FAULTS line. */
@@ -403,7 +428,8 @@ export async function runSuite(target: FaultTarget, ctx: SuiteContext, plan: Sui
     try {
       results.push(await runTrial(target, ctx, n, mode, plan.serveSurvivors.includes(n) ? 'serve' : 'in-process'));
     } catch (err) {
-      failures.push({ n, mode: modeName(mode), error: (err as Error).stack ?? String(err) });
+      const partial = err instanceof TrialFailure ? err.partial : { n, mode: modeName(mode) };
+      failures.push({ n, mode: modeName(mode), error: (err as Error).stack ?? String(err), partial });
     }
   };
   let next = 0;
@@ -412,20 +438,21 @@ export async function runSuite(target: FaultTarget, ctx: SuiteContext, plan: Sui
       for (let n = next++; n < plan.modes.length; n = next++) await one(n, plan.modes[n]!);
     }),
   );
-  const hit = {
-    beforeCreate: () => results.some((r) => r.stages.reserved > 0),
-    createdNotReady: () => results.some((r) => r.stages.created > 0),
-    ready: () => results.some((r) => r.stages.ready > 0),
-  };
+  // Every trial's figures, failed ones as far as they got: where the kills landed does not depend on the verdict.
+  const all = (): Partial<TrialResult>[] => [...results, ...failures.map((f) => f.partial)].sort((a, b) => (a.n ?? 0) - (b.n ?? 0));
+  const hit = (stage: Stage) => all().some((r) => (r.stages?.[stage] ?? 0) > 0);
   let extra = 0;
-  for (const stage of ['beforeCreate', 'createdNotReady', 'ready'] as const) {
-    while (!hit[stage]() && extra < plan.maxExtraTrials) await one(plan.modes.length + extra++, plan.aim[stage]);
+  for (const stage of ['reserved', 'created', 'ready'] as const) {
+    const aim = stage === 'reserved' ? plan.aim.beforeCreate : stage === 'created' ? plan.aim.createdNotReady : plan.aim.ready;
+    while (!hit(stage) && extra < plan.maxExtraTrials) await one(plan.modes.length + extra++, aim);
   }
-  const sum = (f: (r: TrialResult) => number) => results.reduce((a, r) => a + f(r), 0);
-  const count = (f: (r: TrialResult) => boolean) => results.filter(f).length;
-  const stagesHit = Object.fromEntries(STAGES.map((s) => [s, sum((r) => r.stages[s])]));
+  const trials = all();
+  const sum = (f: (r: Partial<TrialResult>) => number | null | undefined) => trials.reduce((a, r) => a + (f(r) ?? 0), 0);
+  const count = (f: (r: Partial<TrialResult>) => boolean) => trials.filter(f).length;
+  const values = (f: (r: Partial<TrialResult>) => number | null | undefined) => trials.flatMap((r) => (typeof f(r) === 'number' ? [f(r) as number] : []));
   const objectsAtKill: Record<string, number> = {};
-  for (const r of results) for (const [k, v] of Object.entries(r.objectsAtKill)) objectsAtKill[k] = (objectsAtKill[k] ?? 0) + v;
+  for (const r of trials) for (const [k, v] of Object.entries(r.objectsAtKill ?? {})) objectsAtKill[k] = (objectsAtKill[k] ?? 0) + v;
+  const failed = new Set(failures.map((f) => f.n));
   report(target.suite, {
     trials: plan.modes.length + extra,
     extraTrials: extra,
@@ -433,24 +460,38 @@ export async function runSuite(target: FaultTarget, ctx: SuiteContext, plan: Sui
     failed: failures.length,
     spawns: sum((r) => r.fired),
     stageAtKill: {
-      spawns: stagesHit,
-      trialsWith: Object.fromEntries(STAGES.map((s) => [s, count((r) => r.stages[s] > 0)])),
-      byTrial: results
-        .sort((a, b) => a.n - b.n)
-        .map((r) => ({ n: r.n, mode: r.mode, trigger: r.trigger, killAfterMs: r.killAfterMs, stages: Object.fromEntries(STAGES.filter((s) => r.stages[s] > 0).map((s) => [s, r.stages[s]])) })),
+      spawns: Object.fromEntries(STAGES.map((st) => [st, sum((r) => r.stages?.[st])])),
+      trialsWith: Object.fromEntries(STAGES.map((st) => [st, count((r) => (r.stages?.[st] ?? 0) > 0)])),
+      byTrial: trials.map((r) => ({
+        n: r.n,
+        mode: r.mode,
+        passed: !failed.has(r.n ?? -1),
+        trigger: r.trigger,
+        killAfterMs: r.killAfterMs,
+        stages: Object.fromEntries(STAGES.filter((st) => (r.stages?.[st] ?? 0) > 0).map((st) => [st, r.stages?.[st]])),
+      })),
     },
     objectsAtKill,
-    unlistedAtKill: results.flatMap((r) => r.unlistedAtKill),
+    unlistedAtKill: trials.flatMap((r) => r.unlistedAtKill ?? []),
     leasesAtKill: sum((r) => r.leasesAtKill),
+    ...(trials.some((r) => typeof r.engineCallsInFlightAtKill === 'number')
+      ? {
+          engineCallsInFlightAtKill: sum((r) => r.engineCallsInFlightAtKill),
+          trialsWithEngineCallsInFlightAtKill: count((r) => (r.engineCallsInFlightAtKill ?? 0) > 0),
+          engineSettleMs: stats(values((r) => r.engineSettleMs)),
+        }
+      : {}),
     survivors: { serve: count((r) => r.survivor === 'serve'), inProcess: count((r) => r.survivor === 'in-process') },
-    startupSweepRemoved: sum((r) => r.startupSweepRemoved ?? 0),
+    startupSweepRemoved: sum((r) => r.startupSweepRemoved),
     sweepRemoved: sum((r) => r.sweepRemoved),
     leftRightAfterSweep: sum((r) => r.leftRightAfterSweep),
     objectsLeft: sum((r) => r.objectsLeft),
+    trialsWithObjectsLeft: count((r) => (r.objectsLeft ?? 0) > 0),
     lateObjects: sum((r) => r.lateObjects),
     slotsLeft: sum((r) => r.slotsLeft),
-    killAfterMs: stats(results.map((r) => r.killAfterMs)),
-    leaseLapseMs: stats(results.map((r) => r.leaseLapseMs)),
+    killAfterMs: stats(values((r) => r.killAfterMs)),
+    leaseLapseMs: stats(values((r) => r.leaseLapseMs)),
+    // Of the trials that recovered: a failed one's figure is its bounded wait running out.
     timeToRecoverMs: stats(results.map((r) => r.recoverMs)),
     leaseMs: LEASE_MS,
     wallMs: Date.now() - started,
@@ -464,8 +505,9 @@ export function expectSuite(outcome: SuiteOutcome, minTrials: number): void {
   const { results, failures } = outcome;
   expect(failures.map((f) => `trial ${f.n} (${f.mode}): ${f.error}`)).toEqual([]);
   expect(results.length).toBeGreaterThanOrEqual(minTrials);
-  expect(results.some((r) => r.stages.reserved > 0), 'a kill between the lease and the first engine object').toBe(true);
-  expect(results.some((r) => r.stages.created > 0), 'a kill between create and ready').toBe(true);
-  expect(results.some((r) => r.stages.ready > 0), 'a kill after ready').toBe(true);
+  const stages = [...results.map((r) => r.stages), ...failures.flatMap((f) => (f.partial.stages ? [f.partial.stages] : []))];
+  expect(stages.some((st) => st.reserved > 0), 'a kill between the lease and the first engine object').toBe(true);
+  expect(stages.some((st) => st.created > 0), 'a kill between create and ready').toBe(true);
+  expect(stages.some((st) => st.ready > 0), 'a kill after ready').toBe(true);
   expect(results.every((r) => r.objectsLeft === 0 && r.slotsLeft === 0)).toBe(true);
 }

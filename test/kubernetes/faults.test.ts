@@ -132,7 +132,7 @@ const target: FaultTarget = {
         if (!isNotFound(err)) throw err;
       });
     }
-    return objects.length;
+    return objects.map((o) => `${o.kind}/${o.name}${o.state ? ` (${o.state})` : ''}`);
   },
 };
 

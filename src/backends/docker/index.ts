@@ -11,7 +11,7 @@
  * set at create, so list() sees a container from the moment it exists.
  * See docs/docker.md for the mapping of each profile field.
  */
-import { chmod, chown, lstat, mkdir, realpath, rm } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -26,7 +26,7 @@ import { connectDocker, engineCall, engineCallOr404, engineStatus, toBackendErro
 import { defaultWorkerImage, WORKER_IMAGE_REPOSITORY } from './image.js';
 import { logLines } from './logs.js';
 import type { ProxyOptions, WorkerPlan } from './plan.js';
-import { planError, planWorker, SOCKET_MOUNT, SOCKET_NAME, socketDirOf, WORKER_PORT, WORKER_UID, WORKSPACE_MOUNT } from './plan.js';
+import { planError, planWorker, SOCKET_MOUNT, SOCKET_NAME, socketDirOf, volumeNameOf, WORKER_PORT, WORKER_UID, WORKSPACE_MOUNT } from './plan.js';
 
 export type { ProxyOptions } from './plan.js';
 export { buildWorkerImage, defaultWorkerImage, WORKER_IMAGE_REPOSITORY } from './image.js';
@@ -138,8 +138,15 @@ function factsOf(info: ContainerInspectInfo): StatusFacts {
   return { phase, reason: null, message: null, exitCode: null };
 }
 
+/** Next to a spawn's socket folder: its labels, written before the folder exists. */
+const INTENT_SUFFIX = '.intent.json';
+/** An intent's temporary file is renamed within milliseconds; one this old was abandoned by a killed gateway. */
+const ABANDONED_TMP_MS = 1_000;
+
 export function createDockerBackend(options: DockerBackendOptions): Backend {
   const name = options.name;
+  // Spawns this object is creating right now: their intent without a container is not "gone".
+  const creatingHere = new Set<string>();
   const stateDir = options.stateDir ?? defaultDockerStateDir();
   const defaultImage = options.image ?? defaultWorkerImage();
   const secretSource = options.secretSource ?? process.env;
@@ -222,6 +229,46 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
     if ((st.mode & 0o077) !== 0) await chmod(stateDir, 0o700);
   }
 
+  /**
+   * The socket folder is made before any labelled engine object exists, so a gateway killed right
+   * after it would leave a folder no listing shows. Its intent (the spawn's labels) is written first,
+   * next to it, atomically; list() reports an intent without a container or volume as a gone worker,
+   * and delete() removes both.
+   */
+  async function writeIntent(dir: string, spawnId: string, labels: Record<string, string>): Promise<void> {
+    const file = `${dir}${INTENT_SUFFIX}`;
+    await writeFile(`${file}.tmp`, JSON.stringify({ spawnId, labels }), { mode: 0o600 });
+    await rename(`${file}.tmp`, file);
+  }
+
+  async function listIntents(selector: Readonly<Record<string, string>>, seen: Set<string>): Promise<ListedWorker[]> {
+    const names = await readdir(stateDir).catch(() => [] as string[]);
+    const found: ListedWorker[] = [];
+    for (const entry of names) {
+      if (entry.endsWith(`${INTENT_SUFFIX}.tmp`)) {
+        // Killed between the write and its rename: no labels to be found by, no folder, no container.
+        const path = join(stateDir, entry);
+        const age = await stat(path).then((st) => Date.now() - st.mtimeMs, () => 0);
+        if (age > ABANDONED_TMP_MS) await rm(path, { force: true }).catch(() => undefined);
+        continue;
+      }
+      if (!entry.endsWith(INTENT_SUFFIX)) continue;
+      let intent: { spawnId?: unknown; labels?: Record<string, string> };
+      try {
+        intent = JSON.parse(await readFile(join(stateDir, entry), 'utf8')) as typeof intent;
+      } catch {
+        continue;
+      }
+      const labels = intent.labels ?? {};
+      const spawnId = typeof intent.spawnId === 'string' ? intent.spawnId : null;
+      if (!spawnId || seen.has(spawnId) || labels[LABELS.backend] !== name) continue;
+      if (!Object.entries(selector).every(([k, v]) => labels[k] === v)) continue;
+      seen.add(spawnId);
+      found.push({ ref: { spawnId, backendName: name, nativeId: '' }, labels, expiresAt: expiresAtOf(labels), phase: creatingHere.has(spawnId) ? 'pending' : 'gone' });
+    }
+    return found;
+  }
+
   async function makeSocketDir(dir: string): Promise<void> {
     await rm(dir, { recursive: true, force: true });
     await mkdir(dir, { mode: 0o700 });
@@ -236,8 +283,14 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
 
   async function removeWorkerVolumes(d: DockerClient, spawnId: string): Promise<void> {
     const found = await engineCall('list volumes', () => d.listVolumes({ filters: { label: [`${LABELS.spawnId}=${spawnId}`, `${LABELS.backend}=${name}`] } }));
-    for (const volume of found.Volumes ?? []) {
-      await engineCallOr404('remove volume', () => d.getVolume(volume.Name).remove(), null, { volume: volume.Name });
+    const names = new Set((found.Volumes ?? []).map((v) => v.Name));
+    // Also by its name: an engine that finished a dead gateway's container create may have made it
+    // again, and an engine older than mount labels made it without any. Only if no one else's labels say otherwise.
+    const byName = await engineCallOr404('inspect volume', () => d.getVolume(volumeNameOf(spawnId)).inspect(), null).catch(() => null);
+    const owner = byName?.Labels?.[LABELS.spawnId];
+    if (byName && (owner === undefined || owner === spawnId)) names.add(byName.Name);
+    for (const volume of names) {
+      await engineCallOr404('remove volume', () => d.getVolume(volume).remove(), null, { volume });
     }
   }
 
@@ -287,6 +340,8 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
       try {
         if (plan.socketDir) {
           await ensureStateDir();
+          creatingHere.add(spec.spawnId);
+          await writeIntent(plan.socketDir, spec.spawnId, plan.labels);
           await makeSocketDir(plan.socketDir);
         }
         if (plan.volume) {
@@ -311,8 +366,13 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
         if (containerId) await removeContainer(d, containerId).catch(() => undefined);
         // By label, for the same reason: a volume create that timed out may have made it.
         if (plan.volume) await removeWorkerVolumes(d, spec.spawnId).catch(() => undefined);
-        if (plan.socketDir) await rm(plan.socketDir, { recursive: true, force: true }).catch(() => undefined);
+        if (plan.socketDir) {
+          await rm(plan.socketDir, { recursive: true, force: true }).catch(() => undefined);
+          await rm(`${plan.socketDir}${INTENT_SUFFIX}`, { force: true }).catch(() => undefined);
+        }
         throw toBackendError(err, 'create worker', { spawnId: spec.spawnId });
+      } finally {
+        creatingHere.delete(spec.spawnId);
       }
     },
 
@@ -403,6 +463,8 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
       await rm(socketDir, { recursive: true, force: true });
       if (info) await removeContainer(d, info.Id);
       await removeWorkerVolumes(d, ref.spawnId);
+      // Last: while anything above fails, the intent keeps the spawn listed for the next sweep.
+      await rm(`${socketDirOf(stateDir, ref.spawnId)}${INTENT_SUFFIX}`, { force: true });
     },
 
     async list(selector) {
@@ -432,6 +494,7 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
         seen.add(spawnId);
         found.push({ ref: { spawnId, backendName: name, nativeId: '' }, labels, expiresAt: expiresAtOf(labels), phase: 'gone' });
       }
+      found.push(...(await listIntents(selector, seen)));
       return found;
     },
 

@@ -238,6 +238,13 @@ export function planWorker(spec: WorkerSpec, ctx: PlanContext): WorkerPlan {
     // list() filters on it, so it must be this backend's name whatever the spec carried.
     [LABELS.backend]: ctx.backendName,
   };
+  // The engine finishes a container create after its client died, and re-creates a missing named
+  // volume then: with the labels on the mount, even such a volume is one list() finds and delete() removes.
+  for (const mount of mounts) {
+    if (mount.Type !== 'volume' || !volume || mount.Source !== volume.name) continue;
+    // NoCopy false is the engine's default (seed the volume from the image), spelled out because the type wants it.
+    mount.VolumeOptions = { NoCopy: false, Labels: labels, DriverConfig: { Name: 'local', Options: volume.driverOpts ?? {} } };
+  }
 
   const create: ContainerCreateOptions = {
     name: containerNameOf(spec.spawnId),
