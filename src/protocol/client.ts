@@ -14,6 +14,7 @@
 import { request as httpRequest } from 'node:http';
 import type { IncomingMessage, OutgoingHttpHeaders, RequestOptions } from 'node:http';
 import { WorkerProtocolError } from '../errors.js';
+import { ndjsonLines } from './ndjson.js';
 import type {
   CancelResponse,
   Healthz,
@@ -199,22 +200,6 @@ export function parseWorkerEvent(line: string): WorkerEvent | null {
   return parseLine(line).event;
 }
 
-/** Splits a byte stream on '\n' (never part of a multi-byte UTF-8 sequence), refusing lines over `maxBytes`. */
-async function* ndjsonLines(res: IncomingMessage, maxBytes: number): AsyncGenerator<string> {
-  let pending: Buffer = Buffer.alloc(0);
-  for await (const chunk of res as AsyncIterable<Buffer>) {
-    pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
-    let index: number;
-    while ((index = pending.indexOf(0x0a)) !== -1) {
-      if (index > maxBytes) throw protocolError(`worker event line exceeds ${maxBytes} bytes`);
-      yield pending.subarray(0, index).toString('utf8');
-      pending = pending.subarray(index + 1);
-    }
-    if (pending.length > maxBytes) throw protocolError(`worker event line exceeds ${maxBytes} bytes`);
-  }
-  if (pending.length > 0) yield pending.toString('utf8');
-}
-
 export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
   const { base, prefix, label } = resolveTarget(options);
   const maxLineBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
@@ -272,7 +257,7 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
     let expectedSeq = 0;
     let terminal: WorkerEvent | null = null;
     try {
-      for await (const line of ndjsonLines(res, maxLineBytes)) {
+      for await (const line of ndjsonLines(res as AsyncIterable<Buffer>, maxLineBytes, () => protocolError(`worker event line exceeds ${maxLineBytes} bytes`))) {
         if (line.trim() === '') continue;
         const { seq, event } = parseLine(line);
         if (seq !== expectedSeq) throw protocolError(`worker event out of sequence: expected seq ${expectedSeq}, got ${seq}`, { route });

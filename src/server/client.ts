@@ -17,6 +17,7 @@ import type { DenyReason, ErrorCode, Issue } from '../errors.js';
 import { AdmissionDeniedError, RequestError, SpawngateError, UsageError } from '../errors.js';
 import type { Spawngate } from '../spawngate.js';
 import type { WorkerEvent, WorkerEventType } from '../protocol/events.js';
+import { ndjsonLines } from '../protocol/ndjson.js';
 import { HTTP_STATUS } from './errors.js';
 
 // The bodies are the library's own return values as JSON; deriving them from the Spawngate type
@@ -246,23 +247,6 @@ function parseEvent(line: string, label: string): WorkerEvent | null {
   return KNOWN_EVENTS.has(value['type']) ? (value as unknown as WorkerEvent) : null;
 }
 
-/** Splits a byte stream on '\n' (never inside a multi-byte UTF-8 sequence), refusing lines over `maxBytes`. */
-async function* lines(res: IncomingMessage, maxBytes: number, label: string): AsyncGenerator<string> {
-  let pending: Buffer = Buffer.alloc(0);
-  const tooLong = () => new ServerApiError('WORKER_PROTOCOL', `turn stream line from ${label} exceeds ${maxBytes} bytes`, 200);
-  for await (const chunk of res as AsyncIterable<Buffer>) {
-    pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
-    let index: number;
-    while ((index = pending.indexOf(0x0a)) !== -1) {
-      if (index > maxBytes) throw tooLong();
-      yield pending.subarray(0, index).toString('utf8');
-      pending = pending.subarray(index + 1);
-    }
-    if (pending.length > maxBytes) throw tooLong();
-  }
-  if (pending.length > 0) yield pending.toString('utf8');
-}
-
 export function createServerClient(options: ServerClientOptions): ServerClient {
   const address = typeof options.server === 'string' ? parseServerAddress(options.server) : options.server;
   const token = options.token;
@@ -342,7 +326,7 @@ export function createServerClient(options: ServerClientOptions): ServerClient {
     if (res.statusCode !== 200) throw await errorFromResponse(res, label);
     let terminal = false;
     try {
-      for await (const line of lines(res, maxLineBytes, label)) {
+      for await (const line of ndjsonLines(res as AsyncIterable<Buffer>, maxLineBytes, () => new ServerApiError('WORKER_PROTOCOL', `turn stream line from ${label} exceeds ${maxLineBytes} bytes`, 200))) {
         if (line.trim() === '') continue;
         const event = parseEvent(line, label);
         if (!event) continue;

@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +17,7 @@ import { AdmissionDeniedError, RequestError } from '../../src/errors.js';
 import { createServerClient, errorFromBody, parseServerAddress, ServerApiError } from '../../src/server/client.js';
 import { eventually, processBackend, spawnRequest, type TestBackend } from '../server/helpers.js';
 import { cli, type CliResult } from './helpers.js';
+import { isAlive } from '../worker/helpers.js';
 
 const bin = fileURLToPath(new URL('../../bin/spawngate.js', import.meta.url));
 
@@ -27,21 +28,6 @@ function envWith(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   return { ...env, ...extra };
 }
 
-/** Alive and not a zombie: a worker reparented after its server's SIGKILL may linger unreaped. */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
-  }
-}
 
 function jsonLines(result: CliResult): Record<string, unknown>[] {
   return result.stdout
@@ -221,7 +207,7 @@ describe('the CLI against a running serve (TCP, token, owner team-a)', () => {
     const kept = lines.find((l) => l['event'] === 'kept') as { spawnId: string; nativeId: string };
     spawnId = kept.spawnId;
     workerPid = Number(kept.nativeId);
-    expect(alive(workerPid)).toBe(true);
+    expect(isAlive(workerPid)).toBe(true);
 
     const viaServer = await cli(['ls', '--server', server(), '--json'], '', env);
     expect(viaServer.code, viaServer.stderr).toBe(0);
@@ -301,7 +287,7 @@ describe('the CLI against a running serve (TCP, token, owner team-a)', () => {
     expect(closed.stdout).toBe(`closed ${spawnId}\n`);
     const status = await cli(['status', '--server', server(), '--json', spawnId], '', env);
     expect(JSON.parse(status.stdout)).toMatchObject({ spawnId, tracking: 'closed', closeReason: 'closed' });
-    await eventually(() => Promise.resolve(!alive(workerPid)), 15_000, 'the closed worker process to be gone');
+    await eventually(() => Promise.resolve(!isAlive(workerPid)), 15_000, 'the closed worker process to be gone');
     const ls = await cli(['ls', '--config', backend.configFile, '--all', '--json'], '', envWith());
     expect(jsonLines(ls).map((r) => r['spawnId'])).not.toContain(spawnId);
   });
@@ -346,12 +332,12 @@ describe('orphans of a serve killed with SIGKILL (unix socket, no token, owner t
     serve.child.kill('SIGKILL');
     await serve.exited;
     // The premise: the workers outlive their server, and only a sweep will remove them.
-    for (const pid of pids) expect(alive(pid)).toBe(true);
+    for (const pid of pids) expect(isAlive(pid)).toBe(true);
 
     const stranger = await cli(['sweep', '--orphans', '--config', backend.configFile, '--owner', 'team-other', '--json'], '', envWith());
     expect(stranger.code, stranger.stderr).toBe(0);
     expect(JSON.parse(stranger.stdout)).toMatchObject({ owner: 'team-other', removed: [] });
-    for (const pid of pids) expect(alive(pid)).toBe(true);
+    for (const pid of pids) expect(isAlive(pid)).toBe(true);
 
     const preview = await cli(['sweep', '--all', '--dry-run', '--orphans', '--config', backend.configFile, '--json'], '', envWith());
     expect(preview.code, preview.stderr).toBe(0);
@@ -359,7 +345,7 @@ describe('orphans of a serve killed with SIGKILL (unix socket, no token, owner t
     expect(previewed.owners).toEqual(['team-b']);
     expect(previewed.removed.map((e) => e.spawnId).sort()).toEqual([...ids].sort());
     for (const e of previewed.removed) expect(e).toMatchObject({ owner: 'team-b', reason: 'orphaned', deleted: false });
-    for (const pid of pids) expect(alive(pid)).toBe(true);
+    for (const pid of pids) expect(isAlive(pid)).toBe(true);
 
     const swept = await cli(['sweep', '--orphans', '--config', backend.configFile, '--json'], '', envWith());
     expect(swept.code, swept.stderr).toBe(0);
@@ -368,7 +354,7 @@ describe('orphans of a serve killed with SIGKILL (unix socket, no token, owner t
     expect(swept.stderr).toContain('owner team-b counts as untracked');
     expect(report.removed.map((e) => e.spawnId).sort()).toEqual([...ids].sort());
     for (const e of report.removed) expect(e).toMatchObject({ reason: 'orphaned', deleted: true });
-    await eventually(() => Promise.resolve(pids.every((pid) => !alive(pid))), 15_000, 'the orphaned worker processes to be gone');
+    await eventually(() => Promise.resolve(pids.every((pid) => !isAlive(pid))), 15_000, 'the orphaned worker processes to be gone');
     const after = await cli(['ls', '--config', backend.configFile, '--all', '--json'], '', envWith());
     expect(after.stdout).toBe('');
   }, 90_000);
