@@ -61,7 +61,7 @@ export interface SweepEntry {
   spawnId: string;
   backend: string;
   nativeId: string;
-  reason: 'expired' | 'orphaned' | 'exited' | 'lease_lost';
+  reason: 'expired' | 'orphaned' | 'exited';
   deleted: boolean;
   error?: string;
 }
