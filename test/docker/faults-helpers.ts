@@ -3,7 +3,7 @@
  * of test/docker/faults.test.ts and test/kubernetes/faults.test.ts, built on the process-backend
  * harness (test/redis/faults/harness.ts: serve processes, Redis inspector, bounded waits, cleanup).
  *
- * One trial: a `serve` (this backend, Redis store with a key prefix of its own, lease 2 s, an owner
+ * One trial: a `serve` (this backend, Redis store with a key prefix of its own, lease 4 s, an owner
  * of its own, sweeper on) gets 2-3 spawns; at a chosen instant it is frozen (SIGSTOP, so the
  * instant is exact) and killed (SIGKILL). What the kill left is taken stock of — leases in Redis,
  * objects on the engine, which spawns had answered 201 — and every spawn is put in the stage it had

@@ -14,9 +14,9 @@
  *
  * Each trial's serve reaches the engine through a pass-through socket (engine-proxy.ts) that tells
  * which engine calls the dead serve still had running: the engine carries out a container create
- * whose client died (on vfs it copies the image for seconds, longer than the 2 s test lease), so
+ * whose client died (on vfs it copies the image for seconds, longer than the test lease), so
  * the trial waits for those answers before it takes stock and lets the survivor sweep. With a real
- * lease (30 s) such calls end long before it lapses. With the 2 s one and no wait, a sweep can race
+ * lease (30 s) such calls end long before it lapses. With the short one and no wait, a sweep can race
  * one: it removes the workspace volume, then the engine finishes the create and makes the container
  * and the volume again. Both carry the spawn's labels (the mount names them), so a later sweep finds
  * them; the wait keeps that race out of these trials so that they measure the kill itself.

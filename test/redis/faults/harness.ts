@@ -31,7 +31,12 @@ import { deleteKeys } from '../server.js';
 /** `spawngate serve` from the sources (see serve-bin.ts): dist/ may be older than src/. */
 export const SERVE_BIN = fileURLToPath(new URL('./serve-bin.ts', import.meta.url));
 
-export const LEASE_SECONDS = 2;
+/**
+ * Short, so that "after one lease period" is seconds, yet four heartbeats long: on a loaded 2-core
+ * machine (several serves, their workers and agents starting at once) a live serve's event loop can
+ * miss a beat, and a 2 s lease then lapsed under a serve that was alive (seen once in 30 trials).
+ */
+export const LEASE_SECONDS = 4;
 export const RENEW_SECONDS = 1;
 export const LEASE_MS = LEASE_SECONDS * 1000;
 export const BACKEND = 'local';

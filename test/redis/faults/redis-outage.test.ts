@@ -1,6 +1,6 @@
 /**
  * Fault injection: the Redis under a gate fails. A private redis-server of the test's own (no
- * persistence, its own port), an in-process gate on it (process backend, leases of 2 s renewed
+ * persistence, its own port), an in-process gate on it (process backend, leases of 4 s renewed
  * every second), live workers and reserve/admit/spawn traffic:
  *   (a) Redis killed           — every call rejects with a retryable RESERVATION_FAILED, never an allow;
  *   (b) restarted empty        — the next heartbeat finds the leases gone and closes the workers (lease_lost);
