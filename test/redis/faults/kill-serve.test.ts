@@ -170,7 +170,19 @@ async function runTrial(n: number, forcedMode?: Mode): Promise<TrialResult> {
     // Intent before creation (issue 7, item 4): whatever the kill left, the backend lists it.
     const stagedWithIntent: string[] = [];
     for (const dir of staging) {
-      if (await readFile(join(box.stateDir, dir, 'state.json')).then(() => true, () => false)) stagedWithIntent.push(dir.slice(STAGING_PREFIX.length));
+      // A kill in the middle of writing the intent leaves an empty or cut file: that is no intent (and no process).
+      const intact = await readFile(join(box.stateDir, dir, 'state.json'), 'utf8').then(
+        (text) => {
+          try {
+            JSON.parse(text);
+            return true;
+          } catch {
+            return false;
+          }
+        },
+        () => false,
+      );
+      if (intact) stagedWithIntent.push(dir.slice(STAGING_PREFIX.length));
     }
     expect([...spawnDirs, ...stagedWithIntent].sort(), 'every spawn folder with an intent is listed by the process backend').toEqual([...listedIds].sort());
     expect(census.spawnIds.filter((id) => !listedIds.has(id)), 'live worker processes the backend cannot list').toEqual([]);
