@@ -17,7 +17,7 @@ fail() {
 
 [[ -f "$modfile" ]] || fail "missing $modfile"
 # Accepts both `require github.com/open-policy-agent/opa vX` and the form inside a require block.
-# Every match is captured, then the first kept: `sed … | head -n 1` under pipefail can kill sed with
+# Every match is captured, then the first kept: piping sed into head under pipefail can kill sed with
 # SIGPIPE (exit 141) and end this script silently.
 matches="$(sed -nE 's#^[[:space:]]*(require[[:space:]]+)?github\.com/open-policy-agent/opa[[:space:]]+(v[0-9][^[:space:]]*).*#\2#p' "$modfile")"
 version="${matches%%$'\n'*}"

@@ -12,7 +12,7 @@ case "$(node -v)" in v2[2-9].*|v[3-9][0-9].*) ;; *) echo "Node >= 22 required (r
 step "tools: OPA CLI"
 OPA_BIN="$(bash scripts/ensure-opa.sh | tail -n 1)"
 export OPA_BIN
-# Captured whole, then cut: `| head -n 1` under pipefail can kill the producer with SIGPIPE (exit 141).
+# Captured whole, then cut: piping into head under pipefail can kill the producer with SIGPIPE (exit 141).
 opa_version="$("$OPA_BIN" version)"
 printf '%s\n' "${opa_version%%$'\n'*}"
 
