@@ -393,24 +393,22 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
         }
         const { state, exited } = started;
         const pid = state.pid ?? -1;
-        if (state.startTime) {
-          const worker = { pid, startTime: state.startTime };
-          const record = exited
-            .then(async ({ code, signal }) => {
-              const timer = deadlines.get(spec.spawnId);
-              if (timer) clearTimeout(timer);
-              deadlines.delete(spec.spawnId);
-              const reason = exitReason(code, signal, timedOut.delete(spec.spawnId));
-              if (deleting.has(spec.spawnId)) return;
-              // The state dir may already be gone when the exit follows a delete.
-              const current = await readState(spec.spawnId);
-              if (current) await writeState({ ...current, exit: { code, signal, reason } });
-            })
-            .catch(() => undefined)
-            .finally(() => exitRecords.delete(spec.spawnId));
-          exitRecords.set(spec.spawnId, record);
-          armDeadline(spec.spawnId, worker, spec.timeoutSeconds * 1000);
-        }
+        // Recorded even for a child that was gone before its start time could be read: its exit code is the reason.
+        const record = exited
+          .then(async ({ code, signal }) => {
+            const timer = deadlines.get(spec.spawnId);
+            if (timer) clearTimeout(timer);
+            deadlines.delete(spec.spawnId);
+            const reason = exitReason(code, signal, timedOut.delete(spec.spawnId));
+            if (deleting.has(spec.spawnId)) return;
+            // The state dir may already be gone when the exit follows a delete.
+            const current = await readState(spec.spawnId);
+            if (current) await writeState({ ...current, exit: { code, signal, reason } });
+          })
+          .catch(() => undefined)
+          .finally(() => exitRecords.delete(spec.spawnId));
+        exitRecords.set(spec.spawnId, record);
+        if (state.startTime) armDeadline(spec.spawnId, { pid, startTime: state.startTime }, spec.timeoutSeconds * 1000);
         return { spawnId: spec.spawnId, backendName: options.name, nativeId: String(pid) };
       } finally {
         creatingHere.delete(spec.spawnId);
