@@ -111,21 +111,6 @@ export async function eventually(check: () => Promise<boolean>, timeoutMs: numbe
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
 }
 
-/** Resolves with the value, or rejects when it takes longer than `ms`: a broken build fails the test instead of hanging it. */
-export async function bounded<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what} did not happen within ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 export interface TestBackend {
   stateDir: string;
   config: Record<string, unknown>;

@@ -14,7 +14,8 @@ import { PassThrough, Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/main.js';
-import { bounded, call, eventually, openStream, processBackend, readAll, spawnRequest } from './helpers.js';
+import { bounded } from '../worker/helpers.js';
+import { call, eventually, openStream, processBackend, readAll, spawnRequest } from './helpers.js';
 import type { Target } from './helpers.js';
 
 // The installed bin (dist/, built by `npm test` before the suites), as an operator runs it.
