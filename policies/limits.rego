@@ -94,7 +94,10 @@ rate_bucket(scope) := bucket if {
 	non_interactive
 } else := object.get(cfg.rate.interactive, scope, null)
 
-rate_keys := {"user": user_id, "channel": channel.id}
+# The user's bucket is per channel kind: a user's cron spawns drain their cron bucket, not the one
+# their api or chat spawns take from. A kind never contains "/" (the request schema refuses it), so
+# "<kind>/<user id>" names one kind and one user even when the user id has a "/" in it.
+rate_keys := {"user": concat("/", [channel.kind, user_id]), "channel": channel.id}
 
 rate_limits := [{"scope": scope, "key": rate_keys[scope], "perMinute": bucket.perMinute, "burst": bucket.burst} |
 	some scope in ["user", "channel"]

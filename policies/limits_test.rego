@@ -100,7 +100,7 @@ test_interactive_callers_have_no_rate_limits if {
 test_non_interactive_callers_get_default_buckets if {
 	d := decide({"caller": {"channel": {"id": "api-1", "kind": "api", "interactive": false}}})
 	d.limits.rate == [
-		{"scope": "user", "key": "alice", "perMinute": 6, "burst": 3},
+		{"scope": "user", "key": "api/alice", "perMinute": 6, "burst": 3},
 		{"scope": "channel", "key": "api-1", "perMinute": 12, "burst": 4},
 	]
 }
@@ -108,22 +108,43 @@ test_non_interactive_callers_get_default_buckets if {
 test_cron_gets_stricter_buckets if {
 	d := decide({"caller": cron_caller})
 	d.limits.rate == [
-		{"scope": "user", "key": "alice", "perMinute": 2, "burst": 1},
+		{"scope": "user", "key": "cron/alice", "perMinute": 2, "burst": 1},
 		{"scope": "channel", "key": "cron-nightly", "perMinute": 2, "burst": 1},
 	]
 }
 
 test_kind_override_null_disables_a_bucket if {
 	d := decide({"caller": cron_caller}) with data.spawngate.admission.config as config_set("/rate/kinds/cron", {"channel": null})
-	d.limits.rate == [{"scope": "user", "key": "alice", "perMinute": 6, "burst": 3}]
+	d.limits.rate == [{"scope": "user", "key": "cron/alice", "perMinute": 6, "burst": 3}]
 }
 
 test_kind_override_applies_to_interactive_kinds if {
 	d := decide({}) with data.spawngate.admission.config as config_set("/rate/kinds/telegram", {"user": {"perMinute": 30, "burst": 10}})
-	d.limits.rate == [{"scope": "user", "key": "alice", "perMinute": 30, "burst": 10}]
+	d.limits.rate == [{"scope": "user", "key": "telegram/alice", "perMinute": 30, "burst": 10}]
 }
 
 test_interactive_defaults_come_from_data if {
 	d := decide({}) with data.spawngate.admission.config as config_set("/rate/interactive", {"channel": {"perMinute": 60, "burst": 20}})
 	d.limits.rate == [{"scope": "channel", "key": "tg-1", "perMinute": 60, "burst": 20}]
+}
+
+test_user_bucket_is_keyed_by_channel_kind_and_user if {
+	cron := decide({"caller": cron_caller})
+	api := decide({"caller": {"channel": {"id": "cron-nightly", "kind": "api", "interactive": false}}})
+	[l.key | some l in cron.limits.rate; l.scope == "user"] == ["cron/alice"]
+	[l.key | some l in api.limits.rate; l.scope == "user"] == ["api/alice"]
+
+	# the channel bucket stays keyed by the channel id alone
+	[l.key | some l in cron.limits.rate; l.scope == "channel"] == ["cron-nightly"]
+	[l.key | some l in api.limits.rate; l.scope == "channel"] == ["cron-nightly"]
+}
+
+test_user_bucket_key_keeps_a_slash_in_the_user_id if {
+	d := decide({"caller": object.union(cron_caller, {"user": {"id": "team/alice"}})})
+	[l.key | some l in d.limits.rate; l.scope == "user"] == ["cron/team/alice"]
+}
+
+test_user_concurrency_key_is_still_the_user_id if {
+	d := decide({"caller": cron_caller})
+	limit(d, "user") == [{"scope": "user", "key": "alice", "max": 4}]
 }

@@ -155,6 +155,35 @@ describe('admission gate', () => {
     expect(dry).toMatchObject({ stage: 'reservation', decision: { allow: false, reasons: [{ code: 'rate_limit_user' }] } });
   });
 
+  it('keys the user bucket by channel kind: a user whose cron bucket is empty still spawns from api and chat', async () => {
+    const g = await gate({ agents: { executionBackends: { l: { type: 'process' } } } });
+    const from = (kind: string, channel: string) =>
+      g.reserve({ agentId: 'echo', task: 't', caller: caller({ user: { id: 'mixed-user', roles: [] }, channel: { id: channel, kind } }) });
+    const cron = await from('cron', 'cron:a');
+    expect(cron.allowed).toBe(true);
+    expect(cron.decision.limits.rate.find((r) => r.scope === 'user')?.key).toBe('cron/mixed-user');
+    if (cron.allowed) await cron.reservation.release();
+    // cron: burst 1 per user, so the user's cron bucket is now empty, whichever cron channel asks
+    const drained = await from('cron', 'cron:b');
+    expect(drained.decision.reasons[0]?.code).toBe('rate_limit_user');
+    expect(drained.decision.reasons[0]?.message).toContain('user cron/mixed-user exceeded 2/min (burst 1)');
+    // api has a bucket of its own for the same user (nonInteractive: burst 3), not the drained cron one
+    for (let i = 0; i < 3; i++) {
+      const api = await from('api', `api:${i}`);
+      expect(api.allowed, JSON.stringify(api.decision.reasons)).toBe(true);
+      expect(api.decision.limits.rate.find((r) => r.scope === 'user')?.key).toBe('api/mixed-user');
+      if (api.allowed) await api.reservation.release();
+    }
+    expect((await from('api', 'api:9')).decision.reasons[0]?.code).toBe('rate_limit_user');
+    // chat has no bucket at all, and is not limited by either drained bucket
+    const chat = await from('telegram', 'telegram:1');
+    expect(chat.allowed).toBe(true);
+    expect(chat.decision.limits.rate).toEqual([]);
+    if (chat.allowed) await chat.reservation.release();
+    // and the cron bucket is still empty: the api spawns did not refill or share it
+    expect((await from('cron', 'cron:c')).decision.reasons[0]?.code).toBe('rate_limit_user');
+  });
+
   it('sends the policy only the resolved backend\'s usage, and decides as the policy does on the full input', async () => {
     const g = await gate(capped);
     const held = await g.reserve({ agentId: 'echo', task: 't', caller: caller() });

@@ -181,13 +181,13 @@ describe('committed bundle evaluated with @open-policy-agent/opa-wasm', () => {
   it('gives non-interactive callers rate limits and shorter lifetimes', async () => {
     const cron = await decide(input({ caller: { channel: cronChannel } }));
     expect(cron.limits.rate).toEqual([
-      { scope: 'user', key: 'alice', perMinute: 2, burst: 1 },
+      { scope: 'user', key: 'cron/alice', perMinute: 2, burst: 1 },
       { scope: 'channel', key: 'cron-nightly', perMinute: 2, burst: 1 },
     ]);
     expect(cron.ttlSeconds).toBe(1800);
     const api = await decide(input({ caller: { channel: { id: 'api-1', kind: 'api', interactive: false } }, resolved: { profile: 'build' } }));
     expect(api.limits.rate).toEqual([
-      { scope: 'user', key: 'alice', perMinute: 6, burst: 3 },
+      { scope: 'user', key: 'api/alice', perMinute: 6, burst: 3 },
       { scope: 'channel', key: 'api-1', perMinute: 12, burst: 4 },
     ]);
     expect(api.ttlSeconds).toBe(3600);
