@@ -1,7 +1,7 @@
 export { createSpawngate, agentCommandFor, type Spawngate, type SpawngateOptions, type ShutdownOptions } from './spawngate.js';
 export { createAdmission, SHIPPED_BUNDLE, type Admission, type AdmissionOptions, type AdmitResult, type ReserveResult, type Reservation } from './admission/gate.js';
 export type * from './admission/types.js';
-export type { SpawnRequest, SpawnRequestInput } from './admission/request.js';
+export type { SpawnRequest, SpawnRequestInput, SessionWishes } from './admission/request.js';
 export { createMemoryStore } from './admission/store/memory.js';
 export { createRedisStore, type RedisStoreOptions, type RedisClient } from './admission/store/redis.js';
 export { createStoreFromConfig } from './admission/store/index.js';
@@ -12,7 +12,7 @@ export { BACKEND_SPEC_VERSION, LABELS } from './backends/types.js';
 export { defaultBackendResolver, type BackendResolver } from './backends/registry.js';
 export { createWorkerClient, waitForHealthy } from './protocol/client.js';
 export type { WorkerEvent } from './protocol/events.js';
-export type { WorkerHandle, SpawnStatus, SpawnProgress, SweepReport, SweepEntry, ReleasedLease, ListedSpawn, CloseReason } from './sessions/lifecycle.js';
+export type { WorkerHandle, SpawnStatus, SpawnProgress, SweepReport, SweepEntry, ReleasedLease, ListedSpawn, CloseReason, SpawnOptions, AllowedReservation } from './sessions/lifecycle.js';
 export { waitForWorker, type WaitForWorkerOptions } from './sessions/readiness.js';
 export { DEFAULT_LEASE, type LeaseKeeper, type LeaseSettings } from './admission/leases.js';
 export * from './config/index.js';

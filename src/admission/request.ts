@@ -7,7 +7,10 @@ import type { AdmissionInput } from './types.js';
 /**
  * The spawn request a gateway sends (OpenClaw `sessions_spawn` and friends). Strict: an unknown
  * field is an error, not something silently dropped. The prompt may be sent as `task`
- * (OpenClaw's name, canonical) or `message` (the seed example's name).
+ * (OpenClaw's name, canonical) or `message` (the seed example's name), or left out for a session
+ * whose first turn comes later (an ACP `ensureSession`); the policy then sees an empty task.
+ * `cwd`, `env`, `model` and `resumeSessionId` are wishes for the session: they reach the worker
+ * only where the chosen profile's `accept` allows them (src/sessions/spec.ts).
  */
 
 export const MAX_TASK_BYTES = 64 * 1024;
@@ -27,6 +30,27 @@ const taskSchema = z
   .max(MAX_TASK_BYTES)
   .refine((v) => v.trim().length > 0, { message: 'must not be empty' })
   .refine((v) => Buffer.byteLength(v, 'utf8') <= MAX_TASK_BYTES, { message: `must be at most ${MAX_TASK_BYTES} bytes (64 KiB) of UTF-8` });
+
+/** Names a request may not set: the worker's own contract, and what changes how every program loads. */
+const RESERVED_ENV = /^(SPAWNGATE_|TRACEPARENT$|PATH$|HOME$|NODE_OPTIONS$|LD_|DYLD_|HTTPS?_PROXY$|NO_PROXY$)/i;
+export const MAX_REQUEST_ENV = 64;
+const MAX_ENV_VALUE_BYTES = 32 * 1024;
+
+const requestEnvSchema = z
+  .record(
+    z
+      .string()
+      .max(128)
+      .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, { message: 'must be an environment variable name: letters, digits and "_", not starting with a digit' })
+      .refine((name) => !RESERVED_ENV.test(name), { message: 'is reserved (SPAWNGATE_*, PATH, HOME, NODE_OPTIONS, LD_*, proxies): the worker sets it itself' }),
+    z
+      .string()
+      .max(MAX_ENV_VALUE_BYTES)
+      .refine((v) => !v.includes('\u0000'), { message: 'must not contain NUL' }),
+  )
+  .check((ctx) => {
+    if (Object.keys(ctx.value).length > MAX_REQUEST_ENV) ctx.issues.push({ code: 'custom', message: `at most ${MAX_REQUEST_ENV} variables`, input: ctx.value });
+  });
 
 const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
 
@@ -61,6 +85,16 @@ export const spawnRequestSchema = z
     task: taskSchema.optional(),
     message: taskSchema.optional(),
     label: z.string().max(MAX_ID).nullable().optional(),
+    cwd: z
+      .string()
+      .max(4096)
+      .regex(/^\/[^\u0000]*$/, { message: 'must be an absolute path' })
+      .refine((v) => !v.split('/').includes('..'), { message: 'must not contain ".." segments' })
+      .nullable()
+      .optional(),
+    env: requestEnvSchema.nullable().optional(),
+    model: idSchema.nullable().optional(),
+    resumeSessionId: idSchema.nullable().optional(),
     caller: z.strictObject({
       sessionKey: idSchema,
       parentSessionKey: idSchema.nullable().optional(),
@@ -85,9 +119,7 @@ export const spawnRequestSchema = z
     (value, ctx) => {
       const task = typeof value.task === 'string' ? value.task : undefined;
       const message = typeof value.message === 'string' ? value.message : undefined;
-      if (value.task === undefined && value.message === undefined) {
-        ctx.addIssue({ code: 'custom', path: ['task'], message: 'required (the prompt for the agent; "message" is accepted as an alias)' });
-      } else if (task !== undefined && message !== undefined && task !== message) {
+      if (task !== undefined && message !== undefined && task !== message) {
         ctx.addIssue({ code: 'custom', path: ['message'], message: 'differs from "task"; send the prompt once, as "task"' });
       }
     },
@@ -103,11 +135,21 @@ export interface SpawnRequest {
   agentId: string;
   /** null when the caller asked for nothing explicitly. */
   execution: AdmissionInput['request']['execution'];
+  /** '' when the session's first turn comes later. */
   task: string;
   label: string | null;
+  /** What the caller wishes for the session; the profile decides what of it the worker gets. */
+  session: SessionWishes;
   caller: AdmissionInput['caller'];
   /** The caller's W3C trace context, continued by the spawn span. */
   traceparent: string | null;
+}
+
+export interface SessionWishes {
+  cwd: string | null;
+  env: Record<string, string>;
+  model: string | null;
+  resumeSessionId: string | null;
 }
 
 export function parseSpawnRequest(value: unknown): SpawnRequest {
@@ -129,9 +171,9 @@ export function parseSpawnRequest(value: unknown): SpawnRequest {
     runtime: r.runtime ?? 'acp',
     agentId: r.agentId,
     execution,
-    // The refinement guarantees one of the two is present.
     task: r.task ?? r.message ?? '',
     label: r.label ?? null,
+    session: { cwd: r.cwd ?? null, env: { ...(r.env ?? {}) }, model: r.model ?? null, resumeSessionId: r.resumeSessionId ?? null },
     caller: {
       sessionKey: r.caller.sessionKey,
       parentSessionKey: r.caller.parentSessionKey ?? null,

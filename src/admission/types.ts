@@ -26,8 +26,14 @@ export interface AdmissionInput {
     agentId: string;
     /** What the caller asked for explicitly; null when it asked for nothing. */
     execution: { backend: string | null; profile: string | null; egress: Egress | null } | null;
+    /** '' when the session's first turn comes later (an ACP session opened before its prompt). */
     task: string;
     label: string | null;
+    /** The session wishes (null/[] when absent); env appears as names only, never values. */
+    cwd: string | null;
+    model: string | null;
+    resumeSessionId: string | null;
+    envNames: string[];
   };
   caller: {
     sessionKey: string;

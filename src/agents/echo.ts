@@ -32,22 +32,52 @@ function promptText(blocks: ContentBlock[]): string {
 }
 
 const cancelled = new Map<string, boolean>();
+// A model choice, so that a session's model option can be exercised without a real model.
+const MODELS = ['echo-1', 'echo-2'];
+const models = new Map<string, string>();
+
+function modelOption(sessionId: string) {
+  return [
+    {
+      id: 'model',
+      name: 'Model',
+      category: 'model',
+      type: 'select' as const,
+      currentValue: models.get(sessionId) ?? 'echo-1',
+      options: MODELS.map((value) => ({ value, name: value })),
+    },
+  ];
+}
 
 const app = acp
   .agent({ name: 'spawngate-echo' })
   .onRequest('initialize', () => ({
     protocolVersion: acp.PROTOCOL_VERSION,
-    agentCapabilities: { loadSession: false },
+    // resume: echo keeps no history, so reopening a session id is all there is to it.
+    agentCapabilities: { loadSession: false, sessionCapabilities: { resume: {} } },
     agentInfo: { name: 'spawngate-echo', version: '1.0.0' },
   }))
   .onRequest('session/new', () => {
     const sessionId = randomUUID();
     cancelled.set(sessionId, false);
-    return { sessionId };
+    return { sessionId, configOptions: modelOption(sessionId) };
+  })
+  .onRequest('session/resume', ({ params }) => {
+    cancelled.set(params.sessionId, false);
+    return { configOptions: modelOption(params.sessionId) };
+  })
+  .onRequest('session/set_config_option', ({ params }) => {
+    if (params.configId !== 'model' || typeof params.value !== 'string' || !MODELS.includes(params.value)) {
+      throw acp.RequestError.invalidParams({ configId: params.configId }, 'unknown option or value');
+    }
+    models.set(params.sessionId, params.value);
+    return { configOptions: modelOption(params.sessionId) };
   })
   .onRequest('session/prompt', async ({ params, client }) => {
     cancelled.set(params.sessionId, false);
-    for (const text of echoChunks(`echo: ${promptText(params.prompt)}`)) {
+    const model = models.get(params.sessionId);
+    const prefix = model && model !== 'echo-1' ? `echo[${model}]` : 'echo';
+    for (const text of echoChunks(`${prefix}: ${promptText(params.prompt)}`)) {
       // Yield between chunks so a session/cancel that arrives mid-answer is seen.
       await new Promise((resolve) => setImmediate(resolve));
       if (cancelled.get(params.sessionId)) return { stopReason: 'cancelled' as const };

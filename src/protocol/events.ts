@@ -140,6 +140,8 @@ export interface WorkerStatusReport {
   startedAt: string;
   lastEventAt: string | null;
   agentPid: number | null;
+  /** The ACP session once it exists: its id (what a gateway resumes later), whether it was resumed, and the model outcome. */
+  session?: { id: string; resumed: boolean; model: { requested: string; applied: boolean; available: string[] } | null } | null;
 }
 
 /** POST /cancel → 202. `turnId` is the turn being cancelled, or null when no turn was open. */

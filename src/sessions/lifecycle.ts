@@ -8,6 +8,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { Context } from '@opentelemetry/api';
 import type { Reservation } from '../admission/gate.js';
 import type { SpawnRequestInput } from '../admission/request.js';
+import { parseSpawnRequest } from '../admission/request.js';
 import type { AllowDecision } from '../admission/types.js';
 import type { Backend, WorkerEndpoint, WorkerRef, WorkerStatus } from '../backends/types.js';
 import { LABELS } from '../backends/types.js';
@@ -19,10 +20,10 @@ import { inSpan, parentContext, setAttributes, SPAN, traceparentOf } from '../te
 import type { Live, LiveSet } from './live-set.js';
 import { createLiveSet, nativeAttributes } from './live-set.js';
 import { waitForWorker } from './readiness.js';
-import { buildWorkerSpec, labelValue } from './spec.js';
+import { acceptSession, buildWorkerSpec, labelValue } from './spec.js';
 import { createSweeper } from './sweeper.js';
 import { createTurns } from './turns.js';
-import type { CloseReason, Lifecycle, LifecycleOptions, ListedSpawn, SpawnOptions, SpawnProgress, SpawnStatus, WorkerHandle } from './types.js';
+import type { AllowedReservation, CloseReason, Lifecycle, LifecycleOptions, ListedSpawn, SpawnOptions, SpawnProgress, SpawnStatus, WorkerHandle } from './types.js';
 
 export type * from './types.js';
 
@@ -43,12 +44,13 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
   async function spawn(request: SpawnRequestInput, spawnOptions: SpawnOptions = {}): Promise<WorkerHandle> {
     const progress = (p: SpawnProgress) => safely(() => spawnOptions.onProgress?.(p));
     const started = performance.now();
-    const spawnId = randomUUID();
+    const handed = spawnOptions.reserved;
+    const spawnId = handed ? handed.reservation.spawnId : randomUUID();
     const traceparent = (request as { traceparent?: unknown } | null)?.traceparent; // not yet validated
-    const parent = spawnOptions.parent ?? parentContext(typeof traceparent === 'string' ? traceparent : null);
+    const parent = spawnOptions.parent ?? parentContext(typeof traceparent === 'string' ? traceparent : handed ? handed.request.traceparent : null);
     return inSpan(SPAN.spawn, parent, { 'spawngate.spawn_id': spawnId }, async (span, ctx) => {
       progress({ stage: 'admission' });
-      const admitted = await admission.reserve(request, { parent: ctx, spawnId });
+      const admitted = handed ? takeOver(handed, request) : await admission.reserve(request, { parent: ctx, spawnId });
       setAttributes(span, {
         'spawngate.agent_id': admitted.request.agentId,
         'spawngate.decision': admitted.allowed ? 'allow' : 'deny',
@@ -72,7 +74,10 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           throw new SpawngateError('BACKEND_NOT_FOUND', `policy chose ${decision.backend}/${decision.profile}, which the config does not define`);
         }
         const token = randomBytes(32).toString('base64url');
+        const accepted = acceptSession(profileConfig.accept, admitted.request.session);
+        if (accepted.dropped.length) logger.warn('session wishes the profile does not accept were dropped', { spawnId, profile: `${decision.backend}/${decision.profile}`, dropped: accepted.dropped });
         const spec = buildWorkerSpec({
+          sessionEnv: accepted.env,
           spawnId,
           owner,
           instanceId: options.instanceId,
@@ -107,7 +112,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           metrics.activeWorkers.inc({ backend: decision.backend, profile: decision.profile });
         });
         progress({ stage: 'ready', nativeId: createdRef.nativeId, readyMs });
-        const entry = track({ spawnId, ref: createdRef, backend: chosen, reservation, token, decision, endpoint, agentId: admitted.request.agentId, expiresAt: spec.expiresAt, spawnSpan: ctx });
+        const entry = track({ spawnId, ref: createdRef, backend: chosen, reservation, token, decision, endpoint, agentId: admitted.request.agentId, expiresAt: spec.expiresAt, spawnSpan: ctx, dropped: accepted.dropped });
         return entry.handle;
       } catch (err) {
         // Whatever was created is removed and the slots go back, exactly once, before the error surfaces.
@@ -130,6 +135,37 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         inflight.delete(spawnId);
       }
     });
+  }
+
+  /**
+   * A reservation handed over from `reserve()`: the spawn runs on its decision, never on a second
+   * one. Its session wishes may be given now (they come after admission in ACP's ensureSession).
+   */
+  function takeOver(handed: AllowedReservation, request: SpawnRequestInput): AllowedReservation {
+    if (!handed.allowed || !handed.reservation) throw new SpawngateError('REQUEST_INVALID', 'reserved: only an allowed reservation can be handed to spawn()');
+    const parsed = parseSpawnRequest(request);
+    if (parsed.agentId !== handed.request.agentId) {
+      throw new SpawngateError('REQUEST_INVALID', `reserved: the reservation was admitted for agent ${handed.request.agentId}, not ${parsed.agentId}`);
+    }
+    if (handed.reservation.lost.aborted) throw new SpawngateError('LEASE_LOST', `reservation ${handed.reservation.id} lapsed before the spawn: its slots may be someone else's; reserve again`);
+    if (!admission.leases.held().has(handed.reservation.id)) throw new SpawngateError('REQUEST_INVALID', `reservation ${handed.reservation.id} was already released or used by another spawn`);
+    if (live.has(handed.reservation.spawnId) || inflight.has(handed.reservation.spawnId)) {
+      throw new SpawngateError('REQUEST_INVALID', `reservation ${handed.reservation.id} is already in use by spawn ${handed.reservation.spawnId}`);
+    }
+    const own = handed.request.session;
+    const wishes = parsed.session;
+    return {
+      ...handed,
+      request: {
+        ...handed.request,
+        session: {
+          cwd: wishes.cwd ?? own.cwd,
+          env: { ...own.env, ...wishes.env },
+          model: wishes.model ?? own.model,
+          resumeSessionId: wishes.resumeSessionId ?? own.resumeSessionId,
+        },
+      },
+    };
   }
 
   /**
@@ -164,6 +200,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     agentId: string;
     expiresAt: Date;
     spawnSpan: Context;
+    dropped: string[];
   }): Live {
     const { spawnId, ref, backend, decision, endpoint, token } = args;
     const client = (traceparent?: string | null) => createWorkerClient({ ...endpoint, token, ...(traceparent ? { traceparent } : {}) });
@@ -180,6 +217,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
       decision,
       endpoint,
       expiresAt: args.expiresAt,
+      dropped: args.dropped,
       turn: (message, turnOptions) => runTurn(spawnId, message, turnOptions),
       cancel: () => client().cancel().then(() => undefined),
       status: () => statusOf(spawnId),

@@ -1,3 +1,5 @@
+import { posix } from 'node:path';
+import type { SessionWishes } from '../admission/request.js';
 import type { AllowDecision } from '../admission/types.js';
 import type { BackendConfig, ProfileConfig } from '../config/index.js';
 import type { Quantities, SecretEnvRef, WorkerSpec, WorkspaceSpec } from '../backends/types.js';
@@ -27,6 +29,56 @@ function workspace(config: ProfileConfig['workspace']): WorkspaceSpec {
   }
 }
 
+/** The env names through which the worker hands the accepted wishes to its ACP session. */
+export const SESSION_ENV = { cwd: 'SPAWNGATE_WORKER_CWD', model: 'SPAWNGATE_SESSION_MODEL', resumeSessionId: 'SPAWNGATE_RESUME_SESSION_ID' } as const;
+
+export interface AcceptedSession {
+  /** Added to the worker's environment. */
+  env: Record<string, string>;
+  /** What the request asked for and the profile did not accept, e.g. "cwd", "env.OPENAI_API_KEY". */
+  dropped: string[];
+}
+
+function under(path: string, roots: readonly string[]): boolean {
+  const p = posix.resolve(path);
+  return roots.some((root) => {
+    const r = posix.resolve(root);
+    return p === r || p.startsWith(r.endsWith('/') ? r : `${r}/`);
+  });
+}
+
+function envAllowed(name: string, patterns: readonly string[]): boolean {
+  return patterns.some((pattern) => (pattern.endsWith('*') ? name.startsWith(pattern.slice(0, -1)) : name === pattern));
+}
+
+/**
+ * What of a request's session wishes the profile lets through. Dropped wishes are reported, not
+ * fatal: the worker then runs as the profile alone says (its own workspace, the agent's default
+ * model), which is never wider than what the operator configured.
+ */
+export function acceptSession(accept: ProfileConfig['accept'], wishes: SessionWishes): AcceptedSession {
+  const env: Record<string, string> = {};
+  const dropped: string[] = [];
+  if (wishes.cwd !== null) {
+    const rule = accept?.cwd ?? false;
+    if (rule === true || (Array.isArray(rule) && under(wishes.cwd, rule))) env[SESSION_ENV.cwd] = posix.resolve(wishes.cwd);
+    else dropped.push('cwd');
+  }
+  for (const [name, value] of Object.entries(wishes.env)) {
+    if (envAllowed(name, accept?.env ?? [])) env[name] = value;
+    else dropped.push(`env.${name}`);
+  }
+  if (wishes.model !== null) {
+    if (accept?.model ?? true) env[SESSION_ENV.model] = wishes.model;
+    else dropped.push('model');
+  }
+  if (wishes.resumeSessionId !== null) {
+    if (accept?.resumeSessionId ?? true) env[SESSION_ENV.resumeSessionId] = wishes.resumeSessionId;
+    else dropped.push('resumeSessionId');
+  }
+  return { env, dropped };
+}
+
 export interface SpecInput {
   spawnId: string;
   owner: string;
@@ -39,6 +91,8 @@ export interface SpecInput {
   token: string;
   now: Date;
   traceparent: string | null;
+  /** The request's session wishes that the profile accepted (acceptSession). */
+  sessionEnv?: Record<string, string>;
 }
 
 /** Config + decision → what the backend runs. The decision wins where both speak (egress, TTL). */
@@ -49,6 +103,10 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
   for (const [name, value] of Object.entries(profile.env ?? {})) {
     if (typeof value === 'string') env[name] = value;
     else secretEnv.push({ name, secretRef: { name: value.secretRef.name, key: value.secretRef.key } });
+  }
+  // The profile's own env wins: a request cannot override what the operator pinned.
+  for (const [name, value] of Object.entries(input.sessionEnv ?? {})) {
+    if (!(name in env) && !secretEnv.some((s) => s.name === name)) env[name] = value;
   }
   const expiresAt = new Date(input.now.getTime() + decision.ttlSeconds * 1000);
   const image = profile.image ?? (input.backend.type === 'process' ? null : (input.backend.image ?? null));

@@ -3,7 +3,7 @@
  * worker, status and listings, the sweeper's report, and the Lifecycle itself.
  */
 import type { Context } from '@opentelemetry/api';
-import type { Admission } from '../admission/gate.js';
+import type { Admission, ReserveResult } from '../admission/gate.js';
 import type { SpawnRequestInput } from '../admission/request.js';
 import type { AllowDecision } from '../admission/types.js';
 import type { BackendResolver } from '../backends/registry.js';
@@ -17,10 +17,21 @@ export type SpawnProgress =
   | { stage: 'created'; nativeId: string }
   | { stage: 'ready'; nativeId: string; readyMs: number };
 
+/** An allowed result of `reserve()`: a decision with its slots already taken. */
+export type AllowedReservation = Extract<ReserveResult, { allowed: true }>;
+
 export interface SpawnOptions {
   signal?: AbortSignal;
   onProgress?: (progress: SpawnProgress) => void;
   parent?: Context;
+  /**
+   * Start the worker on a reservation taken earlier with `reserve()` (e.g. in a gateway's
+   * pre-tool hook) instead of deciding and reserving again: its decision places the worker, its
+   * slots become the worker's, and a failed spawn releases them. The request must name the same
+   * agent; its session wishes (cwd, env, model, resumeSessionId) may add to the reserved
+   * request's, bounded by the profile's `accept` as always.
+   */
+  reserved?: AllowedReservation;
 }
 
 export type CloseReason = 'closed' | 'expired' | 'failed' | 'orphaned' | 'shutdown' | 'lease_lost';
@@ -49,6 +60,8 @@ export interface WorkerHandle {
   readonly decision: AllowDecision;
   readonly endpoint: WorkerEndpoint;
   readonly expiresAt: Date;
+  /** Session wishes of the request that the profile did not accept (e.g. "cwd", "env.FOO"). */
+  readonly dropped: readonly string[];
   turn(message: string, options?: { turnId?: string; signal?: AbortSignal }): AsyncIterable<WorkerEvent>;
   cancel(): Promise<void>;
   status(): Promise<SpawnStatus>;

@@ -1,10 +1,14 @@
 import * as acp from '@agentclientprotocol/sdk';
-import type { ClientConnection, PromptResponse, RequestPermissionRequest, RequestPermissionResponse, SessionUpdate } from '@agentclientprotocol/sdk';
+import type { ClientConnection, InitializeResponse, PromptResponse, RequestPermissionRequest, RequestPermissionResponse, SessionUpdate } from '@agentclientprotocol/sdk';
 
 export interface AcpSessionOptions {
   stdin: WritableStream<Uint8Array>;
   stdout: ReadableStream<Uint8Array>;
   cwd: string;
+  /** A model the session should use: applied through the agent's "model" config option (or the older session/set_model) when it offers it. */
+  model?: string | null;
+  /** Reopen this agent session (session/resume, else session/load) instead of starting a new one. */
+  resumeSessionId?: string | null;
   /** Called in arrival order for every session/update of this session. */
   onUpdate: (update: SessionUpdate) => void;
   onPermission: (request: RequestPermissionRequest, response: RequestPermissionResponse) => void;
@@ -15,9 +19,19 @@ export interface AgentInfo {
   version: string;
 }
 
+/** What became of a requested model: applied, or dropped because the agent does not offer it. */
+export interface ModelOutcome {
+  requested: string;
+  applied: boolean;
+  /** The models the agent offers, when it says. */
+  available: string[];
+}
+
 export interface AcpSession {
   readonly sessionId: string;
   readonly agentInfo: AgentInfo | null;
+  readonly resumed: boolean;
+  readonly model: ModelOutcome | null;
   /** Aborts when the ACP connection closes (the agent's stdout ended or the stream broke). */
   readonly closedSignal: AbortSignal;
   prompt(text: string, options: { traceparent: string | null; signal: AbortSignal }): Promise<PromptResponse>;
@@ -60,13 +74,17 @@ export async function openAcpSession(options: AcpSessionOptions): Promise<AcpSes
       clientCapabilities: { fs: { readTextFile: false, writeTextFile: false }, terminal: false },
       clientInfo: { name: 'spawngate-worker', version: '1' },
     });
-    const session = await connection.agent.request('session/new', { cwd: options.cwd, mcpServers: [] });
-    sessionId = session.sessionId;
     const agentInfo = init.agentInfo ? { name: init.agentInfo.name, version: init.agentInfo.version } : null;
-    const id = session.sessionId;
+    const opened = await openOrResume(connection, init, options);
+    // Updates that session/load replays arrive before this line and are dropped: they belong to earlier turns.
+    sessionId = opened.sessionId;
+    const id = opened.sessionId;
+    const model = options.model ? await applyModel(connection, id, options.model, opened) : null;
     return {
       sessionId: id,
       agentInfo,
+      resumed: options.resumeSessionId != null,
+      model,
       closedSignal: connection.signal,
       prompt(text, { traceparent, signal }) {
         return connection.agent.request(
@@ -91,6 +109,69 @@ export async function openAcpSession(options: AcpSessionOptions): Promise<AcpSes
     connection.close();
     throw err;
   }
+}
+
+interface OpenedSession {
+  sessionId: string;
+  configOptions?: unknown;
+  models?: unknown;
+}
+
+async function openOrResume(connection: ClientConnection, init: InitializeResponse, options: AcpSessionOptions): Promise<OpenedSession> {
+  const resumeId = options.resumeSessionId;
+  if (!resumeId) return (await connection.agent.request('session/new', { cwd: options.cwd, mcpServers: [] })) as OpenedSession;
+  const caps = init.agentCapabilities ?? null;
+  if (caps?.sessionCapabilities?.resume) {
+    const resumed = (await connection.agent.request('session/resume', { sessionId: resumeId, cwd: options.cwd, mcpServers: [] })) as Omit<OpenedSession, 'sessionId'>;
+    return { ...resumed, sessionId: resumeId };
+  }
+  if (caps?.loadSession) {
+    const loaded = (await connection.agent.request('session/load', { sessionId: resumeId, cwd: options.cwd, mcpServers: [] })) as Omit<OpenedSession, 'sessionId'>;
+    return { ...loaded, sessionId: resumeId };
+  }
+  throw new Error(`the agent cannot resume session ${resumeId}: it offers neither session/resume nor session/load`);
+}
+
+function record(value: unknown): Record<string, unknown> | null {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : null;
+}
+
+/** Values of a select config option, flat or grouped. */
+function selectValues(option: Record<string, unknown>): string[] {
+  const out: string[] = [];
+  for (const entry of Array.isArray(option.options) ? option.options : []) {
+    const e = record(entry);
+    if (typeof e?.value === 'string') out.push(e.value);
+    for (const inner of Array.isArray(e?.options) ? e.options : []) {
+      const v = record(inner)?.value;
+      if (typeof v === 'string') out.push(v);
+    }
+  }
+  return out;
+}
+
+/**
+ * ACP offers a model choice as a session config option of category "model" (older agents: the
+ * `models` field and session/set_model). A model the agent does not offer is not forced on it:
+ * the session keeps the agent's default and the outcome says so (a gateway that must not run on
+ * another model checks `applied`).
+ */
+async function applyModel(connection: ClientConnection, sessionId: string, model: string, opened: OpenedSession): Promise<ModelOutcome> {
+  const options = Array.isArray(opened.configOptions) ? opened.configOptions.map(record).filter((o) => o !== null) : [];
+  const modelOption = options.find((o) => o.category === 'model' && o.type === 'select');
+  if (modelOption && typeof modelOption.id === 'string') {
+    const available = selectValues(modelOption);
+    if (!available.includes(model)) return { requested: model, applied: false, available };
+    if (modelOption.currentValue !== model) await connection.agent.request('session/set_config_option', { sessionId, configId: modelOption.id, value: model });
+    return { requested: model, applied: true, available };
+  }
+  const models = record(opened.models);
+  const list = Array.isArray(models?.availableModels) ? models.availableModels.map((m) => record(m)?.modelId).filter((m): m is string => typeof m === 'string') : [];
+  if (list.includes(model)) {
+    if (models?.currentModelId !== model) await (connection.agent.request as (method: string, params: unknown) => Promise<unknown>)('session/set_model', { sessionId, modelId: model });
+    return { requested: model, applied: true, available: list };
+  }
+  return { requested: model, applied: false, available: list };
 }
 
 /** Whether an error from a request is the peer's JSON-RPC error (as opposed to a transport failure). */

@@ -8,6 +8,8 @@
  *   SPAWNGATE_LISTEN          "8080" (127.0.0.1:8080), "host:port", "[::1]:port" or "unix:/path.sock";
  *                             default "127.0.0.1:0" (an ephemeral port, reported in the listening line)
  *   SPAWNGATE_WORKER_CWD      the agent's working directory; default the worker's
+ *   SPAWNGATE_SESSION_MODEL   a model for the ACP session, applied when the agent offers it
+ *   SPAWNGATE_RESUME_SESSION_ID  reopen this ACP session (session/resume, else session/load)
  *   SPAWNGATE_CANCEL_GRACE_MS how long the agent may take to honour a cancel; default 5000
  *   SPAWNGATE_DEADLINE        Unix time (s) at which the worker stops itself and exits 124 (the profile timeout)
  */
@@ -83,6 +85,8 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions {
     token,
     listen,
     ...(env['SPAWNGATE_WORKER_CWD'] ? { cwd: env['SPAWNGATE_WORKER_CWD'] } : {}),
+    ...(env['SPAWNGATE_SESSION_MODEL'] ? { model: env['SPAWNGATE_SESSION_MODEL'] } : {}),
+    ...(env['SPAWNGATE_RESUME_SESSION_ID'] ? { resumeSessionId: env['SPAWNGATE_RESUME_SESSION_ID'] } : {}),
     ...(cancelGraceMs === undefined ? {} : { cancelGraceMs }),
     ...(deadlineAt ? { deadlineAt } : {}),
   };

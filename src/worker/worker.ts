@@ -40,6 +40,10 @@ export interface StartWorkerOptions {
   listen: WorkerListen;
   /** The agent's working directory and ACP session cwd; defaults to process.cwd(). */
   cwd?: string;
+  /** A model for the ACP session (applied when the agent offers it; /status says whether). */
+  model?: string;
+  /** Reopen this agent session instead of starting a new one. */
+  resumeSessionId?: string;
   /** Capacity of the /logs ring buffer; defaults to 1000 lines. */
   logLimit?: number;
   /**
@@ -364,6 +368,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     startedAt,
     lastEventAt,
     agentPid: agent?.exit ? null : (agent?.pid ?? null),
+    session: session ? { id: session.sessionId, resumed: session.resumed, model: session.model } : null,
   });
 
   const refuseUnavailable = (res: ServerResponse): void => {
@@ -595,6 +600,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       stdin: proc.stdin,
       stdout: proc.stdout,
       cwd,
+      model: opts.model ?? null,
+      resumeSessionId: opts.resumeSessionId ?? null,
       onUpdate,
       onPermission: (request, response) =>
         log('info', 'answered permission request', {
@@ -616,7 +623,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       agentInfo = s.agentInfo;
       state = 'idle';
       leaveStarting();
-      log('info', 'ACP session ready', { sessionId: s.sessionId, agentInfo });
+      log('info', 'ACP session ready', { sessionId: s.sessionId, agentInfo, resumed: s.resumed, model: s.model });
+      if (s.model && !s.model.applied) log('warn', 'the agent does not offer the requested model; the session runs on its default', { requested: s.model.requested, available: s.model.available });
       void signalClosed(s.closedSignal).then(async () => {
         // Usually the agent died and the exit path reports it; an agent that merely closed its stdout
         // is alive but unreachable, which is just as fatal for this worker.

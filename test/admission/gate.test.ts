@@ -247,7 +247,8 @@ describe('admission gate', () => {
       [{ agentId: 'echo', task: 't', caller: caller(), surprise: true }, 'surprise'],
       [{ agentId: 'echo', task: 'x'.repeat(70_000), caller: caller() }, 'task'],
       [{ agentId: 'echo', task: 't', caller: caller({ channel: { id: 'c', kind: 'telegram', interactive: 'yes' } }) }, 'caller.channel.interactive'],
-      [{ agentId: 'echo', caller: caller() }, 'task'],
+      [{ agentId: 'echo', task: '  ', caller: caller() }, 'task'],
+      [{ agentId: 'echo', cwd: 'rel', caller: caller() }, 'cwd'],
     ] as const;
     for (const [request, path] of bad) {
       const err = await g.reserve(raw(request)).catch((e: unknown) => e);

@@ -38,6 +38,7 @@ describe('parseSpawnRequest', () => {
       execution: null,
       task: 'Fix the failing unit test in src/util.ts',
       label: 'fix-util-test',
+      session: { cwd: null, env: {}, model: null, resumeSessionId: null },
       caller: {
         sessionKey: 'agent:main:telegram:direct:123456789',
         parentSessionKey: null,
@@ -78,7 +79,8 @@ describe('parseSpawnRequest', () => {
     expect(parseSpawnRequest({ ...rest, message: 'hello' }).task).toBe('hello');
     expect(parseSpawnRequest({ ...rest, message: 'same', task: 'same' })).not.toHaveProperty('message');
     expectIssue({ ...rest, message: 'a', task: 'b' }, 'message', /differs from "task"/);
-    expectIssue(rest, 'task', /required/);
+    // No task: a session whose first turn comes later; the policy sees ''.
+    expect(parseSpawnRequest(rest).task).toBe('');
     expectIssue(base({ task: '   ' }), 'task', /must not be empty/);
   });
 
@@ -90,8 +92,23 @@ describe('parseSpawnRequest', () => {
     expect(parseSpawnRequest(base({ execution: { backend: 'k8s', egress: 'open' } })).execution).toEqual({ backend: 'k8s', profile: null, egress: 'open' });
   });
 
+  it('takes the session wishes (cwd, env, model, resumeSessionId) and refuses bad ones by path', () => {
+    const parsed = parseSpawnRequest(base({ cwd: '/srv/repo', env: { OPENAI_API_KEY: 'k', FOO: '' }, model: 'gpt-5', resumeSessionId: 'sess-1' }));
+    expect(parsed.session).toEqual({ cwd: '/srv/repo', env: { OPENAI_API_KEY: 'k', FOO: '' }, model: 'gpt-5', resumeSessionId: 'sess-1' });
+    expect(parseSpawnRequest(base({ cwd: null, env: null, model: null })).session).toEqual({ cwd: null, env: {}, model: null, resumeSessionId: null });
+    expectIssue(base({ cwd: 'relative/dir' }), 'cwd', /absolute path/);
+    expectIssue(base({ env: { '1BAD': 'x' } }), 'env["1BAD"]', /environment variable name/);
+    expectIssue(base({ env: { SPAWNGATE_WORKER_TOKEN: 'x' } }), 'env.SPAWNGATE_WORKER_TOKEN', /reserved/);
+    expectIssue(base({ env: { LD_PRELOAD: '/tmp/x.so' } }), 'env.LD_PRELOAD', /reserved/);
+    expectIssue(base({ env: { NODE_OPTIONS: '--require /tmp/x' } }), 'env.NODE_OPTIONS', /reserved/);
+    expectIssue(base({ env: { A: 3 } }), 'env.A', /expected string/);
+    expectIssue(base({ env: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`V${i}`, 'x'])) }), 'env', /at most 64/);
+    expectIssue(base({ model: '' }), 'model');
+    expectIssue(base({ resumeSessionId: 'a\nb' }), 'resumeSessionId', /control characters/);
+  });
+
   it('rejects unknown keys and wrong types with their paths', () => {
-    expectIssue(base({ model: 'gpt' }), 'model', /unknown key/);
+    expectIssue(base({ modelId: 'gpt' }), 'modelId', /unknown key/);
     expectIssue(base({ execution: { backend: 'k8s', cpu: '4' } }), 'execution.cpu', /unknown key/);
     expectIssue(base({}, { channel: { id: 'c', kind: 'telegram', thread: 't' } }), 'caller.channel.thread', /unknown key/);
     expectIssue(base({ runtime: 'docker' }), 'runtime', /"acp", "subagent"/);

@@ -24,7 +24,7 @@ export const buildProfile: CatalogProfile = {
 };
 
 export const baseInput: AdmissionInput = {
-  request: { runtime: 'acp', agentId: 'codex', execution: null, task: 'fix the typo in README.md', label: null },
+  request: { runtime: 'acp', agentId: 'codex', execution: null, task: 'fix the typo in README.md', label: null, cwd: null, model: null, resumeSessionId: null, envNames: [] },
   caller: {
     sessionKey: 'agent:main:main',
     parentSessionKey: null,
