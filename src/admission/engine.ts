@@ -35,6 +35,12 @@ export interface PolicyEngineOptions {
   logger?: Logger;
   /** What `evaluateJsonWithoutCatalog` evaluates against; can be replaced later with `setRuntimeData`. */
   runtimeData?: RuntimeData;
+  /**
+   * Overrides of the bundle's `data.spawngate.admission.config` (what `spawngate.policyData` in
+   * the config holds), deep-merged onto it whenever a bundle is loaded, hot reloads included, and
+   * before the bundle's self-check, which therefore checks the merged config. See `withPolicyData`.
+   */
+  policyData?: Readonly<Record<string, unknown>>;
   onReload?: (event: { ok: true; revision: string } | { ok: false; error: PolicyError }) => void;
 }
 
@@ -59,6 +65,12 @@ export interface PolicyEngine {
   setRuntimeData(data: RuntimeData): void;
   /** Whether the serving bundle reads the catalog from runtime data (false: it is sent with every input). */
   readonly readsRuntimeCatalog: boolean;
+  /**
+   * Why the serving bundle's config (its data with `policyData` merged in) is invalid, one message
+   * per problem, as the policy's policy_config_invalid reasons name them; empty when it is valid
+   * or no bundle is loaded. While it is not empty every spawn is denied.
+   */
+  readonly configProblems: readonly string[];
   readonly revision: string | null;
   readonly lastError: PolicyError | null;
   reload(): Promise<{ ok: true; revision: string } | { ok: false; error: PolicyError }>;
@@ -89,6 +101,8 @@ interface Active {
   /** Probed at load: the policy decides the same with the catalog in data as with it in the input. */
   readsRuntimeCatalog: boolean;
   configChecked: boolean;
+  /** The canary's policy_config_invalid messages (empty when configChecked). */
+  configProblems: string[];
 }
 
 const encoder = new TextEncoder();
@@ -161,13 +175,43 @@ function dataWithRuntime(bundleData: unknown, layer: RuntimeLayer): object {
   return { ...root, spawngate: { ...spawngate, runtime: layer } };
 }
 
+/** An own, enumerable property even for a key such as "__proto__" (plain assignment would set the prototype). */
+function put(target: Record<string, unknown>, key: string, value: unknown): void {
+  Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
+}
+
+/** `override` deep-merged onto `base`: objects merge key by key; arrays, scalars and null replace; undefined leaves the base. */
+function deepMerge(base: unknown, override: unknown): unknown {
+  if (override === undefined) return base;
+  if (!isRecord(override) || !isRecord(base)) return override;
+  const merged: Record<string, unknown> = {};
+  for (const key of Object.keys(base)) put(merged, key, base[key]);
+  for (const key of Object.keys(override)) {
+    if (override[key] !== undefined) put(merged, key, deepMerge(base[key], override[key]));
+  }
+  return merged;
+}
+
+/**
+ * A bundle's data with `policyData` deep-merged onto `spawngate.admission.config`: objects merge
+ * key by key, arrays, scalars and null replace (a list is given whole; a key cannot be removed,
+ * only set, to null where the policy reads null as "none"). Neither argument is modified; without
+ * an override (undefined or `{}`) the bundle's data is returned as it is.
+ */
+export function withPolicyData(bundleData: unknown, policyData: Readonly<Record<string, unknown>> | undefined): unknown {
+  if (policyData === undefined || Object.keys(policyData).length === 0) return bundleData;
+  return deepMerge(bundleData, { spawngate: { admission: { config: policyData } } });
+}
+
 const sameDecision = (a: Decision, b: Decision) => JSON.stringify(a) === JSON.stringify(b);
 
-async function instantiate(bundle: PolicyBundle): Promise<Active> {
+async function instantiate(bundle: PolicyBundle, policyData: Readonly<Record<string, unknown>> | undefined): Promise<Active> {
   let policy: LoadedPolicy;
+  // The override goes in before the self-check, so the canary checks the config that will serve.
+  const bundleData = withPolicyData(bundle.data, policyData);
   try {
     policy = await loadPolicy(bundle.wasm);
-    policy.setData(dataWithRuntime(bundle.data, {}));
+    policy.setData(dataWithRuntime(bundleData, {}));
   } catch (cause) {
     throw new PolicyError('POLICY_LOAD_FAILED', `policy.wasm could not be instantiated: ${describe(cause)}`, { cause });
   }
@@ -179,21 +223,22 @@ async function instantiate(bundle: PolicyBundle): Promise<Active> {
   }
   const raw = policy as unknown as RawPolicy;
   const opaEval = typeof raw.minorVersion === 'number' && raw.minorVersion >= 2 && typeof raw.wasmInstance.exports.opa_eval === 'function' ? (raw.wasmInstance.exports.opa_eval as OpaEval) : null;
-  const active: Active = { policy, opaEval, entrypoint, revision: bundle.revision, bundleData: bundle.data, readsRuntimeCatalog: false, configChecked: false };
+  const active: Active = { policy, opaEval, entrypoint, revision: bundle.revision, bundleData, readsRuntimeCatalog: false, configChecked: false, configProblems: [] };
   const canary = run(active, JSON.stringify(CANARY));
   if (canary.reasons.some((r) => r.code === 'policy_output_invalid' || r.code === 'policy_error')) {
     throw new PolicyError('POLICY_LOAD_FAILED', `bundle ${bundle.revision} failed its self-check: ${canary.reasons.map((r) => r.message).join('; ')}`);
   }
   // The config is part of the bundle, so one check per load is enough (policies/config.rego).
   // A bundle with a broken config is still loaded, and keeps checking and denying on every evaluation.
-  active.configChecked = !canary.reasons.some((r) => r.code === 'policy_config_invalid');
+  active.configProblems = canary.reasons.filter((r) => r.code === 'policy_config_invalid').map((r) => r.message);
+  active.configChecked = active.configProblems.length === 0;
   // Whether the catalog may be left out of the input: the canary without it must decide as with it
   // when the catalog is in data, and differently when it is nowhere (proof the data is read at all).
   // Anything else keeps sending the catalog with every input, as bundles before runtime data need.
   try {
     const withoutCatalog = JSON.stringify({ ...CANARY, catalog: undefined });
     const bare = run(active, withoutCatalog);
-    policy.setData(dataWithRuntime(bundle.data, { catalog: CANARY.catalog }));
+    policy.setData(dataWithRuntime(bundleData, { catalog: CANARY.catalog }));
     const fromData = run(active, withoutCatalog);
     active.readsRuntimeCatalog = sameDecision(fromData, canary) && !sameDecision(bare, canary);
   } catch (cause) {
@@ -267,7 +312,7 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
   async function load(): Promise<{ ok: true; revision: string } | { ok: false; error: PolicyError }> {
     try {
       const bundle = 'bundle' in options.source ? options.source.bundle : await options.readBundle(options.source.path);
-      const next = await instantiate(bundle);
+      const next = await instantiate(bundle, options.policyData);
       try {
         applyRuntime(next, runtime);
       } catch (cause) {
@@ -276,7 +321,10 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
       const previous = active?.revision ?? null;
       active = next; // the swap: evaluate() is synchronous, so no evaluation ever sees half a bundle
       lastError = null;
-      if (previous !== next.revision) logger.info('policy bundle loaded', { revision: next.revision, previous, readsRuntimeCatalog: next.readsRuntimeCatalog });
+      if (previous !== next.revision) logger.info('policy bundle loaded', { revision: next.revision, previous, readsRuntimeCatalog: next.readsRuntimeCatalog, policyData: options.policyData !== undefined });
+      if (next.configProblems.length > 0) {
+        logger.error('policy config is invalid; every spawn is denied (policy_config_invalid)', { revision: next.revision, problems: next.configProblems, policyData: options.policyData !== undefined });
+      }
       return { ok: true, revision: next.revision };
     } catch (cause) {
       const error =
@@ -366,6 +414,9 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     setRuntimeData,
     get readsRuntimeCatalog() {
       return active?.readsRuntimeCatalog ?? false;
+    },
+    get configProblems() {
+      return active?.configProblems ?? [];
     },
     get revision() {
       return active?.revision ?? null;

@@ -142,6 +142,8 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     watch: typeof bundleOption === 'string' && (options.watchBundle ?? true),
     logger,
     runtimeData: { catalog: prepared.catalog },
+    // spawngate.policyData: merged onto the bundle's config at every load, hot reloads included.
+    ...(config.spawngate?.policyData ? { policyData: config.spawngate.policyData } : {}),
   });
   let store: ReservationStore;
   let decisionLog: DecisionLog | null;

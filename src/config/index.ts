@@ -4,6 +4,7 @@ export {
   backendSchema,
   executionSchema,
   spawngateSectionSchema,
+  policyDataSchema,
   nameSchema,
   agentIdSchema,
   quantitySchema,
@@ -22,6 +23,7 @@ export {
   type ProfileConfig,
   type ExecutionConfig,
   type SpawngateSection,
+  type PolicyDataOverride,
   type WorkspaceConfig,
 } from './schema.js';
 export {

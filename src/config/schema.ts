@@ -382,6 +382,112 @@ export const executionSchema = z.strictObject({
   bindings: z.array(bindingSchema).max(LIMITS.list).optional().register(configMetadata, { description: 'first match wins' }),
 });
 
+// ─── policy data ─────────────────────────────────────────────────────────────────────────────
+
+/**
+ * `spawngate.policyData`: a partial override of the bundle's `data.spawngate.admission.config`
+ * (policies/data.json), deep-merged onto it by the policy engine at every bundle load: objects
+ * merge key by key, arrays, numbers, strings and null replace. Each key has the type and range
+ * policies/config.rego accepts, null wherever that means "no cap" / "no bucket" / "any agent";
+ * the policy checks the merged document again at load, so a mistake still denies every spawn
+ * (policy_config_invalid) rather than relaxing a rule.
+ */
+
+/** As spawn requests carry it: never containing "/", which separates kind and user id in a rate bucket's key. */
+const channelKindSchema = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]*$/, { message: 'must be a channel kind: letters, digits, ".", "_", ":" or "-", starting with a letter or digit' });
+
+const roleNameSchema = nonEmpty(128).regex(/^[^\u0000-\u001f\u007f]+$/, { message: 'must not contain control characters' });
+
+const channelKindListSchema = z.array(channelKindSchema).max(LIMITS.list);
+const wordListSchema = z.array(text(LIMITS.id)).max(LIMITS.list);
+const capOrNull = z.int().min(0).nullable();
+const secondsOrNull = z.int().min(1).nullable();
+
+const rateBucketSchema = z
+  .strictObject({
+    perMinute: z.number().positive().register(configMetadata, { description: 'tokens added per minute (> 0)' }),
+    burst: z.int().min(1).register(configMetadata, { description: 'tokens the bucket holds at most (≥ 1)' }),
+  })
+  .register(configMetadata, { id: 'RateBucket', description: 'a token bucket: refills perMinute tokens a minute, holds at most burst; both fields are required (a bucket is given whole)' });
+
+const rateBucketsSchema = z
+  .strictObject({
+    user: rateBucketSchema.nullable().optional().register(configMetadata, { description: 'per user and channel kind (key "<kind>/<userId>"); null: no bucket' }),
+    channel: rateBucketSchema.nullable().optional().register(configMetadata, { description: 'per channel id; null: no bucket' }),
+  })
+  .register(configMetadata, { id: 'RateBuckets', description: 'the user and channel buckets of one group; an absent or null scope has no bucket' });
+
+export const policyDataSchema = z
+  .strictObject({
+    maxDepth: z.int().min(0).optional().register(configMetadata, { description: 'spawns from a caller at this depth or deeper are denied' }),
+    agents: z
+      .strictObject({
+        allow: z.array(agentIdSchema).max(LIMITS.list).nullable().optional().register(configMetadata, { description: 'global allow-list of agent ids; null: any agent' }),
+        deny: z.array(agentIdSchema).max(LIMITS.list).optional().register(configMetadata, { description: 'global deny-list of agent ids, checked after the allow-list' }),
+      })
+      .optional(),
+    channels: z
+      .strictObject({
+        nonInteractiveKinds: channelKindListSchema.optional().register(configMetadata, { description: 'channel kinds treated as non-interactive even if the caller says interactive (replaces the whole list)' }),
+        untrustedKinds: channelKindListSchema.optional().register(configMetadata, { description: 'channel kinds whose workers get egress "none" (replaces the whole list)' }),
+      })
+      .optional(),
+    concurrency: z
+      .strictObject({
+        total: capOrNull.optional().register(configMetadata, { description: 'workers at once in all; null: no cap, 0 blocks every spawn' }),
+        user: capOrNull.optional().register(configMetadata, { description: 'workers at once per user; null: no cap' }),
+        channel: capOrNull.optional().register(configMetadata, { description: 'workers at once per channel; null: no cap' }),
+        roles: boundedRecord(
+          roleNameSchema,
+          z.strictObject({ user: capOrNull.optional(), channel: capOrNull.optional() }),
+          'roles',
+        )
+          .optional()
+          .register(configMetadata, { description: 'per role, a user/channel cap replacing the global one (the most generous matching role wins; null: no cap)' }),
+      })
+      .optional(),
+    rate: z
+      .strictObject({
+        interactive: rateBucketsSchema.optional().register(configMetadata, { description: 'default buckets for interactive callers' }),
+        nonInteractive: rateBucketsSchema.optional().register(configMetadata, { description: 'default buckets for non-interactive callers' }),
+        kinds: boundedRecord(channelKindSchema, rateBucketsSchema, 'channel kinds')
+          .optional()
+          .register(configMetadata, { description: 'per channel kind; a scope set here (null included) beats the defaults' }),
+      })
+      .optional(),
+    ttl: z
+      .strictObject({
+        defaultSeconds: z.int().min(1).optional().register(configMetadata, { description: 'worker lifetime when the profile sets none' }),
+        maxSeconds: secondsOrNull.optional().register(configMetadata, { description: 'lifetime cap for everyone; null: none' }),
+        maxNonInteractiveSeconds: secondsOrNull.optional().register(configMetadata, { description: 'lifetime cap for non-interactive callers; null: none' }),
+        maxByKind: boundedRecord(channelKindSchema, secondsOrNull, 'channel kinds')
+          .optional()
+          .register(configMetadata, { description: 'lifetime cap per channel kind; null: none' }),
+      })
+      .optional(),
+    buildPlacement: z
+      .strictObject({
+        keywords: wordListSchema.optional().register(configMetadata, { description: 'any of these words in the task makes it build/test work (replaces the whole list)' }),
+        phrases: wordListSchema.optional().register(configMetadata, { description: 'words separated by single spaces; any of them in the task, word for word, makes it build/test work (replaces the whole list)' }),
+        ignoredWords: wordListSchema.optional().register(configMetadata, { description: 'dropped from the task before anything is looked for (replaces the whole list)' }),
+        commands: boundedRecord(text(LIMITS.id), wordListSchema, 'commands')
+          .optional()
+          .register(configMetadata, { description: 'a command name and its build/test targets' }),
+      })
+      .optional(),
+  })
+  .register(configMetadata, {
+    id: 'PolicyData',
+    description:
+      'Overrides of the policy bundle\'s data (data.spawngate.admission.config), deep-merged onto it at every bundle load: objects merge key by key; lists, numbers and null replace. See docs/policy.md.',
+  });
+
+export type PolicyDataOverride = z.infer<typeof policyDataSchema>;
+
 // ─── spawngate ───────────────────────────────────────────────────────────────────────────────
 
 const redisUrlSchema = nonEmpty(2048).check((ctx) => {
@@ -426,6 +532,7 @@ export const spawngateSectionSchema = z.strictObject({
     .max(1800)
     .optional()
     .register(configMetadata, { description: 'lease heartbeat period (default 10); at most half of leaseSeconds' }),
+  policyData: policyDataSchema.optional(),
   store: z
     .discriminatedUnion('type', [
       z.strictObject({ type: z.literal('memory') }),

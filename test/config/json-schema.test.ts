@@ -115,3 +115,26 @@ describe('configJsonSchema', () => {
     expect(validate(schema, base({ type: 'process', profiles: { 'bad/name': {} } }))).not.toEqual([]);
   });
 });
+
+describe('configJsonSchema: spawngate.policyData', () => {
+  const schema = configJsonSchema();
+  const defs = schema.$defs as Record<string, Schema>;
+  const withData = (policyData: unknown) => ({ agents: { executionBackends: {} }, spawngate: { policyData } });
+
+  it('is a described $def, referenced from the spawngate section', () => {
+    const spawngate = (schema.properties as Record<string, Schema>).spawngate as Schema;
+    expect((spawngate.properties as Record<string, Schema>).policyData).toEqual({ $ref: '#/$defs/PolicyData' });
+    expect(defs.PolicyData?.description).toMatch(/deep-merged/);
+    expect(defs.RateBucket?.required).toEqual(['perMinute', 'burst']);
+    const concurrency = (defs.PolicyData?.properties as Record<string, Schema>).concurrency as Schema;
+    expect(((concurrency.properties as Record<string, Schema>).user as Schema).description).toMatch(/null: no cap/);
+  });
+
+  it('accepts and rejects what the zod schema does', () => {
+    expect(validate(schema, withData({ concurrency: { user: 1, total: null }, rate: { kinds: { cron: { user: { perMinute: 2, burst: 1 }, channel: null } } } }))).toEqual([]);
+    expect(validate(schema, withData({ concurrency: { users: 1 } }))).toEqual(['$.spawngate.policyData.concurrency.users: additional property']);
+    expect(validate(schema, withData({ rate: { kinds: { cron: { user: { perMinute: 2 } } } } }))).not.toEqual([]);
+    expect(validate(schema, withData({ ttl: { defaultSeconds: null } }))).not.toEqual([]);
+    expect(validate(schema, withData({ channels: { untrustedKinds: ['web/hook'] } }))).not.toEqual([]);
+  });
+});

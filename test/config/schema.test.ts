@@ -331,3 +331,78 @@ describe('spawngate section', () => {
     expectIssue(withSection({ sweepIntervalSeconds: 0 }), 'spawngate.sweepIntervalSeconds');
   });
 });
+
+describe('spawngate.policyData', () => {
+  const withData = (policyData: unknown) => ({ agents: { executionBackends: {} }, spawngate: { policyData } });
+  const D = 'spawngate.policyData';
+
+  it('accepts partial overrides, null where the policy reads null as "none", and every documented key', () => {
+    expect(validateConfig(withData({})).ok).toBe(true);
+    expect(validateConfig(withData({ concurrency: { user: 1 } })).ok).toBe(true);
+    expect(validateConfig(withData({ rate: { kinds: { cron: { user: { perMinute: 0.5, burst: 2 } } } } })).ok).toBe(true);
+    const everything = {
+      maxDepth: 0,
+      agents: { allow: null, deny: ['gemini'] },
+      channels: { nonInteractiveKinds: ['cron', 'api', 'openclaw:cron'], untrustedKinds: [] },
+      concurrency: { total: null, user: 0, channel: 8, roles: { admin: { user: null }, 'ops team': { channel: 2 }, empty: {} } },
+      rate: {
+        interactive: { user: null },
+        nonInteractive: { user: { perMinute: 6, burst: 3 }, channel: null },
+        kinds: { cron: { user: { perMinute: 2, burst: 1 }, channel: null }, heartbeat: {} },
+      },
+      ttl: { defaultSeconds: 60, maxSeconds: null, maxNonInteractiveSeconds: 600, maxByKind: { cron: null, heartbeat: 900 } },
+      buildPlacement: { keywords: ['pytest'], phrases: ['run tests'], ignoredWords: [], commands: { make: ['test'], just: [] } },
+    };
+    const result = validateConfig(withData(everything));
+    expect(result.ok, JSON.stringify(result)).toBe(true);
+    expect(validateConfig(withData({ agents: { allow: ['codex', 'echo'] } })).ok).toBe(true);
+  });
+
+  it('names the JSON path of an unknown key, at every level', () => {
+    expectIssue(withData({ maxdepth: 2 }), `${D}.maxdepth`, /unknown key/);
+    expectIssue(withData({ concurrency: { users: 1 } }), `${D}.concurrency.users`, /unknown key/);
+    expectIssue(withData({ concurrency: { roles: { admin: { session: 1 } } } }), `${D}.concurrency.roles.admin.session`, /unknown key/);
+    expectIssue(withData({ rate: { kinds: { cron: { usr: { perMinute: 1, burst: 1 } } } } }), `${D}.rate.kinds.cron.usr`, /unknown key/);
+    expectIssue(withData({ rate: { nonInteractive: { user: { perMinute: 1, burst: 1, refill: 2 } } } }), `${D}.rate.nonInteractive.user.refill`, /unknown key/);
+    expectIssue(withData({ ttl: { maxByKind: {}, max: 1 } }), `${D}.ttl.max`, /unknown key/);
+    expectIssue(withData({ buildPlacement: { words: [] } }), `${D}.buildPlacement.words`, /unknown key/);
+  });
+
+  it('rejects the types and ranges policies/config.rego rejects, at their paths', () => {
+    expectIssue(withData({ maxDepth: -1 }), `${D}.maxDepth`, /at least 0/);
+    expectIssue(withData({ maxDepth: 2.5 }), `${D}.maxDepth`);
+    expectIssue(withData({ maxDepth: null }), `${D}.maxDepth`);
+    expectIssue(withData({ agents: { deny: null } }), `${D}.agents.deny`);
+    expectIssue(withData({ agents: { allow: 'codex' } }), `${D}.agents.allow`);
+    expectIssue(withData({ concurrency: { user: '4' } }), `${D}.concurrency.user`, /expected number, received string/);
+    expectIssue(withData({ concurrency: { total: -1 } }), `${D}.concurrency.total`, /at least 0/);
+    expectIssue(withData({ concurrency: { roles: { admin: 16 } } }), `${D}.concurrency.roles.admin`);
+    expectIssue(withData({ concurrency: { roles: { admin: { user: 1.5 } } } }), `${D}.concurrency.roles.admin.user`);
+    expectIssue(withData({ rate: { interactive: null } }), `${D}.rate.interactive`);
+    expectIssue(withData({ rate: { kinds: { cron: null } } }), `${D}.rate.kinds.cron`);
+    expectIssue(withData({ rate: { nonInteractive: { user: { perMinute: 0, burst: 1 } } } }), `${D}.rate.nonInteractive.user.perMinute`, /greater than 0/);
+    expectIssue(withData({ rate: { nonInteractive: { user: { perMinute: 1, burst: 0 } } } }), `${D}.rate.nonInteractive.user.burst`, /at least 1/);
+    expectIssue(withData({ rate: { nonInteractive: { user: { perMinute: 1, burst: 1.5 } } } }), `${D}.rate.nonInteractive.user.burst`);
+    expectIssue(withData({ rate: { kinds: { cron: { user: { perMinute: 3 } } } } }), `${D}.rate.kinds.cron.user.burst`, /required/);
+    expectIssue(withData({ ttl: { defaultSeconds: null } }), `${D}.ttl.defaultSeconds`);
+    expectIssue(withData({ ttl: { defaultSeconds: 0 } }), `${D}.ttl.defaultSeconds`, /at least 1/);
+    expectIssue(withData({ ttl: { maxSeconds: 0 } }), `${D}.ttl.maxSeconds`, /at least 1/);
+    expectIssue(withData({ ttl: { maxByKind: { cron: 0 } } }), `${D}.ttl.maxByKind.cron`, /at least 1/);
+    expectIssue(withData({ buildPlacement: { keywords: ['pytest', 7] } }), `${D}.buildPlacement.keywords[1]`);
+    expectIssue(withData({ buildPlacement: { commands: { make: 'test' } } }), `${D}.buildPlacement.commands.make`);
+    expectIssue(withData({ channels: { nonInteractiveKinds: 'cron' } }), `${D}.channels.nonInteractiveKinds`);
+  });
+
+  it('refuses channel kinds that no request can carry (a "/" would make rate keys ambiguous)', () => {
+    expectIssue(withData({ channels: { untrustedKinds: ['web/hook'] } }), `${D}.channels.untrustedKinds[0]`, /channel kind/);
+    expectIssue(withData({ rate: { kinds: { 'a/b': {} } } }), `${D}.rate.kinds["a/b"]`, /invalid key "a\/b": must be a channel kind/);
+    expectIssue(withData({ ttl: { maxByKind: { '': 60 } } }), `${D}.ttl.maxByKind[""]`, /invalid key "": must not be empty/);
+  });
+
+  it('lists every fault at once and reports "__proto__" keys', () => {
+    const found = issues(withData({ maxDepth: -1, concurrency: { user: 'x' }, rate: { kinds: { cron: { user: { perMinute: 1 } } } } }));
+    expect(found.map((i) => i.path)).toEqual(expect.arrayContaining([`${D}.maxDepth`, `${D}.concurrency.user`, `${D}.rate.kinds.cron.user.burst`]));
+    const raw = JSON.parse('{"agents":{"executionBackends":{}},"spawngate":{"policyData":{"rate":{"kinds":{"__proto__":{}}}}}}') as unknown;
+    expect(issues(raw)).toContainEqual({ path: `${D}.rate.kinds.__proto__`, message: 'reserved key' });
+  });
+});

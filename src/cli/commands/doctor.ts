@@ -54,9 +54,18 @@ function bounded<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
 async function checkBundle(config: SpawngateConfig, options: DoctorOptions): Promise<DoctorCheck> {
   const path = options.bundle ?? config.spawngate?.bundle ?? SHIPPED_BUNDLE;
   const check = { check: 'policy bundle', backend: null };
-  const engine = await createPolicyEngine({ source: { path }, readBundle, watch: false });
+  const policyData = config.spawngate?.policyData;
+  const engine = await createPolicyEngine({ source: { path }, readBundle, watch: false, ...(policyData ? { policyData } : {}) });
   try {
-    if (engine.revision !== null) return { ...check, result: 'ok', detail: `${path} (revision ${engine.revision})`, fix: null };
+    if (engine.revision !== null && engine.configProblems.length > 0) {
+      return {
+        ...check,
+        result: 'fail',
+        detail: `${path} (revision ${engine.revision}) loads, but its config${policyData ? ' with spawngate.policyData merged in' : ''} is invalid, so every spawn is denied: ${engine.configProblems.join('; ')}`,
+        fix: policyData ? 'fix spawngate.policyData (or the bundle\'s data.json) so that the merged config passes policies/config.rego' : 'fix the bundle\'s data.json and rebuild it with `spawngate policy build`',
+      };
+    }
+    if (engine.revision !== null) return { ...check, result: 'ok', detail: `${path} (revision ${engine.revision}${policyData ? ', with spawngate.policyData' : ''})`, fix: null };
     return {
       ...check,
       result: 'fail',
