@@ -111,7 +111,7 @@ const WASM_PAGE = 64 * 1024;
 
 // A request shape every sane policy answers; a bundle that cannot is not swapped in.
 const CANARY: AdmissionInput = {
-  request: { runtime: 'acp', agentId: 'canary', execution: null, task: 'canary', label: null },
+  request: { runtime: 'acp', agentId: 'canary', execution: null, task: 'canary', label: null, cwd: null, model: null, resumeSessionId: null, envNames: [] },
   caller: {
     sessionKey: 'spawngate:canary',
     parentSessionKey: null,

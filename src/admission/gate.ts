@@ -196,7 +196,17 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     });
     const usage = await readUsage(store, prepared, resolved.backend, caller.user.id, caller.channel.id);
     const partial = {
-      request: { runtime: request.runtime, agentId: request.agentId, execution: request.execution, task: request.task, label: request.label },
+      request: {
+        runtime: request.runtime,
+        agentId: request.agentId,
+        execution: request.execution,
+        task: request.task,
+        label: request.label,
+        cwd: request.session.cwd,
+        model: request.session.model,
+        resumeSessionId: request.session.resumeSessionId,
+        envNames: Object.keys(request.session.env).sort(),
+      },
       caller: {
         sessionKey: caller.sessionKey,
         parentSessionKey: caller.parentSessionKey,

@@ -279,6 +279,22 @@ export const profileSchema = z
       })
       .optional(),
     pidsLimit: z.int().min(1).max(4_194_304).optional(),
+    accept: z
+      .strictObject({
+        cwd: z
+          .union([z.boolean(), z.array(absolutePathSchema).min(1).max(LIMITS.list)])
+          .optional()
+          .register(configMetadata, { description: 'a request\'s cwd: false (default), true, or the directories it must lie under' }),
+        env: z
+          .array(z.string().max(LIMITS.id).regex(/^[A-Za-z_][A-Za-z0-9_]*\*?$/, { message: 'must be an environment variable name, optionally ending in "*" (a prefix)' }))
+          .max(LIMITS.list)
+          .optional()
+          .register(configMetadata, { description: 'names of request env variables the worker gets (NAME, or PREFIX_*); default none' }),
+        model: z.boolean().optional().register(configMetadata, { description: 'pass a request\'s model to the agent; default true' }),
+        resumeSessionId: z.boolean().optional().register(configMetadata, { description: 'let a request resume an agent session; default true' }),
+      })
+      .optional()
+      .register(configMetadata, { description: 'which session wishes of a request (cwd, env, model, resumeSessionId) reach the worker; the rest are dropped and reported' }),
   })
   .register(configMetadata, { id: 'Profile', description: 'A resource profile; every field is optional' });
 
