@@ -16,12 +16,24 @@ export default defineConfig({
         test: {
           name: 'core',
           include: ['test/**/*.test.ts'],
-          exclude: ['test/redis/**', 'test/kubernetes/**', 'test/k8s-infra/**', 'test/docker/**'],
+          exclude: ['test/redis/**', 'test/kubernetes/**', 'test/k8s-infra/**', 'test/docker/**', 'test/openclaw/**'],
         },
       },
       { extends: true, test: { name: 'redis', include: ['test/redis/**/*.test.ts'], globalSetup: ['test/redis/global-setup.ts'] } },
       // One Docker Engine on vfs: container suites run one file at a time.
       { extends: true, test: { name: 'docker', include: ['test/docker/**/*.test.ts'], fileParallelism: false, testTimeout: 120_000 } },
+      // A real OpenClaw gateway per file (minutes to become ready on two cores): one file at a time.
+      {
+        extends: true,
+        test: {
+          name: 'openclaw',
+          include: ['test/openclaw/**/*.test.ts'],
+          globalSetup: ['test/openclaw/global-setup.ts'],
+          fileParallelism: false,
+          testTimeout: 300_000,
+          hookTimeout: 15 * 60_000,
+        },
+      },
       {
         extends: true,
         test: {

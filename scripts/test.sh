@@ -24,6 +24,9 @@ fi
 step "services: Redis"
 bash scripts/ensure-redis.sh
 
+step "tools: OpenClaw gateway (pinned, for the plugin's end-to-end suite; cached)"
+bash scripts/ensure-openclaw.sh > /dev/null
+
 step "tools: kube-apiserver, etcd, scheduler, controller-manager (built from the Go module proxy; cached)"
 bash scripts/ensure-k8s-bins.sh > /dev/null
 
@@ -35,6 +38,9 @@ npx tsc -p tsconfig.json --noEmit
 
 step "build"
 npx tsc -p tsconfig.build.json
+
+step "openclaw plugin: committed openclaw.plugin.json matches the config schema"
+node scripts/openclaw-manifest.mjs --check
 
 step "policies: opa fmt --diff, opa check --strict"
 fmt_out="$("$OPA_BIN" fmt --diff policies)"

@@ -119,7 +119,7 @@ interface OpenedSession {
 
 async function openOrResume(connection: ClientConnection, init: InitializeResponse, options: AcpSessionOptions): Promise<OpenedSession> {
   const resumeId = options.resumeSessionId;
-  if (!resumeId) return (await connection.agent.request('session/new', { cwd: options.cwd, mcpServers: [] })) as OpenedSession;
+  if (!resumeId) return (await connection.agent.request('session/new', { cwd: options.cwd, mcpServers: [] }));
   const caps = init.agentCapabilities ?? null;
   if (caps?.sessionCapabilities?.resume) {
     const resumed = (await connection.agent.request('session/resume', { sessionId: resumeId, cwd: options.cwd, mcpServers: [] })) as Omit<OpenedSession, 'sessionId'>;
@@ -168,7 +168,7 @@ async function applyModel(connection: ClientConnection, sessionId: string, model
   const models = record(opened.models);
   const list = Array.isArray(models?.availableModels) ? models.availableModels.map((m) => record(m)?.modelId).filter((m): m is string => typeof m === 'string') : [];
   if (list.includes(model)) {
-    if (models?.currentModelId !== model) await (connection.agent.request as (method: string, params: unknown) => Promise<unknown>)('session/set_model', { sessionId, modelId: model });
+    if (models?.currentModelId !== model) await (connection.agent.request)('session/set_model', { sessionId, modelId: model });
     return { requested: model, applied: true, available: list };
   }
   return { requested: model, applied: false, available: list };

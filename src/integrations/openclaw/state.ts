@@ -1,0 +1,96 @@
+/**
+ * The plugin's process-global state. OpenClaw loads a plugin module more than once per process
+ * ("full" and "discovery" registrations, copies of the code): hooks of one spawn can reach
+ * different copies. Everything that must be shared — the gate, admitted spawns waiting for their
+ * child, which child holds what — lives in one object on globalThis, created by whichever copy
+ * comes first.
+ */
+import { hostname } from 'node:os';
+import { isSpawngateError } from '../../errors.js';
+import type { AllowedReservation } from '../../sessions/types.js';
+import type { Spawngate } from '../../spawngate.js';
+import { createSpawngate } from '../../spawngate.js';
+import type { PluginConfig } from './config.js';
+import type { OpenClawConfigView } from './request.js';
+
+export const PLUGIN_ID = 'spawngate';
+const STATE = Symbol.for('spawngate.openclaw.state.v1');
+
+/** An admitted sessions_spawn waiting for its child (subagent_spawned, or ensureSession for ACP). */
+export interface PendingSpawn {
+  reserved: AllowedReservation;
+  runtime: 'acp' | 'subagent';
+  /** spawngate agent id (for ACP: the harness). */
+  agentId: string;
+  openclawAgentId: string;
+  toolCallId: string | null;
+  timer: NodeJS.Timeout;
+}
+
+/** A child that holds a slot: a subagent's reservation, or an ACP session's worker. */
+export type Bound = { kind: 'reservation'; reserved: AllowedReservation; timer: NodeJS.Timeout } | { kind: 'worker'; spawnId: string };
+
+export interface PluginState {
+  gate: Promise<Spawngate> | null;
+  config: PluginConfig | null;
+  openclawConfig: OpenClawConfigView | undefined;
+  pending: PendingSpawn[];
+  /** child session key → what it holds */
+  bound: Map<string, Bound>;
+  logger: Logger;
+}
+
+export interface Logger {
+  info(msg: string): void;
+  warn(msg: string): void;
+  error(msg: string): void;
+}
+
+const consoleLogger: Logger = {
+  info: (m) => console.log(`[spawngate] ${m}`),
+  warn: (m) => console.warn(`[spawngate] ${m}`),
+  error: (m) => console.error(`[spawngate] ${m}`),
+};
+
+export function pluginState(): PluginState {
+  const holder = globalThis as unknown as Record<symbol, PluginState | undefined>;
+  holder[STATE] ??= { gate: null, config: null, openclawConfig: undefined, pending: [], bound: new Map(), logger: consoleLogger };
+  return holder[STATE];
+}
+
+/** The one gate of this process, created on first use; a failure is retried by the next caller. */
+export function gateOf(state: PluginState): Promise<Spawngate> {
+  if (!state.gate) {
+    const cfg = state.config ?? {};
+    state.gate = createSpawngate({
+      ...(cfg.config === undefined ? {} : { config: cfg.config }),
+      ...(cfg.bundle ? { bundle: cfg.bundle } : {}),
+      owner: cfg.owner ?? `openclaw-${hostname()}`,
+    });
+    state.gate.catch((err: unknown) => {
+      state.logger.error(`spawngate could not start; every sessions_spawn is blocked until it can: ${(err as Error).message}`);
+      state.gate = null;
+    });
+  }
+  return state.gate;
+}
+
+export function describe(err: unknown): string {
+  return isSpawngateError(err) ? `${err.code}: ${err.message}` : (err as Error).message;
+}
+
+export function dropPending(state: PluginState, entry: PendingSpawn): boolean {
+  const at = state.pending.indexOf(entry);
+  if (at < 0) return false;
+  state.pending.splice(at, 1);
+  clearTimeout(entry.timer);
+  return true;
+}
+
+/** The oldest admitted spawn that a child of this runtime and agent can claim. */
+export function claimPending(state: PluginState, match: (p: PendingSpawn) => boolean): PendingSpawn | null {
+  const found = state.pending.find(match) ?? null;
+  if (found) dropPending(state, found);
+  return found;
+}
+

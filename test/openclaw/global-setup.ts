@@ -1,0 +1,30 @@
+/**
+ * Installs the pinned OpenClaw (cached in .tools/openclaw) and prepares the plugin folder as an
+ * operator would: integrations/openclaw/ with the packed spawngate npm-installed into it. A failure
+ * here fails the suite (never a skip): the suite exists to prove the plugin against a real gateway.
+ */
+import { execFileSync } from 'node:child_process';
+import { cpSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { PLUGIN_DIR, ROOT } from './harness.js';
+
+export default function setup(): void {
+  const run = (cmd: string, args: string[], cwd = ROOT) => execFileSync(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, PATH: `${join(ROOT, 'node_modules/.bin')}:${process.env.PATH ?? ''}` } }).toString();
+  run('bash', ['scripts/ensure-openclaw.sh']);
+  // The gateway suite shares caps through Redis, as replicas of a real deployment would.
+  run('bash', ['scripts/ensure-redis.sh']);
+  // The plugin runs the built package, as users get it.
+  run('npx', ['tsc', '-p', 'tsconfig.build.json']);
+  const packDir = join(ROOT, '.cache/pack');
+  rmSync(packDir, { recursive: true, force: true });
+  mkdirSync(packDir, { recursive: true });
+  run('npm', ['pack', '--ignore-scripts', '--pack-destination', packDir]);
+  const tarball = readdirSync(packDir).find((f) => f.endsWith('.tgz'));
+  if (!tarball) throw new Error('npm pack produced no tarball');
+  rmSync(PLUGIN_DIR, { recursive: true, force: true });
+  mkdirSync(PLUGIN_DIR, { recursive: true });
+  for (const f of ['index.js', 'package.json', 'openclaw.plugin.json']) cpSync(join(ROOT, 'integrations/openclaw', f), join(PLUGIN_DIR, f));
+  // --prefer-offline: the dependencies are in npm's cache after `npm ci`; the registry is only asked for what is not.
+  // ioredis: spawngate's optional peer for the Redis store, installed beside it as an operator would.
+  run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--omit=peer', join(packDir, tarball), 'ioredis@^5'], PLUGIN_DIR);
+}
