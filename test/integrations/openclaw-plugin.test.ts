@@ -97,6 +97,23 @@ describe('the plugin', () => {
     expect(await gate?.store.active()).toEqual([]);
   });
 
+  it('frees a one-run child on agent_end, but a persistent one only when it ends', async () => {
+    const f = fakeApi(pluginConfig);
+    createOpenClawPlugin({}).register(f.api);
+    await f.fire('before_tool_call', { toolName: 'sessions_spawn', params: { task: 'x', mode: 'session' } }, chatCtx);
+    await f.fire('subagent_spawned', { childSessionKey: 'agent:main:subagent:s1', agentId: 'main', mode: 'session' });
+    const gate = await pluginState().gate;
+    await f.fire('agent_end', { success: true }, { sessionKey: 'agent:main:subagent:s1' });
+    expect(await gate?.store.active()).toHaveLength(1);
+    await f.fire('subagent_ended', { targetSessionKey: 'agent:main:subagent:s1', reason: 'session-delete' });
+    expect(await gate?.store.active()).toEqual([]);
+
+    await f.fire('before_tool_call', { toolName: 'sessions_spawn', params: { task: 'x' } }, chatCtx);
+    await f.fire('subagent_spawned', { childSessionKey: 'agent:main:subagent:r1', agentId: 'main', mode: 'run' });
+    await f.fire('agent_end', { success: true }, { sessionKey: 'agent:main:subagent:r1' });
+    expect(await gate?.store.active()).toEqual([]);
+  });
+
   it('denies with the code, fails closed on a broken config, and never throws into OpenClaw', async () => {
     const f = fakeApi(pluginConfig);
     createOpenClawPlugin({}).register(f.api);

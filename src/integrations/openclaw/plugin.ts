@@ -27,10 +27,17 @@ async function releaseQuietly(state: PluginState, reserved: AllowedReservation, 
 }
 
 /** Binds a subagent child to its reservation until it ends, and at most for the decision's TTL. */
-function bindReservation(state: PluginState, childKey: string, reserved: AllowedReservation): void {
+function bindReservation(state: PluginState, childKey: string, reserved: AllowedReservation, mode: 'run' | 'session'): void {
   const timer = setTimeout(() => void endChild(state, childKey, 'ttl'), reserved.decision.ttlSeconds * 1000);
   timer.unref();
-  state.bound.set(childKey, { kind: 'reservation', reserved, timer });
+  state.bound.set(childKey, { kind: 'reservation', reserved, timer, mode });
+}
+
+/** A child's run is over: a one-run subagent's slot comes back (an ACP session or a persistent subagent may take more runs). */
+export async function runEnded(state: PluginState, childKey: string | undefined, why: string): Promise<void> {
+  if (!childKey || childKey.includes(':acp:')) return;
+  const bound = state.bound.get(childKey);
+  if (bound?.kind === 'reservation' && bound.mode === 'run') await endChild(state, childKey, why);
 }
 
 /** A child ended (or was deleted): its slot comes back, and an ACP worker is closed. */
@@ -110,16 +117,17 @@ export async function afterSpawn(state: PluginState, event: { toolCallId?: strin
 }
 
 /** subagent_spawned: the child that an admitted spawn became. */
-export function childSpawned(state: PluginState, event: { childSessionKey?: string; agentId?: string }): void {
+export function childSpawned(state: PluginState, event: { childSessionKey?: string; agentId?: string; mode?: string }): void {
   const key = event.childSessionKey;
   if (!key || state.bound.has(key)) return;
   const acp = parseSessionKey(key).depth > 0 && key.includes(':acp:');
   const agent = event.agentId ?? parseSessionKey(key).agentId;
   const entry = claimPending(state, (p) => p.runtime === (acp ? 'acp' : 'subagent') && (agent === undefined || agent === null || p.openclawAgentId === agent));
   if (!entry) return;
-  if (entry.runtime === 'subagent') bindReservation(state, key, entry.reserved);
+  const mode = event.mode === 'session' ? 'session' : 'run';
+  if (entry.runtime === 'subagent') bindReservation(state, key, entry.reserved, mode);
   // An ACP child whose session is not open yet: ensureSession finds its reservation by key.
-  else state.bound.set(key, { kind: 'reservation', reserved: entry.reserved, timer: entry.timer });
+  else state.bound.set(key, { kind: 'reservation', reserved: entry.reserved, timer: entry.timer, mode });
 }
 
 export interface OpenClawPluginApi {
@@ -184,17 +192,11 @@ export function createOpenClawPlugin(deps: PluginDeps = {}) {
       // Only a subagent's slot is freed here: an ACP session may take more runs, and is closed by ACP close or subagent_ended.
       api.on(
         'subagent_progress',
-        guarded(
-          state,
-          'subagent_progress',
-          (event: { phase?: string; childSessionKey?: string; outcome?: string }) => {
-            const key = event.childSessionKey;
-            if (event.phase !== 'ended' || !key || state.bound.get(key)?.kind !== 'reservation' || key.includes(':acp:')) return undefined;
-            return endChild(state, key, `run ended ${event.outcome ?? ''}`.trim());
-          },
-          () => undefined,
-        ),
+        guarded(state, 'subagent_progress', (event: { phase?: string; childSessionKey?: string; outcome?: string }) => (event.phase === 'ended' ? runEnded(state, event.childSessionKey, `run ended ${event.outcome ?? ''}`.trim()) : undefined), () => undefined),
       );
+      // Prompt on every path, /tools/invoke included; OpenClaw delivers it only with
+      // plugins.entries.<id>.hooks.allowConversationAccess (it carries the conversation, which is not read).
+      api.on('agent_end', guarded(state, 'agent_end', (_event: unknown, ctx: { sessionKey?: string } | undefined) => runEnded(state, ctx?.sessionKey, 'agent_end'), () => undefined));
       api.on('subagent_ended', guarded(state, 'subagent_ended', (event: { targetSessionKey?: string; reason?: string }) => (event.targetSessionKey ? endChild(state, event.targetSessionKey, `subagent_ended ${event.reason ?? ''}`.trim()) : undefined), () => undefined));
       api.on('session_end', guarded(state, 'session_end', (event: { sessionKey?: string; reason?: string }) => (event.sessionKey ? endChild(state, event.sessionKey, `session_end ${event.reason ?? ''}`.trim()) : undefined), () => undefined));
       api.on(

@@ -28,7 +28,15 @@ export interface PendingSpawn {
 }
 
 /** A child that holds a slot: a subagent's reservation, or an ACP session's worker. */
-export type Bound = { kind: 'reservation'; reserved: AllowedReservation; timer: NodeJS.Timeout } | { kind: 'worker'; spawnId: string };
+export type Bound =
+  | {
+      kind: 'reservation';
+      reserved: AllowedReservation;
+      timer: NodeJS.Timeout;
+      /** "run": one run, then the child is done (its end frees the slot); "session": it lives until ended or deleted. */
+      mode: 'run' | 'session';
+    }
+  | { kind: 'worker'; spawnId: string };
 
 export interface PluginState {
   gate: Promise<Spawngate> | null;
