@@ -152,7 +152,8 @@ describe('the plugin', () => {
       getStatus(i: unknown): Promise<{ summary: string; details?: { nativeId?: string } }>;
       close(i: unknown): Promise<void>;
     };
-    const handle = await runtime.ensureSession({ sessionKey: 'agent:coder:acp:s1', agentId: 'coder', agent: 'echo', mode: 'oneshot', model: 'echo-2' });
+    // OpenClaw passes its agent entry id as `agent`; the plugin runs the entry's harness (echo).
+    const handle = await runtime.ensureSession({ sessionKey: 'agent:coder:acp:s1', agentId: 'coder', agent: 'coder', mode: 'oneshot', model: 'echo-2' });
     // Still one slot: the worker holds the admitted reservation, not a second one.
     expect(await gate?.store.active()).toHaveLength(1);
     expect(handle.agentSessionId).toBeTruthy();

@@ -9,7 +9,7 @@ import type { AllowedReservation, WorkerHandle } from '../../sessions/types.js';
 import type { Spawngate } from '../../spawngate.js';
 import type { AcpRuntimeEvent, AcpTurnResult } from './events.js';
 import { resultOf, toAcpEvent } from './events.js';
-import { requestForSession } from './request.js';
+import { harnessOf, requestForSession } from './request.js';
 import type { PluginState } from './state.js';
 import { claimPending, gateOf } from './state.js';
 
@@ -186,8 +186,11 @@ export function createAcpRuntime(state: PluginState, backendId: string) {
         if (live) return handleOf(gate, live, { ...input, sessionKey: prior.sessionKey });
         return { ...prior };
       }
+      // OpenClaw passes its agent entry id as `agent`; the harness it runs is that entry's runtime.acp.agent.
+      input = { ...input, agent: harnessOf(state.openclawConfig, input.agent) };
       const worker = await explained('could not start the session', () => start(gate, input));
       state.bound.set(input.sessionKey, { kind: 'worker', spawnId: worker.spawnId });
+      state.logger.info(`ACP session ${input.sessionKey} (${input.mode}) runs in worker ${worker.spawnId} on ${worker.backend}/${worker.profile} as ${worker.nativeId}`);
       return handleOf(gate, worker, input);
     },
 
@@ -251,8 +254,23 @@ export function createAcpRuntime(state: PluginState, backendId: string) {
       };
     },
 
+    /**
+     * Only the model is a config option here, and only as chosen at ensureSession (a running
+     * worker does not switch models). Advertising it keeps OpenClaw from sending keys the worker
+     * cannot apply (timeout, thinking): the worker's lifetime is the decision's TTL.
+     */
     getCapabilities() {
-      return { controls: [] as string[] };
+      return { controls: ['session/set_config_option'], configOptionKeys: ['model'] };
+    },
+
+    async setConfigOption(input: { handle: AcpHandle; key: string; value: string }) {
+      const gate = await gateOf(state);
+      const status = await gate.status(spawnIdOf(input.handle)).catch(unlessNotFound(null));
+      const model = status?.worker?.session?.model ?? null;
+      if (input.key.toLowerCase() === 'model' && model?.applied && model.requested === input.value) {
+        return { configOptions: [{ id: 'model', category: 'model', currentValue: model.requested, options: model.available.map((value) => ({ value })) }] };
+      }
+      throw new Error(`spawngate: session/set_config_option ${input.key}=${input.value} is not supported on a running worker; open a new session with that ${input.key}`);
     },
 
     async getStatus(input: { handle: AcpHandle }) {
@@ -298,6 +316,7 @@ export function createAcpRuntime(state: PluginState, backendId: string) {
     async close(input: { handle: AcpHandle; reason?: string }) {
       const gate = await gateOf(state);
       const spawnId = spawnIdOf(input.handle);
+      state.logger.info(`ACP session ${input.handle.sessionKey} closed (${input.reason ?? 'no reason'}): removing worker ${spawnId}`);
       if (state.bound.get(input.handle.sessionKey)?.kind === 'worker') state.bound.delete(input.handle.sessionKey);
       replaced().delete(input.handle.backendSessionId ?? input.handle.runtimeSessionName);
       await gate.close(spawnId).catch(unlessNotFound(undefined));
