@@ -3,16 +3,22 @@
  * installs it, with caps shared through a real Redis and ACP sessions in process workers:
  *   (a) allowed, denied (agent not allowed) and capped spawns over POST /tools/invoke;
  *   (b) the model path with runtime "acp": the agent runs in a spawngate worker on the process
- *       backend and its answer comes back into the chat;
+ *       backend, and on Docker, and its answer comes back into the chat;
+ *   (c) a cron automation whose second spawn is rate limited while the same user's chat spawns pass;
  *   (d) slots come back after children end, and after the gateway is killed (-9) and restarted.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gateway, ModelServer } from './harness.js';
-import { createGateway, startModelServer, until } from './harness.js';
+import { createGateway, ROOT, startModelServer, until } from './harness.js';
+import { engine, WORKER_IMAGE } from '../docker/engine.js';
+
+async function containersOf(owner: string): Promise<number> {
+  return (await engine().listContainers({ all: true, filters: { label: [`spawngate.io/owner=${owner}`] } })).length;
+}
 
 const dir = mkdtempSync(join(tmpdir(), 'sg-oc-'));
 const stateDir = mkdtempSync(join(tmpdir(), 'sg-ocw-'));
@@ -43,19 +49,35 @@ beforeAll(async () => {
           owner: 'oc-e2e',
           decisionLog: decisions,
           store: { type: 'redis', url: 'redis://127.0.0.1:6390', keyPrefix: `sg-oc-${randomUUID().slice(0, 8)}:` },
-          // Short leases so that the kill -9 below frees its slots within seconds.
-          leaseSeconds: 4,
-          renewSeconds: 1,
+          // Shorter than the default 30 s, so that the kill -9 below frees its slots sooner; not
+          // shorter still: OpenClaw blocks its event loop for seconds at a time (SQLite work), and a
+          // lease must outlive that in a gateway that is alive.
+          leaseSeconds: 20,
+          renewSeconds: 5,
           sweepIntervalSeconds: 2,
           policyData: {
             agents: { deny: ['forbidden'] },
             concurrency: { user: CAP },
-            rate: { kinds: { api: { user: { perMinute: 600, burst: 100 }, channel: { perMinute: 600, burst: 100 } } } },
+            rate: {
+              kinds: {
+                api: { user: { perMinute: 600, burst: 100 }, channel: { perMinute: 600, burst: 100 } },
+                cron: { user: { perMinute: 1, burst: 1 }, channel: { perMinute: 60, burst: 10 } },
+              },
+            },
           },
         },
         agents: {
-          executionBackends: { local: { type: 'process', stateDir, defaultProfile: 'p', profiles: { p: { egress: 'open', ttlSeconds: 900, timeoutSeconds: 900 } } } },
-          execution: { default: { backend: 'local', profile: 'p' } },
+          executionBackends: {
+            local: { type: 'process', stateDir, defaultProfile: 'p', profiles: { p: { egress: 'open', ttlSeconds: 900, timeoutSeconds: 900 } } },
+            docker: {
+              type: 'container',
+              image: WORKER_IMAGE,
+              defaultProfile: 'small',
+              profiles: { small: { egress: 'none', workspace: { strategy: 'ephemeral' }, ttlSeconds: 600, timeoutSeconds: 300, resources: { limits: { cpu: '500m', memory: '256Mi' } } } },
+            },
+          },
+          execution: { default: { backend: 'local', profile: 'p' }, agents: { 'echo-docker': { backend: 'docker' } } },
+          acp: { 'echo-docker': { command: ['/usr/local/bin/node', '/app/dist/agents/echo.js'] } },
         },
       },
     },
@@ -65,6 +87,12 @@ beforeAll(async () => {
 afterAll(async () => {
   await gateway?.stop();
   await model?.close();
+  // Kept for whoever reads a failed run (CI keeps .cache/).
+  mkdirSync(join(ROOT, '.cache'), { recursive: true });
+  writeFileSync(join(ROOT, '.cache/openclaw-e2e-gateway.log'), gateway?.output() ?? '');
+  if (existsSync(join(dir, 'openclaw.log'))) writeFileSync(join(ROOT, '.cache/openclaw-e2e-openclaw.log'), readFileSync(join(dir, 'openclaw.log')));
+  if (existsSync(decisions)) writeFileSync(join(ROOT, '.cache/openclaw-e2e-decisions.log'), readFileSync(decisions));
+  writeFileSync(join(ROOT, '.cache/openclaw-e2e-model.json'), JSON.stringify(model?.requests ?? [], null, 1));
   rmSync(dir, { recursive: true, force: true });
   rmSync(stateDir, { recursive: true, force: true });
 });
@@ -77,7 +105,7 @@ describe('spawngate in a real OpenClaw gateway', () => {
     const denied = await gateway.spawnViaTools({ task: 'say hi', agentId: 'forbidden' });
     expect(denied.status).toBe(403);
     expect(denied.body.error?.type).toBe('tool_call_blocked');
-    expect(denied.body.error?.message).toMatch(/spawngate denied this spawn \[agent_denied\]/);
+    expect(denied.body.error?.message).toMatch(/spawngate denied this spawn \[agent_not_allowed\]/);
 
     const last = decisionLines().at(-1);
     expect(last?.input.caller.channel.kind).toBe('api');
@@ -110,6 +138,36 @@ describe('spawngate in a real OpenClaw gateway', () => {
     expect(acp[0]?.input.caller.channel.kind).not.toBe('unknown');
     // One-shot sessions are closed by OpenClaw ("oneshot-complete"): nothing is left on the backend.
     await until('the worker removed', () => readdirSync(stateDir).filter((e) => !e.startsWith('.')).length === 0, 120_000);
+  });
+
+  it('(b) the same on the Docker backend: the agent runs in a container and its answer comes back into the chat', async () => {
+    const task = `hello from docker ${randomUUID().slice(0, 8)}`;
+    expect(await gateway.chat(`please SPAWN${JSON.stringify({ runtime: 'acp', agentId: 'echo-docker', task, mode: 'run' })}`)).toBe(200);
+    await until('the ACP answer from the container in the chat', () => model.saw(`echo: ${task}`), 240_000);
+    const placed = decisionLines().filter((d) => d.input.request.agentId === 'echo-docker' && d.result.allow);
+    expect((placed[0]?.result as unknown as { backend?: string } | undefined)?.backend).toBe('docker');
+    await until('the container removed', async () => (await containersOf('oc-e2e')) === 0, 120_000);
+  });
+
+  it('(c) a cron automation: its second spawn is rate limited, while the same user\'s chat spawns still pass', async () => {
+    const added = await gateway.cli(['cron', 'add', '--name', 'e2e-cron', '--every', '1h', '--agent', 'main', '--message', `SPAWN${JSON.stringify({ task: 'cron child', label: 'cron' })}`, '--json']);
+    const id = /"id"\s*:\s*"([^"]+)"/.exec(added)?.[1];
+    if (!id) throw new Error(`no job id in: ${added}`);
+    const cron = () => decisionLines().filter((d) => d.input.caller.channel.kind === 'cron');
+    // The run itself ends in an error (a cron run has nowhere to deliver the child's result); only the spawn's admission matters here.
+    await gateway.cli(['cron', 'run', id, '--wait', '--wait-timeout', '4m'], { tolerant: true });
+    await until('the first cron spawn decided', () => cron().length >= 1, 120_000);
+    await gateway.cli(['cron', 'run', id, '--wait', '--wait-timeout', '4m'], { tolerant: true });
+    await until('the second cron spawn decided', () => cron().some((d) => d.result.reasons[0]?.code === 'rate_limit_user'), 120_000);
+    expect(cron()[0]?.result.allow).toBe(true);
+    expect(cron().every((d) => d.input.caller.user.id === 'owner')).toBe(true);
+    // The same user from the chat: its own bucket (webchat/owner), untouched by cron's.
+    const before = decisionLines().length;
+    expect(await gateway.chat(`please SPAWN${JSON.stringify({ task: 'chat child' })}`)).toBe(200);
+    await until('the chat spawn decided', () => decisionLines().slice(before).some((d) => d.input.caller.channel.kind === 'webchat'), 120_000);
+    const chat = decisionLines().slice(before).filter((d) => d.input.caller.channel.kind === 'webchat');
+    expect(chat.at(-1)?.input.caller.user.id).toBe('owner');
+    expect(chat.at(-1)?.result.allow).toBe(true);
   });
 
   it('(d) after kill -9 and a restart: the slots come back (leases) and no worker is left', async () => {

@@ -6,9 +6,13 @@
 import { execFileSync } from 'node:child_process';
 import { cpSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { ensureEngine, ensureImages } from '../docker/engine.js';
 import { PLUGIN_DIR, ROOT } from './harness.js';
 
-export default function setup(): void {
+export default async function setup(): Promise<void> {
+  // ACP sessions also run on the Docker backend: the engine and the worker image (both cached).
+  await ensureEngine();
+  await ensureImages();
   const run = (cmd: string, args: string[], cwd = ROOT) => execFileSync(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, PATH: `${join(ROOT, 'node_modules/.bin')}:${process.env.PATH ?? ''}` } }).toString();
   run('bash', ['scripts/ensure-openclaw.sh']);
   // The gateway suite shares caps through Redis, as replicas of a real deployment would.
@@ -25,6 +29,6 @@ export default function setup(): void {
   mkdirSync(PLUGIN_DIR, { recursive: true });
   for (const f of ['index.js', 'package.json', 'openclaw.plugin.json']) cpSync(join(ROOT, 'integrations/openclaw', f), join(PLUGIN_DIR, f));
   // --prefer-offline: the dependencies are in npm's cache after `npm ci`; the registry is only asked for what is not.
-  // ioredis: spawngate's optional peer for the Redis store, installed beside it as an operator would.
-  run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--omit=peer', join(packDir, tarball), 'ioredis@^5'], PLUGIN_DIR);
+  // ioredis and dockerode: spawngate's optional peers for the Redis store and the Docker backend, installed beside it as an operator would.
+  run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--omit=peer', join(packDir, tarball), 'ioredis@^5', 'dockerode@^5'], PLUGIN_DIR);
 }

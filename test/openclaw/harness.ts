@@ -4,7 +4,7 @@
  * the packed spawngate into the plugin folder), and a small OpenAI-compatible model server of our
  * own that answers a marked user turn with a streamed sessions_spawn tool call.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { mkdirSync, openSync, closeSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { createServer as netServer, type AddressInfo } from 'node:net';
@@ -70,9 +70,16 @@ export async function startModelServer(): Promise<ModelServer> {
       }
       const messages = parsed.messages ?? [];
       requests.push({ messages });
-      const last = messages.at(-1);
-      // Only a fresh user turn spawns: announce turns replay history and would loop into many spawns.
-      const marker = last?.role === 'user' ? MARKER.exec(contentText(last.content)) : null;
+      // Only a fresh user turn spawns (the user messages after the last assistant or tool message;
+      // OpenClaw appends its own context as a second user message): announce turns replay history
+      // and would otherwise loop into many spawns.
+      let marker: RegExpExecArray | null = null;
+      for (let i = messages.length - 1; i >= 0 && messages[i]?.role === 'user' && !marker; i--) marker = MARKER.exec(contentText(messages[i]?.content));
+      // The turn after a tool result takes a few seconds, as a real model's does. Answered at once,
+      // the parent's run ends before OpenClaw has registered the ACP child's task, and OpenClaw
+      // 2026.9.6's task maintenance then closes the child as "orphaned" (a race inside OpenClaw that
+      // a backend slower to start than a local process, such as Docker, loses every time).
+      if (messages.at(-1)?.role === 'tool') await new Promise((r) => setTimeout(r, 5000));
       const id = `chatcmpl-${++calls}`;
       const chunk = (delta: unknown, finish: string | null) => `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created: 0, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
@@ -104,6 +111,8 @@ export interface Gateway {
   /** POST /tools/invoke of sessions_spawn; answers the HTTP status and JSON body. */
   spawnViaTools(args: Record<string, unknown>): Promise<{ status: number; body: { ok: boolean; result?: unknown; error?: { type: string; message: string } } }>;
   chat(text: string, agentId?: string): Promise<number>;
+  /** Runs the openclaw CLI against this gateway (its WebSocket, its token); answers stdout. With `tolerant`, a non-zero exit answers its stdout too. */
+  cli(args: string[], options?: { tolerant?: boolean }): Promise<string>;
   /** Log lines of the gateway so far (stdout+stderr). */
   output(): string;
   stop(signal?: NodeJS.Signals): Promise<void>;
@@ -131,10 +140,17 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     agents: {
       ownership: 'explicit',
       defaults: { workspace: join(dir, 'ws'), model: { primary: 'mock/m' } },
-      entries: { main: {}, echo: { runtime: { type: 'acp', acp: { agent: 'echo', backend: 'spawngate' } } } },
+      entries: {
+        main: {},
+        echo: { runtime: { type: 'acp', acp: { agent: 'echo', backend: 'spawngate' } } },
+        // The same echo agent, as spawngate agent echo-docker: placed on the Docker backend by the
+        // spawngate config. OpenClaw dispatches an ACP child to the agent entry named like its harness.
+        'echo-docker': { runtime: { type: 'acp', acp: { agent: 'echo-docker', backend: 'spawngate' } } },
+      },
     },
-    acp: { enabled: true, backend: 'spawngate', allowedAgents: ['echo'] },
-    plugins: { allow: ['spawngate'], load: { paths: [PLUGIN_DIR] }, entries: { spawngate: { enabled: true, config: options.pluginConfig } } },
+    acp: { enabled: true, backend: 'spawngate', allowedAgents: ['echo', 'echo-docker'] },
+    // memory-core is on by default and only slows the start here.
+    plugins: { allow: ['spawngate'], load: { paths: [PLUGIN_DIR] }, entries: { spawngate: { enabled: true, hooks: { allowConversationAccess: true }, config: options.pluginConfig }, 'memory-core': { enabled: false } } },
     logging: { file: join(dir, 'openclaw.log') },
     ...options.extra,
   };
@@ -150,6 +166,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         cwd: dir,
         env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: dir, OPENCLAW_STATE_DIR: join(dir, 'state'), OPENCLAW_CONFIG_PATH: join(dir, 'openclaw.json'), NO_COLOR: '1' },
         stdio: ['ignore', fd, fd],
+        // Its own process group: the gateway starts helpers (spawn broker, SQLite workers) that a kill of the gateway alone would orphan.
+        detached: true,
       });
     } finally {
       closeSync(fd);
@@ -177,10 +195,21 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     const c = child;
     if (!c || c.exitCode !== null || c.signalCode !== null) return;
     const exited = new Promise<void>((resolve) => c.once('exit', () => resolve()));
-    c.kill(signal);
-    const timer = setTimeout(() => c.kill('SIGKILL'), 30_000);
+    const group = (sig: NodeJS.Signals) => {
+      try {
+        if (c.pid) process.kill(-c.pid, sig);
+      } catch {
+        // already gone
+      }
+    };
+    // SIGTERM: the gateway drains (its budget is minutes) and runs gateway_stop; SIGKILL: a crash.
+    if (signal === 'SIGKILL') group('SIGKILL');
+    else c.kill(signal);
+    const timer = setTimeout(() => group('SIGKILL'), 60_000);
     await exited;
     clearTimeout(timer);
+    // Whatever helper outlived the gateway.
+    group('SIGKILL');
   }
 
   const headers = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
@@ -189,7 +218,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     url,
     dir,
     async spawnViaTools(args) {
-      const res = await fetch(`${url}/tools/invoke`, { method: 'POST', headers, body: JSON.stringify({ tool: 'sessions_spawn', args }), signal: AbortSignal.timeout(120_000) });
+      const res = await fetch(`${url}/tools/invoke`, { method: 'POST', headers, body: JSON.stringify({ tool: 'sessions_spawn', args, sessionKey: 'agent:main:main' }), signal: AbortSignal.timeout(120_000) });
       return { status: res.status, body: (await res.json()) as Awaited<ReturnType<Gateway['spawnViaTools']>>['body'] };
     },
     async chat(text, agentId = 'main') {
@@ -202,6 +231,15 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       await res.text();
       return res.status;
     },
+    cli: (args, cliOptions = {}) =>
+      new Promise((resolve, reject) => {
+        execFile(
+          process.execPath,
+          [OPENCLAW_ENTRY, ...args, '--url', `ws://127.0.0.1:${port}`, '--token', TOKEN],
+          { cwd: dir, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: dir, OPENCLAW_STATE_DIR: join(dir, 'state'), OPENCLAW_CONFIG_PATH: join(dir, 'openclaw.json'), NO_COLOR: '1' }, timeout: 300_000, maxBuffer: 16 * 1024 * 1024 },
+          (err, stdout, stderr) => (err && !cliOptions.tolerant ? reject(new Error(`openclaw ${args.join(' ')}: ${err.message}\n${stderr}`)) : resolve(stdout)),
+        );
+      }),
     output: () => (existsSync(logFile) ? readFileSync(logFile, 'utf8') : ''),
     stop,
     start,
