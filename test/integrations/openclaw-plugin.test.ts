@@ -54,6 +54,7 @@ afterEach(async () => {
   const gate = state.gate;
   state.gate = null;
   state.config = null;
+  state.configError = null;
   for (const p of state.pending.splice(0)) clearTimeout(p.timer);
   state.bound.clear();
   await (await gate?.catch(() => null))?.shutdown();
@@ -129,6 +130,15 @@ describe('the plugin', () => {
     const failed = (await f.fire('before_tool_call', { toolName: 'sessions_spawn', params: { task: 'x' } }, chatCtx)) as { block?: boolean; blockReason?: string };
     expect(failed.block).toBe(true);
     expect(failed.blockReason).toMatch(/spawngate is unavailable.*CONFIG_INVALID/s);
+  });
+
+  it('an invalid plugin config loads anyway and blocks every spawn with the reason (never fails open)', async () => {
+    const f = fakeApi({ claimSeconds: 0, surprise: true });
+    expect(() => createOpenClawPlugin({}).register(f.api)).not.toThrow();
+    const blocked = (await f.fire('before_tool_call', { toolName: 'sessions_spawn', params: { task: 'x' } }, chatCtx)) as { block?: boolean; blockReason?: string };
+    expect(blocked.block).toBe(true);
+    expect(blocked.blockReason).toMatch(/claimSeconds: .*at least 1/);
+    expect(blocked.blockReason).toMatch(/surprise: unknown key/);
   });
 
   it('releases a spawn OpenClaw refused after admission (after_tool_call error, or the claim window)', async () => {

@@ -169,7 +169,15 @@ export function createOpenClawPlugin(deps: PluginDeps = {}) {
         state.logger = { info: (m) => l.info(m), warn: (m) => l.warn(m), error: (m) => l.error(m) };
       }
       // The first registration's config wins: a second copy must not start a second gate.
-      if (!state.config) state.config = parsePluginConfig(api.pluginConfig);
+      if (!state.config && !state.configError) {
+        try {
+          state.config = parsePluginConfig(api.pluginConfig);
+        } catch (err) {
+          // Not thrown: a plugin that fails to load leaves sessions_spawn unguarded. Its hooks stay, and block every spawn with the reason.
+          state.configError = err as Error;
+          state.logger.error((err as Error).message);
+        }
+      }
       if (api.config !== undefined) state.openclawConfig = api.config as OpenClawConfigView;
 
       api.on(
@@ -219,7 +227,7 @@ export function createOpenClawPlugin(deps: PluginDeps = {}) {
 
       // Every registration registers (replacing by id): OpenClaw clears its backend registry when it reloads plugins.
       if (deps.registerAcpRuntimeBackend) {
-        const id = state.config.backendId ?? PLUGIN_ID;
+        const id = state.config?.backendId ?? PLUGIN_ID;
         deps.registerAcpRuntimeBackend({ id, runtime: createAcpRuntime(state, id), healthy: () => true });
       }
     },

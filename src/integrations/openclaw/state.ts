@@ -41,6 +41,8 @@ export type Bound =
 export interface PluginState {
   gate: Promise<Spawngate> | null;
   config: PluginConfig | null;
+  /** The plugin config was invalid: every spawn is blocked with this. */
+  configError: Error | null;
   openclawConfig: OpenClawConfigView | undefined;
   pending: PendingSpawn[];
   /** child session key → what it holds */
@@ -62,12 +64,13 @@ const consoleLogger: Logger = {
 
 export function pluginState(): PluginState {
   const holder = globalThis as unknown as Record<symbol, PluginState | undefined>;
-  holder[STATE] ??= { gate: null, config: null, openclawConfig: undefined, pending: [], bound: new Map(), logger: consoleLogger };
+  holder[STATE] ??= { gate: null, config: null, configError: null, openclawConfig: undefined, pending: [], bound: new Map(), logger: consoleLogger };
   return holder[STATE];
 }
 
 /** The one gate of this process, created on first use; a failure is retried by the next caller. */
 export function gateOf(state: PluginState): Promise<Spawngate> {
+  if (state.configError) return Promise.reject(state.configError);
   if (!state.gate) {
     const cfg = state.config ?? {};
     state.gate = createSpawngate({
