@@ -15,6 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gateway, ModelServer } from './harness.js';
 import { createGateway, ROOT, startModelServer, until } from './harness.js';
 import { engine, WORKER_IMAGE } from '../docker/engine.js';
+import { createStoreFromConfig } from '../../src/admission/store/index.js';
+import { silentLogger } from '../../src/log.js';
 
 async function containersOf(owner: string): Promise<number> {
   return (await engine().listContainers({ all: true, filters: { label: [`spawngate.io/owner=${owner}`] } })).length;
@@ -27,6 +29,7 @@ let model: ModelServer;
 let gateway: Gateway;
 
 const CAP = 3;
+const store = { type: 'redis' as const, url: 'redis://127.0.0.1:6390', keyPrefix: `sg-oc-${randomUUID().slice(0, 8)}:` };
 
 function decisionLines(): { stage: string; result: { allow: boolean; reasons: { code: string }[] }; input: { request: { agentId: string; runtime: string }; caller: { channel: { kind: string }; user: { id: string } } }; trace_id?: string }[] {
   if (!existsSync(decisions)) return [];
@@ -48,7 +51,7 @@ beforeAll(async () => {
         spawngate: {
           owner: 'oc-e2e',
           decisionLog: decisions,
-          store: { type: 'redis', url: 'redis://127.0.0.1:6390', keyPrefix: `sg-oc-${randomUUID().slice(0, 8)}:` },
+          store,
           // Shorter than the default 30 s, so that the kill -9 below frees its slots sooner; not
           // shorter still: OpenClaw blocks its event loop for seconds at a time (SQLite work), and a
           // lease must outlive that in a gateway that is alive.
@@ -177,5 +180,18 @@ describe('spawngate in a real OpenClaw gateway', () => {
     await gateway.start();
     await until('spawns admitted after the restart', async () => (await gateway.spawnViaTools({ task: 'after restart', label: 'r-1' })).status === 200, 120_000);
     await until('no worker left on the backend', () => readdirSync(stateDir).filter((e) => !e.startsWith('.')).length === 0, 120_000);
+  });
+
+  it('(d) in the end, after every path and the restart: 0 slots held in the store, 0 workers on either backend', async () => {
+    const shared = await createStoreFromConfig({ spawngate: { store } }, silentLogger);
+    try {
+      await until('0 slots held in Redis', async () => (await shared.active()).length === 0, 120_000);
+    } finally {
+      await shared.close();
+    }
+    expect(readdirSync(stateDir).filter((e) => !e.startsWith('.'))).toEqual([]);
+    expect(await containersOf('oc-e2e')).toBe(0);
+    const admitted = decisionLines().filter((d) => d.result.allow && d.stage === 'policy').length;
+    console.log(`OPENCLAW_E2E ${JSON.stringify({ decisions: decisionLines().length, admittedByPolicy: admitted, slotsHeld: 0, workersLeft: 0 })}`);
   });
 });
