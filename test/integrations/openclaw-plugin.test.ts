@@ -150,6 +150,24 @@ describe('the plugin', () => {
     expect(await gate?.store.active()).toEqual([]);
   });
 
+  it('an ACP child announced by subagent_spawned before its session opens: ensureSession takes that reservation by key', async () => {
+    const f = fakeApi(pluginConfig);
+    createOpenClawPlugin({ registerAcpRuntimeBackend: f.register }).register(f.api);
+    await f.fire('before_tool_call', { toolName: 'sessions_spawn', params: { task: 'x', runtime: 'acp', agentId: 'coder' } }, chatCtx);
+    await f.fire('subagent_spawned', { childSessionKey: 'agent:coder:acp:k1', agentId: 'coder', mode: 'run' });
+    expect(pluginState().pending).toHaveLength(0);
+    const runtime = f.backends[0]?.runtime as { ensureSession(i: unknown): Promise<{ backendSessionId: string }>; close(i: unknown): Promise<void> };
+    const gate = await pluginState().gate;
+    const reservedSpawnId = (await gate?.store.active())?.[0]?.spawnId;
+    const handle = await runtime.ensureSession({ sessionKey: 'agent:coder:acp:k1', agentId: 'coder', agent: 'coder', mode: 'oneshot' });
+    expect(handle.backendSessionId).toBe(reservedSpawnId);
+    expect(await gate?.store.active()).toHaveLength(1);
+    // subagent_ended for an ACP child closes its worker (OpenClaw forgot the ACP close).
+    await f.fire('subagent_ended', { targetSessionKey: 'agent:coder:acp:k1', reason: 'subagent-complete' });
+    expect(await gate?.store.active()).toEqual([]);
+    expect(await gate?.list()).toEqual([]);
+  });
+
   it('runs an ACP session on the reservation taken at admission: one decision, one slot, events, close', async () => {
     const f = fakeApi(pluginConfig);
     createOpenClawPlugin({ registerAcpRuntimeBackend: f.register }).register(f.api);

@@ -2,9 +2,7 @@
  * The spawngate plugin for OpenClaw: admission on `sessions_spawn` (before_tool_call), ACP
  * sessions in spawngate workers (an ACP runtime backend), and slots that come back whatever
  * OpenClaw does (child end hooks, a claim window for spawns OpenClaw refuses after admission,
- * and the store's leases for everything lost).
-
- * Shared state: ./state.ts.
+ * and the store's leases for everything lost). Shared state: ./state.ts.
  */
 import type { AllowedReservation } from '../../sessions/types.js';
 import type { Spawngate } from '../../spawngate.js';
@@ -126,8 +124,16 @@ export function childSpawned(state: PluginState, event: { childSessionKey?: stri
   if (!entry) return;
   const mode = event.mode === 'session' ? 'session' : 'run';
   if (entry.runtime === 'subagent') bindReservation(state, key, entry.reserved, mode);
-  // An ACP child whose session is not open yet: ensureSession finds its reservation by key.
-  else state.bound.set(key, { kind: 'reservation', reserved: entry.reserved, timer: entry.timer, mode });
+  else {
+    // An ACP child whose session is not open yet: ensureSession finds its reservation by key, and
+    // one that never opens gives it back after the claim window, as an unclaimed spawn does.
+    const claimMs = (state.config?.claimSeconds ?? 120) * 1000;
+    const timer = setTimeout(() => {
+      if (state.bound.get(key)?.kind === 'reservation') void endChild(state, key, `no ACP session opened within ${claimMs / 1000}s`);
+    }, claimMs);
+    timer.unref();
+    state.bound.set(key, { kind: 'reservation', reserved: entry.reserved, timer, mode });
+  }
 }
 
 export interface OpenClawPluginApi {
