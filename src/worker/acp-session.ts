@@ -83,7 +83,7 @@ export async function openAcpSession(options: AcpSessionOptions): Promise<AcpSes
     return {
       sessionId: id,
       agentInfo,
-      resumed: options.resumeSessionId != null,
+      resumed: Boolean(options.resumeSessionId),
       model,
       closedSignal: connection.signal,
       prompt(text, { traceparent, signal }) {
@@ -119,7 +119,7 @@ interface OpenedSession {
 
 async function openOrResume(connection: ClientConnection, init: InitializeResponse, options: AcpSessionOptions): Promise<OpenedSession> {
   const resumeId = options.resumeSessionId;
-  if (!resumeId) return (await connection.agent.request('session/new', { cwd: options.cwd, mcpServers: [] }));
+  if (!resumeId) return connection.agent.request('session/new', { cwd: options.cwd, mcpServers: [] });
   const caps = init.agentCapabilities ?? null;
   if (caps?.sessionCapabilities?.resume) {
     const resumed = (await connection.agent.request('session/resume', { sessionId: resumeId, cwd: options.cwd, mcpServers: [] })) as Omit<OpenedSession, 'sessionId'>;
