@@ -323,7 +323,9 @@ export async function waitForHealthy(client: WorkerClient, options: WaitForHealt
     } catch (err) {
       if (options.signal?.aborted) throw options.signal.reason;
       if (!(err instanceof WorkerProtocolError) || !err.retryable) throw err;
-      lastError = err;
+      // An attempt cut by this wait's own deadline says nothing about the worker: the cause stays
+      // the last answer it gave (on a starved machine the last attempt is often the one cut).
+      if (!(attempt.timedOut() && lastError !== null)) lastError = err;
     } finally {
       attempt.dispose();
     }

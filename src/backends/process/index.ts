@@ -176,11 +176,12 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     return findProcessByEnv('SPAWNGATE_SPAWN_ID', state.spawnId);
   }
 
-  /** The state once a just-observed exit of our own child is on disk (bounded: the exit event is milliseconds away). */
+  /** The state once a just-observed exit of our own child is on disk (bounded: the exit event is at most seconds away). */
   async function settledState(state: StateFile): Promise<StateFile> {
     const record = exitRecords.get(state.spawnId);
     if (state.exit || !record) return state;
-    await within(record, 2000);
+    // Generous: it is only waited when the child is known to be gone, and a starved event loop can take seconds to deliver its exit.
+    await within(record, 10_000);
     return (await readState(state.spawnId)) ?? state;
   }
 
@@ -321,7 +322,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       if (!startTime) {
         // Dead before its start time could be read. Not a failed create: the worker ran and left its
         // log, which running() reports with the exit, so wait the milliseconds until the exit is known.
-        const early = await within(exited, 5000);
+        const early = await within(exited, 15_000);
         exit = early ? { ...early, reason: exitReason(early.code, early.signal, false) } : { code: null, signal: null, reason: 'Unknown' };
       }
       const state: StateFile = { ...intent, pid, startTime, creating: false, exit };
