@@ -168,6 +168,31 @@ describe('the plugin', () => {
     expect(await gate?.list()).toEqual([]);
   });
 
+  it('after a gateway restart, a turn on the old handle starts a new worker that resumes the agent session', async () => {
+    const f = fakeApi(pluginConfig);
+    createOpenClawPlugin({ registerAcpRuntimeBackend: f.register }).register(f.api);
+    const runtime = f.backends[0]?.runtime as {
+      ensureSession(i: unknown): Promise<{ sessionKey: string; agentId?: string; backend: string; runtimeSessionName: string; backendSessionId: string; agentSessionId?: string }>;
+      runTurn(i: unknown): AsyncIterable<AcpRuntimeEvent>;
+      getStatus(i: unknown): Promise<{ backendSessionId?: string; agentSessionId?: string }>;
+      close(i: unknown): Promise<void>;
+    };
+    await f.fire('before_tool_call', { toolName: 'sessions_spawn', params: { task: 'x', runtime: 'acp', agentId: 'coder' } }, chatCtx);
+    const handle = await runtime.ensureSession({ sessionKey: 'agent:coder:acp:r1', agentId: 'coder', agent: 'coder', mode: 'persistent' });
+    // The restart: the gate and every worker go (gateway_stop), a new gate comes with the next call.
+    await f.fire('gateway_stop', {});
+    const reopened = await runtime.ensureSession({ sessionKey: 'agent:coder:acp:r1', agentId: 'coder', agent: 'coder', mode: 'persistent', persistedHandle: handle });
+    expect(reopened).toEqual(handle);
+    const events: AcpRuntimeEvent[] = [];
+    for await (const e of runtime.runTurn({ handle: reopened, text: 'again', mode: 'prompt', requestId: 'r2' })) events.push(e);
+    expect(events.at(-1)).toMatchObject({ type: 'done', status: 'completed' });
+    const status = await runtime.getStatus({ handle: reopened });
+    expect(status.backendSessionId).not.toBe(handle.backendSessionId);
+    expect(status.agentSessionId).toBe(handle.agentSessionId);
+    await runtime.close({ handle: reopened, reason: 'done' });
+    expect(await (await pluginState().gate)?.store.active()).toEqual([]);
+  });
+
   it('runs an ACP session on the reservation taken at admission: one decision, one slot, events, close', async () => {
     const f = fakeApi(pluginConfig);
     createOpenClawPlugin({ registerAcpRuntimeBackend: f.register }).register(f.api);

@@ -9,7 +9,7 @@ import type { AllowedReservation, WorkerHandle } from '../../sessions/types.js';
 import type { Spawngate } from '../../spawngate.js';
 import type { AcpRuntimeEvent, AcpTurnResult } from './events.js';
 import { resultOf, toAcpEvent } from './events.js';
-import { harnessOf, requestForSession } from './request.js';
+import { harnessOf, parseSessionKey, requestForSession } from './request.js';
 import type { PluginState } from './state.js';
 import { claimPending, gateOf } from './state.js';
 
@@ -142,7 +142,9 @@ export function createAcpRuntime(state: PluginState, backendId: string) {
   async function revive(gate: Spawngate, handle: AcpHandle): Promise<string> {
     const id = spawnIdOf(handle);
     if (gate.get(id)) return id;
-    const harness = (await gate.status(id).catch(() => null))?.agentId ?? null;
+    // After a restart this process never saw the worker: the harness is the handle's agent entry's (the key names it too).
+    const entry = handle.agentId ?? parseSessionKey(handle.sessionKey).agentId;
+    const harness = (await gate.status(id).catch(() => null))?.agentId ?? (entry ? harnessOf(state.openclawConfig, entry) : null);
     if (!harness) throw new Error(`spawngate: the worker of session ${handle.sessionKey} is gone and its agent is unknown; start a new session`);
     const worker = await gate.spawn({
       ...requestForSession(handle.sessionKey, harness, ownerUser()),
