@@ -212,6 +212,10 @@ describe('the plugin', () => {
     expect(handle.agentSessionId).toBeTruthy();
     // The profile accepts a model by default, and echo offers echo-2: applied.
     expect(handle.appliedModel).toEqual({ kind: 'applied', model: 'echo-2' });
+    // OpenClaw's task maintenance may run before it registers the new session's task: that
+    // "orphan" close is refused until the first turn (or the grace) and the worker stays.
+    await expect(runtime.close({ handle, reason: 'orphaned-parent-task-cleanup' })).rejects.toThrow(/not closing ACP session agent:coder:acp:s1 as orphaned/);
+    expect(await gate?.list()).toHaveLength(1);
     const events: AcpRuntimeEvent[] = [];
     for await (const e of runtime.runTurn({ handle, text: 'hi', mode: 'prompt', requestId: 'r1' })) events.push(e);
     expect(events.filter((e) => e.type === 'text_delta').map((e) => (e as { text: string }).text).join('')).toBe('echo[echo-2]: hi');
@@ -221,7 +225,7 @@ describe('the plugin', () => {
     // A persisted handle re-attaches to the same worker; close removes it and frees the slot.
     const again = await runtime.ensureSession({ sessionKey: 'agent:coder:acp:s1', agent: 'echo', mode: 'oneshot', persistedHandle: handle });
     expect(again.backendSessionId).toBe(handle.backendSessionId);
-    await runtime.close({ handle, reason: 'oneshot-complete' });
+    await runtime.close({ handle, reason: 'orphaned-parent-task-cleanup' });
     expect(await gate?.store.active()).toEqual([]);
     expect(await gate?.list()).toEqual([]);
     // Closing again (OpenClaw's cleanup after a restart) is a no-op, not a fresh worker.

@@ -45,6 +45,11 @@ export interface TurnInput {
   signal?: AbortSignal;
 }
 
+/** OpenClaw's close reason when its task maintenance finds a parent-owned ACP session without a task. */
+const ORPHAN_CLEANUP = 'orphaned-parent-task-cleanup';
+/** How long a new session is protected from that close before its first turn; below the maintenance interval (60 s). */
+const ORPHAN_GRACE_MS = 45_000;
+
 /** Spawn ids of workers that replaced one lost with a gateway restart (old → new). */
 const REPLACED = Symbol.for('spawngate.openclaw.replaced.v1');
 
@@ -151,13 +156,15 @@ export function createAcpRuntime(state: PluginState, backendId: string) {
       ...(handle.agentSessionId ? { resumeSessionId: handle.agentSessionId } : {}),
     });
     replaced().set(handle.backendSessionId ?? handle.runtimeSessionName, worker.spawnId);
-    state.bound.set(handle.sessionKey, { kind: 'worker', spawnId: worker.spawnId });
+    state.bound.set(handle.sessionKey, { kind: 'worker', spawnId: worker.spawnId, startedAt: Date.now(), turned: true });
     return worker.spawnId;
   }
 
   async function* turnEvents(input: TurnInput): AsyncGenerator<AcpRuntimeEvent> {
     const gate = await explained('is unavailable', () => gateOf(state));
     const spawnId = await explained('could not reopen the session', () => revive(gate, input.handle));
+    const bound = state.bound.get(input.handle.sessionKey);
+    if (bound?.kind === 'worker') bound.turned = true;
     let terminal = false;
     try {
       for await (const event of gate.turn(spawnId, input.text, { turnId: input.requestId.slice(0, 128) || undefined, ...(input.signal ? { signal: input.signal } : {}) })) {
@@ -191,7 +198,7 @@ export function createAcpRuntime(state: PluginState, backendId: string) {
       // OpenClaw passes its agent entry id as `agent`; the harness it runs is that entry's runtime.acp.agent.
       input = { ...input, agent: harnessOf(state.openclawConfig, input.agent) };
       const worker = await explained('could not start the session', () => start(gate, input));
-      state.bound.set(input.sessionKey, { kind: 'worker', spawnId: worker.spawnId });
+      state.bound.set(input.sessionKey, { kind: 'worker', spawnId: worker.spawnId, startedAt: Date.now(), turned: false });
       state.logger.info(`ACP session ${input.sessionKey} (${input.mode}) runs in worker ${worker.spawnId} on ${worker.backend}/${worker.profile} as ${worker.nativeId}`);
       return handleOf(gate, worker, input);
     },
@@ -318,6 +325,15 @@ export function createAcpRuntime(state: PluginState, backendId: string) {
     async close(input: { handle: AcpHandle; reason?: string }) {
       const gate = await gateOf(state);
       const spawnId = spawnIdOf(input.handle);
+      const bound = state.bound.get(input.handle.sessionKey);
+      if (input.reason === ORPHAN_CLEANUP && bound?.kind === 'worker' && !bound.turned && Date.now() - bound.startedAt < ORPHAN_GRACE_MS) {
+        // OpenClaw writes a spawned session's ACP metadata before it registers the session's task;
+        // its task maintenance, run in between, takes the newborn session for an orphan and closes
+        // it, and the first turn then fails with "ACP metadata is missing". Refusing keeps the
+        // session (OpenClaw logs the refusal and clears nothing); a session that really is an
+        // orphan is closed by the next maintenance run (every 60 s), and its lease bounds it anyway.
+        throw new Error(`spawngate: not closing ACP session ${input.handle.sessionKey} as orphaned: it started ${Math.round((Date.now() - bound.startedAt) / 1000)}s ago and its first turn has not come yet (OpenClaw registers its task after the session starts)`);
+      }
       state.logger.info(`ACP session ${input.handle.sessionKey} closed (${input.reason ?? 'no reason'}): removing worker ${spawnId}`);
       if (state.bound.get(input.handle.sessionKey)?.kind === 'worker') state.bound.delete(input.handle.sessionKey);
       replaced().delete(input.handle.backendSessionId ?? input.handle.runtimeSessionName);

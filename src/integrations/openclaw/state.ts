@@ -36,7 +36,13 @@ export type Bound =
       /** "run": one run, then the child is done (its end frees the slot); "session": it lives until ended or deleted. */
       mode: 'run' | 'session';
     }
-  | { kind: 'worker'; spawnId: string };
+  | {
+      kind: 'worker';
+      spawnId: string;
+      /** When ensureSession placed it, and whether a turn reached it since (see the runtime's close). */
+      startedAt: number;
+      turned: boolean;
+    };
 
 export interface PluginState {
   gate: Promise<Spawngate> | null;
