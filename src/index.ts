@@ -18,6 +18,7 @@ export { DEFAULT_LEASE, type LeaseKeeper, type LeaseSettings } from './admission
 export * from './config/index.js';
 export { createMetrics, type Metrics } from './telemetry/metrics.js';
 export { SPAN } from './telemetry/tracing.js';
+export { startTelemetry, flushTelemetry, traceExportRequested, type TelemetryHandle } from './telemetry/sdk.js';
 export * from './server/index.js';
 export * from './errors.js';
 export { jsonLogger, silentLogger, type Logger } from './log.js';

@@ -8,6 +8,7 @@ import { imageBuildCommand } from './commands/image.js';
 import { closeCommand, logsCommand, lsCommand, spawnCommand, statusCommand, sweepCommand, turnCommand } from './commands/sessions.js';
 import type { Command, Io } from './framework.js';
 import { EXIT, runCommand } from './framework.js';
+import { startTelemetry } from '../telemetry/sdk.js';
 
 /** Commands by their words; `policy build` is two words. */
 const commands: Command[] = [
@@ -29,6 +30,19 @@ const commands: Command[] = [
   workerCommand,
   serveCommand,
 ];
+
+/** Commands whose in-process gate makes spans (serve and worker start their own export). */
+const TRACED = new Set(['spawn', 'turn', 'close', 'sweep', 'admit']);
+
+/** Runs a command with trace export from OTEL_* (when asked for), flushed before the exit code is returned. */
+async function traced(run: () => Promise<number>, io: Io): Promise<number> {
+  const telemetry = await startTelemetry({ service: 'spawngate', attributes: { 'spawngate.role': 'cli' }, env: io.env });
+  try {
+    return await run();
+  } finally {
+    await telemetry?.shutdown();
+  }
+}
 
 function overview(): string {
   const width = Math.max(...commands.map((c) => c.name.length));
@@ -60,7 +74,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
   const two = commands.find((c) => c.name === `${first} ${second ?? ''}`);
   if (two) return runCommand(two, argv.slice(2), io);
   const one = commands.find((c) => c.name === first);
-  if (one) return runCommand(one, argv.slice(1), io);
+  if (one) return TRACED.has(one.name) ? traced(() => runCommand(one, argv.slice(1), io), io) : runCommand(one, argv.slice(1), io);
   const group = commands.filter((c) => c.name.startsWith(`${first} `));
   if (group.length) {
     const asked = second === undefined || second === '--help' || second === '-h';

@@ -6,6 +6,7 @@ import { createSpawngate } from '../../spawngate.js';
 import type { Spawngate } from '../../spawngate.js';
 import type { Command } from '../framework.js';
 import { EXIT, str } from '../framework.js';
+import { startTelemetry } from '../../telemetry/sdk.js';
 
 const DEFAULT_PORT = 8080;
 const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
@@ -109,6 +110,8 @@ export const serveCommand: Command = {
       logger.info('reopened the decision log', { signal: 'SIGHUP' });
     };
     process.on('SIGHUP', onHangup);
+    // Trace export from OTEL_*, flushed after the last close span of the shutdown.
+    const telemetry = await startTelemetry({ service: 'spawngate', attributes: { 'spawngate.role': 'server' }, env: io.env });
     try {
       gate = await createSpawngate({ ...(config ? { config } : {}), ...(bundle ? { bundle } : {}), logger });
       let server;
@@ -129,6 +132,7 @@ export const serveCommand: Command = {
       return EXIT.ok;
     } finally {
       process.off('SIGHUP', onHangup);
+      await telemetry?.shutdown();
     }
   },
 };

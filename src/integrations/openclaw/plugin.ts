@@ -6,6 +6,7 @@
  */
 import type { AllowedReservation } from '../../sessions/types.js';
 import type { Spawngate } from '../../spawngate.js';
+import { flushTelemetry } from '../../telemetry/sdk.js';
 import { parsePluginConfig, pluginConfigJsonSchema } from './config.js';
 import type { OpenClawConfigView, ToolContext } from './request.js';
 import { parseSessionKey, requestFromSpawn } from './request.js';
@@ -226,6 +227,8 @@ export function createOpenClawPlugin(deps: PluginDeps = {}) {
             state.bound.clear();
             // Closes every worker and releases every slot this gateway holds.
             await (await gate?.catch(() => null))?.shutdown();
+            // The close spans of that shutdown, before the gateway's process ends.
+            await flushTelemetry();
           },
           () => undefined,
         ),

@@ -6,6 +6,7 @@
  * comes first.
  */
 import { hostname } from 'node:os';
+import { startTelemetry } from '../../telemetry/sdk.js';
 import { isSpawngateError } from '../../errors.js';
 import type { AllowedReservation } from '../../sessions/types.js';
 import type { Spawngate } from '../../spawngate.js';
@@ -79,11 +80,16 @@ export function gateOf(state: PluginState): Promise<Spawngate> {
   if (state.configError) return Promise.reject(state.configError);
   if (!state.gate) {
     const cfg = state.config ?? {};
-    state.gate = createSpawngate({
-      ...(cfg.config === undefined ? {} : { config: cfg.config }),
-      ...(cfg.bundle ? { bundle: cfg.bundle } : {}),
-      owner: cfg.owner ?? `openclaw-${hostname()}`,
-    });
+    // Trace export from the gateway's OTEL_* unless OpenClaw (or another plugin) registered an SDK already.
+    state.gate = startTelemetry({ service: 'spawngate', attributes: { 'spawngate.role': 'openclaw-plugin' } })
+      .catch((err: unknown) => state.logger.warn(`trace export could not start: ${(err as Error).message}`))
+      .then(() =>
+        createSpawngate({
+          ...(cfg.config === undefined ? {} : { config: cfg.config }),
+          ...(cfg.bundle ? { bundle: cfg.bundle } : {}),
+          owner: cfg.owner ?? `openclaw-${hostname()}`,
+        }),
+      );
     state.gate.catch((err: unknown) => {
       state.logger.error(`spawngate could not start; every sessions_spawn is blocked until it can: ${(err as Error).message}`);
       state.gate = null;
