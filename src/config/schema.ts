@@ -295,6 +295,17 @@ export const profileSchema = z
       })
       .optional()
       .register(configMetadata, { description: 'which session wishes of a request (cwd, env, model, resumeSessionId) reach the worker; the rest are dropped and reported' }),
+    telemetry: z
+      .strictObject({
+        traces: z.boolean().optional().register(configMetadata, { description: 'export the worker\'s spans; default true when the gateway exports traces and the worker can reach the collector' }),
+        endpoint: nonEmpty(2048)
+          .regex(/^https?:\/\/[^\s]+$/, { message: 'must be an http:// or https:// URL' })
+          .optional()
+          .register(configMetadata, { description: 'OTLP traces endpoint as the worker reaches it (e.g. http://otel-collector.observability:4318/v1/traces); default the gateway\'s own, for egress "open"' }),
+        protocol: z.enum(['http/protobuf', 'http/json', 'grpc']).optional().register(configMetadata, { description: 'default the gateway\'s OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf' }),
+      })
+      .optional()
+      .register(configMetadata, { description: 'where the worker sends its OpenTelemetry spans; OTLP headers (credentials) are never passed to workers' }),
   })
   .register(configMetadata, { id: 'Profile', description: 'A resource profile; every field is optional' });
 

@@ -78,6 +78,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         if (accepted.dropped.length) logger.warn('session wishes the profile does not accept were dropped', { spawnId, profile: `${decision.backend}/${decision.profile}`, dropped: accepted.dropped });
         const spec = buildWorkerSpec({
           sessionEnv: accepted.env,
+          gatewayEnv: process.env,
           spawnId,
           owner,
           instanceId: options.instanceId,

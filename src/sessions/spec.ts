@@ -4,6 +4,7 @@ import type { AllowDecision } from '../admission/types.js';
 import type { BackendConfig, ProfileConfig } from '../config/index.js';
 import type { Quantities, SecretEnvRef, WorkerSpec, WorkspaceSpec } from '../backends/types.js';
 import { LABELS } from '../backends/types.js';
+import { traceExportRequested } from '../telemetry/sdk.js';
 
 /** Kubernetes label values: ≤ 63 chars of [A-Za-z0-9._-], alphanumeric at both ends. Docker accepts the same. */
 export function labelValue(value: string): string {
@@ -79,6 +80,43 @@ export function acceptSession(accept: ProfileConfig['accept'], wishes: SessionWi
   return { env, dropped };
 }
 
+function loopback(url: string): boolean {
+  try {
+    const host = new URL(url).hostname;
+    return host === 'localhost' || host === '[::1]' || host.startsWith('127.');
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * OTEL_* for the worker, so its spans join the gateway's trace in the same collector. By default
+ * the gateway's own endpoint, for a worker with open egress that can reach it (a loopback endpoint
+ * only means the gateway's host to a process worker); a profile names another endpoint as the
+ * worker reaches it. OTLP headers are never passed: they are the gateway's credentials.
+ */
+export function workerTelemetryEnv(profile: ProfileConfig, backend: BackendConfig, egress: AllowDecision['egress'], gatewayEnv: Record<string, string | undefined>): Record<string, string> {
+  const telemetry = profile.telemetry;
+  if (telemetry?.traces === false || egress === 'none') return {};
+  const env: Record<string, string> = { OTEL_TRACES_EXPORTER: 'otlp' };
+  if (telemetry?.endpoint) {
+    env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'] = telemetry.endpoint;
+  } else {
+    if (egress !== 'open' || !traceExportRequested(gatewayEnv)) return {};
+    const traces = gatewayEnv['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'];
+    const base = gatewayEnv['OTEL_EXPORTER_OTLP_ENDPOINT'];
+    const endpoint = traces ?? base;
+    if (!endpoint || (backend.type !== 'process' && loopback(endpoint))) return {};
+    if (traces) env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'] = traces;
+    else env['OTEL_EXPORTER_OTLP_ENDPOINT'] = endpoint;
+  }
+  const protocol = telemetry?.protocol ?? gatewayEnv['OTEL_EXPORTER_OTLP_TRACES_PROTOCOL'] ?? gatewayEnv['OTEL_EXPORTER_OTLP_PROTOCOL'];
+  if (protocol) env['OTEL_EXPORTER_OTLP_TRACES_PROTOCOL'] = protocol;
+  const resource = gatewayEnv['OTEL_RESOURCE_ATTRIBUTES'];
+  if (resource) env['OTEL_RESOURCE_ATTRIBUTES'] = resource;
+  return env;
+}
+
 export interface SpecInput {
   spawnId: string;
   owner: string;
@@ -93,12 +131,15 @@ export interface SpecInput {
   traceparent: string | null;
   /** The request's session wishes that the profile accepted (acceptSession). */
   sessionEnv?: Record<string, string>;
+  /** The gateway's environment, for its OTEL_* trace export settings (workerTelemetryEnv). */
+  gatewayEnv?: Record<string, string | undefined>;
 }
 
 /** Config + decision → what the backend runs. The decision wins where both speak (egress, TTL). */
 export function buildWorkerSpec(input: SpecInput): WorkerSpec {
   const { decision, profile } = input;
-  const env: Record<string, string> = {};
+  // Telemetry first: the profile's own env may pin other OTEL_* values.
+  const env: Record<string, string> = workerTelemetryEnv(profile, input.backend, decision.egress, input.gatewayEnv ?? {});
   const secretEnv: SecretEnvRef[] = [];
   for (const [name, value] of Object.entries(profile.env ?? {})) {
     if (typeof value === 'string') env[name] = value;

@@ -1,4 +1,4 @@
-import { context, INVALID_SPAN_CONTEXT, ROOT_CONTEXT, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
+import { context, INVALID_SPAN_CONTEXT, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 
 export const TRACER_NAME = 'spawngate';
@@ -11,6 +11,11 @@ export const SPAN = {
   turn: 'spawngate.turn',
   close: 'spawngate.close',
   sweep: 'spawngate.sweep',
+  // In the worker, continuing the trace the gateway handed it (TRACEPARENT, the /turn header):
+  workerStart: 'spawngate.worker.start',
+  workerHandshake: 'spawngate.worker.acp.handshake',
+  workerTurn: 'spawngate.worker.turn',
+  workerToolCall: 'spawngate.worker.tool_call',
 } as const;
 
 const w3c = new W3CTraceContextPropagator();
@@ -53,9 +58,9 @@ export function setAttributes(span: Span, attributes: Record<string, string | nu
  * result is a non-recording span carrying the parent's span context, which keeps the trace (and the
  * traceparent handed to the worker) continuous even though this one span is lost.
  */
-export function startSpan(name: string, parent: Context): Span {
+export function startSpan(name: string, parent: Context, kind: SpanKind = SpanKind.INTERNAL): Span {
   try {
-    return tracer().startSpan(name, {}, parent);
+    return tracer().startSpan(name, { kind }, parent);
   } catch {
     return trace.wrapSpanContext(trace.getSpanContext(parent) ?? INVALID_SPAN_CONTEXT);
   }

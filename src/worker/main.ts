@@ -12,11 +12,14 @@
  *   SPAWNGATE_RESUME_SESSION_ID  reopen this ACP session (session/resume, else session/load)
  *   SPAWNGATE_CANCEL_GRACE_MS how long the agent may take to honour a cancel; default 5000
  *   SPAWNGATE_DEADLINE        Unix time (s) at which the worker stops itself and exits 124 (the profile timeout)
+ *   TRACEPARENT               W3C trace context of the gateway span that created the worker
+ *   OTEL_*                    standard OpenTelemetry variables; spans are exported when they ask for it
  */
 import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../errors.js';
 import type { Issue } from '../errors.js';
 import { resolveBuiltinAgent } from '../agents/index.js';
+import { startTelemetry } from '../telemetry/sdk.js';
 import { startWorker } from './worker.js';
 import type { RunningWorker, StartWorkerOptions, WorkerListen } from './worker.js';
 
@@ -109,10 +112,24 @@ const processIo: WorkerIo = {
  */
 export async function runWorkerFromEnv(env: Env = process.env, io: WorkerIo = processIo): Promise<RunningWorker> {
   const options = workerOptionsFromEnv(env);
-  const worker = await startWorker({
-    ...options,
-    onLog: (line) => io.stderr(`${JSON.stringify(line)}\n`),
+  // Spans go where OTEL_* says (the gateway passes its collector to workers that may reach it).
+  const telemetry = await startTelemetry({
+    service: 'spawngate-worker',
+    attributes: { 'spawngate.role': 'worker', 'spawngate.agent_id': options.agentId, ...(env['SPAWNGATE_SPAWN_ID'] ? { 'spawngate.spawn_id': env['SPAWNGATE_SPAWN_ID'] } : {}) },
+    env,
   });
+  let worker: RunningWorker;
+  try {
+    worker = await startWorker({
+      ...options,
+      ...(env['TRACEPARENT'] ? { traceparent: env['TRACEPARENT'] } : {}),
+      ...(telemetry ? { onClosed: () => telemetry.shutdown() } : {}),
+      onLog: (line) => io.stderr(`${JSON.stringify(line)}\n`),
+    });
+  } catch (err) {
+    await telemetry?.shutdown();
+    throw err;
+  }
   const onSignal = (signal: NodeJS.Signals): void => {
     io.stderr(`${JSON.stringify({ time: new Date().toISOString(), source: 'worker', level: 'info', message: `received ${signal}` })}\n`);
     worker.close().then(

@@ -5,6 +5,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import type { PromptResponse, SessionUpdate } from '@agentclientprotocol/sdk';
+import { SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import type { Span } from '@opentelemetry/api';
 import { WORKER_EXIT_DEADLINE } from '../protocol/events.js';
 import { BackendError, ConfigError, WorkerProtocolError } from '../errors.js';
 import type { Issue } from '../errors.js';
@@ -25,6 +27,7 @@ import type {
 import { BodyTooLargeError, parseTraceparent, readBody, sendError, sendJson, tokenVerifier } from '../protocol/http.js';
 import { LogBuffer, MAX_LOG_TAIL } from './log-buffer.js';
 import { mapSessionUpdate } from './map-update.js';
+import { endSpan, parentContext, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
 import type { EventBody } from './map-update.js';
 
 export type WorkerListen = ListenAddress;
@@ -68,6 +71,10 @@ export interface StartWorkerOptions {
    * restarted and lost its timers, cannot leave it running past this.
    */
   deadlineAt?: Date;
+  /** W3C traceparent of the gateway span that created this worker: the parent of its start-up span. */
+  traceparent?: string;
+  /** Awaited at the end of close(), before the process may exit (the CLI flushes its trace export here). */
+  onClosed?: () => Promise<void>;
 }
 
 
@@ -85,6 +92,9 @@ interface OpenTurn {
   readonly id: string;
   readonly res: ServerResponse;
   readonly trace: { traceparent: string; traceId: string } | null;
+  /** `spawngate.worker.turn`, a server span under the caller's /turn span; tool calls are its children. */
+  readonly span: Span;
+  readonly toolSpans: Map<string, Span>;
   readonly toolTitles: Map<string, string>;
   /** Aborting stops waiting for the prompt and sends $/cancel_request; used once the cancel grace is over. */
   readonly promptAbort: AbortController;
@@ -234,6 +244,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       if (state === 'busy') state = 'idle';
     }
     if (!t.res.destroyed && !t.res.writableEnded) t.res.end();
+    endTurnSpans(t, body);
     log(body.type === 'turn.failed' ? 'warn' : 'info', 'turn ended', {
       turnId: t.id,
       outcome: body.type,
@@ -242,6 +253,38 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       ...(body.type === 'turn.cancelled' ? { reason: body.reason, forced: body.forced } : {}),
     });
     t.resolveDone();
+  };
+
+  const endTurnSpans = (t: OpenTurn, body: TerminalBody): void => {
+    for (const [id, span] of t.toolSpans) {
+      setAttributes(span, { 'spawngate.tool.status': 'unfinished' });
+      endSpan(span);
+      t.toolSpans.delete(id);
+    }
+    setAttributes(t.span, {
+      'spawngate.turn.outcome': body.type.slice('turn.'.length),
+      ...(body.type === 'turn.completed' ? { 'spawngate.turn.stop_reason': body.stopReason } : {}),
+      ...(body.type === 'turn.cancelled' ? { 'spawngate.turn.cancel_reason': body.reason, 'spawngate.turn.cancel_forced': body.forced } : {}),
+      ...(body.type === 'turn.failed' ? { 'spawngate.error_code': body.error.code } : {}),
+    });
+    if (body.type === 'turn.failed') t.span.setStatus({ code: SpanStatusCode.ERROR, message: body.error.message });
+    endSpan(t.span);
+  };
+
+  /** A span per tool call, from its announcement to its result (or the end of the turn). */
+  const traceToolCalls = (t: OpenTurn, update: SessionUpdate): void => {
+    if (update.sessionUpdate !== 'tool_call' && update.sessionUpdate !== 'tool_call_update') return;
+    let span = t.toolSpans.get(update.toolCallId);
+    if (!span && update.sessionUpdate === 'tool_call') {
+      span = startSpan(SPAN.workerToolCall, trace.setSpan(parentContext(null), t.span));
+      setAttributes(span, { 'spawngate.tool.call_id': update.toolCallId, 'spawngate.tool.title': update.title, 'spawngate.tool.kind': update.kind ?? 'other' });
+      t.toolSpans.set(update.toolCallId, span);
+    }
+    if (!span || (update.status !== 'completed' && update.status !== 'failed')) return;
+    setAttributes(span, { 'spawngate.tool.status': update.status, ...(typeof update.title === 'string' ? { 'spawngate.tool.title': update.title } : {}) });
+    if (update.status === 'failed') span.setStatus({ code: SpanStatusCode.ERROR });
+    endSpan(span);
+    t.toolSpans.delete(update.toolCallId);
   };
 
   const agentExitedFailure = (exit: AgentExit): TerminalBody => ({
@@ -303,6 +346,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       droppedUpdates++;
       return;
     }
+    traceToolCalls(t, update);
     for (const body of mapSessionUpdate(update, t.toolTitles)) emit(t, body);
   };
 
@@ -311,10 +355,22 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     const done = new Promise<void>((resolve) => {
       resolveDone = resolve;
     });
+    const traceHeader = parseTraceparent(req.headers.traceparent);
+    const span = startSpan(SPAN.workerTurn, parentContext(traceHeader?.traceparent ?? null), SpanKind.SERVER);
+    setAttributes(span, {
+      'spawngate.turn_id': turnId,
+      'spawngate.agent_id': opts.agentId,
+      'spawngate.turn.message_chars': message.length,
+      'http.request.method': 'POST',
+      'url.path': '/turn',
+      'http.response.status_code': 200,
+    });
     const t: OpenTurn = {
       id: turnId,
       res,
-      trace: parseTraceparent(req.headers.traceparent),
+      trace: traceHeader,
+      span,
+      toolSpans: new Map(),
       toolTitles: new Map(),
       promptAbort: new AbortController(),
       done,
@@ -345,7 +401,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     });
     droppedUpdates = 0;
     emit(t, { type: 'turn.started', agentId: opts.agentId });
-    s.prompt(message, { traceparent: t.trace?.traceparent ?? null, signal: t.promptAbort.signal }).then(
+    // The agent continues under this worker's turn span.
+    s.prompt(message, { traceparent: traceparentOf(span) ?? t.trace?.traceparent ?? null, signal: t.promptAbort.signal }).then(
       (response) => onPromptAnswered(t, response),
       (err: unknown) => onPromptFailed(t, err, s),
     );
@@ -551,6 +608,9 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
         log('info', 'agent stopped', { exit: describeExit(exit) });
       }
       await closeServer();
+      endStartSpan(new Error(unavailableReason));
+      // Bounded: an unreachable collector must not keep a stopping worker alive.
+      if (opts.onClosed) await within(opts.onClosed(), 5000);
     })();
     return closePromise;
   };
@@ -566,6 +626,17 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
         void close().finally(() => process.exit(1));
       }, agentExitLingerMs);
     }
+  };
+
+  // Agent start and ACP handshake, under the gateway span that created this worker.
+  const startSpanOf = startSpan(SPAN.workerStart, parentContext(opts.traceparent ?? null));
+  setAttributes(startSpanOf, { 'spawngate.agent_id': opts.agentId, 'spawngate.agent.command': opts.agentCommand });
+  let startSpanEnded = false;
+  const endStartSpan = (err: Error | null): void => {
+    if (startSpanEnded) return;
+    startSpanEnded = true;
+    if (err) recordError(startSpanOf, err);
+    endSpan(startSpanOf);
   };
 
   log('info', 'starting agent', { agentId: opts.agentId, command: opts.agentCommand, args: opts.agentArgs, cwd });
@@ -596,6 +667,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
 
   let initTimer: NodeJS.Timeout | undefined;
   const ready = (async () => {
+    const handshake = startSpan(SPAN.workerHandshake, trace.setSpan(parentContext(null), startSpanOf));
+    setAttributes(handshake, { 'spawngate.session.resume': Boolean(opts.resumeSessionId), 'spawngate.session.model': opts.model ?? null });
     const opened = openAcpSession({
       stdin: proc.stdin,
       stdout: proc.stdout,
@@ -616,11 +689,15 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     try {
       const s = await Promise.race([opened, timeout]);
       if (closing) {
+        endSpan(handshake);
         s.close();
         return;
       }
       session = s;
       agentInfo = s.agentInfo;
+      setAttributes(handshake, { 'spawngate.session.id': s.sessionId, 'spawngate.agent.name': s.agentInfo?.name ?? null, 'spawngate.agent.version': s.agentInfo?.version ?? null });
+      endSpan(handshake);
+      endStartSpan(null);
       state = 'idle';
       leaveStarting();
       log('info', 'ACP session ready', { sessionId: s.sessionId, agentInfo, resumed: s.resumed, model: s.model });
@@ -636,6 +713,9 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       });
     } catch (err) {
       opened.then((s) => s.close(), () => undefined);
+      recordError(handshake, err);
+      endSpan(handshake);
+      endStartSpan(err as Error);
       throw new WorkerProtocolError('WORKER_PROTOCOL', `agent ${opts.agentId} did not complete the ACP handshake: ${(err as Error).message}`, {
         cause: err,
       });

@@ -16,6 +16,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/main.js';
 import { bounded } from '../worker/helpers.js';
 import { call, eventually, openStream, processBackend, readAll, spawnRequest } from './helpers.js';
+import { startOtlpSink } from '../telemetry/otlp-sink.js';
 import type { Target } from './helpers.js';
 
 // The installed bin (dist/, built by `npm test` before the suites), as an operator runs it.
@@ -254,6 +255,52 @@ describe('spawngate serve', { timeout: 4 * WAIT_MS }, () => {
       expect(await exitOf(serve)).toEqual({ code: 0, signal: null });
     } finally {
       stop(serve);
+    }
+  });
+  it('exports traces from the standard OTEL_* variables alone: the spawn under the caller, the worker\'s spans, and the close spans of the SIGTERM shutdown', async () => {
+    const sink = await startOtlpSink();
+    const token = newToken();
+    // Open egress: the process worker reaches the collector on loopback and exports its own spans.
+    const config = structuredClone(serveConfig()) as { agents: { executionBackends: { local: { profiles: { small: Record<string, unknown> } } } } };
+    config.agents.executionBackends.local.profiles.small['egress'] = 'open';
+    const serve = startServe(config, {
+      SPAWNGATE_API_TOKEN: token,
+      SPAWNGATE_LOG_LEVEL: 'warn',
+      OTEL_EXPORTER_OTLP_ENDPOINT: sink.url,
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+      OTEL_SERVICE_NAME: 'gateway-spawngate',
+    });
+    try {
+      const target = { url: (await serve.listening()).url };
+      const traceId = randomBytes(16).toString('hex');
+      const callerSpan = randomBytes(8).toString('hex');
+      const created = await call(target, 'POST', '/v1/spawns', { token, body: spawnRequest('traced'), headers: { traceparent: `00-${traceId}-${callerSpan}-01` } });
+      expect(created.status, created.text).toBe(201);
+      const { spawnId } = created.json as { spawnId: string };
+      const turn = await readAll(await openStream(target, `/v1/spawns/${spawnId}/turns`, { message: 'tool' }, token));
+      expect(turn.at(-1)).toMatchObject({ type: 'turn.completed' });
+      // Not closed by the client: the shutdown closes it, and its close span must still be exported.
+      serve.child.kill('SIGTERM');
+      expect(await exitOf(serve)).toEqual({ code: 0, signal: null });
+      const spans = sink.spans.filter((s) => s.traceId === traceId);
+      const named = (name: string) => spans.filter((s) => s.name === name);
+      const spawn = named('spawngate.spawn');
+      expect(spawn, JSON.stringify(sink.spans.map((s) => s.name))).toHaveLength(1);
+      expect(spawn[0]?.parentSpanId).toBe(callerSpan);
+      expect(spawn[0]?.resource).toMatchObject({ 'service.name': 'gateway-spawngate', 'spawngate.role': 'server', 'process.pid': serve.child.pid });
+      for (const name of ['spawngate.admission.evaluate', 'spawngate.reservation', 'spawngate.backend.create', 'spawngate.backend.ready', 'spawngate.turn', 'spawngate.close']) {
+        expect(named(name).map((s) => s.parentSpanId), name).toEqual([spawn[0]?.spanId]);
+      }
+      expect(named('spawngate.close')[0]?.attributes['spawngate.close_reason']).toBe('shutdown');
+      // The worker's own spans, from its own process, in the same trace (flushed before it exited).
+      await eventually(() => Promise.resolve(named('spawngate.worker.turn').length === 1), WAIT_MS, 'the worker\'s turn span');
+      expect(named('spawngate.worker.turn')[0]?.parentSpanId).toBe(named('spawngate.turn')[0]?.spanId);
+      expect(named('spawngate.worker.tool_call')[0]?.parentSpanId).toBe(named('spawngate.worker.turn')[0]?.spanId);
+      expect(named('spawngate.worker.start')[0]?.resource).toMatchObject({ 'service.name': 'spawngate-worker', 'spawngate.spawn_id': spawnId });
+      expect(sink.rejected).toBe(0);
+    } finally {
+      stop(serve);
+      await sink.close();
     }
   });
 });

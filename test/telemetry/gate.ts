@@ -36,6 +36,8 @@ export function processBackend(options: { cap?: number } = {}): TestBackend {
           defaultProfile: 'default',
           profiles: {
             default: base,
+            // Open egress: the worker may reach the gateway's collector on loopback and export its spans.
+            traced: { ...base, egress: 'open' },
             capped: { ...base, maxConcurrent: { profile: options.cap ?? 3 } },
             restricted: { ...base, allowedAgents: ['nobody'] },
             // The fixture agent fails ACP initialize, so the worker never turns healthy.

@@ -12,6 +12,7 @@ import { AdmissionDeniedError } from '../../src/errors.js';
 import type { Spawngate } from '../../src/spawngate.js';
 import { createTestTracing, spanTree, traceparentOf, type TestTracing } from '../../src/testing.js';
 import { caller, collect, openGate, processBackend } from './gate.js';
+import { startOtlpSink } from './otlp-sink.js';
 
 const backend = processBackend();
 let gate: Spawngate;
@@ -173,6 +174,74 @@ describe('spans along the road of a spawn', () => {
         `  spawngate.reservation [spawngate.decision=deny spawngate.reason=${code}]`,
       ].join('\n'),
     );
+  });
+});
+
+describe('the worker continues the trace with spans of its own', () => {
+  const OTEL = ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', 'OTEL_EXPORTER_OTLP_HEADERS'] as const;
+
+  it('start-up, ACP handshake, turn and tool call spans reach the gateway\'s collector under the gateway\'s spans; its credentials do not reach the worker', async () => {
+    const sink = await startOtlpSink();
+    const saved = Object.fromEntries(OTEL.map((k) => [k, process.env[k]]));
+    // What an operator sets on the gateway; the worker gets the endpoint and protocol, never the headers.
+    process.env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'] = `${sink.url}/v1/traces`;
+    process.env['OTEL_EXPORTER_OTLP_TRACES_PROTOCOL'] = 'http/json';
+    process.env['OTEL_EXPORTER_OTLP_HEADERS'] = 'authorization=Bearer collector-secret';
+    try {
+      tracing = createTestTracing();
+      const handle = await gate.spawn({ agentId: 'fixture', task: 'tool', caller: caller(), execution: { profile: 'traced' } });
+      const env = workerEnvironment(handle.nativeId);
+      expect(env).toMatchObject({ OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${sink.url}/v1/traces`, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/json' });
+      expect(env['OTEL_EXPORTER_OTLP_HEADERS']).toBeUndefined();
+      const events = await collect(handle.turn('tool'));
+      expect(events.at(-1)?.type).toBe('turn.completed');
+      // The worker flushes its spans when it stops (SIGTERM from close); the process backend waits for that exit.
+      await handle.close();
+      const gatewaySpans = tracing.spans();
+      const spawn = one(gatewaySpans, 'spawngate.spawn');
+      const turn = one(gatewaySpans, 'spawngate.turn');
+      for (let i = 0; i < 300 && !sink.spans.some((s) => s.name === 'spawngate.worker.turn'); i++) await new Promise((r) => setTimeout(r, 100));
+      const byName = (name: string) => {
+        const found = sink.spans.filter((s) => s.name === name);
+        expect(found, `exactly one ${name} span from the worker`).toHaveLength(1);
+        return found[0]!;
+      };
+      const start = byName('spawngate.worker.start');
+      const handshake = byName('spawngate.worker.acp.handshake');
+      const workerTurn = byName('spawngate.worker.turn');
+      const tool = byName('spawngate.worker.tool_call');
+      const traceId = spawn.spanContext().traceId;
+      expect(sink.spans.every((s) => s.traceId === traceId)).toBe(true);
+      expect(start.parentSpanId).toBe(spawn.spanContext().spanId);
+      expect(handshake.parentSpanId).toBe(start.spanId);
+      expect(workerTurn.parentSpanId).toBe(turn.spanContext().spanId);
+      expect(workerTurn.kind).toBe(2); // server: it answers the gateway's /turn request
+      expect(workerTurn.attributes).toMatchObject({ 'spawngate.turn.outcome': 'completed', 'http.request.method': 'POST', 'url.path': '/turn', 'spawngate.agent_id': 'fixture' });
+      expect(tool.parentSpanId).toBe(workerTurn.spanId);
+      expect(tool.attributes).toMatchObject({ 'spawngate.tool.call_id': 'tool-1', 'spawngate.tool.title': 'Read README.md', 'spawngate.tool.kind': 'read', 'spawngate.tool.status': 'completed' });
+      // The resource is the worker's own process, not the gateway's.
+      expect(workerTurn.resource).toMatchObject({ 'service.name': 'spawngate-worker', 'spawngate.role': 'worker', 'spawngate.spawn_id': handle.spawnId, 'process.pid': Number(handle.nativeId) });
+      expect(sink.rejected).toBe(0);
+    } finally {
+      for (const k of OTEL) {
+        if (saved[k] === undefined) delete process.env[k];
+        else process.env[k] = saved[k];
+      }
+      await sink.close();
+    }
+  });
+
+  it('a worker without a route to the collector (egress none) is given no telemetry settings', async () => {
+    const saved = process.env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'];
+    process.env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'] = 'http://127.0.0.1:9/v1/traces';
+    try {
+      const handle = await gate.spawn({ agentId: 'echo', task: 'x', caller: caller() });
+      expect(Object.keys(workerEnvironment(handle.nativeId)).filter((k) => k.startsWith('OTEL_'))).toEqual([]);
+      await handle.close();
+    } finally {
+      if (saved === undefined) delete process.env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'];
+      else process.env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'] = saved;
+    }
   });
 });
 
