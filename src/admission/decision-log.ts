@@ -5,6 +5,9 @@ import type { AdmissionInput, Decision } from './types.js';
 
 export interface DecisionLogEntry {
   decision_id: string;
+  /** W3C ids of the span the decision was taken in, when it was traced. */
+  trace_id?: string;
+  span_id?: string;
   time: string;
   bundle_revision: string | null;
   /** sha256 of the catalog (the config the decision saw), which the logged input leaves out; with the bundle revision it makes a line replayable. */

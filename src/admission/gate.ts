@@ -17,6 +17,7 @@ import type { AdmissionInput, AllowDecision, Decision, DenyDecision } from './ty
 import type { SpawngateConfig } from '../config/index.js';
 import { buildCatalog, defaultConfig, loadConfigFile, parseConfig, resolveSelection } from '../config/index.js';
 import type { Context, Span } from '@opentelemetry/api';
+import { context, isSpanContextValid, trace } from '@opentelemetry/api';
 import type { Logger } from '../log.js';
 import { jsonLogger } from '../log.js';
 import type { Metrics } from '../telemetry/metrics.js';
@@ -181,6 +182,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
         'spawngate.backend': result.decision.backend,
         'spawngate.profile': result.decision.profile,
         'spawngate.bundle_revision': result.bundleRevision,
+        'spawngate.decision_id': result.decisionId,
       }));
       return result;
     });
@@ -236,8 +238,12 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   function logDecision(result: AdmitResult, evalMicros: number): void {
     if (!decisionLog) return;
     try {
+      // The span the decision was taken in (admission, or reservation), so a line joins its trace.
+      const active = trace.getSpanContext(context.active());
+      const traced = active && isSpanContextValid(active) ? { trace_id: active.traceId, span_id: active.spanId } : {};
       decisionLog.write({
         decision_id: result.decisionId,
+        ...traced,
         time: clock().toISOString(),
         bundle_revision: result.bundleRevision,
         catalog_revision: catalogRevision,

@@ -5,7 +5,9 @@
  *   (b) the model path with runtime "acp": the agent runs in a spawngate worker on the process
  *       backend, and on Docker, and its answer comes back into the chat;
  *   (c) a cron automation whose second spawn is rate limited while the same user's chat spawns pass;
- *   (d) slots come back after children end, and after the gateway is killed (-9) and restarted.
+ *   (d) slots come back after children end, and after the gateway is killed (-9) and restarted;
+ *   (e) one trace from OpenClaw's ctx.trace through spawngate's spans (exported by the plugin from
+ *       the gateway's OTEL_* variables) into the worker's own spans.
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -17,6 +19,8 @@ import { createGateway, ROOT, startModelServer, until } from './harness.js';
 import { engine, WORKER_IMAGE } from '../docker/engine.js';
 import { createStoreFromConfig } from '../../src/admission/store/index.js';
 import { silentLogger } from '../../src/log.js';
+import type { OtlpSink } from '../telemetry/otlp-sink.js';
+import { startOtlpSink } from '../telemetry/otlp-sink.js';
 
 async function containersOf(owner: string): Promise<number> {
   return (await engine().listContainers({ all: true, filters: { label: [`spawngate.io/owner=${owner}`] } })).length;
@@ -27,11 +31,12 @@ const stateDir = mkdtempSync(join(tmpdir(), 'sg-ocw-'));
 const decisions = join(dir, 'decisions.log');
 let model: ModelServer;
 let gateway: Gateway;
+let sink: OtlpSink;
 
 const CAP = 3;
 const store = { type: 'redis' as const, url: 'redis://127.0.0.1:6390', keyPrefix: `sg-oc-${randomUUID().slice(0, 8)}:` };
 
-function decisionLines(): { stage: string; result: { allow: boolean; reasons: { code: string }[] }; input: { request: { agentId: string; runtime: string }; caller: { channel: { kind: string }; user: { id: string } } }; trace_id?: string }[] {
+function decisionLines(): { stage: string; result: { allow: boolean; reasons: { code: string }[] }; input: { request: { agentId: string; runtime: string }; caller: { channel: { kind: string }; user: { id: string } } }; trace_id?: string; span_id?: string }[] {
   if (!existsSync(decisions)) return [];
   return readFileSync(decisions, 'utf8')
     .split('\n')
@@ -41,9 +46,12 @@ function decisionLines(): { stage: string; result: { allow: boolean; reasons: { 
 
 beforeAll(async () => {
   model = await startModelServer();
+  sink = await startOtlpSink();
   gateway = await createGateway({
     dir,
     model,
+    // What an operator sets to export traces; the plugin starts the export, workers inherit the endpoint.
+    env: { OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_BSP_SCHEDULE_DELAY: '500' },
     pluginConfig: {
       ownerUser: 'owner',
       claimSeconds: 60,
@@ -90,12 +98,14 @@ beforeAll(async () => {
 afterAll(async () => {
   await gateway?.stop();
   await model?.close();
+  await sink?.close();
   // Kept for whoever reads a failed run (CI keeps .cache/).
   mkdirSync(join(ROOT, '.cache'), { recursive: true });
   writeFileSync(join(ROOT, '.cache/openclaw-e2e-gateway.log'), gateway?.output() ?? '');
   if (existsSync(join(dir, 'openclaw.log'))) writeFileSync(join(ROOT, '.cache/openclaw-e2e-openclaw.log'), readFileSync(join(dir, 'openclaw.log')));
   if (existsSync(decisions)) writeFileSync(join(ROOT, '.cache/openclaw-e2e-decisions.log'), readFileSync(decisions));
   writeFileSync(join(ROOT, '.cache/openclaw-e2e-model.json'), JSON.stringify(model?.requests ?? [], null, 1));
+  writeFileSync(join(ROOT, '.cache/openclaw-e2e-spans.json'), JSON.stringify(sink?.spans ?? [], null, 1));
   rmSync(dir, { recursive: true, force: true });
   rmSync(stateDir, { recursive: true, force: true });
 });
@@ -141,6 +151,21 @@ describe('spawngate in a real OpenClaw gateway', () => {
     expect(acp[0]?.input.caller.channel.kind).not.toBe('unknown');
     // One-shot sessions are closed by OpenClaw ("oneshot-complete"): nothing is left on the backend.
     await until('the worker removed', () => readdirSync(stateDir).filter((e) => !e.startsWith('.')).length === 0, 120_000);
+
+    // (e) One trace: OpenClaw's ctx.trace became the request's traceparent, the decision was taken in
+    // it, spawngate's spans (exported by the plugin) and the worker's own spans carry it.
+    const decided = acp.find((d) => d.input.request.agentId === 'echo' && d.result.allow && d.stage === 'policy');
+    const traceId = decided?.trace_id;
+    expect(traceId, 'the ACP decision carries the trace id of OpenClaw\'s ctx.trace').toMatch(/^[0-9a-f]{32}$/);
+    const inTrace = (name: string) => sink.spans.filter((s) => s.traceId === traceId && s.name === name);
+    await until('the worker\'s turn span in the collector', () => inTrace('spawngate.worker.turn').length === 1, 60_000);
+    const spawn = inTrace('spawngate.spawn');
+    expect(spawn, JSON.stringify(sink.spans.map((s) => `${s.traceId.slice(0, 8)} ${s.name}`))).toHaveLength(1);
+    expect(spawn[0]?.resource).toMatchObject({ 'spawngate.role': 'openclaw-plugin' });
+    expect(inTrace('spawngate.admission.evaluate')[0]?.spanId).toBe(decided?.span_id);
+    expect(inTrace('spawngate.worker.start')[0]?.parentSpanId).toBe(spawn[0]?.spanId);
+    expect(inTrace('spawngate.worker.turn')[0]?.parentSpanId).toBe(inTrace('spawngate.turn')[0]?.spanId);
+    expect(inTrace('spawngate.worker.turn')[0]?.resource).toMatchObject({ 'service.name': 'spawngate-worker' });
   });
 
   it('(b) the same on the Docker backend: the agent runs in a container and its answer comes back into the chat', async () => {

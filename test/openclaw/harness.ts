@@ -125,6 +125,8 @@ export interface GatewayOptions {
   pluginConfig: Record<string, unknown>;
   /** Extra OpenClaw config merged at the top level. */
   extra?: Record<string, unknown>;
+  /** Extra environment of the gateway process (OTEL_* for trace export). */
+  env?: Record<string, string>;
   readyTimeoutMs?: number;
 }
 
@@ -164,7 +166,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     try {
       child = spawn(process.execPath, [OPENCLAW_ENTRY, 'gateway', 'run', '--port', String(port), '--bind', 'loopback'], {
         cwd: dir,
-        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: dir, OPENCLAW_STATE_DIR: join(dir, 'state'), OPENCLAW_CONFIG_PATH: join(dir, 'openclaw.json'), NO_COLOR: '1' },
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: dir, OPENCLAW_STATE_DIR: join(dir, 'state'), OPENCLAW_CONFIG_PATH: join(dir, 'openclaw.json'), NO_COLOR: '1', ...options.env },
         stdio: ['ignore', fd, fd],
         // Its own process group: the gateway starts helpers (spawn broker, SQLite workers) that a kill of the gateway alone would orphan.
         detached: true,
