@@ -28,10 +28,12 @@ export default defineConfig({
         test: {
           name: 'openclaw',
           include: ['test/openclaw/**/*.test.ts'],
-          globalSetup: ['test/openclaw/global-setup.ts'],
+          // ACP sessions also run as Pods: the control plane (started, or reused) comes up with the suite.
+          globalSetup: ['test/openclaw/global-setup.ts', 'test/k8s-infra/global-setup.ts'],
           fileParallelism: false,
           testTimeout: 300_000,
-          hookTimeout: 15 * 60_000,
+          // A cold control plane builds kube-apiserver & co. (already cached by scripts/test.sh in CI).
+          hookTimeout: 45 * 60_000,
         },
       },
       {

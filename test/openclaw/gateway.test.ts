@@ -3,7 +3,7 @@
  * installs it, with caps shared through a real Redis and ACP sessions in process workers:
  *   (a) allowed, denied (agent not allowed) and capped spawns over POST /tools/invoke;
  *   (b) the model path with runtime "acp": the agent runs in a spawngate worker on the process
- *       backend, and on Docker, and its answer comes back into the chat;
+ *       backend, on Docker, and as a Pod on Kubernetes, and its answer comes back into the chat;
  *   (c) a cron automation whose second spawn is rate limited while the same user's chat spawns pass;
  *   (d) slots come back after children end, and after the gateway is killed (-9) and restarted;
  *   (e) one trace from OpenClaw's ctx.trace through spawngate's spans (exported by the plugin from
@@ -19,8 +19,20 @@ import { createGateway, ROOT, startModelServer, until } from './harness.js';
 import { engine, WORKER_IMAGE } from '../docker/engine.js';
 import { createStoreFromConfig } from '../../src/admission/store/index.js';
 import { silentLogger } from '../../src/log.js';
+import type { Admin } from '../kubernetes/cluster.js';
+import { admin } from '../kubernetes/cluster.js';
+import type { NodeAgent } from '../k8s-node-agent/node-agent.js';
+import { NODE_AGENT_LABEL, startNodeAgent } from '../k8s-node-agent/node-agent.js';
 import type { OtlpSink } from '../telemetry/otlp-sink.js';
 import { startOtlpSink } from '../telemetry/otlp-sink.js';
+
+let cluster: Admin;
+let node: NodeAgent | undefined;
+const nodeName = `sg-oc-${randomUUID().slice(0, 6)}`;
+
+async function podsOf(owner: string): Promise<number> {
+  return (await cluster.core.listNamespacedPod({ namespace: cluster.plane.namespace, labelSelector: `spawngate.io/owner=${owner}` })).items.length;
+}
 
 async function containersOf(owner: string): Promise<number> {
   return (await engine().listContainers({ all: true, filters: { label: [`spawngate.io/owner=${owner}`] } })).length;
@@ -47,6 +59,9 @@ function decisionLines(): { stage: string; result: { allow: boolean; reasons: { 
 beforeAll(async () => {
   model = await startModelServer();
   sink = await startOtlpSink();
+  // The control plane is up (this project's globalSetup); pods placed on this node run as local processes.
+  cluster = await admin();
+  node = await startNodeAgent({ kubeconfig: cluster.plane.adminKubeconfig, nodeName });
   gateway = await createGateway({
     dir,
     model,
@@ -86,9 +101,31 @@ beforeAll(async () => {
               defaultProfile: 'small',
               profiles: { small: { egress: 'none', workspace: { strategy: 'ephemeral' }, ttlSeconds: 600, timeoutSeconds: 300, resources: { limits: { cpu: '500m', memory: '256Mi' } } } },
             },
+            k8s: {
+              type: 'kubernetes',
+              namespace: cluster.plane.namespace,
+              // The ServiceAccount of deploy/rbac.yaml, as an operator deploys it.
+              kubeconfig: cluster.plane.spawngateKubeconfig,
+              defaultProfile: 'pod',
+              profiles: {
+                pod: {
+                  image: 'spawngate-worker:contract',
+                  nodeSelector: { [NODE_AGENT_LABEL]: nodeName },
+                  tolerations: [{ key: NODE_AGENT_LABEL, operator: 'Equal', value: nodeName, effect: 'NoSchedule' }],
+                  resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
+                  egress: 'none',
+                  ttlSeconds: 600,
+                  timeoutSeconds: 300,
+                },
+              },
+            },
           },
-          execution: { default: { backend: 'local', profile: 'p' }, agents: { 'echo-docker': { backend: 'docker' } } },
-          acp: { 'echo-docker': { command: ['/usr/local/bin/node', '/app/dist/agents/echo.js'] } },
+          execution: { default: { backend: 'local', profile: 'p' }, agents: { 'echo-docker': { backend: 'docker' }, 'echo-k8s': { backend: 'k8s' } } },
+          acp: {
+            'echo-docker': { command: ['/usr/local/bin/node', '/app/dist/agents/echo.js'] },
+            // The test node runs a pod's worker on this host (it imitates a kubelet): a host path.
+            'echo-k8s': { command: [process.execPath, join(ROOT, 'dist/agents/echo.js')] },
+          },
         },
       },
     },
@@ -97,6 +134,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await gateway?.stop();
+  await node?.stop();
   await model?.close();
   await sink?.close();
   // Kept for whoever reads a failed run (CI keeps .cache/).
@@ -177,6 +215,17 @@ describe('spawngate in a real OpenClaw gateway', () => {
     await until('the container removed', async () => (await containersOf('oc-e2e')) === 0, 120_000);
   });
 
+  it('(b) the same on Kubernetes: the agent runs in a Pod and its answer comes back into the chat', async () => {
+    const task = `hello from a pod ${randomUUID().slice(0, 8)}`;
+    expect(await gateway.chat(`please SPAWN${JSON.stringify({ runtime: 'acp', agentId: 'echo-k8s', task, mode: 'run' })}`)).toBe(200);
+    await until('the ACP answer from the pod in the chat', () => model.saw(`echo: ${task}`), 240_000);
+    const placed = decisionLines().filter((d) => d.input.request.agentId === 'echo-k8s' && d.result.allow);
+    expect((placed[0]?.result as unknown as { backend?: string } | undefined)?.backend).toBe('k8s');
+    // The session's worker is named as Kubernetes names it: namespace/podName.
+    expect(gateway.output()).toMatch(new RegExp(`runs in worker \\S+ on k8s/pod as ${cluster.plane.namespace}/\\S+`));
+    await until('the pod removed', async () => (await podsOf('oc-e2e')) === 0, 120_000);
+  });
+
   it('(c) a cron automation: its second spawn is rate limited, while the same user\'s chat spawns still pass', async () => {
     const added = await gateway.cli(['cron', 'add', '--name', 'e2e-cron', '--every', '1h', '--agent', 'main', '--message', `SPAWN${JSON.stringify({ task: 'cron child', label: 'cron' })}`, '--json']);
     const id = /"id"\s*:\s*"([^"]+)"/.exec(added)?.[1];
@@ -207,7 +256,7 @@ describe('spawngate in a real OpenClaw gateway', () => {
     await until('no worker left on the backend', () => readdirSync(stateDir).filter((e) => !e.startsWith('.')).length === 0, 120_000);
   });
 
-  it('(d) in the end, after every path and the restart: 0 slots held in the store, 0 workers on either backend', async () => {
+  it('(d) in the end, after every path and the restart: 0 slots held in the store, 0 workers on any backend', async () => {
     const shared = await createStoreFromConfig({ spawngate: { store } }, silentLogger);
     try {
       await until('0 slots held in Redis', async () => (await shared.active()).length === 0, 120_000);
@@ -216,7 +265,8 @@ describe('spawngate in a real OpenClaw gateway', () => {
     }
     expect(readdirSync(stateDir).filter((e) => !e.startsWith('.'))).toEqual([]);
     expect(await containersOf('oc-e2e')).toBe(0);
+    expect(await podsOf('oc-e2e')).toBe(0);
     const admitted = decisionLines().filter((d) => d.result.allow && d.stage === 'policy').length;
-    console.log(`OPENCLAW_E2E ${JSON.stringify({ decisions: decisionLines().length, admittedByPolicy: admitted, slotsHeld: 0, workersLeft: 0 })}`);
+    console.log(`OPENCLAW_E2E ${JSON.stringify({ decisions: decisionLines().length, admittedByPolicy: admitted, slotsHeld: 0, workersLeft: 0, containersLeft: 0, podsLeft: 0 })}`);
   });
 });

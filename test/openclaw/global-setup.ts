@@ -29,6 +29,6 @@ export default async function setup(): Promise<void> {
   mkdirSync(PLUGIN_DIR, { recursive: true });
   for (const f of ['index.js', 'package.json', 'openclaw.plugin.json']) cpSync(join(ROOT, 'integrations/openclaw', f), join(PLUGIN_DIR, f));
   // --prefer-offline: the dependencies are in npm's cache after `npm ci`; the registry is only asked for what is not.
-  // ioredis and dockerode: spawngate's optional peers for the Redis store and the Docker backend, installed beside it as an operator would.
-  run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--omit=peer', join(packDir, tarball), 'ioredis@^5', 'dockerode@^5'], PLUGIN_DIR);
+  // ioredis, dockerode, @kubernetes/client-node: spawngate's optional peers for the Redis store and the Docker and Kubernetes backends, installed beside it as an operator would.
+  run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--omit=peer', join(packDir, tarball), 'ioredis@^5', 'dockerode@^5', '@kubernetes/client-node@^2'], PLUGIN_DIR);
 }

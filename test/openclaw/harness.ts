@@ -148,9 +148,11 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         // The same echo agent, as spawngate agent echo-docker: placed on the Docker backend by the
         // spawngate config. OpenClaw dispatches an ACP child to the agent entry named like its harness.
         'echo-docker': { runtime: { type: 'acp', acp: { agent: 'echo-docker', backend: 'spawngate' } } },
+        // And as spawngate agent echo-k8s, placed on the Kubernetes backend (a Pod).
+        'echo-k8s': { runtime: { type: 'acp', acp: { agent: 'echo-k8s', backend: 'spawngate' } } },
       },
     },
-    acp: { enabled: true, backend: 'spawngate', allowedAgents: ['echo', 'echo-docker'] },
+    acp: { enabled: true, backend: 'spawngate', allowedAgents: ['echo', 'echo-docker', 'echo-k8s'] },
     // memory-core is on by default and only slows the start here.
     plugins: { allow: ['spawngate'], load: { paths: [PLUGIN_DIR] }, entries: { spawngate: { enabled: true, hooks: { allowConversationAccess: true }, config: options.pluginConfig }, 'memory-core': { enabled: false } } },
     logging: { file: join(dir, 'openclaw.log') },
