@@ -21,6 +21,7 @@ export type ErrorCode =
   | 'WORKER_BUSY'
   | 'WORKER_UNAUTHORIZED'
   | 'SPAWN_NOT_FOUND'
+  | 'WORKSPACE_UNAVAILABLE'
   | 'TIMEOUT';
 
 export interface SpawngateErrorOptions {

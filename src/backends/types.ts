@@ -42,7 +42,9 @@ export type WorkspaceSpec =
   | { strategy: 'none' }
   | { strategy: 'ephemeral'; sizeLimit: string | null }
   | { strategy: 'volume'; claimName: string | null; sizeLimit: string | null }
-  | { strategy: 'hostPath'; path: string };
+  | { strategy: 'hostPath'; path: string }
+  /** A fresh workspace (like ephemeral) into which the worker clones `repo` at `ref` before the agent starts. */
+  | { strategy: 'git'; repo: string; ref: string | null; depth: number | null; sizeLimit: string | null };
 
 export interface SecretEnvRef {
   name: string;

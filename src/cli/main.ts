@@ -5,7 +5,7 @@ import { policyBuildCommand, policyEvalCommand, policyTestCommand } from './comm
 import { workerCommand } from './commands/worker.js';
 import { serveCommand } from './commands/serve.js';
 import { imageBuildCommand } from './commands/image.js';
-import { closeCommand, logsCommand, lsCommand, spawnCommand, statusCommand, sweepCommand, turnCommand } from './commands/sessions.js';
+import { closeCommand, collectCommand, logsCommand, lsCommand, spawnCommand, statusCommand, sweepCommand, turnCommand } from './commands/sessions.js';
 import type { Command, Io } from './framework.js';
 import { EXIT, runCommand } from './framework.js';
 import { startTelemetry } from '../telemetry/sdk.js';
@@ -17,6 +17,7 @@ const commands: Command[] = [
   lsCommand,
   statusCommand,
   logsCommand,
+  collectCommand,
   closeCommand,
   sweepCommand,
   admitCommand,

@@ -240,6 +240,26 @@ const envSchema = boundedRecord(
   { when: () => true },
 );
 
+/**
+ * What git may clone from. Transports are named explicitly: a `-` could smuggle an option into
+ * git's argv, and `ext::` / `fd::` run commands.
+ */
+export const gitRepoSchema = nonEmpty(2048).check((ctx) => {
+  const v = ctx.value;
+  const ok =
+    /^(https?|ssh|git|file):\/\/[^\s]+$/.test(v) ||
+    /^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s:][^\s]*$/.test(v) ||
+    (v.startsWith('/') && !/[\0\n\r]/.test(v));
+  if (!ok || v.startsWith('-') || /::/.test(v)) ctx.issues.push({ code: 'custom', message: 'must be an https://, http://, ssh://, git:// or file:// URL, user@host:path, or an absolute path', input: v });
+});
+
+export const gitRefSchema = nonEmpty(255).check((ctx) => {
+  const v = ctx.value;
+  if (!/^[A-Za-z0-9][A-Za-z0-9._/@+-]*$/.test(v) || v.includes('..') || v.endsWith('/') || v.endsWith('.lock') || v.includes('@{')) {
+    ctx.issues.push({ code: 'custom', message: 'must be a branch, tag or commit name (letters, digits, . _ / - + @; not starting with "-", no "..")', input: v });
+  }
+});
+
 const workspaceSchema = z.discriminatedUnion('strategy', [
   z.strictObject({ strategy: z.literal('none') }),
   z.strictObject({ strategy: z.literal('ephemeral'), sizeLimit: byteQuantitySchema.optional() }),
@@ -249,6 +269,13 @@ const workspaceSchema = z.discriminatedUnion('strategy', [
     sizeLimit: byteQuantitySchema.optional(),
   }),
   z.strictObject({ strategy: z.literal('hostPath'), path: absolutePathSchema }),
+  z.strictObject({
+    strategy: z.literal('git'),
+    repo: gitRepoSchema.register(configMetadata, { description: 'https://, http://, ssh:// or file:// URL, user@host:path, or an absolute path' }),
+    ref: gitRefSchema.optional().register(configMetadata, { description: 'branch, tag or commit to check out; default the repository\'s default branch' }),
+    depth: z.int().min(1).max(1_000_000).optional().register(configMetadata, { description: 'shallow clone of this many commits; default the whole history' }),
+    sizeLimit: byteQuantitySchema.optional(),
+  }),
 ]).register(configMetadata, { id: 'Workspace', description: 'where the worker\'s working directory lives' });
 
 const concurrencyCap = z.int().min(1).max(1_000_000);
@@ -279,6 +306,12 @@ export const profileSchema = z
       })
       .optional(),
     pidsLimit: z.int().min(1).max(4_194_304).optional(),
+    cancelGraceSeconds: z
+      .number()
+      .min(0)
+      .max(600)
+      .optional()
+      .register(configMetadata, { description: 'how long the agent may take to honour a cancel before the worker ends the turn itself; default 5' }),
     accept: z
       .strictObject({
         cwd: z
@@ -321,6 +354,7 @@ export const processBackendSchema = z.strictObject({
   type: z.literal('process'),
   ...backendCommon,
   stateDir: filePathSchema.optional(),
+  allowedHostPaths: z.array(absolutePathSchema).max(64).optional().register(configMetadata, { description: 'host folders a profile may use as workspace: { strategy: hostPath }' }),
 });
 
 export const containerBackendSchema = z.strictObject({
@@ -372,7 +406,7 @@ export const TYPE_SPECIFIC_KEYS: Readonly<Record<string, string>> = {
   image: 'container or kubernetes',
   proxy: 'container or kubernetes',
   workerPort: 'kubernetes',
-  allowedHostPaths: 'container',
+  allowedHostPaths: 'process or container',
   namespace: 'kubernetes',
   kubeconfig: 'kubernetes',
   context: 'kubernetes',
@@ -660,8 +694,8 @@ function crossCheck(root: unknown): PathIssue[] {
       const workspace = asRecord(profile?.workspace);
       if (workspace?.strategy !== 'hostPath') continue;
       const at = [...base, name, 'profiles', profileName, 'workspace'];
-      if (backend.type !== 'container') {
-        issues.push({ path: [...at, 'strategy'], message: 'hostPath workspaces are only allowed on container backends' });
+      if (backend.type !== 'container' && backend.type !== 'process') {
+        issues.push({ path: [...at, 'strategy'], message: 'hostPath workspaces are only allowed on process and container backends (Kubernetes: use "volume" with a PersistentVolumeClaim)' });
       } else if (typeof workspace.path === 'string' && !allowedHostPaths.some((prefix) => isPathWithin(workspace.path as string, prefix))) {
         issues.push({
           path: [...at, 'path'],

@@ -63,6 +63,10 @@ export interface WorkerClient {
   cancel(options?: CallOptions): Promise<CancelResponse>;
   status(options?: CallOptions): Promise<WorkerStatusReport>;
   logs(tail?: number, options?: CallOptions): Promise<WorkerLogLine[]>;
+  /** GET /workspace/diff: what changed since the checked-out commit of a `git` workspace, as a unified diff. */
+  workspaceDiff(options?: CallOptions & { maxBytes?: number; timeoutMs?: number }): Promise<{ base: string; diff: string }>;
+  /** GET /workspace/archive: the workspace as a .tar.gz stream (without .git unless `git`). */
+  workspaceArchive(options?: { signal?: AbortSignal; git?: boolean }): Promise<IncomingMessage>;
 }
 
 export interface WaitForHealthyOptions {
@@ -131,6 +135,10 @@ async function errorFromResponse(res: IncomingMessage, route: string): Promise<W
   }
   const details = { httpStatus: status, route, workerError: body?.error?.code ?? null, reason: body?.reason ?? body?.error?.message ?? null };
   if (status === 401) return new WorkerProtocolError('WORKER_UNAUTHORIZED', `worker rejected the token on ${route}`, { details });
+  const workerCode = body?.error?.code;
+  if (workerCode === 'not_a_git_workspace' || workerCode === 'no_tar' || workerCode === 'git_failed' || (status === 413 && route.includes('/workspace/'))) {
+    return new WorkerProtocolError('WORKSPACE_UNAVAILABLE', `worker cannot give ${route}: ${details.reason ?? `HTTP ${status}`}`, { details });
+  }
   if (status === 409) {
     return new WorkerProtocolError('WORKER_BUSY', 'worker is already running a turn', {
       retryable: true,
@@ -284,6 +292,27 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
     cancel: (o) => call<CancelResponse>('POST', '/cancel', 202, o),
     status: (o) => call<WorkerStatusReport>('GET', '/status', 200, o),
     logs: async (tail = 200, o) => (await call<WorkerLogsResponse>('GET', `/logs?tail=${tail}`, 200, o)).lines,
+    async workspaceDiff(o) {
+      const route = 'GET /workspace/diff';
+      // git add + diff of a big tree takes a while: the worker's own bound is 60 s a step.
+      const bounded = boundedSignal(o?.signal, o?.timeoutMs ?? 5 * 60_000);
+      try {
+        const res = await open('GET', '/workspace/diff', null, bounded.signal, o?.traceparent);
+        if (res.statusCode !== 200) throw await errorFromResponse(res, route);
+        const base = String(res.headers['x-spawngate-base'] ?? '');
+        return { base, diff: await readBounded(res, o?.maxBytes ?? 64 * 1024 * 1024) };
+      } catch (err) {
+        if (bounded.timedOut()) throw bounded.signal.reason;
+        throw err;
+      } finally {
+        bounded.dispose();
+      }
+    },
+    async workspaceArchive(o) {
+      const res = await open('GET', `/workspace/archive${o?.git ? '?git=1' : ''}`, null, o?.signal, undefined);
+      if (res.statusCode !== 200) throw await errorFromResponse(res, 'GET /workspace/archive');
+      return res;
+    },
   };
 }
 

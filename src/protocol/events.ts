@@ -80,6 +80,8 @@ export interface TurnFailedEvent extends WorkerEventBase {
     exitCode?: number | null;
     signal?: string | null;
     acpCode?: number;
+    /** The ACP error's `data` as the agent sent it (JSON, at most 16 KiB serialized; larger is cut to a string). */
+    acpData?: unknown;
   };
 }
 
@@ -142,6 +144,8 @@ export interface WorkerStatusReport {
   agentPid: number | null;
   /** The ACP session once it exists: its id (what a gateway resumes later), whether it was resumed, and the model outcome. */
   session?: { id: string; resumed: boolean; model: { requested: string; applied: boolean; available: string[] } | null } | null;
+  /** The workspace: for a `git` one, what was checked out (GET /workspace/diff is against `base`). */
+  workspace?: { git: { repo: string; ref: string | null; base: string } | null } | null;
 }
 
 /** POST /cancel → 202. `turnId` is the turn being cancelled, or null when no turn was open. */
@@ -165,7 +169,7 @@ export interface WorkerLogsResponse {
 /** Error body of every non-2xx answer. */
 export interface WorkerErrorBody {
   error: {
-    code: 'unauthorized' | 'busy' | 'not_ready' | 'exiting' | 'invalid_request' | 'payload_too_large' | 'not_found' | 'method_not_allowed';
+    code: 'unauthorized' | 'busy' | 'not_ready' | 'exiting' | 'invalid_request' | 'payload_too_large' | 'not_found' | 'method_not_allowed' | 'not_a_git_workspace' | 'git_failed' | 'no_tar';
     message: string;
     currentTurnId?: string;
   };

@@ -81,6 +81,10 @@ export interface ServerClient {
   list(options?: CallOptions & { all?: boolean }): Promise<RemoteListedSpawn[]>;
   status(spawnId: string, options?: CallOptions): Promise<RemoteSpawnStatus>;
   logs(spawnId: string, tail?: number, options?: CallOptions): Promise<string[]>;
+  /** The unified diff of a `git` workspace since its checked-out commit. */
+  workspaceDiff(spawnId: string, options?: CallOptions): Promise<{ base: string; diff: string }>;
+  /** The workspace as a .tar.gz stream (without .git unless `git`). */
+  workspaceArchive(spawnId: string, options?: CallOptions & { git?: boolean }): Promise<IncomingMessage>;
   close(spawnId: string, options?: CallOptions): Promise<void>;
   cancel(spawnId: string, options?: CallOptions): Promise<void>;
   sweep(options?: CallOptions & { dryRun?: boolean; orphans?: boolean }): Promise<RemoteSweepReport>;
@@ -370,6 +374,24 @@ export function createServerClient(options: ServerClientOptions): ServerClient {
     list: async (o) => (await call<{ spawns: RemoteListedSpawn[] }>('GET', o?.all ? '/v1/spawns?all=true' : '/v1/spawns', 200, undefined, o, requestTimeoutMs)).spawns,
     status: (spawnId, o) => call<RemoteSpawnStatus>('GET', spawnPath(spawnId), 200, undefined, o, requestTimeoutMs),
     logs: async (spawnId, tail = 200, o) => (await call<{ lines: string[] }>('GET', `${spawnPath(spawnId)}/logs?tail=${tail}`, 200, undefined, o, requestTimeoutMs)).lines,
+    async workspaceDiff(spawnId, o) {
+      const bound = bounded(o?.signal, Math.max(requestTimeoutMs, 5 * 60_000), label);
+      try {
+        const res = await open('GET', `${spawnPath(spawnId)}/workspace?format=diff`, undefined, bound.signal, o?.traceparent);
+        if (res.statusCode !== 200) throw await errorFromResponse(res, label);
+        return { base: String(res.headers['x-spawngate-base'] ?? ''), diff: await readBounded(res, 256 * 1024 * 1024, label) };
+      } catch (err) {
+        if (bound.signal?.aborted) throw bound.signal.reason;
+        throw err;
+      } finally {
+        bound.dispose();
+      }
+    },
+    async workspaceArchive(spawnId, o) {
+      const res = await open('GET', `${spawnPath(spawnId)}/workspace?format=archive${o?.git ? '&git=1' : ''}`, undefined, o?.signal, o?.traceparent);
+      if (res.statusCode !== 200) throw await errorFromResponse(res, label);
+      return res;
+    },
     close: (spawnId, o) => call<undefined>('DELETE', spawnPath(spawnId), 204, undefined, o, requestTimeoutMs),
     cancel: async (spawnId, o) => {
       await call<unknown>('POST', `${spawnPath(spawnId)}/cancel`, 202, {}, o, requestTimeoutMs);

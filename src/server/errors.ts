@@ -11,6 +11,8 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   ADMISSION_DENIED: 403,
   SPAWN_NOT_FOUND: 404,
   WORKER_BUSY: 409,
+  // The worker's workspace cannot give what was asked (not a git checkout, too large, no tar).
+  WORKSPACE_UNAVAILABLE: 409,
   // Problems of this server's own setup, not of the request.
   CONFIG_INVALID: 500,
   CONFIG_UNREADABLE: 500,

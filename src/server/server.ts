@@ -21,7 +21,7 @@ export type ServerListen = ListenAddress;
 /** The parts of a gate the API calls; a full `Spawngate` is one. */
 export type ServedGate = Pick<
   Spawngate,
-  'admit' | 'spawn' | 'get' | 'turn' | 'cancel' | 'status' | 'logs' | 'close' | 'list' | 'sweep' | 'metrics' | 'policy' | 'logger'
+  'admit' | 'spawn' | 'get' | 'turn' | 'cancel' | 'status' | 'logs' | 'collect' | 'close' | 'list' | 'sweep' | 'metrics' | 'policy' | 'logger'
 >;
 
 export interface ServerOptions {
@@ -258,6 +258,31 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
     return { status: 200, body: { lines: await gate.logs(spawnId, tail) } };
   };
 
+  /** GET /v1/spawns/{id}/workspace?format=diff|archive[&git=1]: the worker's results before it goes. */
+  const workspace: Handler = async ({ spawnId, url, res, signal }) => {
+    const format = url.searchParams.get('format') ?? 'diff';
+    if (format === 'diff') {
+      const collected = await gate.collect(spawnId, { format: 'diff' });
+      if (res.destroyed) return null;
+      res.writeHead(200, { 'content-type': 'text/x-diff; charset=utf-8', 'x-spawngate-base': collected.base, 'cache-control': 'no-store', ...(closing ? { connection: 'close' } : {}) });
+      res.end(collected.diff);
+      return null;
+    }
+    if (format !== 'archive') throw new RequestError('format must be "diff" or "archive"', [{ path: 'query.format', message: 'must be "diff" or "archive"' }]);
+    const { stream } = await gate.collect(spawnId, { format: 'archive', git: queryFlag(url, 'git') });
+    signal.addEventListener('abort', () => stream.destroy(), { once: true });
+    res.writeHead(200, { 'content-type': 'application/gzip', 'content-disposition': `attachment; filename="${spawnId}.tar.gz"`, 'cache-control': 'no-store', ...(closing ? { connection: 'close' } : {}) });
+    await new Promise<void>((resolve) => {
+      stream.once('error', () => {
+        res.destroy();
+        resolve();
+      });
+      stream.once('end', resolve);
+      stream.pipe(res);
+    });
+    return null;
+  };
+
   const close: Handler = async ({ spawnId }) => {
     await gate.close(spawnId);
     logger.info('closed worker', { spawnId });
@@ -340,6 +365,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
     { pattern: /^\/v1\/spawns\/([^/]+)\/turns$/, methods: { POST: turn } },
     { pattern: /^\/v1\/spawns\/([^/]+)\/cancel$/, methods: { POST: cancel } },
     { pattern: /^\/v1\/spawns\/([^/]+)\/logs$/, methods: { GET: logs } },
+    { pattern: /^\/v1\/spawns\/([^/]+)\/workspace$/, methods: { GET: workspace } },
   ];
 
   // ---- dispatch ----------------------------------------------------------------------------------

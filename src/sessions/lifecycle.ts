@@ -23,7 +23,7 @@ import { waitForWorker } from './readiness.js';
 import { acceptSession, buildWorkerSpec, labelValue } from './spec.js';
 import { createSweeper } from './sweeper.js';
 import { createTurns } from './turns.js';
-import type { AllowedReservation, CloseReason, Lifecycle, LifecycleOptions, ListedSpawn, SpawnOptions, SpawnProgress, SpawnStatus, WorkerHandle } from './types.js';
+import type { AllowedReservation, CloseReason, CollectedArchive, CollectedDiff, Lifecycle, LifecycleOptions, ListedSpawn, SpawnOptions, SpawnProgress, SpawnStatus, WorkerHandle } from './types.js';
 
 export type * from './types.js';
 
@@ -320,6 +320,17 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     return found.backend.logs(found.ref, { tail });
   }
 
+  function collect(spawnId: string, options: { format: 'diff' }): Promise<CollectedDiff>;
+  function collect(spawnId: string, options: { format: 'archive'; git?: boolean }): Promise<CollectedArchive>;
+  async function collect(spawnId: string, options: { format: 'diff' } | { format: 'archive'; git?: boolean }): Promise<CollectedDiff | CollectedArchive> {
+    const entry = live.get(spawnId);
+    // Only the gate that runs a worker holds its token: another replica cannot read its workspace.
+    if (!entry) throw new SpawngateError('SPAWN_NOT_FOUND', `worker ${spawnId} is not run by this gate (it is closed, or another gateway runs it)`);
+    const client = createWorkerClient({ ...entry.handle.endpoint, token: entry.token });
+    if (options.format === 'diff') return { format: 'diff', ...(await client.workspaceDiff()) };
+    return { format: 'archive', stream: await client.workspaceArchive({ git: options.git === true }) };
+  }
+
   async function list(listOptions: { allOwners?: boolean } = {}): Promise<ListedSpawn[]> {
     const out: ListedSpawn[] = [];
     for (const name of Object.keys(config.agents.executionBackends)) {
@@ -361,6 +372,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     },
     status: statusOf,
     logs: logsOf,
+    collect,
     close: (spawnId) => closeSpawn(spawnId, 'closed'),
     list,
     sweep: sweeper.sweep,

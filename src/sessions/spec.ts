@@ -27,11 +27,25 @@ function workspace(config: ProfileConfig['workspace']): WorkspaceSpec {
       return { strategy: 'volume', claimName: config.claimName ?? null, sizeLimit: config.sizeLimit ?? null };
     case 'hostPath':
       return { strategy: 'hostPath', path: config.path };
+    case 'git':
+      return { strategy: 'git', repo: config.repo, ref: config.ref ?? null, depth: config.depth ?? null, sizeLimit: config.sizeLimit ?? null };
   }
 }
 
 /** The env names through which the worker hands the accepted wishes to its ACP session. */
 export const SESSION_ENV = { cwd: 'SPAWNGATE_WORKER_CWD', model: 'SPAWNGATE_SESSION_MODEL', resumeSessionId: 'SPAWNGATE_RESUME_SESSION_ID' } as const;
+
+/** The env names through which the worker learns what to clone into a `git` workspace. */
+export const GIT_ENV = { repo: 'SPAWNGATE_GIT_REPO', ref: 'SPAWNGATE_GIT_REF', depth: 'SPAWNGATE_GIT_DEPTH' } as const;
+
+function gitEnv(config: ProfileConfig['workspace']): Record<string, string> {
+  if (config?.strategy !== 'git') return {};
+  return {
+    [GIT_ENV.repo]: config.repo,
+    ...(config.ref ? { [GIT_ENV.ref]: config.ref } : {}),
+    ...(config.depth ? { [GIT_ENV.depth]: String(config.depth) } : {}),
+  };
+}
 
 export interface AcceptedSession {
   /** Added to the worker's environment. */
@@ -149,6 +163,9 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
   for (const [name, value] of Object.entries(input.sessionEnv ?? {})) {
     if (!(name in env) && !secretEnv.some((s) => s.name === name)) env[name] = value;
   }
+  // The checkout and the cancel grace are the worker's contract: neither the profile's env nor a request changes them.
+  Object.assign(env, gitEnv(profile.workspace));
+  if (profile.cancelGraceSeconds !== undefined) env['SPAWNGATE_CANCEL_GRACE_MS'] = String(Math.round(profile.cancelGraceSeconds * 1000));
   const expiresAt = new Date(input.now.getTime() + decision.ttlSeconds * 1000);
   const image = profile.image ?? (input.backend.type === 'process' ? null : (input.backend.image ?? null));
   return {

@@ -122,6 +122,19 @@ export interface LifecycleOptions {
   clock?: () => Date;
 }
 
+export interface CollectedDiff {
+  format: 'diff';
+  /** The commit the workspace was checked out at. */
+  base: string;
+  diff: string;
+}
+
+export interface CollectedArchive {
+  format: 'archive';
+  /** gzipped tar; read it to the end or destroy it. */
+  stream: NodeJS.ReadableStream & { destroy(error?: Error): void };
+}
+
 export interface Lifecycle {
   spawn(request: SpawnRequestInput, options?: SpawnOptions): Promise<WorkerHandle>;
   get(spawnId: string): WorkerHandle | undefined;
@@ -129,6 +142,12 @@ export interface Lifecycle {
   cancel(spawnId: string): Promise<void>;
   status(spawnId: string): Promise<SpawnStatus>;
   logs(spawnId: string, tail?: number): Promise<string[]>;
+  /**
+   * The results of a live worker before it goes: `diff` (a `git` workspace: everything changed since
+   * the checked-out commit, as a unified diff) or `archive` (the workspace as a .tar.gz stream).
+   */
+  collect(spawnId: string, options: { format: 'diff' }): Promise<CollectedDiff>;
+  collect(spawnId: string, options: { format: 'archive'; git?: boolean }): Promise<CollectedArchive>;
   close(spawnId: string): Promise<void>;
   list(options?: { allOwners?: boolean }): Promise<ListedSpawn[]>;
   sweep(options?: { dryRun?: boolean; orphans?: boolean }): Promise<SweepReport>;

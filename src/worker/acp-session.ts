@@ -95,7 +95,9 @@ export async function openAcpSession(options: AcpSessionOptions): Promise<AcpSes
             // ACP reserves these root _meta keys for W3C trace context, so agents can continue the trace.
             ...(traceparent ? { _meta: { traceparent } } : {}),
           },
-          { cancellationSignal: signal, stopWaitingOnCancel: true },
+          // Keep waiting after $/cancel_request: the answer is how the worker knows the agent let go of
+          // the prompt (its late updates would otherwise leak into the next turn).
+          { cancellationSignal: signal, stopWaitingOnCancel: false },
         );
       },
       cancel() {
@@ -177,4 +179,19 @@ async function applyModel(connection: ClientConnection, sessionId: string, model
 /** Whether an error from a request is the peer's JSON-RPC error (as opposed to a transport failure). */
 export function acpErrorCode(err: unknown): number | null {
   return err instanceof acp.RequestError ? err.code : null;
+}
+
+const MAX_ERROR_DATA_CHARS = 16 * 1024;
+
+/** The `data` of an ACP error, kept for the turn.failed event: as sent when small, else its first 16 KiB as text. */
+export function acpErrorData(err: unknown): unknown {
+  if (!(err instanceof acp.RequestError) || err.data === undefined) return undefined;
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(err.data);
+  } catch {
+    return undefined;
+  }
+  if (text === undefined) return undefined;
+  return text.length <= MAX_ERROR_DATA_CHARS ? err.data : `${text.slice(0, MAX_ERROR_DATA_CHARS)}…[truncated]`;
 }

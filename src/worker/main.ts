@@ -12,6 +12,9 @@
  *   SPAWNGATE_RESUME_SESSION_ID  reopen this ACP session (session/resume, else session/load)
  *   SPAWNGATE_CANCEL_GRACE_MS how long the agent may take to honour a cancel; default 5000
  *   SPAWNGATE_DEADLINE        Unix time (s) at which the worker stops itself and exits 124 (the profile timeout)
+ *   SPAWNGATE_GIT_REPO        clone this repository into the workspace (the worker's cwd) before the agent starts
+ *   SPAWNGATE_GIT_REF         branch, tag or commit to check out; default the remote's default branch
+ *   SPAWNGATE_GIT_DEPTH       shallow clone of this many commits
  *   TRACEPARENT               W3C trace context of the gateway span that created the worker
  *   OTEL_*                    standard OpenTelemetry variables; spans are exported when they ask for it
  */
@@ -21,6 +24,11 @@ import type { Issue } from '../errors.js';
 import { resolveBuiltinAgent } from '../agents/index.js';
 import { startTelemetry } from '../telemetry/sdk.js';
 import { startWorker } from './worker.js';
+import { checkoutGit, displayRepo } from './workspace.js';
+import type { CheckedOut, GitCheckout } from './workspace.js';
+
+/** Bound on the clone of a `git` workspace; the spawn's own timeout bounds it too. */
+const GIT_CHECKOUT_TIMEOUT_MS = 10 * 60_000;
 import type { RunningWorker, StartWorkerOptions, WorkerListen } from './worker.js';
 
 type Env = Record<string, string | undefined>;
@@ -39,7 +47,7 @@ export function parseListen(value: string | undefined): WorkerListen | Issue {
 }
 
 /** Turns the environment into startWorker options; every fault is reported at once, by variable name. */
-export function workerOptionsFromEnv(env: Env): StartWorkerOptions {
+export function workerOptionsFromEnv(env: Env): StartWorkerOptions & { git?: GitCheckout } {
   const issues: Issue[] = [];
   const token = env['SPAWNGATE_WORKER_TOKEN'];
   if (!token) issues.push({ path: 'SPAWNGATE_WORKER_TOKEN', message: 'required: the per-worker bearer token' });
@@ -79,6 +87,17 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions {
     else deadlineAt = new Date(seconds * 1000);
   }
 
+  let git: GitCheckout | undefined;
+  const repo = env['SPAWNGATE_GIT_REPO'];
+  if (repo) {
+    const depth = env['SPAWNGATE_GIT_DEPTH'] ? Number(env['SPAWNGATE_GIT_DEPTH']) : null;
+    if (depth !== null && (!Number.isInteger(depth) || depth < 1)) issues.push({ path: 'SPAWNGATE_GIT_DEPTH', message: 'must be a positive integer' });
+    if (repo.startsWith('-') || repo.includes('::')) issues.push({ path: 'SPAWNGATE_GIT_REPO', message: 'must be a repository URL or an absolute path' });
+    const ref = env['SPAWNGATE_GIT_REF'] || null;
+    if (ref?.startsWith('-')) issues.push({ path: 'SPAWNGATE_GIT_REF', message: 'must be a branch, tag or commit name' });
+    git = { repo, ref, depth };
+  }
+
   if (issues.length > 0 || !token || !argv || 'message' in listen) throw new ConfigError('invalid worker environment', issues);
   const [agentCommand = '', ...agentArgs] = argv;
   return {
@@ -92,6 +111,7 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions {
     ...(env['SPAWNGATE_RESUME_SESSION_ID'] ? { resumeSessionId: env['SPAWNGATE_RESUME_SESSION_ID'] } : {}),
     ...(cancelGraceMs === undefined ? {} : { cancelGraceMs }),
     ...(deadlineAt ? { deadlineAt } : {}),
+    ...(git ? { git } : {}),
   };
 }
 
@@ -120,8 +140,20 @@ export async function runWorkerFromEnv(env: Env = process.env, io: WorkerIo = pr
   });
   let worker: RunningWorker;
   try {
+    // The workspace is the folder the backend started the worker in; a `git` one is cloned into
+    // before the agent exists. A failure exits the worker with git's own words on stderr.
+    const { git, ...rest } = options;
+    const dir = process.cwd();
+    let checkedOut: CheckedOut | null = null;
+    if (git) {
+      io.stderr(`${JSON.stringify({ time: new Date().toISOString(), source: 'worker', level: 'info', message: `cloning ${displayRepo(git.repo)}${git.ref ? ` at ${git.ref}` : ''} into the workspace` })}\n`);
+      checkedOut = await checkoutGit(dir, git, GIT_CHECKOUT_TIMEOUT_MS).catch((err: unknown) => {
+        throw new ConfigError(`the workspace checkout failed: ${(err as Error).message}`, [{ path: 'workspace.repo', message: (err as Error).message }]);
+      });
+    }
     worker = await startWorker({
-      ...options,
+      ...rest,
+      workspace: { dir, git: checkedOut },
       ...(env['TRACEPARENT'] ? { traceparent: env['TRACEPARENT'] } : {}),
       ...(telemetry ? { onClosed: () => telemetry.shutdown() } : {}),
       onLog: (line) => io.stderr(`${JSON.stringify(line)}\n`),

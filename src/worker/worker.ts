@@ -11,7 +11,7 @@ import { WORKER_EXIT_DEADLINE } from '../protocol/events.js';
 import { BackendError, ConfigError, WorkerProtocolError } from '../errors.js';
 import type { Issue } from '../errors.js';
 import { listen, removeStaleSocket, type ListenAddress } from '../net.js';
-import { acpErrorCode, openAcpSession } from './acp-session.js';
+import { acpErrorCode, acpErrorData, openAcpSession } from './acp-session.js';
 import type { AcpSession, AgentInfo } from './acp-session.js';
 import { spawnAgentProcess, within } from './agent-process.js';
 import type { AgentExit, AgentProcess } from './agent-process.js';
@@ -27,6 +27,8 @@ import type {
 import { BodyTooLargeError, parseTraceparent, readBody, sendError, sendJson, tokenVerifier } from '../protocol/http.js';
 import { LogBuffer, MAX_LOG_TAIL } from './log-buffer.js';
 import { mapSessionUpdate } from './map-update.js';
+import { archive, DiffTooLargeError, gitDiff } from './workspace.js';
+import type { CheckedOut } from './workspace.js';
 import { endSpan, parentContext, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
 import type { EventBody } from './map-update.js';
 
@@ -58,6 +60,11 @@ export interface StartWorkerOptions {
   agentExitLingerMs?: number;
   /** How long an agent may take to honour session/cancel before the worker ends the turn itself. Default 5000. */
   cancelGraceMs?: number;
+  /**
+   * After a turn ended by force, how long a new /turn waits for the agent to answer the cancelled
+   * prompt before it is refused (409). Default the larger of cancelGraceMs and 10 s.
+   */
+  letGoWaitMs?: number;
   /** Bound on initialize + session/new. Default 120000. */
   initTimeoutMs?: number;
   /** Time between SIGTERM and SIGKILL of the agent's process group. Default 3000. */
@@ -75,6 +82,10 @@ export interface StartWorkerOptions {
   traceparent?: string;
   /** Awaited at the end of close(), before the process may exit (the CLI flushes its trace export here). */
   onClosed?: () => Promise<void>;
+  /** The workspace folder (default cwd) and, for a `git` one, what was checked out into it: /workspace/* serve it. */
+  workspace?: { dir: string; git: CheckedOut | null };
+  /** Bound of GET /workspace/diff; default 64 MiB. */
+  maxDiffBytes?: number;
 }
 
 
@@ -96,8 +107,10 @@ interface OpenTurn {
   readonly span: Span;
   readonly toolSpans: Map<string, Span>;
   readonly toolTitles: Map<string, string>;
-  /** Aborting stops waiting for the prompt and sends $/cancel_request; used once the cancel grace is over. */
+  /** Aborting sends $/cancel_request for the prompt; used once the cancel grace is over. */
   readonly promptAbort: AbortController;
+  /** Settles when the agent answered session/prompt (whatever the answer): only then has it let go of this turn. */
+  promptSettled: Promise<void>;
   readonly done: Promise<void>;
   resolveDone: () => void;
   seq: number;
@@ -136,7 +149,7 @@ function validateOptions(opts: StartWorkerOptions): void {
     issues.push({ path: 'listen.port', message: 'must be an integer between 0 and 65535' });
   }
   if (opts.logLimit !== undefined && (!Number.isInteger(opts.logLimit) || opts.logLimit < 1)) issues.push({ path: 'logLimit', message: 'must be a positive integer' });
-  for (const key of ['agentExitLingerMs', 'cancelGraceMs', 'initTimeoutMs', 'killGraceMs'] as const) {
+  for (const key of ['agentExitLingerMs', 'cancelGraceMs', 'letGoWaitMs', 'initTimeoutMs', 'killGraceMs'] as const) {
     const value = opts[key];
     if (value !== undefined && (!Number.isFinite(value) || value < 0)) issues.push({ path: key, message: 'must be a non-negative number of milliseconds' });
   }
@@ -184,6 +197,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   const cancelGraceMs = opts.cancelGraceMs ?? 5000;
   const initTimeoutMs = opts.initTimeoutMs ?? 120_000;
   const killGraceMs = opts.killGraceMs ?? 3000;
+  const maxDiffBytes = opts.maxDiffBytes ?? 64 * 1024 * 1024;
+  const letGoWaitMs = opts.letGoWaitMs ?? Math.max(cancelGraceMs, 10_000);
   const logs = new LogBuffer(opts.logLimit ?? MAX_LOG_TAIL);
   const isAuthorized = tokenVerifier(opts.token);
   const startedAt = new Date().toISOString();
@@ -201,6 +216,12 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   let agentInfo: AgentInfo | null = null;
   let agent: AgentProcess | null = null;
   let turn: OpenTurn | null = null;
+  /**
+   * A turn ended by force (the agent ignored the cancel for the whole grace) whose prompt the agent
+   * has not answered yet. Until it does, its late updates have no turn to go to (they are dropped)
+   * and no new turn starts: the next turn must never show the old turn's output.
+   */
+  let winding: { turnId: string; settled: Promise<void> } | null = null;
   let lastEventAt: string | null = null;
   let closing = false;
   let closePromise: Promise<void> | null = null;
@@ -241,7 +262,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     else stats.cancelled++;
     if (turn === t) {
       turn = null;
-      if (state === 'busy') state = 'idle';
+      if (state === 'busy' && !winding) state = 'idle';
     }
     if (!t.res.destroyed && !t.res.writableEnded) t.res.end();
     endTurnSpans(t, body);
@@ -303,6 +324,14 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       if (t.ended) return;
       log('warn', 'agent did not honour session/cancel in time; ending the turn without it', { turnId: t.id, graceMs: cancelGraceMs });
       t.promptAbort.abort();
+      const w = { turnId: t.id, settled: t.promptSettled };
+      winding = w;
+      void w.settled.then(() => {
+        if (winding !== w) return;
+        winding = null;
+        if (state === 'busy' && !turn) state = 'idle';
+        log('info', 'the agent let go of the force-cancelled turn', { turnId: w.turnId });
+      });
       endTurn(t, { type: 'turn.cancelled', reason, forced: true });
     }, cancelGraceMs);
   };
@@ -336,7 +365,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       return;
     }
     const message = err instanceof Error ? err.message : String(err);
-    endTurn(t, { type: 'turn.failed', error: { code: 'agent_error', message, ...(acpCode === null ? {} : { acpCode }) } });
+    const acpData = acpErrorData(err);
+    endTurn(t, { type: 'turn.failed', error: { code: 'agent_error', message, ...(acpCode === null ? {} : { acpCode }), ...(acpData === undefined ? {} : { acpData }) } });
   };
 
   const onUpdate = (update: SessionUpdate): void => {
@@ -373,6 +403,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       toolSpans: new Map(),
       toolTitles: new Map(),
       promptAbort: new AbortController(),
+      promptSettled: Promise.resolve(),
       done,
       resolveDone,
       seq: 0,
@@ -402,7 +433,12 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     droppedUpdates = 0;
     emit(t, { type: 'turn.started', agentId: opts.agentId });
     // The agent continues under this worker's turn span.
-    s.prompt(message, { traceparent: traceparentOf(span) ?? t.trace?.traceparent ?? null, signal: t.promptAbort.signal }).then(
+    const prompt = s.prompt(message, { traceparent: traceparentOf(span) ?? t.trace?.traceparent ?? null, signal: t.promptAbort.signal });
+    t.promptSettled = prompt.then(
+      () => undefined,
+      () => undefined,
+    );
+    prompt.then(
       (response) => onPromptAnswered(t, response),
       (err: unknown) => onPromptFailed(t, err, s),
     );
@@ -426,6 +462,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     lastEventAt,
     agentPid: agent?.exit ? null : (agent?.pid ?? null),
     session: session ? { id: session.sessionId, resumed: session.resumed, model: session.model } : null,
+    workspace: opts.workspace ? { git: opts.workspace.git } : null,
   });
 
   const refuseUnavailable = (res: ServerResponse): void => {
@@ -443,7 +480,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       refuseUnavailable(res);
       return;
     }
-    if (turn) {
+    if (turn && !turn.cancelReason) {
       req.resume();
       sendError(res, 409, 'busy', 'a turn is already running; one turn at a time', { currentTurnId: turn.id });
       return;
@@ -474,6 +511,12 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       sendError(res, 400, 'invalid_request', 'turnId must be 1-128 characters of A-Z a-z 0-9 . _ : -');
       return;
     }
+    // A turn being cancelled (a client that broke off and asks again at once), or one ended by force
+    // whose prompt the agent still holds: waited for, bounded, instead of refused.
+    const cancelling = openTurn();
+    if (cancelling?.cancelReason) await within(cancelling.done, cancelGraceMs + 1000);
+    const wound = winding;
+    if (wound) await within(wound.settled, letGoWaitMs);
     // Re-checked after the body arrived: the state may have changed and another request may have taken the slot.
     const s = session;
     if (!s || !serving()) {
@@ -483,6 +526,11 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     const running = openTurn();
     if (running) {
       sendError(res, 409, 'busy', 'a turn is already running; one turn at a time', { currentTurnId: running.id });
+      return;
+    }
+    const stillWinding = winding;
+    if (stillWinding) {
+      sendError(res, 409, 'busy', `the agent has not let go of the force-cancelled turn ${stillWinding.turnId} yet; its output must not reach a new turn`, { currentTurnId: stillWinding.turnId });
       return;
     }
     startTurn(res, req, message, turnId ?? randomUUID(), s);
@@ -495,7 +543,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       return;
     }
     const url = new URL(req.url ?? '/', 'http://worker');
-    const allowed: Record<string, string> = { '/healthz': 'GET', '/turn': 'POST', '/cancel': 'POST', '/status': 'GET', '/logs': 'GET' };
+    const allowed: Record<string, string> = { '/healthz': 'GET', '/turn': 'POST', '/cancel': 'POST', '/status': 'GET', '/logs': 'GET', '/workspace/diff': 'GET', '/workspace/archive': 'GET' };
     const allow = allowed[url.pathname];
     if (!allow) {
       req.resume();
@@ -541,6 +589,47 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       case '/status':
         sendJson(res, 200, statusReport());
         return;
+      case '/workspace/diff': {
+        const git = opts.workspace?.git;
+        if (!git || !opts.workspace) {
+          sendError(res, 409, 'not_a_git_workspace', 'this worker\'s workspace was not checked out from git: there is no base to diff against; GET /workspace/archive takes the files');
+          return;
+        }
+        try {
+          const diff = await gitDiff(opts.workspace.dir, git.base, maxDiffBytes);
+          res.writeHead(200, { 'content-type': 'text/x-diff; charset=utf-8', 'x-spawngate-base': git.base, 'cache-control': 'no-store' });
+          res.end(diff);
+        } catch (err) {
+          if (err instanceof DiffTooLargeError) sendError(res, 413, 'payload_too_large', `the diff exceeds ${maxDiffBytes} bytes; GET /workspace/archive takes the files`);
+          else sendError(res, 500, 'git_failed', (err as Error).message);
+        }
+        return;
+      }
+      case '/workspace/archive': {
+        const dir = opts.workspace?.dir ?? cwd;
+        const tar = archive(dir, url.searchParams.get('git') === '1');
+        let stderr = '';
+        tar.stderr.on('data', (c: Buffer) => (stderr = (stderr + c.toString()).slice(-2000)));
+        const spawned = await new Promise<Error | null>((resolve) => {
+          tar.once('spawn', () => resolve(null));
+          tar.once('error', resolve);
+        });
+        if (spawned) {
+          sendError(res, 501, 'no_tar', `tar is not available where the worker runs: ${spawned.message}`);
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'application/gzip', 'content-disposition': 'attachment; filename="workspace.tar.gz"', 'cache-control': 'no-store' });
+        res.once('close', () => tar.kill('SIGKILL'));
+        tar.stdout.pipe(res);
+        tar.once('close', (code) => {
+          // Headers are gone: a failed tar can only cut the stream, which the client sees as an error.
+          if (code !== 0) {
+            log('warn', 'workspace archive failed', { exitCode: code, stderr: stderr.trim() });
+            res.destroy(new Error('tar failed'));
+          }
+        });
+        return;
+      }
       case '/logs': {
         const tailParam = url.searchParams.get('tail');
         const tail = tailParam === null ? DEFAULT_LOG_TAIL : Number(tailParam);

@@ -93,7 +93,7 @@ describe('types and unknown keys', () => {
 
   it('names the backend type a misplaced key belongs to', () => {
     expectIssue({ agents: { executionBackends: { local: { type: 'process', namespace: 'x' } } } }, 'agents.executionBackends.local.namespace', /only valid on kubernetes backends/);
-    expectIssue({ agents: { executionBackends: { d: { type: 'kubernetes', namespace: 'x', allowedHostPaths: ['/x'] } } } }, 'agents.executionBackends.d.allowedHostPaths', /only valid on container backends/);
+    expectIssue({ agents: { executionBackends: { d: { type: 'kubernetes', namespace: 'x', allowedHostPaths: ['/x'] } } } }, 'agents.executionBackends.d.allowedHostPaths', /only valid on process or container backends/);
   });
 
   it('requires a namespace on kubernetes backends and checks its syntax', () => {
@@ -232,7 +232,7 @@ describe('profile fields', () => {
     expectIssue(container('/srv/ws/a'), 'agents.executionBackends.d.profiles.p.workspace.path');
     expectIssue(container('relative/x', ['/srv']), 'agents.executionBackends.d.profiles.p.workspace.path', /absolute/);
     expectIssue(container('/srv/ws/../../etc', ['/srv/ws']), 'agents.executionBackends.d.profiles.p.workspace.path', /\.\./);
-    expectIssue(k8s({ workspace: { strategy: 'hostPath', path: '/data' } }), `${P}.workspace.strategy`, /only allowed on container backends/);
+    expectIssue(k8s({ workspace: { strategy: 'hostPath', path: '/data' } }), `${P}.workspace.strategy`, /only allowed on process and container backends/);
   });
 });
 

@@ -138,10 +138,12 @@ describe('docker backend', () => {
       Privileged: false,
     });
     expect(info.HostConfig.SecurityOpt).toContain('no-new-privileges');
-    expect(Object.keys(info.HostConfig.Tmpfs ?? {})).toEqual(['/tmp']);
+    // /tmp, and HOME apart from the workspace (owned by the worker's uid).
+    expect(Object.keys(info.HostConfig.Tmpfs ?? {})).toEqual(['/tmp', '/home/spawngate']);
+    expect(info.HostConfig.Tmpfs?.['/home/spawngate']).toMatch(/uid=10001,gid=10001,mode=0700/);
     expect(info.Config.User).toBe('10001:10001');
     expect(info.Config.Labels).toMatchObject({ [LABELS.spawnId]: s.spawnId, [LABELS.owner]: owner, [LABELS.backend]: 'docker-test', [LABELS.profile]: 'test' });
-    expect(info.Config.Env).toEqual(expect.arrayContaining(['GREETING=hello', 'API_TOKEN=value-from-gateway-env', 'SPAWNGATE_LISTEN=unix:/run/spawngate/w.sock']));
+    expect(info.Config.Env).toEqual(expect.arrayContaining(['GREETING=hello', 'API_TOKEN=value-from-gateway-env', 'SPAWNGATE_LISTEN=unix:/run/spawngate/w.sock', 'HOME=/home/spawngate']));
     expect(await workerVolumes(s.spawnId)).toEqual([`spawngate-${s.spawnId}-workspace`]);
 
     // list by label finds it, with the expiry parsed back from the label.

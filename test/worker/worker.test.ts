@@ -74,10 +74,11 @@ describe.each<Transport>(['tcp', 'unix'])('reference worker over %s', (transport
     expect(messageText(await collect(w.client.turn('permission reject')))).toBe('permission: cancelled');
   });
 
-  it('reports an ACP error answer as turn.failed agent_error', async () => {
+  it('reports an ACP error answer as turn.failed agent_error, with the error\'s data as the agent sent it', async () => {
     const events = await collect(w.client.turn('error'));
     expect(types(events)).toEqual(['turn.started', 'turn.failed']);
-    expect(events[1]).toMatchObject({ type: 'turn.failed', error: { code: 'agent_error', acpCode: -32603 } });
+    expect(events[1]).toMatchObject({ type: 'turn.failed', error: { code: 'agent_error', acpCode: -32603, acpData: { reason: 'quota exceeded', retryAfterSeconds: 30 } } });
+    expect((events[1] as { error: { message: string } }).error.message).toMatch(/fixture refused the prompt/);
   });
 
   it('echoes traceparent into every event and passes it to the agent in _meta', async () => {
@@ -175,7 +176,7 @@ describe.each<Transport>(['tcp', 'unix'])('reference worker over %s', (transport
 
 describe('reference worker failure paths', () => {
   it('ends an ignored cancel as turn.cancelled (forced) after the grace period', async () => {
-    const w = await startTestWorker('tcp', { cancelGraceMs: 300 });
+    const w = await startTestWorker('tcp', { cancelGraceMs: 300, letGoWaitMs: 300 });
     try {
       await w.worker.ready;
       const events: WorkerEvent[] = [];
@@ -185,7 +186,44 @@ describe('reference worker failure paths', () => {
       }
       expect(types(events)).toEqual(['turn.started', 'turn.cancelled']);
       expect(events[1]).toMatchObject({ reason: 'client_cancel', forced: true });
+      // The agent still holds the prompt: no new turn may start (its output would be this turn's).
+      expect((await w.client.status()).state).toBe('busy');
+      const refused = await errorOf(collect(w.client.turn('echo next')));
+      expect(refused.code).toBe('WORKER_BUSY');
+      expect(refused.details['reason']).toMatch(/has not let go of the force-cancelled turn/);
+    } finally {
+      await w.close();
+    }
+  });
+
+  it('after a forced cancel, the next turn waits for the agent to let go and never shows the old turn\'s output', async () => {
+    const w = await startTestWorker('tcp', { cancelGraceMs: 200 });
+    try {
+      await w.worker.ready;
+      const first: WorkerEvent[] = [];
+      for await (const e of w.client.turn('lingering 800')) {
+        first.push(e);
+        if (e.type === 'agent.message.delta' && first.filter((x) => x.type === 'agent.message.delta').length === 1) await w.client.cancel();
+      }
+      expect(first.at(-1)).toMatchObject({ type: 'turn.cancelled', forced: true });
+      // Asked at once: it waits (bounded by the grace) for the agent's late chunks to end, then runs.
+      const second = await collect(w.client.turn('echo fresh'));
+      expect(second.at(-1)?.type).toBe('turn.completed');
+      expect(messageText(second)).toBe('fresh');
       expect((await w.client.status()).state).toBe('idle');
+    } finally {
+      await w.close();
+    }
+  });
+
+  it('a client that breaks out of a turn can start the next at once (no WORKER_BUSY while the first winds down)', async () => {
+    const w = await startTestWorker('unix');
+    try {
+      await w.worker.ready;
+      for await (const e of w.client.turn('slow 400')) if (e.type === 'agent.message.delta') break;
+      const next = await collect(w.client.turn('echo next'));
+      expect(next.at(-1)?.type).toBe('turn.completed');
+      expect(messageText(next)).toBe('next');
     } finally {
       await w.close();
     }

@@ -16,6 +16,8 @@ import type { WorkerSpec } from '../types.js';
 import { LABELS } from '../types.js';
 
 export const WORKER_UID = 10001;
+/** The worker's (and agent's) HOME: a tmpfs of its own, never the workspace. */
+export const HOME_MOUNT = '/home/spawngate';
 export const SOCKET_MOUNT = '/run/spawngate';
 export const SOCKET_NAME = 'w.sock';
 export const WORKSPACE_MOUNT = '/workspace';
@@ -130,7 +132,7 @@ export function planWorker(spec: WorkerSpec, ctx: PlanContext): WorkerPlan {
   }
 
   // ── environment: profile env, then resolved secrets, then the worker contract (which a profile cannot override)
-  const env: Record<string, string> = { ...spec.env };
+  const env: Record<string, string> = { HOME: HOME_MOUNT, ...spec.env };
   for (const ref of spec.secretEnv) {
     const variable = secretVariableName(ref.secretRef);
     const value = ctx.env[variable];
@@ -199,7 +201,9 @@ export function planWorker(spec: WorkerSpec, ctx: PlanContext): WorkerPlan {
   switch (workspace.strategy) {
     case 'none':
       break;
-    case 'ephemeral': {
+    case 'ephemeral':
+    case 'git': {
+      // git: the worker clones into this fresh volume before the agent starts.
       const name = volumeNameOf(spec.spawnId);
       // A size limit needs a filesystem that enforces one; the local driver's tmpfs does (and its pages
       // count against the container's memory limit), a plain local volume cannot.
@@ -267,7 +271,8 @@ export function planWorker(spec: WorkerSpec, ctx: PlanContext): WorkerPlan {
       ...(cpuRequest !== null ? { CpuShares: Math.max(2, Math.round((cpuRequest / 1e9) * 1024)) } : {}),
       PidsLimit: spec.pidsLimit ?? DEFAULT_PIDS_LIMIT,
       ReadonlyRootfs: true,
-      Tmpfs: { '/tmp': `rw,nosuid,nodev,size=${tmpBytes}` },
+      // HOME apart from the workspace: an agent's dotfiles and caches are not the work, and go with the container.
+      Tmpfs: { '/tmp': `rw,nosuid,nodev,size=${tmpBytes}`, [HOME_MOUNT]: `rw,nosuid,nodev,size=${tmpBytes},uid=${WORKER_UID},gid=${WORKER_UID},mode=0700` },
       CapDrop: ['ALL'],
       SecurityOpt: ['no-new-privileges'],
       Privileged: false,

@@ -19,6 +19,8 @@ export const WORKER_CONTAINER = 'worker';
 export const WORKER_UID = 10001;
 export const DEFAULT_WORKER_PORT = 8080;
 export const WORKSPACE_MOUNT = '/workspace';
+/** The worker's (and agent's) HOME: an emptyDir of its own, never the workspace. */
+export const HOME_MOUNT = '/home/spawngate';
 export const TOKEN_KEY = 'token';
 /** Seconds between SIGTERM and SIGKILL when a worker pod is deleted; the worker stops in well under one. */
 export const TERMINATION_GRACE_SECONDS = 10;
@@ -161,6 +163,7 @@ function workerEnv(spec: WorkerSpec, options: ManifestOptions): V1EnvVar[] {
     env.delete(entry.name);
     env.set(entry.name, entry);
   };
+  put({ name: 'HOME', value: HOME_MOUNT });
   for (const [name, value] of Object.entries(spec.env)) put({ name, value });
   if (spec.egress === 'proxy') for (const [name, value] of Object.entries(proxyEnv(options.proxy))) put({ name, value });
   for (const ref of spec.secretEnv) put({ name: ref.name, valueFrom: { secretKeyRef: { name: ref.secretRef.name, key: ref.secretRef.key, optional: false } } });
@@ -192,13 +195,17 @@ export function buildPodManifest(spec: WorkerSpec, options: ManifestOptions): V1
   const volumes: V1Volume[] = [{ name: 'tmp', emptyDir: {} }];
   const mounts: V1VolumeMount[] = [{ name: 'tmp', mountPath: '/tmp' }];
   const workspace = spec.workspace;
-  if (workspace.strategy === 'ephemeral') {
+  // HOME apart from the workspace: an agent's dotfiles and caches are not the work.
+  volumes.push({ name: 'home', emptyDir: {} });
+  mounts.push({ name: 'home', mountPath: HOME_MOUNT });
+  if (workspace.strategy === 'ephemeral' || workspace.strategy === 'git') {
+    // git: the worker clones into this fresh emptyDir before the agent starts.
     volumes.push({ name: 'workspace', emptyDir: workspace.sizeLimit ? { sizeLimit: workspace.sizeLimit } : {} });
   } else if (workspace.strategy === 'volume' && workspace.claimName) {
     // A claim's size is the claim's; sizeLimit only applies to emptyDir.
     volumes.push({ name: 'workspace', persistentVolumeClaim: { claimName: workspace.claimName } });
   }
-  const hasWorkspace = volumes.length > 1;
+  const hasWorkspace = volumes.some((v) => v.name === 'workspace');
   if (hasWorkspace) mounts.push({ name: 'workspace', mountPath: WORKSPACE_MOUNT });
 
   return {

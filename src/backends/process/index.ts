@@ -279,6 +279,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
   async function startChild(spec: WorkerSpec, intent: StateFile): Promise<{ state: StateFile; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> }> {
     const workspace = spec.workspace.strategy === 'hostPath' ? spec.workspace.path : join(intent.dir, 'workspace');
     if (spec.workspace.strategy !== 'hostPath') await mkdir(workspace, { recursive: true, mode: 0o700 });
+    const home = join(intent.dir, 'home');
+    await mkdir(home, { recursive: true, mode: 0o700 });
     // egress none: a fresh network namespace has no route anywhere, so the worker is reached over a unix socket.
     const isolated = spec.egress === 'none';
     const [cmd, ...cmdArgs] = spec.command ? [...spec.command, ...(spec.args ?? [])] : [...(options.workerCommand ?? workerBinCommand()), ...(spec.args ?? [])];
@@ -287,7 +289,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     const memory = parseMemoryBytes(spec.resources.limits.memory);
     const env: Record<string, string> = {
       PATH: process.env.PATH ?? '/usr/bin:/bin',
-      HOME: workspace,
+      // Apart from the workspace: an agent's dotfiles and caches are not the work (removed with the worker).
+      HOME: home,
       ...spec.env,
       SPAWNGATE_WORKER_TOKEN: spec.token,
       SPAWNGATE_AGENT_ID: spec.agentId,

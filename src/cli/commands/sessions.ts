@@ -547,3 +547,41 @@ export const sweepCommand: Command = {
     return withGate(values, target.owner, async (gate) => writeSweep(io, { ...(await gate.sweep({ dryRun, orphans })), owner: gate.owner }, json, `owner ${gate.owner}`));
   },
 };
+
+export const collectCommand: Command = {
+  name: 'collect',
+  summary: 'Take a worker\'s results before it goes: the diff of its git workspace, or the workspace as a .tar.gz (from spawngate serve).',
+  usage: 'spawngate collect ID --server URL [--token-file FILE] [--archive FILE|- [--git]]',
+  options: { ...remote, archive: { type: 'string', short: 'a' }, git: { type: 'boolean' } },
+  positionals: [1, 1],
+  async run({ values, positionals, io }) {
+    // Only the gateway that runs a worker holds its token, so only a running serve can read its workspace.
+    if (str(values, 'server') === undefined) throw new UsageError('collect needs --server URL: only the spawngate serve that runs a worker can read its workspace');
+    if (values['git'] === true && str(values, 'archive') === undefined) throw new UsageError('--git only applies with --archive (it keeps .git in the archive)');
+    const target = await resolveTarget(values, io);
+    if (target.kind !== 'server') throw new UsageError('collect needs --server URL');
+    const { client } = target;
+    const id = positionals[0] ?? '';
+    const archiveTo = str(values, 'archive');
+    return viaServer('collect', io, async () => {
+      if (archiveTo === undefined) {
+        const { diff } = await client.workspaceDiff(id);
+        io.stdout.write(diff);
+        return EXIT.ok;
+      }
+      const stream = await client.workspaceArchive(id, { git: values['git'] === true });
+      const { createWriteStream } = await import('node:fs');
+      const { pipeline } = await import('node:stream/promises');
+      // Written beside, then renamed: a cut stream never leaves a truncated archive under the name asked for.
+      if (archiveTo === '-') await pipeline(stream, io.stdout, { end: false });
+      else {
+        const partial = `${archiveTo}.partial`;
+        await pipeline(stream, createWriteStream(partial, { mode: 0o600 }));
+        const { rename } = await import('node:fs/promises');
+        await rename(partial, archiveTo);
+        io.stderr.write(`wrote ${archiveTo}\n`);
+      }
+      return EXIT.ok;
+    });
+  },
+};
