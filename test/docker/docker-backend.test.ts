@@ -139,7 +139,7 @@ describe('docker backend', () => {
     });
     expect(info.HostConfig.SecurityOpt).toContain('no-new-privileges');
     // /tmp, and HOME apart from the workspace (owned by the worker's uid).
-    expect(Object.keys(info.HostConfig.Tmpfs ?? {})).toEqual(['/tmp', '/home/spawngate']);
+    expect(Object.keys(info.HostConfig.Tmpfs ?? {}).sort()).toEqual(['/home/spawngate', '/tmp']);
     expect(info.HostConfig.Tmpfs?.['/home/spawngate']).toMatch(/uid=10001,gid=10001,mode=0700/);
     expect(info.Config.User).toBe('10001:10001');
     expect(info.Config.Labels).toMatchObject({ [LABELS.spawnId]: s.spawnId, [LABELS.owner]: owner, [LABELS.backend]: 'docker-test', [LABELS.profile]: 'test' });

@@ -178,8 +178,10 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
 
   /** The state once a just-observed exit of our own child is on disk (bounded: the exit event is at most seconds away). */
   async function settledState(state: StateFile): Promise<StateFile> {
+    if (state.exit) return state;
     const record = exitRecords.get(state.spawnId);
-    if (state.exit || !record) return state;
+    // No record left: it finished, and wrote the exit, after `state` was read; the file has it now.
+    if (!record) return (await readState(state.spawnId)) ?? state;
     // Generous: it is only waited when the child is known to be gone, and a starved event loop can take seconds to deliver its exit.
     await within(record, 10_000);
     return (await readState(state.spawnId)) ?? state;
