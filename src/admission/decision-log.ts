@@ -2,6 +2,9 @@ import { createWriteStream } from 'node:fs';
 import type { WriteStream } from 'node:fs';
 import type { Writable } from 'node:stream';
 import type { AdmissionInput, Decision } from './types.js';
+import { redactString } from '../redact.js';
+
+export { redactString };
 
 export interface DecisionLogEntry {
   decision_id: string;
@@ -31,24 +34,6 @@ export interface DecisionLog {
 }
 
 const SECRET_KEY = /(token|secret|password|passwd|api[_-]?key|authorization|credential|private[_-]?key|cookie)/i;
-// Shapes of credentials people paste into prompts; the decision log must not become a secret store.
-const SECRET_VALUE = [
-  /\bsk-[A-Za-z0-9_-]{16,}/g,
-  /\bgh[pousr]_[A-Za-z0-9]{20,}/g,
-  /\bgithub_pat_[A-Za-z0-9_]{20,}/g,
-  /\bxox[abposr]-[A-Za-z0-9-]{10,}/g,
-  /\bAKIA[0-9A-Z]{16}\b/g,
-  /\bBearer\s+[A-Za-z0-9._~+/=-]{12,}/gi,
-  /-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----/g,
-  /\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}/g,
-];
-
-export function redactString(value: string): string {
-  let out = value;
-  for (const pattern of SECRET_VALUE) out = out.replace(pattern, '[REDACTED]');
-  return out;
-}
-
 /** A deep copy with secret-looking keys and credential-shaped strings replaced. */
 export function redact(value: unknown): unknown {
   if (typeof value === 'string') return redactString(value);

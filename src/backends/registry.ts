@@ -25,7 +25,12 @@ async function instantiate(name: string, config: BackendConfig, _defaults: { own
   switch (config.type) {
     case 'process': {
       const { createProcessBackend } = await import('./process/index.js');
-      return createProcessBackend({ name, ...(config.stateDir ? { stateDir: config.stateDir } : {}) });
+      return createProcessBackend({
+        name,
+        ...(config.stateDir ? { stateDir: config.stateDir } : {}),
+        ...(config.allowedHostPaths ? { allowedHostPaths: config.allowedHostPaths } : {}),
+        ...(config.secretsDir ? { secretsDir: config.secretsDir } : {}),
+      });
     }
     case 'container': {
       const { createDockerBackend } = await import('./docker/index.js');
@@ -36,6 +41,7 @@ async function instantiate(name: string, config: BackendConfig, _defaults: { own
         ...(config.allowedHostPaths ? { allowedHostPaths: config.allowedHostPaths } : {}),
         ...(config.stateDir ? { stateDir: config.stateDir } : {}),
         ...(config.proxy ? { proxy: config.proxy } : {}),
+        ...(config.secretsDir ? { secretsDir: config.secretsDir } : {}),
       });
     }
     case 'kubernetes': {

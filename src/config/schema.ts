@@ -212,7 +212,9 @@ const tolerationSchema = z
 const secretRefSchema = z.strictObject({
   secretRef: z.strictObject({
     name: nonEmpty(253).regex(DNS1123_SUBDOMAIN, { message: 'must be a Kubernetes secret name (DNS-1123 subdomain)' }),
-    key: nonEmpty(253).regex(/^[-._A-Za-z0-9]+$/, { message: 'must be letters, digits, "-", "_" or "."' }),
+    key: nonEmpty(253)
+      .regex(/^[-._A-Za-z0-9]+$/, { message: 'must be letters, digits, "-", "_" or "."' })
+      .refine((k) => k !== '.' && k !== '..', { message: 'must not be "." or ".."' }),
   }),
 });
 
@@ -350,11 +352,14 @@ const backendCommon = {
   maxConcurrent: concurrencyCap.optional(),
 };
 
+const SECRETS_DIR_DESCRIPTION = 'folder of <secret name>/<key> files where { secretRef } values are looked up first; then the gateway\'s SPAWNGATE_SECRET_<NAME>_<KEY> variables';
+
 export const processBackendSchema = z.strictObject({
   type: z.literal('process'),
   ...backendCommon,
   stateDir: filePathSchema.optional(),
   allowedHostPaths: z.array(absolutePathSchema).max(64).optional().register(configMetadata, { description: 'host folders a profile may use as workspace: { strategy: hostPath }' }),
+  secretsDir: absolutePathSchema.optional().register(configMetadata, { description: SECRETS_DIR_DESCRIPTION }),
 });
 
 export const containerBackendSchema = z.strictObject({
@@ -363,6 +368,7 @@ export const containerBackendSchema = z.strictObject({
   socketPath: absolutePathSchema.optional(),
   image: nonEmpty(LIMITS.image).optional(),
   allowedHostPaths: z.array(absolutePathSchema).max(64).optional(),
+  secretsDir: absolutePathSchema.optional().register(configMetadata, { description: SECRETS_DIR_DESCRIPTION }),
   stateDir: filePathSchema.optional(),
   proxy: z
     .strictObject({
@@ -407,6 +413,7 @@ export const TYPE_SPECIFIC_KEYS: Readonly<Record<string, string>> = {
   proxy: 'container or kubernetes',
   workerPort: 'kubernetes',
   allowedHostPaths: 'process or container',
+  secretsDir: 'process or container',
   namespace: 'kubernetes',
   kubeconfig: 'kubernetes',
   context: 'kubernetes',

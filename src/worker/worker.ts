@@ -27,6 +27,7 @@ import type {
 import { BodyTooLargeError, parseTraceparent, readBody, sendError, sendJson, tokenVerifier } from '../protocol/http.js';
 import { LogBuffer, MAX_LOG_TAIL } from './log-buffer.js';
 import { mapSessionUpdate } from './map-update.js';
+import { redactString } from '../redact.js';
 import { archive, DiffTooLargeError, gitDiff } from './workspace.js';
 import type { CheckedOut } from './workspace.js';
 import { endSpan, parentContext, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
@@ -728,7 +729,9 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     endSpan(startSpanOf);
   };
 
-  log('info', 'starting agent', { agentId: opts.agentId, command: opts.agentCommand, args: opts.agentArgs, cwd });
+  // argv is logged for whoever debugs a start-up, with credential-shaped values cut out (a key put in
+  // agents.acp.<id>.command would otherwise reach /logs; secretRef env is the way to pass one).
+  log('info', 'starting agent', { agentId: opts.agentId, command: redactString(opts.agentCommand), args: opts.agentArgs.map(redactString), cwd });
   const proc = spawnAgentProcess({
     command: opts.agentCommand,
     args: opts.agentArgs,

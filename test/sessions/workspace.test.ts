@@ -78,12 +78,14 @@ beforeAll(async () => {
           local: {
             type: 'process',
             stateDir,
+            allowedHostPaths: [join(root, 'host')],
             defaultProfile: 'git',
             profiles: {
               git: { ...base, workspace: { strategy: 'git', repo, ref: 'feature' } },
               head: { ...base, workspace: { strategy: 'git', repo, depth: 1 } },
               badref: { ...base, workspace: { strategy: 'git', repo, ref: 'no-such-branch' } },
               plain: { ...base, workspace: { strategy: 'ephemeral' } },
+              host: { ...base, workspace: { strategy: 'hostPath', path: join(root, 'host', 'project') } },
             },
           },
         },
@@ -215,6 +217,25 @@ describe('git workspaces', () => {
       await handle.close();
       await server.close();
     }
+  });
+});
+
+describe('hostPath workspaces on the process backend', () => {
+  it('run the agent in the allowed host folder, whose files stay when the worker goes', async () => {
+    mkdirSync(join(root, 'host', 'project'), { recursive: true });
+    const handle = await gate.spawn({ agentId: 'fixture', caller, execution: { profile: 'host' } });
+    try {
+      expect(await say(handle, 'where')).toContain(`cwd=${join(root, 'host', 'project')} `);
+      await say(handle, 'write kept.txt stays on the host');
+    } finally {
+      await handle.close();
+    }
+    expect(readFileSync(join(root, 'host', 'project', 'kept.txt'), 'utf8')).toBe('stays on the host\n');
+  });
+
+  it('outside allowedHostPaths the config is refused, by path', () => {
+    const config = { agents: { executionBackends: { local: { type: 'process', allowedHostPaths: ['/srv/ws'], profiles: { p: { workspace: { strategy: 'hostPath', path: '/etc' } } } } } } };
+    expect(() => parseConfig(config)).toThrow(/agents\.executionBackends\.local\.profiles\.p\.workspace\.path.*not under any of the backend's allowedHostPaths/s);
   });
 });
 

@@ -52,6 +52,8 @@ export interface DockerBackendOptions {
   requestTimeoutMs?: number;
   /** Where secret references are looked up (SPAWNGATE_SECRET_<NAME>_<KEY>); default process.env. */
   secretSource?: Readonly<Record<string, string | undefined>>;
+  /** Folder of `<name>/<key>` files where secret references are looked up first (then SPAWNGATE_SECRET_* variables). */
+  secretsDir?: string;
 }
 
 export function defaultDockerStateDir(): string {
@@ -167,7 +169,7 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
 
   /** Checks everything validate() promises without creating anything; returns the plan with the workspace bind resolved. */
   async function checkedPlan(spec: WorkerSpec, d: DockerClient): Promise<WorkerPlan> {
-    const plan = planWorker(spec, { backendName: name, defaultImage, stateDir, proxy: options.proxy ?? null, env: secretSource });
+    const plan = planWorker(spec, { backendName: name, defaultImage, stateDir, proxy: options.proxy ?? null, env: secretSource, secretsDir: options.secretsDir ?? null });
 
     if (plan.hostPath !== null) {
       const wanted = plan.hostPath;

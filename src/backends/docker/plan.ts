@@ -14,6 +14,7 @@ import { BackendError } from '../../errors.js';
 import { parseQuantity } from '../../config/schema.js';
 import type { WorkerSpec } from '../types.js';
 import { LABELS } from '../types.js';
+import { resolveSecret, secretPlaces, secretVariableName } from '../secrets.js';
 
 export const WORKER_UID = 10001;
 /** The worker's (and agent's) HOME: a tmpfs of its own, never the workspace. */
@@ -42,8 +43,10 @@ export interface PlanContext {
   defaultImage: string;
   stateDir: string;
   proxy: ProxyOptions | null;
-  /** The gateway's environment, where secret references are resolved. */
+  /** The gateway's environment, where secret references are resolved (SPAWNGATE_SECRET_*). */
   env: Readonly<Record<string, string | undefined>>;
+  /** A folder of `<name>/<key>` secret files, looked in first. */
+  secretsDir?: string | null;
 }
 
 export interface WorkerPlan {
@@ -111,9 +114,7 @@ export function bytes(spec: WorkerSpec, field: string, quantity: string): number
 }
 
 /** SPAWNGATE_SECRET_<NAME>_<KEY>, upper-cased, every other character an underscore. */
-export function secretVariableName(ref: { name: string; key: string }): string {
-  return `SPAWNGATE_SECRET_${ref.name}_${ref.key}`.toUpperCase().replace(/[^A-Z0-9_]/g, '_');
-}
+export { secretVariableName };
 
 function portKey(): string {
   return `${WORKER_PORT}/tcp`;
@@ -134,13 +135,14 @@ export function planWorker(spec: WorkerSpec, ctx: PlanContext): WorkerPlan {
   // ── environment: profile env, then resolved secrets, then the worker contract (which a profile cannot override)
   const env: Record<string, string> = { HOME: HOME_MOUNT, ...spec.env };
   for (const ref of spec.secretEnv) {
-    const variable = secretVariableName(ref.secretRef);
-    const value = ctx.env[variable];
+    const source = { dir: ctx.secretsDir ?? null, env: ctx.env };
+    const value = resolveSecret(ref.secretRef, source);
     if (value === undefined) {
+      const places = secretPlaces(ref.secretRef, source);
       throw new BackendError(
         'BACKEND_FAILED',
-        `profile ${spec.profileName}: env ${ref.name} references secret ${ref.secretRef.name}/${ref.secretRef.key}, which container backend ${ctx.backendName} reads from the gateway's environment variable ${variable}; it is not set`,
-        { details: { field: `env.${ref.name}`, reason: 'SecretNotFound', variable } },
+        `profile ${spec.profileName}: env ${ref.name} references secret ${ref.secretRef.name}/${ref.secretRef.key}, which container backend ${ctx.backendName} looks for in ${places.join(' and ')}; neither has it`,
+        { details: { field: `env.${ref.name}`, reason: 'SecretNotFound', variable: secretVariableName(ref.secretRef), places } },
       );
     }
     env[ref.name] = value;

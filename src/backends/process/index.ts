@@ -12,6 +12,7 @@ import { WORKER_EXIT_DEADLINE } from '../../protocol/events.js';
 import { BACKEND_SPEC_VERSION, LABELS } from '../types.js';
 import { createWorkerClient } from '../../protocol/client.js';
 import { probeNetworkIsolation, UNSHARE_ARGS, type IsolationProbe } from './isolation.js';
+import { resolveSecret, secretPlaces } from '../secrets.js';
 import { findProcessByEnv, isOurProcess, processStartTime, signalGroup, type ProcessIdentity } from './proc.js';
 
 export interface ProcessBackendOptions {
@@ -26,6 +27,10 @@ export interface ProcessBackendOptions {
   proxyUrl?: string;
   /** Grace between SIGTERM and SIGKILL of the worker's process group. */
   killGraceMs?: number;
+  /** Folder of `<name>/<key>` files where secret references are looked up first (then SPAWNGATE_SECRET_* variables). */
+  secretsDir?: string;
+  /** Where SPAWNGATE_SECRET_* variables are read; default the gateway's environment. */
+  secretEnv?: Readonly<Record<string, string | undefined>>;
 }
 
 /**
@@ -187,6 +192,18 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     return (await readState(state.spawnId)) ?? state;
   }
 
+  const secretSource = { dir: options.secretsDir ?? null, env: options.secretEnv ?? process.env };
+
+  /** A secret reference's value; a missing one refuses the spawn, naming where it was looked for (never a value). */
+  function secretValue(spec: WorkerSpec, ref: WorkerSpec['secretEnv'][number]): string {
+    const value = resolveSecret(ref.secretRef, secretSource);
+    if (value !== undefined) return value;
+    const places = secretPlaces(ref.secretRef, secretSource);
+    throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: env ${ref.name} references secret ${ref.secretRef.name}/${ref.secretRef.key}, which process backend ${options.name} looks for in ${places.join(' and ')}; neither has it`, {
+      details: { field: `env.${ref.name}`, reason: 'SecretNotFound', places },
+    });
+  }
+
   function checkSpec(spec: WorkerSpec): void {
     if (spec.workspace.strategy === 'volume') {
       throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: workspace strategy "volume" is not supported by the process backend ${options.name}`, {
@@ -210,11 +227,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
         details: { field: 'egress' },
       });
     }
-    if (spec.secretEnv.length > 0) {
-      throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: secret references are not supported by the process backend (no secret store); use a kubernetes backend`, {
-        details: { field: 'env' },
-      });
-    }
+    for (const ref of spec.secretEnv) secretValue(spec, ref);
     if (spec.resources.gpu > 0) {
       throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: GPUs cannot be reserved by the process backend`, { details: { field: 'resources.gpu' } });
     }
@@ -294,6 +307,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       // Apart from the workspace: an agent's dotfiles and caches are not the work (removed with the worker).
       HOME: home,
       ...spec.env,
+      // Resolved only here, into the worker's environment (which its agent inherits): never argv, the state file or a log.
+      ...Object.fromEntries(spec.secretEnv.map((ref) => [ref.name, secretValue(spec, ref)])),
       SPAWNGATE_WORKER_TOKEN: spec.token,
       SPAWNGATE_AGENT_ID: spec.agentId,
       ...(spec.agentCommand ? { SPAWNGATE_AGENT_COMMAND: JSON.stringify(spec.agentCommand) } : {}),
