@@ -20,16 +20,23 @@ RUN node node_modules/typescript/bin/tsc -p tsconfig.build.json \
  && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
 
 FROM ${NODE_IMAGE}
+# A userland for coding agents (a shell comes with the base image): git for `git` workspaces, CA
+# certificates for https, and the tools agents' shell commands use.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git ca-certificates patch diffutils findutils \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 worker \
- && useradd --uid 10001 --gid 10001 --home-dir /workspace --no-create-home --shell /usr/sbin/nologin worker \
- && mkdir -p /workspace /run/spawngate \
- && chown 10001:10001 /workspace
+ && useradd --uid 10001 --gid 10001 --home-dir /home/spawngate --no-create-home --shell /bin/sh worker \
+ && mkdir -p /workspace /run/spawngate /home/spawngate \
+ && chown 10001:10001 /workspace /home/spawngate \
+ && chmod 0700 /home/spawngate
 COPY --from=build /src/package.json /app/package.json
 COPY --from=build /src/node_modules /app/node_modules
 COPY --from=build /src/dist /app/dist
 COPY bin /app/bin
 ENV NODE_ENV=production \
-    HOME=/tmp
+    HOME=/home/spawngate \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 USER 10001
 WORKDIR /workspace
 ENTRYPOINT ["node", "/app/dist/worker/bin.js"]

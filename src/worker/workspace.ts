@@ -9,7 +9,7 @@
 import { execFile, spawn } from 'node:child_process';
 import type { ChildProcessByStdio } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { rm } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -85,7 +85,18 @@ export async function checkoutGit(dir: string, checkout: GitCheckout, timeoutMs:
   const shallow = checkout.depth ? ['--depth', String(checkout.depth), ...(checkout.ref ? ['--no-single-branch'] : [])] : [];
   const deadline = Date.now() + timeoutMs;
   const left = () => Math.max(1000, deadline - Date.now());
-  await git(['clone', '--quiet', ...(checkout.ref ? ['--no-checkout'] : []), ...shallow, '--', source, dir], { cwd: dir, timeoutMs: left() });
+  // A local source the operator named (a read-only mount, a repository baked into the image) is
+  // usually owned by another uid than the worker's; git's ownership check would refuse to read it.
+  // The exception must reach git-upload-pack, a process of its own that reads only protected config:
+  // a global config file of the clone's own (not `-c`, which it does not honour for this check).
+  const local = checkout.repo.startsWith('/') ? checkout.repo : checkout.repo.startsWith('file://') ? checkout.repo.slice('file://'.length) : null;
+  const globalConfig = join(tmpdir(), `spawngate-clone-${randomBytes(6).toString('hex')}.gitconfig`);
+  try {
+    await writeFile(globalConfig, local ? `[safe]\n\tdirectory = ${local.replace(/\/+$/, '')}\n` : '', { mode: 0o600 });
+    await git(['clone', '--quiet', ...(checkout.ref ? ['--no-checkout'] : []), ...shallow, '--', source, dir], { cwd: dir, timeoutMs: left(), env: { GIT_CONFIG_GLOBAL: globalConfig } });
+  } finally {
+    await rm(globalConfig, { force: true });
+  }
   if (checkout.ref) {
     const ref = checkout.ref;
     const commitOf = (name: string) => git(['rev-parse', '--verify', '--quiet', `${name}^{commit}`], { cwd: dir, timeoutMs: left() }).then((s) => s.trim(), () => null);

@@ -118,6 +118,22 @@ describe('spawngate CLI', () => {
     expect(JSON.parse(viaOpa.stdout)).toEqual(decision);
   }, 120_000);
 
+  it('the installed bin on a Node.js older than 22.12 exits 2 at once with what to do, before loading anything', async () => {
+    // The version is faked in the running Node 24, so the test needs no old Node on the machine.
+    const fake = (version: string) =>
+      promisify(execFile)(process.execPath, ['--input-type=module', '-e', `Object.defineProperty(process.versions, 'node', { value: '${version}' }); await import(${JSON.stringify(join(root, 'bin/spawngate.js'))});`, 'spawngate', '--version'], { cwd: root }).then(
+        () => ({ code: 0, stderr: '' }),
+        (e: { code: number; stderr: string }) => ({ code: e.code, stderr: e.stderr }),
+      );
+    for (const version of ['20.19.0', '22.11.0']) {
+      const old = await fake(version);
+      expect(old.code, version).toBe(2);
+      expect(old.stderr).toContain(`spawngate needs Node.js 22.12 or newer; this is Node.js ${version}`);
+      expect(old.stderr).toContain('npx spawngate');
+    }
+    expect((await fake('22.12.0')).code).toBe(0);
+  });
+
   it('the installed bin runs a real spawn with the echo agent on the embedded default', async () => {
     const { stdout, stderr } = await promisify(execFile)(process.execPath, [join(root, 'bin/spawngate.js'), 'spawn', '--agent', 'echo', 'hello from the test'], { cwd: root });
     expect(stdout).toContain('hello from the test');

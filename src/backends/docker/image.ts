@@ -6,7 +6,11 @@
  *
  * Image layout:
  *   /usr/local/bin/node        the host's Node binary (its real file, not the symlink)
- *   /lib…, /usr/lib…           its shared libraries and dynamic loader, at their host paths
+ *   /usr/bin/{sh,bash,git,tar,…}  a userland for coding agents (USERLAND; `userland: false` leaves it out)
+ *   /usr/lib/git-core/…        git's helpers (clone over https, file://, ssh)
+ *   /etc/ssl/certs/ca-certificates.crt  the host's CA bundle (SSL_CERT_FILE)
+ *   /lib…, /usr/lib…           the shared libraries and dynamic loader of all of these, at their host paths
+ *   /home/spawngate            HOME, owned by 10001 (the backends mount a tmpfs/emptyDir there)
  *   /app/{package.json,dist,bin,node_modules}
  *   /etc/passwd, /etc/group    root and worker (uid/gid 10001)
  *   /workspace                 owned by 10001 (copied into fresh volumes mounted there)
@@ -15,7 +19,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync } from 'node:fs';
-import { chmod, copyFile, lstat, mkdir, mkdtemp, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, link, lstat, mkdir, mkdtemp, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -29,7 +33,19 @@ const run = promisify(execFile);
 export const WORKER_IMAGE_REPOSITORY = 'spawngate-worker';
 export const IMAGE_INPUTS_LABEL = 'spawngate.io/image-inputs';
 /** Bump when the layout or the import changes, so old images with equal file inputs are rebuilt. */
-const LAYOUT_VERSION = '1';
+const LAYOUT_VERSION = '2';
+
+/**
+ * Host programs a coding agent expects to find (a shell, git, the tools its shell commands use),
+ * shipped with their shared libraries. Ones this host lacks are left out and logged.
+ */
+export const USERLAND: readonly string[] = [
+  'sh', 'bash', 'env', 'git', 'tar', 'gzip', 'cat', 'ls', 'cp', 'mv', 'rm', 'mkdir', 'rmdir', 'touch', 'chmod', 'ln',
+  'grep', 'sed', 'find', 'xargs', 'head', 'tail', 'wc', 'sort', 'uniq', 'cut', 'tr', 'diff', 'patch', 'which',
+  'dirname', 'basename', 'realpath', 'readlink', 'sleep', 'id', 'uname', 'date', 'printf', 'echo', 'tee', 'stat', 'test',
+];
+const HOME_DIR = 'home/spawngate';
+const CA_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
 
 export function packageVersion(packageRoot: string = PACKAGE_ROOT): string {
   const pkg = JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version?: unknown };
@@ -56,6 +72,8 @@ export interface BuildWorkerImageOptions {
   extraFiles?: readonly { source: string; path: string }[];
   /** Where the root filesystem is staged; default the OS temp dir. */
   workDir?: string;
+  /** Host programs to ship with their libraries; default USERLAND; false for node and the worker only. */
+  userland?: boolean | readonly string[];
   log?: (line: string) => void;
 }
 
@@ -71,7 +89,9 @@ export interface BuiltWorkerImage {
 type Entry =
   | { kind: 'dir'; path: string; mode: number }
   | { kind: 'file'; path: string; mode: number; source: string }
-  | { kind: 'text'; path: string; mode: number; content: string };
+  | { kind: 'text'; path: string; mode: number; content: string }
+  /** A hard link to another file entry of the image (git's helpers are one binary under 100+ names). */
+  | { kind: 'link'; path: string; mode: number; target: string };
 
 function buildError(message: string, cause?: unknown, code: 'BACKEND_FAILED' | 'DEPENDENCY_MISSING' = 'BACKEND_FAILED'): SpawngateError {
   return new SpawngateError(code, message, cause === undefined ? {} : { cause });
@@ -188,22 +208,102 @@ async function treeEntries(source: string, dest: string, skipTopLevel: ReadonlyS
   return entries;
 }
 
-async function imageEntries(packageRoot: string, nodeBinary: string, extraFiles: readonly { source: string; path: string }[]): Promise<Entry[]> {
+/** The first executable named `name` on PATH, with symlinks resolved to the real file; null when none. */
+async function onPath(name: string): Promise<string | null> {
+  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':').filter(Boolean)) {
+    const candidate = join(dir, name);
+    const st = await stat(candidate).catch(() => null);
+    if (st?.isFile() && st.mode & 0o111) return candidate;
+  }
+  return null;
+}
+
+async function isElf(path: string): Promise<boolean> {
+  const { open } = await import('node:fs/promises');
+  const handle = await open(path, 'r');
+  try {
+    const { buffer, bytesRead } = await handle.read(Buffer.alloc(4), 0, 4, 0);
+    return bytesRead === 4 && buffer.toString('latin1') === '\x7fELF';
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Userland programs (at /usr/bin/<name>), git's helpers, the CA bundle, and every library they link. */
+async function userlandEntries(programs: readonly string[], log: (line: string) => void): Promise<{ entries: Entry[]; libraries: Set<string> }> {
+  const entries: Entry[] = [];
+  const libraries = new Set<string>();
+  const missing: string[] = [];
+  // One copy per inode: a second name of the same file is a hard link in the image, and ldd runs once.
+  const shipped = new Map<string, string>();
+  const ship = async (source: string, path: string): Promise<void> => {
+    const real = await realpath(source);
+    const st = await stat(real);
+    const inode = `${st.dev}:${st.ino}`;
+    const first = shipped.get(inode);
+    if (first !== undefined) {
+      entries.push({ kind: 'link', path, mode: 0o755, target: first });
+      return;
+    }
+    shipped.set(inode, path);
+    entries.push({ kind: 'file', path, mode: 0o755, source: real });
+    if (await isElf(real)) for (const lib of await sharedLibraries(real)) libraries.add(lib);
+  };
+  for (const name of programs) {
+    const found = await onPath(name);
+    if (found) await ship(found, `usr/bin/${name}`);
+    else missing.push(name);
+  }
+  // `#!/bin/sh` scripts and child_process.exec name /bin/sh itself.
+  for (const name of ['sh', 'bash']) {
+    const found = programs.includes(name) ? await onPath(name) : null;
+    if (found) await ship(found, `bin/${name}`);
+  }
+  if (programs.includes('git')) {
+    const gitCore = '/usr/lib/git-core';
+    for (const name of existsSync(gitCore) ? (await readdir(gitCore)).sort() : []) {
+      const from = join(gitCore, name);
+      const st = await stat(from).catch(() => null);
+      if (st?.isFile()) await ship(from, `usr/lib/git-core/${name}`);
+    }
+  }
+  // Without its templates `git init` warns on every repository it makes.
+  const templates = '/usr/share/git-core/templates';
+  if (programs.includes('git') && existsSync(templates)) entries.push(...(await treeEntries(templates, templates.slice(1))));
+  if (existsSync(CA_BUNDLE)) entries.push({ kind: 'file', path: CA_BUNDLE.slice(1), mode: 0o644, source: await realpath(CA_BUNDLE) });
+  else missing.push(CA_BUNDLE);
+  if (missing.length) log(`userland: not on this host, left out: ${missing.join(', ')}`);
+  return { entries, libraries };
+}
+
+async function imageEntries(packageRoot: string, nodeBinary: string, extraFiles: readonly { source: string; path: string }[], userland: readonly string[], log: (line: string) => void): Promise<Entry[]> {
   const entries: Entry[] = [];
   const dir = (path: string, mode = 0o755): void => void entries.push({ kind: 'dir', path, mode });
   for (const d of ['etc', 'usr', 'usr/local', 'usr/local/bin', 'run', SOCKET_MOUNT.slice(1), 'app']) dir(d);
   dir('tmp', 0o1777);
   dir(WORKSPACE_MOUNT.slice(1), 0o755);
+  dir('home');
+  dir(HOME_DIR, 0o700);
 
   entries.push({ kind: 'file', path: 'usr/local/bin/node', mode: 0o755, source: nodeBinary });
-  for (const lib of await sharedLibraries(nodeBinary)) {
+  const libraries = new Set(await sharedLibraries(nodeBinary));
+  if (userland.length) {
+    const extra = await userlandEntries(userland, log);
+    for (const e of extra.entries) {
+      const parts = e.path.split('/');
+      for (let i = 1; i < parts.length; i++) dir(parts.slice(0, i).join('/'));
+      entries.push(e);
+    }
+    for (const lib of extra.libraries) libraries.add(lib);
+  }
+  for (const lib of [...libraries].sort()) {
     const parts = lib.slice(1).split('/');
     for (let i = 1; i < parts.length; i++) dir(parts.slice(0, i).join('/'));
     // The loader and libs are often symlinks (/lib64/ld-linux… → …): ship the real bytes at the path ldd named.
     entries.push({ kind: 'file', path: lib.slice(1), mode: 0o755, source: await realpath(lib) });
   }
   entries.push(
-    { kind: 'text', path: 'etc/passwd', mode: 0o644, content: `root:x:0:0:root:/root:/usr/sbin/nologin\nworker:x:${WORKER_UID}:${WORKER_UID}:spawngate worker:${WORKSPACE_MOUNT}:/usr/sbin/nologin\n` },
+    { kind: 'text', path: 'etc/passwd', mode: 0o644, content: `root:x:0:0:root:/root:/usr/sbin/nologin\nworker:x:${WORKER_UID}:${WORKER_UID}:spawngate worker:/${HOME_DIR}:${userland.includes('sh') ? '/usr/bin/sh' : '/usr/sbin/nologin'}\n` },
     { kind: 'text', path: 'etc/group', mode: 0o644, content: `root:x:0:\nworker:x:${WORKER_UID}:\n` },
   );
 
@@ -238,8 +338,9 @@ function importChanges(inputsHash: string, version: string): string[] {
     `USER ${WORKER_UID}`,
     `WORKDIR ${WORKSPACE_MOUNT}`,
     'ENV NODE_ENV=production',
-    'ENV HOME=/tmp',
+    `ENV HOME=/${HOME_DIR}`,
     'ENV PATH=/usr/local/bin:/usr/bin:/bin',
+    `ENV SSL_CERT_FILE=${CA_BUNDLE}`,
     `LABEL ${IMAGE_INPUTS_LABEL}=${inputsHash}`,
     `LABEL org.opencontainers.image.title=${WORKER_IMAGE_REPOSITORY}`,
     `LABEL org.opencontainers.image.version=${version}`,
@@ -253,6 +354,7 @@ async function hashInputs(entries: readonly Entry[], settings: readonly string[]
   for (const entry of entries) {
     hash.update(`${entry.kind} ${entry.path} ${entry.mode.toString(8)}\n`);
     if (entry.kind === 'text') hash.update(entry.content);
+    if (entry.kind === 'link') hash.update(entry.target);
     if (entry.kind === 'file') {
       for await (const chunk of createReadStream(entry.source)) hash.update(chunk as Buffer);
     }
@@ -261,27 +363,30 @@ async function hashInputs(entries: readonly Entry[], settings: readonly string[]
 }
 
 async function stage(entries: readonly Entry[], rootfs: string): Promise<void> {
-  for (const entry of entries) {
+  // Links last: their targets must exist. tar stores a second name of an inode as a hard link.
+  for (const entry of [...entries.filter((e) => e.kind !== 'link'), ...entries.filter((e) => e.kind === 'link')]) {
     const target = join(rootfs, entry.path);
     if (entry.kind === 'dir') await mkdir(target, { recursive: true });
     else {
       await mkdir(dirname(target), { recursive: true });
       if (entry.kind === 'file') await copyFile(entry.source, target);
+      else if (entry.kind === 'link') await link(join(rootfs, entry.target), target);
       else await writeFile(target, entry.content);
     }
-    await chmod(target, entry.mode);
+    if (entry.kind !== 'link') await chmod(target, entry.mode);
   }
 }
 
 async function tarRootfs(rootfs: string, tarball: string): Promise<void> {
   const workspace = WORKSPACE_MOUNT.slice(1);
-  const top = (await readdir(rootfs)).filter((name) => name !== workspace).sort();
+  const top = (await readdir(rootfs)).filter((name) => name !== workspace && name !== 'home').sort();
   // Ownership is set in the archive, not on disk, so a non-root builder makes the same image:
   // everything root's, except the workspace folder the worker must be able to write.
   const common = ['--numeric-owner', '--sort=name', '--mtime=@0', '-C', rootfs];
   try {
     await run('tar', [...common, '--owner=0', '--group=0', '-cf', tarball, ...top]);
-    await run('tar', [...common, `--owner=${WORKER_UID}`, `--group=${WORKER_UID}`, '-rf', tarball, workspace]);
+    await run('tar', [...common, '--owner=0', '--group=0', '--no-recursion', '-rf', tarball, 'home']);
+    await run('tar', [...common, `--owner=${WORKER_UID}`, `--group=${WORKER_UID}`, '-rf', tarball, workspace, HOME_DIR]);
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { stderr?: string };
     if (e.code === 'ENOENT') throw buildError('GNU tar is needed to build the worker image', err, 'DEPENDENCY_MISSING');
@@ -304,7 +409,8 @@ export async function buildWorkerImage(options: BuildWorkerImageOptions = {}): P
   const nodeBinary = await realpath(options.nodeBinary ?? process.execPath);
   if (!(await lstat(nodeBinary)).isFile()) throw buildError(`${nodeBinary} is not a file`);
 
-  const entries = await imageEntries(packageRoot, nodeBinary, options.extraFiles ?? []);
+  const userland = options.userland === false ? [] : options.userland === true || options.userland === undefined ? USERLAND : options.userland;
+  const entries = await imageEntries(packageRoot, nodeBinary, options.extraFiles ?? [], userland, log);
   const inputsHash = await hashInputs(entries, importChanges('', version));
   const changes = importChanges(inputsHash, version);
 
