@@ -6,7 +6,7 @@
  * The SDK (and its exporters) load only when the environment asks for export, so a plain run pays
  * nothing and never tries the default localhost:4318.
  */
-import { context, ProxyTracerProvider, trace } from '@opentelemetry/api';
+import { ProxyTracerProvider, trace } from '@opentelemetry/api';
 
 type Env = Record<string, string | undefined>;
 
@@ -26,12 +26,15 @@ export function traceExportRequested(env: Env = process.env): boolean {
   return exporters.length > 0 || Boolean(env['OTEL_EXPORTER_OTLP_ENDPOINT'] || env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT']);
 }
 
-/** True when some tracer provider is already registered globally (an embedder's, OpenClaw's, or ours). */
+/**
+ * True when some tracer provider is already registered globally (an embedder's, OpenClaw's, or
+ * ours): the global proxy has a delegate other than the no-op one a fresh proxy falls back to.
+ * Asked without making a span (a probe span would land in the host's traces).
+ */
 function providerRegistered(): boolean {
-  const probe = trace.getTracer('spawngate.probe').startSpan('probe', {}, context.active());
-  const recording = probe.isRecording();
-  probe.end();
-  return recording;
+  const provider = trace.getTracerProvider();
+  if (!(provider instanceof ProxyTracerProvider)) return true;
+  return provider.getDelegate() !== new ProxyTracerProvider().getDelegate();
 }
 
 const STARTED = Symbol.for('spawngate.telemetry.sdk.v1');
