@@ -181,6 +181,8 @@ const eventShape: Record<WorkerEventType, (e: Record<string, unknown>) => boolea
   'agent.thought.delta': (e) => str(e['text']),
   'tool.call': (e) => str(e['toolCallId']) && str(e['title']) && str(e['kind']) && str(e['status']),
   'tool.result': (e) => str(e['toolCallId']) && (e['status'] === 'completed' || e['status'] === 'failed') && str(e['content']),
+  'agent.plan': (e) => Array.isArray(e['entries']),
+  'agent.usage': (e) => typeof e['used'] === 'number' && typeof e['size'] === 'number',
   'turn.completed': (e) => str(e['stopReason']),
   'turn.failed': (e) => isRecord(e['error']) && str(e['error']['code']) && str(e['error']['message']),
   'turn.cancelled': (e) => str(e['reason']) && typeof e['forced'] === 'boolean',

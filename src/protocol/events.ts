@@ -53,8 +53,22 @@ export interface ToolResultEvent extends WorkerEventBase {
   /** The title from the matching tool.call, or null when the agent never announced the call. */
   title: string | null;
   status: 'completed' | 'failed';
-  /** Text summary of the tool's output (text blocks, diff paths, terminal ids), truncated. */
+  /** Text summary of the tool's output (text blocks, file edits as unified diffs, terminal ids), truncated. */
   content: string;
+}
+
+/** The agent's plan for the turn, whole each time (ACP `plan`: every update replaces the previous one). */
+export interface AgentPlanEvent extends WorkerEventBase {
+  type: 'agent.plan';
+  entries: { content: string; priority: 'high' | 'medium' | 'low'; status: 'pending' | 'in_progress' | 'completed' }[];
+}
+
+/** Context window use of the session (ACP `usage_update`): tokens used of `size`, and the cumulative cost when the agent knows it. */
+export interface AgentUsageEvent extends WorkerEventBase {
+  type: 'agent.usage';
+  used: number;
+  size: number;
+  cost: { amount: number; currency: string } | null;
 }
 
 /** ACP stop reasons; `cancelled` never appears here (that is turn.cancelled). */
@@ -101,6 +115,8 @@ export type WorkerEvent =
   | AgentThoughtDeltaEvent
   | ToolCallEvent
   | ToolResultEvent
+  | AgentPlanEvent
+  | AgentUsageEvent
   | TurnCompletedEvent
   | TurnFailedEvent
   | TurnCancelledEvent;

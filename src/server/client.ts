@@ -114,6 +114,8 @@ const KNOWN_EVENTS: ReadonlySet<string> = new Set<WorkerEventType>([
   'agent.thought.delta',
   'tool.call',
   'tool.result',
+  'agent.plan',
+  'agent.usage',
   'turn.completed',
   'turn.failed',
   'turn.cancelled',

@@ -52,8 +52,12 @@ export function mapSessionUpdate(update: SessionUpdate, toolTitles: Map<string, 
         },
       ];
     }
+    case 'plan':
+      return [{ type: 'agent.plan', entries: update.entries.map((e) => ({ content: e.content, priority: e.priority, status: e.status })) }];
+    case 'usage_update':
+      return [{ type: 'agent.usage', used: update.used, size: update.size, cost: update.cost ? { amount: update.cost.amount, currency: update.cost.currency } : null }];
     default:
-      // Plans, usage, mode and command updates have no place in the worker contract (yet).
+      // Mode, command and config-option updates have no place in the worker contract (yet).
       return [];
   }
 }
@@ -81,7 +85,7 @@ function describeToolContent(item: ToolCallContent): string {
     case 'content':
       return describeBlock(item.content);
     case 'diff':
-      return `[diff ${item.path}]`;
+      return unifiedDiff(item.path, item.oldText ?? null, item.newText);
     case 'terminal':
       return `[terminal ${item.terminalId}]`;
   }
@@ -93,4 +97,82 @@ export function summarizeToolOutput(content: ToolCallContent[] | undefined, rawO
     summary = typeof rawOutput === 'string' ? rawOutput : (JSON.stringify(rawOutput) ?? '');
   }
   return summary.length > MAX_TOOL_SUMMARY_CHARS ? `${summary.slice(0, MAX_TOOL_SUMMARY_CHARS)}…[truncated]` : summary;
+}
+
+/** Lines above which a file edit is shown as a whole replacement (a line-by-line diff would cost too much). */
+const MAX_DIFF_LINES = 4000;
+
+/**
+ * A file edit (ACP `diff` content: old and new text of one file) as a unified diff, as `git diff`
+ * shows it: `--- a/path` / `+++ b/path`, hunks with three lines of context. A new file has no old text.
+ */
+export function unifiedDiff(path: string, oldText: string | null, newText: string): string {
+  const split = (t: string) => (t === '' ? [] : t.replace(/\n$/, '').split('\n'));
+  const a = oldText === null ? [] : split(oldText);
+  const b = split(newText);
+  // ACP paths are absolute: a/ and b/ prefixes as git writes them, without doubling the slash.
+  const name = path.replace(/^\/+/, '');
+  const header = `--- ${oldText === null ? '/dev/null' : `a/${name}`}\n+++ b/${name}\n`;
+  // Edit script from the longest common subsequence (rows of the DP table; bounded above).
+  const ops: { op: ' ' | '-' | '+'; line: string }[] = [];
+  if (a.length * b.length > MAX_DIFF_LINES * MAX_DIFF_LINES || a.length + b.length > 2 * MAX_DIFF_LINES) {
+    for (const line of a) ops.push({ op: '-', line });
+    for (const line of b) ops.push({ op: '+', line });
+  } else {
+    const lcs: Uint32Array[] = Array.from({ length: a.length + 1 }, () => new Uint32Array(b.length + 1));
+    for (let i = a.length - 1; i >= 0; i--) {
+      const row = lcs[i]!;
+      const below = lcs[i + 1]!;
+      for (let j = b.length - 1; j >= 0; j--) row[j] = a[i] === b[j] ? below[j + 1]! + 1 : Math.max(below[j]!, row[j + 1]!);
+    }
+    let i = 0;
+    let j = 0;
+    while (i < a.length || j < b.length) {
+      if (i < a.length && j < b.length && a[i] === b[j]) {
+        ops.push({ op: ' ', line: a[i]! });
+        i++;
+        j++;
+      } else if (i < a.length && (j === b.length || lcs[i + 1]![j]! >= lcs[i]![j + 1]!)) {
+        // Removals before additions, as git shows a changed line.
+        ops.push({ op: '-', line: a[i]! });
+        i++;
+      } else {
+        ops.push({ op: '+', line: b[j]! });
+        j++;
+      }
+    }
+  }
+  // Hunks: changed lines with up to three lines of context around them.
+  const CONTEXT = 3;
+  const changed = ops.map((o) => o.op !== ' ');
+  let out = '';
+  let k = 0;
+  while (k < ops.length) {
+    if (!changed[k]) {
+      k++;
+      continue;
+    }
+    let start = Math.max(0, k - CONTEXT);
+    let end = k;
+    // Extend while another change follows within twice the context.
+    for (let n = k; n < ops.length; n++) {
+      if (changed[n]) end = n;
+      else if (n - end > 2 * CONTEXT) break;
+    }
+    const stop = Math.min(ops.length, end + CONTEXT + 1);
+    let oldStart = 1;
+    let newStart = 1;
+    for (let n = 0; n < start; n++) {
+      if (ops[n]!.op !== '+') oldStart++;
+      if (ops[n]!.op !== '-') newStart++;
+    }
+    const slice = ops.slice(start, stop);
+    const oldCount = slice.filter((o) => o.op !== '+').length;
+    const newCount = slice.filter((o) => o.op !== '-').length;
+    out += `@@ -${oldCount ? oldStart : oldStart - 1},${oldCount} +${newCount ? newStart : newStart - 1},${newCount} @@\n`;
+    for (const o of slice) out += `${o.op}${o.line}\n`;
+    start = stop;
+    k = stop;
+  }
+  return out ? header + out : `${header}(no change)\n`;
 }

@@ -3,7 +3,11 @@ import { describe, expect, it } from 'vitest';
 import { answerPermission } from '../../src/worker/acp-session.js';
 import { parseTraceparent, tokenVerifier } from '../../src/protocol/http.js';
 import { LogBuffer, lineSplitter } from '../../src/worker/log-buffer.js';
-import { mapSessionUpdate, summarizeToolOutput } from '../../src/worker/map-update.js';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { mapSessionUpdate, summarizeToolOutput, unifiedDiff } from '../../src/worker/map-update.js';
 
 const request = (authorization?: string): IncomingMessage => ({ headers: authorization === undefined ? {} : { authorization } }) as IncomingMessage;
 
@@ -80,7 +84,7 @@ describe('session/update mapping', () => {
         { sessionUpdate: 'tool_call_update', toolCallId: 'c2', status: 'completed', content: [{ type: 'diff', path: '/w/a.ts', newText: 'x' }] },
         titles,
       ),
-    ).toEqual([{ type: 'tool.result', toolCallId: 'c2', title: 'Edit a.ts', status: 'completed', content: '[diff /w/a.ts]' }]);
+    ).toEqual([{ type: 'tool.result', toolCallId: 'c2', title: 'Edit a.ts', status: 'completed', content: '--- /dev/null\n+++ b/w/a.ts\n@@ -0,0 +1,1 @@\n+x\n' }]);
     expect(mapSessionUpdate({ sessionUpdate: 'tool_call_update', toolCallId: 'unknown', status: 'failed' }, titles)).toEqual([
       { type: 'tool.result', toolCallId: 'unknown', title: null, status: 'failed', content: '' },
     ]);
@@ -88,7 +92,19 @@ describe('session/update mapping', () => {
 
   it('drops non-text chunks and updates outside the contract', () => {
     expect(mapSessionUpdate({ sessionUpdate: 'agent_message_chunk', content: { type: 'image', data: 'AAAA', mimeType: 'image/png' } }, new Map())).toEqual([]);
-    expect(mapSessionUpdate({ sessionUpdate: 'plan', entries: [] }, new Map())).toEqual([]);
+    expect(mapSessionUpdate({ sessionUpdate: 'current_mode_update', currentModeId: 'code' }, new Map())).toEqual([]);
+  });
+
+  it('turns plans and usage updates into agent.plan and agent.usage', () => {
+    const entries = [
+      { content: 'read the test', priority: 'high' as const, status: 'completed' as const },
+      { content: 'fix the bug', priority: 'medium' as const, status: 'in_progress' as const },
+    ];
+    expect(mapSessionUpdate({ sessionUpdate: 'plan', entries }, new Map())).toEqual([{ type: 'agent.plan', entries }]);
+    expect(mapSessionUpdate({ sessionUpdate: 'usage_update', used: 1200, size: 200_000, cost: { amount: 0.04, currency: 'USD' } }, new Map())).toEqual([
+      { type: 'agent.usage', used: 1200, size: 200_000, cost: { amount: 0.04, currency: 'USD' } },
+    ]);
+    expect(mapSessionUpdate({ sessionUpdate: 'usage_update', used: 5, size: 10 }, new Map())).toEqual([{ type: 'agent.usage', used: 5, size: 10, cost: null }]);
   });
 
   it('truncates long tool output summaries', () => {
@@ -116,5 +132,52 @@ describe('permission answers', () => {
     expect(
       answerPermission({ sessionId: 's', toolCall, options: [{ optionId: 'always', name: 'Always', kind: 'allow_always' }] }),
     ).toEqual({ outcome: { outcome: 'cancelled' } });
+  });
+});
+
+describe('file edits as unified diffs', () => {
+  /** The diff must be what `git apply` takes: applied to the old text it gives the new one. */
+  function applies(oldText: string | null, newText: string): void {
+    const dir = mkdtempSync(join(tmpdir(), 'sg-diff-'));
+    try {
+      execFileSync('git', ['init', '-q'], { cwd: dir });
+      if (oldText !== null) writeFileSync(join(dir, 'f.txt'), oldText);
+      writeFileSync(join(dir, 'p.diff'), unifiedDiff('f.txt', oldText, newText));
+      execFileSync('git', ['apply', 'p.diff'], { cwd: dir });
+      expect(readFileSync(join(dir, 'f.txt'), 'utf8')).toBe(newText);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  it('shows an edit with context, as git diff does', () => {
+    const oldText = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'].join('\n') + '\n';
+    const newText = ['a', 'b', 'c', 'd', 'E', 'f', 'g', 'h', 'i', 'j', 'k'].join('\n') + '\n';
+    expect(unifiedDiff('src/x.txt', oldText, newText)).toBe(
+      ['--- a/src/x.txt', '+++ b/src/x.txt', '@@ -2,9 +2,10 @@', ' b', ' c', ' d', '-e', '+E', ' f', ' g', ' h', ' i', ' j', '+k', ''].join('\n'),
+    );
+  });
+
+  it('gives diffs git apply takes: edits far apart, a new file, deletions, nothing', () => {
+    const lines = Array.from({ length: 60 }, (_, i) => `line ${i}`);
+    const old = `${lines.join('\n')}\n`;
+    const edited = [...lines];
+    edited[3] = 'changed 3';
+    edited.splice(30, 2);
+    edited[50] = 'changed 52';
+    edited.push('appended');
+    applies(old, `${edited.join('\n')}\n`);
+    applies(null, 'brand new\nfile\n');
+    applies(old, `${lines.slice(10).join('\n')}\n`);
+    applies('x\ny\n', 'y\nx\n');
+    expect(unifiedDiff('f', 'same\n', 'same\n')).toContain('(no change)');
+  });
+
+  it('a tool result with a file edit carries the diff, not just the path', () => {
+    const [, result] = mapSessionUpdate(
+      { sessionUpdate: 'tool_call', toolCallId: 't', title: 'Edit README.md', kind: 'edit', status: 'completed', content: [{ type: 'diff', path: 'README.md', oldText: 'hello\n', newText: 'hello world\n' }] },
+      new Map(),
+    );
+    expect(result).toMatchObject({ type: 'tool.result', content: '--- a/README.md\n+++ b/README.md\n@@ -1,1 +1,1 @@\n-hello\n+hello world\n' });
   });
 });

@@ -15,7 +15,7 @@ export type AcpTurnResult =
   | { status: 'cancelled'; stopReason?: string }
   | { status: 'failed'; error: { message: string; code?: string; detailCode?: string; retryable?: boolean } };
 
-/** null for events OpenClaw has no use for (turn.started). */
+/** null for events OpenClaw has no use for (turn.started); plan and usage become status lines. */
 export function toAcpEvent(event: WorkerEvent): AcpRuntimeEvent | null {
   switch (event.type) {
     case 'turn.started':
@@ -36,6 +36,11 @@ export function toAcpEvent(event: WorkerEvent): AcpRuntimeEvent | null {
       };
     case 'tool.result':
       return { type: 'tool_call', text: event.content || event.title || event.status, tag: 'tool_call_update', toolCallId: event.toolCallId, status: event.status, ...(event.title ? { title: event.title } : {}) };
+    case 'agent.plan':
+      // OpenClaw shows status lines; the plan becomes one, as ACP clients render a plan: one entry per line.
+      return { type: 'status', tag: 'plan', text: event.entries.map((e) => `[${e.status === 'completed' ? 'x' : e.status === 'in_progress' ? '~' : ' '}] ${e.content}`).join('\n') };
+    case 'agent.usage':
+      return { type: 'status', tag: 'usage_update', text: `context ${event.used}/${event.size} tokens${event.cost ? `, cost ${event.cost.amount} ${event.cost.currency}` : ''}` };
     case 'turn.completed':
       return { type: 'done', status: 'completed', stopReason: event.stopReason };
     case 'turn.cancelled':
