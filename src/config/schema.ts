@@ -262,6 +262,44 @@ export const gitRefSchema = nonEmpty(255).check((ctx) => {
   }
 });
 
+/** Literal name/value pairs for an MCP server: credentials go in the profile env as { secretRef } (the agent's MCP servers inherit its environment). */
+const mcpPairsSchema = boundedRecord(envNameSchema, text(), 'variables').superRefine(
+  (pairs, ctx) => {
+    for (const [name, value] of Object.entries(asRecord(pairs) ?? {})) {
+      if (typeof value !== 'string') continue;
+      if (looksLikeSecretName(name) || SECRET_VALUE_PATTERN.test(value)) {
+        ctx.addIssue({ code: 'custom', path: [name], message: 'looks like a credential: put it in the profile env as { secretRef } (an MCP server started by the agent inherits the agent\'s environment)' });
+      }
+    }
+  },
+  { when: () => true },
+);
+
+const mcpServerSchema = z.union([
+  z.strictObject({
+    type: z.literal('stdio').optional(),
+    name: nonEmpty(LIMITS.id),
+    command: nonEmpty(LIMITS.text),
+    args: z.array(text()).max(LIMITS.list).optional(),
+    env: mcpPairsSchema.optional(),
+  }),
+  z.strictObject({
+    type: z.literal('http'),
+    name: nonEmpty(LIMITS.id),
+    url: nonEmpty(2048).regex(/^https?:\/\/[^\s]+$/, { message: 'must be an http:// or https:// URL' }),
+    headers: boundedRecord(z.string().max(LIMITS.id).regex(/^[A-Za-z0-9-]+$/, { message: 'must be an HTTP header name' }), text(), 'headers')
+      .superRefine(
+        (headers, ctx) => {
+          for (const name of Object.keys(asRecord(headers) ?? {})) {
+            if (/^(authorization|cookie|x-api-key)$/i.test(name) || looksLikeSecretName(name)) ctx.addIssue({ code: 'custom', path: [name], message: 'carries a credential: literal credentials are refused in the config' });
+          }
+        },
+        { when: () => true },
+      )
+      .optional(),
+  }),
+], { error: 'must be a stdio MCP server { name, command, args?, env? } or { type: "http", name, url, headers? }' });
+
 const workspaceSchema = z.discriminatedUnion('strategy', [
   z.strictObject({ strategy: z.literal('none') }),
   z.strictObject({ strategy: z.literal('ephemeral'), sizeLimit: byteQuantitySchema.optional() }),
@@ -308,6 +346,11 @@ export const profileSchema = z
       })
       .optional(),
     pidsLimit: z.int().min(1).max(4_194_304).optional(),
+    mcpServers: z
+      .array(mcpServerSchema)
+      .max(32)
+      .optional()
+      .register(configMetadata, { description: 'MCP servers passed to the agent\'s ACP session (session/new, load, resume)' }),
     cancelGraceSeconds: z
       .number()
       .min(0)

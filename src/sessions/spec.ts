@@ -35,6 +35,17 @@ function workspace(config: ProfileConfig['workspace']): WorkspaceSpec {
 /** The env names through which the worker hands the accepted wishes to its ACP session. */
 export const SESSION_ENV = { cwd: 'SPAWNGATE_WORKER_CWD', model: 'SPAWNGATE_SESSION_MODEL', resumeSessionId: 'SPAWNGATE_RESUME_SESSION_ID' } as const;
 
+/** The env name through which the worker learns the MCP servers of its ACP session (ACP's McpServer shape, as JSON). */
+export const MCP_ENV = 'SPAWNGATE_MCP_SERVERS';
+
+type McpServerConfig = NonNullable<ProfileConfig['mcpServers']>[number];
+
+function acpMcpServer(server: McpServerConfig): Record<string, unknown> {
+  const pairs = (record: Record<string, string> | undefined) => Object.entries(record ?? {}).map(([name, value]) => ({ name, value }));
+  if (server.type === 'http') return { type: 'http', name: server.name, url: server.url, headers: pairs(server.headers) };
+  return { name: server.name, command: server.command, args: server.args ?? [], env: pairs(server.env) };
+}
+
 /** The env names through which the worker learns what to clone into a `git` workspace. */
 export const GIT_ENV = { repo: 'SPAWNGATE_GIT_REPO', ref: 'SPAWNGATE_GIT_REF', depth: 'SPAWNGATE_GIT_DEPTH' } as const;
 
@@ -166,6 +177,7 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
   // The checkout and the cancel grace are the worker's contract: neither the profile's env nor a request changes them.
   Object.assign(env, gitEnv(profile.workspace));
   if (profile.cancelGraceSeconds !== undefined) env['SPAWNGATE_CANCEL_GRACE_MS'] = String(Math.round(profile.cancelGraceSeconds * 1000));
+  if (profile.mcpServers?.length) env[MCP_ENV] = JSON.stringify(profile.mcpServers.map(acpMcpServer));
   const expiresAt = new Date(input.now.getTime() + decision.ttlSeconds * 1000);
   const image = profile.image ?? (input.backend.type === 'process' ? null : (input.backend.image ?? null));
   return {

@@ -1,5 +1,5 @@
 import * as acp from '@agentclientprotocol/sdk';
-import type { ClientConnection, InitializeResponse, PromptResponse, RequestPermissionRequest, RequestPermissionResponse, SessionUpdate } from '@agentclientprotocol/sdk';
+import type { ClientConnection, InitializeResponse, McpServer, PromptResponse, RequestPermissionRequest, RequestPermissionResponse, SessionUpdate } from '@agentclientprotocol/sdk';
 
 export interface AcpSessionOptions {
   stdin: WritableStream<Uint8Array>;
@@ -9,6 +9,8 @@ export interface AcpSessionOptions {
   model?: string | null;
   /** Reopen this agent session (session/resume, else session/load) instead of starting a new one. */
   resumeSessionId?: string | null;
+  /** MCP servers for the session, in ACP's shape (stdio `{name, command, args, env}`, `{type: "http", …}`). */
+  mcpServers?: readonly McpServer[];
   /** Called in arrival order for every session/update of this session. */
   onUpdate: (update: SessionUpdate) => void;
   onPermission: (request: RequestPermissionRequest, response: RequestPermissionResponse) => void;
@@ -121,14 +123,15 @@ interface OpenedSession {
 
 async function openOrResume(connection: ClientConnection, init: InitializeResponse, options: AcpSessionOptions): Promise<OpenedSession> {
   const resumeId = options.resumeSessionId;
-  if (!resumeId) return connection.agent.request('session/new', { cwd: options.cwd, mcpServers: [] });
+  const mcpServers = [...(options.mcpServers ?? [])];
+  if (!resumeId) return connection.agent.request('session/new', { cwd: options.cwd, mcpServers });
   const caps = init.agentCapabilities ?? null;
   if (caps?.sessionCapabilities?.resume) {
-    const resumed = (await connection.agent.request('session/resume', { sessionId: resumeId, cwd: options.cwd, mcpServers: [] })) as Omit<OpenedSession, 'sessionId'>;
+    const resumed = (await connection.agent.request('session/resume', { sessionId: resumeId, cwd: options.cwd, mcpServers })) as Omit<OpenedSession, 'sessionId'>;
     return { ...resumed, sessionId: resumeId };
   }
   if (caps?.loadSession) {
-    const loaded = (await connection.agent.request('session/load', { sessionId: resumeId, cwd: options.cwd, mcpServers: [] })) as Omit<OpenedSession, 'sessionId'>;
+    const loaded = (await connection.agent.request('session/load', { sessionId: resumeId, cwd: options.cwd, mcpServers })) as Omit<OpenedSession, 'sessionId'>;
     return { ...loaded, sessionId: resumeId };
   }
   throw new Error(`the agent cannot resume session ${resumeId}: it offers neither session/resume nor session/load`);

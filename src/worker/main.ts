@@ -12,6 +12,7 @@
  *   SPAWNGATE_RESUME_SESSION_ID  reopen this ACP session (session/resume, else session/load)
  *   SPAWNGATE_CANCEL_GRACE_MS how long the agent may take to honour a cancel; default 5000
  *   SPAWNGATE_DEADLINE        Unix time (s) at which the worker stops itself and exits 124 (the profile timeout)
+ *   SPAWNGATE_MCP_SERVERS     JSON array of MCP servers (ACP's shape) for session/new, load and resume
  *   SPAWNGATE_GIT_REPO        clone this repository into the workspace (the worker's cwd) before the agent starts
  *   SPAWNGATE_GIT_REF         branch, tag or commit to check out; default the remote's default branch
  *   SPAWNGATE_GIT_DEPTH       shallow clone of this many commits
@@ -22,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../errors.js';
 import type { Issue } from '../errors.js';
 import { resolveBuiltinAgent } from '../agents/index.js';
+import type { McpServer } from '@agentclientprotocol/sdk';
 import { startTelemetry } from '../telemetry/sdk.js';
 import { startWorker } from './worker.js';
 import { checkoutGit, displayRepo } from './workspace.js';
@@ -87,6 +89,20 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions & { git?: Git
     else deadlineAt = new Date(seconds * 1000);
   }
 
+  let mcpServers: McpServer[] | undefined;
+  const rawMcp = env['SPAWNGATE_MCP_SERVERS'];
+  if (rawMcp) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(rawMcp);
+    } catch {
+      parsed = undefined;
+    }
+    const named = (v: unknown): boolean => typeof v === 'object' && v !== null && typeof (v as { name?: unknown }).name === 'string';
+    if (Array.isArray(parsed) && parsed.every(named)) mcpServers = parsed as McpServer[];
+    else issues.push({ path: 'SPAWNGATE_MCP_SERVERS', message: 'must be a JSON array of ACP MCP servers ({name, command, args, env} or {type: "http", name, url, headers})' });
+  }
+
   let git: GitCheckout | undefined;
   const repo = env['SPAWNGATE_GIT_REPO'];
   if (repo) {
@@ -112,6 +128,7 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions & { git?: Git
     ...(cancelGraceMs === undefined ? {} : { cancelGraceMs }),
     ...(deadlineAt ? { deadlineAt } : {}),
     ...(git ? { git } : {}),
+    ...(mcpServers ? { mcpServers } : {}),
   };
 }
 

@@ -4,7 +4,7 @@ import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
-import type { PromptResponse, SessionUpdate } from '@agentclientprotocol/sdk';
+import type { McpServer, PromptResponse, SessionUpdate } from '@agentclientprotocol/sdk';
 import { SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Span } from '@opentelemetry/api';
 import { WORKER_EXIT_DEADLINE } from '../protocol/events.js';
@@ -50,6 +50,8 @@ export interface StartWorkerOptions {
   model?: string;
   /** Reopen this agent session instead of starting a new one. */
   resumeSessionId?: string;
+  /** MCP servers for the ACP session (ACP's McpServer shape). */
+  mcpServers?: readonly McpServer[];
   /** Capacity of the /logs ring buffer; defaults to 1000 lines. */
   logLimit?: number;
   /**
@@ -767,6 +769,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       cwd,
       model: opts.model ?? null,
       resumeSessionId: opts.resumeSessionId ?? null,
+      ...(opts.mcpServers ? { mcpServers: opts.mcpServers } : {}),
       onUpdate,
       onPermission: (request, response) =>
         log('info', 'answered permission request', {
