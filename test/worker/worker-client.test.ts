@@ -98,13 +98,13 @@ describe('worker client', () => {
       ndjson(
         res,
         line({ type: 'turn.started', seq: 0, agentId: 'a' }) +
-          line({ type: 'agent.plan', seq: 1, entries: [] }) +
+          line({ type: 'agent.mood', seq: 1, mood: 'curious' }) +
           line({ type: 'turn.completed', seq: 2, stopReason: 'end_turn' }),
       ),
     );
     const client = createWorkerClient({ baseUrl, token: 'tok' });
     expect((await collect(client.turn('hi'))).map((e) => e.type)).toEqual(['turn.started', 'turn.completed']);
-    expect(parseWorkerEvent(JSON.stringify({ type: 'agent.plan', turnId: 't', seq: 1, time: 'x' }))).toBeNull();
+    expect(parseWorkerEvent(JSON.stringify({ type: 'agent.mood', turnId: 't', seq: 1, time: 'x' }))).toBeNull();
   });
 
   it('assembles lines split across chunks and multi-byte characters', async () => {
