@@ -18,7 +18,7 @@ import { AdmissionDeniedError, BackendError, isSpawngateError, SpawngateError } 
 import { safely } from '../telemetry/metrics.js';
 import { inSpan, parentContext, setAttributes, SPAN, traceparentOf } from '../telemetry/tracing.js';
 import type { Live, LiveSet } from './live-set.js';
-import { createLiveSet, nativeAttributes } from './live-set.js';
+import { createLiveSet, KEPT_LOG_LINES, nativeAttributes } from './live-set.js';
 import { waitForWorker } from './readiness.js';
 import { acceptSession, buildWorkerSpec, labelValue } from './spec.js';
 import { createSweeper } from './sweeper.js';
@@ -33,7 +33,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
   const clock = options.clock ?? (() => new Date());
   const owner = labelValue(options.owner);
   const liveSet: LiveSet = createLiveSet((spawnId, reason, knownStatus) => closeSpawn(spawnId, reason, knownStatus));
-  const { live, closed, inflight, remember } = liveSet;
+  const { live, closed, inflight, remember, keepLogs, keptLogs } = liveSet;
 
   function backendFor(name: string): Promise<Backend> {
     const cfg = findBackend(config, name);
@@ -122,6 +122,8 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           const failedRef = ref;
           const status = await backend.status(failedRef).catch(() => null);
           if (status?.reason) reason = status.reason;
+          const lines = await backend.logs(failedRef, { tail: KEPT_LOG_LINES }).catch(() => null);
+          if (lines?.length) keepLogs(spawnId, lines);
           await backend.delete(failedRef).catch((e: unknown) => logger.error('cleanup after failed spawn did not delete the worker; the sweeper will retry', { spawnId, error: (e as Error).message }));
           if (status) remember({ ...baseStatus(spawnId, decision.backend, decision.profile, admitted.request.agentId, failedRef.nativeId, null), closeReason: 'failed', backendStatus: status });
         }
@@ -252,6 +254,11 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
       const { handle } = entry;
       await inSpan(SPAN.close, entry.spawnSpan, { 'spawngate.spawn_id': spawnId, 'spawngate.close_reason': reason }, async () => {
         const last = knownStatus ?? (await entry.backend.status(entry.ref).catch(() => null));
+        // A worker that ended badly is debugged after the fact: its last lines outlive it.
+        if (reason !== 'closed' && reason !== 'shutdown') {
+          const lines = await entry.backend.logs(entry.ref, { tail: KEPT_LOG_LINES }).catch(() => null);
+          if (lines?.length) keepLogs(spawnId, lines);
+        }
         try {
           await entry.backend.delete(entry.ref);
         } catch (err) {
@@ -316,8 +323,10 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     const entry = live.get(spawnId);
     if (entry) return entry.backend.logs(entry.ref, { tail });
     const found = await findAnywhere(spawnId);
-    if (!found) throw new SpawngateError('SPAWN_NOT_FOUND', `no worker ${spawnId} on any configured backend`);
-    return found.backend.logs(found.ref, { tail });
+    if (found) return found.backend.logs(found.ref, { tail });
+    const kept = keptLogs(spawnId);
+    if (kept) return kept.slice(-tail);
+    throw new SpawngateError('SPAWN_NOT_FOUND', `no worker ${spawnId} on any configured backend`);
   }
 
   function collect(spawnId: string, options: { format: 'diff' }): Promise<CollectedDiff>;

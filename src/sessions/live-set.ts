@@ -26,6 +26,10 @@ export interface Closed {
 }
 
 const CLOSED_KEPT = 1000;
+/** Log tails kept of workers that ended badly, after the backend deleted them (bounded in count and age). */
+const LOGS_KEPT = 200;
+export const LOGS_KEPT_MS = 60 * 60_000;
+export const KEPT_LOG_LINES = 500;
 
 /** Every piece of the sessions layer works on these, and closes a worker the one way. */
 export interface LiveSet {
@@ -33,12 +37,16 @@ export interface LiveSet {
   readonly closed: Map<string, Closed>;
   readonly inflight: Set<string>;
   remember: (status: SpawnStatus, reservationId?: string | null) => void;
+  /** Keeps a gone worker's last log lines readable for a while (failures are debugged after the fact). */
+  keepLogs: (spawnId: string, lines: readonly string[]) => void;
+  keptLogs: (spawnId: string) => readonly string[] | null;
   closeSpawn: (spawnId: string, reason: CloseReason, knownStatus?: WorkerStatus) => Promise<void>;
 }
 
 export function createLiveSet(closeSpawn: LiveSet['closeSpawn']): LiveSet {
   const live = new Map<string, Live>();
   const closed = new Map<string, Closed>();
+  const keptLogs = new Map<string, { lines: readonly string[]; at: number }>();
   // Spawns between create and ready exist on the backend but are not live yet; the sweeper must not take them for orphans.
   const inflight = new Set<string>();
   return {
@@ -51,6 +59,24 @@ export function createLiveSet(closeSpawn: LiveSet['closeSpawn']): LiveSet {
         const oldest = closed.keys().next().value;
         if (oldest !== undefined) closed.delete(oldest);
       }
+    },
+    keepLogs(spawnId, lines) {
+      keptLogs.delete(spawnId);
+      keptLogs.set(spawnId, { lines: lines.slice(-KEPT_LOG_LINES), at: Date.now() });
+      while (keptLogs.size > LOGS_KEPT) {
+        const oldest = keptLogs.keys().next().value;
+        if (oldest === undefined) break;
+        keptLogs.delete(oldest);
+      }
+    },
+    keptLogs(spawnId) {
+      const kept = keptLogs.get(spawnId);
+      if (!kept) return null;
+      if (Date.now() - kept.at > LOGS_KEPT_MS) {
+        keptLogs.delete(spawnId);
+        return null;
+      }
+      return kept.lines;
     },
     closeSpawn,
   };
