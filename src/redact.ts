@@ -26,3 +26,16 @@ export function redactString(value: string): string {
   return out.replace(SECRET_ASSIGNMENT, '$1[REDACTED]');
 }
 
+
+const SECRET_KEY = /(token|secret|password|passwd|api[_-]?key|authorization|credential|private[_-]?key|cookie)/i;
+/** A deep copy with secret-looking keys and credential-shaped strings replaced. */
+export function redact(value: unknown): unknown {
+  if (typeof value === 'string') return redactString(value);
+  if (Array.isArray(value)) return value.map(redact);
+  if (value && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = SECRET_KEY.test(k) && v !== null ? '[REDACTED]' : redact(v);
+    return out;
+  }
+  return value;
+}

@@ -5,7 +5,8 @@ import { createAdmission } from './admission/gate.js';
 import { resolveBuiltinAgent } from './agents/index.js';
 import type { BackendResolver } from './backends/registry.js';
 import { defaultBackendResolver } from './backends/registry.js';
-import type { SpawngateConfig } from './config/index.js';
+import type { ResolvedAgent, SpawngateConfig } from './config/index.js';
+import { resolveAgent } from './config/index.js';
 import { SpawngateError } from './errors.js';
 import type { Lifecycle } from './sessions/lifecycle.js';
 import { createLifecycle } from './sessions/lifecycle.js';
@@ -52,6 +53,12 @@ export function agentCommandFor(config: SpawngateConfig, agentId: string): reado
   throw new SpawngateError('CONFIG_INVALID', `agent ${agentId} has no ACP command: add agents.acp.${agentId}.command to the config (built-in agents: echo)`);
 }
 
+/** The agent's settings where it is placed (backend and profile overrides applied); an error for an agent nobody can start. */
+export function agentFor(config: SpawngateConfig, agentId: string, backend: string, profile: string): ResolvedAgent {
+  agentCommandFor(config, agentId);
+  return resolveAgent(config, agentId, backend, profile);
+}
+
 /** Unique per process and readable in a listing: host, pid, and randomness against pid reuse. */
 export function newInstanceId(): string {
   return `${hostname().slice(0, 40)}-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -68,7 +75,7 @@ export async function createSpawngate(options: SpawngateOptions = {}): Promise<S
     resolveBackend: options.resolveBackend ?? defaultBackendResolver(),
     owner,
     instanceId,
-    agentCommand: (agentId) => agentCommandFor(config, agentId),
+    agent: (agentId, backend, profile) => agentFor(config, agentId, backend, profile),
     sweepIntervalMs,
     ...(options.clock ? { clock: options.clock } : {}),
   });

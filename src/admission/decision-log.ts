@@ -2,9 +2,10 @@ import { createWriteStream } from 'node:fs';
 import type { WriteStream } from 'node:fs';
 import type { Writable } from 'node:stream';
 import type { AdmissionInput, Decision } from './types.js';
-import { redactString } from '../redact.js';
+import type { PermissionDecision } from './permissions.js';
+import { redact, redactString } from '../redact.js';
 
-export { redactString };
+export { redact, redactString };
 
 export interface DecisionLogEntry {
   decision_id: string;
@@ -15,10 +16,15 @@ export interface DecisionLogEntry {
   bundle_revision: string | null;
   /** sha256 of the catalog (the config the decision saw), which the logged input leaves out; with the bundle revision it makes a line replayable. */
   catalog_revision: string;
-  /** Which step produced `result`: the policy itself, or the reservation store enforcing its limits. */
-  stage: 'policy' | 'reservation';
+  /**
+   * Which step produced `result`: the admission policy, the reservation store enforcing its limits,
+   * or the permission policy answering an agent's request during a turn (then `result` is a
+   * PermissionDecision and `spawn_id` names the worker).
+   */
+  stage: 'policy' | 'reservation' | 'permission';
+  spawn_id?: string;
   input: unknown;
-  result: Decision;
+  result: Decision | PermissionDecision;
   eval_us: number;
 }
 
@@ -31,19 +37,6 @@ export interface DecisionLog {
    */
   reopen?(): void;
   close(): Promise<void>;
-}
-
-const SECRET_KEY = /(token|secret|password|passwd|api[_-]?key|authorization|credential|private[_-]?key|cookie)/i;
-/** A deep copy with secret-looking keys and credential-shaped strings replaced. */
-export function redact(value: unknown): unknown {
-  if (typeof value === 'string') return redactString(value);
-  if (Array.isArray(value)) return value.map(redact);
-  if (value && typeof value === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = SECRET_KEY.test(k) && v !== null ? '[REDACTED]' : redact(v);
-    return out;
-  }
-  return value;
 }
 
 export function redactInput(input: AdmissionInput): unknown {

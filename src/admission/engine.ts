@@ -6,6 +6,8 @@ import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { checkDecision, denyWith } from './decision.js';
 import type { AdmissionInput, Decision } from './types.js';
+import { checkPermissionDecision, PERMISSION_ENTRYPOINT } from './permissions.js';
+import type { PermissionDecision, PermissionInput } from './permissions.js';
 
 export const ENTRYPOINT = 'spawngate/admission/decision';
 
@@ -50,6 +52,12 @@ export interface EvaluationResult {
   evalMicros: number;
 }
 
+export interface PermissionEvaluation {
+  decision: PermissionDecision;
+  revision: string | null;
+  evalMicros: number;
+}
+
 export interface PolicyEngine {
   /** Never throws: no bundle, an evaluation error, or malformed output are all denies. */
   evaluate(input: AdmissionInput): EvaluationResult;
@@ -61,6 +69,8 @@ export interface PolicyEngine {
    * is; for one that does not (built from older policies) the catalog is spliced into the input.
    */
   evaluateJsonWithoutCatalog(inputJson: string): EvaluationResult;
+  /** The bundle's permission rule (spawngate.permissions) on one agent request; never throws, rejects when in doubt. */
+  evaluatePermission(input: PermissionInput): PermissionEvaluation;
   /** Replaces the runtime data (e.g. after a config change); throws a PolicyError if the policy cannot take it, and the previous data keeps serving. */
   setRuntimeData(data: RuntimeData): void;
   /** Whether the serving bundle reads the catalog from runtime data (false: it is sent with every input). */
@@ -96,6 +106,8 @@ interface Active {
   /** The ABI 1.2 entry, when the module has it; otherwise evaluation goes through the SDK. */
   opaEval: OpaEval | null;
   entrypoint: number;
+  /** The permission rule's entry; null for a bundle built without it (every request is then rejected). */
+  permissionEntrypoint: number | null;
   revision: string;
   bundleData: unknown;
   /** Probed at load: the policy decides the same with the catalog in data as with it in the input. */
@@ -223,7 +235,8 @@ async function instantiate(bundle: PolicyBundle, policyData: Readonly<Record<str
   }
   const raw = policy as unknown as RawPolicy;
   const opaEval = typeof raw.minorVersion === 'number' && raw.minorVersion >= 2 && typeof raw.wasmInstance.exports.opa_eval === 'function' ? (raw.wasmInstance.exports.opa_eval as OpaEval) : null;
-  const active: Active = { policy, opaEval, entrypoint, revision: bundle.revision, bundleData, readsRuntimeCatalog: false, configChecked: false, configProblems: [] };
+  const permissionEntrypoint = entrypoints?.[PERMISSION_ENTRYPOINT] ?? null;
+  const active: Active = { policy, opaEval, entrypoint, permissionEntrypoint, revision: bundle.revision, bundleData, readsRuntimeCatalog: false, configChecked: false, configProblems: [] };
   const canary = run(active, JSON.stringify(CANARY));
   if (canary.reasons.some((r) => r.code === 'policy_output_invalid' || r.code === 'policy_error')) {
     throw new PolicyError('POLICY_LOAD_FAILED', `bundle ${bundle.revision} failed its self-check: ${canary.reasons.map((r) => r.message).join('; ')}`);
@@ -270,12 +283,14 @@ function exactBuffer(bytes: Uint8Array<ArrayBuffer>): ArrayBuffer {
   return bytes.buffer.byteLength === bytes.byteLength ? bytes.buffer : bytes.slice().buffer;
 }
 
+function evaluateAt(active: Active, entrypoint: number, json: string): unknown {
+  return active.opaEval ? evaluateRaw(active.policy, active.opaEval, entrypoint, json) : active.policy.evaluate(exactBuffer(encoder.encode(json)), entrypoint);
+}
+
 function run(active: Active, json: string): Decision {
   let resultSet: unknown;
   try {
-    resultSet = active.opaEval
-      ? evaluateRaw(active.policy, active.opaEval, active.entrypoint, json)
-      : active.policy.evaluate(exactBuffer(encoder.encode(json)), active.entrypoint);
+    resultSet = evaluateAt(active, active.entrypoint, json);
   } catch (cause) {
     return denyWith([{ code: 'policy_error', message: `policy evaluation failed: ${describe(cause)}` }]);
   }
@@ -358,6 +373,25 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     return evaluateText(spliceCatalog(json, runtimeCatalogJson ?? 'null'));
   }
 
+  function evaluatePermission(input: PermissionInput): PermissionEvaluation {
+    const current = active;
+    if (!current) {
+      const why = lastError ? lastError.message : 'no policy bundle is loaded';
+      return { decision: { outcome: 'reject', code: 'policy_unavailable', reason: `permission requests fail closed: ${why}` }, revision: null, evalMicros: 0 };
+    }
+    if (current.permissionEntrypoint === null) return { decision: checkPermissionDecision(undefined), revision: current.revision, evalMicros: 0 };
+    const started = process.hrtime.bigint();
+    let decision: PermissionDecision;
+    try {
+      const resultSet = evaluateAt(current, current.permissionEntrypoint, JSON.stringify(input));
+      const result = Array.isArray(resultSet) && resultSet.length === 1 ? (resultSet[0] as { result?: unknown }).result : undefined;
+      decision = checkPermissionDecision(result);
+    } catch (cause) {
+      decision = { outcome: 'reject', code: 'policy_error', reason: `permission policy evaluation failed: ${describe(cause)}` };
+    }
+    return { decision, revision: current.revision, evalMicros: Number(process.hrtime.bigint() - started) / 1000 };
+  }
+
   function setRuntimeData(data: RuntimeData): void {
     const current = active;
     const catalogJson = JSON.stringify(data.catalog);
@@ -411,6 +445,7 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     evaluate: (input) => evaluateText(JSON.stringify(input)),
     evaluateJson: evaluateText,
     evaluateJsonWithoutCatalog: evaluateWithoutCatalog,
+    evaluatePermission,
     setRuntimeData,
     get readsRuntimeCatalog() {
       return active?.readsRuntimeCatalog ?? false;

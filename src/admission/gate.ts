@@ -1,7 +1,8 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import type { DecisionLog } from './decision-log.js';
-import { fileDecisionLog, redactInput, streamDecisionLog } from './decision-log.js';
+import type { DecisionLog, DecisionLogEntry } from './decision-log.js';
+import { fileDecisionLog, redact, redactInput, streamDecisionLog } from './decision-log.js';
+import type { PermissionDecision, PermissionInput } from './permissions.js';
 import type { PolicyBundle, PolicyEngine } from './engine.js';
 import { createPolicyEngine } from './engine.js';
 import type { LeaseKeeper, LeaseSettings } from './leases.js';
@@ -90,6 +91,8 @@ export interface Admission {
   admit(request: SpawnRequestInput, options?: AdmitCallOptions): Promise<AdmitResult>;
   /** Decision, then every slot and token the decision names, atomically. */
   reserve(request: SpawnRequestInput, options?: AdmitCallOptions): Promise<ReserveResult>;
+  /** An agent's permission request, decided by the bundle's permission rule and written to the decision log; never throws. */
+  decidePermission(input: PermissionInput): PermissionDecision;
   /** Reopens a file decision log at its path (after logrotate moved it); a no-op for other sinks. */
   reopenDecisionLog(): void;
   close(): Promise<void>;
@@ -236,20 +239,28 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   }
 
   function logDecision(result: AdmitResult, evalMicros: number): void {
+    writeLogLine({ decisionId: result.decisionId, bundleRevision: result.bundleRevision, stage: result.stage, input: redactInput(result.input), result: result.decision }, evalMicros);
+  }
+
+  function writeLogLine(
+    line: { decisionId: string; bundleRevision: string | null; stage: DecisionLogEntry['stage']; spawnId?: string; input: unknown; result: DecisionLogEntry['result'] },
+    evalMicros: number,
+  ): void {
     if (!decisionLog) return;
     try {
       // The span the decision was taken in (admission, or reservation), so a line joins its trace.
       const active = trace.getSpanContext(context.active());
       const traced = active && isSpanContextValid(active) ? { trace_id: active.traceId, span_id: active.spanId } : {};
       decisionLog.write({
-        decision_id: result.decisionId,
+        decision_id: line.decisionId,
         ...traced,
         time: clock().toISOString(),
-        bundle_revision: result.bundleRevision,
+        bundle_revision: line.bundleRevision,
         catalog_revision: catalogRevision,
-        stage: result.stage,
-        input: redactInput(result.input),
-        result: result.decision,
+        stage: line.stage,
+        ...(line.spawnId ? { spawn_id: line.spawnId } : {}),
+        input: line.input,
+        result: line.result,
         eval_us: Math.round(evalMicros),
       });
     } catch (err) {
@@ -344,6 +355,13 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       const result = await reserve(raw, call);
       count(result);
       return result;
+    },
+    decidePermission(input) {
+      const evaluation = policy.evaluatePermission(input);
+      const { decision } = evaluation;
+      writeLogLine({ decisionId: randomUUID(), bundleRevision: evaluation.revision, stage: 'permission', spawnId: input.spawnId, input: redact(input), result: decision }, evaluation.evalMicros);
+      safely(() => metrics.permissionDecisions.inc({ profile: input.profile, outcome: decision.outcome, code: decision.code }));
+      return decision;
     },
     reopenDecisionLog() {
       decisionLog?.reopen?.();

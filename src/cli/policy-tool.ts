@@ -17,6 +17,7 @@ import { delimiter, dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
+import { PERMISSION_ENTRYPOINT } from '../admission/permissions.js';
 import { BLOCK, BUNDLE_MEMBERS, DECISION_QUERY, DEFAULT_LIMITS, parseManifest, POLICY_ENTRYPOINT, readArchiveFile, readArchiveMembers } from '../admission/bundle.js';
 import { PolicyError, SpawngateError } from '../errors.js';
 
@@ -267,6 +268,14 @@ export async function policyRevision(policiesDir: string): Promise<string> {
 // ---------------------------------------------------------------------------------------------
 // Build
 
+async function declaresPermissions(policiesDir: string): Promise<boolean> {
+  for (const file of await policySourceFiles(policiesDir)) {
+    if (!file.endsWith('.rego') || file.endsWith('_test.rego')) continue;
+    if (/^package\s+spawngate\.permissions\s*$/m.test(await readFile(join(policiesDir, file), 'utf8'))) return true;
+  }
+  return false;
+}
+
 /**
  * Compiles the policies to a WASM bundle at `outFile`. The revision is policyRevision(), the
  * archive holds exactly /policy.wasm, /data.json and /.manifest with fixed tar headers.
@@ -280,7 +289,9 @@ export async function buildBundle(opts: { policiesDir: string; outFile: string; 
   try {
     const raw = join(work, 'opa-bundle.tar.gz');
     // Run inside the folder with "." so that paths inside opa's output never depend on where the repo lives.
-    const args = ['build', '-t', 'wasm', '-e', POLICY_ENTRYPOINT, '--ignore', '*_test.rego', '--revision', revision, '-o', raw, '.'];
+    // A policy set without a permission rule still builds: the engine then rejects every permission request, saying why.
+    const entrypoints = (await declaresPermissions(policiesDir)) ? [POLICY_ENTRYPOINT, PERMISSION_ENTRYPOINT] : [POLICY_ENTRYPOINT];
+    const args = ['build', '-t', 'wasm', ...entrypoints.flatMap((e) => ['-e', e]), '--ignore', '*_test.rego', '--revision', revision, '-o', raw, '.'];
     const result = await run(opa, args, { cwd: policiesDir });
     if (result.code !== 0) throw toolFailure(`opa build of ${policiesDir} failed`, opa, args, result);
 

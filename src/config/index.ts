@@ -26,6 +26,7 @@ export {
   type PolicyDataOverride,
   type WorkspaceConfig,
 } from './schema.js';
+export { resolveAgent, type ResolvedAgent, type AgentEnvValue } from './agents.js';
 export {
   loadConfigFile,
   validateConfigFile,

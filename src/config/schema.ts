@@ -532,8 +532,25 @@ const rateBucketsSchema = z
   })
   .register(configMetadata, { id: 'RateBuckets', description: 'the user and channel buckets of one group; an absent or null scope has no bucket' });
 
+const permissionSettingsSchema = z
+  .strictObject({
+    allowKinds: wordListSchema.optional().register(configMetadata, { description: 'ACP tool kinds the agent may be granted (read, edit, delete, move, search, execute, think, fetch, switch_mode, other); replaces the whole list' }),
+    pathKinds: wordListSchema.optional().register(configMetadata, { description: 'kinds whose requests must name the paths they touch; replaces the whole list' }),
+    grant: z.enum(['once', 'always']).optional().register(configMetadata, { description: 'what an allowed request is granted: allow_once, or allow_always (the agent stops asking for that tool)' }),
+  })
+  .register(configMetadata, { id: 'PermissionSettings', description: 'how the permission policy answers an agent\'s requests; a request naming a path outside the workspace is always rejected' });
+
 export const policyDataSchema = z
   .strictObject({
+    permissions: z
+      .strictObject({
+        default: permissionSettingsSchema.optional().register(configMetadata, { description: 'the settings every profile starts from' }),
+        profiles: boundedRecord(nameSchema, permissionSettingsSchema, 'profiles')
+          .optional()
+          .register(configMetadata, { description: 'per profile, settings replacing the default ones key by key' }),
+      })
+      .optional()
+      .register(configMetadata, { description: 'the permission policy (policies/permissions.rego) that answers agents\' permission requests during turns' }),
     maxDepth: z.int().min(0).optional().register(configMetadata, { description: 'spawns from a caller at this depth or deeper are denied' }),
     agents: z
       .strictObject({
@@ -616,9 +633,33 @@ const redisUrlSchema = nonEmpty(2048).check((ctx) => {
   }
 });
 
-export const acpAgentSchema = z.strictObject({
-  command: z.array(nonEmpty()).min(1).max(LIMITS.list),
+const agentArgvSchema = z.array(nonEmpty()).min(1).max(LIMITS.list);
+const agentModelSchema = nonEmpty(LIMITS.name).register(configMetadata, { description: 'the ACP session model this agent starts with (when the agent offers it); a request\'s model wish the profile accepts wins' });
+const agentEnvSchema = envSchema.register(configMetadata, {
+  description: 'the agent\'s environment (base URL, model, feature switches): literal values, or { secretRef: { name, key } } for keys; literal values on secret-looking names are rejected',
 });
+
+const agentOverrideSchema = z
+  .strictObject({
+    command: agentArgvSchema.optional().register(configMetadata, { description: 'replaces the agent\'s command (e.g. its path inside an image)' }),
+    env: agentEnvSchema.optional(),
+    model: agentModelSchema.optional(),
+  })
+  .register(configMetadata, { id: 'AcpAgentOverride', description: 'replaces the agent\'s command and model and adds to (or replaces keys of) its env' });
+
+export const acpAgentSchema = z
+  .strictObject({
+    command: agentArgvSchema.register(configMetadata, { description: 'argv of the agent\'s ACP mode, e.g. ["qwen", "--acp"]; never put keys here (use env with secretRef)' }),
+    env: agentEnvSchema.optional(),
+    model: agentModelSchema.optional(),
+    backends: boundedRecord(nameSchema, agentOverrideSchema, 'backends')
+      .optional()
+      .register(configMetadata, { description: 'per backend name: where the agent lives differs (a host path vs. a path in the image)' }),
+    profiles: boundedRecord(nameSchema, agentOverrideSchema, 'profiles')
+      .optional()
+      .register(configMetadata, { description: 'per profile name (on any backend), applied after the backend\'s override' }),
+  })
+  .register(configMetadata, { id: 'AcpAgent', description: 'how the worker starts one ACP agent over stdio; see docs/agents.md for tested recipes' });
 
 export const spawngateSectionSchema = z.strictObject({
   owner: z
@@ -752,6 +793,17 @@ function crossCheck(root: unknown): PathIssue[] {
           message: `${workspace.path} is not under any of the backend's allowedHostPaths (${list(allowedHostPaths)})`,
         });
       }
+    }
+  }
+
+  const allProfiles = new Set([...profilesOf.values()].flatMap((names) => [...names.keys()]));
+  for (const [agentId, rawAgent] of Object.entries(asRecord(agents?.acp) ?? {})) {
+    const agent = asRecord(rawAgent);
+    for (const backendName of Object.keys(asRecord(agent?.backends) ?? {})) {
+      if (!profilesOf.has(backendName)) issues.push({ path: ['agents', 'acp', agentId, 'backends', backendName], message: `unknown backend "${backendName}" (declared: ${list(profilesOf.keys())})` });
+    }
+    for (const profileName of Object.keys(asRecord(agent?.profiles) ?? {})) {
+      if (!allProfiles.has(profileName)) issues.push({ path: ['agents', 'acp', agentId, 'profiles', profileName], message: `no backend declares a profile "${profileName}" (declared: ${list(allProfiles)})` });
     }
   }
 

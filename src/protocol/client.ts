@@ -17,6 +17,8 @@ import { WorkerProtocolError } from '../errors.js';
 import { ndjsonLines } from './ndjson.js';
 import type {
   CancelResponse,
+  PermissionAnswer,
+  PermissionAnswerResponse,
   Healthz,
   WorkerErrorBody,
   WorkerEvent,
@@ -61,6 +63,8 @@ export interface WorkerClient {
    */
   turn(message: string, options?: TurnOptions): AsyncIterable<WorkerEvent>;
   cancel(options?: CallOptions): Promise<CancelResponse>;
+  /** Answers a pending permission.requested of the open turn (404 not_found when it was already settled). */
+  answerPermission(answer: PermissionAnswer, options?: CallOptions): Promise<PermissionAnswerResponse>;
   status(options?: CallOptions): Promise<WorkerStatusReport>;
   logs(tail?: number, options?: CallOptions): Promise<WorkerLogLine[]>;
   /** GET /workspace/diff: what changed since the checked-out commit of a `git` workspace, as a unified diff. */
@@ -153,7 +157,7 @@ async function errorFromResponse(res: IncomingMessage, route: string): Promise<W
       details: { ...details, exiting },
     });
   }
-  return protocolError(`worker answered ${route} with HTTP ${status}`, details);
+  return protocolError(`worker answered ${route} with HTTP ${status}${details.reason ? `: ${details.reason}` : ''}`, details);
 }
 
 function transportError(err: unknown, label: string, route: string): unknown {
@@ -183,6 +187,8 @@ const eventShape: Record<WorkerEventType, (e: Record<string, unknown>) => boolea
   'tool.result': (e) => str(e['toolCallId']) && (e['status'] === 'completed' || e['status'] === 'failed') && str(e['content']),
   'agent.plan': (e) => Array.isArray(e['entries']),
   'agent.usage': (e) => typeof e['used'] === 'number' && typeof e['size'] === 'number',
+  'permission.requested': (e) => str(e['requestId']) && str(e['toolCallId']) && str(e['kind']) && Array.isArray(e['paths']) && Array.isArray(e['options']) && str(e['workspace']),
+  'permission.decided': (e) => str(e['requestId']) && str(e['outcome']) && str(e['by']) && str(e['code']) && str(e['reason']),
   'turn.completed': (e) => str(e['stopReason']),
   'turn.failed': (e) => isRecord(e['error']) && str(e['error']['code']) && str(e['error']['message']),
   'turn.cancelled': (e) => str(e['reason']) && typeof e['forced'] === 'boolean',
@@ -231,12 +237,12 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
     });
 
   /** A non-streaming call: bounded in time, 2xx JSON body or a mapped error. */
-  const call = async <T>(method: string, path: string, expected: number, callOptions: CallOptions | undefined, heldMs = 0): Promise<T> => {
+  const call = async <T>(method: string, path: string, expected: number, callOptions: CallOptions | undefined, heldMs = 0, body = '{}'): Promise<T> => {
     // A parked /healthz?wait answers only at the end of its wait: the bound is on top of that.
     const bounded = boundedSignal(callOptions?.signal, requestTimeoutMs + heldMs);
     const route = `${method} ${path}`;
     try {
-      const res = await open(method, path, method === 'POST' ? '{}' : null, bounded.signal, callOptions?.traceparent);
+      const res = await open(method, path, method === 'POST' ? body : null, bounded.signal, callOptions?.traceparent);
       if (res.statusCode !== expected) throw await errorFromResponse(res, route);
       const text = await readBounded(res, MAX_JSON_BODY_BYTES);
       try {
@@ -292,6 +298,7 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
     healthz: (o) => call<Healthz>('GET', o?.waitMs ? `/healthz?wait=${Math.ceil(o.waitMs)}` : '/healthz', 200, o, o?.waitMs ?? 0),
     turn,
     cancel: (o) => call<CancelResponse>('POST', '/cancel', 202, o),
+    answerPermission: (answer, o) => call<PermissionAnswerResponse>('POST', '/permission', 200, o, 0, JSON.stringify(answer)),
     status: (o) => call<WorkerStatusReport>('GET', '/status', 200, o),
     logs: async (tail = 200, o) => (await call<WorkerLogsResponse>('GET', `/logs?tail=${tail}`, 200, o)).lines,
     async workspaceDiff(o) {

@@ -71,6 +71,49 @@ export interface AgentUsageEvent extends WorkerEventBase {
   cost: { amount: number; currency: string } | null;
 }
 
+/** An ACP permission option as the agent offered it. */
+export interface PermissionOptionInfo {
+  optionId: string;
+  name: string;
+  kind: 'allow_once' | 'allow_always' | 'reject_once' | 'reject_always' | (string & {});
+}
+
+/**
+ * The agent asked before a tool call (ACP session/request_permission). The turn waits until the
+ * request is answered (POST /permission), cancelled with the turn, or times out (rejected).
+ */
+export interface PermissionRequestedEvent extends WorkerEventBase {
+  type: 'permission.requested';
+  requestId: string;
+  toolCallId: string;
+  title: string | null;
+  kind: ToolKind;
+  /** Every path the request names, absolute with symlinks resolved, and whether it is under the workspace. */
+  paths: { path: string; inWorkspace: boolean }[];
+  /** The agent's working directory (symlinks resolved). */
+  workspace: string;
+  options: PermissionOptionInfo[];
+  /** The tool's input as the agent sent it (credential shapes cut; beyond 4 KiB, its start as text), or null. */
+  rawInput: unknown;
+}
+
+/**
+ * How the request was answered: `gateway` (its permission policy, with the policy's code and reason),
+ * `worker` (its own fixed mode, SPAWNGATE_PERMISSIONS), `timeout` (nobody answered in time: rejected)
+ * or `cancel` (the turn was cancelled first). `outcome` is the kind of the chosen option, or
+ * `cancelled` when none was chosen (ACP's answer that grants nothing).
+ */
+export interface PermissionDecidedEvent extends WorkerEventBase {
+  type: 'permission.decided';
+  requestId: string;
+  toolCallId: string;
+  outcome: PermissionOptionInfo['kind'] | 'cancelled';
+  optionId: string | null;
+  by: 'gateway' | 'worker' | 'timeout' | 'cancel';
+  code: string;
+  reason: string;
+}
+
 /** ACP stop reasons; `cancelled` never appears here (that is turn.cancelled). */
 export type StopReason = 'end_turn' | 'max_tokens' | 'max_turn_requests' | 'refusal' | (string & {});
 
@@ -117,6 +160,8 @@ export type WorkerEvent =
   | ToolResultEvent
   | AgentPlanEvent
   | AgentUsageEvent
+  | PermissionRequestedEvent
+  | PermissionDecidedEvent
   | TurnCompletedEvent
   | TurnFailedEvent
   | TurnCancelledEvent;
@@ -130,6 +175,21 @@ export interface TurnRequest {
   message: string;
   /** 1–128 chars of [A-Za-z0-9._:-]; the worker mints a UUID when absent. */
   turnId?: string;
+}
+
+/** POST /permission body: the answer to a pending permission.requested (optionId null: grant nothing). */
+export interface PermissionAnswer {
+  requestId: string;
+  optionId: string | null;
+  /** The deciding rule's code and reason, repeated in permission.decided. */
+  code: string;
+  reason: string;
+}
+
+/** POST /permission → 200. */
+export interface PermissionAnswerResponse {
+  requestId: string;
+  outcome: PermissionDecidedEvent['outcome'];
 }
 
 /** GET /healthz: 200 with status "ok" once the ACP session exists, 503 with status "starting"/"exiting" and a reason otherwise. */

@@ -86,7 +86,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           backend: backendConfig,
           profile: profileConfig,
           agentId: admitted.request.agentId,
-          agentCommand: options.agentCommand(admitted.request.agentId),
+          agent: options.agent(admitted.request.agentId, decision.backend, decision.profile),
           token,
           now: clock(),
           traceparent: traceparentOf(span),
@@ -113,7 +113,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           metrics.activeWorkers.inc({ backend: decision.backend, profile: decision.profile });
         });
         progress({ stage: 'ready', nativeId: createdRef.nativeId, readyMs });
-        const entry = track({ spawnId, ref: createdRef, backend: chosen, reservation, token, decision, endpoint, agentId: admitted.request.agentId, expiresAt: spec.expiresAt, spawnSpan: ctx, dropped: accepted.dropped });
+        const entry = track({ spawnId, ref: createdRef, backend: chosen, reservation, token, decision, endpoint, agentId: admitted.request.agentId, caller: admitted.input.caller, expiresAt: spec.expiresAt, spawnSpan: ctx, dropped: accepted.dropped });
         return entry.handle;
       } catch (err) {
         // Whatever was created is removed and the slots go back, exactly once, before the error surfaces.
@@ -201,6 +201,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     decision: AllowDecision;
     endpoint: WorkerEndpoint;
     agentId: string;
+    caller: Live['caller'];
     expiresAt: Date;
     spawnSpan: Context;
     dropped: string[];
@@ -228,7 +229,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
       close: () => closeSpawn(spawnId, 'closed'),
       [Symbol.asyncDispose]: () => closeSpawn(spawnId, 'closed'),
     };
-    const entry: Live = { handle, ref, backend, reservation: args.reservation, token, spawnSpan: args.spawnSpan, ttlTimer, closing: null };
+    const entry: Live = { handle, ref, backend, reservation: args.reservation, token, caller: args.caller, spawnSpan: args.spawnSpan, ttlTimer, closing: null };
     live.set(spawnId, entry);
     // Its slots were freed under it (the store lost the lease): keeping it would run past the caps.
     const onLost = () => void closeSpawn(spawnId, 'lease_lost');
@@ -366,7 +367,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
   }
 
 
-  const { runTurn } = createTurns(liveSet, metrics);
+  const { runTurn } = createTurns(liveSet, metrics, (input) => admission.decidePermission(input));
   const sweeper = createSweeper({ admission, config, owner, liveSet, backendFor, clock });
   if (options.sweepIntervalMs) sweeper.start(options.sweepIntervalMs);
 

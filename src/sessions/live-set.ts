@@ -5,6 +5,7 @@
  */
 import type { Context } from '@opentelemetry/api';
 import type { Reservation } from '../admission/gate.js';
+import type { AdmissionInput } from '../admission/types.js';
 import type { Backend, WorkerRef, WorkerStatus } from '../backends/types.js';
 import type { CloseReason, SpawnStatus, WorkerHandle } from './types.js';
 
@@ -14,6 +15,8 @@ export interface Live {
   backend: Backend;
   reservation: Reservation;
   token: string;
+  /** Who asked for the worker (the admission input's caller): the permission policy decides per caller too. */
+  caller: AdmissionInput['caller'] | null;
   spawnSpan: Context;
   ttlTimer: NodeJS.Timeout;
   closing: Promise<void> | null;

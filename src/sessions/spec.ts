@@ -1,7 +1,7 @@
 import { posix } from 'node:path';
 import type { SessionWishes } from '../admission/request.js';
 import type { AllowDecision } from '../admission/types.js';
-import type { BackendConfig, ProfileConfig } from '../config/index.js';
+import type { AgentEnvValue, BackendConfig, ProfileConfig, ResolvedAgent } from '../config/index.js';
 import type { Quantities, SecretEnvRef, WorkerSpec, WorkspaceSpec } from '../backends/types.js';
 import { LABELS } from '../backends/types.js';
 import { traceExportRequested } from '../telemetry/sdk.js';
@@ -150,7 +150,8 @@ export interface SpecInput {
   backend: BackendConfig;
   profile: ProfileConfig;
   agentId: string;
-  agentCommand: readonly string[] | null;
+  /** The agent's settings for this placement (src/config/agents.ts). */
+  agent: ResolvedAgent;
   token: string;
   now: Date;
   traceparent: string | null;
@@ -166,7 +167,12 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
   // Telemetry first: the profile's own env may pin other OTEL_* values.
   const env: Record<string, string> = workerTelemetryEnv(profile, input.backend, decision.egress, input.gatewayEnv ?? {});
   const secretEnv: SecretEnvRef[] = [];
-  for (const [name, value] of Object.entries(profile.env ?? {})) {
+  // The agent's own env is the more specific: it wins over the profile's on the same name.
+  const layers: [string, AgentEnvValue][] = [...Object.entries(profile.env ?? {}), ...Object.entries(input.agent.env)];
+  for (const [name, value] of layers) {
+    const at = secretEnv.findIndex((s) => s.name === name);
+    if (at >= 0) secretEnv.splice(at, 1);
+    delete env[name];
     if (typeof value === 'string') env[name] = value;
     else secretEnv.push({ name, secretRef: { name: value.secretRef.name, key: value.secretRef.key } });
   }
@@ -174,8 +180,12 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
   for (const [name, value] of Object.entries(input.sessionEnv ?? {})) {
     if (!(name in env) && !secretEnv.some((s) => s.name === name)) env[name] = value;
   }
+  // The operator's model for this agent, unless the request's model wish was accepted.
+  if (input.agent.model !== null && !(SESSION_ENV.model in env)) env[SESSION_ENV.model] = input.agent.model;
   // The checkout and the cancel grace are the worker's contract: neither the profile's env nor a request changes them.
   Object.assign(env, gitEnv(profile.workspace));
+  // The gateway's permission policy answers every request the agent makes (sessions/turns.ts).
+  env['SPAWNGATE_PERMISSIONS'] = 'ask';
   if (profile.cancelGraceSeconds !== undefined) env['SPAWNGATE_CANCEL_GRACE_MS'] = String(Math.round(profile.cancelGraceSeconds * 1000));
   if (profile.mcpServers?.length) env[MCP_ENV] = JSON.stringify(profile.mcpServers.map(acpMcpServer));
   const expiresAt = new Date(input.now.getTime() + decision.ttlSeconds * 1000);
@@ -186,7 +196,7 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
     backendName: decision.backend,
     profileName: decision.profile,
     agentId: input.agentId,
-    agentCommand: input.agentCommand,
+    agentCommand: input.agent.command,
     image,
     command: profile.command ?? null,
     args: profile.args ?? null,

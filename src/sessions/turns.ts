@@ -4,7 +4,11 @@
  */
 import type { Span } from '@opentelemetry/api';
 import { createWorkerClient } from '../protocol/client.js';
-import type { WorkerEvent } from '../protocol/events.js';
+import type { PermissionRequestedEvent, WorkerEvent } from '../protocol/events.js';
+import type { WorkerClient } from '../protocol/client.js';
+import type { PermissionDecision, PermissionInput } from '../admission/permissions.js';
+import { pickPermissionOption } from '../admission/permissions.js';
+import type { Live } from './live-set.js';
 import { SpawngateError } from '../errors.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { safely } from '../telemetry/metrics.js';
@@ -17,8 +21,33 @@ export interface TurnOptions {
   signal?: AbortSignal;
 }
 
-export function createTurns(liveSet: LiveSet, metrics: Metrics): { runTurn: (spawnId: string, message: string, turnOptions?: TurnOptions) => AsyncGenerator<WorkerEvent> } {
+export function createTurns(
+  liveSet: LiveSet,
+  metrics: Metrics,
+  decidePermission: (input: PermissionInput) => PermissionDecision,
+): { runTurn: (spawnId: string, message: string, turnOptions?: TurnOptions) => AsyncGenerator<WorkerEvent> } {
   const { live, closeSpawn } = liveSet;
+
+  /**
+   * The worker waits for this answer (and rejects on its own after its timeout), so it is given before
+   * the event goes on to the caller: a slow reader of the stream never holds the agent up.
+   */
+  async function answerPermission(entry: Live, client: WorkerClient, event: PermissionRequestedEvent): Promise<void> {
+    const decision = decidePermission({
+      spawnId: entry.handle.spawnId,
+      agent: entry.handle.agentId,
+      profile: entry.handle.profile,
+      backend: entry.handle.backend,
+      caller: entry.caller,
+      tool: { toolCallId: event.toolCallId, kind: event.kind, title: event.title, rawInput: event.rawInput },
+      paths: event.paths,
+      workspace: { root: event.workspace },
+      options: event.options.map((o) => o.kind),
+    });
+    const { optionId } = pickPermissionOption(decision, event.options);
+    // A turn that ended meanwhile already answered "cancelled" (404): nothing is left to decide.
+    await client.answerPermission({ requestId: event.requestId, optionId, code: decision.code, reason: decision.reason }).catch(() => undefined);
+  }
 
   async function* runTurn(spawnId: string, message: string, turnOptions: TurnOptions = {}): AsyncGenerator<WorkerEvent> {
     const entry = live.get(spawnId);
@@ -36,7 +65,8 @@ export function createTurns(liveSet: LiveSet, metrics: Metrics): { runTurn: (spa
     try {
       const client = createWorkerClient({ ...entry.handle.endpoint, token: entry.token, traceparent: traceparentOf(span) ?? undefined });
       for await (const event of client.turn(message, { ...(turnOptions.turnId ? { turnId: turnOptions.turnId } : {}), ...(turnOptions.signal ? { signal: turnOptions.signal } : {}) })) {
-        if (event.type === 'turn.completed') outcome = 'completed';
+        if (event.type === 'permission.requested') await answerPermission(entry, client, event);
+        else if (event.type === 'turn.completed') outcome = 'completed';
         else if (event.type === 'turn.cancelled') outcome = 'cancelled';
         else if (event.type === 'turn.failed') {
           outcome = 'failed';

@@ -9,6 +9,7 @@ import type { AllowDecision } from '../admission/types.js';
 import type { BackendResolver } from '../backends/registry.js';
 import type { WorkerEndpoint, WorkerStatus } from '../backends/types.js';
 import type { WorkerEvent, WorkerStatusReport } from '../protocol/events.js';
+import type { ResolvedAgent } from '../config/index.js';
 
 export type SpawnProgress =
   | { stage: 'admission' }
@@ -116,7 +117,8 @@ export interface LifecycleOptions {
   /** This gateway process; recorded on the workers it creates (a worker's liveness is its lease, not this label). */
   instanceId: string;
   /** ACP agent argv for an agent id; null = the worker's built-in agent of that id. */
-  agentCommand: (agentId: string) => readonly string[] | null;
+  /** The agent's command, env and model where the decision placed it; throws CONFIG_INVALID for an agent nobody can start. */
+  agent: (agentId: string, backend: string, profile: string) => ResolvedAgent;
   /** Periodic sweep; 0 or null disables it. */
   sweepIntervalMs?: number | null;
   clock?: () => Date;

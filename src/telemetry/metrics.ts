@@ -17,6 +17,7 @@ export interface Metrics {
   sweeperDeletions: Counter<'backend' | 'reason'>;
   workerFailures: Counter<'backend' | 'reason'>;
   turns: Counter<'backend' | 'outcome'>;
+  permissionDecisions: Counter<'profile' | 'outcome' | 'code'>;
 }
 
 export function createMetrics(registry: Registry = new Registry()): Metrics {
@@ -43,6 +44,7 @@ export function createMetrics(registry: Registry = new Registry()): Metrics {
     sweeperDeletions: new Counter({ name: 'spawngate_sweeper_deletions_total', help: 'Workers deleted by the sweeper, by reason (expired|orphaned|exited)', labelNames: ['backend', 'reason'], registers: [registry] }),
     workerFailures: new Counter({ name: 'spawngate_worker_failures_total', help: 'Workers that failed (create, readiness, crash), by failure reason', labelNames: ['backend', 'reason'], registers: [registry] }),
     turns: new Counter({ name: 'spawngate_turns_total', help: 'Turns by outcome (completed|failed|cancelled)', labelNames: ['backend', 'outcome'], registers: [registry] }),
+    permissionDecisions: new Counter({ name: 'spawngate_permission_decisions_total', help: 'Agent permission requests decided by the permission policy, by profile, outcome (allow_once|allow_always|reject) and code', labelNames: ['profile', 'outcome', 'code'], registers: [registry] }),
   };
 }
 

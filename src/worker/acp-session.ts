@@ -13,7 +13,8 @@ export interface AcpSessionOptions {
   mcpServers?: readonly McpServer[];
   /** Called in arrival order for every session/update of this session. */
   onUpdate: (update: SessionUpdate) => void;
-  onPermission: (request: RequestPermissionRequest, response: RequestPermissionResponse) => void;
+  /** Answers the agent's session/request_permission (the worker's permission mode decides how). */
+  onPermission: (request: RequestPermissionRequest) => Promise<RequestPermissionResponse>;
 }
 
 export interface AgentInfo {
@@ -41,18 +42,6 @@ export interface AcpSession {
   close(): void;
 }
 
-/**
- * The worker answers permission requests itself: the admission layer already decided what this worker
- * may do (profile, egress, allowed agents), and nobody is watching the worker to click "allow". The
- * narrowest grant that lets the agent proceed is `allow_once`; never `allow_always`, which would widen
- * what later turns may do without being asked. Without an allow_once option the request is cancelled,
- * which ACP agents treat as "not granted".
- */
-export function answerPermission(request: RequestPermissionRequest): RequestPermissionResponse {
-  const option = request.options.find((o) => o.kind === 'allow_once');
-  return option ? { outcome: { outcome: 'selected', optionId: option.optionId } } : { outcome: { outcome: 'cancelled' } };
-}
-
 /** Opens the ACP client connection over the agent's stdio, then runs initialize and session/new once. */
 export async function openAcpSession(options: AcpSessionOptions): Promise<AcpSession> {
   let sessionId: string | null = null;
@@ -62,11 +51,7 @@ export async function openAcpSession(options: AcpSessionOptions): Promise<AcpSes
       // Synchronous on purpose: the SDK does not wait for async handlers, so any await here could reorder deltas.
       if (sessionId !== null && params.sessionId === sessionId) options.onUpdate(params.update);
     })
-    .onRequest('session/request_permission', ({ params }) => {
-      const response = answerPermission(params);
-      options.onPermission(params, response);
-      return response;
-    })
+    .onRequest('session/request_permission', ({ params }) => options.onPermission(params))
     .connect(acp.ndJsonStream(options.stdin, options.stdout));
 
   try {

@@ -11,6 +11,9 @@
  *   SPAWNGATE_SESSION_MODEL   a model for the ACP session, applied when the agent offers it
  *   SPAWNGATE_RESUME_SESSION_ID  reopen this ACP session (session/resume, else session/load)
  *   SPAWNGATE_CANCEL_GRACE_MS how long the agent may take to honour a cancel; default 5000
+ *   SPAWNGATE_PERMISSIONS     who answers the agent's permission requests: "ask" (the gateway, over POST /permission;
+ *                             what a gateway sets), "allow_once" (default) or "reject"
+ *   SPAWNGATE_PERMISSION_TIMEOUT_MS  how long an "ask" request waits for its answer before it is rejected; default 60000
  *   SPAWNGATE_DEADLINE        Unix time (s) at which the worker stops itself and exits 124 (the profile timeout)
  *   SPAWNGATE_MCP_SERVERS     JSON array of MCP servers (ACP's shape) for session/new, load and resume
  *   SPAWNGATE_GIT_REPO        clone this repository into the workspace (the worker's cwd) before the agent starts
@@ -31,7 +34,9 @@ import type { CheckedOut, GitCheckout } from './workspace.js';
 
 /** Bound on the clone of a `git` workspace; the spawn's own timeout bounds it too. */
 const GIT_CHECKOUT_TIMEOUT_MS = 10 * 60_000;
-import type { RunningWorker, StartWorkerOptions, WorkerListen } from './worker.js';
+import type { PermissionMode, RunningWorker, StartWorkerOptions, WorkerListen } from './worker.js';
+
+const PERMISSION_MODES: readonly PermissionMode[] = ['ask', 'allow_once', 'reject'];
 
 type Env = Record<string, string | undefined>;
 
@@ -81,6 +86,17 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions & { git?: Git
     if (!Number.isInteger(cancelGraceMs) || cancelGraceMs < 0) issues.push({ path: 'SPAWNGATE_CANCEL_GRACE_MS', message: 'must be a non-negative integer' });
   }
 
+  const permissions = env['SPAWNGATE_PERMISSIONS'] || undefined;
+  if (permissions !== undefined && !PERMISSION_MODES.includes(permissions as PermissionMode)) {
+    issues.push({ path: 'SPAWNGATE_PERMISSIONS', message: `must be one of ${PERMISSION_MODES.join(', ')}` });
+  }
+  let permissionTimeoutMs: number | undefined;
+  const rawPermissionTimeout = env['SPAWNGATE_PERMISSION_TIMEOUT_MS'];
+  if (rawPermissionTimeout) {
+    permissionTimeoutMs = Number(rawPermissionTimeout);
+    if (!Number.isInteger(permissionTimeoutMs) || permissionTimeoutMs < 1) issues.push({ path: 'SPAWNGATE_PERMISSION_TIMEOUT_MS', message: 'must be a positive integer' });
+  }
+
   let deadlineAt: Date | undefined;
   const rawDeadline = env['SPAWNGATE_DEADLINE'];
   if (rawDeadline) {
@@ -126,6 +142,8 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions & { git?: Git
     ...(env['SPAWNGATE_SESSION_MODEL'] ? { model: env['SPAWNGATE_SESSION_MODEL'] } : {}),
     ...(env['SPAWNGATE_RESUME_SESSION_ID'] ? { resumeSessionId: env['SPAWNGATE_RESUME_SESSION_ID'] } : {}),
     ...(cancelGraceMs === undefined ? {} : { cancelGraceMs }),
+    ...(permissions === undefined ? {} : { permissions: permissions as PermissionMode }),
+    ...(permissionTimeoutMs === undefined ? {} : { permissionTimeoutMs }),
     ...(deadlineAt ? { deadlineAt } : {}),
     ...(git ? { git } : {}),
     ...(mcpServers ? { mcpServers } : {}),

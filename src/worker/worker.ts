@@ -4,7 +4,7 @@ import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
-import type { McpServer, PromptResponse, SessionUpdate } from '@agentclientprotocol/sdk';
+import type { McpServer, PromptResponse, RequestPermissionRequest, RequestPermissionResponse, SessionUpdate } from '@agentclientprotocol/sdk';
 import { SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Span } from '@opentelemetry/api';
 import { WORKER_EXIT_DEADLINE } from '../protocol/events.js';
@@ -19,6 +19,8 @@ import type {
   CancelReason,
   CancelResponse,
   Healthz,
+  PermissionAnswerResponse,
+  PermissionDecidedEvent,
   WorkerLogLine,
   WorkerLogsResponse,
   WorkerState,
@@ -27,6 +29,7 @@ import type {
 import { BodyTooLargeError, parseTraceparent, readBody, sendError, sendJson, tokenVerifier } from '../protocol/http.js';
 import { LogBuffer, MAX_LOG_TAIL } from './log-buffer.js';
 import { mapSessionUpdate } from './map-update.js';
+import { boundedRawInput, permissionPaths, workspaceRoot } from './permissions.js';
 import { redactString } from '../redact.js';
 import { archive, DiffTooLargeError, gitDiff } from './workspace.js';
 import type { CheckedOut } from './workspace.js';
@@ -89,6 +92,23 @@ export interface StartWorkerOptions {
   workspace?: { dir: string; git: CheckedOut | null };
   /** Bound of GET /workspace/diff; default 64 MiB. */
   maxDiffBytes?: number;
+  /**
+   * Who answers the agent's permission requests. `ask` (what a gateway sets): announced as
+   * permission.requested, answered through POST /permission by the gateway's permission policy, rejected
+   * when nobody answers within `permissionTimeoutMs`. `allow_once` (default, for a worker run by hand)
+   * and `reject`: the worker answers at once. Every request and answer is an event of the turn either way.
+   */
+  permissions?: PermissionMode;
+  /** How long an `ask` request waits for its answer; default 60000. */
+  permissionTimeoutMs?: number;
+}
+
+export type PermissionMode = 'ask' | 'allow_once' | 'reject';
+
+interface PendingPermission {
+  readonly turn: OpenTurn;
+  readonly options: RequestPermissionRequest['options'];
+  settle(answer: { optionId: string | null; by: PermissionDecidedEvent['by']; code: string; reason: string }): void;
 }
 
 
@@ -110,6 +130,10 @@ interface OpenTurn {
   readonly span: Span;
   readonly toolSpans: Map<string, Span>;
   readonly toolTitles: Map<string, string>;
+  /** Kinds of announced tool calls: a permission request may leave its kind out. */
+  readonly toolKinds: Map<string, string>;
+  /** Ids of this turn's permission requests still waiting for an answer. */
+  readonly permissionIds: Set<string>;
   /** Aborting sends $/cancel_request for the prompt; used once the cancel grace is over. */
   readonly promptAbort: AbortController;
   /** Settles when the agent answered session/prompt (whatever the answer): only then has it let go of this turn. */
@@ -159,6 +183,11 @@ function validateOptions(opts: StartWorkerOptions): void {
   if (issues.length > 0) throw new ConfigError('invalid worker options', issues);
 }
 
+/** reject_once when offered (never reject_always: a later request may be decided differently), else no option. */
+function rejectOption(request: RequestPermissionRequest): string | null {
+  return request.options.find((o) => o.kind === 'reject_once')?.optionId ?? null;
+}
+
 function agentEnvironment(extra: Record<string, string> | undefined): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(process.env)) {
@@ -202,6 +231,11 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   const killGraceMs = opts.killGraceMs ?? 3000;
   const maxDiffBytes = opts.maxDiffBytes ?? 64 * 1024 * 1024;
   const letGoWaitMs = opts.letGoWaitMs ?? Math.max(cancelGraceMs, 10_000);
+  const permissionMode: PermissionMode = opts.permissions ?? 'allow_once';
+  const permissionTimeoutMs = opts.permissionTimeoutMs ?? 60_000;
+  const root = workspaceRoot(cwd);
+  const pendingPermissions = new Map<string, PendingPermission>();
+  let permissionSeq = 0;
   const logs = new LogBuffer(opts.logLimit ?? MAX_LOG_TAIL);
   const isAuthorized = tokenVerifier(opts.token);
   const startedAt = new Date().toISOString();
@@ -257,6 +291,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
 
   const endTurn = (t: OpenTurn, body: TerminalBody): void => {
     if (t.ended) return;
+    // ACP: a request still open when its prompt ends is answered "cancelled"; its event comes before the terminal one.
+    settlePermissions(t, 'the turn ended before the request was answered');
     emit(t, body);
     t.ended = true;
     if (t.graceTimer) clearTimeout(t.graceTimer);
@@ -316,10 +352,15 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     error: { code: 'agent_exited', message: describeExit(exit), exitCode: exit.code, signal: exit.signal },
   });
 
+  const settlePermissions = (t: OpenTurn, why: string): void => {
+    for (const id of [...t.permissionIds]) pendingPermissions.get(id)?.settle({ optionId: null, by: 'cancel', code: 'turn_cancelled', reason: why });
+  };
+
   const cancelTurn = (t: OpenTurn, reason: CancelReason): void => {
     if (t.ended || t.cancelReason) return;
     t.cancelReason = reason;
     log('info', 'cancelling turn', { turnId: t.id, reason });
+    settlePermissions(t, `the turn was cancelled (${reason})`);
     if (session && !session.closedSignal.aborted) {
       session.cancel().catch((err: unknown) => log('warn', 'session/cancel could not be sent', { error: String(err) }));
     }
@@ -380,7 +421,92 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       return;
     }
     traceToolCalls(t, update);
+    if ((update.sessionUpdate === 'tool_call' || update.sessionUpdate === 'tool_call_update') && typeof update.kind === 'string') t.toolKinds.set(update.toolCallId, update.kind);
     for (const body of mapSessionUpdate(update, t.toolTitles)) emit(t, body);
+  };
+
+  /**
+   * An agent's session/request_permission. Outside an open, uncancelled turn nothing is granted.
+   * Otherwise the request is an event of the turn; in `ask` mode it then waits for POST /permission
+   * (bounded), in the other modes the worker answers at once. The answer is an event too.
+   */
+  const decidePermission = async (request: RequestPermissionRequest): Promise<RequestPermissionResponse> => {
+    const t = turn;
+    const toolCallId = request.toolCall.toolCallId;
+    if (!t || t.ended || t.cancelReason) {
+      log('info', 'refused a permission request outside an open turn', { toolCallId, title: request.toolCall.title ?? null });
+      return { outcome: { outcome: 'cancelled' } };
+    }
+    const requestId = `perm-${++permissionSeq}`;
+    const kind = request.toolCall.kind ?? t.toolKinds.get(toolCallId) ?? 'other';
+    const title = request.toolCall.title ?? t.toolTitles.get(toolCallId) ?? null;
+    const paths = permissionPaths(request, cwd, root);
+    emit(t, {
+      type: 'permission.requested',
+      requestId,
+      toolCallId,
+      title,
+      kind,
+      paths,
+      workspace: root,
+      options: request.options.map((o) => ({ optionId: o.optionId, name: o.name, kind: o.kind })),
+      rawInput: boundedRawInput(request.toolCall.rawInput),
+    });
+    const answer = await new Promise<{ optionId: string | null; by: PermissionDecidedEvent['by']; code: string; reason: string }>((resolve) => {
+      let timer: NodeJS.Timeout | null = null;
+      const settle: PendingPermission['settle'] = (a) => {
+        if (!pendingPermissions.delete(requestId)) return;
+        t.permissionIds.delete(requestId);
+        if (timer) clearTimeout(timer);
+        resolve(a);
+      };
+      pendingPermissions.set(requestId, { turn: t, options: request.options, settle });
+      t.permissionIds.add(requestId);
+      if (permissionMode === 'ask') {
+        timer = setTimeout(() => settle({ optionId: rejectOption(request), by: 'timeout', code: 'permission_timeout', reason: `nobody answered within ${permissionTimeoutMs} ms` }), permissionTimeoutMs);
+      } else if (permissionMode === 'allow_once') {
+        const allow = request.options.find((o) => o.kind === 'allow_once');
+        settle(allow ? { optionId: allow.optionId, by: 'worker', code: 'worker_allow_once', reason: 'this worker allows each request once (SPAWNGATE_PERMISSIONS=allow_once)' } : { optionId: rejectOption(request), by: 'worker', code: 'worker_allow_once', reason: 'the agent offered no allow-once option' });
+      } else {
+        settle({ optionId: rejectOption(request), by: 'worker', code: 'worker_reject', reason: 'this worker rejects every request (SPAWNGATE_PERMISSIONS=reject)' });
+      }
+    });
+    const chosen = answer.optionId === null ? undefined : request.options.find((o) => o.optionId === answer.optionId);
+    const outcome = chosen ? chosen.kind : 'cancelled';
+    emit(t, { type: 'permission.decided', requestId, toolCallId, outcome, optionId: chosen?.optionId ?? null, by: answer.by, code: answer.code, reason: answer.reason });
+    log('info', 'answered permission request', { requestId, toolCallId, title, kind, outcome, by: answer.by, code: answer.code });
+    return chosen ? { outcome: { outcome: 'selected', optionId: chosen.optionId } } : { outcome: { outcome: 'cancelled' } };
+  };
+
+  const handlePermission = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    let raw: string;
+    try {
+      raw = await readBody(req, 64 * 1024);
+    } catch (err) {
+      if (err instanceof BodyTooLargeError) sendError(res, 413, 'payload_too_large', err.message, { headers: { connection: 'close' } });
+      else res.destroy();
+      return;
+    }
+    let body: unknown;
+    try {
+      body = JSON.parse(raw);
+    } catch {
+      sendError(res, 400, 'invalid_request', 'body must be JSON: {"requestId": string, "optionId": string | null, "code": string, "reason": string}');
+      return;
+    }
+    const fields = typeof body === 'object' && body !== null && !Array.isArray(body) ? (body as Record<string, unknown>) : {};
+    const { requestId, optionId, code, reason } = fields;
+    if (typeof requestId !== 'string') return sendError(res, 400, 'invalid_request', 'requestId must be a string');
+    if (optionId !== null && typeof optionId !== 'string') return sendError(res, 400, 'invalid_request', 'optionId must be a string or null');
+    if (typeof code !== 'string' || !/^[a-z][a-z0-9_.]{0,63}$/.test(code)) return sendError(res, 400, 'invalid_request', 'code must be a lowercase reason code (a-z 0-9 _ ., at most 64)');
+    if (typeof reason !== 'string' || reason.length > 2048) return sendError(res, 400, 'invalid_request', 'reason must be a string of at most 2048 characters');
+    const pending = pendingPermissions.get(requestId);
+    if (!pending) return sendError(res, 404, 'not_found', `no permission request ${requestId} is waiting (answered, timed out, or its turn ended)`);
+    const chosen = optionId === null ? null : pending.options.find((o) => o.optionId === optionId);
+    if (chosen === undefined) return sendError(res, 400, 'invalid_request', `optionId ${JSON.stringify(optionId)} is not one the agent offered (${pending.options.map((o) => o.optionId).join(', ')})`);
+    pending.settle({ optionId: chosen?.optionId ?? null, by: 'gateway', code, reason });
+    const answered: PermissionAnswerResponse = { requestId, outcome: chosen ? chosen.kind : 'cancelled' };
+    sendJson(res, 200, answered);
   };
 
   const startTurn = (res: ServerResponse, req: IncomingMessage, message: string, turnId: string, s: AcpSession): void => {
@@ -405,6 +531,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       span,
       toolSpans: new Map(),
       toolTitles: new Map(),
+      toolKinds: new Map(),
+      permissionIds: new Set(),
       promptAbort: new AbortController(),
       promptSettled: Promise.resolve(),
       done,
@@ -546,7 +674,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       return;
     }
     const url = new URL(req.url ?? '/', 'http://worker');
-    const allowed: Record<string, string> = { '/healthz': 'GET', '/turn': 'POST', '/cancel': 'POST', '/status': 'GET', '/logs': 'GET', '/workspace/diff': 'GET', '/workspace/archive': 'GET' };
+    const allowed: Record<string, string> = { '/healthz': 'GET', '/turn': 'POST', '/cancel': 'POST', '/permission': 'POST', '/status': 'GET', '/logs': 'GET', '/workspace/diff': 'GET', '/workspace/archive': 'GET' };
     const allow = allowed[url.pathname];
     if (!allow) {
       req.resume();
@@ -560,6 +688,10 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     }
     if (url.pathname === '/turn') {
       await handleTurn(req, res);
+      return;
+    }
+    if (url.pathname === '/permission') {
+      await handlePermission(req, res);
       return;
     }
     req.resume();
@@ -771,12 +903,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       resumeSessionId: opts.resumeSessionId ?? null,
       ...(opts.mcpServers ? { mcpServers: opts.mcpServers } : {}),
       onUpdate,
-      onPermission: (request, response) =>
-        log('info', 'answered permission request', {
-          toolCallId: request.toolCall.toolCallId,
-          title: request.toolCall.title ?? null,
-          outcome: response.outcome.outcome === 'selected' ? `selected ${response.outcome.optionId}` : 'cancelled',
-        }),
+      onPermission: decidePermission,
     });
     const timeout = new Promise<never>((_, reject) => {
       initTimer = setTimeout(() => reject(new Error(`no ACP session after ${initTimeoutMs} ms`)), initTimeoutMs);

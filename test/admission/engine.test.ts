@@ -71,6 +71,15 @@ describe('policy engine', () => {
     expect(decision).toMatchObject({ allow: true, backend: 'local', profile: 'default', egress: 'none' });
   });
 
+  it('rejects every permission request, saying why, with a bundle built without a permission rule or no bundle at all', async () => {
+    const request = { spawnId: 's', agent: 'echo', profile: 'default', backend: 'local', caller: null, tool: { toolCallId: 't', kind: 'read', title: null, rawInput: null }, paths: [], workspace: { root: '/ws' }, options: ['allow_once'] };
+    const withoutRule = await createPolicyEngine({ source: { path: flakyBundle }, readBundle });
+    const none = await createPolicyEngine({ source: { path: join(dir, 'nope.tar.gz') }, readBundle });
+    engines.push(withoutRule, none);
+    expect(withoutRule.evaluatePermission(request).decision).toMatchObject({ outcome: 'reject', code: 'permission_policy_missing' });
+    expect(none.evaluatePermission(request).decision).toMatchObject({ outcome: 'reject', code: 'policy_unavailable' });
+  });
+
   it('fails closed when the bundle is missing: every decision is policy_unavailable', async () => {
     const engine = await createPolicyEngine({ source: { path: join(dir, 'nope.tar.gz') }, readBundle });
     engines.push(engine);

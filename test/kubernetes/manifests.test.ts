@@ -65,7 +65,7 @@ function specFor(c: Case): WorkerSpec {
     backend,
     profile,
     agentId: c.agentCommand?.[0]?.startsWith('codex') ? 'codex' : 'claude',
-    agentCommand: c.agentCommand ?? null,
+    agent: { command: c.agentCommand ?? null, env: {}, model: null },
     token: 'golden-token-not-a-secret',
     now: new Date('2026-01-01T00:00:00Z'),
     traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',

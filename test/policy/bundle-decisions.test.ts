@@ -4,6 +4,8 @@ import { loadPolicy } from '@open-policy-agent/opa-wasm';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { decisionSchema } from '../../src/admission/decision.js';
 import { POLICY_ENTRYPOINT, readBundle, type BundleContents } from '../../src/admission/bundle.js';
+import { checkPermissionDecision, PERMISSION_ENTRYPOINT } from '../../src/admission/permissions.js';
+import type { PermissionDecision, PermissionInput } from '../../src/admission/permissions.js';
 import type { AdmissionInput, Decision } from '../../src/admission/types.js';
 import { coverageInputs, cronChannel, input, merge, webhookChannel } from './fixtures.js';
 
@@ -41,7 +43,10 @@ const codes = (d: Decision) => d.reasons.map((r) => r.code);
 
 describe('committed bundle evaluated with @open-policy-agent/opa-wasm', () => {
   it('names its entrypoint and revision in the manifest', () => {
-    expect(bundle.manifest.wasm).toEqual([{ entrypoint: POLICY_ENTRYPOINT, module: '/policy.wasm' }]);
+    expect(bundle.manifest.wasm).toEqual([
+      { entrypoint: POLICY_ENTRYPOINT, module: '/policy.wasm' },
+      { entrypoint: PERMISSION_ENTRYPOINT, module: '/policy.wasm' },
+    ]);
     expect(bundle.manifest.revision).toMatch(/^[0-9a-f]{64}$/);
     expect(bundle.revision).toBe(bundle.manifest.revision);
   });
@@ -203,5 +208,51 @@ describe('committed bundle evaluated with @open-policy-agent/opa-wasm', () => {
       const d = await decide(admission);
       expect(d.reasons.length > 0 || d.allow, name).toBe(true);
     }
+  });
+});
+
+/**
+ * The permission rule compiled to WASM decides as `opa test` says it does (policies/permissions_test.rego):
+ * builtins behave differently there (sprintf has no %q in WASM), so the compiled bundle is checked itself.
+ */
+describe('committed bundle: the permission rule in WASM', () => {
+  async function permit(overrides: Partial<PermissionInput>, data: unknown = bundle.data): Promise<PermissionDecision> {
+    const policy = await loadPolicy(bundle.wasm);
+    policy.setData(data as object);
+    const request: PermissionInput = {
+      spawnId: 's-1',
+      agent: 'qwen',
+      profile: 'default',
+      backend: 'local',
+      caller: null,
+      tool: { toolCallId: 't-1', kind: 'edit', title: 'Write notes.txt', rawInput: {} },
+      paths: [{ path: '/ws/notes.txt', inWorkspace: true }],
+      workspace: { root: '/ws' },
+      options: ['allow_once', 'reject_once'],
+      ...overrides,
+    };
+    const resultSet = policy.evaluate(request, PERMISSION_ENTRYPOINT) as { result: unknown }[];
+    expect(resultSet).toHaveLength(1);
+    const decision = checkPermissionDecision(resultSet[0]?.result);
+    // A well-formed answer, never the engine's fallbacks for a broken rule.
+    expect(decision.code).not.toMatch(/^permission_policy_/);
+    return decision;
+  }
+
+  it('allows an edit inside the workspace once, saying why', async () => {
+    expect(await permit({})).toEqual({ outcome: 'allow_once', code: 'allowed', reason: '"Write notes.txt": tool kind "edit" is allowed in profile default (inside the workspace)' });
+    expect((await permit({ tool: { toolCallId: 't', kind: 'execute', title: 'npm test', rawInput: null }, paths: [] })).reason).toBe('"npm test": tool kind "execute" is allowed in profile default');
+  });
+
+  it('rejects a path outside the workspace, an edit naming no path, and a kind the profile does not allow', async () => {
+    expect(await permit({ paths: [{ path: '/etc/passwd', inWorkspace: false }, { path: '/ws/a', inWorkspace: true }] })).toEqual({
+      outcome: 'reject',
+      code: 'path_outside_workspace',
+      reason: '"Write notes.txt" names /etc/passwd, outside the workspace /ws',
+    });
+    expect(await permit({ paths: [], tool: { toolCallId: 't', kind: 'edit', title: null, rawInput: null } })).toEqual({ outcome: 'reject', code: 'path_unknown', reason: 'the tool call: a "edit" request must name the paths it touches' });
+    const readonly = withConfig({ permissions: { profiles: { review: { allowKinds: ['read'] } } } });
+    expect(await permit({ profile: 'review' }, readonly)).toEqual({ outcome: 'reject', code: 'tool_kind_not_allowed', reason: '"Write notes.txt": tool kind "edit" is not allowed in profile review' });
+    expect((await permit({}, withConfig({ permissions: { default: { grant: 'sometimes' } } }))).code).toBe('permission_config_invalid');
   });
 });

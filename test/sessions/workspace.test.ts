@@ -6,7 +6,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -221,6 +221,21 @@ describe('git workspaces', () => {
 });
 
 describe('hostPath workspaces on the process backend', () => {
+  it('refuse a host folder that does not exist, or that a symlink leads out of the allowed paths', async () => {
+    const project = join(root, 'host', 'project');
+    rmSync(project, { recursive: true, force: true });
+    await expect(gate.spawn({ agentId: 'fixture', caller, execution: { profile: 'host' } })).rejects.toThrow(/host path .*project cannot be used as the workspace: it does not exist \(create it first\)/);
+    const outside = mkdtempSync(join(tmpdir(), 'sg-outside-'));
+    mkdirSync(join(root, 'host'), { recursive: true });
+    symlinkSync(outside, project);
+    try {
+      await expect(gate.spawn({ agentId: 'fixture', caller, execution: { profile: 'host' } })).rejects.toThrow(/host path .*project leads to .*sg-outside-.* \(symlinks resolved\), which is not under an allowed host path/);
+    } finally {
+      rmSync(project);
+      rmSync(outside, { recursive: true, force: true });
+    }
+  });
+
   it('run the agent in the allowed host folder, whose files stay when the worker goes', async () => {
     mkdirSync(join(root, 'host', 'project'), { recursive: true });
     const handle = await gate.spawn({ agentId: 'fixture', caller, execution: { profile: 'host' } });

@@ -1,10 +1,12 @@
 import type { IncomingMessage } from 'node:http';
 import { describe, expect, it } from 'vitest';
-import { answerPermission } from '../../src/worker/acp-session.js';
+import { checkPermissionDecision, pickPermissionOption } from '../../src/admission/permissions.js';
+import type { PermissionDecision } from '../../src/admission/permissions.js';
+import { boundedRawInput, permissionPaths, workspaceRoot } from '../../src/worker/permissions.js';
 import { parseTraceparent, tokenVerifier } from '../../src/protocol/http.js';
 import { LogBuffer, lineSplitter } from '../../src/worker/log-buffer.js';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mapSessionUpdate, summarizeToolOutput, unifiedDiff } from '../../src/worker/map-update.js';
@@ -115,23 +117,58 @@ describe('session/update mapping', () => {
 });
 
 describe('permission answers', () => {
-  const toolCall = { toolCallId: 't', title: 'Write' };
-  it('picks allow_once, never allow_always', () => {
-    expect(
-      answerPermission({
-        sessionId: 's',
-        toolCall,
-        options: [
-          { optionId: 'always', name: 'Always', kind: 'allow_always' },
-          { optionId: 'once', name: 'Once', kind: 'allow_once' },
-        ],
-      }),
-    ).toEqual({ outcome: { outcome: 'selected', optionId: 'once' } });
+  const decision = (outcome: PermissionDecision['outcome']): PermissionDecision => ({ outcome, code: 'c', reason: 'r' });
+  const all = [
+    { optionId: 'no', kind: 'reject_once' },
+    { optionId: 'never', kind: 'reject_always' },
+    { optionId: 'once', kind: 'allow_once' },
+    { optionId: 'always', kind: 'allow_always' },
+  ];
+  it('gives the grant the policy named, and never more', () => {
+    expect(pickPermissionOption(decision('allow_once'), all)).toEqual({ optionId: 'once', outcome: 'allow_once' });
+    expect(pickPermissionOption(decision('allow_always'), all)).toEqual({ optionId: 'always', outcome: 'allow_always' });
+    // allow_always narrows to allow_once when that is all the agent offers …
+    expect(pickPermissionOption(decision('allow_always'), all.filter((o) => o.kind !== 'allow_always'))).toEqual({ optionId: 'once', outcome: 'allow_once' });
+    // … but allow_once never widens to allow_always: without it, nothing is granted.
+    expect(pickPermissionOption(decision('allow_once'), all.filter((o) => o.kind !== 'allow_once'))).toEqual({ optionId: 'no', outcome: 'reject_once' });
   });
-  it('cancels when only allow_always or reject options exist', () => {
-    expect(
-      answerPermission({ sessionId: 's', toolCall, options: [{ optionId: 'always', name: 'Always', kind: 'allow_always' }] }),
-    ).toEqual({ outcome: { outcome: 'cancelled' } });
+  it('rejects once (never always), or grants nothing when no reject option is offered', () => {
+    expect(pickPermissionOption(decision('reject'), all)).toEqual({ optionId: 'no', outcome: 'reject_once' });
+    expect(pickPermissionOption(decision('reject'), all.filter((o) => o.kind === 'allow_once' || o.kind === 'reject_always'))).toEqual({ optionId: null, outcome: 'cancelled' });
+  });
+  it('turns a missing or malformed policy answer into a reject that says why', () => {
+    expect(checkPermissionDecision(undefined)).toMatchObject({ outcome: 'reject', code: 'permission_policy_missing' });
+    expect(checkPermissionDecision({ outcome: 'allow', code: 'x', reason: 'y' })).toMatchObject({ outcome: 'reject', code: 'permission_policy_output_invalid' });
+    expect(checkPermissionDecision({ outcome: 'allow_once', code: 'Bad Code', reason: 'y' }).outcome).toBe('reject');
+    expect(checkPermissionDecision({ outcome: 'allow_once', code: 'allowed', reason: 'y' })).toEqual({ outcome: 'allow_once', code: 'allowed', reason: 'y' });
+  });
+});
+
+describe('paths of a permission request', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'perm-paths-'));
+  const ws = join(dir, 'ws');
+  execFileSync('mkdir', ['-p', join(ws, 'src'), join(dir, 'outside')]);
+  symlinkSync(join(dir, 'outside'), join(ws, 'escape'));
+  const root = workspaceRoot(ws);
+  const paths = (toolCall: Record<string, unknown>) =>
+    permissionPaths({ sessionId: 's', toolCall: { toolCallId: 't', ...toolCall }, options: [] }, ws, root).map((p) => [p.path, p.inWorkspace]);
+  it('resolves locations and path-like rawInput keys against the workspace', () => {
+    expect(paths({ locations: [{ path: 'src/a.ts' }], rawInput: { file_path: join(ws, 'b.txt'), content: '/etc/passwd' } })).toEqual([
+      [join(root, 'src/a.ts'), true],
+      [join(root, 'b.txt'), true],
+    ]);
+  });
+  it('sees through .. and symlinks, and takes ~ for outside', () => {
+    expect(paths({ locations: [{ path: '../outside/x' }] })).toEqual([[join(workspaceRoot(dir), 'outside/x'), false]]);
+    expect(paths({ rawInput: { path: 'escape/new-file' } })).toEqual([[join(workspaceRoot(dir), 'outside/new-file'), false]]);
+    expect(paths({ rawInput: { cwd: '/' } })).toEqual([['/', false]]);
+    expect(paths({ rawInput: { path: '~/.ssh/id_rsa' } })).toEqual([['~/.ssh/id_rsa', false]]);
+    expect(paths({ locations: [{ path: '.' }] })).toEqual([[root, true]]);
+  });
+  it('cuts credentials and size out of the raw input it repeats', () => {
+    expect(boundedRawInput({ command: 'curl -H "Authorization: Bearer abcdefghijklmnop1234"', api_key: 'x' })).toEqual({ command: 'curl -H "Authorization: [REDACTED]"', api_key: '[REDACTED]' });
+    expect(String(boundedRawInput({ content: 'z'.repeat(10_000) })).endsWith('…[truncated]')).toBe(true);
+    expect(boundedRawInput(undefined)).toBeNull();
   });
 });
 

@@ -69,9 +69,11 @@ describe.each<Transport>(['tcp', 'unix'])('reference worker over %s', (transport
     expect(events[1]).toMatchObject({ text: 'pondering' });
   });
 
-  it('grants permission requests with the allow_once option, and cancels them when there is none', async () => {
-    expect(messageText(await collect(w.client.turn('permission')))).toBe('permission: selected yes-once');
-    expect(messageText(await collect(w.client.turn('permission reject')))).toBe('permission: cancelled');
+  it('by default grants permission requests with the allow_once option, and rejects once when there is none', async () => {
+    const granted = await collect(w.client.turn('permission'));
+    expect(messageText(granted)).toBe('permission: selected yes-once');
+    expect(granted.find((e) => e.type === 'permission.decided')).toMatchObject({ outcome: 'allow_once', optionId: 'yes-once', by: 'worker', code: 'worker_allow_once' });
+    expect(messageText(await collect(w.client.turn('permission reject')))).toBe('permission: selected no');
   });
 
   it('reports an ACP error answer as turn.failed agent_error, with the error\'s data as the agent sent it', async () => {

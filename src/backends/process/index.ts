@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -290,9 +290,31 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     return state;
   }
 
+  /**
+   * A hostPath must exist (a typo is not silently made into a new empty folder) and stay under an
+   * allowed root once symlinks are resolved (checkSpec's test is on the path as written).
+   */
+  async function checkHostPath(profile: string, wanted: string): Promise<string> {
+    let real: string;
+    try {
+      real = await realpath(wanted);
+    } catch (err) {
+      throw new BackendError('BACKEND_FAILED', `profile ${profile}: host path ${wanted} cannot be used as the workspace: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist (create it first)' : (err as Error).message}`, { details: { field: 'workspace.path' } });
+    }
+    const roots = await Promise.all((options.allowedHostPaths ?? []).map((root) => realpath(root).catch(() => null)));
+    const inside = roots.some((root) => {
+      if (root === null) return false;
+      const rel = relative(root, real);
+      return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
+    });
+    if (!inside) throw new BackendError('BACKEND_FAILED', `profile ${profile}: host path ${wanted} leads to ${real} (symlinks resolved), which is not under an allowed host path of backend ${options.name}`, { details: { field: 'workspace.path' } });
+    if (!(await stat(real)).isDirectory()) throw new BackendError('BACKEND_FAILED', `profile ${profile}: host path ${wanted} is not a folder`, { details: { field: 'workspace.path' } });
+    return real;
+  }
+
   /** Starts the child of an intent and records its pid; throws with nothing of it left running. */
   async function startChild(spec: WorkerSpec, intent: StateFile): Promise<{ state: StateFile; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> }> {
-    const workspace = spec.workspace.strategy === 'hostPath' ? spec.workspace.path : join(intent.dir, 'workspace');
+    const workspace = spec.workspace.strategy === 'hostPath' ? await checkHostPath(spec.profileName, spec.workspace.path) : join(intent.dir, 'workspace');
     if (spec.workspace.strategy !== 'hostPath') await mkdir(workspace, { recursive: true, mode: 0o700 });
     const home = join(intent.dir, 'home');
     await mkdir(home, { recursive: true, mode: 0o700 });

@@ -135,7 +135,7 @@ function probeSpec(name: string, config: KubernetesBackendConfig, profileName: s
     backend: config,
     profile,
     agentId: profile.allowedAgents?.[0] ?? 'echo',
-    agentCommand: null,
+    agent: { command: null, env: {}, model: null },
     token: 'doctor-dry-run',
     now: new Date(),
     traceparent: null,

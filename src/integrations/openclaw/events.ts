@@ -15,7 +15,7 @@ export type AcpTurnResult =
   | { status: 'cancelled'; stopReason?: string }
   | { status: 'failed'; error: { message: string; code?: string; detailCode?: string; retryable?: boolean } };
 
-/** null for events OpenClaw has no use for (turn.started); plan and usage become status lines. */
+/** null for events OpenClaw has no use for (turn.started, permission.requested); plan, usage and permission answers become status lines. */
 export function toAcpEvent(event: WorkerEvent): AcpRuntimeEvent | null {
   switch (event.type) {
     case 'turn.started':
@@ -41,6 +41,11 @@ export function toAcpEvent(event: WorkerEvent): AcpRuntimeEvent | null {
       return { type: 'status', tag: 'plan', text: event.entries.map((e) => `[${e.status === 'completed' ? 'x' : e.status === 'in_progress' ? '~' : ' '}] ${e.content}`).join('\n') };
     case 'agent.usage':
       return { type: 'status', tag: 'usage_update', text: `context ${event.used}/${event.size} tokens${event.cost ? `, cost ${event.cost.amount} ${event.cost.currency}` : ''}` };
+    case 'permission.requested':
+      // The gateway's permission policy answers it; the chat only hears the answer.
+      return null;
+    case 'permission.decided':
+      return { type: 'status', tag: 'permission', text: `${event.outcome.startsWith('allow') ? 'allowed' : 'refused'}: ${event.reason}` };
     case 'turn.completed':
       return { type: 'done', status: 'completed', stopReason: event.stopReason };
     case 'turn.cancelled':
