@@ -16,9 +16,11 @@ export default defineConfig({
         test: {
           name: 'core',
           include: ['test/**/*.test.ts'],
-          exclude: ['test/redis/**', 'test/kubernetes/**', 'test/k8s-infra/**', 'test/docker/**', 'test/openclaw/**'],
+          exclude: ['test/redis/**', 'test/kubernetes/**', 'test/k8s-infra/**', 'test/docker/**', 'test/openclaw/**', 'test/agents/**'],
         },
       },
+      // Real coding agents from npm (hundreds of MB of node each): one file at a time.
+      { extends: true, test: { name: 'agents', include: ['test/agents/**/*.test.ts'], globalSetup: ['test/agents/global-setup.ts'], fileParallelism: false, testTimeout: 300_000, hookTimeout: 20 * 60_000 } },
       { extends: true, test: { name: 'redis', include: ['test/redis/**/*.test.ts'], globalSetup: ['test/redis/global-setup.ts'] } },
       // One Docker Engine on vfs: container suites run one file at a time.
       { extends: true, test: { name: 'docker', include: ['test/docker/**/*.test.ts'], fileParallelism: false, testTimeout: 120_000 } },

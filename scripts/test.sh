@@ -30,6 +30,9 @@ bash scripts/ensure-openclaw.sh > /dev/null
 step "tools: kube-apiserver, etcd, scheduler, controller-manager (built from the Go module proxy; cached)"
 bash scripts/ensure-k8s-bins.sh > /dev/null
 
+step "tools: real ACP agents codex-acp and claude-code-acp (pinned npm packages; cached)"
+bash scripts/ensure-agents.sh codex-acp claude-code-acp > /dev/null
+
 step "lint"
 npx eslint .
 
@@ -60,7 +63,7 @@ step "tests"
 mkdir -p .cache
 status=0
 rm -f .cache/vitest-results.json .cache/vitest-openclaw.json
-npx vitest run --project core --project redis --project docker --project kubernetes --reporter=default --reporter=json --outputFile.json=.cache/vitest-results.json || status=$?
+npx vitest run --project core --project redis --project docker --project kubernetes --project agents --reporter=default --reporter=json --outputFile.json=.cache/vitest-results.json || status=$?
 # The OpenClaw gateway suite runs last, alone: the gateway blocks its event loop for seconds on
 # SQLite work under load, and beside the container and cluster suites it would be judged on that.
 step "tests: the OpenClaw plugin against a real gateway"

@@ -86,6 +86,8 @@ export interface WorkerSpec {
   nodeSelector: Readonly<Record<string, string>>;
   tolerations: readonly Toleration[];
   egress: Egress;
+  /** Egress "proxy" through spawngate's own proxy: the hosts it lets through (`host[:port]`, `*.domain[:port]`). */
+  egressAllow: readonly string[];
   workspace: WorkspaceSpec;
   /** Bearer token the worker demands on every request; never logged. */
   token: string;

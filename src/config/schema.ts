@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { parseEgressRule } from '../egress-rules.js';
 
 /**
  * The configuration schema: `agents.executionBackends` (where workers may run, with which
@@ -332,6 +333,13 @@ export const profileSchema = z
     args: z.array(text()).max(LIMITS.list).optional(),
     env: envSchema.optional().register(configMetadata, { description: 'literal values, or { secretRef: { name, key } }; literal values on secret-looking names are rejected' }),
     egress: egressSchema.optional().register(configMetadata, { description: 'default "none": no network at all' }),
+    egressAllow: z
+      .array(
+        nonEmpty(260).refine((v) => parseEgressRule(v) !== null, { message: 'must be host, host:port, *.domain or *.domain:port (IPv6 as [addr]:port)' }),
+      )
+      .max(LIMITS.list)
+      .optional()
+      .register(configMetadata, { description: 'egress "proxy" through spawngate\'s own proxy (process and container backends without a proxy of the operator\'s): the only hosts the agent reaches, e.g. ["api.openai.com", "127.0.0.1:8080"]; a host without a port means ports 80 and 443' }),
     workspace: workspaceSchema.optional(),
     timeoutSeconds: z.int().min(1).max(86_400).optional().register(configMetadata, { description: 'hard limit on a worker\'s whole run, readiness included; enforced by the backend itself (process timer, Pod activeDeadlineSeconds)' }),
     ttlSeconds: z.int().min(1).max(604_800).optional().register(configMetadata, { description: 'lifetime after which the worker is closed and swept' }),
@@ -778,6 +786,13 @@ function crossCheck(root: unknown): PathIssue[] {
     const def = backend.defaultProfile;
     if (typeof def === 'string' && !names.has(def)) {
       issues.push({ path: [...base, name, 'defaultProfile'], message: `profile "${def}" is not declared in backend "${name}" (declared: ${list(names.keys())})` });
+    }
+
+    for (const [profileName, profile] of names) {
+      if (!Array.isArray(profile?.egressAllow)) continue;
+      const at = [...base, name, 'profiles', profileName, 'egressAllow'];
+      if (backend.type === 'kubernetes') issues.push({ path: at, message: 'spawngate\'s own egress proxy serves process and container backends; on Kubernetes egress "proxy" goes through the backend\'s proxy (its NetworkPolicy allows only that)' });
+      else if (backend.type === 'container' && backend.proxy !== undefined) issues.push({ path: at, message: 'this backend sends egress "proxy" to its own proxy network (proxy); the allow-list belongs in that proxy' });
     }
 
     const allowedHostPaths = Array.isArray(backend.allowedHostPaths) ? backend.allowedHostPaths.filter((p): p is string => typeof p === 'string') : [];

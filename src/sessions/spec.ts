@@ -208,6 +208,7 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
     nodeSelector: profile.nodeSelector ?? {},
     tolerations: profile.tolerations ?? [],
     egress: decision.egress,
+    egressAllow: decision.egress === 'proxy' ? (profile.egressAllow ?? []) : [],
     workspace: workspace(profile.workspace),
     token: input.token,
     // Unset, the hard run limit is the lifetime the policy granted.

@@ -14,6 +14,7 @@
  *   SPAWNGATE_PERMISSIONS     who answers the agent's permission requests: "ask" (the gateway, over POST /permission;
  *                             what a gateway sets), "allow_once" (default) or "reject"
  *   SPAWNGATE_PERMISSION_TIMEOUT_MS  how long an "ask" request waits for its answer before it is rejected; default 60000
+ *   SPAWNGATE_EGRESS_PROXY_SOCKET  egress "proxy": the gateway's proxy socket, offered to the agent as HTTP(S)_PROXY on loopback
  *   SPAWNGATE_DEADLINE        Unix time (s) at which the worker stops itself and exits 124 (the profile timeout)
  *   SPAWNGATE_MCP_SERVERS     JSON array of MCP servers (ACP's shape) for session/new, load and resume
  *   SPAWNGATE_GIT_REPO        clone this repository into the workspace (the worker's cwd) before the agent starts
@@ -144,6 +145,7 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions & { git?: Git
     ...(cancelGraceMs === undefined ? {} : { cancelGraceMs }),
     ...(permissions === undefined ? {} : { permissions: permissions as PermissionMode }),
     ...(permissionTimeoutMs === undefined ? {} : { permissionTimeoutMs }),
+    ...(env['SPAWNGATE_EGRESS_PROXY_SOCKET'] ? { egressProxySocket: env['SPAWNGATE_EGRESS_PROXY_SOCKET'] } : {}),
     ...(deadlineAt ? { deadlineAt } : {}),
     ...(git ? { git } : {}),
     ...(mcpServers ? { mcpServers } : {}),

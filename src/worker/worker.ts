@@ -30,6 +30,8 @@ import { BodyTooLargeError, parseTraceparent, readBody, sendError, sendJson, tok
 import { LogBuffer, MAX_LOG_TAIL } from './log-buffer.js';
 import { mapSessionUpdate } from './map-update.js';
 import { boundedRawInput, permissionPaths, workspaceRoot } from './permissions.js';
+import { proxyEnvironment, startEgressForwarder } from './egress.js';
+import type { EgressForwarder } from './egress.js';
 import { redactString } from '../redact.js';
 import { archive, DiffTooLargeError, gitDiff } from './workspace.js';
 import type { CheckedOut } from './workspace.js';
@@ -101,6 +103,11 @@ export interface StartWorkerOptions {
   permissions?: PermissionMode;
   /** How long an `ask` request waits for its answer; default 60000. */
   permissionTimeoutMs?: number;
+  /**
+   * Egress "proxy": the gateway's proxy socket. The worker offers it to the agent as HTTP(S)_PROXY on
+   * its own loopback (the worker has no other network).
+   */
+  egressProxySocket?: string;
 }
 
 export type PermissionMode = 'ask' | 'allow_once' | 'reject';
@@ -236,6 +243,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   const root = workspaceRoot(cwd);
   const pendingPermissions = new Map<string, PendingPermission>();
   let permissionSeq = 0;
+  let forwarder: EgressForwarder | null = null;
   const logs = new LogBuffer(opts.logLimit ?? MAX_LOG_TAIL);
   const isAuthorized = tokenVerifier(opts.token);
   const startedAt = new Date().toISOString();
@@ -832,6 +840,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
         log('info', 'agent stopped', { exit: describeExit(exit) });
       }
       await closeServer();
+      await forwarder?.close();
       endStartSpan(new Error(unavailableReason));
       // Bounded: an unreachable collector must not keep a stopping worker alive.
       if (opts.onClosed) await within(opts.onClosed(), 5000);
@@ -866,11 +875,22 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   // argv is logged for whoever debugs a start-up, with credential-shaped values cut out (a key put in
   // agents.acp.<id>.command would otherwise reach /logs; secretRef env is the way to pass one).
   log('info', 'starting agent', { agentId: opts.agentId, command: redactString(opts.agentCommand), args: opts.agentArgs.map(redactString), cwd });
+  let proxyEnv: Record<string, string> = {};
+  if (opts.egressProxySocket) {
+    try {
+      forwarder = await startEgressForwarder(opts.egressProxySocket);
+    } catch (err) {
+      await closeServer();
+      throw new BackendError('BACKEND_FAILED', `worker could not offer the egress proxy on its loopback: ${(err as Error).message}`, { cause: err });
+    }
+    proxyEnv = proxyEnvironment(forwarder.url);
+    log('info', 'egress through the gateway proxy', { proxy: forwarder.url });
+  }
   const proc = spawnAgentProcess({
     command: opts.agentCommand,
     args: opts.agentArgs,
     cwd,
-    env: agentEnvironment(opts.agentEnv),
+    env: agentEnvironment({ ...(opts.agentEnv ?? {}), ...proxyEnv }),
     onStderrLine: (message) => {
       const line: WorkerLogLine = { time: new Date().toISOString(), source: 'agent', level: 'info', message };
       logs.push(line);

@@ -7,7 +7,7 @@
 import { testWorkerSpec } from '../helpers/worker-spec.js';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { request } from 'node:http';
+import { createServer as createHttpServer, request } from 'node:http';
 import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -231,6 +231,43 @@ describe('docker backend', () => {
       expect(await workerVolumes(networked.spawnId)).toEqual([]);
     } finally {
       listener.close();
+    }
+  });
+
+  it('egress proxy without a proxy network goes through spawngate\'s proxy: the agent reaches the allowed host and nothing else', async () => {
+    const hits: string[] = [];
+    const serveOn = async (body: string) => {
+      const server = createHttpServer((req, res) => {
+        hits.push(`${body} ${req.url ?? ''}`);
+        res.end(`${body}\n`);
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      return { server, port: (server.address() as AddressInfo).port };
+    };
+    const allowed = await serveOn('model');
+    const other = await serveOn('other');
+    try {
+      const s = spec({ image: CONTRACT_IMAGE, agentCommand: ['/usr/local/bin/node', fixtureInImage], agentId: 'fixture', egress: 'proxy', egressAllow: [`127.0.0.1:${allowed.port}`] });
+      await backend.validate(s);
+      const ref = await createTracked(s);
+      const info = await engine().getContainer(ref.nativeId).inspect();
+      expect(info.HostConfig.NetworkMode).toBe('none');
+      const endpoint = await waitForWorker({ backend, ref, token: s.token, timeoutMs: 60_000 });
+      const client = createWorkerClient({ ...endpoint, token: s.token });
+      const say = async (message: string) =>
+        (await collect(client.turn(message))).map((e) => (e.type === 'agent.message.delta' ? e.text : '')).join('');
+      expect(await say(`fetch http://127.0.0.1:${allowed.port}/v1/models`)).toBe('fetch 200 model');
+      const refused = await say(`fetch http://127.0.0.1:${other.port}/`);
+      expect(refused).toMatch(/^fetch (failed: |403 )/);
+      expect(await say(`connect 127.0.0.1 ${other.port}`)).toMatch(/^connect failed: /);
+      expect(hits).toEqual(['model /v1/models']);
+      const logs = (await backend.logs(ref, { tail: 500 })).join('\n');
+      expect(logs).toMatch(new RegExp(`refused (GET|CONNECT) 127\\.0\\.0\\.1:${other.port}`));
+      await backend.delete(ref);
+      expect(existsSync(join(stateDir, s.spawnId))).toBe(false);
+    } finally {
+      allowed.server.close();
+      other.server.close();
     }
   });
 

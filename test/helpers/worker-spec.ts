@@ -29,6 +29,7 @@ export function testWorkerSpec(defaults: Partial<WorkerSpec>, overrides: Partial
     nodeSelector: {},
     tolerations: [],
     egress: 'none',
+    egressAllow: [],
     workspace: { strategy: 'none' },
     token: randomBytes(24).toString('base64url'),
     timeoutSeconds: 120,

@@ -70,6 +70,8 @@ export interface BuildWorkerImageOptions {
   force?: boolean;
   /** More files to ship, at absolute image paths (e.g. a test agent at /app/test/fixtures/agent.ts). */
   extraFiles?: readonly { source: string; path: string }[];
+  /** Installed agents (an npm prefix folder each) to ship under /opt/agents/<id>; `native`: their native executables, whose shared libraries the image needs too. */
+  agents?: readonly { id: string; dir: string; native?: readonly string[] }[];
   /** Where the root filesystem is staged; default the OS temp dir. */
   workDir?: string;
   /** Host programs to ship with their libraries; default USERLAND; false for node and the worker only. */
@@ -276,7 +278,17 @@ async function userlandEntries(programs: readonly string[], log: (line: string) 
   return { entries, libraries };
 }
 
-async function imageEntries(packageRoot: string, nodeBinary: string, extraFiles: readonly { source: string; path: string }[], userland: readonly string[], log: (line: string) => void): Promise<Entry[]> {
+/** Where `image build --agent` puts an agent's install folder. */
+export const AGENTS_IN_IMAGE = '/opt/agents';
+
+async function imageEntries(
+  packageRoot: string,
+  nodeBinary: string,
+  extraFiles: readonly { source: string; path: string }[],
+  userland: readonly string[],
+  log: (line: string) => void,
+  agents: readonly { id: string; dir: string; native?: readonly string[] }[] = [],
+): Promise<Entry[]> {
   const entries: Entry[] = [];
   const dir = (path: string, mode = 0o755): void => void entries.push({ kind: 'dir', path, mode });
   for (const d of ['etc', 'usr', 'usr/local', 'usr/local/bin', 'run', SOCKET_MOUNT.slice(1), 'app']) dir(d);
@@ -287,6 +299,8 @@ async function imageEntries(packageRoot: string, nodeBinary: string, extraFiles:
 
   entries.push({ kind: 'file', path: 'usr/local/bin/node', mode: 0o755, source: nodeBinary });
   const libraries = new Set(await sharedLibraries(nodeBinary));
+  // A native agent (codex-acp links libssl, libcrypto, libz) needs its libraries in the image as node does.
+  for (const agent of agents) for (const binary of agent.native ?? []) for (const lib of await sharedLibraries(binary)) libraries.add(lib);
   if (userland.length) {
     const extra = await userlandEntries(userland, log);
     for (const e of extra.entries) {
@@ -316,6 +330,13 @@ async function imageEntries(packageRoot: string, nodeBinary: string, extraFiles:
     for (let i = 1; i < parts.length; i++) dir(parts.slice(0, i).join('/'));
     // Nested dependencies are placed by productionPackages, not copied wholesale with their parent.
     entries.push(...(await treeEntries(pkg.source, pkg.dest, new Set(['node_modules']))));
+  }
+
+  for (const agent of agents) {
+    const dest = `${AGENTS_IN_IMAGE.slice(1)}/${agent.id}`;
+    for (const d of ['opt', AGENTS_IN_IMAGE.slice(1), dest]) dir(d);
+    entries.push(...(await treeEntries(join(agent.dir, 'node_modules'), `${dest}/node_modules`)));
+    entries.push({ kind: 'file', path: `${dest}/package.json`, mode: 0o644, source: join(agent.dir, 'package.json') });
   }
 
   for (const extra of extraFiles) {
@@ -410,7 +431,7 @@ export async function buildWorkerImage(options: BuildWorkerImageOptions = {}): P
   if (!(await lstat(nodeBinary)).isFile()) throw buildError(`${nodeBinary} is not a file`);
 
   const userland = options.userland === false ? [] : options.userland === true || options.userland === undefined ? USERLAND : options.userland;
-  const entries = await imageEntries(packageRoot, nodeBinary, options.extraFiles ?? [], userland, log);
+  const entries = await imageEntries(packageRoot, nodeBinary, options.extraFiles ?? [], userland, log, options.agents ?? []);
   const inputsHash = await hashInputs(entries, importChanges('', version));
   const changes = importChanges(inputsHash, version);
 

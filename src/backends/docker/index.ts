@@ -25,8 +25,10 @@ import type { DockerClient } from './client.js';
 import { connectDocker, engineCall, engineCallOr404, engineStatus, toBackendError } from './client.js';
 import { defaultWorkerImage, WORKER_IMAGE_REPOSITORY } from './image.js';
 import { logLines } from './logs.js';
+import { startEgressProxy } from '../egress-proxy.js';
+import type { EgressDecision, EgressProxy } from '../egress-proxy.js';
 import type { ProxyOptions, WorkerPlan } from './plan.js';
-import { planError, planWorker, SOCKET_MOUNT, SOCKET_NAME, socketDirOf, volumeNameOf, WORKER_PORT, WORKER_UID, WORKSPACE_MOUNT } from './plan.js';
+import { EGRESS_SOCKET_NAME, planError, planWorker, SOCKET_MOUNT, SOCKET_NAME, socketDirOf, volumeNameOf, WORKER_PORT, WORKER_UID, WORKSPACE_MOUNT } from './plan.js';
 
 export type { ProxyOptions } from './plan.js';
 export { buildWorkerImage, defaultWorkerImage, WORKER_IMAGE_REPOSITORY } from './image.js';
@@ -149,6 +151,15 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
   const name = options.name;
   // Spawns this object is creating right now: their intent without a container is not "gone".
   const creatingHere = new Set<string>();
+  /** spawngate's own egress proxies of this gateway process's workers, and what each let through or refused (last 200). */
+  const proxies = new Map<string, EgressProxy>();
+  const egressLines = new Map<string, string[]>();
+  const egressLog = (spawnId: string, d: EgressDecision): void => {
+    const lines = egressLines.get(spawnId) ?? [];
+    lines.push(JSON.stringify({ time: new Date().toISOString(), source: 'egress-proxy', level: d.allowed ? 'info' : 'warn', message: `${d.allowed ? 'allowed' : 'refused'} ${d.method} ${d.host}:${d.port}` }));
+    if (lines.length > 200) lines.shift();
+    egressLines.set(spawnId, lines);
+  };
   const stateDir = options.stateDir ?? defaultDockerStateDir();
   const defaultImage = options.image ?? defaultWorkerImage();
   const secretSource = options.secretSource ?? process.env;
@@ -345,6 +356,7 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
           creatingHere.add(spec.spawnId);
           await writeIntent(plan.socketDir, spec.spawnId, plan.labels);
           await makeSocketDir(plan.socketDir);
+          if (plan.egressAllow) proxies.set(spec.spawnId, await startEgressProxy({ socketPath: join(plan.socketDir, EGRESS_SOCKET_NAME), allow: plan.egressAllow, onDecision: (d) => egressLog(spec.spawnId, d) }));
         }
         if (plan.volume) {
           const { name: volumeName, driverOpts } = plan.volume;
@@ -368,6 +380,8 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
         if (containerId) await removeContainer(d, containerId).catch(() => undefined);
         // By label, for the same reason: a volume create that timed out may have made it.
         if (plan.volume) await removeWorkerVolumes(d, spec.spawnId).catch(() => undefined);
+        await proxies.get(spec.spawnId)?.close().catch(() => undefined);
+        proxies.delete(spec.spawnId);
         if (plan.socketDir) {
           await rm(plan.socketDir, { recursive: true, force: true }).catch(() => undefined);
           await rm(`${plan.socketDir}${INTENT_SUFFIX}`, { force: true }).catch(() => undefined);
@@ -447,7 +461,8 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
         { containerId: ref.nativeId },
       );
       if (raw === null) throw new BackendError('BACKEND_NOT_FOUND', `worker container ${ref.nativeId} of spawn ${ref.spawnId} does not exist`);
-      return logLines(Buffer.isBuffer(raw) ? raw : Buffer.from(String(raw)), tail);
+      // The proxy's lines come after the container's: they are kept by this process, not in the container.
+      return [...logLines(Buffer.isBuffer(raw) ? raw : Buffer.from(String(raw)), tail), ...(egressLines.get(ref.spawnId) ?? [])].slice(-tail);
     },
 
     async delete(ref) {
@@ -460,6 +475,9 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
           details: { reason: 'LabelMismatch', containerId: info.Id },
         });
       }
+      await proxies.get(ref.spawnId)?.close().catch(() => undefined);
+      proxies.delete(ref.spawnId);
+      egressLines.delete(ref.spawnId);
       const socketDir = info?.Mounts.find((m) => m.Destination === SOCKET_MOUNT)?.Source ?? socketDirOf(stateDir, ref.spawnId);
       // The socket folder first: if the engine call below fails, the container is still listed and swept later.
       await rm(socketDir, { recursive: true, force: true });

@@ -21,6 +21,8 @@ export const WORKER_UID = 10001;
 export const HOME_MOUNT = '/home/spawngate';
 export const SOCKET_MOUNT = '/run/spawngate';
 export const SOCKET_NAME = 'w.sock';
+/** spawngate's egress proxy for this worker, beside its own socket (egress "proxy" without the backend's proxy). */
+export const EGRESS_SOCKET_NAME = 'egress.sock';
 export const WORKSPACE_MOUNT = '/workspace';
 export const WORKER_PORT = 8080;
 export const DEFAULT_PIDS_LIMIT = 256;
@@ -56,6 +58,8 @@ export interface WorkerPlan {
   image: string;
   /** Host folder bound at /run/spawngate, made by create(); null when the worker listens on TCP. */
   socketDir: string | null;
+  /** Hosts spawngate's own egress proxy lets through (egress "proxy" without the backend's proxy); null: no such proxy. */
+  egressAllow: readonly string[] | null;
   /** Volume create() makes and delete() removes; null when the workspace is none/hostPath/claim. */
   volume: { name: string; driverOpts: Record<string, string> | null } | null;
   /** Existing named volume the profile claims; must exist, is never removed. */
@@ -149,11 +153,14 @@ export function planWorker(spec: WorkerSpec, ctx: PlanContext): WorkerPlan {
   }
 
   const isolated = spec.egress === 'none' || spec.egress === 'proxy';
-  if (spec.egress === 'proxy' && !ctx.proxy) {
+  // Without a proxy network of the operator's, egress "proxy" goes through spawngate's own proxy: no
+  // network but loopback, and the proxy's socket in the mounted folder (src/backends/egress-proxy.ts).
+  const ownProxy = spec.egress === 'proxy' && !ctx.proxy;
+  if (ownProxy && spec.egressAllow.length === 0) {
     throw planError(
       spec,
       'egress',
-      `egress "proxy" needs a proxy network on container backend ${ctx.backendName} (an --internal Docker network whose only exit is a proxy); none is configured`,
+      `egress "proxy" on container backend ${ctx.backendName} needs either the hosts it may reach (the profile's egressAllow, for spawngate's own proxy) or a proxy network of yours (the backend's proxy)`,
       'EgressUnsupported',
     );
   }
@@ -167,6 +174,7 @@ export function planWorker(spec: WorkerSpec, ctx: PlanContext): WorkerPlan {
     const noProxy = ctx.proxy.noProxy ?? 'localhost,127.0.0.1,::1';
     Object.assign(env, { HTTP_PROXY: ctx.proxy.url, HTTPS_PROXY: ctx.proxy.url, http_proxy: ctx.proxy.url, https_proxy: ctx.proxy.url, NO_PROXY: noProxy, no_proxy: noProxy });
   }
+  if (ownProxy) env['SPAWNGATE_EGRESS_PROXY_SOCKET'] = `${SOCKET_MOUNT}/${EGRESS_SOCKET_NAME}`;
   if (spec.traceparent) env['TRACEPARENT'] = spec.traceparent;
   Object.assign(env, {
     SPAWNGATE_WORKER_TOKEN: spec.token,
@@ -264,7 +272,7 @@ export function planWorker(spec: WorkerSpec, ctx: PlanContext): WorkerPlan {
     ...(spec.command ? { Entrypoint: [...spec.command], Cmd: [...(spec.args ?? [])] } : spec.args ? { Cmd: [...spec.args] } : {}),
     ...(isolated ? {} : { ExposedPorts: { [portKey()]: {} } }),
     HostConfig: {
-      NetworkMode: spec.egress === 'none' ? 'none' : spec.egress === 'proxy' && ctx.proxy ? ctx.proxy.network : 'bridge',
+      NetworkMode: spec.egress === 'none' || ownProxy ? 'none' : spec.egress === 'proxy' && ctx.proxy ? ctx.proxy.network : 'bridge',
       ...(isolated ? {} : { PortBindings: { [portKey()]: [{ HostIp: '127.0.0.1', HostPort: '' }] } }),
       ...(memory !== null ? { Memory: memory, MemorySwap: memory } : {}),
       ...(memoryReservation !== null ? { MemoryReservation: memoryReservation } : {}),
@@ -294,6 +302,7 @@ export function planWorker(spec: WorkerSpec, ctx: PlanContext): WorkerPlan {
     containerName: containerNameOf(spec.spawnId),
     image,
     socketDir,
+    egressAllow: ownProxy ? spec.egressAllow : null,
     volume,
     claimedVolume,
     hostPath,

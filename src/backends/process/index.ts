@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -11,7 +11,9 @@ import type { Backend, ListedWorker, WorkerEndpoint, WorkerPhase, WorkerRef, Wor
 import { WORKER_EXIT_DEADLINE } from '../../protocol/events.js';
 import { BACKEND_SPEC_VERSION, LABELS } from '../types.js';
 import { createWorkerClient } from '../../protocol/client.js';
-import { probeNetworkIsolation, UNSHARE_ARGS, type IsolationProbe } from './isolation.js';
+import { LOOPBACK_UP, probeNetworkIsolation, UNSHARE_ARGS, type IsolationProbe } from './isolation.js';
+import { startEgressProxy } from '../egress-proxy.js';
+import type { EgressDecision, EgressProxy } from '../egress-proxy.js';
 import { resolveSecret, secretPlaces } from '../secrets.js';
 import { findProcessByEnv, isOurProcess, processStartTime, signalGroup, type ProcessIdentity } from './proc.js';
 
@@ -115,6 +117,9 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
   const stateFile = (spawnId: string) => join(stateDir, spawnId, 'state.json');
   // The host does not change under us: probe once, on the first profile that needs it.
   let isolation: Promise<IsolationProbe> | null = null;
+  let loopback: Promise<IsolationProbe> | null = null;
+  /** spawngate's own egress proxies of this gateway process's workers, by spawn id (see usesOwnProxy). */
+  const proxies = new Map<string, EgressProxy>();
 
   async function readState(spawnId: string): Promise<StateFile | null> {
     try {
@@ -204,6 +209,11 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     });
   }
 
+  /** Egress "proxy" without a proxyUrl of the operator's: spawngate's own proxy, with the profile's allow-list. */
+  function usesOwnProxy(spec: WorkerSpec): boolean {
+    return spec.egress === 'proxy' && !options.proxyUrl;
+  }
+
   function checkSpec(spec: WorkerSpec): void {
     if (spec.workspace.strategy === 'volume') {
       throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: workspace strategy "volume" is not supported by the process backend ${options.name}`, {
@@ -222,8 +232,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
         });
       }
     }
-    if (spec.egress === 'proxy' && !options.proxyUrl) {
-      throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: egress "proxy" needs a proxyUrl on process backend ${options.name}`, {
+    if (spec.egress === 'proxy' && !options.proxyUrl && spec.egressAllow.length === 0) {
+      throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: egress "proxy" on process backend ${options.name} needs the hosts it may reach (the profile's egressAllow, e.g. ["api.openai.com"])`, {
         details: { field: 'egress' },
       });
     }
@@ -318,16 +328,31 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     if (spec.workspace.strategy !== 'hostPath') await mkdir(workspace, { recursive: true, mode: 0o700 });
     const home = join(intent.dir, 'home');
     await mkdir(home, { recursive: true, mode: 0o700 });
+    // Agents leave sockets, extracted libraries and crash reports in $TMPDIR: this worker's own, removed with it.
+    const tmp = join(intent.dir, 'tmp');
+    await mkdir(tmp, { recursive: true, mode: 0o700 });
     // egress none: a fresh network namespace has no route anywhere, so the worker is reached over a unix socket.
-    const isolated = spec.egress === 'none';
+    // Egress through spawngate's proxy: the same, plus loopback (where the worker offers the proxy to its agent).
+    const ownProxy = usesOwnProxy(spec);
+    const isolated = spec.egress === 'none' || ownProxy;
     const [cmd, ...cmdArgs] = spec.command ? [...spec.command, ...(spec.args ?? [])] : [...(options.workerCommand ?? workerBinCommand()), ...(spec.args ?? [])];
     if (!cmd) throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: empty worker command`, { details: { field: 'command' } });
-    const argv = isolated ? ['unshare', ...UNSHARE_ARGS, cmd, ...cmdArgs] : [cmd, ...cmdArgs];
+    const argv = ownProxy ? ['unshare', ...UNSHARE_ARGS, ...LOOPBACK_UP, cmd, ...cmdArgs] : isolated ? ['unshare', ...UNSHARE_ARGS, cmd, ...cmdArgs] : [cmd, ...cmdArgs];
+    if (ownProxy) {
+      const socketPath = join(intent.dir, 'egress.sock');
+      const logProxy = (d: EgressDecision) => {
+        // Into the worker's own log, so `spawngate logs` shows what the agent tried to reach.
+        const line = { time: new Date().toISOString(), source: 'egress-proxy', level: d.allowed ? 'info' : 'warn', message: `${d.allowed ? 'allowed' : 'refused'} ${d.method} ${d.host}:${d.port}` };
+        void appendFile(intent.logFile, `${JSON.stringify(line)}\n`).catch(() => undefined);
+      };
+      proxies.set(spec.spawnId, await startEgressProxy({ socketPath, allow: spec.egressAllow, onDecision: logProxy }));
+    }
     const memory = parseMemoryBytes(spec.resources.limits.memory);
     const env: Record<string, string> = {
       PATH: process.env.PATH ?? '/usr/bin:/bin',
       // Apart from the workspace: an agent's dotfiles and caches are not the work (removed with the worker).
       HOME: home,
+      TMPDIR: tmp,
       ...spec.env,
       // Resolved only here, into the worker's environment (which its agent inherits): never argv, the state file or a log.
       ...Object.fromEntries(spec.secretEnv.map((ref) => [ref.name, secretValue(spec, ref)])),
@@ -341,6 +366,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       SPAWNGATE_DEADLINE: String(Math.floor(Date.now() / 1000) + spec.timeoutSeconds),
       ...(spec.traceparent ? { TRACEPARENT: spec.traceparent } : {}),
       ...(spec.egress === 'proxy' && options.proxyUrl ? { HTTPS_PROXY: options.proxyUrl, HTTP_PROXY: options.proxyUrl } : {}),
+      ...(ownProxy ? { SPAWNGATE_EGRESS_PROXY_SOCKET: join(intent.dir, 'egress.sock') } : {}),
       // Best effort only: a V8 heap cap approximates the memory limit; there is no cgroup here.
       ...(memory ? { NODE_OPTIONS: `--max-old-space-size=${Math.max(32, Math.floor((memory / 2 ** 20) * 0.75))}` } : {}),
     };
@@ -384,6 +410,15 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
 
     async validate(spec) {
       checkSpec(spec);
+      if (usesOwnProxy(spec)) {
+        loopback ??= probeNetworkIsolation('unshare', 5000, LOOPBACK_UP);
+        const probe = await loopback;
+        if (!probe.ok) {
+          throw new BackendError('BACKEND_UNAVAILABLE', `profile ${spec.profileName}: egress "proxy" through spawngate's proxy needs a network namespace with loopback, which this host cannot make (${probe.reason}); install util-linux and iproute2 (ip) and allow user namespaces, or set proxyUrl`, {
+            details: { field: 'egress', reason: 'IsolationUnavailable' },
+          });
+        }
+      }
       if (spec.egress === 'none') {
         isolation ??= probeNetworkIsolation();
         const probe = await isolation;
@@ -411,7 +446,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
         deadlineAt: new Date(now.getTime() + spec.timeoutSeconds * 1000).toISOString(),
         dir,
         logFile: join(dir, 'worker.log'),
-        socketPath: spec.egress === 'none' ? join(dir, 'w.sock') : null,
+        socketPath: spec.egress === 'none' || usesOwnProxy(spec) ? join(dir, 'w.sock') : null,
         token: spec.token,
         exit: null,
       };
@@ -430,6 +465,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
           started = await startChild(spec, intent);
         } catch (err) {
           // Nothing half-made may outlive a failed create: the caller gets no ref to delete it by.
+          await proxies.get(spec.spawnId)?.close().catch(() => undefined);
+          proxies.delete(spec.spawnId);
           await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 20 }).catch(() => undefined);
           if (err instanceof SpawngateError) throw err;
           throw new BackendError('BACKEND_FAILED', `cannot start worker ${spec.spawnId}: ${(err as Error).message}`, { cause: err, details: { reason: 'StartError' } });
@@ -538,7 +575,10 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       if (timer) clearTimeout(timer);
       deadlines.delete(ref.spawnId);
       deleting.add(ref.spawnId);
+      const proxy = proxies.get(ref.spawnId);
+      proxies.delete(ref.spawnId);
       try {
+        await proxy?.close();
         const state = await readState(ref.spawnId);
         // An intent without a pid is found by its environment: a worker whose pid was never recorded is still stopped.
         const worker = state ? await locate(state) : null;

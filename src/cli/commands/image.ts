@@ -1,15 +1,46 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { AGENT_PACKAGES, agentArgv, agentPackage } from '../../agents/catalog.js';
+import type { AgentPackage } from '../../agents/catalog.js';
+import { defaultAgentsDir, installAgent } from '../agent-install.js';
 import type { Command } from '../framework.js';
 import { EXIT, str } from '../framework.js';
+import { UsageError } from '../../errors.js';
+
+function nativeOf(agent: AgentPackage, dir: string): string[] {
+  const path = agent.native ? join(dir, agent.native) : null;
+  return path && existsSync(path) ? [path] : [];
+}
 
 export const imageBuildCommand: Command = {
   name: 'image build',
-  summary: 'Build the Docker worker image locally (docker import of a root filesystem: node, a userland with a shell and git, the built package, its production dependencies).',
-  usage: 'spawngate image build [--tag NAME:TAG] [--force] [--minimal] [--socket PATH] [--json]',
-  options: { tag: { type: 'string', short: 't' }, force: { type: 'boolean' }, minimal: { type: 'boolean' }, socket: { type: 'string' }, json: { type: 'boolean' } },
+  summary: 'Build the Docker worker image locally (docker import of a root filesystem: node, a userland with a shell and git, the built package, its production dependencies), optionally with coding agents from npm.',
+  usage: `spawngate image build [--agent ID]... [--agents-dir DIR] [--tag NAME:TAG] [--force] [--minimal] [--socket PATH] [--json]   (agents: ${AGENT_PACKAGES.map((a) => a.id).join(', ')})`,
+  options: {
+    tag: { type: 'string', short: 't' },
+    agent: { type: 'string', multiple: true },
+    'agents-dir': { type: 'string' },
+    force: { type: 'boolean' },
+    minimal: { type: 'boolean' },
+    socket: { type: 'string' },
+    json: { type: 'boolean' },
+  },
   async run({ values, io }) {
+    const ids = Array.isArray(values['agent']) ? values['agent'] : [];
+    const agents: AgentPackage[] = [];
+    for (const id of ids) {
+      const known = agentPackage(id);
+      if (!known) throw new UsageError(`--agent ${JSON.stringify(id)}: not an agent spawngate installs (known: ${AGENT_PACKAGES.map((a) => a.id).join(', ')})`);
+      if (!agents.includes(known)) agents.push(known);
+    }
+    if (agents.length && values.minimal === true) throw new UsageError('--agent cannot be combined with --minimal: coding agents need the userland (a shell, git, CA certificates)');
+    const log = values.json ? () => undefined : (line: string) => void io.stderr.write(`${line}\n`);
+    const base = str(values, 'agents-dir') ?? defaultAgentsDir(io.env);
+    const installed: { agent: AgentPackage; dir: string }[] = [];
+    for (const agent of agents) installed.push({ agent, dir: await installAgent(agent, base, log) });
     // Loaded here so that every other command stays free of the Docker client.
-    const { buildWorkerImage } = await import('../../backends/docker/image.js');
-    const tag = str(values, 'tag');
+    const { AGENTS_IN_IMAGE, buildWorkerImage, defaultWorkerImage } = await import('../../backends/docker/image.js');
+    const tag = str(values, 'tag') ?? (agents.length ? `${defaultWorkerImage()}-${agents.map((a) => a.id).join('-')}` : undefined);
     const socketPath = str(values, 'socket');
     const built = await buildWorkerImage({
       ...(tag ? { tag } : {}),
@@ -17,10 +48,19 @@ export const imageBuildCommand: Command = {
       force: values.force === true,
       // --minimal: node and the worker only (no shell, no git), for agents that need nothing else.
       userland: values.minimal !== true,
-      log: values.json ? () => undefined : (line) => io.stderr.write(`${line}\n`),
+      agents: installed.map(({ agent, dir }) => ({ id: agent.id, dir, native: nativeOf(agent, dir) })),
+      log,
     });
-    if (values.json) io.stdout.write(`${JSON.stringify(built)}\n`);
-    else io.stdout.write(`${built.built ? 'built' : 'up to date'}: ${built.tag} (${built.imageId.slice(0, 19)})\n`);
+    const commands = Object.fromEntries(installed.map(({ agent, dir }) => [agent.id, agentArgv(agent, dir, join(AGENTS_IN_IMAGE, agent.id))]));
+    if (values.json) {
+      io.stdout.write(`${JSON.stringify({ ...built, agents: commands })}\n`);
+      return EXIT.ok;
+    }
+    io.stdout.write(`${built.built ? 'built' : 'up to date'}: ${built.tag} (${built.imageId.slice(0, 19)})\n`);
+    for (const [id, argv] of Object.entries(commands)) {
+      io.stdout.write(`agent ${id} in the image: agents.acp.${id}.backends.<container backend>.command = ${JSON.stringify(argv)}\n`);
+    }
+    if (agents.length) io.stdout.write(`recipes (env, model API, keys): docs/agents.md\n`);
     return EXIT.ok;
   },
 };

@@ -1,0 +1,56 @@
+/**
+ * The worker's end of egress "proxy": it has no network but loopback, and the gateway's proxy is a
+ * unix socket (src/backends/egress-proxy.ts). Agents speak HTTP(S)_PROXY over TCP, so the worker
+ * listens on its own loopback and carries each connection, bytes unchanged, to that socket.
+ */
+import { connect, createServer } from 'node:net';
+import type { Socket } from 'node:net';
+
+export interface EgressForwarder {
+  /** http://127.0.0.1:<port>, for the agent's HTTP(S)_PROXY. */
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+export async function startEgressForwarder(socketPath: string): Promise<EgressForwarder> {
+  const open = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect({ path: socketPath });
+    open.add(client);
+    client.once('close', () => {
+      open.delete(client);
+      upstream.destroy();
+    });
+    upstream.once('close', () => client.destroy());
+    client.once('error', () => upstream.destroy());
+    upstream.once('error', () => client.destroy());
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : 0;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of open) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/**
+ * What the agent's environment needs to use the forwarder (Node ≥ 24 honours these only with
+ * NODE_USE_ENV_PROXY). NO_PROXY is emptied: the worker's loopback has nothing for the agent, and a
+ * model on the gateway host's loopback is reached through the proxy like any other allowed host.
+ */
+export function proxyEnvironment(url: string): Record<string, string> {
+  return { HTTP_PROXY: url, HTTPS_PROXY: url, http_proxy: url, https_proxy: url, NO_PROXY: '', no_proxy: '', NODE_USE_ENV_PROXY: '1' };
+}

@@ -1,0 +1,58 @@
+/**
+ * The real ACP agents this suite drives, installed pinned by scripts/ensure-agents.sh, and their
+ * recipes: how each is pointed at a model API (here the mock on loopback) with nothing but
+ * `agents.acp.<id>` (command and env; the key as a secretRef). docs/agents.md shows the same recipes.
+ */
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
+
+/** The agents every run drives (the lightest two of the five, on two different wire dialects). */
+export const SUITE_AGENTS = ['codex-acp', 'claude-code-acp'] as const;
+export type SuiteAgent = (typeof SUITE_AGENTS)[number];
+
+/** Installs (or finds, cached) the pinned agents; returns each one's ACP argv. */
+export function ensureAgents(ids: readonly string[] = SUITE_AGENTS): Record<string, string[]> {
+  const out = execFileSync('bash', ['scripts/ensure-agents.sh', ...ids], { cwd: repoRoot, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 20 * 60_000 });
+  const argv: Record<string, string[]> = {};
+  for (const line of out.trim().split('\n')) {
+    const [id = '', json = '[]'] = line.split('\t');
+    argv[id] = JSON.parse(json) as string[];
+  }
+  return argv;
+}
+
+/** `agents.acp.<id>` for one agent against the model API at `baseUrl` (http://host:port, no path), the key from secret `model/api-key`. */
+export function agentRecipe(id: SuiteAgent, argv: readonly string[], baseUrl: string): Record<string, unknown> {
+  const key = { secretRef: { name: 'model', key: 'api-key' } };
+  switch (id) {
+    case 'codex-acp':
+      // Codex reads its settings from -c overrides as well as ~/.codex/config.toml: no file to provision.
+      // gpt-5.4-mini: a model codex has metadata for (tools like apply_patch depend on it). sandbox
+      // danger-full-access: codex's own sandbox needs bubblewrap; the worker is the sandbox here.
+      // approval untrusted: codex asks (ACP session/request_permission) before edits and commands.
+      return {
+        command: [
+          ...argv,
+          ...['model="gpt-5.4-mini"', 'model_provider="model"', 'sandbox_mode="danger-full-access"', 'approval_policy="untrusted"', 'check_for_update_on_startup=false', 'analytics.enabled=false', 'feedback.enabled=false']
+            .concat([`model_providers.model.name="Model API"`, `model_providers.model.base_url="${baseUrl}/v1"`, 'model_providers.model.env_key="MODEL_API_KEY"', 'model_providers.model.wire_api="responses"'])
+            .flatMap((c) => ['-c', c]),
+        ],
+        env: { MODEL_API_KEY: key },
+      };
+    case 'claude-code-acp':
+      return {
+        command: [...argv],
+        env: {
+          ANTHROPIC_BASE_URL: baseUrl,
+          ANTHROPIC_API_KEY: key,
+          // No auto-updater, telemetry, error reports or calls to Anthropic outside the base URL.
+          CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
+          DISABLE_TELEMETRY: '1',
+          DISABLE_ERROR_REPORTING: '1',
+          DISABLE_AUTOUPDATER: '1',
+        },
+      };
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * Egress "proxy" on the process backend through spawngate's own proxy: the worker runs in an empty
+ * network namespace with loopback, its only way out is the gateway's proxy socket, and the proxy
+ * lets through the profile's egressAllow and nothing else. Targets are servers this test starts on
+ * 127.0.0.1 (outside the worker's namespace: reachable only through the proxy).
+ */
+import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { Server } from 'node:http';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect } from 'node:net';
+import { parseConfig } from '../../src/config/index.js';
+import { startEgressProxy } from '../../src/backends/egress-proxy.js';
+import { egressAllowed, parseEgressRule } from '../../src/egress-rules.js';
+import type { EgressRule } from '../../src/egress-rules.js';
+import type { Spawngate } from '../../src/spawngate.js';
+import { createSpawngate } from '../../src/spawngate.js';
+
+const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
+const root = mkdtempSync(join(tmpdir(), 'sg-egress-'));
+const caller = { sessionKey: 'agent:main:egress', depth: 0, channel: { id: 'egress', kind: 'cli', interactive: true }, user: { id: 'egress-user', roles: [] } };
+let gate: Spawngate;
+const servers: Server[] = [];
+let allowedPort = 0;
+let otherPort = 0;
+
+async function serve(body: string): Promise<number> {
+  const server = createServer((_req, res) => res.end(`${body}\n`));
+  servers.push(server);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return (server.address() as { port: number }).port;
+}
+
+beforeAll(async () => {
+  allowedPort = await serve('model api says hi');
+  otherPort = await serve('you should not see this');
+  gate = await createSpawngate({
+    owner: `egress-${randomUUID().slice(0, 8)}`,
+    sweepIntervalMs: 0,
+    decisionLog: false,
+    config: {
+      agents: {
+        executionBackends: { local: { type: 'process', stateDir: join(root, 's'), profiles: { proxied: { egress: 'proxy', egressAllow: [`127.0.0.1:${allowedPort}`] } } } },
+        execution: { default: { backend: 'local', profile: 'proxied' } },
+        acp: { fixture: { command: [process.execPath, fixture] } },
+      },
+    },
+  });
+});
+
+afterAll(async () => {
+  await gate?.shutdown();
+  for (const s of servers) s.close();
+  rmSync(root, { recursive: true, force: true });
+});
+
+describe('egress proxy allow-lists', () => {
+  const rules = (...patterns: string[]) => patterns.map((p) => parseEgressRule(p)).filter((r): r is EgressRule => r !== null);
+  it('match hosts, ports and subdomains exactly', () => {
+    const r = rules('api.openai.com', '*.anthropic.com:443', '127.0.0.1:8080', '[::1]:9000');
+    expect(egressAllowed(r, 'api.openai.com', 443)).toBe(true);
+    expect(egressAllowed(r, 'API.OpenAI.com.', 80)).toBe(true);
+    expect(egressAllowed(r, 'api.openai.com', 8443)).toBe(false);
+    expect(egressAllowed(r, 'evil-api.openai.com', 443)).toBe(false);
+    expect(egressAllowed(r, 'api.anthropic.com', 443)).toBe(true);
+    expect(egressAllowed(r, 'anthropic.com', 443)).toBe(false);
+    expect(egressAllowed(r, 'xanthropic.com', 443)).toBe(false);
+    expect(egressAllowed(r, '127.0.0.1', 8080)).toBe(true);
+    expect(egressAllowed(r, '127.0.0.1', 8081)).toBe(false);
+    expect(egressAllowed(r, '::1', 9000)).toBe(true);
+  });
+  it('are refused malformed, by path', () => {
+    for (const bad of ['http://api.openai.com', 'api.openai.com:99999', 'a b', '*', '*.', '[zz]:1']) {
+      expect(parseEgressRule(bad), bad).toBeNull();
+      const config = { agents: { executionBackends: { l: { type: 'process', profiles: { p: { egress: 'proxy', egressAllow: [bad] } } } } } };
+      expect(() => parseConfig(config), bad).toThrow(/agents\.executionBackends\.l\.profiles\.p\.egressAllow\[0\]/);
+    }
+    const k8s = { agents: { executionBackends: { k: { type: 'kubernetes', namespace: 'ns', image: 'i', profiles: { p: { egress: 'proxy', egressAllow: ['api.openai.com'] } } } } } };
+    expect(() => parseConfig(k8s)).toThrow(/agents\.executionBackends\.k\.profiles\.p\.egressAllow: spawngate's own egress proxy serves process and container backends/);
+  });
+});
+
+describe('the proxy itself', () => {
+  /** Raw bytes over the proxy's socket: what an HTTP client sends to a proxy, and what comes back first. */
+  function exchange(socketPath: string, text: string, until: RegExp): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const socket = connect({ path: socketPath });
+      let got = '';
+      socket.on('data', (chunk: Buffer) => {
+        got += chunk.toString();
+        if (until.test(got)) {
+          socket.destroy();
+          resolve(got);
+        }
+      });
+      socket.once('error', reject);
+      socket.once('close', () => resolve(got));
+      socket.write(text);
+    });
+  }
+
+  it('tunnels CONNECT to an allowed host, refuses others with 403 naming the allow-list, and forwards plain HTTP', async () => {
+    const socketPath = join(root, 'p.sock');
+    const seen: string[] = [];
+    const proxy = await startEgressProxy({ socketPath, allow: [`127.0.0.1:${allowedPort}`], onDecision: (d) => seen.push(`${d.allowed ? 'allowed' : 'refused'} ${d.method} ${d.port}`) });
+    try {
+      const tunnel = await exchange(socketPath, `CONNECT 127.0.0.1:${allowedPort} HTTP/1.1\r\nhost: 127.0.0.1:${allowedPort}\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n`, /model api says hi/);
+      expect(tunnel).toMatch(/^HTTP\/1\.1 200 Connection Established\r\n\r\nHTTP\/1\.1 200 OK/);
+      const refused = await exchange(socketPath, `CONNECT 127.0.0.1:${otherPort} HTTP/1.1\r\n\r\n`, /allow-list/);
+      expect(refused).toMatch(/^HTTP\/1\.1 403 Forbidden/);
+      expect(refused).toContain(`127.0.0.1:${otherPort} is not on this worker's allow-list (127.0.0.1:${allowedPort})`);
+      const plain = await exchange(socketPath, `GET http://127.0.0.1:${allowedPort}/x HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n`, /model api says hi/);
+      expect(plain).toMatch(/^HTTP\/1\.1 200 OK/);
+      expect(await exchange(socketPath, 'CONNECT nonsense HTTP/1.1\r\n\r\n', /\n\n/)).toMatch(/^HTTP\/1\.1 400/);
+      expect(seen).toEqual([`allowed CONNECT ${allowedPort}`, `refused CONNECT ${otherPort}`, `allowed GET ${allowedPort}`]);
+    } finally {
+      await proxy.close();
+    }
+  });
+});
+
+describe('egress "proxy" on the process backend', () => {
+  it('lets the agent reach the allowed host through the proxy, and nothing else', async () => {
+    const handle = await gate.spawn({ agentId: 'fixture', caller });
+    try {
+      const say = async (message: string) => {
+        let text = '';
+        for await (const e of handle.turn(message)) if (e.type === 'agent.message.delta') text += e.text;
+        return text;
+      };
+      expect(await say(`fetch http://127.0.0.1:${allowedPort}/v1/models`)).toBe('fetch 200 model api says hi');
+      // The proxy answers 403; Node's fetch reports a refused proxy request as a failure (the log below names it).
+      const refused = await say(`fetch http://127.0.0.1:${otherPort}/`);
+      expect(refused).toMatch(/^fetch (failed: |403 )/);
+      expect(refused).not.toContain('you should not see this');
+      // No route around the proxy: the worker's namespace has loopback only.
+      expect(await say(`connect 127.0.0.1 ${allowedPort}`)).toMatch(/^connect failed: /);
+      expect(await say('connect 1.1.1.1 443')).toMatch(/^connect failed: /);
+      const logs = (await handle.logs(500)).join('\n');
+      expect(logs).toMatch(new RegExp(`allowed (GET|CONNECT) 127\\.0\\.0\\.1:${allowedPort}`));
+      expect(logs).toMatch(new RegExp(`refused (GET|CONNECT) 127\\.0\\.0\\.1:${otherPort}`));
+    } finally {
+      await handle.close();
+    }
+  });
+
+  it('refuses a proxy profile without an allow-list, saying what to add', async () => {
+    const g = await createSpawngate({
+      sweepIntervalMs: 0,
+      decisionLog: false,
+      config: { agents: { executionBackends: { local: { type: 'process', stateDir: join(root, 's2'), profiles: { p: { egress: 'proxy' } } } }, acp: { fixture: { command: [process.execPath, fixture] } } } },
+    });
+    try {
+      await expect(g.spawn({ agentId: 'fixture', caller })).rejects.toThrow(/egress "proxy" on process backend local needs the hosts it may reach \(the profile's egressAllow/);
+    } finally {
+      await g.shutdown();
+    }
+  });
+});
