@@ -4,7 +4,11 @@
 #   docker build -t spawngate-worker:$(node -p "require('./package.json').version") .
 # It runs the reference worker (dist/worker/bin.js) as uid 10001 and matches the image that
 # scripts/build-image.sh makes without a registry (docs/docker.md): same paths, user, entrypoint and env,
-# so the container and kubernetes backends treat both alike. Add your agent CLIs in a stage FROM this one.
+# so the container and kubernetes backends treat both alike.
+#
+# Coding agents: name their npm packages, pinned, and each lands in /opt/agents/<id> as
+# `spawngate image build --agent <id>` puts it (docs/agents.md has the in-image commands):
+#   docker build --build-arg AGENTS="codex-acp=@zed-industries/codex-acp@0.16.0 claude-code-acp=@zed-industries/claude-code-acp@0.16.2" .
 
 ARG NODE_IMAGE=node:24-slim
 
@@ -34,6 +38,13 @@ COPY --from=build /src/package.json /app/package.json
 COPY --from=build /src/node_modules /app/node_modules
 COPY --from=build /src/dist /app/dist
 COPY bin /app/bin
+ARG AGENTS=""
+# Installed as root into folders the worker can read but not change; install scripts pick native binaries.
+RUN set -e; for pair in $AGENTS; do \
+      id="${pair%%=*}"; pkg="${pair#*=}"; \
+      mkdir -p "/opt/agents/$id"; printf '{"name":"spawngate-agent-%s","private":true}\n' "$id" > "/opt/agents/$id/package.json"; \
+      npm install --prefix "/opt/agents/$id" --no-audit --no-fund --save-exact --loglevel=error "$pkg"; \
+    done; rm -rf /root/.npm /tmp/*
 ENV NODE_ENV=production \
     HOME=/home/spawngate \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt

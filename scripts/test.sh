@@ -30,8 +30,8 @@ bash scripts/ensure-openclaw.sh > /dev/null
 step "tools: kube-apiserver, etcd, scheduler, controller-manager (built from the Go module proxy; cached)"
 bash scripts/ensure-k8s-bins.sh > /dev/null
 
-step "tools: real ACP agents codex-acp and claude-code-acp (pinned npm packages; cached)"
-bash scripts/ensure-agents.sh codex-acp claude-code-acp > /dev/null
+step "tools: real ACP agents (codex-acp, claude-code-acp, qwen-code, gemini-cli, opencode; pinned npm packages; cached)"
+bash scripts/ensure-agents.sh > /dev/null
 
 step "lint"
 npx eslint .

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { RequestError } from '../errors.js';
 import { errorMap, reservedKeyIssues, toIssues } from '../config/issues.js';
-import { agentIdSchema, egressSchema, nameSchema } from '../config/schema.js';
+import { agentIdSchema, egressSchema, mcpServerSchema, nameSchema } from '../config/schema.js';
 import type { AdmissionInput } from './types.js';
 
 /**
@@ -95,6 +95,8 @@ export const spawnRequestSchema = z
     env: requestEnvSchema.nullable().optional(),
     model: idSchema.nullable().optional(),
     resumeSessionId: idSchema.nullable().optional(),
+    // ACP's session/new names them too; the profile decides (accept.mcpServers). Literal credentials are refused as in the config.
+    mcpServers: z.array(mcpServerSchema).max(32).nullable().optional(),
     caller: z.strictObject({
       sessionKey: idSchema,
       parentSessionKey: idSchema.nullable().optional(),
@@ -150,6 +152,7 @@ export interface SessionWishes {
   env: Record<string, string>;
   model: string | null;
   resumeSessionId: string | null;
+  mcpServers: z.infer<typeof mcpServerSchema>[];
 }
 
 export function parseSpawnRequest(value: unknown): SpawnRequest {
@@ -173,7 +176,7 @@ export function parseSpawnRequest(value: unknown): SpawnRequest {
     execution,
     task: r.task ?? r.message ?? '',
     label: r.label ?? null,
-    session: { cwd: r.cwd ?? null, env: { ...(r.env ?? {}) }, model: r.model ?? null, resumeSessionId: r.resumeSessionId ?? null },
+    session: { cwd: r.cwd ?? null, env: { ...(r.env ?? {}) }, model: r.model ?? null, resumeSessionId: r.resumeSessionId ?? null, mcpServers: [...(r.mcpServers ?? [])] },
     caller: {
       sessionKey: r.caller.sessionKey,
       parentSessionKey: r.caller.parentSessionKey ?? null,

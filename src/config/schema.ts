@@ -43,6 +43,8 @@ export const QUANTITY_PATTERN = /^(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,2}|[KM
 const SECRET_WORD_ENDINGS = ['TOKEN', 'SECRET', 'PASSWORD', 'PASSWD', 'PASSPHRASE', 'CREDENTIAL', 'CREDENTIALS', 'APIKEY', 'PRIVATEKEY', 'ACCESSKEY'];
 const SECRET_WORDS = new Set(['AUTH', 'COOKIE']);
 const KEY_QUALIFIERS = new Set(['API', 'PRIVATE', 'ACCESS', 'SIGNING', 'ENCRYPTION', 'SSH', 'MASTER', 'SECRET', 'CLIENT']);
+/** A last word that says the value is about a credential, not the credential (GEMINI_DEFAULT_AUTH_TYPE, API_KEY_FILE, TOKEN_URL). */
+const DESCRIPTOR_WORDS = new Set(['TYPE', 'MODE', 'METHOD', 'KIND', 'URL', 'URI', 'ENDPOINT', 'HOST', 'PORT', 'FILE', 'PATH', 'DIR', 'NAME', 'HEADER', 'ENABLED', 'DISABLED']);
 
 /**
  * Whether an environment variable name almost certainly holds a credential (GITHUB_TOKEN,
@@ -55,6 +57,7 @@ export function looksLikeSecretName(name: string): boolean {
     .toUpperCase()
     .split(/[^A-Z0-9]+/)
     .filter(Boolean);
+  if (words.length > 1 && DESCRIPTOR_WORDS.has(words.at(-1) ?? '')) return false;
   return words.some(
     (word, i) =>
       SECRET_WORDS.has(word) ||
@@ -276,7 +279,7 @@ const mcpPairsSchema = boundedRecord(envNameSchema, text(), 'variables').superRe
   { when: () => true },
 );
 
-const mcpServerSchema = z.union([
+export const mcpServerSchema = z.union([
   z.strictObject({
     type: z.literal('stdio').optional(),
     name: nonEmpty(LIMITS.id),
@@ -378,6 +381,7 @@ export const profileSchema = z
           .register(configMetadata, { description: 'names of request env variables the worker gets (NAME, or PREFIX_*); default none' }),
         model: z.boolean().optional().register(configMetadata, { description: 'pass a request\'s model to the agent; default true' }),
         resumeSessionId: z.boolean().optional().register(configMetadata, { description: 'let a request resume an agent session; default true' }),
+        mcpServers: z.boolean().optional().register(configMetadata, { description: 'add a request\'s MCP servers to the profile\'s (a profile server of the same name wins); default false: a stdio server is a command the worker runs' }),
       })
       .optional()
       .register(configMetadata, { description: 'which session wishes of a request (cwd, env, model, resumeSessionId) reach the worker; the rest are dropped and reported' }),

@@ -78,6 +78,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         if (accepted.dropped.length) logger.warn('session wishes the profile does not accept were dropped', { spawnId, profile: `${decision.backend}/${decision.profile}`, dropped: accepted.dropped });
         const spec = buildWorkerSpec({
           sessionEnv: accepted.env,
+          sessionMcpServers: accepted.mcpServers,
           gatewayEnv: process.env,
           spawnId,
           owner,
@@ -166,6 +167,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           env: { ...own.env, ...wishes.env },
           model: wishes.model ?? own.model,
           resumeSessionId: wishes.resumeSessionId ?? own.resumeSessionId,
+          mcpServers: wishes.mcpServers.length ? wishes.mcpServers : own.mcpServers,
         },
       },
     };

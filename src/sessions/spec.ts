@@ -61,6 +61,8 @@ function gitEnv(config: ProfileConfig['workspace']): Record<string, string> {
 export interface AcceptedSession {
   /** Added to the worker's environment. */
   env: Record<string, string>;
+  /** The request's MCP servers, when the profile accepts them. */
+  mcpServers: McpServerConfig[];
   /** What the request asked for and the profile did not accept, e.g. "cwd", "env.OPENAI_API_KEY". */
   dropped: string[];
 }
@@ -102,7 +104,9 @@ export function acceptSession(accept: ProfileConfig['accept'], wishes: SessionWi
     if (accept?.resumeSessionId ?? true) env[SESSION_ENV.resumeSessionId] = wishes.resumeSessionId;
     else dropped.push('resumeSessionId');
   }
-  return { env, dropped };
+  const mcpServers = accept?.mcpServers === true ? wishes.mcpServers : [];
+  if (wishes.mcpServers.length && accept?.mcpServers !== true) dropped.push(...wishes.mcpServers.map((m) => `mcpServers.${m.name}`));
+  return { env, dropped, mcpServers };
 }
 
 function loopback(url: string): boolean {
@@ -157,6 +161,8 @@ export interface SpecInput {
   traceparent: string | null;
   /** The request's session wishes that the profile accepted (acceptSession). */
   sessionEnv?: Record<string, string>;
+  /** The request's MCP servers that the profile accepted (acceptSession). */
+  sessionMcpServers?: readonly McpServerConfig[];
   /** The gateway's environment, for its OTEL_* trace export settings (workerTelemetryEnv). */
   gatewayEnv?: Record<string, string | undefined>;
 }
@@ -187,7 +193,10 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
   // The gateway's permission policy answers every request the agent makes (sessions/turns.ts).
   env['SPAWNGATE_PERMISSIONS'] = 'ask';
   if (profile.cancelGraceSeconds !== undefined) env['SPAWNGATE_CANCEL_GRACE_MS'] = String(Math.round(profile.cancelGraceSeconds * 1000));
-  if (profile.mcpServers?.length) env[MCP_ENV] = JSON.stringify(profile.mcpServers.map(acpMcpServer));
+  // The profile's servers first; a request's server of the same name does not replace the operator's.
+  const own = profile.mcpServers ?? [];
+  const mcp = [...own, ...(input.sessionMcpServers ?? []).filter((m) => !own.some((o) => o.name === m.name))];
+  if (mcp.length) env[MCP_ENV] = JSON.stringify(mcp.map(acpMcpServer));
   const expiresAt = new Date(input.now.getTime() + decision.ttlSeconds * 1000);
   const image = profile.image ?? (input.backend.type === 'process' ? null : (input.backend.image ?? null));
   return {

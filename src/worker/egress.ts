@@ -48,9 +48,11 @@ export async function startEgressForwarder(socketPath: string): Promise<EgressFo
 
 /**
  * What the agent's environment needs to use the forwarder (Node ≥ 24 honours these only with
- * NODE_USE_ENV_PROXY). NO_PROXY is emptied: the worker's loopback has nothing for the agent, and a
- * model on the gateway host's loopback is reached through the proxy like any other allowed host.
+ * NODE_USE_ENV_PROXY). Loopback stays direct: it is the worker's own, where agents run services of
+ * their own (opencode's ACP mode talks to its server on 127.0.0.1:4096). A model on the gateway
+ * host's loopback is reached through the proxy at another 127.x address (Linux routes all of 127/8 to lo).
  */
 export function proxyEnvironment(url: string): Record<string, string> {
-  return { HTTP_PROXY: url, HTTPS_PROXY: url, http_proxy: url, https_proxy: url, NO_PROXY: '', no_proxy: '', NODE_USE_ENV_PROXY: '1' };
+  const local = 'localhost,127.0.0.1,::1';
+  return { HTTP_PROXY: url, HTTPS_PROXY: url, http_proxy: url, https_proxy: url, NO_PROXY: local, no_proxy: local, NODE_USE_ENV_PROXY: '1' };
 }

@@ -8,12 +8,14 @@ import { fileURLToPath } from 'node:url';
 
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 
-/** The agents every run drives (the lightest two of the five, on two different wire dialects). */
+/** The agents the full suite drives (the lightest two of the five, on two different wire dialects). */
 export const SUITE_AGENTS = ['codex-acp', 'claude-code-acp'] as const;
-export type SuiteAgent = (typeof SUITE_AGENTS)[number];
+/** The others with a recipe in docs/agents.md: each is checked with a text turn and an edit. */
+export const RECIPE_AGENTS = ['qwen-code', 'gemini-cli', 'opencode'] as const;
+export type SuiteAgent = (typeof SUITE_AGENTS)[number] | (typeof RECIPE_AGENTS)[number];
 
 /** Installs (or finds, cached) the pinned agents; returns each one's ACP argv. */
-export function ensureAgents(ids: readonly string[] = SUITE_AGENTS): Record<string, string[]> {
+export function ensureAgents(ids: readonly string[] = [...SUITE_AGENTS, ...RECIPE_AGENTS]): Record<string, string[]> {
   const out = execFileSync('bash', ['scripts/ensure-agents.sh', ...ids], { cwd: repoRoot, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 20 * 60_000 });
   const argv: Record<string, string[]> = {};
   for (const line of out.trim().split('\n')) {
@@ -52,6 +54,35 @@ export function agentRecipe(id: SuiteAgent, argv: readonly string[], baseUrl: st
           DISABLE_TELEMETRY: '1',
           DISABLE_ERROR_REPORTING: '1',
           DISABLE_AUTOUPDATER: '1',
+        },
+      };
+    case 'qwen-code':
+      // OpenAI-compatible Chat Completions; the argv (from the catalog) sets approval mode "default", so it asks before edits.
+      return { command: [...argv], env: { OPENAI_BASE_URL: `${baseUrl}/v1`, OPENAI_MODEL: 'mock-model', OPENAI_API_KEY: key } };
+    case 'gemini-cli':
+      // GEMINI_MODEL: without it every turn first asks a router model which model to use.
+      return {
+        command: [...argv],
+        env: { GOOGLE_GEMINI_BASE_URL: baseUrl, GEMINI_MODEL: 'gemini-2.5-flash', GEMINI_DEFAULT_AUTH_TYPE: 'gemini-api-key', GEMINI_CLI_TRUST_WORKSPACE: 'true', GEMINI_API_KEY: key },
+      };
+    case 'opencode':
+      // The whole config inline (no file to provision); "ask" makes it ask before edits and commands, which it does not by default.
+      return {
+        command: [...argv],
+        env: {
+          OPENCODE_CONFIG_CONTENT: JSON.stringify({
+            model: 'model/mock-model',
+            small_model: 'model/mock-model',
+            autoupdate: false,
+            share: 'disabled',
+            permission: { edit: 'ask', bash: 'ask' },
+            provider: { model: { npm: '@ai-sdk/openai-compatible', name: 'Model API', options: { baseURL: `${baseUrl}/v1`, apiKey: '{env:MODEL_API_KEY}' }, models: { 'mock-model': { name: 'Mock model', tool_call: true } } } },
+          }),
+          OPENCODE_DISABLE_AUTOUPDATE: '1',
+          OPENCODE_DISABLE_SHARE: '1',
+          OPENCODE_DISABLE_MODELS_FETCH: '1',
+          OPENCODE_DISABLE_LSP_DOWNLOAD: '1',
+          MODEL_API_KEY: key,
         },
       };
   }

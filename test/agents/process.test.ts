@@ -38,7 +38,8 @@ function git(args: string[], cwd: string): string {
 
 beforeAll(async () => {
   const argv = ensureAgents();
-  mock = await startMockModel();
+  // 127.0.0.2: the worker's own loopback (127.0.0.1) stays direct (NO_PROXY); the host's is reached through the proxy.
+  mock = await startMockModel({ host: '127.0.0.2' });
   mkdirSync(join(secretsDir, 'model'), { recursive: true });
   writeFileSync(join(secretsDir, 'model', 'api-key'), key, { mode: 0o600 });
   // A repository the workers clone (git workspace): one commit on main.
@@ -49,7 +50,7 @@ beforeAll(async () => {
   git(['add', '.'], work);
   git(['commit', '--quiet', '-m', 'first'], work);
   git(['clone', '--quiet', '--bare', work, repo], root);
-  const profile = { egress: 'proxy', egressAllow: [`127.0.0.1:${mock.port}`], workspace: { strategy: 'git', repo, ref: 'main' }, ttlSeconds: 900, timeoutSeconds: 600, cancelGraceSeconds: 10 };
+  const profile = { egress: 'proxy', egressAllow: [`127.0.0.2:${mock.port}`], workspace: { strategy: 'git', repo, ref: 'main' }, ttlSeconds: 900, timeoutSeconds: 600, cancelGraceSeconds: 10 };
   gate = await createSpawngate({
     owner: `agents-${randomUUID().slice(0, 8)}`,
     sweepIntervalMs: 0,

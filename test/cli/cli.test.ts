@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -46,6 +46,17 @@ describe('spawngate CLI', () => {
     expect((await cli(['admit'])).stderr).toContain('--input FILE is required');
     expect((await cli(['config', 'validate'])).code).toBe(2);
     expect((await cli(['policy'])).code).toBe(2);
+  });
+
+  it('image build --agent: an unknown agent or --minimal is a usage error, before anything is installed or built', async () => {
+    const agentsDir = mkdtempSync(join(tmpdir(), 'sg-cli-agents-'));
+    const unknown = await cli(['image', 'build', '--agent', 'codex-acp', '--agent', 'cursor', '--agents-dir', agentsDir]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('--agent "cursor": not an agent spawngate installs (known: codex-acp, claude-code-acp, qwen-code, gemini-cli, opencode)');
+    const minimal = await cli(['image', 'build', '--agent', 'codex-acp', '--minimal', '--agents-dir', agentsDir]);
+    expect(minimal.code).toBe(2);
+    expect(minimal.stderr).toContain('--agent cannot be combined with --minimal');
+    expect(readdirSync(agentsDir)).toEqual([]);
   });
 
   it('admit: exit 0 allowed, 3 denied, 2 for bad input naming the JSON path', async () => {

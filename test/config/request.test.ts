@@ -38,7 +38,7 @@ describe('parseSpawnRequest', () => {
       execution: null,
       task: 'Fix the failing unit test in src/util.ts',
       label: 'fix-util-test',
-      session: { cwd: null, env: {}, model: null, resumeSessionId: null },
+      session: { cwd: null, env: {}, model: null, resumeSessionId: null, mcpServers: [] },
       caller: {
         sessionKey: 'agent:main:telegram:direct:123456789',
         parentSessionKey: null,
@@ -94,8 +94,8 @@ describe('parseSpawnRequest', () => {
 
   it('takes the session wishes (cwd, env, model, resumeSessionId) and refuses bad ones by path', () => {
     const parsed = parseSpawnRequest(base({ cwd: '/srv/repo', env: { OPENAI_API_KEY: 'k', FOO: '' }, model: 'gpt-5', resumeSessionId: 'sess-1' }));
-    expect(parsed.session).toEqual({ cwd: '/srv/repo', env: { OPENAI_API_KEY: 'k', FOO: '' }, model: 'gpt-5', resumeSessionId: 'sess-1' });
-    expect(parseSpawnRequest(base({ cwd: null, env: null, model: null })).session).toEqual({ cwd: null, env: {}, model: null, resumeSessionId: null });
+    expect(parsed.session).toEqual({ cwd: '/srv/repo', env: { OPENAI_API_KEY: 'k', FOO: '' }, model: 'gpt-5', resumeSessionId: 'sess-1', mcpServers: [] });
+    expect(parseSpawnRequest(base({ cwd: null, env: null, model: null })).session).toEqual({ cwd: null, env: {}, model: null, resumeSessionId: null, mcpServers: [] });
     expectIssue(base({ cwd: 'relative/dir' }), 'cwd', /absolute path/);
     expectIssue(base({ env: { '1BAD': 'x' } }), 'env["1BAD"]', /environment variable name/);
     expectIssue(base({ env: { SPAWNGATE_WORKER_TOKEN: 'x' } }), 'env.SPAWNGATE_WORKER_TOKEN', /reserved/);

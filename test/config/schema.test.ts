@@ -182,7 +182,7 @@ describe('profile fields', () => {
     for (const name of ['githubToken', 'MYTOKEN', 'BASIC_AUTH', 'session_cookie', 'AWS_ACCESS_KEY_ID', 'SIGNING_KEY', 'dbPassword', 'GH_PAT_TOKEN']) {
       expect(looksLikeSecretName(name), name).toBe(true);
     }
-    for (const name of ['TOKENIZERS_PARALLELISM', 'MAX_TOKENS', 'PWD', 'GIT_AUTHOR_NAME', 'KEYCLOAK_URL', 'SORT_KEY', 'AUTHOR', 'LOG_LEVEL', 'SECRETS_DIR_MODE']) {
+    for (const name of ['TOKENIZERS_PARALLELISM', 'MAX_TOKENS', 'PWD', 'GIT_AUTHOR_NAME', 'KEYCLOAK_URL', 'SORT_KEY', 'AUTHOR', 'LOG_LEVEL', 'SECRETS_DIR_MODE', 'GEMINI_DEFAULT_AUTH_TYPE', 'OPENAI_API_KEY_FILE', 'AUTH_TOKEN_URL']) {
       expect(looksLikeSecretName(name), name).toBe(false);
     }
     expect(validateConfig(k8s({ env: { TOKENIZERS_PARALLELISM: 'false', MAX_TOKENS: '4096' } })).ok).toBe(true);

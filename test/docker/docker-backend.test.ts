@@ -241,13 +241,14 @@ describe('docker backend', () => {
         hits.push(`${body} ${req.url ?? ''}`);
         res.end(`${body}\n`);
       });
-      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      // Not 127.0.0.1, which in the container is its own loopback (NO_PROXY): the host's loopback at another 127.x address.
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.2', resolve));
       return { server, port: (server.address() as AddressInfo).port };
     };
     const allowed = await serveOn('model');
     const other = await serveOn('other');
     try {
-      const s = spec({ image: CONTRACT_IMAGE, agentCommand: ['/usr/local/bin/node', fixtureInImage], agentId: 'fixture', egress: 'proxy', egressAllow: [`127.0.0.1:${allowed.port}`] });
+      const s = spec({ image: CONTRACT_IMAGE, agentCommand: ['/usr/local/bin/node', fixtureInImage], agentId: 'fixture', egress: 'proxy', egressAllow: [`127.0.0.2:${allowed.port}`] });
       await backend.validate(s);
       const ref = await createTracked(s);
       const info = await engine().getContainer(ref.nativeId).inspect();
@@ -256,13 +257,13 @@ describe('docker backend', () => {
       const client = createWorkerClient({ ...endpoint, token: s.token });
       const say = async (message: string) =>
         (await collect(client.turn(message))).map((e) => (e.type === 'agent.message.delta' ? e.text : '')).join('');
-      expect(await say(`fetch http://127.0.0.1:${allowed.port}/v1/models`)).toBe('fetch 200 model');
-      const refused = await say(`fetch http://127.0.0.1:${other.port}/`);
+      expect(await say(`fetch http://127.0.0.2:${allowed.port}/v1/models`)).toBe('fetch 200 model');
+      const refused = await say(`fetch http://127.0.0.2:${other.port}/`);
       expect(refused).toMatch(/^fetch (failed: |403 )/);
-      expect(await say(`connect 127.0.0.1 ${other.port}`)).toMatch(/^connect failed: /);
+      expect(await say(`connect 127.0.0.2 ${other.port}`)).toMatch(/^connect failed: /);
       expect(hits).toEqual(['model /v1/models']);
       const logs = (await backend.logs(ref, { tail: 500 })).join('\n');
-      expect(logs).toMatch(new RegExp(`refused (GET|CONNECT) 127\\.0\\.0\\.1:${other.port}`));
+      expect(logs).toMatch(new RegExp(`refused (GET|CONNECT) 127\\.0\\.0\\.2:${other.port}`));
       await backend.delete(ref);
       expect(existsSync(join(stateDir, s.spawnId))).toBe(false);
     } finally {

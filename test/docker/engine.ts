@@ -38,7 +38,7 @@ export const FIXTURE_REPO_IN_IMAGE = '/srv/fixture-repo.git';
  * The bare repository's files (branch main: README.md "hello"; branch feature adds feature.txt),
  * made with fixed dates and identities so its bytes, and the image's input hash, are the same every run.
  */
-async function fixtureRepoFiles(): Promise<{ source: string; path: string }[]> {
+export async function fixtureRepoFiles(): Promise<{ source: string; path: string }[]> {
   const dir = mkdtempSync(join(tmpdir(), 'sg-fixture-repo-'));
   const work = join(dir, 'work');
   const bare = join(dir, 'bare.git');

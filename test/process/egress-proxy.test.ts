@@ -2,7 +2,7 @@
  * Egress "proxy" on the process backend through spawngate's own proxy: the worker runs in an empty
  * network namespace with loopback, its only way out is the gateway's proxy socket, and the proxy
  * lets through the profile's egressAllow and nothing else. Targets are servers this test starts on
- * 127.0.0.1 (outside the worker's namespace: reachable only through the proxy).
+ * 127.0.0.2 (outside the worker's namespace: reachable only through the proxy).
  */
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
@@ -22,6 +22,8 @@ import { createSpawngate } from '../../src/spawngate.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-egress-'));
+// Not 127.0.0.1: that is the worker's own loopback (NO_PROXY); the gateway host's is reached at another 127.x address.
+const HOST = '127.0.0.2';
 const caller = { sessionKey: 'agent:main:egress', depth: 0, channel: { id: 'egress', kind: 'cli', interactive: true }, user: { id: 'egress-user', roles: [] } };
 let gate: Spawngate;
 const servers: Server[] = [];
@@ -31,7 +33,7 @@ let otherPort = 0;
 async function serve(body: string): Promise<number> {
   const server = createServer((_req, res) => res.end(`${body}\n`));
   servers.push(server);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
   return (server.address() as { port: number }).port;
 }
 
@@ -44,7 +46,7 @@ beforeAll(async () => {
     decisionLog: false,
     config: {
       agents: {
-        executionBackends: { local: { type: 'process', stateDir: join(root, 's'), profiles: { proxied: { egress: 'proxy', egressAllow: [`127.0.0.1:${allowedPort}`] } } } },
+        executionBackends: { local: { type: 'process', stateDir: join(root, 's'), profiles: { proxied: { egress: 'proxy', egressAllow: [`${HOST}:${allowedPort}`] } } } },
         execution: { default: { backend: 'local', profile: 'proxied' } },
         acp: { fixture: { command: [process.execPath, fixture] } },
       },
@@ -106,14 +108,14 @@ describe('the proxy itself', () => {
   it('tunnels CONNECT to an allowed host, refuses others with 403 naming the allow-list, and forwards plain HTTP', async () => {
     const socketPath = join(root, 'p.sock');
     const seen: string[] = [];
-    const proxy = await startEgressProxy({ socketPath, allow: [`127.0.0.1:${allowedPort}`], onDecision: (d) => seen.push(`${d.allowed ? 'allowed' : 'refused'} ${d.method} ${d.port}`) });
+    const proxy = await startEgressProxy({ socketPath, allow: [`${HOST}:${allowedPort}`], onDecision: (d) => seen.push(`${d.allowed ? 'allowed' : 'refused'} ${d.method} ${d.port}`) });
     try {
-      const tunnel = await exchange(socketPath, `CONNECT 127.0.0.1:${allowedPort} HTTP/1.1\r\nhost: 127.0.0.1:${allowedPort}\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n`, /model api says hi/);
+      const tunnel = await exchange(socketPath, `CONNECT ${HOST}:${allowedPort} HTTP/1.1\r\nhost: ${HOST}:${allowedPort}\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n`, /model api says hi/);
       expect(tunnel).toMatch(/^HTTP\/1\.1 200 Connection Established\r\n\r\nHTTP\/1\.1 200 OK/);
-      const refused = await exchange(socketPath, `CONNECT 127.0.0.1:${otherPort} HTTP/1.1\r\n\r\n`, /allow-list/);
+      const refused = await exchange(socketPath, `CONNECT ${HOST}:${otherPort} HTTP/1.1\r\n\r\n`, /allow-list/);
       expect(refused).toMatch(/^HTTP\/1\.1 403 Forbidden/);
-      expect(refused).toContain(`127.0.0.1:${otherPort} is not on this worker's allow-list (127.0.0.1:${allowedPort})`);
-      const plain = await exchange(socketPath, `GET http://127.0.0.1:${allowedPort}/x HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n`, /model api says hi/);
+      expect(refused).toContain(`${HOST}:${otherPort} is not on this worker's allow-list (${HOST}:${allowedPort})`);
+      const plain = await exchange(socketPath, `GET http://${HOST}:${allowedPort}/x HTTP/1.1\r\nhost: ${HOST}\r\nconnection: close\r\n\r\n`, /model api says hi/);
       expect(plain).toMatch(/^HTTP\/1\.1 200 OK/);
       expect(await exchange(socketPath, 'CONNECT nonsense HTTP/1.1\r\n\r\n', /\n\n/)).toMatch(/^HTTP\/1\.1 400/);
       expect(seen).toEqual([`allowed CONNECT ${allowedPort}`, `refused CONNECT ${otherPort}`, `allowed GET ${allowedPort}`]);
@@ -132,17 +134,17 @@ describe('egress "proxy" on the process backend', () => {
         for await (const e of handle.turn(message)) if (e.type === 'agent.message.delta') text += e.text;
         return text;
       };
-      expect(await say(`fetch http://127.0.0.1:${allowedPort}/v1/models`)).toBe('fetch 200 model api says hi');
+      expect(await say(`fetch http://${HOST}:${allowedPort}/v1/models`)).toBe('fetch 200 model api says hi');
       // The proxy answers 403; Node's fetch reports a refused proxy request as a failure (the log below names it).
-      const refused = await say(`fetch http://127.0.0.1:${otherPort}/`);
+      const refused = await say(`fetch http://${HOST}:${otherPort}/`);
       expect(refused).toMatch(/^fetch (failed: |403 )/);
       expect(refused).not.toContain('you should not see this');
       // No route around the proxy: the worker's namespace has loopback only.
-      expect(await say(`connect 127.0.0.1 ${allowedPort}`)).toMatch(/^connect failed: /);
+      expect(await say(`connect ${HOST} ${allowedPort}`)).toMatch(/^connect failed: /);
       expect(await say('connect 1.1.1.1 443')).toMatch(/^connect failed: /);
       const logs = (await handle.logs(500)).join('\n');
-      expect(logs).toMatch(new RegExp(`allowed (GET|CONNECT) 127\\.0\\.0\\.1:${allowedPort}`));
-      expect(logs).toMatch(new RegExp(`refused (GET|CONNECT) 127\\.0\\.0\\.1:${otherPort}`));
+      expect(logs).toMatch(new RegExp(`allowed (GET|CONNECT) 127\\.0\\.0\\.2:${allowedPort}`));
+      expect(logs).toMatch(new RegExp(`refused (GET|CONNECT) 127\\.0\\.0\\.2:${otherPort}`));
     } finally {
       await handle.close();
     }

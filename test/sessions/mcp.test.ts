@@ -25,7 +25,13 @@ beforeAll(async () => {
     decisionLog: false,
     config: {
       agents: {
-        executionBackends: { local: { type: 'process', stateDir: join(root, 's'), profiles: { p: { egress: 'none', mcpServers: servers } } } },
+        executionBackends: {
+          local: {
+            type: 'process',
+            stateDir: join(root, 's'),
+            profiles: { p: { egress: 'none', mcpServers: servers }, open: { egress: 'none', mcpServers: servers, accept: { mcpServers: true } } },
+          },
+        },
         execution: { default: { backend: 'local', profile: 'p' } },
         acp: { fixture: { command: [process.execPath, fixture] } },
       },
@@ -51,6 +57,28 @@ describe('MCP servers', () => {
     } finally {
       await handle.close();
     }
+  });
+
+  it('a request\'s servers are added where the profile accepts them (the profile\'s own win on a name), and dropped elsewhere', async () => {
+    const mcpServers = [
+      { name: 'files', command: '/tmp/not-the-operators-files' },
+      { type: 'http' as const, name: 'tickets', url: 'https://mcp.example.com/tickets' },
+    ];
+    const asked = (profile: string) => gate.spawn({ agentId: 'fixture', caller, execution: { profile }, mcpServers });
+    for (const [profile, names] of [['open', ['files', 'docs', 'tickets']], ['p', ['files', 'docs']]] as const) {
+      const handle = await asked(profile);
+      try {
+        let text = '';
+        for await (const e of handle.turn('mcp')) if (e.type === 'agent.message.delta') text += e.text;
+        const got = JSON.parse(text) as { name: string; command?: string }[];
+        expect(got.map((m) => m.name), profile).toEqual(names);
+        expect(got.find((m) => m.name === 'files')?.command).toBe('/usr/local/bin/mcp-files');
+        expect(handle.dropped).toEqual(profile === 'p' ? ['mcpServers.files', 'mcpServers.tickets'] : []);
+      } finally {
+        await handle.close();
+      }
+    }
+    await expect(gate.spawn({ agentId: 'fixture', caller, mcpServers: [{ type: 'http', name: 'x', url: 'https://x', headers: { Authorization: 'Bearer abc' } }] })).rejects.toThrow(/mcpServers\[0\]\.headers\.Authorization/);
   });
 
   it('refuses literal credentials in an MCP server\'s env or headers, by path', () => {

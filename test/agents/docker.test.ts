@@ -1,0 +1,111 @@
+/**
+ * A real coding agent from npm (codex-acp, pinned) in a Docker worker: the image carries it under
+ * /opt/agents the way `spawngate image build --agent codex-acp` puts it there (plus, for this test, a
+ * bare repository to check out). The container has no network but loopback; the agent reaches the
+ * mock model on the host's loopback only through spawngate's egress proxy and the profile's allow-list.
+ */
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { agentArgv, agentPackage } from '../../src/agents/catalog.js';
+import { AGENTS_IN_IMAGE, buildWorkerImage } from '../../src/backends/docker/image.js';
+import type { WorkerEvent } from '../../src/protocol/events.js';
+import type { Spawngate } from '../../src/spawngate.js';
+import { createSpawngate } from '../../src/spawngate.js';
+import { ensureEngine, engine, FIXTURE_REPO_IN_IMAGE, fixtureRepoFiles } from '../docker/engine.js';
+import { sha256, startMockModel } from '../fixtures/mock-model.js';
+import type { MockModel } from '../fixtures/mock-model.js';
+import { agentRecipe, ensureAgents, repoRoot } from './agents.js';
+
+const IMAGE = 'spawngate-worker:agents-test';
+const root = mkdtempSync(join(tmpdir(), 'sg-agents-docker-'));
+const secretsDir = join(root, 'secrets');
+const key = `model-key-${randomUUID()}`;
+const caller = { sessionKey: 'agent:main:agents-docker', depth: 0, channel: { id: 'agents-docker', kind: 'cli', interactive: true }, user: { id: 'agents-user', roles: [] } };
+let mock: MockModel;
+let gate: Spawngate;
+
+beforeAll(async () => {
+  await ensureEngine();
+  ensureAgents(['codex-acp']);
+  const pkg = agentPackage('codex-acp');
+  if (!pkg) throw new Error('codex-acp is not in the agent catalog');
+  const dir = join(repoRoot, '.tools', 'agents', 'codex-acp');
+  await buildWorkerImage({
+    tag: IMAGE,
+    agents: [{ id: 'codex-acp', dir, native: pkg.native ? [join(dir, pkg.native)] : [] }],
+    extraFiles: await fixtureRepoFiles(),
+    log: (line) => void process.stdout.write(`image: ${line}\n`),
+  });
+  // 127.0.0.2: the worker's own loopback (127.0.0.1) stays direct (NO_PROXY); the host's is reached through the proxy.
+  mock = await startMockModel({ host: '127.0.0.2' });
+  mkdirSync(join(secretsDir, 'model'), { recursive: true });
+  writeFileSync(join(secretsDir, 'model', 'api-key'), key, { mode: 0o600 });
+  const inImage = agentArgv(pkg, dir, join(AGENTS_IN_IMAGE, 'codex-acp'));
+  gate = await createSpawngate({
+    owner: `agents-docker-${randomUUID().slice(0, 8)}`,
+    sweepIntervalMs: 0,
+    decisionLog: false,
+    config: {
+      agents: {
+        executionBackends: {
+          docker: {
+            type: 'container',
+            image: IMAGE,
+            stateDir: join(root, 's'),
+            secretsDir,
+            profiles: {
+              coder: { egress: 'proxy', egressAllow: [`127.0.0.2:${mock.port}`], workspace: { strategy: 'git', repo: FIXTURE_REPO_IN_IMAGE }, resources: { limits: { memory: '1Gi' } }, ttlSeconds: 900, timeoutSeconds: 600 },
+            },
+          },
+        },
+        execution: { default: { backend: 'docker', profile: 'coder' } },
+        acp: { 'codex-acp': agentRecipe('codex-acp', inImage, mock.url.replace(/\/$/, '')) },
+      },
+    },
+  });
+}, 20 * 60_000);
+
+afterAll(async () => {
+  await gate?.shutdown();
+  await mock?.close();
+  rmSync(root, { recursive: true, force: true });
+});
+
+describe('codex-acp in a Docker worker', () => {
+  it('answers, edits its git workspace once the policy allows it (collect gives the diff), and leaves nothing', async () => {
+    const handle = await gate.spawn({ agentId: 'codex-acp', caller });
+    const seen: string[] = [];
+    const turn = async (message: string): Promise<WorkerEvent[]> => {
+      const events: WorkerEvent[] = [];
+      for await (const e of handle.turn(message)) {
+        events.push(e);
+        seen.push(JSON.stringify(e));
+      }
+      return events;
+    };
+    try {
+      const hello = await turn('SAY hello from a container');
+      expect(hello.at(-1), JSON.stringify(hello)).toMatchObject({ type: 'turn.completed' });
+      expect(hello.map((e) => (e.type === 'agent.message.delta' ? e.text : '')).join('')).toContain('hello from a container');
+
+      const edit = await turn('WRITE notes.txt written in a container');
+      expect(edit.at(-1), JSON.stringify(edit)).toMatchObject({ type: 'turn.completed' });
+      expect(edit.find((e) => e.type === 'permission.decided')).toMatchObject({ outcome: 'allow_once', by: 'gateway', code: 'allowed' });
+      const collected = await gate.collect(handle.spawnId, { format: 'diff' });
+      expect(collected.diff).toContain('+++ b/notes.txt');
+      expect(collected.diff).toContain('+written in a container');
+
+      for (const r of mock.requests.filter((q) => q.dialect === 'openai-responses')) expect(r.authSha256).toBe(sha256(key));
+      seen.push(JSON.stringify(await handle.status()), ...(await handle.logs(1000)));
+      expect(seen.join('\n').includes(key)).toBe(false);
+    } finally {
+      await handle.close();
+    }
+    const left = await engine().listContainers({ all: true, filters: { label: [`spawngate.io/spawn-id=${handle.spawnId}`] } });
+    expect(left).toEqual([]);
+    expect(existsSync(join(root, 's', handle.spawnId))).toBe(false);
+  });
+});

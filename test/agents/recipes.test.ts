@@ -1,0 +1,84 @@
+/**
+ * The recipes of docs/agents.md for the other three agents (qwen-code, gemini-cli, opencode), each
+ * set up by config alone: a text turn and an edit the policy allows, on the process backend, through
+ * egress "proxy" to the mock model, the key a secretRef.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { WorkerEvent } from '../../src/protocol/events.js';
+import type { Spawngate } from '../../src/spawngate.js';
+import { createSpawngate } from '../../src/spawngate.js';
+import { sha256, startMockModel } from '../fixtures/mock-model.js';
+import type { MockModel } from '../fixtures/mock-model.js';
+import { agentRecipe, ensureAgents, RECIPE_AGENTS } from './agents.js';
+
+const root = mkdtempSync(join(tmpdir(), 'sg-recipes-'));
+const secretsDir = join(root, 'secrets');
+const key = `model-key-${randomUUID()}`;
+const caller = { sessionKey: 'agent:main:recipes', depth: 0, channel: { id: 'recipes', kind: 'cli', interactive: true }, user: { id: 'recipes-user', roles: [] } };
+let mock: MockModel;
+let gate: Spawngate;
+
+beforeAll(async () => {
+  const argv = ensureAgents(RECIPE_AGENTS);
+  // 127.0.0.2: the worker's own loopback (127.0.0.1) stays direct (NO_PROXY); the host's is reached through the proxy.
+  mock = await startMockModel({ host: '127.0.0.2' });
+  mkdirSync(join(secretsDir, 'model'), { recursive: true });
+  writeFileSync(join(secretsDir, 'model', 'api-key'), key, { mode: 0o600 });
+  gate = await createSpawngate({
+    owner: `recipes-${randomUUID().slice(0, 8)}`,
+    sweepIntervalMs: 0,
+    decisionLog: false,
+    config: {
+      agents: {
+        executionBackends: {
+          local: {
+            type: 'process',
+            stateDir: join(root, 's'),
+            secretsDir,
+            profiles: { coder: { egress: 'proxy', egressAllow: [`127.0.0.2:${mock.port}`], workspace: { strategy: 'ephemeral' }, ttlSeconds: 900, timeoutSeconds: 600 } },
+          },
+        },
+        execution: { default: { backend: 'local', profile: 'coder' } },
+        acp: Object.fromEntries(RECIPE_AGENTS.map((id) => [id, agentRecipe(id, argv[id] ?? [], mock.url.replace(/\/$/, ''))])),
+      },
+    },
+  });
+}, 20 * 60_000);
+
+afterAll(async () => {
+  await gate?.shutdown();
+  await mock?.close();
+  rmSync(root, { recursive: true, force: true });
+});
+
+describe.each(RECIPE_AGENTS)('the %s recipe', (agentId) => {
+  it('answers a text turn and makes an edit the policy allows, with the key from a secretRef', async () => {
+    const handle = await gate.spawn({ agentId, caller });
+    try {
+      const turn = async (message: string) => {
+        const events: WorkerEvent[] = [];
+        for await (const e of handle.turn(message)) events.push(e);
+        return events;
+      };
+      const hello = await turn(`SAY hello from ${agentId}`);
+      expect(hello.at(-1), JSON.stringify(hello)).toMatchObject({ type: 'turn.completed' });
+      expect(hello.map((e) => (e.type === 'agent.message.delta' ? e.text : '')).join('')).toContain(`hello from ${agentId}`);
+      const edit = await turn(`WRITE notes.txt written by ${agentId}`);
+      expect(edit.at(-1), JSON.stringify(edit)).toMatchObject({ type: 'turn.completed' });
+      expect(edit.find((e) => e.type === 'permission.decided'), JSON.stringify(edit)).toMatchObject({ outcome: 'allow_once', by: 'gateway', code: 'allowed' });
+      const files = await gate.collect(handle.spawnId, { format: 'archive' });
+      const chunks: Buffer[] = [];
+      for await (const c of files.stream) chunks.push(c as Buffer);
+      expect(Buffer.concat(chunks).length).toBeGreaterThan(0);
+      const calls = mock.requests.filter((r) => r.reply !== null && r.authSha256 !== null);
+      expect(calls.length).toBeGreaterThan(0);
+      for (const r of calls) expect(r.authSha256).toBe(sha256(key));
+    } finally {
+      await handle.close();
+    }
+  });
+});
