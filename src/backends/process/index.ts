@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { appendFile, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { appendFile, lstat, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -29,6 +29,8 @@ export interface ProcessBackendOptions {
   proxyUrl?: string;
   /** Grace between SIGTERM and SIGKILL of the worker's process group. */
   killGraceMs?: number;
+  /** How often a workspace with a sizeLimit is measured (there is no quota on a plain folder); default 10000. */
+  workspaceCheckIntervalMs?: number;
   /** Folder of `<name>/<key>` files where secret references are looked up first (then SPAWNGATE_SECRET_* variables). */
   secretsDir?: string;
   /** Where SPAWNGATE_SECRET_* variables are read; default the gateway's environment. */
@@ -73,12 +75,32 @@ function parseMemoryBytes(quantity: string | null): number | null {
   return Number(m[1]) * (m[2] ? (units[m[2]] ?? 1) : 1);
 }
 
-function exitReason(code: number | null, signal: string | null, timedOut: boolean): string {
+const STOPPED_FOR_A_LIMIT = new Set(['WorkspaceSizeExceeded', 'DeadlineExceeded']);
+
+function exitReason(code: number | null, signal: string | null, timedOut: boolean, oversized = false): string {
+  if (oversized) return 'WorkspaceSizeExceeded';
   if (timedOut) return 'DeadlineExceeded';
   if (signal === 'SIGKILL') return 'Killed';
   if (signal) return 'Signaled';
   if (code === WORKER_EXIT_DEADLINE) return 'DeadlineExceeded';
   return code === 0 ? 'Completed' : 'Error';
+}
+
+/** Whether the files under `dir` (symlinks not followed) add up to more than `limit` bytes; stops counting once they do. */
+async function folderSizeOver(dir: string, limit: number): Promise<boolean> {
+  let total = 0;
+  const pending = [dir];
+  for (let visited = 0; pending.length > 0 && visited < 1_000_000; visited++) {
+    const current = pending.pop() as string;
+    const entries = await readdir(current, { withFileTypes: true }).catch(() => []);
+    for (const entry of entries) {
+      const path = join(current, entry.name);
+      if (entry.isDirectory()) pending.push(path);
+      else if (entry.isFile()) total += (await lstat(path).catch(() => null))?.size ?? 0;
+      if (total > limit) return true;
+    }
+  }
+  return false;
 }
 
 /** The promise's value, or null when it has not settled within `ms`. */
@@ -106,6 +128,9 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
   // Deadline timers live only as long as this backend object; after a restart the sweeper takes over.
   const deadlines = new Map<string, NodeJS.Timeout>();
   const timedOut = new Set<string>();
+  /** Workers stopped because their workspace outgrew its sizeLimit, and the timers that measure the others. */
+  const oversized = new Set<string>();
+  const sizeWatches = new Map<string, NodeJS.Timeout>();
   // Settles once the exit of a child of this object is written to its state file. status() awaits it
   // so that an exit is reported with its code, not as "gone"; delete() so that the write cannot
   // recreate a state file inside a folder being removed (ENOTEMPTY, a "failed" worker listed forever).
@@ -253,6 +278,31 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     deadlines.set(spawnId, timer);
   }
 
+  /**
+   * A plain folder has no quota: the workspace is measured every workspaceCheckIntervalMs, and a
+   * worker whose workspace outgrew its sizeLimit is stopped (reason WorkspaceSizeExceeded), as the
+   * kubelet evicts a pod whose emptyDir does. The bound is therefore checked, not instant.
+   */
+  function armSizeWatch(spawnId: string, worker: ProcessIdentity, workspace: string, limit: number): void {
+    let measuring = false;
+    const timer = setInterval(() => {
+      if (measuring) return;
+      measuring = true;
+      void folderSizeOver(workspace, limit)
+        .then((over) => {
+          if (!over || !sizeWatches.has(spawnId)) return;
+          clearInterval(timer);
+          sizeWatches.delete(spawnId);
+          oversized.add(spawnId);
+          return terminate(worker);
+        })
+        .catch(() => undefined)
+        .finally(() => (measuring = false));
+    }, options.workspaceCheckIntervalMs ?? 10_000);
+    timer.unref();
+    sizeWatches.set(spawnId, timer);
+  }
+
   async function terminate(worker: ProcessIdentity): Promise<void> {
     const { pid, startTime } = worker;
     if (!(await isOurProcess(pid, startTime))) return;
@@ -267,7 +317,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
   async function phaseOf(state: StateFile): Promise<{ phase: WorkerPhase; worker: ProcessIdentity | null }> {
     const worker = await locate(state);
     if (worker) return { phase: 'running', worker };
-    if (state.exit) return { phase: state.exit.code === 0 ? 'succeeded' : 'failed', worker };
+    // A worker stopped for a limit exits 0 (it shuts down gracefully on SIGTERM), yet it failed.
+    if (state.exit) return { phase: state.exit.code === 0 && !STOPPED_FOR_A_LIMIT.has(state.exit.reason) ? 'succeeded' : 'failed', worker };
     if (state.creating && creatingHere.has(state.spawnId)) return { phase: 'pending', worker };
     return { phase: 'gone', worker };
   }
@@ -479,7 +530,9 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
             const timer = deadlines.get(spec.spawnId);
             if (timer) clearTimeout(timer);
             deadlines.delete(spec.spawnId);
-            const reason = exitReason(code, signal, timedOut.delete(spec.spawnId));
+            clearInterval(sizeWatches.get(spec.spawnId));
+            sizeWatches.delete(spec.spawnId);
+            const reason = exitReason(code, signal, timedOut.delete(spec.spawnId), oversized.delete(spec.spawnId));
             if (deleting.has(spec.spawnId)) return;
             // The state dir may already be gone when the exit follows a delete.
             const current = await readState(spec.spawnId);
@@ -489,6 +542,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
           .finally(() => exitRecords.delete(spec.spawnId));
         exitRecords.set(spec.spawnId, record);
         if (state.startTime) armDeadline(spec.spawnId, { pid, startTime: state.startTime }, spec.timeoutSeconds * 1000);
+        const limit = 'sizeLimit' in spec.workspace ? parseMemoryBytes(spec.workspace.sizeLimit ?? null) : null;
+        if (state.startTime && limit !== null && spec.workspace.strategy !== 'hostPath') armSizeWatch(spec.spawnId, { pid, startTime: state.startTime }, join(dir, 'workspace'), limit);
         return { spawnId: spec.spawnId, backendName: options.name, nativeId: String(pid) };
       } finally {
         creatingHere.delete(spec.spawnId);
@@ -574,6 +629,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       const timer = deadlines.get(ref.spawnId);
       if (timer) clearTimeout(timer);
       deadlines.delete(ref.spawnId);
+      clearInterval(sizeWatches.get(ref.spawnId));
+      sizeWatches.delete(ref.spawnId);
       deleting.add(ref.spawnId);
       const proxy = proxies.get(ref.spawnId);
       proxies.delete(ref.spawnId);
