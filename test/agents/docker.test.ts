@@ -18,12 +18,13 @@ import { ensureEngine, engine, FIXTURE_REPO_IN_IMAGE, fixtureRepoFiles } from '.
 import { sha256, startMockModel } from '../fixtures/mock-model.js';
 import type { MockModel } from '../fixtures/mock-model.js';
 import { agentRecipe, ensureAgents, repoRoot } from './agents.js';
+import { callerFor, textOf } from '../helpers/turns.js';
 
 const IMAGE = 'spawngate-worker:agents-test';
 const root = mkdtempSync(join(tmpdir(), 'sg-agents-docker-'));
 const secretsDir = join(root, 'secrets');
 const key = `model-key-${randomUUID()}`;
-const caller = { sessionKey: 'agent:main:agents-docker', depth: 0, channel: { id: 'agents-docker', kind: 'cli', interactive: true }, user: { id: 'agents-user', roles: [] } };
+const caller = callerFor('agents-docker');
 let mock: MockModel;
 let gate: Spawngate;
 
@@ -89,7 +90,7 @@ describe('codex-acp in a Docker worker', () => {
     try {
       const hello = await turn('SAY hello from a container');
       expect(hello.at(-1), JSON.stringify(hello)).toMatchObject({ type: 'turn.completed' });
-      expect(hello.map((e) => (e.type === 'agent.message.delta' ? e.text : '')).join('')).toContain('hello from a container');
+      expect(textOf(hello)).toContain('hello from a container');
 
       const edit = await turn('WRITE notes.txt written in a container');
       expect(edit.at(-1), JSON.stringify(edit)).toMatchObject({ type: 'turn.completed' });

@@ -20,6 +20,7 @@ import type { WorkerHandle } from '../../src/sessions/types.js';
 import { sha256, startMockModel } from '../fixtures/mock-model.js';
 import type { MockModel } from '../fixtures/mock-model.js';
 import { agentRecipe, ensureAgents, SUITE_AGENTS } from './agents.js';
+import { callerFor, textOf } from '../helpers/turns.js';
 
 const root = mkdtempSync(join(tmpdir(), 'sg-agents-'));
 const repo = join(root, 'repo.git');
@@ -27,7 +28,7 @@ const secretsDir = join(root, 'secrets');
 const decisionLog = join(root, 'decisions.jsonl');
 // Random and shaped like no credential the redaction knows: its absence below is by design, not by luck.
 const key = `model-key-${randomUUID()}`;
-const caller = { sessionKey: 'agent:main:agents', depth: 0, channel: { id: 'agents', kind: 'cli', interactive: true }, user: { id: 'agents-user', roles: [] } };
+const caller = callerFor('agents');
 let mock: MockModel;
 let gate: Spawngate;
 const seen: string[] = [];
@@ -83,7 +84,7 @@ async function turn(handle: WorkerHandle, message: string, onEvent?: (e: WorkerE
   return events;
 }
 
-const text = (events: WorkerEvent[]) => events.map((e) => (e.type === 'agent.message.delta' ? e.text : '')).join('');
+const text = textOf;
 const decided = (events: WorkerEvent[]) => events.filter((e) => e.type === 'permission.decided');
 const requested = (events: WorkerEvent[]) => events.filter((e) => e.type === 'permission.requested');
 

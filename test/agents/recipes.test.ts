@@ -8,17 +8,17 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { WorkerEvent } from '../../src/protocol/events.js';
 import type { Spawngate } from '../../src/spawngate.js';
 import { createSpawngate } from '../../src/spawngate.js';
 import { sha256, startMockModel } from '../fixtures/mock-model.js';
 import type { MockModel } from '../fixtures/mock-model.js';
 import { agentRecipe, ensureAgents, RECIPE_AGENTS } from './agents.js';
+import { callerFor, textOf, turnEvents } from '../helpers/turns.js';
 
 const root = mkdtempSync(join(tmpdir(), 'sg-recipes-'));
 const secretsDir = join(root, 'secrets');
 const key = `model-key-${randomUUID()}`;
-const caller = { sessionKey: 'agent:main:recipes', depth: 0, channel: { id: 'recipes', kind: 'cli', interactive: true }, user: { id: 'recipes-user', roles: [] } };
+const caller = callerFor('recipes');
 let mock: MockModel;
 let gate: Spawngate;
 
@@ -59,14 +59,10 @@ describe.each(RECIPE_AGENTS)('the %s recipe', (agentId) => {
   it('answers a text turn and makes an edit the policy allows, with the key from a secretRef', async () => {
     const handle = await gate.spawn({ agentId, caller });
     try {
-      const turn = async (message: string) => {
-        const events: WorkerEvent[] = [];
-        for await (const e of handle.turn(message)) events.push(e);
-        return events;
-      };
+      const turn = (message: string) => turnEvents(handle, message);
       const hello = await turn(`SAY hello from ${agentId}`);
       expect(hello.at(-1), JSON.stringify(hello)).toMatchObject({ type: 'turn.completed' });
-      expect(hello.map((e) => (e.type === 'agent.message.delta' ? e.text : '')).join('')).toContain(`hello from ${agentId}`);
+      expect(textOf(hello)).toContain(`hello from ${agentId}`);
       const edit = await turn(`WRITE notes.txt written by ${agentId}`);
       expect(edit.at(-1), JSON.stringify(edit)).toMatchObject({ type: 'turn.completed' });
       expect(edit.find((e) => e.type === 'permission.decided'), JSON.stringify(edit)).toMatchObject({ outcome: 'allow_once', by: 'gateway', code: 'allowed' });

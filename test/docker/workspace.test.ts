@@ -7,25 +7,14 @@
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { WorkerEvent } from '../../src/protocol/events.js';
 import type { Spawngate } from '../../src/spawngate.js';
 import { createSpawngate } from '../../src/spawngate.js';
 import { CONTRACT_IMAGE, engine, ensureEngine, ensureImages, FIXTURE_REPO_IN_IMAGE, fixtureInImage } from './engine.js';
+import { say } from '../helpers/turns.js';
 
 const owner = `dws-${randomUUID().slice(0, 8)}`;
 let gate: Spawngate;
 const caller = { sessionKey: 'agent:main:dws', depth: 0, channel: { id: 'dws', kind: 'cli', interactive: true }, user: { id: 'dws', roles: [] } };
-
-async function say(handle: { turn(m: string): AsyncIterable<WorkerEvent> }, message: string): Promise<string> {
-  let text = '';
-  let last: WorkerEvent | null = null;
-  for await (const e of handle.turn(message)) {
-    last = e;
-    if (e.type === 'agent.message.delta') text += e.text;
-  }
-  expect(last?.type, text).toBe('turn.completed');
-  return text;
-}
 
 beforeAll(async () => {
   await ensureEngine();

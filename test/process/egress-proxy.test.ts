@@ -19,12 +19,13 @@ import { egressAllowed, parseEgressRule } from '../../src/egress-rules.js';
 import type { EgressRule } from '../../src/egress-rules.js';
 import type { Spawngate } from '../../src/spawngate.js';
 import { createSpawngate } from '../../src/spawngate.js';
+import { callerFor, textOf, turnEvents } from '../helpers/turns.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-egress-'));
 // Not 127.0.0.1: that is the worker's own loopback (NO_PROXY); the gateway host's is reached at another 127.x address.
 const HOST = '127.0.0.2';
-const caller = { sessionKey: 'agent:main:egress', depth: 0, channel: { id: 'egress', kind: 'cli', interactive: true }, user: { id: 'egress-user', roles: [] } };
+const caller = callerFor('egress');
 let gate: Spawngate;
 const servers: Server[] = [];
 let allowedPort = 0;
@@ -129,11 +130,7 @@ describe('egress "proxy" on the process backend', () => {
   it('lets the agent reach the allowed host through the proxy, and nothing else', async () => {
     const handle = await gate.spawn({ agentId: 'fixture', caller });
     try {
-      const say = async (message: string) => {
-        let text = '';
-        for await (const e of handle.turn(message)) if (e.type === 'agent.message.delta') text += e.text;
-        return text;
-      };
+      const say = async (message: string) => textOf(await turnEvents(handle, message));
       expect(await say(`fetch http://${HOST}:${allowedPort}/v1/models`)).toBe('fetch 200 model api says hi');
       // The proxy answers 403; Node's fetch reports a refused proxy request as a failure (the log below names it).
       const refused = await say(`fetch http://${HOST}:${otherPort}/`);

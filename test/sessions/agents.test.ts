@@ -11,13 +11,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig, resolveAgent } from '../../src/config/index.js';
 import type { Spawngate } from '../../src/spawngate.js';
 import { createSpawngate } from '../../src/spawngate.js';
+import { callerFor, say as sayTo } from '../helpers/turns.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-agents-'));
 const secretsDir = join(root, 'secrets');
 const key = `k3y-${randomUUID()}`;
 const sha = (v: string) => createHash('sha256').update(v).digest('hex');
-const caller = { sessionKey: 'agent:main:agents', depth: 0, channel: { id: 'agents', kind: 'cli', interactive: true }, user: { id: 'agents-user', roles: [] } };
+const caller = callerFor('agents');
 let gate: Spawngate;
 
 const config = {
@@ -51,9 +52,7 @@ afterAll(async () => {
 async function say(profile: string, message: string): Promise<string> {
   const handle = await gate.spawn({ agentId: 'fixture', caller, execution: { profile } });
   try {
-    let text = '';
-    for await (const e of handle.turn(message)) if (e.type === 'agent.message.delta') text += e.text;
-    return text;
+    return await sayTo(handle, message);
   } finally {
     await handle.close();
   }

@@ -12,13 +12,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PermissionDecidedEvent, PermissionRequestedEvent, WorkerEvent } from '../../src/protocol/events.js';
 import type { Spawngate } from '../../src/spawngate.js';
 import { createSpawngate } from '../../src/spawngate.js';
+import { callerFor, turnEvents } from '../helpers/turns.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-perm-'));
 const decisionLog = join(root, 'decisions.jsonl');
 const hostDir = join(root, 'host');
 let gate: Spawngate;
-const caller = { sessionKey: 'agent:main:perm', depth: 0, channel: { id: 'perm', kind: 'cli', interactive: true }, user: { id: 'perm-user', roles: [] } };
+const caller = callerFor('perm');
 
 beforeAll(async () => {
   mkdirSync(hostDir);
@@ -55,9 +56,7 @@ afterAll(async () => {
 async function turn(profile: string, message: string): Promise<WorkerEvent[]> {
   const handle = await gate.spawn({ agentId: 'fixture', caller, execution: { profile } });
   try {
-    const events: WorkerEvent[] = [];
-    for await (const e of handle.turn(message)) events.push(e);
-    return events;
+    return await turnEvents(handle, message);
   } finally {
     await handle.close();
   }

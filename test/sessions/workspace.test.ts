@@ -14,10 +14,10 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/main.js';
 import { parseConfig } from '../../src/config/index.js';
-import type { WorkerEvent } from '../../src/protocol/events.js';
 import { createServer } from '../../src/server/server.js';
 import type { Spawngate } from '../../src/spawngate.js';
 import { createSpawngate } from '../../src/spawngate.js';
+import { say } from '../helpers/turns.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-ws-'));
@@ -31,17 +31,6 @@ function git(args: string[], cwd = repo): string {
 }
 
 const caller = { sessionKey: 'agent:main:ws', depth: 0, channel: { id: 'ws', kind: 'cli', interactive: true }, user: { id: 'ws-user', roles: [] } };
-
-async function say(gateOrHandle: { turn(m: string): AsyncIterable<WorkerEvent> }, message: string): Promise<string> {
-  let text = '';
-  let last: WorkerEvent | null = null;
-  for await (const e of gateOrHandle.turn(message)) {
-    last = e;
-    if (e.type === 'agent.message.delta') text += e.text;
-  }
-  expect(last?.type, text).toBe('turn.completed');
-  return text;
-}
 
 function io(stdin = '') {
   const out = new PassThrough();
