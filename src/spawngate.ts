@@ -27,6 +27,8 @@ export interface SpawngateOptions extends AdmissionOptions {
    * predecessor's orphans are gone (no over-admission window). Default: on when the sweeper is.
    */
   reconcileOnStart?: boolean;
+  /** The gateway's environment, read for its OTEL_* trace export settings that workers continue; default process.env. */
+  gatewayEnv?: Readonly<Record<string, string | undefined>>;
 }
 
 export interface ShutdownOptions {
@@ -76,6 +78,7 @@ export async function createSpawngate(options: SpawngateOptions = {}): Promise<S
     owner,
     instanceId,
     agent: (agentId, backend, profile) => agentFor(config, agentId, backend, profile),
+    gatewayEnv: options.gatewayEnv ?? process.env,
     sweepIntervalMs,
     ...(options.clock ? { clock: options.clock } : {}),
   });

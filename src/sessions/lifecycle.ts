@@ -79,7 +79,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         const spec = buildWorkerSpec({
           sessionEnv: accepted.env,
           sessionMcpServers: accepted.mcpServers,
-          gatewayEnv: process.env,
+          gatewayEnv: options.gatewayEnv ?? process.env,
           spawnId,
           owner,
           instanceId: options.instanceId,

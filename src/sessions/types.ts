@@ -119,6 +119,8 @@ export interface LifecycleOptions {
   /** ACP agent argv for an agent id; null = the worker's built-in agent of that id. */
   /** The agent's command, env and model where the decision placed it; throws CONFIG_INVALID for an agent nobody can start. */
   agent: (agentId: string, backend: string, profile: string) => ResolvedAgent;
+  /** The gateway's environment (its OTEL_* settings reach the workers); default process.env. */
+  gatewayEnv?: Readonly<Record<string, string | undefined>>;
   /** Periodic sweep; 0 or null disables it. */
   sweepIntervalMs?: number | null;
   clock?: () => Date;

@@ -11,7 +11,8 @@
  *     (workerBinCommand()); `*:missing` or an image off the list stays Pending with ImagePullBackOff.
  *     The container's command/args are ignored.
  *   - Env is the pod's, with secretKeyRef resolved from the real Secret through the API (missing →
- *     CreateContainerConfigError, retried for a bounded time, as the kubelet retries).
+ *     CreateContainerConfigError, retried for a bounded time, as the kubelet retries). Each volume
+ *     mount is a local folder; a variable whose value is a mount path (HOME) points at that folder.
  *   - Pod network: none. Each pod gets its own loopback address (127.x.y.z) as podIP, and a
  *     SPAWNGATE_LISTEN of 0.0.0.0:<port> — which in a pod means "my pod IP" — is bound to it. So
  *     clients use podIP:containerPort exactly as in a cluster. NetworkPolicies are NOT enforced.
@@ -278,6 +279,8 @@ export async function startNodeAgent(options: NodeAgentOptions): Promise<NodeAge
       await mkdir(dirs[mount.mountPath] ?? r.dir, { recursive: true });
     }
     const cwd = (container?.workingDir && dirs[container.workingDir]) ?? r.dir;
+    // A variable naming a mount path (HOME=/home/spawngate) means the mounted folder, here a local one.
+    for (const [name, value] of Object.entries(env)) if (dirs[value] !== undefined) env[name] = dirs[value];
     const logFd = openSync(r.logFile, 'a');
     const [cmd = process.execPath, ...args] = workerCommand;
     const child = spawn(cmd, args, {
