@@ -36,6 +36,12 @@ default decision_egress := null
 
 decision_egress := egress
 
+# What spawngate's egress proxy lets through: the profile's allow-list, for a worker whose egress is
+# "proxy" (and nothing for none/open). A policy may narrow or extend it here, per caller or channel.
+default decision_egress_allow := []
+
+decision_egress_allow := object.get(profile, "egressAllow", []) if decision_egress == "proxy"
+
 default decision_ttl := null
 
 decision_ttl := ttl_seconds
@@ -45,6 +51,7 @@ decision := {
 	"backend": decision_backend,
 	"profile": decision_profile,
 	"egress": decision_egress,
+	"egressAllow": decision_egress_allow,
 	"ttlSeconds": decision_ttl,
 	"limits": {"concurrency": concurrency_limits, "rate": rate_limits},
 	"reasons": reasons,

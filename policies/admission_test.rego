@@ -6,6 +6,7 @@ test_plain_task_is_allowed_on_default_profile if {
 		"backend": "k8s",
 		"profile": "small",
 		"egress": "proxy",
+		"egressAllow": ["api.openai.com"],
 		"ttlSeconds": 3600,
 		"limits": {
 			"concurrency": [
@@ -47,10 +48,17 @@ test_deny_keeps_known_fields_and_nulls_the_rest if {
 		"backend": null,
 		"profile": null,
 		"egress": null,
+		"egressAllow": [],
 		"ttlSeconds": null,
 		"limits": {"concurrency": [{"scope": "total", "key": "*", "max": 64}, {"scope": "user", "key": "alice", "max": 4}, {"scope": "channel", "key": "tg-1", "max": 8}], "rate": []},
 		"reasons": [{"code": "unknown_backend", "message": "backend \"nope\" is not configured"}],
 	}
+}
+
+test_egress_allow_follows_the_profile_only_under_proxy if {
+	decide({}).egressAllow == ["api.openai.com"]
+	decide({"request": {"execution": {"backend": null, "profile": null, "egress": "none"}}}).egressAllow == []
+	decide({"catalog": {"backends": {"k8s": {"profiles": {"small": {"egressAllow": ["*.anthropic.com", "api.openai.com:443"]}}}}}}).egressAllow == ["*.anthropic.com", "api.openai.com:443"]
 }
 
 test_deny_without_a_profile_reports_no_egress_even_if_requested if {

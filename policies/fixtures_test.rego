@@ -7,6 +7,7 @@ small_profile := {
 	"class": "standard",
 	"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": null, "memory": "2Gi"}, "gpu": 0},
 	"egress": "proxy",
+	"egressAllow": ["api.openai.com"],
 	"allowedAgents": null,
 	"interactiveOnly": false,
 	"timeoutSeconds": null,

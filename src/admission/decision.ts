@@ -29,11 +29,15 @@ const limits = z.strictObject({
     .max(64),
 });
 
+/** Hosts spawngate's egress proxy lets through (egress "proxy"); optional, so policies written before it stay valid. */
+const egressAllow = z.array(z.string().min(1).max(260)).max(64);
+
 const allowSchema = z.strictObject({
   allow: z.literal(true),
   backend: z.string().min(1),
   profile: z.string().min(1),
   egress,
+  egressAllow: egressAllow.optional(),
   ttlSeconds: z.number().int().positive(),
   limits,
   reasons: z.array(reason).max(64),
@@ -44,6 +48,7 @@ const denySchema = z.strictObject({
   backend: z.string().nullable(),
   profile: z.string().nullable(),
   egress: egress.nullable(),
+  egressAllow: egressAllow.optional(),
   ttlSeconds: z.number().int().positive().nullable(),
   limits,
   reasons: z.array(reason).min(1).max(64),
@@ -59,7 +64,7 @@ const EGRESS: ReadonlySet<unknown> = new Set(['none', 'proxy', 'open']);
 const CONCURRENCY_SCOPES: ReadonlySet<unknown> = new Set(['total', 'backend', 'profile', 'user', 'channel', 'profile_user', 'profile_channel']);
 const RATE_SCOPES: ReadonlySet<unknown> = new Set(['user', 'channel']);
 const REASON_CODE = /^[a-z][a-z0-9_.]*$/;
-const DECISION_KEYS: ReadonlySet<string> = new Set(['allow', 'backend', 'profile', 'egress', 'ttlSeconds', 'limits', 'reasons']);
+const DECISION_KEYS: ReadonlySet<string> = new Set(['allow', 'backend', 'profile', 'egress', 'egressAllow', 'ttlSeconds', 'limits', 'reasons']);
 const LIMITS_KEYS: ReadonlySet<string> = new Set(['concurrency', 'rate']);
 const CONCURRENCY_KEYS: ReadonlySet<string> = new Set(['scope', 'key', 'max']);
 const RATE_KEYS: ReadonlySet<string> = new Set(['scope', 'key', 'perMinute', 'burst']);
@@ -105,8 +110,9 @@ const isReason = (r: unknown): boolean => isPlainWith(r, REASON_KEYS) && shortSt
  */
 export function isWellFormedDecision(raw: unknown): raw is Decision {
   if (!isPlainWith(raw, DECISION_KEYS)) return false;
-  const { allow, backend, profile, egress, ttlSeconds, limits, reasons } = raw;
+  const { allow, backend, profile, egress, ttlSeconds, limits, reasons, egressAllow: hosts } = raw;
   if (
+    (hosts !== undefined && !isArrayOf(hosts, 64, (h) => shortString(h, 260) && h.length > 0)) ||
     !isPlainWith(limits, LIMITS_KEYS) ||
     !isArrayOf(limits.concurrency, 64, isConcurrencyLimit) ||
     !isArrayOf(limits.rate, 64, isRateLimit) ||

@@ -144,6 +144,7 @@ const CANARY: AdmissionInput = {
             class: 'standard',
             resources: { requests: { cpu: null, memory: null }, limits: { cpu: null, memory: null }, gpu: 0 },
             egress: 'none',
+            egressAllow: [],
             allowedAgents: null,
             interactiveOnly: false,
             timeoutSeconds: null,

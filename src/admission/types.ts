@@ -72,6 +72,8 @@ export interface CatalogProfile {
     gpu: number;
   };
   egress: Egress;
+  /** The profile's egressAllow: what spawngate's egress proxy lets through when the decision's egress is "proxy". */
+  egressAllow: string[];
   /** null = every agent may use it. */
   allowedAgents: string[] | null;
   interactiveOnly: boolean;
@@ -123,6 +125,8 @@ export interface AllowDecision {
   backend: string;
   profile: string;
   egress: Egress;
+  /** With egress "proxy": the hosts spawngate's proxy lets through (host[:port], *.domain); absent from older policies (the profile's egressAllow then applies). */
+  egressAllow?: string[];
   ttlSeconds: number;
   limits: { concurrency: ConcurrencyLimit[]; rate: RateLimit[] };
   reasons: Reason[];

@@ -46,6 +46,7 @@ function catalogProfile(profile: ProfileConfig): CatalogProfile {
       gpu: r?.gpu ?? PROFILE_DEFAULTS.gpu,
     },
     egress: profile.egress ?? PROFILE_DEFAULTS.egress,
+    egressAllow: [...(profile.egressAllow ?? [])],
     allowedAgents: profile.allowedAgents ? [...profile.allowedAgents] : null,
     interactiveOnly: profile.interactiveOnly ?? PROFILE_DEFAULTS.interactiveOnly,
     timeoutSeconds: profile.timeoutSeconds ?? null,

@@ -217,7 +217,8 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
     nodeSelector: profile.nodeSelector ?? {},
     tolerations: profile.tolerations ?? [],
     egress: decision.egress,
-    egressAllow: decision.egress === 'proxy' ? (profile.egressAllow ?? []) : [],
+    // The decision names the hosts; a policy from before egressAllow names none, and the profile's list applies.
+    egressAllow: decision.egress === 'proxy' ? (decision.egressAllow ?? profile.egressAllow ?? []) : [],
     workspace: workspace(profile.workspace),
     token: input.token,
     // Unset, the hard run limit is the lifetime the policy granted.

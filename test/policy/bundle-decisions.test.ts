@@ -83,6 +83,7 @@ describe('committed bundle evaluated with @open-policy-agent/opa-wasm', () => {
       backend: 'k8s',
       profile: 'small',
       egress: 'proxy',
+      egressAllow: ['api.openai.com'],
       ttlSeconds: 3600,
       limits: {
         concurrency: [

@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect } from 'node:net';
 import { parseConfig } from '../../src/config/index.js';
 import { startEgressProxy } from '../../src/backends/egress-proxy.js';
+import { buildWorkerSpec } from '../../src/sessions/spec.js';
 import { egressAllowed, parseEgressRule } from '../../src/egress-rules.js';
 import type { EgressRule } from '../../src/egress-rules.js';
 import type { Spawngate } from '../../src/spawngate.js';
@@ -158,5 +159,26 @@ describe('egress "proxy" on the process backend', () => {
     } finally {
       await g.shutdown();
     }
+  });
+});
+
+describe('the allow-list the proxy applies', () => {
+  it('is what the decision names; a decision from an older policy that names none falls back to the profile\'s', () => {
+    const base = {
+      spawnId: 's',
+      owner: 'o',
+      instanceId: 'i',
+      backend: { type: 'process' as const },
+      profile: { egress: 'proxy' as const, egressAllow: ['profile.example.com'] },
+      agentId: 'fixture',
+      agent: { command: null, env: {}, model: null },
+      token: 't',
+      now: new Date(0),
+      traceparent: null,
+    };
+    const decision = { allow: true as const, backend: 'local', profile: 'p', egress: 'proxy' as const, ttlSeconds: 60, limits: { concurrency: [], rate: [] }, reasons: [] };
+    expect(buildWorkerSpec({ ...base, decision: { ...decision, egressAllow: ['api.openai.com'] } }).egressAllow).toEqual(['api.openai.com']);
+    expect(buildWorkerSpec({ ...base, decision }).egressAllow).toEqual(['profile.example.com']);
+    expect(buildWorkerSpec({ ...base, decision: { ...decision, egress: 'none', egressAllow: ['api.openai.com'] } }).egressAllow).toEqual([]);
   });
 });
