@@ -29,8 +29,8 @@ export function createTurns(
   const { live, closeSpawn } = liveSet;
 
   /**
-   * The worker waits for this answer (and rejects on its own after its timeout), so it is given before
-   * the event goes on to the caller: a slow reader of the stream never holds the agent up.
+   * The agent waits for this answer, so it is given as soon as the request is read, before the event
+   * goes on to the caller: whatever the caller does with the event does not hold the agent up.
    */
   async function answerPermission(entry: Live, client: WorkerClient, event: PermissionRequestedEvent): Promise<void> {
     const decision = decidePermission({
@@ -45,7 +45,8 @@ export function createTurns(
       options: event.options.map((o) => o.kind),
     });
     const { optionId } = pickPermissionOption(decision, event.options);
-    // A turn that ended meanwhile already answered "cancelled" (404): nothing is left to decide.
+    // A turn that ended meanwhile already answered "cancelled" (404): nothing is left to decide. Any
+    // other failure to deliver leaves the request to the worker's timeout, which rejects it.
     await client.answerPermission({ requestId: event.requestId, optionId, code: decision.code, reason: decision.reason }).catch(() => undefined);
   }
 

@@ -460,13 +460,19 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       options: request.options.map((o) => ({ optionId: o.optionId, name: o.name, kind: o.kind })),
       rawInput: boundedRawInput(request.toolCall.rawInput),
     });
-    const answer = await new Promise<{ optionId: string | null; by: PermissionDecidedEvent['by']; code: string; reason: string }>((resolve) => {
+    return new Promise<RequestPermissionResponse>((resolve) => {
       let timer: NodeJS.Timeout | null = null;
-      const settle: PendingPermission['settle'] = (a) => {
+      // Synchronous, event included: a turn ending settles its open requests, and their answers must
+      // be on the stream before its last line.
+      const settle: PendingPermission['settle'] = (answer) => {
         if (!pendingPermissions.delete(requestId)) return;
         t.permissionIds.delete(requestId);
         if (timer) clearTimeout(timer);
-        resolve(a);
+        const chosen = answer.optionId === null ? undefined : request.options.find((o) => o.optionId === answer.optionId);
+        const outcome = chosen ? chosen.kind : 'cancelled';
+        emit(t, { type: 'permission.decided', requestId, toolCallId, outcome, optionId: chosen?.optionId ?? null, by: answer.by, code: answer.code, reason: answer.reason });
+        log('info', 'answered permission request', { requestId, toolCallId, title, kind, outcome, by: answer.by, code: answer.code });
+        resolve(chosen ? { outcome: { outcome: 'selected', optionId: chosen.optionId } } : { outcome: { outcome: 'cancelled' } });
       };
       pendingPermissions.set(requestId, { turn: t, options: request.options, settle });
       t.permissionIds.add(requestId);
@@ -479,11 +485,6 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
         settle({ optionId: rejectOption(request), by: 'worker', code: 'worker_reject', reason: 'this worker rejects every request (SPAWNGATE_PERMISSIONS=reject)' });
       }
     });
-    const chosen = answer.optionId === null ? undefined : request.options.find((o) => o.optionId === answer.optionId);
-    const outcome = chosen ? chosen.kind : 'cancelled';
-    emit(t, { type: 'permission.decided', requestId, toolCallId, outcome, optionId: chosen?.optionId ?? null, by: answer.by, code: answer.code, reason: answer.reason });
-    log('info', 'answered permission request', { requestId, toolCallId, title, kind, outcome, by: answer.by, code: answer.code });
-    return chosen ? { outcome: { outcome: 'selected', optionId: chosen.optionId } } : { outcome: { outcome: 'cancelled' } };
   };
 
   const handlePermission = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {

@@ -80,6 +80,21 @@ describe('permission requests in ask mode', () => {
   });
 });
 
+describe('a permission request open when the turn ends', () => {
+  it('is answered "cancelled" on the stream before the turn\'s last line', async () => {
+    const w = await startTestWorker('tcp', { permissions: 'ask' });
+    try {
+      await w.worker.ready;
+      const events: WorkerEvent[] = [];
+      for await (const event of w.client.turn('ask-then-crash')) events.push(event);
+      expect(types(events).slice(-3)).toEqual(['permission.requested', 'permission.decided', 'turn.failed']);
+      expect(events.at(-2)).toMatchObject({ outcome: 'cancelled', by: 'cancel', code: 'turn_cancelled' });
+    } finally {
+      await w.close();
+    }
+  });
+});
+
 describe('permission requests nobody answers', () => {
   it('are rejected after the timeout, by the worker', async () => {
     const w = await startTestWorker('tcp', { permissions: 'ask', permissionTimeoutMs: 100 });
