@@ -2,30 +2,16 @@
 # Installs the real ACP agents the agent suite drives (against test/fixtures/mock-model.ts) into
 # .tools/agents/<id>/ (ignored, cached), pinned, idempotently. Usage:
 #
-#   scripts/ensure-agents.sh [id ...]      ids: qwen-code codex-acp opencode gemini-cli claude-code-acp
-#                                          (default: all of them)
+#   scripts/ensure-agents.sh [id ...]      ids as in src/agents/catalog.ts (default: all of them)
 #
 # Progress goes to stderr; stdout gets one line per agent, `<id>\t<ACP argv as JSON>`, the argv a
 # worker's SPAWNGATE_AGENT_COMMAND needs. An agent whose stamp names its pinned package@version is
-# not reinstalled, so a pin change here triggers exactly one install.
-#
-# Pinned: these CLIs change their flags, config files, side calls and wire dialects from release to
-# release, and the environment each needs to reach a mock model offline is worked out per version.
+# not reinstalled, so a pin change in the catalog triggers exactly one install. The folder layout is
+# src/cli/agent-install.ts's, so either one's install serves the other.
 set -euo pipefail
 
 root_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 base="${SPAWNGATE_AGENTS_DIR:-$root_dir/.tools/agents}"
-
-# id | package@version | bin under node_modules/.bin | ACP-mode arguments
-# qwen-code's default approval mode "auto" asks the model itself (a classifier call) whether a tool
-# may run; "default" asks the ACP client instead, which is what a worker answers deterministically.
-agents=(
-  'qwen-code|@qwen-code/qwen-code@0.24.4|qwen|--acp --approval-mode default'
-  'codex-acp|@zed-industries/codex-acp@0.16.0|codex-acp|'
-  'opencode|opencode-ai@1.18.33|opencode|acp'
-  'gemini-cli|@google/gemini-cli@0.61.0|gemini|--acp'
-  'claude-code-acp|@zed-industries/claude-code-acp@0.16.2|claude-code-acp|'
-)
 
 say() { printf 'ensure-agents: %s\n' "$*" >&2; }
 fail() {
@@ -42,6 +28,13 @@ fi
 command -v node >/dev/null 2>&1 || fail "node is not on PATH"
 command -v npm >/dev/null 2>&1 || fail "npm is not on PATH"
 
+# The pins and entry points live in src/agents/catalog.ts, which `spawngate image build --agent`
+# installs from too; node (>= 22.6) reads it as it is. One line per agent: id|package@version|bin.
+catalog="$root_dir/src/agents/catalog.ts"
+catalog_lines="$(node --input-type=module -e 'const m = await import(process.argv[1]); for (const a of m.AGENT_PACKAGES) console.log(`${a.id}|${a.package}@${a.version}|${a.bin}`);' "$catalog")" ||
+  fail "could not read the agent pins from $catalog (node $(node --version) must strip TypeScript types: 22.6 or newer)"
+mapfile -t agents <<<"$catalog_lines"
+
 spec_of() {
   local id="$1" line
   for line in "${agents[@]}"; do
@@ -53,17 +46,10 @@ spec_of() {
   return 1
 }
 
-# A JSON array of strings, for argv that contain nothing that needs escaping beyond quotes.
-json_argv() {
-  local out='' arg
-  for arg in "$@"; do out+="${out:+,}\"${arg//\"/\\\"}\""; done
-  printf '[%s]' "$out"
-}
-
 ensure() {
-  local id="$1" spec pkgver bin args dir stamp entry scratch
+  local id="$1" spec pkgver bin dir stamp entry scratch
   spec="$(spec_of "$id")" || fail "unknown agent id '$id' (known: ${agents[*]%%|*})"
-  IFS='|' read -r _ pkgver bin args <<<"$spec"
+  IFS='|' read -r _ pkgver bin <<<"$spec"
   dir="$base/$id"
   stamp="$dir/.spawngate-installed"
   entry="$dir/node_modules/.bin/$bin"
@@ -97,17 +83,8 @@ ensure() {
   fi
   exec 9>&-
 
-  # codex-acp's bin is a node launcher that runs the platform package's native binary as a child:
-  # the binary itself spares a node process and a signal hop.
-  if [ "$id" = codex-acp ]; then
-    local native
-    for native in "$dir"/node_modules/@zed-industries/codex-acp-*/bin/codex-acp; do
-      if [ -x "$native" ]; then entry="$native"; fi
-    done
-  fi
-
-  # shellcheck disable=SC2086 # args is a space-separated word list by construction
-  printf '%s\t%s\n' "$id" "$(json_argv "$entry" $args)"
+  # The argv the catalog gives (codex-acp's native binary rather than its node launcher).
+  printf '%s\t%s\n' "$id" "$(node --input-type=module -e 'const m = await import(process.argv[1]); console.log(JSON.stringify(m.agentArgv(m.agentPackage(process.argv[2]), process.argv[3])));' "$catalog" "$id" "$dir")"
 }
 
 if [ "$#" -eq 0 ]; then

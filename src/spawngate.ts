@@ -57,8 +57,10 @@ export function agentCommandFor(config: SpawngateConfig, agentId: string): reado
 
 /** The agent's settings where it is placed (backend and profile overrides applied); an error for an agent nobody can start. */
 export function agentFor(config: SpawngateConfig, agentId: string, backend: string, profile: string): ResolvedAgent {
-  agentCommandFor(config, agentId);
-  return resolveAgent(config, agentId, backend, profile);
+  const agent = resolveAgent(config, agentId, backend, profile);
+  // No command configured: the worker's built-in agent of that id, or an error saying what to add.
+  if (agent.command === null) agentCommandFor(config, agentId);
+  return agent;
 }
 
 /** Unique per process and readable in a listing: host, pid, and randomness against pid reuse. */

@@ -1,12 +1,13 @@
 import { z } from 'zod';
 import type { Decision, DenyDecision, Reason } from './types.js';
+import { REASON_CODE } from '../protocol/events.js';
 
 /**
  * What the policy must return. Anything else — a missing field, an allow without a backend, an
  * unknown egress — is turned into a deny (`policy_output_invalid`): a policy bug must never admit.
  */
 const egress = z.enum(['none', 'proxy', 'open']);
-const reason = z.strictObject({ code: z.string().regex(/^[a-z][a-z0-9_.]*$/).max(64), message: z.string().max(2048) });
+const reason = z.strictObject({ code: z.string().max(64).regex(REASON_CODE), message: z.string().max(2048) });
 const limits = z.strictObject({
   concurrency: z
     .array(
@@ -63,7 +64,6 @@ export function denyWith(reasons: Reason[]): DenyDecision {
 const EGRESS: ReadonlySet<unknown> = new Set(['none', 'proxy', 'open']);
 const CONCURRENCY_SCOPES: ReadonlySet<unknown> = new Set(['total', 'backend', 'profile', 'user', 'channel', 'profile_user', 'profile_channel']);
 const RATE_SCOPES: ReadonlySet<unknown> = new Set(['user', 'channel']);
-const REASON_CODE = /^[a-z][a-z0-9_.]*$/;
 const DECISION_KEYS: ReadonlySet<string> = new Set(['allow', 'backend', 'profile', 'egress', 'egressAllow', 'ttlSeconds', 'limits', 'reasons']);
 const LIMITS_KEYS: ReadonlySet<string> = new Set(['concurrency', 'rate']);
 const CONCURRENCY_KEYS: ReadonlySet<string> = new Set(['scope', 'key', 'max']);

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import type { AdmissionInput } from './types.js';
+import { REASON_CODE } from '../protocol/events.js';
 
 export const PERMISSION_ENTRYPOINT = 'spawngate/permissions/decision';
 
@@ -31,7 +32,7 @@ export interface PermissionDecision {
 
 const decisionSchema = z.strictObject({
   outcome: z.enum(['allow_once', 'allow_always', 'reject']),
-  code: z.string().regex(/^[a-z][a-z0-9_.]*$/).max(64),
+  code: z.string().max(64).regex(REASON_CODE),
   reason: z.string().max(2048),
 });
 

@@ -32,13 +32,18 @@ export function agentPackage(id: string): AgentPackage | null {
   return AGENT_PACKAGES.find((a) => a.id === id) ?? null;
 }
 
+/** The agent's native binary in its install folder `dir`, when it has one and the platform package brought it. */
+export function agentNative(agent: AgentPackage, dir: string): string | null {
+  const native = agent.native ? join(dir, agent.native) : null;
+  return native && existsSync(native) ? native : null;
+}
+
 /**
  * The agent's ACP argv where its install folder `dir` is seen as `seenAs` (the same folder on the
  * host, /opt/agents/<id> in an image). The .bin entry is a symlink on the host; it is resolved here
  * because a node launcher finds its modules relative to its real path.
  */
 export function agentArgv(agent: AgentPackage, dir: string, seenAs: string = dir): string[] {
-  const native = agent.native ? join(dir, agent.native) : null;
-  const entry = native && existsSync(native) ? native : realpathSync(join(dir, 'node_modules', '.bin', agent.bin));
+  const entry = agentNative(agent, dir) ?? realpathSync(join(dir, 'node_modules', '.bin', agent.bin));
   return [join(seenAs, relative(realpathSync(dir), realpathSync(entry))), ...agent.args];
 }

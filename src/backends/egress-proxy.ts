@@ -21,6 +21,11 @@ export interface EgressDecision {
   method: string;
 }
 
+/** A decision as a line of the worker's logs, in the worker's own log format (source "egress-proxy"). */
+export function egressLogLine(d: EgressDecision): string {
+  return JSON.stringify({ time: new Date().toISOString(), source: 'egress-proxy', level: d.allowed ? 'info' : 'warn', message: `${d.allowed ? 'allowed' : 'refused'} ${d.method} ${d.host}:${d.port}` });
+}
+
 export interface EgressProxy {
   readonly socketPath: string;
   close(): Promise<void>;

@@ -251,6 +251,9 @@ export interface WorkerErrorBody {
   };
 }
 
+/** A stable reason code (admission reasons, permission answers): lowercase, digits, "_" and "."; at most 64 characters. */
+export const REASON_CODE = /^[a-z][a-z0-9_.]{0,63}$/;
+
 /**
  * Exit status of a reference worker that stopped itself at its deadline (SPAWNGATE_DEADLINE, as GNU
  * `timeout` does); backends report it as reason DeadlineExceeded.

@@ -174,13 +174,14 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
   const env: Record<string, string> = workerTelemetryEnv(profile, input.backend, decision.egress, input.gatewayEnv ?? {});
   const secretEnv: SecretEnvRef[] = [];
   // The agent's own env is the more specific: it wins over the profile's on the same name.
-  const layers: [string, AgentEnvValue][] = [...Object.entries(profile.env ?? {}), ...Object.entries(input.agent.env)];
-  for (const [name, value] of layers) {
-    const at = secretEnv.findIndex((s) => s.name === name);
-    if (at >= 0) secretEnv.splice(at, 1);
-    delete env[name];
+  const merged: Record<string, AgentEnvValue> = { ...profile.env, ...input.agent.env };
+  for (const [name, value] of Object.entries(merged)) {
     if (typeof value === 'string') env[name] = value;
-    else secretEnv.push({ name, secretRef: { name: value.secretRef.name, key: value.secretRef.key } });
+    else {
+      // A secret replaces a telemetry value of the same name.
+      delete env[name];
+      secretEnv.push({ name, secretRef: { name: value.secretRef.name, key: value.secretRef.key } });
+    }
   }
   // The profile's own env wins: a request cannot override what the operator pinned.
   for (const [name, value] of Object.entries(input.sessionEnv ?? {})) {

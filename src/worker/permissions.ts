@@ -5,9 +5,10 @@
  * for it.
  */
 import { realpathSync } from 'node:fs';
-import { basename, dirname, isAbsolute, relative, resolve } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 import type { RequestPermissionRequest } from '@agentclientprotocol/sdk';
 import { redact } from '../redact.js';
+import { isWithin } from '../paths.js';
 
 /** rawInput keys agents use for the file or folder a tool acts on (Claude Code, Gemini/Qwen, OpenCode, Codex). */
 const PATH_KEYS = new Set(['path', 'file_path', 'filePath', 'absolute_path', 'notebook_path', 'filename', 'dir_path', 'directory', 'old_path', 'new_path', 'source', 'destination', 'target_file', 'cwd', 'workdir']);
@@ -41,11 +42,6 @@ export function workspaceRoot(cwd: string): string {
   return realish(cwd);
 }
 
-function inside(root: string, p: string): boolean {
-  const rel = relative(root, p);
-  return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
-}
-
 /** Every path the request names: its locations, and path-like keys of its rawInput (one level deep). */
 export function permissionPaths(request: RequestPermissionRequest, cwd: string, root: string): PermissionPath[] {
   const named: string[] = [];
@@ -65,7 +61,7 @@ export function permissionPaths(request: RequestPermissionRequest, cwd: string, 
       continue;
     }
     const absolute = realish(resolve(cwd, p));
-    seen.set(absolute, { path: absolute, inWorkspace: inside(root, absolute) });
+    seen.set(absolute, { path: absolute, inWorkspace: isWithin(root, absolute) });
   }
   return [...seen.values()];
 }

@@ -7,7 +7,7 @@ import { isAbsolute, resolve as resolvePath } from 'node:path';
 import type { McpServer, PromptResponse, RequestPermissionRequest, RequestPermissionResponse, SessionUpdate } from '@agentclientprotocol/sdk';
 import { SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Span } from '@opentelemetry/api';
-import { WORKER_EXIT_DEADLINE } from '../protocol/events.js';
+import { REASON_CODE, WORKER_EXIT_DEADLINE } from '../protocol/events.js';
 import { BackendError, ConfigError, WorkerProtocolError } from '../errors.js';
 import type { Issue } from '../errors.js';
 import { listen, removeStaleSocket, type ListenAddress } from '../net.js';
@@ -188,6 +188,29 @@ function validateOptions(opts: StartWorkerOptions): void {
     if (value !== undefined && (!Number.isFinite(value) || value < 0)) issues.push({ path: key, message: 'must be a non-negative number of milliseconds' });
   }
   if (issues.length > 0) throw new ConfigError('invalid worker options', issues);
+}
+
+/**
+ * A request body that is JSON: the object it holds, null when it holds something else, or undefined
+ * when the request was already answered (413 past `limit`, 400 for text that is not JSON).
+ */
+async function readJsonObject(req: IncomingMessage, res: ServerResponse, limit: number, shape: string): Promise<Record<string, unknown> | null | undefined> {
+  let raw: string;
+  try {
+    raw = await readBody(req, limit);
+  } catch (err) {
+    if (err instanceof BodyTooLargeError) sendError(res, 413, 'payload_too_large', err.message, { headers: { connection: 'close' } });
+    else res.destroy();
+    return undefined;
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(raw);
+  } catch {
+    sendError(res, 400, 'invalid_request', `body must be JSON: ${shape}`);
+    return undefined;
+  }
+  return typeof body === 'object' && body !== null && !Array.isArray(body) ? (body as Record<string, unknown>) : null;
 }
 
 /** reject_once when offered (never reject_always: a later request may be decided differently), else no option. */
@@ -488,26 +511,12 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   };
 
   const handlePermission = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    let raw: string;
-    try {
-      raw = await readBody(req, 64 * 1024);
-    } catch (err) {
-      if (err instanceof BodyTooLargeError) sendError(res, 413, 'payload_too_large', err.message, { headers: { connection: 'close' } });
-      else res.destroy();
-      return;
-    }
-    let body: unknown;
-    try {
-      body = JSON.parse(raw);
-    } catch {
-      sendError(res, 400, 'invalid_request', 'body must be JSON: {"requestId": string, "optionId": string | null, "code": string, "reason": string}');
-      return;
-    }
-    const fields = typeof body === 'object' && body !== null && !Array.isArray(body) ? (body as Record<string, unknown>) : {};
-    const { requestId, optionId, code, reason } = fields;
+    const fields = await readJsonObject(req, res, 64 * 1024, '{"requestId": string, "optionId": string | null, "code": string, "reason": string}');
+    if (fields === undefined) return;
+    const { requestId, optionId, code, reason } = fields ?? {};
     if (typeof requestId !== 'string') return sendError(res, 400, 'invalid_request', 'requestId must be a string');
     if (optionId !== null && typeof optionId !== 'string') return sendError(res, 400, 'invalid_request', 'optionId must be a string or null');
-    if (typeof code !== 'string' || !/^[a-z][a-z0-9_.]{0,63}$/.test(code)) return sendError(res, 400, 'invalid_request', 'code must be a lowercase reason code (a-z 0-9 _ ., at most 64)');
+    if (typeof code !== 'string' || !REASON_CODE.test(code)) return sendError(res, 400, 'invalid_request', 'code must be a lowercase reason code (a-z 0-9 _ ., at most 64)');
     if (typeof reason !== 'string' || reason.length > 2048) return sendError(res, 400, 'invalid_request', 'reason must be a string of at most 2048 characters');
     const pending = pendingPermissions.get(requestId);
     if (!pending) return sendError(res, 404, 'not_found', `no permission request ${requestId} is waiting (answered, timed out, or its turn ended)`);
@@ -625,22 +634,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       sendError(res, 409, 'busy', 'a turn is already running; one turn at a time', { currentTurnId: turn.id });
       return;
     }
-    let raw: string;
-    try {
-      raw = await readBody(req, MAX_TURN_BODY_BYTES);
-    } catch (err) {
-      if (err instanceof BodyTooLargeError) sendError(res, 413, 'payload_too_large', err.message, { headers: { connection: 'close' } });
-      else res.destroy();
-      return;
-    }
-    let body: unknown;
-    try {
-      body = JSON.parse(raw);
-    } catch {
-      sendError(res, 400, 'invalid_request', 'body must be JSON: {"message": string, "turnId"?: string}');
-      return;
-    }
-    const fields = typeof body === 'object' && body !== null && !Array.isArray(body) ? (body as Record<string, unknown>) : null;
+    const fields = await readJsonObject(req, res, MAX_TURN_BODY_BYTES, '{"message": string, "turnId"?: string}');
+    if (fields === undefined) return;
     const message = fields?.['message'];
     const turnId = fields?.['turnId'];
     if (typeof message !== 'string' || message.trim() === '') {

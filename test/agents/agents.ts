@@ -4,7 +4,11 @@
  * `agents.acp.<id>` (command and env; the key as a secretRef). docs/agents.md shows the same recipes.
  */
 import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startMockModel } from '../fixtures/mock-model.js';
+import type { MockModel } from '../fixtures/mock-model.js';
 
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -23,6 +27,20 @@ export function ensureAgents(ids: readonly string[] = [...SUITE_AGENTS, ...RECIP
     argv[id] = JSON.parse(json) as string[];
   }
   return argv;
+}
+
+/**
+ * The mock model on 127.0.0.2: a worker's own loopback (127.0.0.1) stays out of its egress proxy
+ * (NO_PROXY), so the host's loopback is reached through the proxy at another 127.x address.
+ */
+export function startModel(): Promise<MockModel> {
+  return startMockModel({ host: '127.0.0.2' });
+}
+
+/** The model key as the recipes name it: secret `model`, key `api-key`, a file under a backend's secretsDir. */
+export function writeModelKey(secretsDir: string, key: string): void {
+  mkdirSync(join(secretsDir, 'model'), { recursive: true });
+  writeFileSync(join(secretsDir, 'model', 'api-key'), key, { mode: 0o600 });
 }
 
 /** `agents.acp.<id>` for one agent against the model API at `baseUrl` (http://host:port, no path), the key from secret `model/api-key`. */

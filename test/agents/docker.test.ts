@@ -5,19 +5,19 @@
  * mock model on the host's loopback only through spawngate's egress proxy and the profile's allow-list.
  */
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { agentArgv, agentPackage } from '../../src/agents/catalog.js';
+import { agentArgv, agentNative, agentPackage } from '../../src/agents/catalog.js';
 import { AGENTS_IN_IMAGE, buildWorkerImage } from '../../src/backends/docker/image.js';
 import type { WorkerEvent } from '../../src/protocol/events.js';
 import type { Spawngate } from '../../src/spawngate.js';
-import { createSpawngate } from '../../src/spawngate.js';
 import { ensureEngine, engine, FIXTURE_REPO_IN_IMAGE, fixtureRepoFiles } from '../docker/engine.js';
-import { sha256, startMockModel } from '../fixtures/mock-model.js';
+import { sha256 } from '../fixtures/mock-model.js';
 import type { MockModel } from '../fixtures/mock-model.js';
-import { agentRecipe, ensureAgents, repoRoot } from './agents.js';
+import { agentRecipe, ensureAgents, repoRoot, startModel, writeModelKey } from './agents.js';
+import { testGate } from '../helpers/gate.js';
 import { callerFor, textOf } from '../helpers/turns.js';
 
 const IMAGE = 'spawngate-worker:agents-test';
@@ -36,35 +36,19 @@ beforeAll(async () => {
   const dir = join(repoRoot, '.tools', 'agents', 'codex-acp');
   await buildWorkerImage({
     tag: IMAGE,
-    agents: [{ id: 'codex-acp', dir, native: pkg.native ? [join(dir, pkg.native)] : [] }],
+    agents: [{ id: 'codex-acp', dir, native: [agentNative(pkg, dir)].filter((p): p is string => p !== null) }],
     extraFiles: await fixtureRepoFiles(),
     log: (line) => void process.stdout.write(`image: ${line}\n`),
   });
-  // 127.0.0.2: the worker's own loopback (127.0.0.1) stays direct (NO_PROXY); the host's is reached through the proxy.
-  mock = await startMockModel({ host: '127.0.0.2' });
-  mkdirSync(join(secretsDir, 'model'), { recursive: true });
-  writeFileSync(join(secretsDir, 'model', 'api-key'), key, { mode: 0o600 });
+  mock = await startModel();
+  writeModelKey(secretsDir, key);
   const inImage = agentArgv(pkg, dir, join(AGENTS_IN_IMAGE, 'codex-acp'));
-  gate = await createSpawngate({
-    owner: `agents-docker-${randomUUID().slice(0, 8)}`,
-    sweepIntervalMs: 0,
-    decisionLog: false,
-    config: {
-      agents: {
-        executionBackends: {
-          docker: {
-            type: 'container',
-            image: IMAGE,
-            stateDir: join(root, 's'),
-            secretsDir,
-            profiles: {
-              coder: { egress: 'proxy', egressAllow: [`127.0.0.2:${mock.port}`], workspace: { strategy: 'git', repo: FIXTURE_REPO_IN_IMAGE }, resources: { limits: { memory: '1Gi' } }, ttlSeconds: 900, timeoutSeconds: 600 },
-            },
-          },
-        },
-        execution: { default: { backend: 'docker', profile: 'coder' } },
-        acp: { 'codex-acp': agentRecipe('codex-acp', inImage, mock.url.replace(/\/$/, '')) },
-      },
+  const coder = { egress: 'proxy', egressAllow: [`127.0.0.2:${mock.port}`], workspace: { strategy: 'git', repo: FIXTURE_REPO_IN_IMAGE }, resources: { limits: { memory: '1Gi' } }, ttlSeconds: 900, timeoutSeconds: 600 };
+  gate = await testGate('agents-docker', {
+    agents: {
+      executionBackends: { docker: { type: 'container', image: IMAGE, stateDir: join(root, 's'), secretsDir, profiles: { coder } } },
+      execution: { default: { backend: 'docker', profile: 'coder' } },
+      acp: { 'codex-acp': agentRecipe('codex-acp', inImage, mock.url.replace(/\/$/, '')) },
     },
   });
 }, 20 * 60_000);

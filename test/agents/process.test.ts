@@ -7,23 +7,22 @@
  * reviewer profile may not make (the file stays untouched); a cancel in the middle of a shell command,
  * after which the next turn sees only its own output; and the key, which reaches the model and no output.
  */
-import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WorkerEvent } from '../../src/protocol/events.js';
 import type { Spawngate } from '../../src/spawngate.js';
-import { createSpawngate } from '../../src/spawngate.js';
 import type { WorkerHandle } from '../../src/sessions/types.js';
-import { sha256, startMockModel } from '../fixtures/mock-model.js';
+import { sha256 } from '../fixtures/mock-model.js';
 import type { MockModel } from '../fixtures/mock-model.js';
-import { agentRecipe, ensureAgents, SUITE_AGENTS } from './agents.js';
+import { agentRecipe, ensureAgents, startModel, SUITE_AGENTS, writeModelKey } from './agents.js';
+import { testGate } from '../helpers/gate.js';
+import { bareRepo } from '../helpers/git.js';
 import { callerFor, textOf } from '../helpers/turns.js';
 
 const root = mkdtempSync(join(tmpdir(), 'sg-agents-'));
-const repo = join(root, 'repo.git');
 const secretsDir = join(root, 'secrets');
 const decisionLog = join(root, 'decisions.jsonl');
 // Random and shaped like no credential the redaction knows: its absence below is by design, not by luck.
@@ -33,38 +32,22 @@ let mock: MockModel;
 let gate: Spawngate;
 const seen: string[] = [];
 
-function git(args: string[], cwd: string): string {
-  return execFileSync('git', args, { cwd, encoding: 'utf8', env: { ...process.env, GIT_CONFIG_NOSYSTEM: '1', HOME: root, GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@example.com', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@example.com' } }).trim();
-}
-
 beforeAll(async () => {
   const argv = ensureAgents();
-  // 127.0.0.2: the worker's own loopback (127.0.0.1) stays direct (NO_PROXY); the host's is reached through the proxy.
-  mock = await startMockModel({ host: '127.0.0.2' });
-  mkdirSync(join(secretsDir, 'model'), { recursive: true });
-  writeFileSync(join(secretsDir, 'model', 'api-key'), key, { mode: 0o600 });
+  mock = await startModel();
+  writeModelKey(secretsDir, key);
   // A repository the workers clone (git workspace): one commit on main.
-  const work = join(root, 'work');
-  mkdirSync(work);
-  git(['init', '--quiet', '-b', 'main'], work);
-  writeFileSync(join(work, 'README.md'), '# project\n');
-  git(['add', '.'], work);
-  git(['commit', '--quiet', '-m', 'first'], work);
-  git(['clone', '--quiet', '--bare', work, repo], root);
+  const repo = bareRepo(root);
   const profile = { egress: 'proxy', egressAllow: [`127.0.0.2:${mock.port}`], workspace: { strategy: 'git', repo, ref: 'main' }, ttlSeconds: 900, timeoutSeconds: 600, cancelGraceSeconds: 10 };
-  gate = await createSpawngate({
-    owner: `agents-${randomUUID().slice(0, 8)}`,
-    sweepIntervalMs: 0,
-    decisionLog,
-    config: {
-      agents: {
-        executionBackends: { local: { type: 'process', stateDir: join(root, 's'), secretsDir, profiles: { coder: profile, reviewer: profile } } },
-        execution: { default: { backend: 'local', profile: 'coder' } },
-        acp: Object.fromEntries(SUITE_AGENTS.map((id) => [id, agentRecipe(id, argv[id] ?? [], mock.url.replace(/\/$/, ''))])),
-      },
-      spawngate: { policyData: { permissions: { profiles: { reviewer: { allowKinds: ['read', 'search', 'think'] } } } } },
+  const config = {
+    agents: {
+      executionBackends: { local: { type: 'process', stateDir: join(root, 's'), secretsDir, profiles: { coder: profile, reviewer: profile } } },
+      execution: { default: { backend: 'local', profile: 'coder' } },
+      acp: Object.fromEntries(SUITE_AGENTS.map((id) => [id, agentRecipe(id, argv[id] ?? [], mock.url.replace(/\/$/, ''))])),
     },
-  });
+    spawngate: { policyData: { permissions: { profiles: { reviewer: { allowKinds: ['read', 'search', 'think'] } } } } },
+  };
+  gate = await testGate('agents', config, { decisionLog });
 }, 20 * 60_000);
 
 afterAll(async () => {

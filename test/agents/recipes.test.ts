@@ -3,16 +3,17 @@
  * set up by config alone: a text turn and an edit the policy allows, on the process backend, through
  * egress "proxy" to the mock model, the key a secretRef.
  */
+import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Spawngate } from '../../src/spawngate.js';
-import { createSpawngate } from '../../src/spawngate.js';
-import { sha256, startMockModel } from '../fixtures/mock-model.js';
+import { sha256 } from '../fixtures/mock-model.js';
 import type { MockModel } from '../fixtures/mock-model.js';
-import { agentRecipe, ensureAgents, RECIPE_AGENTS } from './agents.js';
+import { agentRecipe, ensureAgents, RECIPE_AGENTS, startModel, writeModelKey } from './agents.js';
+import { testGate } from '../helpers/gate.js';
 import { callerFor, textOf, turnEvents } from '../helpers/turns.js';
 
 const root = mkdtempSync(join(tmpdir(), 'sg-recipes-'));
@@ -24,27 +25,14 @@ let gate: Spawngate;
 
 beforeAll(async () => {
   const argv = ensureAgents(RECIPE_AGENTS);
-  // 127.0.0.2: the worker's own loopback (127.0.0.1) stays direct (NO_PROXY); the host's is reached through the proxy.
-  mock = await startMockModel({ host: '127.0.0.2' });
-  mkdirSync(join(secretsDir, 'model'), { recursive: true });
-  writeFileSync(join(secretsDir, 'model', 'api-key'), key, { mode: 0o600 });
-  gate = await createSpawngate({
-    owner: `recipes-${randomUUID().slice(0, 8)}`,
-    sweepIntervalMs: 0,
-    decisionLog: false,
-    config: {
-      agents: {
-        executionBackends: {
-          local: {
-            type: 'process',
-            stateDir: join(root, 's'),
-            secretsDir,
-            profiles: { coder: { egress: 'proxy', egressAllow: [`127.0.0.2:${mock.port}`], workspace: { strategy: 'ephemeral' }, ttlSeconds: 900, timeoutSeconds: 600 } },
-          },
-        },
-        execution: { default: { backend: 'local', profile: 'coder' } },
-        acp: Object.fromEntries(RECIPE_AGENTS.map((id) => [id, agentRecipe(id, argv[id] ?? [], mock.url.replace(/\/$/, ''))])),
-      },
+  mock = await startModel();
+  writeModelKey(secretsDir, key);
+  const coder = { egress: 'proxy', egressAllow: [`127.0.0.2:${mock.port}`], workspace: { strategy: 'ephemeral' }, ttlSeconds: 900, timeoutSeconds: 600 };
+  gate = await testGate('recipes', {
+    agents: {
+      executionBackends: { local: { type: 'process', stateDir: join(root, 's'), secretsDir, profiles: { coder } } },
+      execution: { default: { backend: 'local', profile: 'coder' } },
+      acp: Object.fromEntries(RECIPE_AGENTS.map((id) => [id, agentRecipe(id, argv[id] ?? [], mock.url.replace(/\/$/, ''))])),
     },
   });
 }, 20 * 60_000);
@@ -69,7 +57,9 @@ describe.each(RECIPE_AGENTS)('the %s recipe', (agentId) => {
       const files = await gate.collect(handle.spawnId, { format: 'archive' });
       const chunks: Buffer[] = [];
       for await (const c of files.stream) chunks.push(c as Buffer);
-      expect(Buffer.concat(chunks).length).toBeGreaterThan(0);
+      // The edit is in the workspace: the file, with what the agent was told to write.
+      const written = execFileSync('tar', ['-xzOf', '-', './notes.txt'], { input: Buffer.concat(chunks), encoding: 'utf8' });
+      expect(written).toContain(`written by ${agentId}`);
       const calls = mock.requests.filter((r) => r.reply !== null && r.authSha256 !== null);
       expect(calls.length).toBeGreaterThan(0);
       for (const r of calls) expect(r.authSha256).toBe(sha256(key));

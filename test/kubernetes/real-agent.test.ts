@@ -6,14 +6,14 @@
  * env; no image is pulled, so the agent's command is its path on this host (the backend override a
  * cluster would set to its path in the image). Network policy is not enforced there: egress "open".
  */
-import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Spawngate } from '../../src/spawngate.js';
-import { createSpawngate } from '../../src/spawngate.js';
+import { testGate } from '../helpers/gate.js';
+import { bareRepo } from '../helpers/git.js';
 import { agentRecipe, ensureAgents } from '../agents/agents.js';
 import { sha256, startMockModel } from '../fixtures/mock-model.js';
 import type { MockModel } from '../fixtures/mock-model.js';
@@ -29,10 +29,6 @@ let namespace: string;
 let mock: MockModel;
 let gate: Spawngate;
 
-function git(args: string[], cwd: string): string {
-  return execFileSync('git', args, { cwd, encoding: 'utf8', env: { ...process.env, GIT_CONFIG_NOSYSTEM: '1', HOME: root, GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@example.com', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@example.com' } }).trim();
-}
-
 beforeAll(async () => {
   const argv = ensureAgents(['codex-acp']);
   a = await admin();
@@ -40,40 +36,29 @@ beforeAll(async () => {
   node = await startNodeAgent({ kubeconfig: a.plane.adminKubeconfig });
   await a.core.createNamespacedSecret({ namespace, body: { metadata: { name: 'model' }, stringData: { 'api-key': key } } });
   mock = await startMockModel();
-  const work = join(root, 'work');
-  mkdirSync(work);
-  git(['init', '--quiet', '-b', 'main'], work);
-  writeFileSync(join(work, 'README.md'), '# project\n');
-  git(['add', '.'], work);
-  git(['commit', '--quiet', '-m', 'first'], work);
-  git(['clone', '--quiet', '--bare', work, join(root, 'repo.git')], root);
-  gate = await createSpawngate({
-    owner: `k8s-agent-${randomUUID().slice(0, 8)}`,
-    sweepIntervalMs: 0,
-    decisionLog: false,
-    config: {
-      agents: {
-        executionBackends: {
-          cluster: {
-            type: 'kubernetes',
-            namespace,
-            kubeconfig: a.plane.adminKubeconfig,
-            image: 'spawngate-worker:test',
-            profiles: {
-              coder: {
-                egress: 'open',
-                workspace: { strategy: 'git', repo: join(root, 'repo.git'), ref: 'main' },
-                nodeSelector: node.placement.nodeSelector,
-                tolerations: node.placement.tolerations,
-                resources: { requests: { cpu: '100m', memory: '256Mi' }, limits: { memory: '1Gi' } },
-                ttlSeconds: 900,
-              },
+  const repo = bareRepo(root);
+  gate = await testGate('k8s-agent', {
+    agents: {
+      executionBackends: {
+        cluster: {
+          type: 'kubernetes',
+          namespace,
+          kubeconfig: a.plane.adminKubeconfig,
+          image: 'spawngate-worker:test',
+          profiles: {
+            coder: {
+              egress: 'open',
+              workspace: { strategy: 'git', repo, ref: 'main' },
+              nodeSelector: node.placement.nodeSelector,
+              tolerations: node.placement.tolerations,
+              resources: { requests: { cpu: '100m', memory: '256Mi' }, limits: { memory: '1Gi' } },
+              ttlSeconds: 900,
             },
           },
         },
-        execution: { default: { backend: 'cluster', profile: 'coder' } },
-        acp: { 'codex-acp': agentRecipe('codex-acp', argv['codex-acp'] ?? [], mock.url.replace(/\/$/, '')) },
       },
+      execution: { default: { backend: 'cluster', profile: 'coder' } },
+      acp: { 'codex-acp': agentRecipe('codex-acp', argv['codex-acp'] ?? [], mock.url.replace(/\/$/, '')) },
     },
   });
 }, CONTROL_PLANE_START_TIMEOUT_MS);

@@ -4,7 +4,6 @@
  * lets through the profile's egressAllow and nothing else. Targets are servers this test starts on
  * 127.0.0.2 (outside the worker's namespace: reachable only through the proxy).
  */
-import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -21,6 +20,7 @@ import type { EgressRule } from '../../src/egress-rules.js';
 import type { Spawngate } from '../../src/spawngate.js';
 import { createSpawngate } from '../../src/spawngate.js';
 import { callerFor, textOf, turnEvents } from '../helpers/turns.js';
+import { testGate } from '../helpers/gate.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-egress-'));
@@ -42,16 +42,11 @@ async function serve(body: string): Promise<number> {
 beforeAll(async () => {
   allowedPort = await serve('model api says hi');
   otherPort = await serve('you should not see this');
-  gate = await createSpawngate({
-    owner: `egress-${randomUUID().slice(0, 8)}`,
-    sweepIntervalMs: 0,
-    decisionLog: false,
-    config: {
-      agents: {
-        executionBackends: { local: { type: 'process', stateDir: join(root, 's'), profiles: { proxied: { egress: 'proxy', egressAllow: [`${HOST}:${allowedPort}`] } } } },
-        execution: { default: { backend: 'local', profile: 'proxied' } },
-        acp: { fixture: { command: [process.execPath, fixture] } },
-      },
+  gate = await testGate('egress', {
+    agents: {
+      executionBackends: { local: { type: 'process', stateDir: join(root, 's'), profiles: { proxied: { egress: 'proxy', egressAllow: [`${HOST}:${allowedPort}`] } } } },
+      execution: { default: { backend: 'local', profile: 'proxied' } },
+      acp: { fixture: { command: [process.execPath, fixture] } },
     },
   });
 });

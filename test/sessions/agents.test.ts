@@ -10,8 +10,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig, resolveAgent } from '../../src/config/index.js';
 import type { Spawngate } from '../../src/spawngate.js';
-import { createSpawngate } from '../../src/spawngate.js';
 import { callerFor, say as sayTo } from '../helpers/turns.js';
+import { testGate } from '../helpers/gate.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-agents-'));
@@ -41,7 +41,7 @@ const config = {
 beforeAll(async () => {
   mkdirSync(join(secretsDir, 'model'), { recursive: true });
   writeFileSync(join(secretsDir, 'model', 'api-key'), key, { mode: 0o600 });
-  gate = await createSpawngate({ owner: `agents-${randomUUID().slice(0, 8)}`, sweepIntervalMs: 0, decisionLog: false, config });
+  gate = await testGate('agents', config);
 });
 
 afterAll(async () => {

@@ -1,12 +1,11 @@
 /** The log of a worker that ended badly stays readable after the backend removed it (real process workers). */
-import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Spawngate } from '../../src/spawngate.js';
-import { createSpawngate } from '../../src/spawngate.js';
+import { testGate } from '../helpers/gate.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-logs-'));
@@ -15,18 +14,13 @@ const caller = { sessionKey: 'agent:main:logs', depth: 0, channel: { id: 'logs',
 
 beforeAll(async () => {
   const base = { egress: 'none', ttlSeconds: 600, timeoutSeconds: 120 };
-  gate = await createSpawngate({
-    owner: `logs-${randomUUID().slice(0, 8)}`,
-    sweepIntervalMs: 0,
-    decisionLog: false,
-    config: {
-      agents: {
-        executionBackends: {
-          local: { type: 'process', stateDir: join(root, 's'), defaultProfile: 'ok', profiles: { ok: base, dies: { ...base, env: { ACP_FIXTURE_EXIT_AT_START: '7' } } } },
-        },
-        execution: { default: { backend: 'local', profile: 'ok' } },
-        acp: { fixture: { command: [process.execPath, fixture] } },
+  gate = await testGate('logs', {
+    agents: {
+      executionBackends: {
+        local: { type: 'process', stateDir: join(root, 's'), defaultProfile: 'ok', profiles: { ok: base, dies: { ...base, env: { ACP_FIXTURE_EXIT_AT_START: '7' } } } },
       },
+      execution: { default: { backend: 'local', profile: 'ok' } },
+      acp: { fixture: { command: [process.execPath, fixture] } },
     },
   });
 });

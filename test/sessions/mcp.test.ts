@@ -1,5 +1,4 @@
 /** MCP servers from the profile reach the agent's ACP session (session/new), in ACP's shape; literal credentials are refused by path. */
-import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/index.js';
 import type { Spawngate } from '../../src/spawngate.js';
-import { createSpawngate } from '../../src/spawngate.js';
+import { testGate } from '../helpers/gate.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-mcp-'));
@@ -19,22 +18,17 @@ const servers = [
 ];
 
 beforeAll(async () => {
-  gate = await createSpawngate({
-    owner: `mcp-${randomUUID().slice(0, 8)}`,
-    sweepIntervalMs: 0,
-    decisionLog: false,
-    config: {
-      agents: {
-        executionBackends: {
-          local: {
-            type: 'process',
-            stateDir: join(root, 's'),
-            profiles: { p: { egress: 'none', mcpServers: servers }, open: { egress: 'none', mcpServers: servers, accept: { mcpServers: true } } },
-          },
+  gate = await testGate('mcp', {
+    agents: {
+      executionBackends: {
+        local: {
+          type: 'process',
+          stateDir: join(root, 's'),
+          profiles: { p: { egress: 'none', mcpServers: servers }, open: { egress: 'none', mcpServers: servers, accept: { mcpServers: true } } },
         },
-        execution: { default: { backend: 'local', profile: 'p' } },
-        acp: { fixture: { command: [process.execPath, fixture] } },
       },
+      execution: { default: { backend: 'local', profile: 'p' } },
+      acp: { fixture: { command: [process.execPath, fixture] } },
     },
   });
 });

@@ -3,7 +3,6 @@
  * profile overridable from the config's policyData; every request and answer is on the stream and in
  * the decision log. The agent is the fixture's `edit`, which writes only when granted.
  */
-import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +12,7 @@ import type { PermissionDecidedEvent, PermissionRequestedEvent, WorkerEvent } fr
 import type { Spawngate } from '../../src/spawngate.js';
 import { createSpawngate } from '../../src/spawngate.js';
 import { callerFor, turnEvents } from '../helpers/turns.js';
+import { testGate } from '../helpers/gate.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-perm-'));
@@ -23,29 +23,24 @@ const caller = callerFor('perm');
 
 beforeAll(async () => {
   mkdirSync(hostDir);
-  gate = await createSpawngate({
-    owner: `perm-${randomUUID().slice(0, 8)}`,
-    sweepIntervalMs: 0,
-    decisionLog,
-    config: {
-      agents: {
-        executionBackends: {
-          local: {
-            type: 'process',
-            stateDir: join(root, 's'),
-            allowedHostPaths: [root],
-            profiles: {
-              coder: { egress: 'none', workspace: { strategy: 'hostPath', path: hostDir } },
-              reviewer: { egress: 'none' },
-            },
+  gate = await testGate('perm', {
+    agents: {
+      executionBackends: {
+        local: {
+          type: 'process',
+          stateDir: join(root, 's'),
+          allowedHostPaths: [root],
+          profiles: {
+            coder: { egress: 'none', workspace: { strategy: 'hostPath', path: hostDir } },
+            reviewer: { egress: 'none' },
           },
         },
-        execution: { default: { backend: 'local', profile: 'coder' } },
-        acp: { fixture: { command: [process.execPath, fixture] } },
       },
-      spawngate: { policyData: { permissions: { profiles: { reviewer: { allowKinds: ['read', 'search', 'think'] } } } } },
+      execution: { default: { backend: 'local', profile: 'coder' } },
+      acp: { fixture: { command: [process.execPath, fixture] } },
     },
-  });
+    spawngate: { policyData: { permissions: { profiles: { reviewer: { allowKinds: ['read', 'search', 'think'] } } } } },
+  }, { decisionLog });
 });
 
 afterAll(async () => {

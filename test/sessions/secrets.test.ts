@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WorkerEvent } from '../../src/protocol/events.js';
 import type { Spawngate } from '../../src/spawngate.js';
-import { createSpawngate } from '../../src/spawngate.js';
+import { testGate } from '../helpers/gate.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-sec-'));
@@ -45,29 +45,24 @@ beforeAll(async () => {
   writeFileSync(join(secretsDir, 'openai', 'api-key'), `${fileSecret}\n`, { mode: 0o600 });
   process.env[ENV_VAR] = envSecret;
   const base = { egress: 'none', ttlSeconds: 600, timeoutSeconds: 120 };
-  gate = await createSpawngate({
-    owner: `sec-${randomUUID().slice(0, 8)}`,
-    sweepIntervalMs: 0,
-    decisionLog: decisions,
-    config: {
-      agents: {
-        executionBackends: {
-          local: {
-            type: 'process',
-            stateDir,
-            secretsDir,
-            defaultProfile: 'keys',
-            profiles: {
-              keys: { ...base, env: { OPENAI_API_KEY: { secretRef: { name: 'openai', key: 'api-key' } }, GH_TOKEN: { secretRef: { name: 'gh', key: 'token' } } } },
-              missing: { ...base, env: { ANTHROPIC_API_KEY: { secretRef: { name: 'anthropic', key: 'api-key' } } } },
-            },
+  gate = await testGate('sec', {
+    agents: {
+      executionBackends: {
+        local: {
+          type: 'process',
+          stateDir,
+          secretsDir,
+          defaultProfile: 'keys',
+          profiles: {
+            keys: { ...base, env: { OPENAI_API_KEY: { secretRef: { name: 'openai', key: 'api-key' } }, GH_TOKEN: { secretRef: { name: 'gh', key: 'token' } } } },
+            missing: { ...base, env: { ANTHROPIC_API_KEY: { secretRef: { name: 'anthropic', key: 'api-key' } } } },
           },
         },
-        execution: { default: { backend: 'local', profile: 'keys' } },
-        acp: { fixture: { command: [process.execPath, fixture] } },
       },
+      execution: { default: { backend: 'local', profile: 'keys' } },
+      acp: { fixture: { command: [process.execPath, fixture] } },
     },
-  });
+  }, { decisionLog: decisions });
 });
 
 afterAll(async () => {

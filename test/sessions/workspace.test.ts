@@ -5,7 +5,6 @@
  * the library, `spawngate serve` and the CLI.
  */
 import { execFileSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,8 +15,9 @@ import { main } from '../../src/cli/main.js';
 import { parseConfig } from '../../src/config/index.js';
 import { createServer } from '../../src/server/server.js';
 import type { Spawngate } from '../../src/spawngate.js';
-import { createSpawngate } from '../../src/spawngate.js';
 import { say } from '../helpers/turns.js';
+import { testGate } from '../helpers/gate.js';
+import { git as gitAs } from '../helpers/git.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-ws-'));
@@ -27,7 +27,7 @@ let gate: Spawngate;
 let featureCommit = '';
 
 function git(args: string[], cwd = repo): string {
-  return execFileSync('git', args, { cwd, encoding: 'utf8', env: { ...process.env, GIT_CONFIG_NOSYSTEM: '1', HOME: root, GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@example.com', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@example.com' } }).trim();
+  return gitAs(args, cwd, root);
 }
 
 const caller = { sessionKey: 'agent:main:ws', depth: 0, channel: { id: 'ws', kind: 'cli', interactive: true }, user: { id: 'ws-user', roles: [] } };
@@ -57,30 +57,25 @@ beforeAll(async () => {
   featureCommit = git(['rev-parse', 'HEAD']);
   git(['checkout', '--quiet', 'main']);
   const base = { egress: 'none', ttlSeconds: 600, timeoutSeconds: 120 };
-  gate = await createSpawngate({
-    owner: `ws-${randomUUID().slice(0, 8)}`,
-    sweepIntervalMs: 0,
-    decisionLog: false,
-    config: {
-      agents: {
-        executionBackends: {
-          local: {
-            type: 'process',
-            stateDir,
-            allowedHostPaths: [join(root, 'host')],
-            defaultProfile: 'git',
-            profiles: {
-              git: { ...base, workspace: { strategy: 'git', repo, ref: 'feature' } },
-              head: { ...base, workspace: { strategy: 'git', repo, depth: 1 } },
-              badref: { ...base, workspace: { strategy: 'git', repo, ref: 'no-such-branch' } },
-              plain: { ...base, workspace: { strategy: 'ephemeral' } },
-              host: { ...base, workspace: { strategy: 'hostPath', path: join(root, 'host', 'project') } },
-            },
+  gate = await testGate('ws', {
+    agents: {
+      executionBackends: {
+        local: {
+          type: 'process',
+          stateDir,
+          allowedHostPaths: [join(root, 'host')],
+          defaultProfile: 'git',
+          profiles: {
+            git: { ...base, workspace: { strategy: 'git', repo, ref: 'feature' } },
+            head: { ...base, workspace: { strategy: 'git', repo, depth: 1 } },
+            badref: { ...base, workspace: { strategy: 'git', repo, ref: 'no-such-branch' } },
+            plain: { ...base, workspace: { strategy: 'ephemeral' } },
+            host: { ...base, workspace: { strategy: 'hostPath', path: join(root, 'host', 'project') } },
           },
         },
-        execution: { default: { backend: 'local', profile: 'git' } },
-        acp: { fixture: { command: [process.execPath, fixture] } },
       },
+      execution: { default: { backend: 'local', profile: 'git' } },
+      acp: { fixture: { command: [process.execPath, fixture] } },
     },
   });
 });

@@ -7,8 +7,9 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PermissionDecidedEvent, PermissionRequestedEvent, WorkerEvent } from '../../src/protocol/events.js';
-import { errorOf, startTestWorker, tempDir, types } from './helpers.js';
+import { collect, errorOf, startTestWorker, tempDir, types } from './helpers.js';
 import type { TestWorker } from './helpers.js';
+import type { StartWorkerOptions } from '../../src/worker/worker.js';
 
 describe('permission requests in ask mode', () => {
   let w: TestWorker;
@@ -80,45 +81,35 @@ describe('permission requests in ask mode', () => {
   });
 });
 
+/** One turn on a worker of its own, started with `options` and closed after. */
+async function turnOnFreshWorker(options: Partial<StartWorkerOptions>, message: string): Promise<WorkerEvent[]> {
+  const w = await startTestWorker('tcp', options);
+  try {
+    await w.worker.ready;
+    return await collect(w.client.turn(message));
+  } finally {
+    await w.close();
+  }
+}
+
 describe('a permission request open when the turn ends', () => {
   it('is answered "cancelled" on the stream before the turn\'s last line', async () => {
-    const w = await startTestWorker('tcp', { permissions: 'ask' });
-    try {
-      await w.worker.ready;
-      const events: WorkerEvent[] = [];
-      for await (const event of w.client.turn('ask-then-crash')) events.push(event);
-      expect(types(events).slice(-3)).toEqual(['permission.requested', 'permission.decided', 'turn.failed']);
-      expect(events.at(-2)).toMatchObject({ outcome: 'cancelled', by: 'cancel', code: 'turn_cancelled' });
-    } finally {
-      await w.close();
-    }
+    const events = await turnOnFreshWorker({ permissions: 'ask' }, 'ask-then-crash');
+    expect(types(events).slice(-3)).toEqual(['permission.requested', 'permission.decided', 'turn.failed']);
+    expect(events.at(-2)).toMatchObject({ outcome: 'cancelled', by: 'cancel', code: 'turn_cancelled' });
   });
 });
 
 describe('permission requests nobody answers', () => {
   it('are rejected after the timeout, by the worker', async () => {
-    const w = await startTestWorker('tcp', { permissions: 'ask', permissionTimeoutMs: 100 });
-    try {
-      await w.worker.ready;
-      const events: WorkerEvent[] = [];
-      for await (const event of w.client.turn('edit never.txt x')) events.push(event);
-      expect(events.find((e) => e.type === 'permission.decided')).toMatchObject({ outcome: 'reject_once', optionId: 'deny', by: 'timeout', code: 'permission_timeout' });
-      expect(events.at(-1)).toMatchObject({ type: 'turn.completed' });
-    } finally {
-      await w.close();
-    }
+    const events = await turnOnFreshWorker({ permissions: 'ask', permissionTimeoutMs: 100 }, 'edit never.txt x');
+    expect(events.find((e) => e.type === 'permission.decided')).toMatchObject({ outcome: 'reject_once', optionId: 'deny', by: 'timeout', code: 'permission_timeout' });
+    expect(events.at(-1)).toMatchObject({ type: 'turn.completed' });
   });
 
   it('in reject mode are rejected at once, and still appear on the stream', async () => {
-    const w = await startTestWorker('tcp', { permissions: 'reject' });
-    try {
-      await w.worker.ready;
-      const events: WorkerEvent[] = [];
-      for await (const event of w.client.turn('edit never.txt x')) events.push(event);
-      expect(types(events)).toContain('permission.requested');
-      expect(events.find((e) => e.type === 'permission.decided')).toMatchObject({ outcome: 'reject_once', by: 'worker', code: 'worker_reject' });
-    } finally {
-      await w.close();
-    }
+    const events = await turnOnFreshWorker({ permissions: 'reject' }, 'edit never.txt x');
+    expect(types(events)).toContain('permission.requested');
+    expect(events.find((e) => e.type === 'permission.decided')).toMatchObject({ outcome: 'reject_once', by: 'worker', code: 'worker_reject' });
   });
 });

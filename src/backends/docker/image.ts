@@ -21,10 +21,10 @@ import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { chmod, copyFile, link, lstat, mkdir, mkdtemp, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { SpawngateError } from '../../errors.js';
-import { PACKAGE_ROOT } from '../../paths.js';
+import { isWithin, PACKAGE_ROOT } from '../../paths.js';
 import { connectDocker, engineCall, engineCallOr404 } from './client.js';
 import { SOCKET_MOUNT, WORKER_UID, WORKSPACE_MOUNT } from './plan.js';
 
@@ -144,11 +144,6 @@ function findPackage(fromDir: string, name: string): { path: string; owner: stri
     if (parent === dir) return null;
     dir = parent;
   }
-}
-
-function isWithin(root: string, path: string): boolean {
-  const rel = relative(root, path);
-  return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
 }
 
 /**

@@ -11,9 +11,9 @@
  * set at create, so list() sees a container from the moment it exists.
  * See docs/docker.md for the mapping of each profile field.
  */
-import { chmod, chown, lstat, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { isAbsolute, join, relative } from 'node:path';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ContainerInfo, ContainerInspectInfo } from 'dockerode';
 import { BackendError } from '../../errors.js';
@@ -25,7 +25,8 @@ import type { DockerClient } from './client.js';
 import { connectDocker, engineCall, engineCallOr404, engineStatus, toBackendError } from './client.js';
 import { defaultWorkerImage, WORKER_IMAGE_REPOSITORY } from './image.js';
 import { logLines } from './logs.js';
-import { startEgressProxy } from '../egress-proxy.js';
+import { resolveHostPath } from '../host-path.js';
+import { egressLogLine, startEgressProxy } from '../egress-proxy.js';
 import type { EgressDecision, EgressProxy } from '../egress-proxy.js';
 import type { ProxyOptions, WorkerPlan } from './plan.js';
 import { EGRESS_SOCKET_NAME, planError, planWorker, SOCKET_MOUNT, SOCKET_NAME, socketDirOf, volumeNameOf, WORKER_PORT, WORKER_UID, WORKSPACE_MOUNT } from './plan.js';
@@ -64,11 +65,6 @@ export function defaultDockerStateDir(): string {
 
 const HEALTH_PROBE_TIMEOUT_MS = 2_000;
 const STOP_GRACE_SECONDS = 2;
-
-function isWithin(root: string, path: string): boolean {
-  const rel = relative(root, path);
-  return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
-}
 
 function envOf(info: ContainerInspectInfo, name: string): string | null {
   const prefix = `${name}=`;
@@ -156,7 +152,7 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
   const egressLines = new Map<string, string[]>();
   const egressLog = (spawnId: string, d: EgressDecision): void => {
     const lines = egressLines.get(spawnId) ?? [];
-    lines.push(JSON.stringify({ time: new Date().toISOString(), source: 'egress-proxy', level: d.allowed ? 'info' : 'warn', message: `${d.allowed ? 'allowed' : 'refused'} ${d.method} ${d.host}:${d.port}` }));
+    lines.push(egressLogLine(d));
     if (lines.length > 200) lines.shift();
     egressLines.set(spawnId, lines);
   };
@@ -184,20 +180,15 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
 
     if (plan.hostPath !== null) {
       const wanted = plan.hostPath;
-      let real: string;
-      try {
-        real = await realpath(wanted);
-      } catch (err) {
+      const checked = await resolveHostPath(wanted, options.allowedHostPaths ?? []);
+      if (!checked.ok && checked.reason === 'HostPathNotFound') {
         throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: host path ${wanted} does not exist on this host`, {
-          cause: err,
+          cause: checked.error,
           details: { field: 'workspace.path', reason: 'HostPathNotFound' },
         });
       }
-      const roots = await Promise.all((options.allowedHostPaths ?? []).map((root) => realpath(root).catch(() => null)));
-      // Compared after resolving symlinks on both sides: a link inside an allowed folder must not lead out of it.
-      if (!roots.some((root) => root !== null && isWithin(root, real))) {
-        throw planError(spec, 'workspace.path', `host path ${wanted} is not under an allowedHostPaths entry of container backend ${name}`, 'HostPathNotAllowed');
-      }
+      if (!checked.ok) throw planError(spec, 'workspace.path', `host path ${wanted} is not under an allowedHostPaths entry of container backend ${name}`, 'HostPathNotAllowed');
+      const real = checked.real;
       plan.create.HostConfig?.Mounts?.push({ Type: 'bind', Source: real, Target: WORKSPACE_MOUNT });
     }
 

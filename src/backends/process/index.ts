@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { appendFile, lstat, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { appendFile, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { isAbsolute, join, relative } from 'node:path';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BackendError, SpawngateError } from '../../errors.js';
 import { workerBinCommand } from '../../worker/main.js';
@@ -12,9 +12,11 @@ import { WORKER_EXIT_DEADLINE } from '../../protocol/events.js';
 import { BACKEND_SPEC_VERSION, LABELS } from '../types.js';
 import { createWorkerClient } from '../../protocol/client.js';
 import { LOOPBACK_UP, probeNetworkIsolation, UNSHARE_ARGS, type IsolationProbe } from './isolation.js';
-import { startEgressProxy } from '../egress-proxy.js';
+import { egressLogLine, startEgressProxy } from '../egress-proxy.js';
 import type { EgressDecision, EgressProxy } from '../egress-proxy.js';
 import { resolveSecret, secretPlaces } from '../secrets.js';
+import { resolveHostPath } from '../host-path.js';
+import { isWithin } from '../../paths.js';
 import { findProcessByEnv, isOurProcess, processStartTime, signalGroup, type ProcessIdentity } from './proc.js';
 
 export interface ProcessBackendOptions {
@@ -247,10 +249,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     }
     if (spec.workspace.strategy === 'hostPath') {
       const wanted = spec.workspace.path;
-      const allowed = (options.allowedHostPaths ?? []).some((root) => {
-        const rel = relative(root, wanted);
-        return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
-      });
+      const allowed = (options.allowedHostPaths ?? []).some((root) => isWithin(root, wanted));
       if (!allowed) {
         throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: host path ${wanted} is not under an allowed host path of backend ${options.name}`, {
           details: { field: 'workspace.path' },
@@ -356,21 +355,13 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
    * allowed root once symlinks are resolved (checkSpec's test is on the path as written).
    */
   async function checkHostPath(profile: string, wanted: string): Promise<string> {
-    let real: string;
-    try {
-      real = await realpath(wanted);
-    } catch (err) {
-      throw new BackendError('BACKEND_FAILED', `profile ${profile}: host path ${wanted} cannot be used as the workspace: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist (create it first)' : (err as Error).message}`, { details: { field: 'workspace.path' } });
+    const checked = await resolveHostPath(wanted, options.allowedHostPaths ?? []);
+    if (!checked.ok && checked.reason === 'HostPathNotFound') {
+      throw new BackendError('BACKEND_FAILED', `profile ${profile}: host path ${wanted} cannot be used as the workspace: ${checked.error.code === 'ENOENT' ? 'it does not exist (create it first)' : checked.error.message}`, { details: { field: 'workspace.path' } });
     }
-    const roots = await Promise.all((options.allowedHostPaths ?? []).map((root) => realpath(root).catch(() => null)));
-    const inside = roots.some((root) => {
-      if (root === null) return false;
-      const rel = relative(root, real);
-      return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
-    });
-    if (!inside) throw new BackendError('BACKEND_FAILED', `profile ${profile}: host path ${wanted} leads to ${real} (symlinks resolved), which is not under an allowed host path of backend ${options.name}`, { details: { field: 'workspace.path' } });
-    if (!(await stat(real)).isDirectory()) throw new BackendError('BACKEND_FAILED', `profile ${profile}: host path ${wanted} is not a folder`, { details: { field: 'workspace.path' } });
-    return real;
+    if (!checked.ok) throw new BackendError('BACKEND_FAILED', `profile ${profile}: host path ${wanted} leads to ${checked.real} (symlinks resolved), which is not under an allowed host path of backend ${options.name}`, { details: { field: 'workspace.path' } });
+    if (!(await stat(checked.real)).isDirectory()) throw new BackendError('BACKEND_FAILED', `profile ${profile}: host path ${wanted} is not a folder`, { details: { field: 'workspace.path' } });
+    return checked.real;
   }
 
   /** Starts the child of an intent and records its pid; throws with nothing of it left running. */
@@ -389,14 +380,11 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     const [cmd, ...cmdArgs] = spec.command ? [...spec.command, ...(spec.args ?? [])] : [...(options.workerCommand ?? workerBinCommand()), ...(spec.args ?? [])];
     if (!cmd) throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: empty worker command`, { details: { field: 'command' } });
     const argv = ownProxy ? ['unshare', ...UNSHARE_ARGS, ...LOOPBACK_UP, cmd, ...cmdArgs] : isolated ? ['unshare', ...UNSHARE_ARGS, cmd, ...cmdArgs] : [cmd, ...cmdArgs];
+    const egressSocket = join(intent.dir, 'egress.sock');
     if (ownProxy) {
-      const socketPath = join(intent.dir, 'egress.sock');
-      const logProxy = (d: EgressDecision) => {
-        // Into the worker's own log, so `spawngate logs` shows what the agent tried to reach.
-        const line = { time: new Date().toISOString(), source: 'egress-proxy', level: d.allowed ? 'info' : 'warn', message: `${d.allowed ? 'allowed' : 'refused'} ${d.method} ${d.host}:${d.port}` };
-        void appendFile(intent.logFile, `${JSON.stringify(line)}\n`).catch(() => undefined);
-      };
-      proxies.set(spec.spawnId, await startEgressProxy({ socketPath, allow: spec.egressAllow, onDecision: logProxy }));
+      // Into the worker's own log, so `spawngate logs` shows what the agent tried to reach.
+      const logProxy = (d: EgressDecision) => void appendFile(intent.logFile, `${egressLogLine(d)}\n`).catch(() => undefined);
+      proxies.set(spec.spawnId, await startEgressProxy({ socketPath: egressSocket, allow: spec.egressAllow, onDecision: logProxy }));
     }
     const memory = parseMemoryBytes(spec.resources.limits.memory);
     const env: Record<string, string> = {
@@ -417,7 +405,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       SPAWNGATE_DEADLINE: String(Math.floor(Date.now() / 1000) + spec.timeoutSeconds),
       ...(spec.traceparent ? { TRACEPARENT: spec.traceparent } : {}),
       ...(spec.egress === 'proxy' && options.proxyUrl ? { HTTPS_PROXY: options.proxyUrl, HTTP_PROXY: options.proxyUrl } : {}),
-      ...(ownProxy ? { SPAWNGATE_EGRESS_PROXY_SOCKET: join(intent.dir, 'egress.sock') } : {}),
+      ...(ownProxy ? { SPAWNGATE_EGRESS_PROXY_SOCKET: egressSocket } : {}),
       // Best effort only: a V8 heap cap approximates the memory limit; there is no cgroup here.
       ...(memory ? { NODE_OPTIONS: `--max-old-space-size=${Math.max(32, Math.floor((memory / 2 ** 20) * 0.75))}` } : {}),
     };

@@ -1,16 +1,10 @@
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { AGENT_PACKAGES, agentArgv, agentPackage } from '../../agents/catalog.js';
+import { AGENT_PACKAGES, agentArgv, agentNative, agentPackage } from '../../agents/catalog.js';
 import type { AgentPackage } from '../../agents/catalog.js';
 import { defaultAgentsDir, installAgent } from '../agent-install.js';
 import type { Command } from '../framework.js';
 import { EXIT, str } from '../framework.js';
 import { UsageError } from '../../errors.js';
-
-function nativeOf(agent: AgentPackage, dir: string): string[] {
-  const path = agent.native ? join(dir, agent.native) : null;
-  return path && existsSync(path) ? [path] : [];
-}
 
 export const imageBuildCommand: Command = {
   name: 'image build',
@@ -48,7 +42,7 @@ export const imageBuildCommand: Command = {
       force: values.force === true,
       // --minimal: node and the worker only (no shell, no git), for agents that need nothing else.
       userland: values.minimal !== true,
-      agents: installed.map(({ agent, dir }) => ({ id: agent.id, dir, native: nativeOf(agent, dir) })),
+      agents: installed.map(({ agent, dir }) => ({ id: agent.id, dir, native: [agentNative(agent, dir)].filter((p): p is string => p !== null) })),
       log,
     });
     const commands = Object.fromEntries(installed.map(({ agent, dir }) => [agent.id, agentArgv(agent, dir, join(AGENTS_IN_IMAGE, agent.id))]));
