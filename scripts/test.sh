@@ -30,6 +30,11 @@ bash scripts/ensure-openclaw.sh > /dev/null
 step "tools: kube-apiserver, etcd, scheduler, controller-manager (built from the Go module proxy; cached)"
 bash scripts/ensure-k8s-bins.sh > /dev/null
 
+step "tools: OpenTelemetry Collector (otlp receiver, batch, otlphttp; built from the Go module proxy; cached)"
+OTELCOL_BIN="$(bash scripts/ensure-otelcol.sh | tail -n 1)"
+export OTELCOL_BIN
+"$OTELCOL_BIN" --version
+
 step "tools: real ACP agents (codex-acp, claude-code-acp, qwen-code, gemini-cli, opencode; pinned npm packages; cached)"
 bash scripts/ensure-agents.sh > /dev/null
 
