@@ -13,6 +13,10 @@ function describe(p: SpawnProgress): string {
       return `creating worker on ${p.backend}/${p.profile}`;
     case 'created':
       return `created ${p.nativeId}; waiting until ready`;
+    case 'waiting': {
+      const why = [p.reason, p.message].filter((x): x is string => x !== null && x !== '').join(': ');
+      return `waiting for ${p.nativeId}: ${p.phase}${why ? ` (${why})` : ''}`;
+    }
     case 'ready':
       return `ready ${p.nativeId} in ${Math.round(p.readyMs)} ms`;
   }

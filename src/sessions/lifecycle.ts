@@ -105,7 +105,15 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         const createdRef = ref;
         const endpoint = await inSpan(SPAN.backendReady, ctx, nativeAttributes(chosen.kind, createdRef.nativeId), () =>
           // A lease lost while the worker starts (store outage past the lease) ends the wait: its slots are gone.
-          waitForWorker({ backend: chosen, ref: createdRef, token, timeoutMs: spec.timeoutSeconds * 1000, signal: spawnOptions.signal ? AbortSignal.any([spawnOptions.signal, reservation.lost]) : reservation.lost }),
+          waitForWorker({
+            backend: chosen,
+            ref: createdRef,
+            token,
+            timeoutMs: spec.timeoutSeconds * 1000,
+            signal: spawnOptions.signal ? AbortSignal.any([spawnOptions.signal, reservation.lost]) : reservation.lost,
+            // Status calls only for someone watching: a gateway's spawns cost the backend nothing more.
+            ...(spawnOptions.onProgress ? { onStatus: (s: WorkerStatus) => progress({ stage: 'waiting', nativeId: createdRef.nativeId, phase: s.phase, reason: s.reason, message: s.message }) } : {}),
+          }),
         );
         const readyMs = performance.now() - started;
         safely(() => {

@@ -8,6 +8,10 @@
  *                         ends the wait at once, instead of the health wait retrying a dead socket
  *                         until timeoutSeconds
  *
+ * With `onStatus`, the backend's own state (a Pod Pending, ImagePullBackOff, a container created)
+ * is reported whenever it changes, from the start of the wait, so a person watching a slow start
+ * sees what it waits for.
+ *
  * A failure is a BackendError BACKEND_FAILED whose message names the backend's reason and quotes
  * the last lines of the worker's log (its own stderr and its agent's); details carry { reason,
  * exitCode, logTail }. Running out of time is a retryable BackendError TIMEOUT naming what it waited for.
@@ -31,6 +35,8 @@ export interface WaitForWorkerOptions {
    * (the reference worker exits about a second after its agent died); default 10 s.
    */
   exitGraceMs?: number;
+  /** Called with the backend's status each time its phase, reason or message changes during the wait. */
+  onStatus?: (status: WorkerStatus) => void;
 }
 
 const DEFAULT_LOG_TAIL_LINES = 20;
@@ -38,6 +44,8 @@ const DEFAULT_EXIT_GRACE_MS = 10_000;
 /** The exit watcher starts fast (most start-up crashes are immediate) and backs off so a slow start is not polled hard. */
 const WATCH_FIRST_MS = 50;
 const WATCH_MAX_MS = 250;
+/** While `running` waits (a Pod being scheduled, an image pulled) the status is only shown, not acted on: asked less often. */
+const REPORT_MAX_MS = 1000;
 /** A log line quoted in an error message is cut here; details.logTail keeps the lines whole. */
 const MAX_QUOTED_LINE = 500;
 
@@ -65,19 +73,40 @@ function delay(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
+type Report = (status: WorkerStatus) => void;
+
+/** Passes a status on only when it differs from the last one passed on; a failing callback is not the spawn's failure. */
+function changesOnly(onStatus: ((status: WorkerStatus) => void) | undefined): Report {
+  let last: string | null = null;
+  return (status) => {
+    if (!onStatus) return;
+    const key = JSON.stringify([status.phase, status.reason, status.message]);
+    if (key === last) return;
+    last = key;
+    try {
+      onStatus(status);
+    } catch {
+      // Progress display only.
+    }
+  };
+}
+
 /**
  * Resolves with the first status whose phase can never turn into a ready worker; null when `signal`
  * stops the watch first. A status call that fails (an engine hiccup) is retried, not fatal.
  */
-async function watchForExit(backend: Backend, ref: WorkerRef, signal: AbortSignal): Promise<WorkerStatus | null> {
+async function watchForExit(backend: Backend, ref: WorkerRef, signal: AbortSignal, report: Report = () => undefined, maxPauseMs = WATCH_MAX_MS): Promise<WorkerStatus | null> {
   let pause = WATCH_FIRST_MS;
   // Bounded by `signal`, which the caller aborts when the wait ends either way.
   while (!signal.aborted) {
     await delay(pause, signal);
     if (signal.aborted) break;
     const status = await backend.status(ref).catch(() => null);
+    // A status that arrives after the wait ended would be reported after "ready".
+    if (signal.aborted) break;
+    if (status) report(status);
     if (status && TERMINAL.has(status.phase)) return status;
-    pause = Math.min(WATCH_MAX_MS, Math.ceil(pause * 1.5));
+    pause = Math.min(maxPauseMs, Math.ceil(pause * 1.5));
   }
   return null;
 }
@@ -123,8 +152,12 @@ export async function waitForWorker(options: WaitForWorkerOptions): Promise<Work
   const { backend, ref, token, timeoutMs, signal } = options;
   const lines = options.logTailLines ?? DEFAULT_LOG_TAIL_LINES;
   const deadline = Date.now() + timeoutMs;
+  const report = changesOnly(options.onStatus);
 
   let endpoint: WorkerEndpoint;
+  // Only shown: a terminal status here is running()'s to turn into the failure, with its own details.
+  const reporting = new AbortController();
+  if (options.onStatus) void watchForExit(backend, ref, signal ? AbortSignal.any([signal, reporting.signal]) : reporting.signal, report, REPORT_MAX_MS);
   try {
     endpoint = await backend.running(ref, { timeoutMs, ...(signal ? { signal } : {}) });
   } catch (err) {
@@ -137,11 +170,13 @@ export async function waitForWorker(options: WaitForWorkerOptions): Promise<Work
       { reason: err.details['reason'] as string, exitCode: typeof exitCode === 'number' ? exitCode : null, detail: err.message, cause: err, details: err.details },
       lines,
     );
+  } finally {
+    reporting.abort();
   }
 
   const stop = new AbortController();
   const both = signal ? AbortSignal.any([signal, stop.signal]) : stop.signal;
-  const exited = watchForExit(backend, ref, both);
+  const exited = watchForExit(backend, ref, both, report);
   const client = createWorkerClient({ ...endpoint, token });
   const healthy = waitForHealthy(client, { timeoutMs: Math.max(1, deadline - Date.now()), signal: both });
   try {

@@ -16,6 +16,8 @@ export type SpawnProgress =
   | { stage: 'admitted'; backend: string; profile: string; egress: string; ttlSeconds: number }
   | { stage: 'creating'; backend: string; profile: string }
   | { stage: 'created'; nativeId: string }
+  /** The backend's own state while the worker starts, each time it changes (e.g. a Pod pending with reason Unschedulable). */
+  | { stage: 'waiting'; nativeId: string; phase: WorkerStatus['phase']; reason: string | null; message: string | null }
   | { stage: 'ready'; nativeId: string; readyMs: number };
 
 /** An allowed result of `reserve()`: a decision with its slots already taken. */
