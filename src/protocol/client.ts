@@ -13,7 +13,9 @@
  */
 import { request as httpRequest } from 'node:http';
 import type { IncomingMessage, OutgoingHttpHeaders, RequestOptions } from 'node:http';
+import { context, SpanKind, trace } from '@opentelemetry/api';
 import { WorkerProtocolError } from '../errors.js';
+import { endHttpSpan, parentContext, setAttributes, startSpan, traceparentOf } from '../telemetry/tracing.js';
 import { ndjsonLines } from './ndjson.js';
 import type {
   CancelResponse,
@@ -89,18 +91,83 @@ function protocolError(message: string, details: Record<string, unknown> = {}, c
   return new WorkerProtocolError('WORKER_PROTOCOL', message, { details, ...(cause === undefined ? {} : { cause }) });
 }
 
-function resolveTarget(options: WorkerClientOptions): { base: RequestOptions; prefix: string; label: string } {
+interface Target {
+  base: RequestOptions;
+  prefix: string;
+  label: string;
+  /** The HTTP semantic-convention attributes every request's CLIENT span starts with. */
+  peer: Record<string, string | number>;
+  origin: string | null;
+}
+
+function resolveTarget(options: WorkerClientOptions): Target {
   if ((options.baseUrl === undefined) === (options.socketPath === undefined)) {
     throw new WorkerProtocolError('WORKER_PROTOCOL', 'worker client needs exactly one of baseUrl or socketPath');
   }
-  if (options.socketPath !== undefined) return { base: { socketPath: options.socketPath }, prefix: '', label: `unix:${options.socketPath}` };
+  if (options.socketPath !== undefined) {
+    return { base: { socketPath: options.socketPath }, prefix: '', label: `unix:${options.socketPath}`, peer: { 'server.address': options.socketPath, 'network.transport': 'unix' }, origin: null };
+  }
   const url = new URL(options.baseUrl as string);
   if (url.protocol !== 'http:') throw new WorkerProtocolError('WORKER_PROTOCOL', `worker baseUrl must be http://, got ${url.protocol}`);
+  // URL keeps IPv6 hosts bracketed; node:http wants them bare.
+  const hostname = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  const port = Number(url.port || 80);
   return {
-    // URL keeps IPv6 hosts bracketed; node:http wants them bare.
-    base: { hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'), port: url.port || 80 },
+    base: { hostname, port },
     prefix: url.pathname.replace(/\/+$/, ''),
     label: url.origin,
+    peer: { 'server.address': hostname, 'server.port': port, 'network.transport': 'tcp' },
+    origin: url.origin,
+  };
+}
+
+interface Exchange {
+  /** The traceparent header to send: the CLIENT span's, else the caller's own unchanged. */
+  traceparent: string | undefined;
+  responded(res: IncomingMessage): void;
+  failed(err: unknown): void;
+}
+
+const UNTRACED: Omit<Exchange, 'traceparent'> = { responded: () => undefined, failed: () => undefined };
+
+/**
+ * A CLIENT span for one request to the worker, child of the given traceparent or else of the active
+ * span; the worker's SERVER span continues from the header it produces. A streamed response (a turn,
+ * an archive) keeps the span open until its body has ended. No span: without a trace to join (a
+ * status poll outside any trace would be a trace of one span each), and for /healthz, which
+ * backends and the readiness wait probe every few tens of milliseconds while a worker starts (a
+ * "starting" 503 each, which as CLIENT spans would mark every healthy spawn with errors;
+ * spawngate.backend.ready already times the wait).
+ */
+function startExchange(target: Target, method: string, path: string, traceparent: string | undefined): Exchange {
+  const template = path.replace(/\?.*$/, '');
+  if (template === '/healthz') return { traceparent, ...UNTRACED };
+  const parent = traceparent ? parentContext(traceparent) : context.active();
+  if (!trace.getSpanContext(parent)) return { traceparent, ...UNTRACED };
+  const span = startSpan(`${method} ${template}`, parent, SpanKind.CLIENT);
+  setAttributes(span, {
+    'http.request.method': method,
+    'url.full': target.origin === null ? undefined : `${target.origin}${target.prefix}${path}`,
+    'url.path': `${target.prefix}${template}`,
+    ...target.peer,
+  });
+  let ended = false;
+  const end = (status: number | null, errorType?: string): void => {
+    if (ended) return;
+    ended = true;
+    endHttpSpan(span, SpanKind.CLIENT, status, errorType);
+  };
+  return {
+    traceparent: traceparentOf(span) ?? traceparent,
+    responded(res) {
+      const status = res.statusCode ?? null;
+      res.once('end', () => end(status));
+      res.once('close', () => end(status));
+    },
+    failed(err) {
+      const code = (err as { code?: unknown } | null)?.code;
+      end(null, typeof code === 'string' ? code : ((err as Error | null)?.name ?? 'Error'));
+    },
   };
 }
 
@@ -217,22 +284,30 @@ export function parseWorkerEvent(line: string): WorkerEvent | null {
 }
 
 export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
-  const { base, prefix, label } = resolveTarget(options);
+  const target = resolveTarget(options);
+  const { base, prefix, label } = target;
   const maxLineBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
   const requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
 
   const open = (method: string, path: string, body: string | null, signal: AbortSignal | undefined, traceparent: string | undefined): Promise<IncomingMessage> =>
     new Promise((resolve, reject) => {
       const headers: OutgoingHttpHeaders = { authorization: `Bearer ${options.token}` };
-      const trace = traceparent ?? options.traceparent;
-      if (trace) headers['traceparent'] = trace;
+      const exchange = startExchange(target, method, path, traceparent ?? options.traceparent);
+      if (exchange.traceparent) headers['traceparent'] = exchange.traceparent;
       if (body !== null) {
         headers['content-type'] = 'application/json';
         headers['content-length'] = Buffer.byteLength(body);
       }
       const route = `${method} ${path}`;
-      const req = httpRequest({ ...base, method, path: `${prefix}${path}`, headers, ...(signal ? { signal } : {}) }, resolve);
-      req.once('error', (err) => reject(signal?.aborted ? (signal.reason as Error) : (transportError(err, label, route) as Error)));
+      const req = httpRequest({ ...base, method, path: `${prefix}${path}`, headers, ...(signal ? { signal } : {}) }, (res) => {
+        exchange.responded(res);
+        resolve(res);
+      });
+      req.once('error', (err) => {
+        const failure = signal?.aborted ? (signal.reason as Error) : (transportError(err, label, route) as Error);
+        exchange.failed((err as NodeJS.ErrnoException).code ? err : failure);
+        reject(failure);
+      });
       req.end(body ?? undefined);
     });
 

@@ -87,6 +87,33 @@ export function recordError(span: Span, err: unknown): void {
   }
 }
 
+const HTTP_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE']);
+
+/** `http.request.method` as the HTTP semantic conventions want it: a known method, else `_OTHER` (a caller-chosen string must not become a span name). */
+export function httpMethod(method: string | undefined): string {
+  const upper = (method ?? '').toUpperCase();
+  return HTTP_METHODS.has(upper) ? upper : '_OTHER';
+}
+
+/**
+ * Records how an HTTP exchange ended on its SERVER or CLIENT span and ends it. Following the HTTP
+ * semantic conventions, a 4xx is an error only on the client side (on the server it is the caller's
+ * mistake, not the server's); `errorType` names a failure without a status (a refused connection).
+ */
+export function endHttpSpan(span: Span, kind: SpanKind.SERVER | SpanKind.CLIENT, status: number | null, errorType?: string): void {
+  const failed = errorType !== undefined || (status !== null && status >= (kind === SpanKind.SERVER ? 500 : 400));
+  setAttributes(span, {
+    'http.response.status_code': status ?? undefined,
+    'error.type': errorType ?? (failed && status !== null ? String(status) : undefined),
+  });
+  try {
+    if (failed) span.setStatus({ code: SpanStatusCode.ERROR, ...(errorType ? { message: errorType } : {}) });
+  } catch {
+    // telemetry must never break a request
+  }
+  endSpan(span);
+}
+
 /**
  * Runs `fn` inside a child span of `parent`. The span ends when fn settles; an exception is
  * recorded and rethrown unchanged (the span never swallows or wraps the caller's error).

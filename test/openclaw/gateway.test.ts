@@ -202,7 +202,9 @@ describe('spawngate in a real OpenClaw gateway', () => {
     expect(spawn[0]?.resource).toMatchObject({ 'spawngate.role': 'openclaw-plugin' });
     expect(inTrace('spawngate.admission.evaluate')[0]?.spanId).toBe(decided?.span_id);
     expect(inTrace('spawngate.worker.start')[0]?.parentSpanId).toBe(spawn[0]?.spanId);
-    expect(inTrace('spawngate.worker.turn')[0]?.parentSpanId).toBe(inTrace('spawngate.turn')[0]?.spanId);
+    // The worker answers the gateway's CLIENT span of POST /turn, which runs under spawngate.turn.
+    expect(inTrace('POST /turn')[0]?.parentSpanId).toBe(inTrace('spawngate.turn')[0]?.spanId);
+    expect(inTrace('spawngate.worker.turn')[0]?.parentSpanId).toBe(inTrace('POST /turn')[0]?.spanId);
     expect(inTrace('spawngate.worker.turn')[0]?.resource).toMatchObject({ 'service.name': 'spawngate-worker' });
   });
 

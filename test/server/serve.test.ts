@@ -294,7 +294,8 @@ describe('spawngate serve', { timeout: 4 * WAIT_MS }, () => {
       expect(named('spawngate.close')[0]?.attributes['spawngate.close_reason']).toBe('shutdown');
       // The worker's own spans, from its own process, in the same trace (flushed before it exited).
       await eventually(() => Promise.resolve(named('spawngate.worker.turn').length === 1), WAIT_MS, 'the worker\'s turn span');
-      expect(named('spawngate.worker.turn')[0]?.parentSpanId).toBe(named('spawngate.turn')[0]?.spanId);
+      expect(named('POST /turn')[0]?.parentSpanId).toBe(named('spawngate.turn')[0]?.spanId);
+      expect(named('spawngate.worker.turn')[0]?.parentSpanId).toBe(named('POST /turn')[0]?.spanId);
       expect(named('spawngate.worker.tool_call')[0]?.parentSpanId).toBe(named('spawngate.worker.turn')[0]?.spanId);
       expect(named('spawngate.worker.start')[0]?.resource).toMatchObject({ 'service.name': 'spawngate-worker', 'spawngate.spawn_id': spawnId });
       expect(sink.rejected).toBe(0);

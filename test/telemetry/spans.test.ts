@@ -4,13 +4,14 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Context } from '@opentelemetry/api';
-import { SpanStatusCode } from '@opentelemetry/api';
+import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { ReadableSpan, Span, SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AdmissionDeniedError } from '../../src/errors.js';
 import type { Spawngate } from '../../src/spawngate.js';
 import { createTestTracing, spanTree, traceparentOf, type TestTracing } from '../../src/testing.js';
+import { endHttpSpan, startSpan } from '../../src/telemetry/tracing.js';
 import { caller, collect, openGate, processBackend } from './gate.js';
 import { startOtlpSink } from './otlp-sink.js';
 
@@ -74,7 +75,9 @@ describe('spans along the road of a spawn', () => {
         '    spawngate.backend.create',
         '    spawngate.backend.ready',
         '    spawngate.turn',
+        '      POST /turn',
         '    spawngate.turn',
+        '      POST /turn',
         '    spawngate.close',
       ].join('\n'),
     );
@@ -103,10 +106,17 @@ describe('spans along the road of a spawn', () => {
 
     // The worker was started with the spawn span as its parent ...
     expect(env['TRACEPARENT']).toBe(traceparentOf(spawn));
-    // ... and each turn's events carry the traceparent of that turn's span, echoed by the worker.
+    // ... and each turn's events carry the traceparent of that turn's request (a CLIENT span under
+    // the turn, with the HTTP attributes of the exchange), echoed by the worker.
     const turns = spans.filter((s) => s.name === 'spawngate.turn');
     for (const [i, events] of [first, second].entries()) {
       const turn = turns[i]!;
+      const requests = spans.filter((s) => s.name === 'POST /turn' && s.parentSpanContext?.spanId === turn.spanContext().spanId);
+      expect(requests).toHaveLength(1);
+      const request = requests[0]!;
+      expect(request.kind).toBe(SpanKind.CLIENT);
+      expect(request.attributes).toMatchObject({ 'http.request.method': 'POST', 'url.path': '/turn', 'http.response.status_code': 200 });
+      expect(request.status.code).not.toBe(SpanStatusCode.ERROR);
       expect(turn.attributes).toMatchObject({
         'spawngate.spawn_id': handle.spawnId,
         'spawngate.backend': 'local',
@@ -117,7 +127,7 @@ describe('spans along the road of a spawn', () => {
       });
       expect(events.at(-1)?.type).toBe('turn.completed');
       expect(new Set(events.map((e) => e.traceId))).toEqual(new Set([turn.spanContext().traceId]));
-      expect(new Set(events.map((e) => e.traceparent))).toEqual(new Set([traceparentOf(turn)]));
+      expect(new Set(events.map((e) => e.traceparent))).toEqual(new Set([traceparentOf(request)]));
     }
     expect(turns[0]!.spanContext().spanId).not.toBe(turns[1]!.spanContext().spanId);
   });
@@ -199,7 +209,7 @@ describe('the worker continues the trace with spans of its own', () => {
       await handle.close();
       const gatewaySpans = tracing.spans();
       const spawn = one(gatewaySpans, 'spawngate.spawn');
-      const turn = one(gatewaySpans, 'spawngate.turn');
+      const turnRequest = one(gatewaySpans, 'POST /turn');
       for (let i = 0; i < 300 && !sink.spans.some((s) => s.name === 'spawngate.worker.turn'); i++) await new Promise((r) => setTimeout(r, 100));
       const byName = (name: string) => {
         const found = sink.spans.filter((s) => s.name === name);
@@ -214,8 +224,9 @@ describe('the worker continues the trace with spans of its own', () => {
       expect(sink.spans.every((s) => s.traceId === traceId)).toBe(true);
       expect(start.parentSpanId).toBe(spawn.spanContext().spanId);
       expect(handshake.parentSpanId).toBe(start.spanId);
-      expect(workerTurn.parentSpanId).toBe(turn.spanContext().spanId);
-      expect(workerTurn.kind).toBe(2); // server: it answers the gateway's /turn request
+      expect(turnRequest.parentSpanContext?.spanId).toBe(one(gatewaySpans, 'spawngate.turn').spanContext().spanId);
+      expect(workerTurn.parentSpanId).toBe(turnRequest.spanContext().spanId);
+      expect(workerTurn.kind).toBe(2); // server: it answers the gateway's /turn request (a CLIENT span)
       expect(workerTurn.attributes).toMatchObject({ 'spawngate.turn.outcome': 'completed', 'http.request.method': 'POST', 'url.path': '/turn', 'spawngate.agent_id': 'fixture' });
       expect(tool.parentSpanId).toBe(workerTurn.spanId);
       expect(tool.attributes).toMatchObject({ 'spawngate.tool.call_id': 'tool-1', 'spawngate.tool.title': 'Read README.md', 'spawngate.tool.kind': 'read', 'spawngate.tool.status': 'completed' });
@@ -242,6 +253,27 @@ describe('the worker continues the trace with spans of its own', () => {
       if (saved === undefined) delete process.env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'];
       else process.env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'] = saved;
     }
+  });
+});
+
+describe('HTTP spans', () => {
+  it('a 5xx is an error on either side, a 4xx only on the client\'s; a transport failure names itself', () => {
+    tracing = createTestTracing();
+    const root = tracing.tracer.startSpan('root');
+    const parent = trace.setSpan(context.active(), root);
+    const ended = (kind: SpanKind.SERVER | SpanKind.CLIENT, status: number | null, errorType?: string) => {
+      const span = startSpan(`${kind}-${status}-${errorType}`, parent, kind);
+      endHttpSpan(span, kind, status, errorType);
+      const found = tracing!.spans(`${kind}-${status}-${errorType}`);
+      expect(found).toHaveLength(1);
+      return { kind: found[0]!.kind, status: found[0]!.status.code, code: found[0]!.attributes['http.response.status_code'], error: found[0]!.attributes['error.type'] };
+    };
+    expect(ended(SpanKind.SERVER, 201)).toEqual({ kind: SpanKind.SERVER, status: SpanStatusCode.UNSET, code: 201, error: undefined });
+    expect(ended(SpanKind.SERVER, 403)).toEqual({ kind: SpanKind.SERVER, status: SpanStatusCode.UNSET, code: 403, error: undefined });
+    expect(ended(SpanKind.SERVER, 503)).toEqual({ kind: SpanKind.SERVER, status: SpanStatusCode.ERROR, code: 503, error: '503' });
+    expect(ended(SpanKind.CLIENT, 409)).toEqual({ kind: SpanKind.CLIENT, status: SpanStatusCode.ERROR, code: 409, error: '409' });
+    expect(ended(SpanKind.CLIENT, null, 'ECONNREFUSED')).toEqual({ kind: SpanKind.CLIENT, status: SpanStatusCode.ERROR, code: undefined, error: 'ECONNREFUSED' });
+    root.end();
   });
 });
 
@@ -282,7 +314,7 @@ describe('telemetry never throws into the caller', () => {
     const { events } = await spawnTurnClose();
     expect(events.at(-1)?.type).toBe('turn.completed');
     expect(spanTree(tracing.spans())).toBe(
-      ['spawngate.spawn', '  spawngate.admission.evaluate', '  spawngate.reservation', '  spawngate.backend.create', '  spawngate.backend.ready', '  spawngate.turn', '  spawngate.close'].join('\n'),
+      ['spawngate.spawn', '  spawngate.admission.evaluate', '  spawngate.reservation', '  spawngate.backend.create', '  spawngate.backend.ready', '  spawngate.turn', '    POST /turn', '  spawngate.close'].join('\n'),
     );
   });
 
