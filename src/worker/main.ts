@@ -29,6 +29,7 @@ import type { Issue } from '../errors.js';
 import { resolveBuiltinAgent } from '../agents/index.js';
 import type { McpServer } from '@agentclientprotocol/sdk';
 import { startTelemetry } from '../telemetry/sdk.js';
+import { relayTracesThroughProxy } from './otlp-relay.js';
 import { startWorker } from './worker.js';
 import { checkoutGit, displayRepo } from './workspace.js';
 import type { CheckedOut, GitCheckout } from './workspace.js';
@@ -169,12 +170,18 @@ const processIo: WorkerIo = {
  */
 export async function runWorkerFromEnv(env: Env = process.env, io: WorkerIo = processIo): Promise<RunningWorker> {
   const options = workerOptionsFromEnv(env);
-  // Spans go where OTEL_* says (the gateway passes its collector to workers that may reach it).
-  const telemetry = await startTelemetry({
+  // Spans go where OTEL_* says (the gateway passes its collector to workers that may reach it);
+  // under egress "proxy", through the gateway's proxy socket, the worker's only way out.
+  const relay = await relayTracesThroughProxy(env, options.egressProxySocket, (message) =>
+    io.stderr(`${JSON.stringify({ time: new Date().toISOString(), source: 'worker', level: 'warn', message })}\n`),
+  );
+  const sdk = await startTelemetry({
     service: 'spawngate-worker',
     attributes: { 'spawngate.role': 'worker', 'spawngate.agent_id': options.agentId, ...(env['SPAWNGATE_SPAWN_ID'] ? { 'spawngate.spawn_id': env['SPAWNGATE_SPAWN_ID'] } : {}) },
     env,
   });
+  // The relay outlives the SDK's last flush, which goes through it.
+  const telemetry = sdk || relay ? { shutdown: () => (sdk?.shutdown() ?? Promise.resolve()).finally(() => relay?.close()) } : null;
   let worker: RunningWorker;
   try {
     // The workspace is the folder the backend started the worker in; a `git` one is cloned into

@@ -466,6 +466,10 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
           details: { reason: 'LabelMismatch', containerId: info.Id },
         });
       }
+      // A worker whose only way out is the proxy (egress "proxy") flushes its spans through it as it
+      // stops: stop it while the proxy and its socket still exist. Best effort: the removal below
+      // kills it whatever happens here.
+      if (info && proxies.has(ref.spawnId)) await d.getContainer(info.Id).stop({ t: STOP_GRACE_SECONDS }).catch(() => undefined);
       await proxies.get(ref.spawnId)?.close().catch(() => undefined);
       proxies.delete(ref.spawnId);
       egressLines.delete(ref.spawnId);

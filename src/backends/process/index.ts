@@ -623,14 +623,18 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       const proxy = proxies.get(ref.spawnId);
       proxies.delete(ref.spawnId);
       try {
-        await proxy?.close();
-        const state = await readState(ref.spawnId);
-        // An intent without a pid is found by its environment: a worker whose pid was never recorded is still stopped.
-        const worker = state ? await locate(state) : null;
-        if (worker) await terminate(worker);
-        // terminate() returns once the worker is a zombie, which can be before its exit event.
-        const record = exitRecords.get(ref.spawnId);
-        if (record) await within(record, killGraceMs + 2000);
+        try {
+          const state = await readState(ref.spawnId);
+          // An intent without a pid is found by its environment: a worker whose pid was never recorded is still stopped.
+          const worker = state ? await locate(state) : null;
+          if (worker) await terminate(worker);
+          // terminate() returns once the worker is a zombie, which can be before its exit event.
+          const record = exitRecords.get(ref.spawnId);
+          if (record) await within(record, killGraceMs + 2000);
+        } finally {
+          // Only once the worker is gone: under egress "proxy" it flushes its spans through the proxy as it stops.
+          await proxy?.close();
+        }
         // Retries cover a writer this object does not know (another backend object on the same stateDir).
         await rm(join(stateDir, ref.spawnId), { recursive: true, force: true, maxRetries: 5, retryDelay: 20 });
         // A gateway killed between staging and rename left only the staging folder (no process: the child comes after the rename).
