@@ -3,6 +3,7 @@ import { configSchemaCommand, configValidateCommand } from './commands/config.js
 import { doctorCommand } from './commands/doctor.js';
 import { policyBuildCommand, policyEvalCommand, policyTestCommand } from './commands/policy.js';
 import { workerCommand } from './commands/worker.js';
+import { versionCommand } from './commands/version.js';
 import { serveCommand } from './commands/serve.js';
 import { imageBuildCommand } from './commands/image.js';
 import { closeCommand, collectCommand, logsCommand, lsCommand, spawnCommand, statusCommand, sweepCommand, turnCommand } from './commands/sessions.js';
@@ -11,7 +12,7 @@ import { EXIT, runCommand } from './framework.js';
 import { startTelemetry } from '../telemetry/sdk.js';
 
 /** Commands by their words; `policy build` is two words. */
-const commands: Command[] = [
+export const commands: Command[] = [
   spawnCommand,
   turnCommand,
   lsCommand,
@@ -30,6 +31,7 @@ const commands: Command[] = [
   doctorCommand,
   workerCommand,
   serveCommand,
+  versionCommand,
 ];
 
 /** Commands whose in-process gate makes spans (serve and worker start their own export). */
@@ -45,6 +47,17 @@ async function traced(run: () => Promise<number>, io: Io): Promise<number> {
   }
 }
 
+/** Levenshtein distance, for "did you mean" on a mistyped command. */
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) next[j] = Math.min((row[j] ?? 0) + 1, (next[j - 1] ?? 0) + 1, (row[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1));
+    row = next;
+  }
+  return row[b.length] ?? 0;
+}
+
 function overview(): string {
   const width = Math.max(...commands.map((c) => c.name.length));
   return [
@@ -55,7 +68,18 @@ function overview(): string {
     'Commands:',
     ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     '',
-    'Run `spawngate <command> --help` for the options of one command.',
+    'Options:',
+    '  -h, --help       Show this help; `spawngate <command> --help` shows a command\'s options, defaults and examples.',
+    '  -v, --version    Same as `spawngate version`.',
+    '',
+    'Output: results go to stdout, progress and diagnostics to stderr. -o json prints one JSON document,',
+    '-o yaml the same as YAML, -o wide more columns; --json prints JSON lines (one object per line), which',
+    'is also the format of the streams of spawn, turn and logs.',
+    '',
+    'Exit status: 0 ok, 1 failed, 2 usage error (unknown command or flag, bad value, invalid config or',
+    'request), 3 denied by the policy, 130 interrupted (logs -f).',
+    '',
+    'Docs: README.md and docs/cli.md in the spawngate package.',
     '',
   ].join('\n');
 }
@@ -66,12 +90,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     (first === undefined ? io.stderr : io.stdout).write(overview());
     return first === undefined ? EXIT.usage : EXIT.ok;
   }
-  if (first === '--version' || first === '-v') {
-    const { createRequire } = await import('node:module');
-    const pkg = createRequire(import.meta.url)('../../package.json') as { version: string };
-    io.stdout.write(`${pkg.version}\n`);
-    return EXIT.ok;
-  }
+  if (first === '--version' || first === '-v') return runCommand(versionCommand, argv.slice(1), io);
   const two = commands.find((c) => c.name === `${first} ${second ?? ''}`);
   if (two) return runCommand(two, argv.slice(2), io);
   const one = commands.find((c) => c.name === first);
@@ -83,6 +102,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     (asked && second !== undefined ? io.stdout : io.stderr).write(second === undefined || asked ? text : `spawngate: unknown command "${first} ${second}"\n\n${text}`);
     return asked && second !== undefined ? EXIT.ok : EXIT.usage;
   }
-  io.stderr.write(`spawngate: unknown command "${first}"\n\n${overview()}`);
+  const near = first.startsWith('-') ? [] : commands.map((c) => c.name).filter((n) => editDistance(n.split(' ')[0] ?? n, first) <= 2);
+  io.stderr.write(`spawngate: unknown ${first.startsWith('-') ? 'option' : 'command'} "${first}"${near.length ? ` (did you mean ${near.join(' or ')}?)` : ''}\n\n${overview()}`);
   return EXIT.usage;
 }

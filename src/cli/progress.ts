@@ -3,8 +3,13 @@ import type { Io } from './framework.js';
 
 const FRAMES = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
 
-function describe(p: SpawnProgress): string {
+/** A spawn handed to `spawngate serve`, which reports nothing until the worker is ready. */
+export type CliProgress = SpawnProgress | { stage: 'requested'; server: string };
+
+function describe(p: CliProgress): string {
   switch (p.stage) {
+    case 'requested':
+      return `spawning through spawngate serve at ${p.server}; waiting until the worker is ready`;
     case 'admission':
       return 'admission: evaluating policy';
     case 'admitted':
@@ -22,43 +27,69 @@ function describe(p: SpawnProgress): string {
   }
 }
 
+function seconds(ms: number): string {
+  return `${(ms / 1000).toFixed(1)}s`;
+}
+
+export interface ProgressOptions {
+  /** JSON lines on stderr instead of text. */
+  json: boolean;
+  /** Milliseconds on a monotonic clock; injectable so elapsed times can be checked. */
+  now?: () => number;
+}
+
 /**
- * Spawn progress for people and for programs: a spinner line on a TTY, plain lines on stderr
- * otherwise (logs stay readable), JSON lines on stdout with --json.
+ * Spawn progress, always on stderr so that stdout carries only what the worker said (and, with
+ * --json, the records a program needs). Each stage is a line with the time since the spawn began;
+ * on a terminal a spinner under them keeps counting while a stage lasts. With --json each stage is
+ * {"event":"progress","stage":…,"elapsedMs":…}.
  */
-export function createProgress(io: Io, json: boolean) {
+export function createProgress(io: Io, options: ProgressOptions) {
+  const { json } = options;
+  const now = options.now ?? (() => performance.now());
+  const started = now();
   const tty = !json && (io.stderr as { isTTY?: boolean }).isTTY === true;
+  const width = (io.stderr as { columns?: number }).columns ?? 100;
   let text = '';
   let frame = 0;
   let timer: NodeJS.Timeout | null = null;
-  const draw = () => io.stderr.write(`\r\x1b[2K${FRAMES[frame++ % FRAMES.length]} ${text}`);
+  const elapsed = () => now() - started;
+  const draw = () => {
+    const line = `${FRAMES[frame++ % FRAMES.length]} ${text} ${seconds(elapsed())}`;
+    io.stderr.write(`\r\x1b[2K${line.length > width - 1 ? `${line.slice(0, width - 2)}…` : line}`);
+  };
   const stop = () => {
     if (timer) clearInterval(timer);
     timer = null;
     if (tty) io.stderr.write('\r\x1b[2K');
   };
   return {
-    update(p: SpawnProgress) {
+    update(p: CliProgress) {
+      const ms = elapsed();
       if (json) {
-        io.stdout.write(`${JSON.stringify({ event: 'progress', ...p })}\n`);
+        io.stderr.write(`${JSON.stringify({ event: 'progress', ...p, elapsedMs: Math.round(ms) })}\n`);
         return;
       }
       text = describe(p);
-      if (!tty) {
-        io.stderr.write(`${text}\n`);
-        return;
-      }
+      if (tty) io.stderr.write('\r\x1b[2K');
+      io.stderr.write(`[${seconds(ms).padStart(6)}] ${text}\n`);
+      if (!tty) return;
+      // A person watching a slow start sees the clock run; the spinner line is erased before anything else is written.
       timer ??= setInterval(draw, 80);
+      timer.unref();
       draw();
     },
-    done(handle: WorkerHandle) {
+    /** The worker is ready: with --json the `spawned` record goes to stdout, the one progress line a program reading stdout needs. */
+    done(handle: Pick<WorkerHandle, 'spawnId' | 'backend' | 'profile' | 'nativeId'>, extra: Record<string, unknown> = {}) {
       stop();
-      if (json) io.stdout.write(`${JSON.stringify({ event: 'spawned', spawnId: handle.spawnId, backend: handle.backend, profile: handle.profile, nativeId: handle.nativeId })}\n`);
-      else io.stderr.write(`✔ ${handle.backend}/${handle.profile} worker ${handle.nativeId} ready (spawn ${handle.spawnId})\n`);
+      const ms = Math.round(elapsed());
+      if (json) io.stdout.write(`${JSON.stringify({ event: 'spawned', spawnId: handle.spawnId, backend: handle.backend, profile: handle.profile, nativeId: handle.nativeId, ...extra, elapsedMs: ms })}\n`);
+      else io.stderr.write(`✔ ${handle.backend}/${handle.profile} worker ${handle.nativeId} ready after ${seconds(ms)} (spawn ${handle.spawnId})\n`);
     },
-    fail(err: unknown) {
+    /** The spawn ended without a worker; `err` is said on stderr unless the caller reports it itself. */
+    fail(err?: Error) {
       stop();
-      if (!json) io.stderr.write(`✖ ${(err as Error).message}\n`);
+      if (!json && err !== undefined) io.stderr.write(`✖ ${err.message} (after ${seconds(elapsed())})\n`);
     },
   };
 }

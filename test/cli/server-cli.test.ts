@@ -16,7 +16,7 @@ import type { SpawnRequestInput } from '../../src/admission/request.js';
 import { AdmissionDeniedError, RequestError } from '../../src/errors.js';
 import { createServerClient, errorFromBody, parseServerAddress, ServerApiError } from '../../src/server/client.js';
 import { eventually, processBackend, spawnRequest, type TestBackend } from '../server/helpers.js';
-import { cli, type CliResult } from './helpers.js';
+import { cli, startBin, type CliResult } from './helpers.js';
 import { isAlive } from '../worker/helpers.js';
 
 const bin = fileURLToPath(new URL('../../bin/spawngate.js', import.meta.url));
@@ -169,7 +169,7 @@ describe('CLI flags that pick a target: usage errors exit 2 naming the flag', ()
     expect((await cli(['--help'])).stdout).toMatch(/^ {2}turn +Stream one more turn/m);
     const help = await cli(['turn', '--help']);
     expect(help.code).toBe(0);
-    expect(help.stdout).toContain('Usage: spawngate turn ID TASK --server URL');
+    expect(help.stdout).toContain('Usage:\n  spawngate turn ID TASK --server URL');
   });
 
   it('a server that is not there is a failure (exit 1), not a usage error', async () => {
@@ -218,7 +218,9 @@ describe('the CLI against a running serve (TCP, token, owner team-a)', () => {
     expect(viaConfig.code, viaConfig.stderr).toBe(0);
     expect(jsonLines(viaConfig)).toContainEqual(expect.objectContaining({ spawnId, owner: 'team-a', tracked: false }));
     const table = await cli(['ls', '--config', backend.configFile], '', envWith());
-    expect(table.stdout).toMatch(new RegExp(`^${spawnId}\\tlocal\\tsmall\\techo\\tteam-a\\t${workerPid}\\t`, 'm'));
+    expect(table.stdout).toMatch(new RegExp(`^${spawnId} +local +small +echo +team-a +running +in `, 'm'));
+    const wide = await cli(['ls', '--config', backend.configFile, '-o', 'wide'], '', envWith());
+    expect(wide.stdout).toMatch(new RegExp(`^${spawnId} +local +small +echo +team-a +running +in \\S+ +${workerPid} +no +`, 'm'));
 
     const otherOwner = await cli(['ls', '--config', backend.configFile, '--owner', 'team-z', '--json'], '', envWith());
     expect(otherOwner.code).toBe(0);
@@ -300,6 +302,28 @@ describe('the CLI against a running serve (TCP, token, owner team-a)', () => {
     expect(lines.some((l) => l['event'] === 'kept')).toBe(false);
     const status = await cli(['status', '--server', server(), '--json', id], '', env);
     expect(JSON.parse(status.stdout)).toMatchObject({ tracking: 'closed', closeReason: 'closed' });
+  });
+
+  it('logs -f --server prints each new line once as turns happen, and ends (exit 0) when the server closes the worker', async () => {
+    const spawned = await cli(['spawn', '--server', server(), '--agent', 'echo', '--keep', '--json', 'first turn'], '', env);
+    expect(spawned.code, spawned.stderr).toBe(0);
+    const id = jsonLines(spawned).find((l) => l['event'] === 'kept')?.['spawnId'] as string;
+    const follow = startBin(['logs', '-f', '--server', server(), id], env);
+    await follow.waitFor(/turn ended/);
+    const turns = () => follow.stdout().match(/turn ended/g)?.length ?? 0;
+    expect(turns()).toBe(1);
+    const turn = await cli(['turn', '--server', server(), id, 'second turn'], '', env);
+    expect(turn.code, turn.stderr).toBe(0);
+    await follow.waitFor(/turn ended[\s\S]*turn ended/);
+    expect(turns()).toBe(2);
+    expect((await cli(['close', '--server', server(), id], '', env)).code).toBe(0);
+    const result = await follow.exited;
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stderr).toBe(`spawngate logs: worker ${id} ended (closed: closed)\n`);
+    const printed = result.stdout.split('\n').filter(Boolean);
+    expect(new Set(printed).size).toBe(printed.length);
+    // As the worker wrote them: its JSON lines, not strings of JSON.
+    for (const line of printed) expect(JSON.parse(line)).toEqual(expect.any(Object));
   });
 });
 

@@ -4,6 +4,7 @@ import { createAdmission } from '../../admission/gate.js';
 import type { SpawnRequestInput } from '../../admission/request.js';
 import type { Command } from '../framework.js';
 import { EXIT, readInputFile, str } from '../framework.js';
+import { jsonLinesOption, outputFormat, outputOption, writeRecord } from '../output.js';
 
 export function formatDecision(decision: Decision): string {
   const lines: string[] = [];
@@ -30,14 +31,21 @@ export function parseJsonInput(text: string, what: string): unknown {
 export const admitCommand: Command = {
   name: 'admit',
   summary: 'Decide a spawn request without starting anything (exit 0 allowed, 3 denied, 2 bad input).',
-  usage: 'spawngate admit --input FILE|- [--config FILE] [--bundle FILE] [--json]',
+  usage: 'spawngate admit --input FILE|- [--config FILE] [--bundle FILE] [-o json|yaml | --json]',
   options: {
-    input: { type: 'string', short: 'i' },
-    config: { type: 'string', short: 'c' },
-    bundle: { type: 'string' },
-    json: { type: 'boolean' },
+    input: { type: 'string', short: 'i', value: 'FILE|-', description: 'The spawn request as JSON (required; - reads stdin): agentId, task, caller, optional execution.' },
+    config: { type: 'string', short: 'c', value: 'FILE', description: 'Config (JSON or YAML) whose backends, profiles and policy data the decision uses.', default: 'the embedded default config' },
+    bundle: { type: 'string', value: 'FILE', description: 'Policy bundle (.tar.gz) to decide with.', default: 'spawngate.bundle of --config, else the shipped bundle' },
+    output: outputOption(['json', 'yaml'], 'the decision in a few lines'),
+    json: jsonLinesOption('Print the decision (with decisionId, bundleRevision and stage) as one compact JSON line.'),
   },
+  notes: ['Nothing is reserved and no decision-log line is written: this is a dry run of the policy on this machine.', 'Exit status: 0 allowed, 3 denied, 2 bad input (every fault with its JSON path) or usage error.'],
+  examples: [
+    { description: 'Would this request be admitted under the shipped policy?', command: 'spawngate admit -i request.json' },
+    { description: 'The decision of a gateway\'s config, from stdin, as YAML', command: 'cat request.json | spawngate admit -c /etc/spawngate/gw.yaml -i - -o yaml' },
+  ],
   async run({ values, io }) {
+    const format = outputFormat(values);
     const inputPath = str(values, 'input');
     if (!inputPath) {
       io.stderr.write('spawngate admit: --input FILE is required (a spawn request as JSON; - reads stdin)\n');
@@ -54,11 +62,7 @@ export const admitCommand: Command = {
     });
     try {
       const result = await gate.admit(request as SpawnRequestInput);
-      if (values.json) {
-        io.stdout.write(`${JSON.stringify({ decisionId: result.decisionId, bundleRevision: result.bundleRevision, stage: result.stage, ...result.decision })}\n`);
-      } else {
-        io.stdout.write(formatDecision(result.decision));
-      }
+      writeRecord(io, format, { decisionId: result.decisionId, bundleRevision: result.bundleRevision, stage: result.stage, ...result.decision }, () => formatDecision(result.decision));
       return result.decision.allow ? EXIT.ok : EXIT.denied;
     } finally {
       await gate.close();

@@ -14,6 +14,7 @@ import { isSpawngateError } from '../../errors.js';
 import { buildWorkerSpec } from '../../sessions/spec.js';
 import type { Command } from '../framework.js';
 import { EXIT, str } from '../framework.js';
+import { formatTable, jsonLinesOption, outputFormat, outputOption, writeRecord } from '../output.js';
 
 export type CheckResult = 'ok' | 'fail' | 'skipped';
 
@@ -302,18 +303,33 @@ export function formatDoctorTable(report: DoctorReport): string {
 export const doctorCommand: Command = {
   name: 'doctor',
   summary: 'Check that the config can run here: cluster access and RBAC, profile dry runs, Docker, the policy bundle.',
-  usage: 'spawngate doctor [--config FILE] [--bundle FILE] [--json]',
+  usage: 'spawngate doctor [--config FILE] [--bundle FILE] [-o json|yaml|wide | --json]',
   options: {
-    config: { type: 'string', short: 'c' },
-    bundle: { type: 'string' },
-    json: { type: 'boolean' },
+    config: { type: 'string', short: 'c', value: 'FILE', description: 'Config (JSON or YAML) whose backends and profiles are checked.', default: 'the embedded default: process backend "local"' },
+    bundle: { type: 'string', value: 'FILE', description: 'Policy bundle (.tar.gz) to check.', default: 'spawngate.bundle of --config, else the shipped bundle' },
+    output: outputOption(['json', 'yaml', 'wide'], 'a table: the fix of each failure, the detail of each pass'),
+    json: jsonLinesOption('Print the report {"ok":…,"checks":[…]} as one compact JSON line.'),
   },
+  notes: ['Each network call is bounded by 10 s. Exit status: 0 every check passed, 1 a check failed, 2 usage error (unreadable or invalid config).'],
+  examples: [
+    { description: 'Can this machine run the gateway\'s config? One fix per failure', command: 'spawngate doctor -c /etc/spawngate/gw.yaml' },
+    { description: 'Both the detail and the fix of every check', command: 'spawngate doctor -c gw.yaml -o wide' },
+    { description: 'The failed checks only, for a ticket', command: 'spawngate doctor -c gw.yaml -o json | jq \'.checks[] | select(.result == "fail")\'' },
+  ],
   async run({ values, io }) {
+    const format = outputFormat(values);
     const file = str(values, 'config');
     const bundle = str(values, 'bundle');
     const config = file ? await loadConfigFile(file) : defaultConfig();
     const report = await runDoctor(config, bundle ? { bundle } : {});
-    io.stdout.write(values.json ? `${JSON.stringify(report)}\n` : formatDoctorTable(report));
+    writeRecord(io, format, report, () =>
+      format === 'wide'
+        ? formatTable(
+            ['CHECK', 'RESULT', 'DETAIL', 'FIX'],
+            report.checks.map((c) => [c.check, c.result === 'fail' ? 'FAIL' : c.result, c.detail, c.fix ?? '-']),
+          )
+        : formatDoctorTable(report),
+    );
     return report.ok ? EXIT.ok : EXIT.failed;
   },
 };

@@ -4,6 +4,7 @@ import type { AgentPackage } from '../../agents/catalog.js';
 import { defaultAgentsDir, installAgent } from '../agent-install.js';
 import type { Command } from '../framework.js';
 import { EXIT, str } from '../framework.js';
+import { jsonLinesOption, outputFormat, outputOption, writeRecord } from '../output.js';
 import { UsageError } from '../../errors.js';
 
 export const imageBuildCommand: Command = {
@@ -11,15 +12,21 @@ export const imageBuildCommand: Command = {
   summary: 'Build the Docker worker image locally (docker import of a root filesystem: node, a userland with a shell and git, the built package, its production dependencies), optionally with coding agents from npm.',
   usage: `spawngate image build [--agent ID]... [--agents-dir DIR] [--tag NAME:TAG] [--force] [--minimal] [--socket PATH] [--json]   (agents: ${AGENT_PACKAGES.map((a) => a.id).join(', ')})`,
   options: {
-    tag: { type: 'string', short: 't' },
-    agent: { type: 'string', multiple: true },
-    'agents-dir': { type: 'string' },
-    force: { type: 'boolean' },
-    minimal: { type: 'boolean' },
-    socket: { type: 'string' },
-    json: { type: 'boolean' },
+    tag: { type: 'string', short: 't', value: 'NAME:TAG', description: 'Tag of the image to build.', default: 'spawngate-worker:<version>, with -<agent ids> appended when --agent is given' },
+    agent: { type: 'string', value: 'ID', multiple: true, description: `Put this coding agent (pinned npm package) into the image: ${AGENT_PACKAGES.map((a) => a.id).join(', ')}.`, default: 'none' },
+    'agents-dir': { type: 'string', value: 'DIR', description: 'Where agents are installed with npm before they go into the image (kept between builds).', default: '$SPAWNGATE_AGENTS_DIR, else $XDG_CACHE_HOME/spawngate/agents, else ~/.cache/spawngate/agents' },
+    force: { type: 'boolean', description: 'Rebuild even when the image of this tag was built from the same inputs.', default: 'keep that image' },
+    minimal: { type: 'boolean', description: 'Only node and the worker: no shell, no git, no CA certificates (not with --agent).', default: 'with the userland' },
+    socket: { type: 'string', value: 'PATH', description: 'Docker Engine socket.', default: '$DOCKER_HOST, else /var/run/docker.sock' },
+    output: outputOption(['json', 'yaml'], 'a line per result; build steps on stderr'),
+    json: jsonLinesOption('Print the result (tag, image id, built, agent commands) as one compact JSON line, and no build steps on stderr.'),
   },
+  examples: [
+    { description: 'The worker image for the Docker backend', command: 'spawngate image build' },
+    { description: 'An image with codex in it, and the command to put into the config', command: 'spawngate image build --agent codex-acp' },
+  ],
   async run({ values, io }) {
+    const format = outputFormat(values);
     const ids = Array.isArray(values['agent']) ? values['agent'] : [];
     const agents: AgentPackage[] = [];
     for (const id of ids) {
@@ -28,7 +35,7 @@ export const imageBuildCommand: Command = {
       if (!agents.includes(known)) agents.push(known);
     }
     if (agents.length && values.minimal === true) throw new UsageError('--agent cannot be combined with --minimal: coding agents need the userland (a shell, git, CA certificates)');
-    const log = values.json ? () => undefined : (line: string) => void io.stderr.write(`${line}\n`);
+    const log = format === 'jsonl' ? () => undefined : (line: string) => void io.stderr.write(`${line}\n`);
     const base = str(values, 'agents-dir') ?? defaultAgentsDir(io.env);
     const installed: { agent: AgentPackage; dir: string }[] = [];
     for (const agent of agents) installed.push({ agent, dir: await installAgent(agent, base, log) });
@@ -46,8 +53,8 @@ export const imageBuildCommand: Command = {
       log,
     });
     const commands = Object.fromEntries(installed.map(({ agent, dir }) => [agent.id, agentArgv(agent, dir, join(AGENTS_IN_IMAGE, agent.id))]));
-    if (values.json) {
-      io.stdout.write(`${JSON.stringify({ ...built, agents: commands })}\n`);
+    if (format !== 'text') {
+      writeRecord(io, format, { ...built, agents: commands }, () => '');
       return EXIT.ok;
     }
     io.stdout.write(`${built.built ? 'built' : 'up to date'}: ${built.tag} (${built.imageId.slice(0, 19)})\n`);

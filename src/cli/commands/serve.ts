@@ -72,12 +72,25 @@ export const serveCommand: Command = {
   summary: 'Run the HTTP API for gateways (/v1, /healthz, /metrics); bearer token from SPAWNGATE_API_TOKEN.',
   usage: 'SPAWNGATE_API_TOKEN=… spawngate serve [--config FILE] [--bundle FILE] [--port N [--host H] | --socket PATH]',
   options: {
-    config: { type: 'string', short: 'c' },
-    bundle: { type: 'string' },
-    port: { type: 'string', short: 'p' },
-    host: { type: 'string' },
-    socket: { type: 'string' },
+    config: { type: 'string', short: 'c', value: 'FILE', description: 'The spawngate config (JSON or YAML).', default: 'the embedded default: process backend "local"' },
+    bundle: { type: 'string', value: 'FILE', description: 'The policy bundle, reloaded when the file changes.', default: 'spawngate.bundle of --config, else the shipped bundle' },
+    port: { type: 'string', short: 'p', value: 'N', description: 'TCP port; 0 picks a free one (the listening line names it).', default: String(DEFAULT_PORT) },
+    host: { type: 'string', value: 'ADDRESS', description: 'TCP address to bind; 0.0.0.0 (or a pod IP) serves other hosts.', default: '127.0.0.1' },
+    socket: { type: 'string', value: 'PATH', description: 'Serve on a unix socket instead of TCP (not with --port or --host); the token is then optional.' },
   },
+  environment: [
+    { name: 'SPAWNGATE_API_TOKEN', description: 'The bearer token every /v1 request must carry; required on TCP.' },
+    { name: 'SPAWNGATE_LOG_LEVEL', description: 'debug, info (default), warn or error; JSON log lines go to stderr.' },
+    { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', description: 'Export traces over OTLP (and the other standard OTEL_* variables).' },
+  ],
+  notes: [
+    'stdout carries only {"event":"listening",…} once the API listens and {"event":"stopped",…} after SIGTERM/SIGINT, when every worker is closed; logs go to stderr. SIGHUP reopens the decision log.',
+    'Exit status: 0 stopped by a signal, 1 failed, 2 usage error or invalid config.',
+  ],
+  examples: [
+    { description: 'Serve other hosts on port 8080', command: 'SPAWNGATE_API_TOKEN="$(cat /run/secrets/spawngate-token)" spawngate serve -c /etc/spawngate/gw.yaml --host 0.0.0.0' },
+    { description: 'Serve the gateway on the same host through a socket', command: 'spawngate serve -c gw.yaml --socket /run/spawngate/api.sock' },
+  ],
   async run({ values, io }) {
     const writeErr = survivingWriter(io.stderr);
     const usage = (message: string): number => {

@@ -2,15 +2,17 @@ import { readFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import type { SpawnRequestInput } from '../../admission/request.js';
 import { loadConfigFile, nameSchema } from '../../config/index.js';
-import { AdmissionDeniedError, UsageError } from '../../errors.js';
+import { AdmissionDeniedError, isSpawngateError, UsageError } from '../../errors.js';
 import type { ServerClient } from '../../server/client.js';
 import { createServerClient, parseServerAddress, ServerApiError } from '../../server/client.js';
 import type { Spawngate } from '../../spawngate.js';
 import { createSpawngate } from '../../spawngate.js';
 import type { SpawnProgress } from '../../sessions/lifecycle.js';
 import type { WorkerEvent } from '../../protocol/events.js';
-import type { Command, Io } from '../framework.js';
+import type { Command, Io, Options } from '../framework.js';
 import { EXIT, str } from '../framework.js';
+import type { OutputFormat } from '../output.js';
+import { documentText, formatTable, humanDuration, jsonLinesOption, logLineAsJson, outputFormat, outputOption, writeRecord } from '../output.js';
 import { createProgress } from '../progress.js';
 
 type Values = Record<string, unknown>;
@@ -22,18 +24,34 @@ type SweepEntry = SweepReport['removed'][number];
 export const CLI_OWNER = 'spawngate-cli';
 
 const local = {
-  config: { type: 'string', short: 'c' },
-  bundle: { type: 'string' },
-} as const;
+  config: {
+    type: 'string',
+    short: 'c',
+    value: 'FILE',
+    description: 'Config (JSON or YAML) whose backends, profiles and owner this command uses, in this process.',
+    default: 'the embedded default: process backend "local" and the shipped policy bundle',
+  },
+  bundle: { type: 'string', value: 'FILE', description: 'Policy bundle (.tar.gz) to use instead of the config\'s.', default: 'spawngate.bundle of --config, else the shipped bundle' },
+} satisfies Options;
 
 const remote = {
-  server: { type: 'string', short: 's' },
-  'token-file': { type: 'string' },
-} as const;
+  server: {
+    type: 'string',
+    short: 's',
+    value: 'URL',
+    description: 'Go through a running spawngate serve instead of a private gate in this process: http://host:port[/prefix], https://… or unix:/path/to/socket. Not combinable with --config, --bundle or --owner (the server\'s own decide).',
+  },
+  'token-file': { type: 'string', value: 'FILE', description: 'Read the API token for --server from FILE; no flag takes the token itself (command lines are visible to every user).', default: '$SPAWNGATE_API_TOKEN' },
+} satisfies Options;
 
-const common = { ...local, ...remote, json: { type: 'boolean' } } as const;
+const common = { ...local, ...remote } satisfies Options;
 
-const ownerOptions = { owner: { type: 'string' }, all: { type: 'boolean' } } as const;
+const ownerOptions = {
+  owner: { type: 'string', value: 'NAME', description: 'Act as this owner label, in process: see, sweep or label the workers of NAME.', default: `spawngate.owner of --config, else ${CLI_OWNER}` },
+  all: { type: 'boolean', description: 'Every owner\'s workers. Needs --config (the backends other gateways use) or --server.' },
+} satisfies Options;
+
+const TOKEN_ENV = [{ name: 'SPAWNGATE_API_TOKEN', description: 'The API token for --server (needed over http(s); optional on a socket served without one).' }];
 
 /**
  * Where a command runs: a private gate in this process (the backends of --config, as the owner the
@@ -201,7 +219,8 @@ async function streamRemoteTurn(client: ServerClient, spawnId: string, message: 
 }
 
 async function spawnRemote(client: ServerClient, request: SpawnRequestInput, task: string, keepWanted: boolean, io: Io, json: boolean): Promise<number> {
-  if (!json) io.stderr.write(`spawning through spawngate serve at ${client.label}; waiting until the worker is ready\n`);
+  const progress = createProgress(io, { json });
+  progress.update({ stage: 'requested', server: client.label });
   const controller = new AbortController();
   const onSignal = () => controller.abort();
   process.once('SIGINT', onSignal);
@@ -210,10 +229,8 @@ async function spawnRemote(client: ServerClient, request: SpawnRequestInput, tas
     // Dropping the request is how the server learns to remove what it was starting.
     spawned = await client.spawn(request, { signal: controller.signal });
   } catch (err) {
-    if (err instanceof AdmissionDeniedError) {
-      if (!json) io.stderr.write(`✖ ${err.message}\n`);
-      return writeDenied(io, err, json);
-    }
+    progress.fail(err instanceof AdmissionDeniedError ? err : undefined);
+    if (err instanceof AdmissionDeniedError) return writeDenied(io, err, json);
     if (controller.signal.aborted) {
       io.stderr.write('spawngate spawn: interrupted; the server removes the worker it was starting\n');
       return EXIT.failed;
@@ -223,8 +240,7 @@ async function spawnRemote(client: ServerClient, request: SpawnRequestInput, tas
     process.removeListener('SIGINT', onSignal);
   }
   const { spawnId } = spawned;
-  if (json) io.stdout.write(`${JSON.stringify({ event: 'spawned', spawnId, backend: spawned.backend, profile: spawned.profile, nativeId: spawned.nativeId, server: client.label })}\n`);
-  else io.stderr.write(`✔ ${spawned.backend}/${spawned.profile} worker ${spawned.nativeId} ready (spawn ${spawnId})\n`);
+  progress.done(spawned, { server: client.label });
   let keep = keepWanted;
   try {
     const last = await streamRemoteTurn(client, spawnId, task, io, json);
@@ -248,16 +264,27 @@ export const spawnCommand: Command = {
   summary: 'Admit, start a worker, stream one turn of TASK, then close it (unless --keep); in process or through --server.',
   usage: 'spawngate spawn --agent ID [--backend B] [--profile P] [--config FILE [--owner NAME] | --server URL [--token-file FILE]] [--keep] [--json] TASK',
   options: {
-    agent: { type: 'string', short: 'a' },
-    backend: { type: 'string', short: 'b' },
-    profile: { type: 'string', short: 'p' },
-    keep: { type: 'boolean' },
-    'channel-kind': { type: 'string' },
-    user: { type: 'string' },
-    owner: { type: 'string' },
+    agent: { type: 'string', short: 'a', value: 'ID', description: 'The agent to run (required): agents.acp.<ID> of the config, or a built-in such as echo.' },
+    backend: { type: 'string', short: 'b', value: 'NAME', description: 'Ask for this backend (agents.executionBackends.<NAME>); the policy decides.', default: 'the policy\'s choice' },
+    profile: { type: 'string', short: 'p', value: 'NAME', description: 'Ask for this profile of the backend; the policy decides.', default: 'the policy\'s choice' },
+    keep: { type: 'boolean', description: 'Leave the worker running after the turn, for turn/status/logs/close; its TTL still bounds it.', default: 'close it after the turn' },
+    'channel-kind': { type: 'string', value: 'KIND', description: 'The caller.channel.kind the policy sees.', default: 'cli' },
+    user: { type: 'string', value: 'ID', description: 'The caller.user.id the policy sees.', default: 'the login name' },
+    owner: { ...ownerOptions.owner, description: 'Label the worker with this owner, in process (what ls, sweep and that owner\'s gateway see).' },
     ...common,
+    json: jsonLinesOption('Machine-readable streams: worker events and the spawned/kept/denied records as JSON lines on stdout; progress as JSON lines on stderr.'),
   },
   positionals: [1, 1],
+  environment: TOKEN_ENV,
+  notes: [
+    'Streams: stdout carries what the worker says (with --json: one worker event per line, {"event":"spawned"} when the worker is ready, {"event":"kept"} last with --keep, or {"event":"denied"}). stderr carries progress: one line per stage with the time since the spawn began, including the backend\'s own state while the worker starts (a Pod pending, a container starting), and with --json the same as {"event":"progress","stage":…,"elapsedMs":…} lines.',
+    'Exit status: 0 the turn completed, 1 it failed or was cancelled (Ctrl-C cancels it), 2 usage error, 3 denied by the policy.',
+  ],
+  examples: [
+    { description: 'One turn with the built-in echo agent on the embedded default (process backend)', command: 'spawngate spawn --agent echo "hello"' },
+    { description: 'Keep a codex worker on the k8s backend of a config, with events as JSON lines', command: 'spawngate spawn -c spawngate.yaml -a codex -b k8s --keep --json "fix the failing test" > events.jsonl' },
+    { description: 'Spawn through a running server (token from the environment)', command: 'SPAWNGATE_API_TOKEN=… spawngate spawn --server unix:/run/spawngate/api.sock -a codex --keep "run the tests"' },
+  ],
   async run({ values, positionals, io }) {
     const agentId = str(values, 'agent');
     if (!agentId) {
@@ -282,7 +309,7 @@ export const spawnCommand: Command = {
       const { client } = target;
       return viaServer('spawn', io, () => spawnRemote(client, request, task, values.keep === true, io, json));
     }
-    const progress = createProgress(io, json);
+    const progress = createProgress(io, { json });
     const gate = await openGate(values, target.owner);
     let keep = values.keep === true;
     const controller = new AbortController();
@@ -293,7 +320,7 @@ export const spawnCommand: Command = {
       try {
         handle = await gate.spawn(request, { signal: controller.signal, onProgress: (p: SpawnProgress) => progress.update(p) });
       } catch (err) {
-        progress.fail(err);
+        progress.fail(err instanceof AdmissionDeniedError ? err : undefined);
         if (err instanceof AdmissionDeniedError) return writeDenied(io, err, json);
         throw err;
       }
@@ -324,8 +351,15 @@ export const turnCommand: Command = {
   name: 'turn',
   summary: 'Stream one more turn of TASK to a worker kept on a running spawngate serve (--server).',
   usage: 'spawngate turn ID TASK --server URL [--token-file FILE] [--json]',
-  options: { ...remote, json: { type: 'boolean' } },
+  options: {
+    server: { ...remote.server, description: 'The spawngate serve that runs the worker (required: only it holds the worker\'s token): http://host:port[/prefix], https://… or unix:/path/to/socket.' },
+    'token-file': remote['token-file'],
+    json: jsonLinesOption('Worker events as JSON lines on stdout, one per line.'),
+  },
   positionals: [2, 2],
+  environment: TOKEN_ENV,
+  notes: ['Exit status: 0 the turn completed, 1 it failed or was cancelled (the first Ctrl-C asks the server to cancel it), 2 usage error.'],
+  examples: [{ description: 'A second turn for a worker kept with spawn --keep', command: 'spawngate turn --server unix:/run/spawngate/api.sock 3f2c9a… "now run the whole suite"' }],
   async run({ values, positionals, io }) {
     if (str(values, 'server') === undefined) {
       // The worker's bearer token lives only in the gateway that spawned it; no other process can take a turn.
@@ -341,65 +375,133 @@ export const turnCommand: Command = {
   },
 };
 
-function writeList(io: Io, rows: readonly ListedSpawn[], json: boolean, scope: string | null): void {
-  if (json) {
+/** "in 59m" or "3m ago": when a worker's TTL ends, as a person reads it. */
+function expiresIn(expiresAt: string | null, now: number): string {
+  if (expiresAt === null) return '-';
+  const left = Date.parse(expiresAt) - now;
+  if (Number.isNaN(left)) return expiresAt;
+  return left >= 0 ? `in ${humanDuration(left)}` : `${humanDuration(-left)} ago`;
+}
+
+function writeList(io: Io, rows: readonly ListedSpawn[], format: OutputFormat, scope: string | null): void {
+  if (format === 'jsonl') {
     for (const r of rows) io.stdout.write(`${JSON.stringify(r)}\n`);
-  } else if (rows.length === 0) {
-    io.stdout.write(scope ? `no workers of owner ${scope} (--all for every owner)\n` : 'no workers\n');
-  } else {
-    io.stdout.write(`${['SPAWN ID', 'BACKEND', 'PROFILE', 'AGENT', 'OWNER', 'NATIVE ID', 'PHASE', 'EXPIRES'].join('\t')}\n`);
-    for (const r of rows) io.stdout.write(`${[r.spawnId, r.backend, r.profile ?? '-', r.agentId ?? '-', r.owner ?? '-', r.nativeId, r.phase, r.expiresAt ?? '-'].join('\t')}\n`);
+    return;
   }
+  if (format === 'json' || format === 'yaml') {
+    io.stdout.write(documentText(format, rows));
+    return;
+  }
+  if (format === 'name') {
+    for (const r of rows) io.stdout.write(`${r.spawnId}\n`);
+    return;
+  }
+  if (rows.length === 0) {
+    // On stderr, as kubectl says "No resources found": stdout stays empty for whoever counts its lines.
+    io.stderr.write(scope ? `no workers of owner ${scope} (--all for every owner)\n` : 'no workers\n');
+    return;
+  }
+  const now = Date.now();
+  if (format === 'wide') {
+    io.stdout.write(
+      formatTable(
+        ['SPAWN ID', 'BACKEND', 'PROFILE', 'AGENT', 'OWNER', 'PHASE', 'EXPIRES', 'NATIVE ID', 'TRACKED', 'EXPIRES AT'],
+        rows.map((r) => [r.spawnId, r.backend, r.profile ?? '-', r.agentId ?? '-', r.owner ?? '-', r.phase, expiresIn(r.expiresAt, now), r.nativeId, r.tracked ? 'yes' : 'no', r.expiresAt ?? '-']),
+      ),
+    );
+    return;
+  }
+  io.stdout.write(
+    formatTable(
+      ['SPAWN ID', 'BACKEND', 'PROFILE', 'AGENT', 'OWNER', 'PHASE', 'EXPIRES'],
+      rows.map((r) => [r.spawnId, r.backend, r.profile ?? '-', r.agentId ?? '-', r.owner ?? '-', r.phase, expiresIn(r.expiresAt, now)]),
+    ),
+  );
 }
 
 export const lsCommand: Command = {
   name: 'ls',
   summary: 'List workers on every configured backend: one owner\'s (--owner, else the config\'s, else the CLI\'s) or --all.',
-  usage: 'spawngate ls [--config FILE] [--owner NAME | --all] [--server URL [--token-file FILE]] [--json]',
-  options: { ...ownerOptions, ...common },
+  usage: 'spawngate ls [--config FILE] [--owner NAME | --all] [--server URL [--token-file FILE]] [-o json|yaml|wide|name | --json]',
+  options: {
+    ...ownerOptions,
+    ...common,
+    output: outputOption(['json', 'yaml', 'wide', 'name']),
+    json: jsonLinesOption('One compact JSON object per worker, one per line (JSON lines); -o json prints one JSON array instead.'),
+  },
+  environment: TOKEN_ENV,
+  examples: [
+    { description: 'The CLI\'s own workers on the embedded default backend', command: 'spawngate ls' },
+    { description: 'Every owner\'s workers on the backends of a config, with native ids and expiry times', command: 'spawngate ls --all -c /etc/spawngate/gw.yaml -o wide' },
+    { description: 'What a running server tracks, as one JSON array', command: 'spawngate ls --server http://127.0.0.1:8080 -o json | jq \'.[] | select(.phase != "running")\'' },
+  ],
   async run({ values, io }) {
+    const format = outputFormat(values);
     const target = await resolveTarget(values, io);
     const all = values.all === true;
-    const json = values.json === true;
     if (target.kind === 'server') {
       const { client } = target;
       return viaServer('ls', io, async () => {
-        writeList(io, await client.list({ all }), json, null);
+        writeList(io, await client.list({ all }), format, null);
         return EXIT.ok;
       });
     }
     return withGate(values, target.owner, async (gate) => {
-      writeList(io, await gate.list({ allOwners: all }), json, all ? null : gate.owner);
+      writeList(io, await gate.list({ allOwners: all }), format, all ? null : gate.owner);
       return EXIT.ok;
     });
   },
 };
 
+type StatusOf = Awaited<ReturnType<Spawngate['status']>>;
+
+function statusText(s: StatusOf, wide: boolean): string {
+  const b = s.backendStatus;
+  const lines = [
+    `spawn:    ${s.spawnId}`,
+    `tracking: ${s.tracking}${s.closeReason ? ` (${s.closeReason})` : ''}`,
+    `backend:  ${s.backend}${s.profile ? `/${s.profile}` : ''} (${b.nativeId})`,
+    `phase:    ${b.phase}${b.ready ? ' (ready)' : ''}`,
+    `reason:   ${b.reason ?? '-'}${b.message ? ` — ${b.message}` : ''}`,
+    `expires:  ${s.expiresAt ?? '-'}${s.expiresAt ? ` (${expiresIn(s.expiresAt, Date.now())})` : ''}`,
+  ];
+  if (wide) {
+    lines.push(`agent:    ${s.agentId ?? '-'}`, `exit:     ${b.exitCode ?? '-'}`);
+    for (const [k, v] of Object.entries(b.attributes)) lines.push(`  ${k}: ${v}`);
+    const w = s.worker;
+    if (w) {
+      lines.push(
+        `worker:   ${w.state}, ${w.turns} turn(s) (${w.outcomes.completed} completed, ${w.outcomes.failed} failed, ${w.outcomes.cancelled} cancelled), started ${w.startedAt}`,
+        `  current turn: ${w.currentTurnId ?? '-'}; last event: ${w.lastEventAt ?? '-'}; agent pid: ${w.agentPid ?? '-'}`,
+      );
+      if (w.session) lines.push(`  session: ${w.session.id}${w.session.resumed ? ' (resumed)' : ''}${w.session.model ? `, model ${w.session.model.requested}${w.session.model.applied ? '' : ' (not applied)'}` : ''}`);
+    } else lines.push('worker:   - (its /status did not answer, or the worker is not tracked here)');
+  }
+  return `${lines.join('\n')}\n`;
+}
+
 export const statusCommand: Command = {
   name: 'status',
   summary: 'Show a worker\'s backend status (native id, phase, readiness, failure reason) and its /status.',
-  usage: 'spawngate status ID [--config FILE | --server URL [--token-file FILE]] [--json]',
-  options: common,
+  usage: 'spawngate status ID [--config FILE | --server URL [--token-file FILE]] [-o json|yaml|wide | --json]',
+  options: {
+    ...common,
+    output: outputOption(['json', 'yaml', 'wide'], 'a few lines'),
+    json: jsonLinesOption(),
+  },
   positionals: [1, 1],
+  environment: TOKEN_ENV,
+  notes: ['Exit status: 0 found, 1 no such worker (or the backend failed), 2 usage error.'],
+  examples: [
+    { description: 'Why has a worker not become ready? (its phase and the backend\'s reason)', command: 'spawngate status 3f2c9a…' },
+    { description: 'Everything, including the backend\'s attributes (node, pod uid) and the worker\'s own /status', command: 'spawngate status --server unix:/run/spawngate/api.sock 3f2c9a… -o wide' },
+  ],
   async run({ values, positionals, io }) {
+    const format = outputFormat(values);
     const target = await resolveTarget(values, io);
     const id = positionals[0] ?? '';
-    const show = (s: Awaited<ReturnType<Spawngate['status']>>): number => {
-      if (values.json) {
-        io.stdout.write(`${JSON.stringify(s)}\n`);
-        return EXIT.ok;
-      }
-      const b = s.backendStatus;
-      io.stdout.write(
-        `${[
-          `spawn:    ${s.spawnId}`,
-          `tracking: ${s.tracking}${s.closeReason ? ` (${s.closeReason})` : ''}`,
-          `backend:  ${s.backend}${s.profile ? `/${s.profile}` : ''} (${b.nativeId})`,
-          `phase:    ${b.phase}${b.ready ? ' (ready)' : ''}`,
-          `reason:   ${b.reason ?? '-'}${b.message ? ` — ${b.message}` : ''}`,
-          `expires:  ${s.expiresAt ?? '-'}`,
-        ].join('\n')}\n`,
-      );
+    const show = (s: StatusOf): number => {
+      writeRecord(io, format, s, () => statusText(s, format === 'wide'));
       return EXIT.ok;
     };
     if (target.kind === 'server') {
@@ -410,29 +512,147 @@ export const statusCommand: Command = {
   },
 };
 
+const DEFAULT_TAIL = 200;
+const MAX_TAIL = 100_000;
+const FOLLOW_INTERVAL_MS = 1000;
+/**
+ * Every poll of --follow reads this many last lines (at least --tail), so that a poll overlaps the
+ * one before it and new lines are found after the overlap; no backend gives log offsets.
+ */
+const FOLLOW_WINDOW = 1000;
+/** How long --follow keeps going past a worker's expiry, for a backend that has not removed it yet. */
+const FOLLOW_EXPIRY_GRACE_MS = 60_000;
+const TERMINAL_PHASES: ReadonlySet<string> = new Set(['failed', 'succeeded', 'gone']);
+
+/**
+ * The lines of `next` after what `previous` ended with. Both are the last lines of the same
+ * append-only log, read with the same window: `next` starts with a suffix of `previous`, the longest
+ * one that fits is taken. `gap` says no overlap was found (the log moved on by more than a window,
+ * or it was rotated), so lines may be missing between the two.
+ */
+export function linesAfter(previous: readonly string[], next: readonly string[]): { lines: string[]; gap: boolean } {
+  for (let k = Math.min(previous.length, next.length); k > 0; k--) {
+    let same = true;
+    for (let i = 0; i < k && same; i++) same = next[i] === previous[previous.length - k + i];
+    if (same) return { lines: next.slice(k), gap: false };
+  }
+  return { lines: [...next], gap: previous.length > 0 && next.length > 0 };
+}
+
+interface LogSource {
+  logs(tail: number): Promise<string[]>;
+  status(): Promise<StatusOf>;
+}
+
+function isNotFound(err: unknown): boolean {
+  return isSpawngateError(err) && err.code === 'SPAWN_NOT_FOUND';
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+/**
+ * --follow: prints the tail, then polls for new lines until the worker ends (closed, exited, gone),
+ * its TTL is well past, or Ctrl-C (exit 130).
+ */
+async function followLogs(id: string, source: LogSource, tail: number, print: (lines: readonly string[]) => void, io: Io): Promise<number> {
+  const window = Math.max(tail, FOLLOW_WINDOW);
+  const controller = new AbortController();
+  const onSignal = () => controller.abort();
+  process.once('SIGINT', onSignal);
+  try {
+    let previous = await source.logs(window);
+    print(previous.slice(-tail));
+    // Bounded: a worker ends at the latest at its TTL, and the loop by FOLLOW_EXPIRY_GRACE_MS after it.
+    for (;;) {
+      await sleep(FOLLOW_INTERVAL_MS, controller.signal);
+      if (controller.signal.aborted) return EXIT.interrupted;
+      let status: StatusOf | null;
+      try {
+        status = await source.status();
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+        status = null;
+      }
+      let next: string[];
+      try {
+        next = await source.logs(window);
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+        next = [];
+      }
+      const { lines, gap } = linesAfter(previous, next);
+      if (gap) io.stderr.write(`spawngate logs: more than ${window} lines arrived between two reads, or the log was rotated; lines may be missing here\n`);
+      print(lines);
+      if (next.length) previous = next;
+      if (status === null) {
+        io.stderr.write(`spawngate logs: worker ${id} is gone\n`);
+        return EXIT.ok;
+      }
+      if (status.tracking === 'closed' || TERMINAL_PHASES.has(status.backendStatus.phase)) {
+        const b = status.backendStatus;
+        io.stderr.write(`spawngate logs: worker ${id} ended (${status.tracking === 'closed' ? `closed: ${status.closeReason ?? 'closed'}` : `${b.phase}${b.reason ? `: ${b.reason}` : ''}`})\n`);
+        return EXIT.ok;
+      }
+      if (status.expiresAt !== null && Date.now() > Date.parse(status.expiresAt) + FOLLOW_EXPIRY_GRACE_MS) {
+        io.stderr.write(`spawngate logs: worker ${id} expired at ${status.expiresAt} and still runs; stopped following (spawngate sweep removes it)\n`);
+        return EXIT.ok;
+      }
+    }
+  } finally {
+    process.removeListener('SIGINT', onSignal);
+  }
+}
+
 export const logsCommand: Command = {
   name: 'logs',
-  summary: 'Print the last lines of a worker\'s log.',
-  usage: 'spawngate logs ID [--tail N] [--config FILE | --server URL [--token-file FILE]] [--json]',
-  options: { tail: { type: 'string', short: 'n' }, ...common },
+  summary: 'Print the last lines of a worker\'s log; -f keeps printing new ones until the worker ends.',
+  usage: 'spawngate logs ID [-f] [--tail N] [--config FILE | --server URL [--token-file FILE]] [--json]',
+  options: {
+    follow: { type: 'boolean', short: 'f', description: `Keep printing new lines (read every ${FOLLOW_INTERVAL_MS / 1000} s) until the worker is closed, exits or is gone, or Ctrl-C (exit 130).`, default: 'print and exit' },
+    tail: { type: 'string', short: 'n', value: 'N', description: `How many of the last lines to print first, 1 to ${MAX_TAIL}.`, default: String(DEFAULT_TAIL) },
+    ...common,
+    json: jsonLinesOption('JSON lines: a line the worker logged as a JSON object is printed as it is, any other line as {"line": "…"}.'),
+  },
   positionals: [1, 1],
+  environment: TOKEN_ENV,
+  notes: ['Lines go to stdout exactly as the worker wrote them (the reference worker writes JSON lines); what the command itself has to say goes to stderr.'],
+  examples: [
+    { description: 'The last 50 lines', command: 'spawngate logs -n 50 3f2c9a…' },
+    { description: 'Follow a worker run by a server, turn by turn, keeping only warnings and errors', command: 'spawngate logs -f --server unix:/run/spawngate/api.sock 3f2c9a… | jq -c \'select(.level == "warn" or .level == "error")\'' },
+  ],
   async run({ values, positionals, io }) {
-    const tail = Number(str(values, 'tail') ?? '200');
-    if (!Number.isInteger(tail) || tail < 1 || tail > 100_000) {
-      io.stderr.write('spawngate logs: --tail must be an integer from 1 to 100000\n');
+    const tail = Number(str(values, 'tail') ?? String(DEFAULT_TAIL));
+    if (!Number.isInteger(tail) || tail < 1 || tail > MAX_TAIL) {
+      io.stderr.write(`spawngate logs: --tail ${JSON.stringify(str(values, 'tail'))}: must be an integer from 1 to ${MAX_TAIL}\n`);
       return EXIT.usage;
     }
     const target = await resolveTarget(values, io);
     const id = positionals[0] ?? '';
-    const print = (lines: readonly string[]): number => {
-      for (const line of lines) io.stdout.write(values.json ? `${JSON.stringify({ line })}\n` : `${line}\n`);
+    const json = values.json === true;
+    const print = (lines: readonly string[]): void => {
+      for (const line of lines) io.stdout.write(`${json ? logLineAsJson(line) : line}\n`);
+    };
+    const run = async (source: LogSource): Promise<number> => {
+      if (values.follow === true) return followLogs(id, source, tail, print, io);
+      print(await source.logs(tail));
       return EXIT.ok;
     };
     if (target.kind === 'server') {
       const { client } = target;
-      return viaServer('logs', io, async () => print(await client.logs(id, tail)));
+      return viaServer('logs', io, () => run({ logs: (n) => client.logs(id, n), status: () => client.status(id) }));
     }
-    return withGate(values, target.owner, async (gate) => print(await gate.logs(id, tail)));
+    return withGate(values, target.owner, (gate) => run({ logs: (n) => gate.logs(id, n), status: () => gate.status(id) }));
   },
 };
 
@@ -440,8 +660,14 @@ export const closeCommand: Command = {
   name: 'close',
   summary: 'Delete a worker and everything created for it (through --server: also releases its slots there at once).',
   usage: 'spawngate close ID [--config FILE | --server URL [--token-file FILE]] [--json]',
-  options: common,
+  options: { ...common, json: jsonLinesOption('Print {"event":"closed","spawnId":…} instead of a sentence.') },
   positionals: [1, 1],
+  environment: TOKEN_ENV,
+  notes: ['Exit status: 0 closed, 1 no such worker (or the backend failed), 2 usage error.'],
+  examples: [
+    { description: 'Close a worker kept by spawn --keep in process', command: 'spawngate close 3f2c9a…' },
+    { description: 'Close it on the server that runs it, which releases its slots at once', command: 'spawngate close --server unix:/run/spawngate/api.sock 3f2c9a…' },
+  ],
   async run({ values, positionals, io }) {
     const target = await resolveTarget(values, io);
     const id = positionals[0] ?? '';
@@ -500,29 +726,45 @@ interface SweepOutput {
   owner?: string;
 }
 
-function writeSweep(io: Io, report: SweepOutput, json: boolean, scope: string): number {
-  if (json) io.stdout.write(`${JSON.stringify(report)}\n`);
-  else {
+function writeSweep(io: Io, report: SweepOutput, format: OutputFormat, scope: string): number {
+  writeRecord(io, format, report, () => {
     const verb = report.dryRun ? 'would remove' : 'removed';
-    for (const e of report.removed) {
-      io.stdout.write(`${verb} ${e.spawnId} (${e.backend} ${e.nativeId}${e.owner ? `, owner ${e.owner}` : ''}): ${e.reason}${e.error ? ` — failed: ${e.error}` : ''}\n`);
-    }
+    const lines = report.removed.map((e) => `${verb} ${e.spawnId} (${e.backend} ${e.nativeId}${e.owner ? `, owner ${e.owner}` : ''}): ${e.reason}${e.error ? ` — failed: ${e.error}` : ''}\n`);
     for (const e of report.errors) io.stderr.write(`backend ${e.backend}: ${e.error}\n`);
-    io.stdout.write(`${verb} ${report.removed.length}, kept ${report.kept} (${scope})\n`);
-  }
+    return `${lines.join('')}${verb} ${report.removed.length}, kept ${report.kept} (${scope})\n`;
+  });
   return report.errors.length || report.removed.some((e) => e.error) ? EXIT.failed : EXIT.ok;
 }
 
 export const sweepCommand: Command = {
   name: 'sweep',
   summary: 'Delete one owner\'s expired, exited and (with --orphans) untracked workers; --all --dry-run previews every owner.',
-  usage: 'spawngate sweep [--dry-run] [--orphans] [--config FILE] [--owner NAME | --all] [--server URL [--token-file FILE]] [--json]',
-  options: { 'dry-run': { type: 'boolean' }, orphans: { type: 'boolean' }, ...ownerOptions, ...common },
+  usage: 'spawngate sweep [--dry-run] [--orphans] [--config FILE] [--owner NAME | --all] [--server URL [--token-file FILE]] [-o json|yaml | --json]',
+  options: {
+    'dry-run': { type: 'boolean', description: 'Only say what would be removed.', default: 'remove' },
+    orphans: {
+      type: 'boolean',
+      description: 'Also remove workers no live lease holds. In process with a memory store that is every worker of the owner, a running gateway\'s too: sweep a running gateway through it (--server).',
+      default: 'expired and exited workers only',
+    },
+    ...ownerOptions,
+    all: { ...ownerOptions.all, description: 'Every owner, each judged as its own sweeper would. Needs --config; without --dry-run also --orphans, to confirm.' },
+    ...common,
+    output: outputOption(['json', 'yaml'], 'one line per worker and a total'),
+    json: jsonLinesOption(),
+  },
+  environment: TOKEN_ENV,
+  notes: ['Exit status: 0 swept (or nothing to sweep), 1 a removal or a backend failed, 2 usage error.'],
+  examples: [
+    { description: 'Preview what every owner left behind', command: 'spawngate sweep --all --dry-run --orphans -c /etc/spawngate/gw.yaml' },
+    { description: 'Remove what a crashed gateway (owner of gw.yaml) left behind', command: 'spawngate sweep --orphans -c /etc/spawngate/gw.yaml' },
+    { description: 'Sweep through the running server, as a YAML report', command: 'spawngate sweep --server http://127.0.0.1:8080 -o yaml' },
+  ],
   async run({ values, io }) {
     const dryRun = values['dry-run'] === true;
     const orphans = values.orphans === true;
     const all = values.all === true;
-    const json = values.json === true;
+    const format = outputFormat(values);
     if (all && str(values, 'server') !== undefined) {
       throw new UsageError('--all cannot be combined with --server: a server sweeps only its own owner\'s workers (use --all --config FILE on the backends instead)');
     }
@@ -535,7 +777,7 @@ export const sweepCommand: Command = {
     const target = await resolveTarget(values, io);
     if (target.kind === 'server') {
       const { client } = target;
-      return viaServer('sweep', io, async () => writeSweep(io, await client.sweep({ dryRun, orphans }), json, `owner of ${client.label}`));
+      return viaServer('sweep', io, async () => writeSweep(io, await client.sweep({ dryRun, orphans }), format, `owner of ${client.label}`));
     }
     if (orphans && (all || target.owner !== CLI_OWNER)) {
       // The one way this command can hurt a healthy gateway: say so before it happens, not in the docs only.
@@ -543,8 +785,8 @@ export const sweepCommand: Command = {
         `note: in process every worker of ${all ? 'another owner' : `owner ${target.owner}`} counts as untracked unless a lease in a shared store shows it alive; if such a gateway is running, sweep through it with --server\n`,
       );
     }
-    if (all) return writeSweep(io, await sweepAllOwners(values, target.owner, { dryRun, orphans }), json, 'every owner');
-    return withGate(values, target.owner, async (gate) => writeSweep(io, { ...(await gate.sweep({ dryRun, orphans })), owner: gate.owner }, json, `owner ${gate.owner}`));
+    if (all) return writeSweep(io, await sweepAllOwners(values, target.owner, { dryRun, orphans }), format, 'every owner');
+    return withGate(values, target.owner, async (gate) => writeSweep(io, { ...(await gate.sweep({ dryRun, orphans })), owner: gate.owner }, format, `owner ${gate.owner}`));
   },
 };
 
@@ -552,8 +794,18 @@ export const collectCommand: Command = {
   name: 'collect',
   summary: 'Take a worker\'s results before it goes: the diff of its git workspace, or the workspace as a .tar.gz (from spawngate serve).',
   usage: 'spawngate collect ID --server URL [--token-file FILE] [--archive FILE|- [--git]]',
-  options: { ...remote, archive: { type: 'string', short: 'a' }, git: { type: 'boolean' } },
+  options: {
+    server: { ...remote.server, description: 'The spawngate serve that runs the worker (required: only it can read the workspace): http://host:port[/prefix], https://… or unix:/path/to/socket.' },
+    'token-file': remote['token-file'],
+    archive: { type: 'string', short: 'a', value: 'FILE|-', description: 'Write the whole workspace as a .tar.gz to FILE (- for stdout) instead of printing the diff; a cut transfer leaves no FILE.', default: 'print the diff since the checked-out commit' },
+    git: { type: 'boolean', description: 'Keep .git in the archive (only with --archive).', default: 'left out' },
+  },
   positionals: [1, 1],
+  environment: TOKEN_ENV,
+  examples: [
+    { description: 'Apply what the agent changed to a local checkout', command: 'spawngate collect --server unix:/run/spawngate/api.sock 3f2c9a… | git apply' },
+    { description: 'Save the whole workspace, history included', command: 'spawngate collect --server unix:/run/spawngate/api.sock 3f2c9a… --archive ws.tar.gz --git' },
+  ],
   async run({ values, positionals, io }) {
     // Only the gateway that runs a worker holds its token, so only a running serve can read its workspace.
     if (str(values, 'server') === undefined) throw new UsageError('collect needs --server URL: only the spawngate serve that runs a worker can read its workspace');
