@@ -37,6 +37,8 @@ export interface RemoteAdmitResult {
 
 export interface RemoteSpawn {
   spawnId: string;
+  /** The admission decision's id (decision_id in the decision log). */
+  decisionId: string;
   agentId: string;
   backend: string;
   profile: string;

@@ -235,6 +235,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
       headers: { location: `/v1/spawns/${encodeURIComponent(handle.spawnId)}` },
       body: {
         spawnId: handle.spawnId,
+        decisionId: handle.decisionId,
         agentId: handle.agentId,
         backend: handle.backend,
         profile: handle.profile,

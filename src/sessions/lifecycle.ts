@@ -55,6 +55,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         'spawngate.agent_id': admitted.request.agentId,
         'spawngate.decision': admitted.allowed ? 'allow' : 'deny',
         'spawngate.reason': admitted.decision.reasons[0]?.code,
+        'spawngate.decision_id': admitted.decisionId,
       });
       if (!admitted.allowed) {
         safely(() => metrics.spawns.inc({ backend: admitted.decision.backend ?? '', profile: admitted.decision.profile ?? '', outcome: 'denied' }));
@@ -84,6 +85,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           owner,
           instanceId: options.instanceId,
           decision,
+          decisionId: admitted.decisionId,
           backend: backendConfig,
           profile: profileConfig,
           agentId: admitted.request.agentId,
@@ -122,7 +124,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           metrics.activeWorkers.inc({ backend: decision.backend, profile: decision.profile });
         });
         progress({ stage: 'ready', nativeId: createdRef.nativeId, readyMs });
-        const entry = track({ spawnId, ref: createdRef, backend: chosen, reservation, token, decision, endpoint, agentId: admitted.request.agentId, caller: admitted.input.caller, expiresAt: spec.expiresAt, spawnSpan: ctx, dropped: accepted.dropped });
+        const entry = track({ spawnId, ref: createdRef, backend: chosen, reservation, token, decision, decisionId: admitted.decisionId, endpoint, agentId: admitted.request.agentId, caller: admitted.input.caller, expiresAt: spec.expiresAt, spawnSpan: ctx, dropped: accepted.dropped });
         return entry.handle;
       } catch (err) {
         // Whatever was created is removed and the slots go back, exactly once, before the error surfaces.
@@ -209,6 +211,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     reservation: Reservation;
     token: string;
     decision: AllowDecision;
+    decisionId: string;
     endpoint: WorkerEndpoint;
     agentId: string;
     caller: Live['caller'];
@@ -224,6 +227,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     ttlTimer.unref();
     const handle: WorkerHandle = {
       spawnId,
+      decisionId: args.decisionId,
       backend: decision.backend,
       profile: decision.profile,
       agentId: args.agentId,

@@ -7,6 +7,9 @@ import { LABELS } from '../backends/types.js';
 import { traceExportRequested } from '../telemetry/sdk.js';
 
 /** Kubernetes label values: ≤ 63 chars of [A-Za-z0-9._-], alphanumeric at both ends. Docker accepts the same. */
+/** The admission decision a worker runs on: its decision-log line has this decision_id. */
+export const DECISION_ID_LABEL = 'spawngate.io/decision-id';
+
 export function labelValue(value: string): string {
   const cleaned = value.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 63);
   return cleaned.replace(/^[^A-Za-z0-9]+/, '').replace(/[^A-Za-z0-9]+$/, '') || 'x';
@@ -151,6 +154,8 @@ export interface SpecInput {
   owner: string;
   instanceId: string;
   decision: AllowDecision;
+  /** The decision's id, for the worker's labels; absent only where no decision was taken (manifest tests). */
+  decisionId?: string;
   backend: BackendConfig;
   profile: ProfileConfig;
   agentId: string;
@@ -233,6 +238,7 @@ export function buildWorkerSpec(input: SpecInput): WorkerSpec {
       [LABELS.profile]: labelValue(decision.profile),
       [LABELS.agent]: labelValue(input.agentId),
       [LABELS.expiresAt]: String(Math.floor(expiresAt.getTime() / 1000)),
+      ...(input.decisionId ? { [DECISION_ID_LABEL]: labelValue(input.decisionId) } : {}),
     },
     traceparent: input.traceparent,
   };

@@ -56,6 +56,8 @@ export interface SpawnStatus {
 
 export interface WorkerHandle {
   readonly spawnId: string;
+  /** The admission decision it runs on: decision_id of its decision-log line, its label spawngate.io/decision-id. */
+  readonly decisionId: string;
   readonly backend: string;
   readonly profile: string;
   readonly agentId: string;
