@@ -1,31 +1,62 @@
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, readFileSync } from 'node:fs';
 import type { WriteStream } from 'node:fs';
 import type { Writable } from 'node:stream';
-import type { AdmissionInput, Decision } from './types.js';
-import type { PermissionDecision } from './permissions.js';
+import type { AdmissionInput } from './types.js';
+import type { MaskEvaluation, Maskable } from './decision-mask.js';
+import { applyMask } from './decision-mask.js';
+import type { Logger } from '../log.js';
+import { silentLogger } from '../log.js';
 import { redact, redactString } from '../redact.js';
 
 export { redact, redactString };
 
+/** The bundle's name under `bundles`: spawngate serves one bundle. */
+export const DECISION_LOG_BUNDLE = 'spawngate';
+
+/**
+ * Which step produced `result`: the admission policy, the reservation store enforcing its limits,
+ * or the permission policy answering an agent's request during a turn.
+ */
+export type DecisionStage = 'policy' | 'reservation' | 'permission';
+
+/**
+ * One line of the decision log: an event of OPA's decision-log format (what OPA's console logger
+ * and its decision log service plugin emit), so OPA's tooling reads it, plus spawngate's own
+ * top-level keys (`stage`, `spawn_id`, `catalog_revision`), which OPA's readers ignore.
+ */
 export interface DecisionLogEntry {
+  /** Which gateway decided: `id` is this instance (the lease holder id), `version` spawngate's. */
+  labels: DecisionLogLabels;
   decision_id: string;
-  /** W3C ids of the span the decision was taken in, when it was traced. */
+  /** W3C ids of the span that settled the outcome, when it was traced. */
   trace_id?: string;
   span_id?: string;
-  time: string;
-  bundle_revision: string | null;
-  /** sha256 of the catalog (the config the decision saw), which the logged input leaves out; with the bundle revision it makes a line replayable. */
-  catalog_revision: string;
-  /**
-   * Which step produced `result`: the admission policy, the reservation store enforcing its limits,
-   * or the permission policy answering an agent's request during a turn (then `result` is a
-   * PermissionDecision and `spawn_id` names the worker).
-   */
-  stage: 'policy' | 'reservation' | 'permission';
+  /** `{ spawngate: { revision } }`; absent when no bundle was loaded (the decision failed closed). */
+  bundles?: Record<string, { revision: string }>;
+  /** The rule that decided: `spawngate/admission/decision` or `spawngate/permissions/decision`. */
+  path: string;
+  /** The rule's input, without the catalog (config, identical on every line), masked and redacted; absent when erased. */
+  input?: unknown;
+  /** The rule's decision (a Decision or a PermissionDecision), masked and redacted. */
+  result?: unknown;
+  /** JSON pointers the mask rule removed. */
+  erased?: string[];
+  /** JSON pointers the mask rule replaced. */
+  masked?: string[];
+  /** RFC 3339 with the fraction's trailing zeros cut, as Go's RFC3339Nano prints it. */
+  timestamp: string;
+  metrics: { timer_rego_query_eval_ns: number };
+  stage: DecisionStage;
+  /** The worker the decision is about: a permission request's, or a spawn's when it was reserved. */
   spawn_id?: string;
-  input: unknown;
-  result: Decision | PermissionDecision;
-  eval_us: number;
+  /** sha256 of the catalog (the config the decision saw), which the input leaves out; with the bundle revision it makes a line replayable. */
+  catalog_revision: string;
+}
+
+export interface DecisionLogLabels {
+  id: string;
+  version: string;
+  [label: string]: string;
 }
 
 export interface DecisionLog {
@@ -39,14 +70,123 @@ export interface DecisionLog {
   close(): Promise<void>;
 }
 
-export function redactInput(input: AdmissionInput): unknown {
-  // The catalog is config, identical on every line; the revision and backend names locate it.
+/** What admission logs of its input: everything but the catalog. */
+export function loggedInput(input: AdmissionInput): unknown {
   const { catalog: _catalog, ...rest } = input;
-  return redact(rest);
+  return rest;
 }
 
 function line(entry: DecisionLogEntry): string {
   return `${JSON.stringify(entry)}\n`;
+}
+
+/** `2026-01-02T03:04:05.12Z`: Go's RFC3339Nano as OPA writes `timestamp` (no trailing zeros; a whole second has no fraction). */
+export function rfc3339Nano(date: Date): string {
+  return date.toISOString().replace(/\.?0+Z$/, 'Z');
+}
+
+let version: string | undefined;
+/** spawngate's version, for the `version` label. */
+export function spawngateVersion(): string {
+  if (version === undefined) {
+    try {
+      version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string }).version ?? 'unknown';
+    } catch {
+      version = 'unknown';
+    }
+  }
+  return version;
+}
+
+/** One decision as the gate hands it over; the recorder turns it into a masked, redacted line. */
+export interface DecisionRecord {
+  decisionId: string;
+  path: string;
+  stage: DecisionStage;
+  spawnId?: string;
+  bundleRevision: string | null;
+  /** What the rule saw, minus what is never logged; masked and redacted by the recorder. */
+  input: unknown;
+  result: unknown;
+  evalMicros: number;
+  span?: { traceId: string; spanId: string } | null;
+}
+
+export interface DecisionRecorderOptions {
+  sink: DecisionLog;
+  /** The bundle's mask rule (PolicyEngine.evaluateMask); without it lines are only redacted. */
+  mask?: (eventJson: string) => MaskEvaluation;
+  labels: DecisionLogLabels;
+  catalogRevision: string;
+  clock?: () => Date;
+  logger?: Logger;
+}
+
+/**
+ * Builds each line: the OPA event, the bundle's mask rule applied to it (the rule sees the event as
+ * OPA would give it, before redaction), then credential shapes redacted in what is left of input
+ * and result. A mask rule that fails erases the line's input: the decision stays in the log, and
+ * whatever the rule was meant to hide does not get in.
+ */
+export function createDecisionRecorder(options: DecisionRecorderOptions): (record: DecisionRecord) => void {
+  const clock = options.clock ?? (() => new Date());
+  const logger = options.logger ?? silentLogger;
+  let lastProblem = '';
+  const warn = (problem: string) => {
+    // Once per distinct problem: a broken rule fails on every line.
+    if (problem === lastProblem) return;
+    lastProblem = problem;
+    logger.warn('decision log mask rule failed; the line\'s input was erased', { problem });
+  };
+  return (record) => {
+    const event = {
+      labels: options.labels,
+      decision_id: record.decisionId,
+      ...(record.span ? { trace_id: record.span.traceId, span_id: record.span.spanId } : {}),
+      ...(record.bundleRevision ? { bundles: { [DECISION_LOG_BUNDLE]: { revision: record.bundleRevision } } } : {}),
+      path: record.path,
+      input: record.input,
+      result: record.result,
+      timestamp: rfc3339Nano(clock()),
+      stage: record.stage,
+      ...(record.spawnId ? { spawn_id: record.spawnId } : {}),
+      catalog_revision: options.catalogRevision,
+    };
+    let masked: Maskable = event;
+    let erased: string[] = [];
+    let upserted: string[] = [];
+    if (options.mask) {
+      const json = JSON.stringify(event);
+      const evaluation = options.mask(json);
+      const output = evaluation.ok ? evaluation.output : ['/input'];
+      if (!evaluation.ok) warn(evaluation.error);
+      if (output !== null && !(Array.isArray(output) && output.length === 0)) {
+        // The rule's changes go to a copy: the event's input is the caller's object (AdmitResult.input).
+        masked = JSON.parse(json) as Maskable;
+        const outcome = applyMask(masked, output);
+        if (outcome.problems.length > 0) warn(outcome.problems.join('; '));
+        erased = outcome.erased;
+        upserted = outcome.masked;
+      }
+    }
+    const entry: DecisionLogEntry = {
+      labels: event.labels,
+      decision_id: event.decision_id,
+      ...(record.span ? { trace_id: record.span.traceId, span_id: record.span.spanId } : {}),
+      ...(event.bundles ? { bundles: event.bundles } : {}),
+      path: event.path,
+      ...(masked.input === undefined ? {} : { input: redact(masked.input) }),
+      ...(masked.result === undefined ? {} : { result: redact(masked.result) }),
+      ...(erased.length > 0 ? { erased } : {}),
+      ...(upserted.length > 0 ? { masked: upserted } : {}),
+      timestamp: event.timestamp,
+      metrics: { timer_rego_query_eval_ns: Math.round(record.evalMicros * 1000) },
+      stage: event.stage,
+      ...(record.spawnId ? { spawn_id: record.spawnId } : {}),
+      catalog_revision: event.catalog_revision,
+    };
+    options.sink.write(entry);
+  };
 }
 
 /**
@@ -107,4 +247,16 @@ export function memoryDecisionLog(limit = 10_000): DecisionLog & { entries: Deci
     reopen() {},
     close: () => Promise.resolve(),
   };
+}
+
+/** What `spawngate.decisionLog` (or the decisionLog option) names: a file path, "stdout" or "off". */
+export type DecisionLogSetting = string;
+
+/** The sink a setting names: null for false/"off", stdout, a file (reopened on SIGHUP), or a sink object as it is. */
+export function openDecisionLog(setting: DecisionLog | DecisionLogSetting | false | undefined, deps: { logger?: Logger } = {}): DecisionLog | null {
+  const logger = deps.logger ?? silentLogger;
+  if (setting === undefined || setting === false || setting === 'off') return null;
+  if (setting === 'stdout') return streamDecisionLog(process.stdout);
+  if (typeof setting === 'string') return fileDecisionLog(setting, (err) => logger.error('decision log write failed', { path: setting, error: err.message }));
+  return setting;
 }

@@ -8,6 +8,8 @@ import { checkDecision, denyWith } from './decision.js';
 import type { AdmissionInput, Decision } from './types.js';
 import { checkPermissionDecision, PERMISSION_ENTRYPOINT } from './permissions.js';
 import type { PermissionDecision, PermissionInput } from './permissions.js';
+import { MASK_ENTRYPOINT } from './decision-mask.js';
+import type { MaskEvaluation } from './decision-mask.js';
 
 export const ENTRYPOINT = 'spawngate/admission/decision';
 
@@ -71,6 +73,11 @@ export interface PolicyEngine {
   evaluateJsonWithoutCatalog(inputJson: string): EvaluationResult;
   /** The bundle's permission rule (spawngate.permissions) on one agent request; never throws, rejects when in doubt. */
   evaluatePermission(input: PermissionInput): PermissionEvaluation;
+  /**
+   * The bundle's decision-log mask rule (system.log.mask) on one log event, as JSON: its output as
+   * it is, `null` when the bundle has no such rule (or no bundle is loaded); never throws.
+   */
+  evaluateMask(eventJson: string): MaskEvaluation;
   /** Replaces the runtime data (e.g. after a config change); throws a PolicyError if the policy cannot take it, and the previous data keeps serving. */
   setRuntimeData(data: RuntimeData): void;
   /** Whether the serving bundle reads the catalog from runtime data (false: it is sent with every input). */
@@ -108,6 +115,8 @@ interface Active {
   entrypoint: number;
   /** The permission rule's entry; null for a bundle built without it (every request is then rejected). */
   permissionEntrypoint: number | null;
+  /** The decision-log mask rule's entry; null for a bundle without one (the log then only redacts). */
+  maskEntrypoint: number | null;
   revision: string;
   bundleData: unknown;
   /** Probed at load: the policy decides the same with the catalog in data as with it in the input. */
@@ -237,7 +246,8 @@ async function instantiate(bundle: PolicyBundle, policyData: Readonly<Record<str
   const raw = policy as unknown as RawPolicy;
   const opaEval = typeof raw.minorVersion === 'number' && raw.minorVersion >= 2 && typeof raw.wasmInstance.exports.opa_eval === 'function' ? (raw.wasmInstance.exports.opa_eval as OpaEval) : null;
   const permissionEntrypoint = entrypoints?.[PERMISSION_ENTRYPOINT] ?? null;
-  const active: Active = { policy, opaEval, entrypoint, permissionEntrypoint, revision: bundle.revision, bundleData, readsRuntimeCatalog: false, configChecked: false, configProblems: [] };
+  const maskEntrypoint = entrypoints?.[MASK_ENTRYPOINT] ?? null;
+  const active: Active = { policy, opaEval, entrypoint, permissionEntrypoint, maskEntrypoint, revision: bundle.revision, bundleData, readsRuntimeCatalog: false, configChecked: false, configProblems: [] };
   const canary = run(active, JSON.stringify(CANARY));
   if (canary.reasons.some((r) => r.code === 'policy_output_invalid' || r.code === 'policy_error')) {
     throw new PolicyError('POLICY_LOAD_FAILED', `bundle ${bundle.revision} failed its self-check: ${canary.reasons.map((r) => r.message).join('; ')}`);
@@ -393,6 +403,19 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     return { decision, revision: current.revision, evalMicros: Number(process.hrtime.bigint() - started) / 1000 };
   }
 
+  function evaluateMask(eventJson: string): MaskEvaluation {
+    const current = active;
+    if (!current || current.maskEntrypoint === null) return { ok: true, output: null };
+    try {
+      const resultSet = evaluateAt(current, current.maskEntrypoint, eventJson);
+      if (!Array.isArray(resultSet)) return { ok: false, error: 'the mask rule returned no result set' };
+      // A partial set with no member may come back as no result at all.
+      return { ok: true, output: resultSet.length === 0 ? [] : (resultSet[0] as { result?: unknown }).result };
+    } catch (cause) {
+      return { ok: false, error: `mask rule evaluation failed: ${describe(cause)}` };
+    }
+  }
+
   function setRuntimeData(data: RuntimeData): void {
     const current = active;
     const catalogJson = JSON.stringify(data.catalog);
@@ -447,6 +470,7 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     evaluateJson: evaluateText,
     evaluateJsonWithoutCatalog: evaluateWithoutCatalog,
     evaluatePermission,
+    evaluateMask,
     setRuntimeData,
     get readsRuntimeCatalog() {
       return active?.readsRuntimeCatalog ?? false;

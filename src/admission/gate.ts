@@ -1,10 +1,11 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import type { DecisionLog, DecisionLogEntry } from './decision-log.js';
-import { fileDecisionLog, redact, redactInput, streamDecisionLog } from './decision-log.js';
+import type { DecisionLog, DecisionLogSetting, DecisionRecord } from './decision-log.js';
+import { createDecisionRecorder, loggedInput, openDecisionLog, spawngateVersion } from './decision-log.js';
 import type { PermissionDecision, PermissionInput } from './permissions.js';
+import { PERMISSION_ENTRYPOINT } from './permissions.js';
 import type { PolicyBundle, PolicyEngine } from './engine.js';
-import { createPolicyEngine } from './engine.js';
+import { createPolicyEngine, ENTRYPOINT } from './engine.js';
 import type { LeaseKeeper, LeaseSettings } from './leases.js';
 import { createLeaseKeeper, DEFAULT_LEASE } from './leases.js';
 import type { PreparedCatalog } from './input.js';
@@ -37,7 +38,7 @@ export interface AdmissionOptions {
   watchBundle?: boolean;
   store?: ReservationStore;
   /** A sink, a file path, "stdout", or false. Default: `spawngate.decisionLog` from the config, else off. */
-  decisionLog?: DecisionLog | string | false;
+  decisionLog?: DecisionLog | DecisionLogSetting | false;
   logger?: Logger;
   /** Defaults to a fresh registry; pass one to share it with the lifecycle and your /metrics. */
   metrics?: Metrics;
@@ -106,6 +107,26 @@ function rejectionToDeny(decision: AllowDecision, rejection: ReserveRejection): 
   return { ...decision, allow: false, reasons: [{ code: rejection.code, message }] };
 }
 
+type SpanIds = { traceId: string; spanId: string };
+
+/** A decision not logged yet: its one line is written with the final outcome, which the store may still turn into a deny. */
+interface Decided {
+  result: AdmitResult;
+  evalMicros: number;
+  /** The admission span's ids. */
+  span: SpanIds | null;
+}
+
+/** The ids a decision-log line joins its trace by: the span's, else the active one's. */
+function spanIds(span?: Span): SpanIds | null {
+  try {
+    const ids = span ? span.spanContext() : trace.getSpanContext(context.active());
+    return ids && isSpanContextValid(ids) ? { traceId: ids.traceId, spanId: ids.spanId } : null;
+  } catch {
+    return null; // telemetry must never break a spawn
+  }
+}
+
 /** Builds a span's attributes only when it records them: without a tracer SDK, every span is a no-op. */
 function annotate(span: Span, attributes: () => Record<string, string | number | boolean | null | undefined>): void {
   let recording: boolean;
@@ -121,14 +142,6 @@ async function resolveConfig(config: AdmissionOptions['config']): Promise<Spawng
   if (config === undefined) return defaultConfig();
   if (typeof config === 'string') return loadConfigFile(config);
   return parseConfig(config);
-}
-
-function openDecisionLog(option: AdmissionOptions['decisionLog'], config: SpawngateConfig, logger: Logger): DecisionLog | null {
-  const chosen = option ?? config.spawngate?.decisionLog ?? false;
-  if (chosen === false || chosen === 'off') return null;
-  if (chosen === 'stdout') return streamDecisionLog(process.stdout);
-  if (typeof chosen === 'string') return fileDecisionLog(chosen, (err) => logger.error('decision log write failed', { path: chosen, error: err.message }));
-  return chosen;
 }
 
 export async function createAdmission(options: AdmissionOptions = {}): Promise<Admission> {
@@ -154,7 +167,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   try {
     store = options.store ?? (await createStoreFromConfig(config, logger));
     try {
-      decisionLog = openDecisionLog(options.decisionLog, config, logger);
+      decisionLog = openDecisionLog(options.decisionLog ?? config.spawngate?.decisionLog, { logger });
     } catch (err) {
       if (!options.store) await store.close();
       throw err;
@@ -174,11 +187,21 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     logger,
     ...(options.lease?.heartbeat === undefined ? {} : { heartbeat: options.lease.heartbeat }),
   });
+  const recordDecision = decisionLog
+    ? createDecisionRecorder({
+        sink: decisionLog,
+        mask: (eventJson) => policy.evaluateMask(eventJson),
+        labels: { id: leases.holder, version: spawngateVersion() },
+        catalogRevision,
+        clock,
+        logger,
+      })
+    : null;
 
-  async function decide(raw: unknown, parent: Context | undefined): Promise<AdmitResult> {
+  async function decide(raw: unknown, parent: Context | undefined): Promise<Decided> {
     const request = parseSpawnRequest(raw);
     return inSpan(SPAN.admission, parent ?? parentContext(request.traceparent), { 'spawngate.agent_id': request.agentId }, async (span) => {
-      const result = await evaluate(request);
+      const { result, evalMicros } = await evaluate(request);
       annotate(span, () => ({
         'spawngate.decision': result.decision.allow ? 'allow' : 'deny',
         'spawngate.reason': result.decision.reasons[0]?.code,
@@ -187,11 +210,11 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
         'spawngate.bundle_revision': result.bundleRevision,
         'spawngate.decision_id': result.decisionId,
       }));
-      return result;
+      return { result, evalMicros, span: spanIds(span) };
     });
   }
 
-  async function evaluate(request: SpawnRequest): Promise<AdmitResult> {
+  async function evaluate(request: SpawnRequest): Promise<{ result: AdmitResult; evalMicros: number }> {
     const { caller } = request;
     const resolved = resolveSelection(config, {
       agentId: request.agentId,
@@ -233,36 +256,32 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       input,
       bundleRevision: evaluation.revision,
     };
-    logDecision(result, evaluation.evalMicros);
     safely(() => metrics.evaluationSeconds.observe(evaluation.evalMicros / 1e6));
-    return result;
+    return { result, evalMicros: evaluation.evalMicros };
   }
 
-  function logDecision(result: AdmitResult, evalMicros: number): void {
-    writeLogLine({ decisionId: result.decisionId, bundleRevision: result.bundleRevision, stage: result.stage, input: redactInput(result.input), result: result.decision }, evalMicros);
+  /**
+   * The decision's one line, written once its outcome is final (a policy allow the store refuses is
+   * one deny line), joined to the span that settled it: admission, or the reservation.
+   */
+  function logDecision(decided: Decided, final: AdmitResult, spawnId?: string, span: SpanIds | null = decided.span): void {
+    writeLogLine({
+      decisionId: final.decisionId,
+      path: ENTRYPOINT,
+      stage: final.stage,
+      ...(spawnId ? { spawnId } : {}),
+      bundleRevision: final.bundleRevision,
+      input: loggedInput(final.input),
+      result: final.decision,
+      evalMicros: decided.evalMicros,
+      span,
+    });
   }
 
-  function writeLogLine(
-    line: { decisionId: string; bundleRevision: string | null; stage: DecisionLogEntry['stage']; spawnId?: string; input: unknown; result: DecisionLogEntry['result'] },
-    evalMicros: number,
-  ): void {
-    if (!decisionLog) return;
+  function writeLogLine(line: DecisionRecord): void {
+    if (!recordDecision) return;
     try {
-      // The span the decision was taken in (admission, or reservation), so a line joins its trace.
-      const active = trace.getSpanContext(context.active());
-      const traced = active && isSpanContextValid(active) ? { trace_id: active.traceId, span_id: active.spanId } : {};
-      decisionLog.write({
-        decision_id: line.decisionId,
-        ...traced,
-        time: clock().toISOString(),
-        bundle_revision: line.bundleRevision,
-        catalog_revision: catalogRevision,
-        stage: line.stage,
-        ...(line.spawnId ? { spawn_id: line.spawnId } : {}),
-        input: line.input,
-        result: line.result,
-        eval_us: Math.round(evalMicros),
-      });
+      recordDecision(line);
     } catch (err) {
       // The log is an audit aid; losing a line must not turn into a failed spawn.
       logger.warn('decision log write failed', { error: (err as Error).message });
@@ -298,19 +317,25 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   }
 
   async function admit(raw: unknown, call: AdmitCallOptions = {}): Promise<AdmitResult> {
-    const result = await decide(raw, call.parent);
-    if (!result.decision.allow) return result;
-    const check = await store.check({ concurrency: result.decision.limits.concurrency, rate: result.decision.limits.rate });
-    if (check.ok) return result;
-    const denied: AdmitResult = { ...result, stage: 'reservation', decision: rejectionToDeny(result.decision, check) };
-    logDecision(denied, 0);
-    return denied;
+    const decided = await decide(raw, call.parent);
+    const { result } = decided;
+    let final = result;
+    if (result.decision.allow) {
+      const check = await store.check({ concurrency: result.decision.limits.concurrency, rate: result.decision.limits.rate });
+      if (!check.ok) final = { ...result, stage: 'reservation', decision: rejectionToDeny(result.decision, check) };
+    }
+    logDecision(decided, final);
+    return final;
   }
 
   async function reserve(raw: unknown, call: AdmitCallOptions = {}): Promise<ReserveResult> {
-    const result = await decide(raw, call.parent);
+    const decided = await decide(raw, call.parent);
+    const { result } = decided;
     const decision = result.decision;
-    if (!decision.allow) return { ...result, allowed: false, decision, reservation: null };
+    if (!decision.allow) {
+      logDecision(decided, result, call.spawnId);
+      return { ...result, allowed: false, decision, reservation: null };
+    }
     const parent = call.parent ?? parentContext(result.request.traceparent);
     return inSpan(SPAN.reservation, parent, { 'spawngate.store': store.kind }, async (span): Promise<ReserveResult> => {
       const outcome = await store.reserve({
@@ -329,12 +354,13 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
         },
       });
       if (!outcome.ok) {
-        annotate(span, () => ({ 'spawngate.decision': 'deny', 'spawngate.reason': outcome.code }));
+        annotate(span, () => ({ 'spawngate.decision': 'deny', 'spawngate.reason': outcome.code, 'spawngate.decision_id': result.decisionId }));
         const deniedResult = { ...result, stage: 'reservation' as const, decision: rejectionToDeny(decision, outcome) };
-        logDecision(deniedResult, 0);
+        logDecision(decided, deniedResult, call.spawnId, spanIds(span));
         return { ...deniedResult, allowed: false, reservation: null };
       }
-      annotate(span, () => ({ 'spawngate.decision': 'allow', 'spawngate.reservation_id': outcome.record.id }));
+      annotate(span, () => ({ 'spawngate.decision': 'allow', 'spawngate.reservation_id': outcome.record.id, 'spawngate.decision_id': result.decisionId }));
+      logDecision(decided, result, outcome.record.spawnId, spanIds(span));
       return { ...result, allowed: true, decision, reservation: makeReservation(outcome.record) };
     });
   }
@@ -359,7 +385,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     decidePermission(input) {
       const evaluation = policy.evaluatePermission(input);
       const { decision } = evaluation;
-      writeLogLine({ decisionId: randomUUID(), bundleRevision: evaluation.revision, stage: 'permission', spawnId: input.spawnId, input: redact(input), result: decision }, evaluation.evalMicros);
+      writeLogLine({ decisionId: randomUUID(), path: PERMISSION_ENTRYPOINT, stage: 'permission', spawnId: input.spawnId, bundleRevision: evaluation.revision, input, result: decision, evalMicros: evaluation.evalMicros, span: spanIds() });
       safely(() => metrics.permissionDecisions.inc({ profile: input.profile, outcome: decision.outcome, code: decision.code }));
       return decision;
     },

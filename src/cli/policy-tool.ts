@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
 import { PERMISSION_ENTRYPOINT } from '../admission/permissions.js';
+import { MASK_ENTRYPOINT } from '../admission/decision-mask.js';
 import { BLOCK, BUNDLE_MEMBERS, DECISION_QUERY, DEFAULT_LIMITS, parseManifest, POLICY_ENTRYPOINT, readArchiveFile, readArchiveMembers } from '../admission/bundle.js';
 import { PolicyError, SpawngateError } from '../errors.js';
 
@@ -268,12 +269,13 @@ export async function policyRevision(policiesDir: string): Promise<string> {
 // ---------------------------------------------------------------------------------------------
 // Build
 
-async function declaresPermissions(policiesDir: string): Promise<boolean> {
+async function declaredPackages(policiesDir: string): Promise<Set<string>> {
+  const found = new Set<string>();
   for (const file of await policySourceFiles(policiesDir)) {
     if (!file.endsWith('.rego') || file.endsWith('_test.rego')) continue;
-    if (/^package\s+spawngate\.permissions\s*$/m.test(await readFile(join(policiesDir, file), 'utf8'))) return true;
+    for (const m of (await readFile(join(policiesDir, file), 'utf8')).matchAll(/^package\s+([\w.]+)\s*$/gm)) found.add(m[1]!);
   }
-  return false;
+  return found;
 }
 
 /**
@@ -290,7 +292,9 @@ export async function buildBundle(opts: { policiesDir: string; outFile: string; 
     const raw = join(work, 'opa-bundle.tar.gz');
     // Run inside the folder with "." so that paths inside opa's output never depend on where the repo lives.
     // A policy set without a permission rule still builds: the engine then rejects every permission request, saying why.
-    const entrypoints = (await declaresPermissions(policiesDir)) ? [POLICY_ENTRYPOINT, PERMISSION_ENTRYPOINT] : [POLICY_ENTRYPOINT];
+    // Without a decision-log mask rule (package system.log) the log is only redacted.
+    const packages = await declaredPackages(policiesDir);
+    const entrypoints = [POLICY_ENTRYPOINT, ...(packages.has('spawngate.permissions') ? [PERMISSION_ENTRYPOINT] : []), ...(packages.has('system.log') ? [MASK_ENTRYPOINT] : [])];
     const args = ['build', '-t', 'wasm', ...entrypoints.flatMap((e) => ['-e', e]), '--ignore', '*_test.rego', '--revision', revision, '-o', raw, '.'];
     const result = await run(opa, args, { cwd: policiesDir });
     if (result.code !== 0) throw toolFailure(`opa build of ${policiesDir} failed`, opa, args, result);

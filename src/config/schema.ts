@@ -619,6 +619,13 @@ export const policyDataSchema = z
           .register(configMetadata, { description: 'a command name and its build/test targets' }),
       })
       .optional(),
+    decisionLog: z
+      .strictObject({
+        taskMaxChars: z.int().min(0).max(LIMITS.text).nullable().optional().register(configMetadata, { description: 'a longer task is cut to this many characters in the decision log (masked, with a note of how much was cut); null: kept whole' }),
+        eraseToolInput: z.boolean().optional().register(configMetadata, { description: 'leave the tool call\'s rawInput (file contents, scripts) out of permission lines; the paths and kind stay' }),
+      })
+      .optional()
+      .register(configMetadata, { description: 'what the bundle\'s mask rule (policies/log.rego, OPA\'s system.log.mask) takes out of decision-log lines; credential shapes are redacted regardless' }),
   })
   .register(configMetadata, {
     id: 'PolicyData',
@@ -681,7 +688,7 @@ export const spawngateSectionSchema = z.strictObject({
     .optional()
     .register(configMetadata, { description: 'this gateway\'s id on worker labels; the sweeper treats untracked workers of this owner as orphans' }),
   bundle: filePathSchema.optional().register(configMetadata, { description: 'OPA bundle (directory or .tar.gz) with the admission policy' }),
-  decisionLog: filePathSchema.optional().register(configMetadata, { description: 'a file path, "stdout", or "off"' }),
+  decisionLog: filePathSchema.optional().register(configMetadata, { description: 'where decision records (OPA decision-log events, one per decision) go: a file path (JSON lines, reopened on SIGHUP), "stdout", or "off"; docs/decision-log.md' }),
   stateDir: filePathSchema.optional(),
   sweepIntervalSeconds: z.int().min(1).max(86_400).optional(),
   leaseSeconds: z

@@ -230,8 +230,8 @@ describe('admission gate', () => {
     const res = await g.admit({ agentId: 'echo', task: 'use key sk-abcdefghijklmnopqrstuvwxyz123456 and Bearer abcdefghijklmnop1234', caller: caller() });
     expect(log.entries).toHaveLength(1);
     const entry = log.entries[0]!;
-    expect(entry).toMatchObject({ decision_id: res.decisionId, bundle_revision: (await readBundle(SHIPPED_BUNDLE)).revision, stage: 'policy', result: { allow: true } });
-    expect(Date.parse(entry.time)).not.toBeNaN();
+    expect(entry).toMatchObject({ decision_id: res.decisionId, bundles: { spawngate: { revision: (await readBundle(SHIPPED_BUNDLE)).revision } }, path: 'spawngate/admission/decision', stage: 'policy', result: { allow: true } });
+    expect(Date.parse(entry.timestamp)).not.toBeNaN();
     expect(entry.catalog_revision).toMatch(/^[0-9a-f]{64}$/);
     const text = JSON.stringify(entry.input);
     expect(text).not.toContain('sk-abcdefghijklmnopqrstuvwxyz123456');

@@ -6,6 +6,7 @@ import { decisionSchema } from '../../src/admission/decision.js';
 import { POLICY_ENTRYPOINT, readBundle, type BundleContents } from '../../src/admission/bundle.js';
 import { checkPermissionDecision, PERMISSION_ENTRYPOINT } from '../../src/admission/permissions.js';
 import type { PermissionDecision, PermissionInput } from '../../src/admission/permissions.js';
+import { MASK_ENTRYPOINT } from '../../src/admission/decision-mask.js';
 import type { AdmissionInput, Decision } from '../../src/admission/types.js';
 import { coverageInputs, cronChannel, input, merge, webhookChannel } from './fixtures.js';
 
@@ -46,6 +47,7 @@ describe('committed bundle evaluated with @open-policy-agent/opa-wasm', () => {
     expect(bundle.manifest.wasm).toEqual([
       { entrypoint: POLICY_ENTRYPOINT, module: '/policy.wasm' },
       { entrypoint: PERMISSION_ENTRYPOINT, module: '/policy.wasm' },
+      { entrypoint: MASK_ENTRYPOINT, module: '/policy.wasm' },
     ]);
     expect(bundle.manifest.revision).toMatch(/^[0-9a-f]{64}$/);
     expect(bundle.revision).toBe(bundle.manifest.revision);
@@ -255,5 +257,32 @@ describe('committed bundle: the permission rule in WASM', () => {
     const readonly = withConfig({ permissions: { profiles: { review: { allowKinds: ['read'] } } } });
     expect(await permit({ profile: 'review' }, readonly)).toEqual({ outcome: 'reject', code: 'tool_kind_not_allowed', reason: '"Write notes.txt": tool kind "edit" is not allowed in profile review' });
     expect((await permit({}, withConfig({ permissions: { default: { grant: 'sometimes' } } }))).code).toBe('permission_config_invalid');
+  });
+});
+
+/**
+ * The decision-log mask rule (policies/log.rego) compiled to WASM: substring and count are per
+ * character there as in `opa test` (a multi-byte task is cut between characters, not bytes).
+ */
+describe('committed bundle: the decision-log mask rule in WASM', () => {
+  async function masks(event: unknown, data: unknown = bundle.data): Promise<unknown[]> {
+    const policy = await loadPolicy(bundle.wasm);
+    policy.setData(data as object);
+    const resultSet = policy.evaluate(event, MASK_ENTRYPOINT) as { result: unknown[] }[];
+    expect(resultSet).toHaveLength(1);
+    return resultSet[0]!.result;
+  }
+  const admission = (task: string) => ({ decision_id: 'd', path: 'spawngate/admission/decision', input: { request: { task } }, result: { allow: true } });
+
+  it('cuts a task longer than taskMaxChars and says how much, by characters', async () => {
+    const task = `${'é'.repeat(1999)}ü${'ß'.repeat(7)}`;
+    expect(await masks(admission(task))).toEqual([{ op: 'upsert', path: '/input/request/task', value: `${'é'.repeat(1999)}ü…[7 more characters]` }]);
+    expect(await masks(admission('é'.repeat(2000)))).toEqual([]);
+  });
+
+  it('erases a permission request\'s rawInput and nothing else', async () => {
+    const event = { decision_id: 'd', path: 'spawngate/permissions/decision', input: { tool: { kind: 'edit', rawInput: { content: 'x' } } }, result: { outcome: 'allow_once' } };
+    expect(await masks(event)).toEqual(['/input/tool/rawInput']);
+    expect(await masks(event, withConfig({ decisionLog: { eraseToolInput: false } }))).toEqual([]);
   });
 });

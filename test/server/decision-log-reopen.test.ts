@@ -10,19 +10,19 @@ import { PassThrough } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { fileDecisionLog, memoryDecisionLog, streamDecisionLog } from '../../src/admission/decision-log.js';
 import type { DecisionLogEntry } from '../../src/admission/decision-log.js';
-import type { Decision } from '../../src/admission/types.js';
 import { eventually } from './helpers.js';
 
 function entry(id: string): DecisionLogEntry {
   return {
+    labels: { id: 'gw', version: '0' },
     decision_id: id,
-    time: '2026-01-01T00:00:00.000Z',
-    bundle_revision: null,
-    catalog_revision: 'c',
-    stage: 'policy',
+    path: 'spawngate/admission/decision',
     input: {},
-    result: { allow: false, reasons: [] } as unknown as Decision,
-    eval_us: 1,
+    result: { allow: false, reasons: [] },
+    timestamp: '2026-01-01T00:00:00Z',
+    metrics: { timer_rego_query_eval_ns: 1000 },
+    stage: 'policy',
+    catalog_revision: 'c',
   };
 }
 

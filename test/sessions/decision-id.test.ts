@@ -1,7 +1,7 @@
 /**
- * One decision id joins everything about a spawn: the decision-log line, the spawn's span and the
- * trace the line names, the worker's label, the handle and the HTTP response, an allowed spawn's
- * and a denied one's alike. The worker is the fake backend's
+ * One decision id joins everything about a spawn: the decision-log line (one, with the final
+ * outcome), the spawn's span and the trace the line names, the worker's label, the handle and the
+ * HTTP response, an allowed spawn's and a denied one's alike. The worker is the fake backend's
  * (a real reference worker in-process); the API is a real server on loopback.
  */
 import { randomBytes } from 'node:crypto';
@@ -68,11 +68,12 @@ describe('the decision id of a spawn', () => {
 
     const lines = log.entries.slice(before);
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatchObject({ decision_id: decisionId, stage: 'policy', result: { allow: true } });
+    expect(lines[0]).toMatchObject({ decision_id: decisionId, spawn_id: spawnId, stage: 'policy', result: { allow: true } });
 
     const [spawnSpan] = tracing.spans(SPAN.spawn);
     expect(spawnSpan?.attributes['spawngate.decision_id']).toBe(decisionId);
-    expect(lines[0]?.trace_id).toBe(spawnSpan?.spanContext().traceId);
+    const reservation = tracing.spans(SPAN.reservation).find((s) => s.attributes['spawngate.decision_id'] === decisionId);
+    expect(lines[0]).toMatchObject({ trace_id: spawnSpan?.spanContext().traceId, span_id: reservation?.spanContext().spanId });
     await gate.close(spawnId);
   });
 

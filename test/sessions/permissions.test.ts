@@ -93,7 +93,11 @@ describe('the permission policy', () => {
     expect(lines.map((l) => (l['result'] as { code: string }).code)).toEqual(['allowed', 'path_outside_workspace', 'tool_kind_not_allowed']);
     const first = lines[0]!;
     expect(typeof first['spawn_id']).toBe('string');
-    expect(first['bundle_revision']).toMatch(/^[0-9a-f]{64}$/);
+    expect((first['bundles'] as { spawngate: { revision: string } }).spawngate.revision).toMatch(/^[0-9a-f]{64}$/);
+    expect(first['path']).toBe('spawngate/permissions/decision');
+    // The shipped mask rule leaves the tool's arguments out; the kind and paths that decided stay.
+    expect(first['erased']).toEqual(['/input/tool/rawInput']);
+    expect((first['input'] as { tool: Record<string, unknown> }).tool).not.toHaveProperty('rawInput');
     expect(first).toMatchObject({
       stage: 'permission',
       input: { agent: 'fixture', profile: 'coder', backend: 'local', caller: { user: { id: 'perm-user' } }, tool: { kind: 'edit', title: 'Write src/notes.txt' }, options: ['allow_once', 'allow_always', 'reject_once'] },
