@@ -1,12 +1,16 @@
 import { createWriteStream, readFileSync } from 'node:fs';
 import type { WriteStream } from 'node:fs';
 import type { Writable } from 'node:stream';
+import type { Registry } from 'prom-client';
 import type { AdmissionInput } from './types.js';
 import type { MaskEvaluation, Maskable } from './decision-mask.js';
 import { applyMask } from './decision-mask.js';
+import { httpDecisionLog } from './decision-log-http.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
+import { ConfigError } from '../errors.js';
 import { redact, redactString } from '../redact.js';
+import { resolveSecret, secretPlaces } from '../backends/secrets.js';
 
 export { redact, redactString };
 
@@ -249,14 +253,67 @@ export function memoryDecisionLog(limit = 10_000): DecisionLog & { entries: Deci
   };
 }
 
-/** What `spawngate.decisionLog` (or the decisionLog option) names: a file path, "stdout" or "off". */
-export type DecisionLogSetting = string;
+/** A header value of the HTTP sink: a secret or an environment variable of the gateway, never a literal. */
+export type HeaderSource = { secretRef: { name: string; key: string } } | { env: string };
 
-/** The sink a setting names: null for false/"off", stdout, a file (reopened on SIGHUP), or a sink object as it is. */
-export function openDecisionLog(setting: DecisionLog | DecisionLogSetting | false | undefined, deps: { logger?: Logger } = {}): DecisionLog | null {
+/** `spawngate.decisionLog` as an object: the HTTP sink (docs/decision-log.md). */
+export interface HttpDecisionLogConfig {
+  url: string;
+  headers?: Record<string, HeaderSource>;
+  maxBufferedEntries?: number;
+  maxBatchEntries?: number;
+  flushIntervalMs?: number;
+  timeoutMs?: number;
+  maxAttempts?: number;
+  gzip?: boolean;
+}
+
+/** What `spawngate.decisionLog` (or the decisionLog option) names: a file path, "stdout", "off", or the HTTP sink. */
+export type DecisionLogSetting = string | HttpDecisionLogConfig;
+
+/** Header values from their sources, read once at start: a missing one is a config error naming where it was looked for. */
+export function resolveHeaders(headers: Readonly<Record<string, HeaderSource>>, env: Readonly<Record<string, string | undefined>> = process.env): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, source] of Object.entries(headers)) {
+    const value = 'env' in source ? env[source.env] : resolveSecret(source.secretRef, { env });
+    if (value === undefined || value === '') {
+      const places = 'env' in source ? [`$${source.env}`] : secretPlaces(source.secretRef, { env });
+      throw new ConfigError(`decision log header ${name} has no value: set ${places.join(' or ')}`, [{ path: `spawngate.decisionLog.headers.${name}`, message: `no value in ${places.join(' or ')}` }]);
+    }
+    out[name] = value;
+  }
+  return out;
+}
+
+function isSink(value: unknown): value is DecisionLog {
+  return typeof value === 'object' && value !== null && typeof (value as { write?: unknown }).write === 'function';
+}
+
+/**
+ * The sink a setting names: null for false/"off", stdout, a file (reopened on SIGHUP), the HTTP
+ * sink (its counters on `registry`), or a sink object as it is.
+ */
+export function openDecisionLog(
+  setting: DecisionLog | DecisionLogSetting | false | undefined,
+  deps: { logger?: Logger; registry?: Registry; env?: Readonly<Record<string, string | undefined>> } = {},
+): DecisionLog | null {
   const logger = deps.logger ?? silentLogger;
   if (setting === undefined || setting === false || setting === 'off') return null;
   if (setting === 'stdout') return streamDecisionLog(process.stdout);
   if (typeof setting === 'string') return fileDecisionLog(setting, (err) => logger.error('decision log write failed', { path: setting, error: err.message }));
-  return setting;
+  if (isSink(setting)) return setting;
+  const origin = new URL(setting.url).origin;
+  return httpDecisionLog({
+    url: setting.url,
+    headers: resolveHeaders(setting.headers ?? {}, deps.env),
+    maxBufferedEntries: setting.maxBufferedEntries,
+    maxBatchEntries: setting.maxBatchEntries,
+    flushIntervalMs: setting.flushIntervalMs,
+    timeoutMs: setting.timeoutMs,
+    maxAttempts: setting.maxAttempts,
+    gzip: setting.gzip,
+    ...(deps.registry ? { registry: deps.registry } : {}),
+    // The error names the origin only: a path or query may carry a tenant's token.
+    onError: (err) => logger.warn('decision log upload failed', { sink: 'http', url: origin, error: redactString(err.message) }),
+  });
 }

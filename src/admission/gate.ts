@@ -37,7 +37,7 @@ export interface AdmissionOptions {
   /** Reload the bundle file when it changes. Default true for a file path. */
   watchBundle?: boolean;
   store?: ReservationStore;
-  /** A sink, a file path, "stdout", or false. Default: `spawngate.decisionLog` from the config, else off. */
+  /** A sink, a file path, "stdout", the HTTP sink's settings, or false. Default: `spawngate.decisionLog` from the config, else off. */
   decisionLog?: DecisionLog | DecisionLogSetting | false;
   logger?: Logger;
   /** Defaults to a fresh registry; pass one to share it with the lifecycle and your /metrics. */
@@ -167,7 +167,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   try {
     store = options.store ?? (await createStoreFromConfig(config, logger));
     try {
-      decisionLog = openDecisionLog(options.decisionLog ?? config.spawngate?.decisionLog, { logger });
+      decisionLog = openDecisionLog(options.decisionLog ?? config.spawngate?.decisionLog, { logger, registry: metrics.registry });
     } catch (err) {
       if (!options.store) await store.close();
       throw err;

@@ -652,6 +652,36 @@ const redisUrlSchema = nonEmpty(2048).check((ctx) => {
   }
 });
 
+const decisionLogHttpSchema = z
+  .strictObject({
+    // continue: true keeps these issues in the union's report instead of a bare "Invalid input".
+    url: nonEmpty(2048).check((ctx) => {
+      let url: URL;
+      try {
+        url = new URL(ctx.value);
+      } catch {
+        ctx.issues.push({ code: 'custom', message: 'must be an http:// or https:// URL', input: ctx.value, continue: true });
+        return;
+      }
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') ctx.issues.push({ code: 'custom', message: 'must be an http:// or https:// URL', input: ctx.value, continue: true });
+      else if (url.username !== '' || url.password !== '') ctx.issues.push({ code: 'custom', message: 'credentials in the URL are not allowed; send them in a header from a secretRef or an env variable', input: ctx.value, continue: true });
+    }),
+    headers: boundedRecord(
+      z.string().max(LIMITS.id).regex(/^[A-Za-z0-9-]+$/, { message: 'must be an HTTP header name' }),
+      z.union([secretRefSchema, z.strictObject({ env: envNameSchema })], { error: 'must be { secretRef: { name, key } } or { env: NAME }: header values are never written in the config' }),
+      'headers',
+    )
+      .optional()
+      .register(configMetadata, { description: 'header values from a secret (SPAWNGATE_SECRET_<NAME>_<KEY>) or a named environment variable of the gateway, read at start; e.g. authorization: { env: DECISION_LOG_AUTH }' }),
+    maxBufferedEntries: z.int().min(1).max(1_000_000).optional().register(configMetadata, { description: 'lines held while the collector is slow or away (default 10000); when full the oldest is dropped and counted' }),
+    maxBatchEntries: z.int().min(1).max(100_000).optional().register(configMetadata, { description: 'lines per POST (default 500); a full batch goes at once' }),
+    flushIntervalMs: z.int().min(10).max(3_600_000).optional().register(configMetadata, { description: 'a partial batch is sent after at most this long (default 5000)' }),
+    timeoutMs: z.int().min(10).max(600_000).optional().register(configMetadata, { description: 'per upload attempt (default 10000)' }),
+    maxAttempts: z.int().min(1).max(100).optional().register(configMetadata, { description: 'attempts per batch, with doubling delays, before it is dropped and counted (default 5)' }),
+    gzip: z.boolean().optional().register(configMetadata, { description: 'gzip each batch (Content-Encoding: gzip), as OPA does (default true)' }),
+  })
+  .register(configMetadata, { id: 'DecisionLogHttp', description: 'POSTs batches of decision-log events as a JSON array, like OPA\'s decision log service; never holds admission up' });
+
 const agentArgvSchema = z.array(nonEmpty()).min(1).max(LIMITS.list);
 const agentModelSchema = nonEmpty(LIMITS.name).register(configMetadata, { description: 'the ACP session model this agent starts with (when the agent offers it); a request\'s model wish the profile accepts wins' });
 const agentEnvSchema = envSchema.register(configMetadata, {
@@ -688,7 +718,17 @@ export const spawngateSectionSchema = z.strictObject({
     .optional()
     .register(configMetadata, { description: 'this gateway\'s id on worker labels; the sweeper treats untracked workers of this owner as orphans' }),
   bundle: filePathSchema.optional().register(configMetadata, { description: 'OPA bundle (directory or .tar.gz) with the admission policy' }),
-  decisionLog: filePathSchema.optional().register(configMetadata, { description: 'where decision records (OPA decision-log events, one per decision) go: a file path (JSON lines, reopened on SIGHUP), "stdout", or "off"; docs/decision-log.md' }),
+  decisionLog: z
+    .union([filePathSchema, decisionLogHttpSchema], {
+      // An object that is not a valid sink: say what is wrong with it, not just that no option fit.
+      error: (issue) => {
+        const inner = issue.code === 'invalid_union' ? issue.errors[1] : undefined;
+        if (typeof issue.input === 'object' && issue.input !== null && inner?.length) return inner.map((i) => `${i.path.join('.') || '(sink)'}: ${i.message}`).join('; ');
+        return 'must be a file path, "stdout", "off", or an HTTP sink { url, headers?, ... }';
+      },
+    })
+    .optional()
+    .register(configMetadata, { description: 'where decision records (OPA decision-log events, one per decision) go: a file path (JSON lines, reopened on SIGHUP), "stdout", "off", or an HTTP sink; docs/decision-log.md' }),
   stateDir: filePathSchema.optional(),
   sweepIntervalSeconds: z.int().min(1).max(86_400).optional(),
   leaseSeconds: z
