@@ -48,6 +48,15 @@ export interface PolicyEngineOptions {
   onReload?: (event: { ok: true; revision: string } | { ok: false; error: PolicyError }) => void;
 }
 
+export interface PolicyHealth {
+  state: 'ok' | 'stale' | 'failing' | 'unavailable';
+  /** Why it is not ok, one line each. */
+  problems: string[];
+}
+
+/** Engine answers that mean the policy did not decide (not a deny of the policy's own). */
+const FAILED_EVALUATION = new Set(['policy_error', 'policy_output_invalid']);
+
 export interface EvaluationResult {
   decision: Decision;
   revision: string | null;
@@ -90,6 +99,12 @@ export interface PolicyEngine {
   readonly configProblems: readonly string[];
   readonly revision: string | null;
   readonly lastError: PolicyError | null;
+  /**
+   * Whether the bundle in force decides: `failing` while its config is invalid or its latest
+   * admission evaluation errored or returned no valid decision (every spawn is then denied);
+   * `stale` after a rejected reload (the previous bundle serves); `unavailable` with no bundle.
+   */
+  readonly health: PolicyHealth;
   reload(): Promise<{ ok: true; revision: string } | { ok: false; error: PolicyError }>;
   close(): void;
 }
@@ -321,6 +336,8 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
   const logger = options.logger ?? silentLogger;
   let active: Active | null = null;
   let lastError: PolicyError | null = null;
+  // The latest admission evaluation's failure, cleared by the next one that decides.
+  let lastEvaluationFailure: string | null = null;
   let watcher: FSWatcher | null = null;
   let debounce: NodeJS.Timeout | null = null;
   let reloading: Promise<unknown> = Promise.resolve();
@@ -347,6 +364,7 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
       const previous = active?.revision ?? null;
       active = next; // the swap: evaluate() is synchronous, so no evaluation ever sees half a bundle
       lastError = null;
+      lastEvaluationFailure = null;
       if (previous !== next.revision) logger.info('policy bundle loaded', { revision: next.revision, previous, readsRuntimeCatalog: next.readsRuntimeCatalog, policyData: options.policyData !== undefined });
       if (next.configProblems.length > 0) {
         logger.error('policy config is invalid; every spawn is denied (policy_config_invalid)', { revision: next.revision, problems: next.configProblems, policyData: options.policyData !== undefined });
@@ -372,6 +390,8 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     }
     const started = process.hrtime.bigint();
     const decision = run(current, json);
+    const failed = decision.allow ? undefined : decision.reasons.find((r) => FAILED_EVALUATION.has(r.code));
+    lastEvaluationFailure = failed ? `${failed.code}: ${failed.message}` : null;
     return { decision, revision: current.revision, evalMicros: Number(process.hrtime.bigint() - started) / 1000 };
   }
 
@@ -439,14 +459,21 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     runtimeCatalogJson = catalogJson;
   }
 
+  // Every load reports, whoever asked for it (start, the file watch, a SIGHUP, an API call).
   const reload = () => {
-    const next = reloading.then(load);
+    const next = reloading.then(load).then((result) => {
+      try {
+        options.onReload?.(result);
+      } catch {
+        // A listener's bug must not turn a loaded bundle into a failed reload.
+      }
+      return result;
+    });
     reloading = next;
     return next;
   };
 
-  const first = await load();
-  options.onReload?.(first);
+  await reload();
 
   if (options.watch && 'path' in options.source) {
     const file = resolve(options.source.path);
@@ -456,10 +483,7 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
       if (changed !== null && changed !== name) return;
       if (debounce) clearTimeout(debounce);
       debounce = setTimeout(() => {
-        reload().then(
-          (result) => options.onReload?.(result),
-          () => undefined,
-        );
+        reload().catch(() => undefined);
       }, 150);
     });
     watcher.on('error', (err) => logger.warn('bundle watch failed; hot reload stopped', { error: err.message }));
@@ -483,6 +507,13 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     },
     get lastError() {
       return lastError;
+    },
+    get health(): PolicyHealth {
+      if (!active) return { state: 'unavailable', problems: [lastError?.message ?? 'no policy bundle is loaded'] };
+      const failing = [...active.configProblems.map((p) => `policy_config_invalid: ${p}`), ...(lastEvaluationFailure ? [lastEvaluationFailure] : [])];
+      if (failing.length) return { state: 'failing', problems: failing };
+      if (lastError) return { state: 'stale', problems: [`revision ${active.revision} serves; the newer bundle was rejected: ${lastError.message}`] };
+      return { state: 'ok', problems: [] };
     },
     reload,
     close() {

@@ -23,7 +23,7 @@ import { context, isSpanContextValid, trace } from '@opentelemetry/api';
 import type { Logger } from '../log.js';
 import { jsonLogger } from '../log.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { createMetrics, safely } from '../telemetry/metrics.js';
+import { createMetrics, initMetrics, pairLabels, safely } from '../telemetry/metrics.js';
 import { inSpan, parentContext, setAttributes, SPAN } from '../telemetry/tracing.js';
 
 /** The bundle compiled from policies/ and shipped in the package. */
@@ -150,6 +150,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   const clock = options.clock ?? (() => new Date());
   const config = await resolveConfig(options.config);
   const prepared: PreparedCatalog = prepareCatalog(buildCatalog(config));
+  initMetrics(metrics, { backends: Object.entries(prepared.catalog.backends).map(([name, b]) => ({ name, profiles: Object.keys(b.profiles) })) });
   const catalogRevision = createHash('sha256').update(JSON.stringify(prepared.catalog)).digest('hex');
   const bundleOption = options.bundle ?? config.spawngate?.bundle ?? SHIPPED_BUNDLE;
   // The engine never throws (it fails closed), so it goes first; what follows may throw and must not leak it.
@@ -161,7 +162,16 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     runtimeData: { catalog: prepared.catalog },
     // spawngate.policyData: merged onto the bundle's config at every load, hot reloads included.
     ...(config.spawngate?.policyData ? { policyData: config.spawngate.policyData } : {}),
+    onReload: (event) =>
+      safely(() => {
+        metrics.bundleReloads.inc({ result: event.ok ? 'success' : 'failure' });
+        if (!event.ok) return;
+        // One series, for the revision in force: the old one goes, or dashboards would show two bundles.
+        metrics.bundleInfo.reset();
+        metrics.bundleInfo.set({ revision: event.revision }, 1);
+      }),
   });
+  metrics.policyHealth.read = () => policy.health.state;
   let store: ReservationStore;
   let decisionLog: DecisionLog | null;
   try {
@@ -303,15 +313,19 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     };
   }
 
-  /** Counts the final outcome once: a policy allow that the store then refuses is one deny. */
-  function count(result: AdmitResult): void {
+  /**
+   * Counts the final outcome once: a policy allow that the store then refuses is one deny. A dry
+   * run (admit) is a decision of its own mode and took no slots, so it is no reservation rejection.
+   */
+  function count(result: AdmitResult, mode: 'spawn' | 'dry_run'): void {
     const decision = result.decision;
     safely(() => {
       const reason = decision.allow ? '' : (decision.reasons[0]?.code ?? '');
-      metrics.decisions.inc({ result: decision.allow ? 'allow' : 'deny', reason, stage: result.stage });
-      if (result.stage === 'reservation' && !decision.allow) {
-        metrics.reservationsRejected.inc({ code: reason });
-        if (reason.startsWith('rate_limit_')) metrics.rateLimited.inc({ scope: reason.slice('rate_limit_'.length) });
+      metrics.decisions.inc({ result: decision.allow ? 'allow' : 'deny', reason, stage: result.stage, ...pairLabels(metrics, decision.backend, decision.profile), mode });
+      if (mode === 'spawn' && result.stage === 'reservation' && !decision.allow) {
+        const pair = pairLabels(metrics, decision.backend, decision.profile);
+        metrics.reservationsRejected.inc({ code: reason, ...pair });
+        if (reason.startsWith('rate_limit_')) metrics.rateLimited.inc({ scope: reason.slice('rate_limit_'.length), ...pair });
       }
     });
   }
@@ -374,19 +388,19 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     leases,
     async admit(raw, call) {
       const result = await admit(raw, call);
-      count(result);
+      count(result, 'dry_run');
       return result;
     },
     async reserve(raw, call) {
       const result = await reserve(raw, call);
-      count(result);
+      count(result, 'spawn');
       return result;
     },
     decidePermission(input) {
       const evaluation = policy.evaluatePermission(input);
       const { decision } = evaluation;
       writeLogLine({ decisionId: randomUUID(), path: PERMISSION_ENTRYPOINT, stage: 'permission', spawnId: input.spawnId, bundleRevision: evaluation.revision, input, result: decision, evalMicros: evaluation.evalMicros, span: spanIds() });
-      safely(() => metrics.permissionDecisions.inc({ profile: input.profile, outcome: decision.outcome, code: decision.code }));
+      safely(() => metrics.permissionDecisions.inc({ ...pairLabels(metrics, input.backend, input.profile), outcome: decision.outcome, code: decision.code }));
       return decision;
     },
     reopenDecisionLog() {

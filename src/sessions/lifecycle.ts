@@ -15,7 +15,7 @@ import { LABELS } from '../backends/types.js';
 import { createWorkerClient } from '../protocol/client.js';
 import { findBackend, findProfile } from '../config/index.js';
 import { AdmissionDeniedError, BackendError, isSpawngateError, SpawngateError } from '../errors.js';
-import { safely } from '../telemetry/metrics.js';
+import { pairLabels, safely } from '../telemetry/metrics.js';
 import { inSpan, parentContext, setAttributes, SPAN, traceparentOf } from '../telemetry/tracing.js';
 import type { Live, LiveSet } from './live-set.js';
 import { createLiveSet, KEPT_LOG_LINES, nativeAttributes } from './live-set.js';
@@ -58,7 +58,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         'spawngate.decision_id': admitted.decisionId,
       });
       if (!admitted.allowed) {
-        safely(() => metrics.spawns.inc({ backend: admitted.decision.backend ?? '', profile: admitted.decision.profile ?? '', outcome: 'denied' }));
+        safely(() => metrics.spawns.inc({ ...pairLabels(metrics, admitted.decision.backend, admitted.decision.profile), outcome: 'denied' }));
         throw new AdmissionDeniedError(admitted.decision.reasons, { details: { decisionId: admitted.decisionId } });
       }
       const { decision, reservation } = admitted;
@@ -67,6 +67,8 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
       let ref: WorkerRef | null = null;
       let backend: Backend | null = null;
       inflight.add(spawnId);
+      const pair = { backend: decision.backend, profile: decision.profile };
+      safely(() => metrics.spawnsInFlight.inc(pair));
       try {
         backend = await backendFor(decision.backend);
         const backendConfig = findBackend(config, decision.backend);
@@ -141,12 +143,13 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         await releaseQuietly(reservation, spawnId);
         safely(() => {
           metrics.spawns.inc({ backend: decision.backend, profile: decision.profile, outcome: 'failed' });
-          metrics.workerFailures.inc({ backend: decision.backend, reason });
+          metrics.workerFailures.inc({ backend: decision.backend, profile: decision.profile, reason });
         });
         if (isSpawngateError(err)) throw err;
         throw new BackendError('BACKEND_FAILED', `spawn on ${decision.backend} failed: ${(err as Error).message}`, { cause: err, details: { reason } });
       } finally {
         inflight.delete(spawnId);
+        safely(() => metrics.spawnsInFlight.dec(pair));
       }
     });
   }
@@ -269,6 +272,8 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
       const { handle } = entry;
       await inSpan(SPAN.close, entry.spawnSpan, { 'spawngate.spawn_id': spawnId, 'spawngate.close_reason': reason }, async () => {
         const last = knownStatus ?? (await entry.backend.status(entry.ref).catch(() => null));
+        // Counted here, where each worker closes once, whoever found the death (a turn, the sweeper).
+        if (reason === 'failed') safely(() => metrics.workerFailures.inc({ backend: handle.backend, profile: handle.profile, reason: last?.reason ?? 'Unknown' }));
         // A worker that ended badly is debugged after the fact: its last lines outlive it.
         if (reason !== 'closed' && reason !== 'shutdown') {
           const lines = await entry.backend.logs(entry.ref, { tail: KEPT_LOG_LINES }).catch(() => null);

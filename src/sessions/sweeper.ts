@@ -6,7 +6,7 @@ import type { ReservationRecord } from '../admission/store/types.js';
 import type { Backend, ListedWorker } from '../backends/types.js';
 import { LABELS } from '../backends/types.js';
 import type { SpawngateConfig } from '../config/index.js';
-import { safely } from '../telemetry/metrics.js';
+import { pairLabels, safely } from '../telemetry/metrics.js';
 import { inSpan, parentContext, setAttributes, SPAN } from '../telemetry/tracing.js';
 import type { LiveSet } from './live-set.js';
 import type { ReleasedLease, SweepEntry, SweepReport } from './types.js';
@@ -34,6 +34,16 @@ export function createSweeper(options: SweeperOptions): Sweeper {
   const { live, inflight, closeSpawn } = liveSet;
   let sweeping: Promise<void> | null = null;
   let sweepTimer: NodeJS.Timeout | null = null;
+  // Workers this process already counted as deleted. A worker still listed after its deletion (a
+  // Pod terminating through its grace period) is deleted again by the next sweep, but counted once.
+  const counted = new Set<string>();
+  function countOnce(spawnId: string, fn: () => void): void {
+    if (counted.has(spawnId)) return;
+    counted.add(spawnId);
+    // Oldest first out: a bounded memory; a worker deleted this long ago is not listed any more.
+    if (counted.size > 10_000) counted.delete(counted.values().next().value as string);
+    safely(fn);
+  }
 
   /**
    * Reconciles the backends with the store's leases, both ways. A worker's fate belongs to whoever
@@ -101,10 +111,17 @@ export function createSweeper(options: SweeperOptions): Sweeper {
             const item: SweepEntry = { spawnId, backend: name, nativeId: w.ref.nativeId, reason, deleted: false };
             if (!dryRun) {
               try {
+                // closeSpawn counts a tracked worker's death; an untracked one is counted here, with the reason its backend gives.
+                const died = !tracked && reason === 'exited' && w.phase !== 'gone' ? await backend.status(w.ref).catch(() => null) : null;
                 if (tracked) await closeSpawn(spawnId, reason === 'exited' ? 'failed' : reason === 'expired' ? 'expired' : 'orphaned');
                 else await backend.delete(w.ref);
                 item.deleted = true;
-                safely(() => metrics.sweeperDeletions.inc({ backend: name, reason }));
+                countOnce(spawnId, () => {
+                  // The worker's own labels, bounded to this config's pairs (another config may have made it).
+                  const pair = pairLabels(metrics, name, w.labels[LABELS.profile]);
+                  metrics.sweeperDeletions.inc({ ...pair, reason });
+                  if (!tracked && reason === 'exited') metrics.workerFailures.inc({ ...pair, reason: died?.reason ?? 'Unknown' });
+                });
               } catch (err) {
                 item.error = (err as Error).message;
               }
@@ -120,7 +137,7 @@ export function createSweeper(options: SweeperOptions): Sweeper {
               try {
                 await closeSpawn(spawnId, 'failed');
                 item.deleted = true;
-                safely(() => metrics.sweeperDeletions.inc({ backend: name, reason: 'exited' }));
+                countOnce(spawnId, () => metrics.sweeperDeletions.inc({ backend: name, profile: entry.handle.profile, reason: 'exited' }));
               } catch (err) {
                 item.error = (err as Error).message;
               }
@@ -132,8 +149,10 @@ export function createSweeper(options: SweeperOptions): Sweeper {
         // (no live or starting worker, no caller's reservation) only keeps slots from others.
         if (listedEverywhere && lastLeases) {
           const held = admission.leases.held();
+          // Closing a worker above released its lease already; the leases were read before that.
+          const closedNow = new Set(report.removed.filter((e) => e.deleted).map((e) => e.spawnId));
           for (const lease of lastLeases) {
-            if (lease.holder !== admission.leases.holder || held.has(lease.id) || live.has(lease.spawnId) || inflight.has(lease.spawnId)) continue;
+            if (lease.holder !== admission.leases.holder || held.has(lease.id) || live.has(lease.spawnId) || inflight.has(lease.spawnId) || closedNow.has(lease.spawnId)) continue;
             const item: ReleasedLease = { reservationId: lease.id, spawnId: lease.spawnId, released: false };
             if (!dryRun) {
               try {

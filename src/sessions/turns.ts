@@ -53,6 +53,7 @@ export function createTurns(
   async function* runTurn(spawnId: string, message: string, turnOptions: TurnOptions = {}): AsyncGenerator<WorkerEvent> {
     const entry = live.get(spawnId);
     if (!entry) throw new SpawngateError('SPAWN_NOT_FOUND', `no live worker ${spawnId}`);
+    const started = performance.now();
     const span: Span = startSpan(SPAN.turn, entry.spawnSpan);
     setAttributes(span, {
       'spawngate.spawn_id': spawnId,
@@ -86,7 +87,11 @@ export function createTurns(
     } finally {
       setAttributes(span, { 'spawngate.turn_outcome': outcome });
       endSpan(span);
-      safely(() => metrics.turns.inc({ backend: entry.handle.backend, outcome }));
+      safely(() => {
+        const labels = { backend: entry.handle.backend, profile: entry.handle.profile, outcome };
+        metrics.turns.inc(labels);
+        metrics.turnSeconds.observe(labels, (performance.now() - started) / 1000);
+      });
       if (crashed) await reapIfDead(spawnId);
     }
   }
@@ -99,7 +104,6 @@ export function createTurns(
     for (let i = 0; i < 40; i++) {
       const status = await entry.backend.status(entry.ref).catch(() => null);
       if (status && (status.phase === 'failed' || status.phase === 'gone' || status.phase === 'succeeded')) {
-        safely(() => metrics.workerFailures.inc({ backend: entry.handle.backend, reason: status.reason ?? 'Unknown' }));
         await closeSpawn(spawnId, 'failed', status);
         return;
       }

@@ -54,7 +54,10 @@ describe('metrics', () => {
     expect(await sample(registry, 'spawngate_reservations_rejected_total')).toBe(0);
     // The exposition a scraper reads carries the same series.
     const text = await registry.metrics();
-    expect(text).toContain('spawngate_decisions_total{result="deny",reason="agent_not_allowed",stage="policy"} 1');
+    expect(text).toContain('spawngate_decisions_total{result="deny",reason="agent_not_allowed",stage="policy",backend="local",profile="restricted",mode="spawn"} 1');
+    // The turn's duration is observed under its outcome; nothing is in flight any more.
+    expect(await sample(registry, 'spawngate_turn_duration_seconds_count', { backend: 'local', outcome: 'completed' })).toBe(1);
+    expect(await sample(registry, 'spawngate_spawns_in_flight')).toBe(0);
     expect(text).toContain('spawngate_active_workers{backend="local",profile="default"} 0');
   });
 
@@ -154,5 +157,84 @@ describe('metrics', () => {
     expect(await sample(registry, 'spawngate_active_workers')).toBe(0);
     expect(await gate.store.active()).toEqual([]);
     expect(await gate.list()).toEqual([]);
+  });
+
+  it('every series the config can produce exists at zero before the first event, so rate() and increase() see the first one', async () => {
+    const gate = await open();
+    const text = await gate.metrics.registry.metrics();
+    for (const profile of ['default', 'traced', 'capped', 'restricted', 'broken']) {
+      for (const mode of ['spawn', 'dry_run']) {
+        expect(text).toContain(`spawngate_decisions_total{result="allow",reason="",stage="policy",backend="local",profile="${profile}",mode="${mode}"} 0`);
+        expect(text).toContain(`spawngate_decisions_total{result="deny",reason="agent_not_allowed",stage="policy",backend="local",profile="${profile}",mode="${mode}"} 0`);
+        expect(text).toContain(`spawngate_decisions_total{result="deny",reason="rate_limit_user",stage="reservation",backend="local",profile="${profile}",mode="${mode}"} 0`);
+      }
+      for (const outcome of ['ready', 'denied', 'failed']) expect(text).toContain(`spawngate_spawns_total{backend="local",profile="${profile}",outcome="${outcome}"} 0`);
+      expect(text).toContain(`spawngate_active_workers{backend="local",profile="${profile}"} 0`);
+      expect(text).toContain(`spawngate_spawns_in_flight{backend="local",profile="${profile}"} 0`);
+      expect(text).toContain(`spawngate_spawn_ready_seconds_count{backend="local",profile="${profile}"} 0`);
+      expect(text).toContain(`spawngate_permission_decisions_total{backend="local",profile="${profile}",outcome="reject",code="path_outside_workspace"} 0`);
+      for (const outcome of ['completed', 'failed', 'cancelled']) expect(text).toContain(`spawngate_turns_total{backend="local",profile="${profile}",outcome="${outcome}"} 0`);
+      for (const reason of ['expired', 'orphaned', 'exited']) expect(text).toContain(`spawngate_sweeper_deletions_total{backend="local",profile="${profile}",reason="${reason}"} 0`);
+      for (const reason of ['Error', 'OOMKilled', 'DeadlineExceeded', 'ReadyTimeout']) expect(text).toContain(`spawngate_worker_failures_total{backend="local",profile="${profile}",reason="${reason}"} 0`);
+      for (const code of ['concurrency_limit_profile', 'rate_limit_user', 'rate_limit_channel']) expect(text).toContain(`spawngate_reservations_rejected_total{code="${code}",backend="local",profile="${profile}"} 0`);
+      for (const scope of ['user', 'channel']) expect(text).toContain(`spawngate_rate_limited_total{scope="${scope}",backend="local",profile="${profile}"} 0`);
+    }
+    // A deny that resolved no known backend carries empty labels.
+    expect(text).toContain('spawngate_decisions_total{result="deny",reason="unknown_backend",stage="policy",backend="",profile="",mode="spawn"} 0');
+    expect(text).toContain('spawngate_bundle_reloads_total{result="failure"} 0');
+    expect(text).toContain('spawngate_bundle_reloads_total{result="success"} 1');
+    expect(text).toMatch(/^spawngate_policy_bundle_info\{revision="[0-9a-f]+"\} 1$/m);
+    expect(text).toContain('spawngate_policy_state{state="ok"} 1');
+    expect(text).toContain('spawngate_policy_state{state="failing"} 0');
+    expect(text).toMatch(/^spawngate_build_info\{version="\d+\.\d+\.\d+[^"]*",nodejs_version="\d+\.\d+\.\d+"\} 1$/m);
+    // A library gate leaves process_* and nodejs_* to its host's registry.
+    expect(text).not.toContain('process_cpu_user_seconds_total');
+  });
+
+  it('a caller-chosen backend or profile never becomes a label value', async () => {
+    const gate = await open();
+    const registry = gate.metrics.registry;
+    const before = (await registry.getMetricsAsJSON()).reduce((n, m) => n + m.values.length, 0);
+    for (let i = 0; i < 5; i++) {
+      await expect(gate.spawn({ agentId: 'echo', task: 'echo', caller: caller(), execution: { backend: `made-up-${i}`, profile: `p-${i}` } })).rejects.toBeInstanceOf(AdmissionDeniedError);
+    }
+    const after = (await registry.getMetricsAsJSON()).reduce((n, m) => n + m.values.length, 0);
+    expect(after).toBe(before);
+    expect(await sample(registry, 'spawngate_decisions_total', { result: 'deny', reason: 'unknown_backend', backend: '', profile: '', mode: 'spawn' })).toBe(5);
+    expect(await sample(registry, 'spawngate_spawns_total', { backend: '', profile: '', outcome: 'denied' })).toBe(5);
+  });
+
+  it('dry-run admits are decisions of their own mode and never reservation rejections', async () => {
+    const gate = await open();
+    const registry = gate.metrics.registry;
+    const cron = { user: 'tel-cron-dry', channel: { id: 'tel-cron-dry', kind: 'cron' } };
+    const first = await gate.spawn({ agentId: 'echo', task: 'nightly', caller: caller(cron) });
+    await first.close();
+    // The bucket is empty now: the dry run says so, and takes nothing.
+    const dry = await gate.admit({ agentId: 'echo', task: 'nightly', caller: caller(cron) });
+    expect(dry.decision.allow).toBe(false);
+    const code = dry.decision.allow ? '' : (dry.decision.reasons[0]?.code ?? '');
+    expect(code).toMatch(/^rate_limit_/);
+    expect(await sample(registry, 'spawngate_decisions_total', { mode: 'dry_run', result: 'deny', reason: code, stage: 'reservation', backend: 'local', profile: 'default' })).toBe(1);
+    expect(await sample(registry, 'spawngate_decisions_total', { mode: 'spawn' })).toBe(1);
+    expect(await sample(registry, 'spawngate_reservations_rejected_total')).toBe(0);
+    expect(await sample(registry, 'spawngate_rate_limited_total')).toBe(0);
+  });
+
+  it('a worker that dies between turns is a worker failure when the sweeper finds it, counted once over repeated sweeps', async () => {
+    const gate = await open();
+    const registry = gate.metrics.registry;
+    const handle = await gate.spawn({ agentId: 'echo', task: 'echo then die', caller: caller() });
+    process.kill(Number(handle.nativeId), 'SIGKILL');
+    // Bounded: the backend reports the exit once it has reaped the child.
+    for (let i = 0; i < 200 && (await gate.list()).find((w) => w.spawnId === handle.spawnId)?.phase !== 'failed'; i++) await new Promise((r) => setTimeout(r, 50));
+    // Two sweeps at once and one after: the death is one failure and one deletion.
+    const reports = await Promise.all([gate.sweep(), gate.sweep()]);
+    await gate.sweep();
+    expect(reports.flatMap((r) => r.removed).filter((e) => e.spawnId === handle.spawnId && e.deleted)).toHaveLength(1);
+    expect(await sample(registry, 'spawngate_worker_failures_total', { backend: 'local' })).toBe(1);
+    expect(await sample(registry, 'spawngate_sweeper_deletions_total', { backend: 'local', reason: 'exited' })).toBe(1);
+    expect((await gate.status(handle.spawnId)).closeReason).toBe('failed');
+    expect(await sample(registry, 'spawngate_active_workers')).toBe(0);
   });
 });

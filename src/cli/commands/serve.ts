@@ -3,6 +3,7 @@ import type { Logger } from '../../log.js';
 import type { ServerListen } from '../../server/index.js';
 import { createServer } from '../../server/index.js';
 import { createSpawngate } from '../../spawngate.js';
+import { createMetrics } from '../../telemetry/metrics.js';
 import type { Spawngate } from '../../spawngate.js';
 import type { Command } from '../framework.js';
 import { EXIT, str } from '../framework.js';
@@ -126,7 +127,8 @@ export const serveCommand: Command = {
     // Trace export from OTEL_*, flushed after the last close span of the shutdown.
     const telemetry = await startTelemetry({ service: 'spawngate', attributes: { 'spawngate.role': 'server' }, env: io.env });
     try {
-      gate = await createSpawngate({ ...(config ? { config } : {}), ...(bundle ? { bundle } : {}), logger });
+      // A standalone server is the process: its process_*/nodejs_* series belong on its /metrics.
+      gate = await createSpawngate({ ...(config ? { config } : {}), ...(bundle ? { bundle } : {}), logger, metrics: createMetrics(undefined, { processMetrics: true }) });
       let server;
       try {
         server = await createServer({ gate, listen, logger, ...(token === undefined ? {} : { token }) });
