@@ -1,4 +1,6 @@
 import { chmod } from 'node:fs/promises';
+import { context, ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api';
+import type { Context } from '@opentelemetry/api';
 import { createServer as createHttpServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -12,6 +14,7 @@ import type { Logger } from '../log.js';
 import type { Spawngate } from '../spawngate.js';
 import { BodyTooLargeError, parseTraceparent, readBody, sendJson, tokenVerifier } from '../protocol/http.js';
 import type { WorkerEvent } from '../protocol/events.js';
+import { endHttpSpan, httpMethod, parentContext, setAttributes, startSpan } from '../telemetry/tracing.js';
 import { errorReply, httpErrorBody } from './errors.js';
 import type { HttpErrorCode } from './errors.js';
 import { HTTP_ERROR_STATUS } from './errors.js';
@@ -76,6 +79,8 @@ type Handler = (ctx: RequestContext) => Promise<Reply | null>;
 
 interface Route {
   pattern: RegExp;
+  /** The path with `{id}` for the spawn id: a bounded label for request metrics and span names. */
+  template: string;
   /** Served without a token: load balancers and Prometheus scrape these. */
   public?: boolean;
   methods: Partial<Record<Method, Handler>>;
@@ -121,6 +126,57 @@ function withTraceparent(body: unknown, header: string | string[] | undefined): 
   const trace = parseTraceparent(header);
   if (!trace || !isRecord(body) || body['traceparent'] !== undefined) return body;
   return { ...body, traceparent: trace.traceparent };
+}
+
+/** Probes and scrapes come every few seconds: a SERVER span each would be a trace of its own each time. */
+const UNTRACED_PATHS = new Set(['/healthz', '/metrics']);
+
+/**
+ * The SERVER span of one API request, a child of the request's W3C `traceparent` header (a new
+ * trace without one), ended when the response closes. Its name is `{method} {route template}`
+ * once the route is known (`matched`), never the raw path, so span names stay a bounded set.
+ * Returns the context the handler runs in; null for a path that is not traced.
+ */
+function traceRequest(req: IncomingMessage, res: ServerResponse, matched: { route: string }): Context | null {
+  const path = (req.url ?? '/').replace(/\?.*$/, '');
+  if (UNTRACED_PATHS.has(path)) return null;
+  const header = parseTraceparent(req.headers.traceparent);
+  const parent = header ? parentContext(header.traceparent) : ROOT_CONTEXT;
+  const method = httpMethod(req.method);
+  const span = startSpan(method, parent, SpanKind.SERVER);
+  const socket = req.socket;
+  setAttributes(span, {
+    'http.request.method': method,
+    'url.path': path,
+    'url.scheme': 'http',
+    'server.address': socket.localAddress,
+    'server.port': socket.localPort,
+    'network.transport': socket.localPort === undefined ? 'unix' : 'tcp',
+    'client.address': socket.remoteAddress,
+    'user_agent.original': req.headers['user-agent'],
+  });
+  res.once('close', () => {
+    if (matched.route !== 'unmatched') {
+      setAttributes(span, { 'http.route': matched.route });
+      try {
+        span.updateName(`${method} ${matched.route}`);
+      } catch {
+        // telemetry must never break a request
+      }
+    }
+    endHttpSpan(span, SpanKind.SERVER, res.headersSent ? res.statusCode : null);
+  });
+  return trace.setSpan(parent, span);
+}
+
+/**
+ * Admission and the spawn run under the request's SERVER span, unless the body names a trace of its
+ * own (the body wins, as docs/server.md says). Passed explicitly rather than through the active
+ * context, so that without an SDK (no context manager) the caller's trace still reaches the worker.
+ */
+function parentOption(request: unknown, traced: Context | undefined): { parent?: Context } {
+  if (!traced || (isRecord(request) && request['traceparent'] !== undefined)) return {};
+  return { parent: traced };
 }
 
 function queryFlag(url: URL, name: string): boolean {
@@ -189,6 +245,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
   const isAuthorized = options.token === undefined ? null : tokenVerifier(options.token);
   const openTurns = new Set<OpenTurn>();
+  const requestTraces = new WeakMap<IncomingMessage, Context>();
   const inflight = new Set<Promise<void>>();
   const requestAborts = new Set<AbortController>();
   let closing = false;
@@ -215,15 +272,17 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   };
 
   const admit: Handler = async ({ req, body }) => {
-    const request = withTraceparent(parseJson(body, false), req.headers.traceparent);
-    const result = await gate.admit(request as SpawnRequestInput);
+    const parsed = parseJson(body, false);
+    const request = withTraceparent(parsed, req.headers.traceparent);
+    const result = await gate.admit(request as SpawnRequestInput, parentOption(parsed, requestTraces.get(req)));
     return { status: 200, body: { decisionId: result.decisionId, stage: result.stage, bundleRevision: result.bundleRevision, decision: result.decision } };
   };
 
   const spawn: Handler = async ({ req, body, signal }) => {
-    const request = withTraceparent(parseJson(body, false), req.headers.traceparent);
+    const parsed = parseJson(body, false);
+    const request = withTraceparent(parsed, req.headers.traceparent);
     // The client going away aborts the wait for readiness; the lifecycle then removes what it created.
-    const handle = await gate.spawn(request as SpawnRequestInput, { signal });
+    const handle = await gate.spawn(request as SpawnRequestInput, { signal, ...parentOption(parsed, requestTraces.get(req)) });
     if (signal.aborted) {
       // Ready just as the caller left: nobody will ever learn this id, so nobody else would close it.
       await gate.close(handle.spawnId).catch((err: unknown) => logger.error('closing a worker whose caller left failed', { spawnId: handle.spawnId, error: (err as Error).message }));
@@ -357,16 +416,16 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   };
 
   const routes: Route[] = [
-    { pattern: /^\/healthz$/, public: true, methods: { GET: healthz } },
-    { pattern: /^\/metrics$/, public: true, methods: { GET: metrics } },
-    { pattern: /^\/v1\/admit$/, methods: { POST: admit } },
-    { pattern: /^\/v1\/sweep$/, methods: { POST: sweep } },
-    { pattern: /^\/v1\/spawns$/, methods: { GET: list, POST: spawn } },
-    { pattern: /^\/v1\/spawns\/([^/]+)$/, methods: { GET: status, DELETE: close } },
-    { pattern: /^\/v1\/spawns\/([^/]+)\/turns$/, methods: { POST: turn } },
-    { pattern: /^\/v1\/spawns\/([^/]+)\/cancel$/, methods: { POST: cancel } },
-    { pattern: /^\/v1\/spawns\/([^/]+)\/logs$/, methods: { GET: logs } },
-    { pattern: /^\/v1\/spawns\/([^/]+)\/workspace$/, methods: { GET: workspace } },
+    { pattern: /^\/healthz$/, template: '/healthz', public: true, methods: { GET: healthz } },
+    { pattern: /^\/metrics$/, template: '/metrics', public: true, methods: { GET: metrics } },
+    { pattern: /^\/v1\/admit$/, template: '/v1/admit', methods: { POST: admit } },
+    { pattern: /^\/v1\/sweep$/, template: '/v1/sweep', methods: { POST: sweep } },
+    { pattern: /^\/v1\/spawns$/, template: '/v1/spawns', methods: { GET: list, POST: spawn } },
+    { pattern: /^\/v1\/spawns\/([^/]+)$/, template: '/v1/spawns/{id}', methods: { GET: status, DELETE: close } },
+    { pattern: /^\/v1\/spawns\/([^/]+)\/turns$/, template: '/v1/spawns/{id}/turns', methods: { POST: turn } },
+    { pattern: /^\/v1\/spawns\/([^/]+)\/cancel$/, template: '/v1/spawns/{id}/cancel', methods: { POST: cancel } },
+    { pattern: /^\/v1\/spawns\/([^/]+)\/logs$/, template: '/v1/spawns/{id}/logs', methods: { GET: logs } },
+    { pattern: /^\/v1\/spawns\/([^/]+)\/workspace$/, template: '/v1/spawns/{id}/workspace', methods: { GET: workspace } },
   ];
 
   // ---- dispatch ----------------------------------------------------------------------------------
@@ -385,7 +444,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   const httpError = (res: ServerResponse, code: HttpErrorCode, message: string, headers: Record<string, string> = {}, details: Record<string, unknown> = {}): void =>
     sendReply(res, { status: HTTP_ERROR_STATUS[code], body: httpErrorBody(code, message, details), headers });
 
-  const handle = async (req: IncomingMessage, res: ServerResponse, signal: AbortSignal): Promise<void> => {
+  const handle = async (req: IncomingMessage, res: ServerResponse, signal: AbortSignal, matched: { route: string }): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://spawngate');
     let route: Route | undefined;
     let match: RegExpExecArray | null = null;
@@ -393,6 +452,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
       match = candidate.pattern.exec(url.pathname);
       if (match) {
         route = candidate;
+        matched.route = candidate.template;
         break;
       }
     }
@@ -444,12 +504,16 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   const server = createHttpServer((req, res) => {
     const abort = new AbortController();
     requestAborts.add(abort);
+    // Unmatched paths share one label: a caller must not be able to mint series by inventing URLs.
+    const matched = { route: 'unmatched' };
     res.once('close', () => {
       if (!res.writableFinished) abort.abort();
       requestAborts.delete(abort);
       logger.debug('request', { method: req.method, url: req.url, status: res.statusCode, complete: res.writableFinished });
     });
-    const done = handle(req, res, abort.signal)
+    const traced = traceRequest(req, res, matched);
+    if (traced) requestTraces.set(req, traced);
+    const done = (traced ? context.with(traced, () => handle(req, res, abort.signal, matched)) : handle(req, res, abort.signal, matched))
       .catch((err: unknown) => {
         if (abort.signal.aborted || res.destroyed) {
           logger.debug('request ended after its client left', { method: req.method, url: req.url, error: (err as Error).message });

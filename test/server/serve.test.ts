@@ -286,7 +286,9 @@ describe('spawngate serve', { timeout: 4 * WAIT_MS }, () => {
       const named = (name: string) => spans.filter((s) => s.name === name);
       const spawn = named('spawngate.spawn');
       expect(spawn, JSON.stringify(sink.spans.map((s) => s.name))).toHaveLength(1);
-      expect(spawn[0]?.parentSpanId).toBe(callerSpan);
+      // Under the API's SERVER span of the request, which continues the caller's span.
+      const request = spans.find((s) => s.spanId === spawn[0]?.parentSpanId);
+      expect({ name: request?.name, kind: request?.kind, parent: request?.parentSpanId }).toEqual({ name: 'POST /v1/spawns', kind: 2, parent: callerSpan });
       expect(spawn[0]?.resource).toMatchObject({ 'service.name': 'gateway-spawngate', 'spawngate.role': 'server', 'process.pid': serve.child.pid });
       for (const name of ['spawngate.admission.evaluate', 'spawngate.reservation', 'spawngate.backend.create', 'spawngate.backend.ready', 'spawngate.turn', 'spawngate.close']) {
         expect(named(name).map((s) => s.parentSpanId), name).toEqual([spawn[0]?.spanId]);
