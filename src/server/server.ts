@@ -17,9 +17,33 @@ import type { WorkerEvent } from '../protocol/events.js';
 import { endHttpSpan, httpMethod, parentContext, setAttributes, startSpan } from '../telemetry/tracing.js';
 import { errorReply, httpErrorBody } from './errors.js';
 import type { HttpErrorCode } from './errors.js';
-import { HTTP_ERROR_STATUS } from './errors.js';
+import { HTTP_ERROR_STATUS, HTTP_STATUS } from './errors.js';
+import { safely, type Metrics } from '../telemetry/metrics.js';
+
+const METRIC_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS']);
 
 export type ServerListen = ListenAddress;
+
+/** Statuses an API route can answer besides its errors: created, accepted, no content, a client gone (499). */
+const SUCCESS_STATUSES = [200, 201, 202, 204, 499];
+
+/**
+ * Every method/route/status series at zero before the first request, so that a rate over the first
+ * minutes counts the first request of each kind too (a series born at 1 looks unchanged).
+ */
+function preinitRequestMetrics(metrics: Metrics, routes: readonly Route[]): void {
+  const statuses = [...new Set([...SUCCESS_STATUSES, ...Object.values(HTTP_STATUS), ...Object.values(HTTP_ERROR_STATUS)])].sort((a, b) => a - b);
+  safely(() => {
+    for (const route of routes) {
+      for (const method of Object.keys(route.methods)) {
+        metrics.httpRequestSeconds.zero({ method, route: route.template });
+        // The public routes answer few statuses; the API ones any error a handler can throw.
+        const codes = route.public ? [200, 405, 499, 503] : statuses;
+        for (const code of codes) metrics.httpRequests.inc({ method, route: route.template, code: String(code) }, 0);
+      }
+    }
+  });
+}
 
 /** The parts of a gate the API calls; a full `Spawngate` is one. */
 export type ServedGate = Pick<
@@ -256,10 +280,15 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   const healthz: Handler = () => {
     const bundleRevision = gate.policy.revision;
     if (closing) return Promise.resolve({ status: 503, body: { status: 'shutting_down', bundleRevision } });
+    const health = gate.policy.health;
     // No bundle means every spawn is denied (fail closed); load balancers should see that.
-    if (bundleRevision === null) {
-      return Promise.resolve({ status: 503, body: { status: 'no_policy', bundleRevision, reason: gate.policy.lastError?.message ?? 'no policy bundle is loaded' } });
+    if (health.state === 'unavailable') {
+      return Promise.resolve({ status: 503, body: { status: 'no_policy', bundleRevision, reason: health.problems[0] ?? 'no policy bundle is loaded' } });
     }
+    // A bundle that decides nothing denies every spawn: out of rotation, like no bundle.
+    if (health.state === 'failing') return Promise.resolve({ status: 503, body: { status: 'degraded', policy: 'failing', bundleRevision, problems: health.problems } });
+    // A rejected reload leaves the previous bundle deciding correctly: in rotation, but not "ok".
+    if (health.state === 'stale') return Promise.resolve({ status: 200, body: { status: 'degraded', policy: 'stale', bundleRevision, problems: health.problems } });
     return Promise.resolve({ status: 200, body: { status: 'ok', bundleRevision } });
   };
 
@@ -427,6 +456,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
     { pattern: /^\/v1\/spawns\/([^/]+)\/logs$/, template: '/v1/spawns/{id}/logs', methods: { GET: logs } },
     { pattern: /^\/v1\/spawns\/([^/]+)\/workspace$/, template: '/v1/spawns/{id}/workspace', methods: { GET: workspace } },
   ];
+  preinitRequestMetrics(gate.metrics, routes);
 
   // ---- dispatch ----------------------------------------------------------------------------------
 
@@ -504,11 +534,26 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   const server = createHttpServer((req, res) => {
     const abort = new AbortController();
     requestAborts.add(abort);
+    const started = performance.now();
     // Unmatched paths share one label: a caller must not be able to mint series by inventing URLs.
     const matched = { route: 'unmatched' };
+    let counted = false;
+    // At 'finish' (before the client can read the end and ask again), or at 'close' for a cut one.
+    const count = () => {
+      if (counted) return;
+      counted = true;
+      const method = METRIC_METHODS.has(req.method ?? '') ? (req.method as string) : 'other';
+      safely(() => {
+        // A response cut before its head was sent (client gone) has no status: 499, as nginx says.
+        gate.metrics.httpRequests.inc({ method, route: matched.route, code: res.headersSent ? String(res.statusCode) : '499' });
+        gate.metrics.httpRequestSeconds.observe({ method, route: matched.route }, (performance.now() - started) / 1000);
+      });
+    };
+    res.once('finish', count);
     res.once('close', () => {
       if (!res.writableFinished) abort.abort();
       requestAborts.delete(abort);
+      count();
       logger.debug('request', { method: req.method, url: req.url, status: res.statusCode, complete: res.writableFinished });
     });
     const traced = traceRequest(req, res, matched);
