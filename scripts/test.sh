@@ -35,6 +35,10 @@ OTELCOL_BIN="$(bash scripts/ensure-otelcol.sh | tail -n 1)"
 export OTELCOL_BIN
 "$OTELCOL_BIN" --version
 
+step "tools: Prometheus and promtool (Debian package)"
+PROMETHEUS_BIN="$(bash scripts/ensure-prometheus.sh | tail -n 1)"
+export PROMETHEUS_BIN
+
 step "tools: real ACP agents (codex-acp, claude-code-acp, qwen-code, gemini-cli, opencode; pinned npm packages; cached)"
 bash scripts/ensure-agents.sh > /dev/null
 
@@ -60,6 +64,9 @@ step "policies: opa test --coverage (>= 90%)"
 coverage="$("$OPA_BIN" test policies --coverage --format=json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).coverage))')"
 echo "policy coverage: ${coverage}%"
 node -e "process.exit(Number(process.argv[1]) >= 90 ? 0 : 1)" "$coverage" || { echo "policy coverage below 90%"; exit 1; }
+
+step "prometheus rules: promtool check rules, promtool test rules"
+(cd deploy/prometheus && promtool check rules spawngate-rules.yml && promtool test rules spawngate-rules.test.yml && promtool check config prometheus.yml)
 
 step "bundle: committed bundles/spawngate.tar.gz matches policies/"
 node bin/spawngate.js policy build --check
