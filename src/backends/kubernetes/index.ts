@@ -142,6 +142,10 @@ export function podFacts(pod: V1Pod): PodFacts {
   } else if (pod.metadata?.deletionTimestamp) {
     reason = 'Terminating';
     message = `deletion requested at ${new Date(pod.metadata.deletionTimestamp).toISOString()}`;
+  } else if (waiting?.reason === 'ContainerCreating') {
+    // Not a reason (nothing is wrong yet), but what someone watching a slow start wants to read:
+    // the kubelet is pulling the image or setting up volumes and the sandbox.
+    message = waiting.message ?? 'ContainerCreating: the kubelet is pulling the image or setting up volumes and the pod sandbox';
   }
   const hopeless =
     phase === 'failed' ||
