@@ -88,7 +88,7 @@ export function createLiveSet(closeSpawn: LiveSet['closeSpawn']): LiveSet {
 export function nativeAttributes(kind: Backend['kind'], nativeId: string): Record<string, string | number> {
   switch (kind) {
     case 'process':
-      return { 'process.pid': Number(nativeId) };
+      return { 'spawngate.worker.pid': Number(nativeId) };
     case 'container':
       return { 'container.id': nativeId };
     case 'kubernetes': {

@@ -89,7 +89,7 @@ describe('spans along the road of a spawn', () => {
       'spawngate.profile': 'default',
       'spawngate.agent_id': 'echo',
       'spawngate.decision': 'allow',
-      'process.pid': pid,
+      'spawngate.worker.pid': pid,
     });
     expect(spawn.attributes['spawngate.reason']).toBeUndefined();
     expect(spawn.status.code).not.toBe(SpanStatusCode.ERROR);
@@ -100,8 +100,8 @@ describe('spans along the road of a spawn', () => {
       'spawngate.profile': 'default',
     });
     expect(one(spans, 'spawngate.reservation').attributes).toMatchObject({ 'spawngate.decision': 'allow', 'spawngate.store': 'memory' });
-    expect(one(spans, 'spawngate.backend.create').attributes).toMatchObject({ 'spawngate.backend': 'local', 'spawngate.backend_type': 'process', 'process.pid': pid });
-    expect(one(spans, 'spawngate.backend.ready').attributes).toMatchObject({ 'process.pid': pid });
+    expect(one(spans, 'spawngate.backend.create').attributes).toMatchObject({ 'spawngate.backend': 'local', 'spawngate.backend_type': 'process', 'spawngate.worker.pid': pid });
+    expect(one(spans, 'spawngate.backend.ready').attributes).toMatchObject({ 'spawngate.worker.pid': pid });
     expect(one(spans, 'spawngate.close').attributes).toMatchObject({ 'spawngate.spawn_id': handle.spawnId, 'spawngate.close_reason': 'closed' });
 
     // The worker was started with the spawn span as its parent ...
@@ -123,7 +123,7 @@ describe('spans along the road of a spawn', () => {
         'spawngate.profile': 'default',
         'spawngate.agent_id': 'echo',
         'spawngate.turn_outcome': 'completed',
-        'process.pid': pid,
+        'spawngate.worker.pid': pid,
       });
       expect(events.at(-1)?.type).toBe('turn.completed');
       expect(new Set(events.map((e) => e.traceId))).toEqual(new Set([turn.spanContext().traceId]));
@@ -156,7 +156,7 @@ describe('spans along the road of a spawn', () => {
     const spawn = one(spans, 'spawngate.spawn');
     expect(spawn.spanContext().traceId).toBe(callerSpan.spanContext().traceId);
     expect(spawn.attributes).toMatchObject({ 'spawngate.agent_id': 'echo', 'spawngate.error_code': 'ADMISSION_DENIED' });
-    expect(spawn.attributes['process.pid']).toBeUndefined();
+    expect(spawn.attributes['spawngate.worker.pid']).toBeUndefined();
     expect(spawn.status.code).toBe(SpanStatusCode.ERROR);
   });
 
