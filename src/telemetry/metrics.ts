@@ -50,7 +50,18 @@ export interface KnownLabels {
   backends: ReadonlyArray<{ name: string; profiles: readonly string[] }>;
 }
 
-/** Deny codes the shipped policy and the engine produce at the policy stage (docs/deny-codes.md). */
+/** The caps both the policy (from usage) and the store (atomically) deny with (docs/deny-codes.md). */
+const CONCURRENCY_CODES = [
+  'concurrency_limit_total',
+  'concurrency_limit_backend',
+  'concurrency_limit_profile',
+  'concurrency_limit_user',
+  'concurrency_limit_channel',
+  'concurrency_limit_profile_user',
+  'concurrency_limit_profile_channel',
+] as const;
+
+/** Deny codes the shipped policy and the engine produce at the policy stage. */
 export const POLICY_DENY_CODES = [
   'policy_config_invalid',
   'backend_unresolved',
@@ -59,30 +70,14 @@ export const POLICY_DENY_CODES = [
   'agent_not_allowed',
   'interactive_only_profile',
   'depth_exceeded',
-  'concurrency_limit_total',
-  'concurrency_limit_backend',
-  'concurrency_limit_profile',
-  'concurrency_limit_user',
-  'concurrency_limit_channel',
-  'concurrency_limit_profile_user',
-  'concurrency_limit_profile_channel',
+  ...CONCURRENCY_CODES,
   'policy_unavailable',
   'policy_output_invalid',
   'policy_error',
 ] as const;
 
-/** Codes the reservation store refuses with (the same conditions as the policy's, plus the rate buckets). */
-export const STORE_DENY_CODES = [
-  'concurrency_limit_total',
-  'concurrency_limit_backend',
-  'concurrency_limit_profile',
-  'concurrency_limit_user',
-  'concurrency_limit_channel',
-  'concurrency_limit_profile_user',
-  'concurrency_limit_profile_channel',
-  'rate_limit_user',
-  'rate_limit_channel',
-] as const;
+/** Codes the reservation store refuses with: the caps again, plus the rate buckets. */
+export const STORE_DENY_CODES = [...CONCURRENCY_CODES, 'rate_limit_user', 'rate_limit_channel'] as const;
 
 export const PERMISSION_OUTCOMES = ['allow_once', 'allow_always', 'reject'] as const;
 /** Codes of the shipped permission rule and of the engine's fail-closed answers. */

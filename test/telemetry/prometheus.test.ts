@@ -19,6 +19,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { call, type Target } from '../server/helpers.js';
+import { eventually } from '../worker/helpers.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(root, 'bin/spawngate.js');
@@ -63,21 +64,6 @@ async function freePort(): Promise<number> {
   const { port } = server.address() as { port: number };
   await new Promise((resolve) => server.close(resolve));
   return port;
-}
-
-async function until<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown = null;
-  while (Date.now() < deadline) {
-    try {
-      const value = await check();
-      if (value !== undefined) return value;
-    } catch (err) {
-      last = err;
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
 }
 
 /** Prometheus's histogram_quantile over cumulative buckets (upper bound → count), for the expectations. */
@@ -211,14 +197,14 @@ describe.skipIf(prometheusBin === null)('the Grafana dashboard on a real Prometh
     );
     children.push(prometheus);
     // Up, and one scrape holding the zero series, before any traffic: their first sample is 0.
-    await until('Prometheus to scrape serve', async () => {
+    await eventually(async () => {
       const up = await promQuery(`up{job="spawngate"}`);
       const zeros = await promQuery(`count(spawngate_decisions_total{job="spawngate"} == 0)`);
       if (up[0]?.value[1] === '1' && Number(zeros[0]?.value[1] ?? 0) > 0) return true;
       // Said when the wait runs out: why the target is not up.
       const targets = (await (await fetch(new URL('/api/v1/targets', promUrl))).json()) as { data: { activeTargets: { health: string; lastError: string }[] } };
-      throw new Error(`up=${up[0]?.value[1] ?? 'none'}, zero series ${zeros[0]?.value[1] ?? 0}, targets ${JSON.stringify(targets.data.activeTargets.map((t) => [t.health, t.lastError]))}`);
-    });
+      throw new Error(`Prometheus has not scraped serve yet: up=${up[0]?.value[1] ?? 'none'}, zero series ${zeros[0]?.value[1] ?? 0}, targets ${JSON.stringify(targets.data.activeTargets.map((t) => [t.health, t.lastError]))}`);
+    }, 60_000, 200);
   }, 120_000);
 
   afterAll(async () => {
@@ -293,7 +279,7 @@ describe.skipIf(prometheusBin === null)('the Grafana dashboard on a real Prometh
 
     // A scrape that started after the last answer: it holds every count.
     const trafficEnd = Date.now() / 1000;
-    const at = await until('a scrape after the traffic', async () => {
+    const at = await eventually(async () => {
       const [s] = await promQuery(`timestamp(up{job="spawngate"})`);
       const ts = s ? Number(s.value[1]) : 0;
       return ts > trafficEnd + 0.05 ? ts : undefined;

@@ -8,6 +8,7 @@ import { createServerClient, parseServerAddress, ServerApiError } from '../../se
 import type { Spawngate } from '../../spawngate.js';
 import { createSpawngate } from '../../spawngate.js';
 import type { SpawnProgress } from '../../sessions/lifecycle.js';
+import { delay } from '../../sessions/readiness.js';
 import type { WorkerEvent } from '../../protocol/events.js';
 import type { Command, Io, Options } from '../framework.js';
 import { EXIT, str } from '../framework.js';
@@ -548,19 +549,6 @@ function isNotFound(err: unknown): boolean {
   return isSpawngateError(err) && err.code === 'SPAWN_NOT_FOUND';
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
-}
-
 /**
  * --follow: prints the tail, then polls for new lines until the worker ends (closed, exited, gone),
  * its TTL is well past, or Ctrl-C (exit 130).
@@ -575,7 +563,7 @@ async function followLogs(id: string, source: LogSource, tail: number, print: (l
     print(previous.slice(-tail));
     // Bounded: a worker ends at the latest at its TTL, and the loop by FOLLOW_EXPIRY_GRACE_MS after it.
     for (;;) {
-      await sleep(FOLLOW_INTERVAL_MS, controller.signal);
+      await delay(FOLLOW_INTERVAL_MS, controller.signal);
       if (controller.signal.aborted) return EXIT.interrupted;
       let status: StatusOf | null;
       try {
