@@ -11,10 +11,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { checkTrace, COLLECTOR_BUILD_MS, runTraceScenario, startCollector } from './collector.js';
 import type { Collector } from './collector.js';
+
+const fixtureAgent = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 
 // serve, two workers and their agents: several Node start-ups on a loaded 2-core machine.
 const WAIT_MS = 60_000;
@@ -62,8 +65,12 @@ describe('traces through a real OpenTelemetry Collector: serve (OTLP/gRPC) and a
           agents: {
             executionBackends: { local: { type: 'process', stateDir, defaultProfile: 'small', profiles: { small: { ttlSeconds: 600, timeoutSeconds: 60, ...profile } } } },
             execution: { default: { backend: 'local', profile: 'small' } },
+            acp: { fixture: { command: [process.execPath, fixtureAgent] } },
           },
         },
+        // The fixture agent makes a tool call when told "tool": the trace must reach into it.
+        agentId: 'fixture',
+        messages: ['tool', 'again'],
         whileRunning: (workers) => {
           pids.push(...workers.map((w) => Number(w.nativeId)));
           return Promise.resolve();
@@ -79,11 +86,13 @@ describe('traces through a real OpenTelemetry Collector: serve (OTLP/gRPC) and a
       for (const turn of closedTree.turns) {
         // gateway turn → CLIENT POST /turn → the worker's SERVER span, in the worker's own process.
         expect(turn.client.attributes).toMatchObject({ 'http.request.method': 'POST', 'url.path': '/turn', 'http.response.status_code': 200 });
-        expect(turn.server.resource).toMatchObject({ 'service.name': 'spawngate-worker', 'spawngate.role': 'worker', 'process.pid': Number(closed.nativeId), 'spawngate.spawn_id': closed.spawnId, 'spawngate.agent_id': 'echo' });
+        expect(turn.server.resource).toMatchObject({ 'service.name': 'spawngate-worker', 'spawngate.role': 'worker', 'process.pid': Number(closed.nativeId), 'spawngate.spawn_id': closed.spawnId, 'spawngate.agent_id': 'fixture' });
         expect(turn.server.attributes).toMatchObject({ 'spawngate.turn.outcome': 'completed' });
-        // echo answers in text only: no tool call to trace.
-        expect(turn.toolCalls).toEqual([]);
       }
+      // One turn asked for a tool: its call is a span under that worker turn, the trace's last link.
+      expect(closedTree.turns.map((t) => t.toolCalls.length).sort()).toEqual([0, 1]);
+      const toolCall = closedTree.turns.flatMap((t) => t.toolCalls)[0]!;
+      expect(toolCall.resource['process.pid']).toBe(Number(closed.nativeId));
       expect(closedTree.close.attributes['spawngate.close_reason']).toBe('closed');
       expect(closedTree.worker.start.resource['process.pid']).toBe(Number(closed.nativeId));
 

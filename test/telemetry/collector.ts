@@ -389,7 +389,17 @@ export interface ScenarioResult {
  * closed. serve holds its batches for ten minutes, so only its shutdown's flush can deliver them;
  * the collector is stopped (drained) before the spans are read.
  */
-export async function runTraceScenario(options: { collector: Collector; config: Record<string, unknown>; dir: string; waitMs: number; whileRunning?: (workers: Spawned[]) => Promise<void>; gone: (worker: Spawned) => Promise<void> }): Promise<ScenarioResult> {
+export async function runTraceScenario(options: {
+  collector: Collector;
+  config: Record<string, unknown>;
+  dir: string;
+  waitMs: number;
+  /** The agent both spawns run (default echo) and the two turns' messages. */
+  agentId?: string;
+  messages?: readonly [string, string];
+  whileRunning?: (workers: Spawned[]) => Promise<void>;
+  gone: (worker: Spawned) => Promise<void>;
+}): Promise<ScenarioResult> {
   const { collector, waitMs } = options;
   const token = randomBytes(24).toString('base64url');
   const configFile = join(options.dir, `spawngate-${randomUUID().slice(0, 8)}.json`);
@@ -411,7 +421,7 @@ export async function runTraceScenario(options: { collector: Collector; config: 
     const target = { url: serveUrl };
     const spawnOne = async (task: string): Promise<Spawned> => {
       const caller = { sessionKey: `agent:main:otelcol:${randomUUID()}`, depth: 0, channel: { id: 'otelcol', kind: 'cli', interactive: true }, user: { id: 'sre', roles: [] } };
-      const created = await call(target, 'POST', '/v1/spawns', { token, headers, body: { agentId: 'echo', task, caller } });
+      const created = await call(target, 'POST', '/v1/spawns', { token, headers, body: { agentId: options.agentId ?? 'echo', task, caller } });
       expect(created.status, `${created.text}\n${serve.stderr.join('\n')}`).toBe(201);
       const body = created.json as Spawned;
       return { spawnId: body.spawnId, nativeId: body.nativeId };
@@ -419,7 +429,7 @@ export async function runTraceScenario(options: { collector: Collector; config: 
     const closed = await spawnOne('first');
     const drained = await spawnOne('second');
     await options.whileRunning?.([closed, drained]);
-    for (const message of ['hello', 'again']) {
+    for (const message of options.messages ?? ['hello', 'again']) {
       const events = await readAll(await openStream(target, `/v1/spawns/${closed.spawnId}/turns`, { message }, token));
       expect(events.at(-1)).toMatchObject({ type: 'turn.completed' });
       expect(events.at(-1)?.['traceparent']).toMatch(new RegExp(`^00-${traceId}-`));
