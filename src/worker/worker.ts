@@ -35,7 +35,7 @@ import type { EgressForwarder } from './egress.js';
 import { redactString } from '../redact.js';
 import { archive, DiffTooLargeError, gitDiff } from './workspace.js';
 import type { CheckedOut } from './workspace.js';
-import { endSpan, parentContext, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
+import { endHttpSpan, endSpan, httpMethod, parentContext, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
 import type { EventBody } from './map-update.js';
 
 export type WorkerListen = ListenAddress;
@@ -671,6 +671,19 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     startTurn(res, req, message, turnId ?? randomUUID(), s);
   };
 
+  /**
+   * A SERVER span for a request that comes with a trace (the gateway's CLIENT span is its parent),
+   * ended when the response closes; a request outside any trace makes none, as on the gateway side.
+   */
+  const traceRequest = (req: IncomingMessage, res: ServerResponse, path: string): void => {
+    const header = parseTraceparent(req.headers.traceparent);
+    if (!header) return;
+    const method = httpMethod(req.method);
+    const span = startSpan(`${method} ${path}`, parentContext(header.traceparent), SpanKind.SERVER);
+    setAttributes(span, { 'http.request.method': method, 'url.path': path, 'spawngate.agent_id': opts.agentId });
+    res.once('close', () => endHttpSpan(span, SpanKind.SERVER, res.headersSent ? res.statusCode : null));
+  };
+
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     if (!isAuthorized(req)) {
       req.resume();
@@ -690,6 +703,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       sendError(res, 405, 'method_not_allowed', `${url.pathname} accepts ${allow}`, { headers: { allow } });
       return;
     }
+    // The turn is a span of its own (below); /healthz is probed every few ms while a worker starts.
+    if (url.pathname !== '/turn' && url.pathname !== '/healthz') traceRequest(req, res, url.pathname);
     if (url.pathname === '/turn') {
       await handleTurn(req, res);
       return;

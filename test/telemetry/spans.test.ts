@@ -205,6 +205,9 @@ describe('the worker continues the trace with spans of its own', () => {
       expect(env['OTEL_EXPORTER_OTLP_HEADERS']).toBeUndefined();
       const events = await collect(handle.turn('tool'));
       expect(events.at(-1)?.type).toBe('turn.completed');
+      // A cancel sent inside the spawn's trace: the gateway's CLIENT span, answered by a SERVER span in the worker.
+      const inSpawn = trace.setSpan(context.active(), trace.wrapSpanContext(one(tracing.spans(), 'spawngate.spawn').spanContext()));
+      await context.with(inSpawn, () => gate.cancel(handle.spawnId));
       // The worker flushes its spans when it stops (SIGTERM from close); the process backend waits for that exit.
       await handle.close();
       const gatewaySpans = tracing.spans();
@@ -232,6 +235,12 @@ describe('the worker continues the trace with spans of its own', () => {
       expect(tool.attributes).toMatchObject({ 'spawngate.tool.call_id': 'tool-1', 'spawngate.tool.title': 'Read README.md', 'spawngate.tool.kind': 'read', 'spawngate.tool.status': 'completed' });
       // The resource is the worker's own process, not the gateway's.
       expect(workerTurn.resource).toMatchObject({ 'service.name': 'spawngate-worker', 'spawngate.role': 'worker', 'spawngate.spawn_id': handle.spawnId, 'process.pid': Number(handle.nativeId) });
+      const cancelRequest = one(gatewaySpans, 'POST /cancel');
+      expect(cancelRequest.kind).toBe(SpanKind.CLIENT);
+      const cancelServed = byName('POST /cancel');
+      expect(cancelServed.kind).toBe(2);
+      expect(cancelServed.parentSpanId).toBe(cancelRequest.spanContext().spanId);
+      expect(cancelServed.attributes).toMatchObject({ 'http.request.method': 'POST', 'url.path': '/cancel', 'http.response.status_code': cancelRequest.attributes['http.response.status_code'] });
       expect(sink.rejected).toBe(0);
     } finally {
       for (const k of OTEL) {
