@@ -5,6 +5,7 @@
  */
 import { connect, createServer } from 'node:net';
 import type { Socket } from 'node:net';
+import { listen } from '../net.js';
 
 export interface EgressForwarder {
   /** http://127.0.0.1:<port>, for the agent's HTTP(S)_PROXY. */
@@ -27,13 +28,7 @@ export async function startEgressForwarder(socketPath: string): Promise<EgressFo
     client.pipe(upstream);
     upstream.pipe(client);
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  await listen(server, { port: 0, host: '127.0.0.1' });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : 0;
   return {

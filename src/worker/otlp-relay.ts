@@ -13,6 +13,7 @@
 import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { traceExportRequested } from '../telemetry/sdk.js';
+import { listen } from '../net.js';
 
 type Env = Record<string, string | undefined>;
 
@@ -66,13 +67,7 @@ export async function startOtlpRelay(options: { proxySocket: string; target: str
     });
     req.pipe(upstream);
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  await listen(server, { port: 0, host: '127.0.0.1' });
   // The SDK's final flush goes through here, then the worker exits: the relay must never be what keeps it alive.
   server.unref();
   const { port } = server.address() as AddressInfo;
