@@ -49,7 +49,7 @@ export interface PolicyEngineOptions {
 }
 
 export interface PolicyHealth {
-  state: 'ok' | 'stale' | 'failing' | 'unavailable';
+  state: 'ok' | 'stale' | 'erroring' | 'failing' | 'unavailable';
   /** Why it is not ok, one line each. */
   problems: string[];
 }
@@ -100,9 +100,10 @@ export interface PolicyEngine {
   readonly revision: string | null;
   readonly lastError: PolicyError | null;
   /**
-   * Whether the bundle in force decides: `failing` while its config is invalid or its latest
-   * admission evaluation errored or returned no valid decision (every spawn is then denied);
-   * `stale` after a rejected reload (the previous bundle serves); `unavailable` with no bundle.
+   * Whether the bundle in force decides: `failing` while its config is invalid (every spawn is then
+   * denied); `erroring` while its latest admission evaluation errored or returned no valid decision
+   * (cleared by the next one that decides: one caller's input may be what trips it); `stale` after
+   * a rejected reload (the previous bundle serves); `unavailable` with no bundle.
    */
   readonly health: PolicyHealth;
   reload(): Promise<{ ok: true; revision: string } | { ok: false; error: PolicyError }>;
@@ -510,8 +511,8 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     },
     get health(): PolicyHealth {
       if (!active) return { state: 'unavailable', problems: [lastError?.message ?? 'no policy bundle is loaded'] };
-      const failing = [...active.configProblems.map((p) => `policy_config_invalid: ${p}`), ...(lastEvaluationFailure ? [lastEvaluationFailure] : [])];
-      if (failing.length) return { state: 'failing', problems: failing };
+      if (active.configProblems.length) return { state: 'failing', problems: active.configProblems.map((p) => `policy_config_invalid: ${p}`) };
+      if (lastEvaluationFailure) return { state: 'erroring', problems: [lastEvaluationFailure] };
       if (lastError) return { state: 'stale', problems: [`revision ${active.revision} serves; the newer bundle was rejected: ${lastError.message}`] };
       return { state: 'ok', problems: [] };
     },

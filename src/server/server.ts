@@ -285,10 +285,12 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
     if (health.state === 'unavailable') {
       return Promise.resolve({ status: 503, body: { status: 'no_policy', bundleRevision, reason: health.problems[0] ?? 'no policy bundle is loaded' } });
     }
-    // A bundle that decides nothing denies every spawn: out of rotation, like no bundle.
+    // A bundle whose config is invalid denies every spawn: out of rotation, like no bundle.
     if (health.state === 'failing') return Promise.resolve({ status: 503, body: { status: 'degraded', policy: 'failing', bundleRevision, problems: health.problems } });
-    // A rejected reload leaves the previous bundle deciding correctly: in rotation, but not "ok".
-    if (health.state === 'stale') return Promise.resolve({ status: 200, body: { status: 'degraded', policy: 'stale', bundleRevision, problems: health.problems } });
+    // A rejected reload leaves the previous bundle deciding; an evaluation that errored may be one
+    // caller's input (taking the instance out of rotation for it would hand callers a switch): in
+    // rotation, but not "ok".
+    if (health.state === 'stale' || health.state === 'erroring') return Promise.resolve({ status: 200, body: { status: 'degraded', policy: health.state, bundleRevision, problems: health.problems } });
     return Promise.resolve({ status: 200, body: { status: 'ok', bundleRevision } });
   };
 

@@ -126,7 +126,7 @@ export const SPAWN_OUTCOMES = ['ready', 'denied', 'failed'] as const;
 export const TURN_OUTCOMES = ['completed', 'failed', 'cancelled'] as const;
 export const SWEEP_REASONS = ['expired', 'orphaned', 'exited'] as const;
 export const DECISION_MODES = ['spawn', 'dry_run'] as const;
-export const POLICY_STATES = ['ok', 'stale', 'failing', 'unavailable'] as const;
+export const POLICY_STATES = ['ok', 'stale', 'erroring', 'failing', 'unavailable'] as const;
 
 /** Seconds from 1 ms to 10 min, for things that take anything from a fast turn to a cold image pull. */
 const LONG_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
@@ -174,7 +174,7 @@ export function createMetrics(registry: Registry = new Registry(), options: Metr
   const health = metrics.policyHealth;
   metrics.policyState = new Gauge({
     name: 'spawngate_policy_state',
-    help: 'The policy engine\'s state (1 for the current one): ok, stale (a newer bundle was rejected, the previous serves), failing (invalid config or evaluations that decide nothing: every spawn denied), unavailable (no bundle)',
+    help: 'The policy engine\'s state (1 for the current one): ok, stale (a newer bundle was rejected, the previous serves), erroring (the latest evaluation errored or returned no valid decision), failing (invalid config: every spawn denied), unavailable (no bundle)',
     labelNames: ['state'],
     registers: [registry],
     collect() {

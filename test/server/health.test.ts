@@ -3,7 +3,7 @@
  * server in front of a real gate whose bundle file is replaced under it.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { copyFile, writeFile } from 'node:fs/promises';
+import { copyFile, cp, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,6 +15,7 @@ import { memoryLogger } from '../helpers/logger.js';
 import { call, processBackend, spawnRequest, type Target } from './helpers.js';
 
 const flakyDir = fileURLToPath(new URL('../fixtures/policies/flaky', import.meta.url));
+const policiesDir = fileURLToPath(new URL('../../policies', import.meta.url));
 const token = randomBytes(24).toString('base64url');
 
 /** The value of one exposition line, by its exact labels; 0 when the series is absent. */
@@ -28,6 +29,7 @@ describe('/healthz and request metrics', () => {
   const backend = processBackend();
   const live = join(backend.stateDir, 'bundle.tar.gz');
   const flaky = join(backend.stateDir, 'flaky.tar.gz');
+  const brokenConfig = join(backend.stateDir, 'broken-config.tar.gz');
   let gate: Spawngate;
   let server: RunningServer;
   let target: Target;
@@ -35,6 +37,13 @@ describe('/healthz and request metrics', () => {
   beforeAll(async () => {
     await copyFile(SHIPPED_BUNDLE, live);
     await buildBundle({ policiesDir: flakyDir, outFile: flaky });
+    // The shipped policies with a config key missing.
+    const src = join(backend.stateDir, 'broken-config');
+    await cp(policiesDir, src, { recursive: true, filter: (from) => !from.endsWith('_test.rego') });
+    const data = JSON.parse(await readFile(join(src, 'data.json'), 'utf8')) as { spawngate: { admission: { config: Record<string, unknown> } } };
+    delete data.spawngate.admission.config['maxDepth'];
+    await writeFile(join(src, 'data.json'), JSON.stringify(data));
+    await buildBundle({ policiesDir: src, outFile: brokenConfig });
     gate = await createSpawngate({ config: backend.config, bundle: live, owner: `hz-${randomUUID().slice(0, 8)}`, sweepIntervalMs: 0, decisionLog: false, watchBundle: false, logger: memoryLogger() });
     server = await createServer({ gate, token, listen: { port: 0, host: '127.0.0.1' } });
     target = server.address;
@@ -46,7 +55,7 @@ describe('/healthz and request metrics', () => {
     backend.remove();
   });
 
-  it('is ok, then degraded but in rotation after a rejected reload, then out of rotation while the bundle in force decides nothing', async () => {
+  it('is ok; degraded but in rotation after a rejected reload or an evaluation that decided nothing; out of rotation while the bundle in force denies everything', async () => {
     const shipped = gate.policy.revision;
     expect(await call(target, 'GET', '/healthz')).toMatchObject({ status: 200, json: { status: 'ok', bundleRevision: shipped } });
     expect(await series(target, 'spawngate_bundle_reloads_total', 'result="success"')).toBe(1);
@@ -74,16 +83,24 @@ describe('/healthz and request metrics', () => {
 
     const weird = await call(target, 'POST', '/v1/admit', { token, body: spawnRequest('x', { agentId: 'weird' }) });
     expect(weird.json).toMatchObject({ decision: { allow: false, reasons: [{ code: 'policy_output_invalid' }] } });
-    const failing = await call(target, 'GET', '/healthz');
-    expect(failing).toMatchObject({ status: 503, json: { status: 'degraded', policy: 'failing', bundleRevision: flakyRevision } });
-    expect(String((failing.json as { problems: string[] }).problems[0])).toMatch(/^policy_output_invalid: /);
-    expect(await series(target, 'spawngate_policy_state', 'state="failing"')).toBe(1);
+    // One caller's input tripped it: degraded, but still in rotation (a 503 here would be a switch any caller could flip).
+    const erroring = await call(target, 'GET', '/healthz');
+    expect(erroring).toMatchObject({ status: 200, json: { status: 'degraded', policy: 'erroring', bundleRevision: flakyRevision } });
+    expect(String((erroring.json as { problems: string[] }).problems[0])).toMatch(/^policy_output_invalid: /);
+    expect(await series(target, 'spawngate_policy_state', 'state="erroring"')).toBe(1);
 
     // The next evaluation that decides clears it.
     const echo = await call(target, 'POST', '/v1/admit', { token, body: spawnRequest('x', { agentId: 'echo' }) });
     expect(echo.json).toMatchObject({ decision: { allow: true } });
     expect(await call(target, 'GET', '/healthz')).toMatchObject({ status: 200, json: { status: 'ok' } });
     expect(await series(target, 'spawngate_bundle_reloads_total', 'result="success"')).toBe(2);
+
+    // A bundle whose config is invalid loads, and denies every spawn: out of rotation.
+    await copyFile(brokenConfig, live);
+    expect(await gate.policy.reload()).toMatchObject({ ok: true });
+    const failing = await call(target, 'GET', '/healthz');
+    expect(failing).toMatchObject({ status: 503, json: { status: 'degraded', policy: 'failing', problems: ['policy_config_invalid: policy configuration is invalid: maxDepth is missing'] } });
+    expect(await series(target, 'spawngate_policy_state', 'state="failing"')).toBe(1);
   });
 
   it('counts requests by method, route template and status; paths nobody routes share one label', async () => {

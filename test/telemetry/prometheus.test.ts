@@ -459,7 +459,7 @@ describe.skipIf(prometheusBin === null)('the Grafana dashboard on a real Prometh
     // The shipped rules loaded into this Prometheus.
     const rules = (await (await fetch(new URL('/api/v1/rules', promUrl))).json()) as { data: { groups: { name: string; rules: unknown[] }[] } };
     expect(rules.data.groups.map((g) => [g.name, g.rules.length]).sort()).toEqual([
-      ['spawngate.alerts', 10],
+      ['spawngate.alerts', 11],
       ['spawngate.recording', 7],
     ]);
   }, 240_000);
