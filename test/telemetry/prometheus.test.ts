@@ -277,12 +277,16 @@ describe.skipIf(prometheusBin === null)('the Grafana dashboard on a real Prometh
     count('GET', '/v1/spawns/{id}', missing.status);
     expect(missing.status).toBe(404);
 
-    // A scrape that started after the last answer: it holds every count.
+    // A successful scrape that started after the last answer: it holds every count. (A scrape cut by
+    // its timeout on a loaded machine has up 0 and no samples: the next one is waited for.)
     const trafficEnd = Date.now() / 1000;
     const at = await eventually(async () => {
+      // timestamp() of a raw selector is the scrape's own time (of anything computed, the query's).
       const [s] = await promQuery(`timestamp(up{job="spawngate"})`);
       const ts = s ? Number(s.value[1]) : 0;
-      return ts > trafficEnd + 0.05 ? ts : undefined;
+      if (ts <= trafficEnd + 0.05) return undefined;
+      const [up] = await promQuery(`up{job="spawngate"}`, ts);
+      return up?.value[1] === '1' ? ts : undefined;
     });
     // The window reaches back past Prometheus's start, so every series starts inside it, at 0.
     const window = Math.ceil(at - promStarted) + 5;
