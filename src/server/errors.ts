@@ -34,13 +34,15 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
 };
 
 /** Failures of the HTTP exchange itself, which no library call produces. */
-export type HttpErrorCode = 'UNAUTHORIZED' | 'ROUTE_NOT_FOUND' | 'METHOD_NOT_ALLOWED' | 'PAYLOAD_TOO_LARGE' | 'SHUTTING_DOWN' | 'INTERNAL';
+export type HttpErrorCode = 'UNAUTHORIZED' | 'ROUTE_NOT_FOUND' | 'METHOD_NOT_ALLOWED' | 'PAYLOAD_TOO_LARGE' | 'UNSUPPORTED_MEDIA_TYPE' | 'SHUTTING_DOWN' | 'INTERNAL';
 
 export const HTTP_ERROR_STATUS: Readonly<Record<HttpErrorCode, number>> = {
   UNAUTHORIZED: 401,
   ROUTE_NOT_FOUND: 404,
   METHOD_NOT_ALLOWED: 405,
   PAYLOAD_TOO_LARGE: 413,
+  // A body that is not declared `application/json` (charset utf-8 at most) is not read at all.
+  UNSUPPORTED_MEDIA_TYPE: 415,
   INTERNAL: 500,
   SHUTTING_DOWN: 503,
 };

@@ -8,11 +8,26 @@ import { z } from 'zod';
 import type { SpawnRequestInput } from '../admission/request.js';
 import { errorMap, toIssues } from '../config/issues.js';
 import { listen, removeStaleSocket, type ListenAddress } from '../net.js';
-import { ConfigError, RequestError, SpawngateError } from '../errors.js';
+import { ConfigError, formatPath, RequestError, SpawngateError } from '../errors.js';
 import type { Issue } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Spawngate } from '../spawngate.js';
-import { BodyTooLargeError, parseTraceparent, readBody, sendJson, tokenVerifier } from '../protocol/http.js';
+import {
+  announcesBody,
+  BodyTooLargeError,
+  closeWithoutReading,
+  decodeJsonBody,
+  DEFAULT_HTTP_LIMITS,
+  httpLimitIssues,
+  httpServerOptions,
+  isJsonContentType,
+  onClientError,
+  parseTraceparent,
+  readBody,
+  sendJson,
+  tokenVerifier,
+  type HttpLimits,
+} from '../protocol/http.js';
 import type { WorkerEvent } from '../protocol/events.js';
 import { endHttpSpan, httpMethod, parentContext, setAttributes, startSpan } from '../telemetry/tracing.js';
 import { errorReply, httpErrorBody } from './errors.js';
@@ -66,6 +81,22 @@ export interface ServerOptions {
   maxBodyBytes?: number;
   /** How long close() lets open requests and turn streams finish before cutting them off; default 10 s. */
   drainTimeoutMs?: number;
+  /** Time to receive a request's headers; default 10 s. */
+  headersTimeoutMs?: number;
+  /** Time to receive a whole request, body included (not a streamed response); default 30 s. */
+  requestTimeoutMs?: number;
+  /** How long an idle keep-alive connection stays open; default 5 s. */
+  keepAliveTimeoutMs?: number;
+  /**
+   * After refusing a request whose body is still coming, the body is swallowed (never parsed) so the
+   * client can read the answer; the connection is cut when the client has sent nothing for this
+   * long; default 2 s.
+   */
+  lingerMs?: number;
+  /** ...or this long after the answer in all; default 10 s. */
+  lingerMaxMs?: number;
+  /** ...or after this many bytes; default 64 MiB. */
+  lingerBytes?: number;
 }
 
 export interface RunningServer {
@@ -93,7 +124,8 @@ interface RequestContext {
   res: ServerResponse;
   url: URL;
   spawnId: string;
-  body: string;
+  /** The parsed JSON body; undefined when the request has none. */
+  body: unknown;
   /** Aborts when the client goes away before its response is complete. */
   signal: AbortSignal;
 }
@@ -124,14 +156,24 @@ const sweepBodySchema = z.strictObject({
   orphans: z.boolean().optional(),
 });
 
-function parseJson(text: string, emptyAsObject: boolean): unknown {
-  if (emptyAsObject && text.trim() === '') return {};
-  try {
-    return JSON.parse(text) as unknown;
-  } catch (cause) {
-    const message = `not valid JSON: ${(cause as Error).message}`;
-    throw new RequestError(`request body is ${message}`, [{ path: '(root)', message }], { cause });
-  }
+/** A body as strict JSON (src/json.ts), or a 400 that says where it went wrong. */
+function parseBody(raw: Buffer): unknown {
+  const decoded = decodeJsonBody(raw);
+  if (decoded.ok) return decoded.value;
+  const { fault } = decoded;
+  const message = `not valid JSON: ${fault.message}`;
+  const path = formatPath(fault.path ?? []);
+  const where = { offset: fault.offset, ...(fault.line === undefined ? {} : { line: fault.line, column: fault.column }) };
+  throw new RequestError(`request body is ${message}`, [{ path, message }], { details: { body: where } });
+}
+
+/** The body of a route that takes a JSON object: anything else (null, an array, no body) is a 400, never a TypeError deep inside. */
+function requireObject(body: unknown, what: string, emptyAsObject = false): Record<string, unknown> {
+  if (body === undefined && emptyAsObject) return {};
+  if (isRecord(body)) return body;
+  const found = body === undefined ? 'no body' : body === null ? 'null' : Array.isArray(body) ? 'an array' : `a ${typeof body}`;
+  const message = `must be a JSON object, found ${found}`;
+  throw new RequestError(`${what} ${message}`, [{ path: '(root)', message }]);
 }
 
 function parseWith<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
@@ -253,6 +295,7 @@ function validateOptions(options: ServerOptions): void {
   }
   if (options.maxBodyBytes !== undefined && (!Number.isInteger(options.maxBodyBytes) || options.maxBodyBytes < 1)) issues.push({ path: 'maxBodyBytes', message: 'must be a positive integer' });
   if (options.drainTimeoutMs !== undefined && (!Number.isFinite(options.drainTimeoutMs) || options.drainTimeoutMs < 0)) issues.push({ path: 'drainTimeoutMs', message: 'must be a non-negative number of milliseconds' });
+  issues.push(...httpLimitIssues(options));
   if (issues.length > 0) throw new ConfigError(`invalid server options: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
 }
 
@@ -267,6 +310,14 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   const logger = options.logger ?? gate.logger;
   const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
+  const limits: HttpLimits = {
+    headersTimeoutMs: options.headersTimeoutMs ?? DEFAULT_HTTP_LIMITS.headersTimeoutMs,
+    requestTimeoutMs: options.requestTimeoutMs ?? DEFAULT_HTTP_LIMITS.requestTimeoutMs,
+    keepAliveTimeoutMs: options.keepAliveTimeoutMs ?? DEFAULT_HTTP_LIMITS.keepAliveTimeoutMs,
+    lingerMs: options.lingerMs ?? DEFAULT_HTTP_LIMITS.lingerMs,
+    lingerMaxMs: options.lingerMaxMs ?? DEFAULT_HTTP_LIMITS.lingerMaxMs,
+    lingerBytes: options.lingerBytes ?? DEFAULT_HTTP_LIMITS.lingerBytes,
+  };
   const isAuthorized = options.token === undefined ? null : tokenVerifier(options.token);
   const openTurns = new Set<OpenTurn>();
   const requestTraces = new WeakMap<IncomingMessage, Context>();
@@ -303,14 +354,14 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   };
 
   const admit: Handler = async ({ req, body }) => {
-    const parsed = parseJson(body, false);
+    const parsed = requireObject(body, 'admission request');
     const request = withTraceparent(parsed, req.headers.traceparent);
     const result = await gate.admit(request as SpawnRequestInput, parentOption(parsed, requestTraces.get(req)));
     return { status: 200, body: { decisionId: result.decisionId, stage: result.stage, bundleRevision: result.bundleRevision, decision: result.decision } };
   };
 
   const spawn: Handler = async ({ req, body, signal }) => {
-    const parsed = parseJson(body, false);
+    const parsed = requireObject(body, 'spawn request');
     const request = withTraceparent(parsed, req.headers.traceparent);
     // The client going away aborts the wait for readiness; the lifecycle then removes what it created.
     const handle = await gate.spawn(request as SpawnRequestInput, { signal, ...parentOption(parsed, requestTraces.get(req)) });
@@ -386,12 +437,12 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   };
 
   const sweep: Handler = async ({ body }) => {
-    const options = parseWith(sweepBodySchema, parseJson(body, true), 'sweep request');
+    const options = parseWith(sweepBodySchema, requireObject(body, 'sweep request', true), 'sweep request');
     return { status: 200, body: await gate.sweep(options) };
   };
 
   const turn: Handler = async ({ res, spawnId, body, signal }) => {
-    const { message, turnId } = parseWith(turnBodySchema, parseJson(body, false), 'turn request');
+    const { message, turnId } = parseWith(turnBodySchema, requireObject(body, 'turn request'), 'turn request');
     if (!gate.get(spawnId)) throw new SpawngateError('SPAWN_NOT_FOUND', `no live worker ${spawnId}`);
     // The request's signal is the turn's: a client that goes away drops the worker connection, and the worker cancels.
     const iterator = gate.turn(spawnId, message, { ...(turnId === undefined ? {} : { turnId }), signal })[Symbol.asyncIterator]();
@@ -476,6 +527,16 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   const httpError = (res: ServerResponse, code: HttpErrorCode, message: string, headers: Record<string, string> = {}, details: Record<string, unknown> = {}): void =>
     sendReply(res, { status: HTTP_ERROR_STATUS[code], body: httpErrorBody(code, message, details), headers });
 
+  /**
+   * An answer given without reading the request's body: a body still on its way is not drained
+   * (a refused caller must not be able to hold the connection by uploading), the connection closes
+   * after the response instead, gently enough that a client busy uploading still reads it.
+   */
+  const refuse = (req: IncomingMessage, res: ServerResponse, code: HttpErrorCode, message: string, headers: Record<string, string> = {}, details: Record<string, unknown> = {}): void => {
+    if (announcesBody(req) && !req.complete) closeWithoutReading(req, res, limits);
+    httpError(res, code, message, headers, details);
+  };
+
   const handle = async (req: IncomingMessage, res: ServerResponse, signal: AbortSignal, matched: { route: string }): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://spawngate');
     let route: Route | undefined;
@@ -490,35 +551,40 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
     }
     // Unknown routes need the token too, so an anonymous caller learns nothing about what exists.
     if (!route?.public && isAuthorized && !isAuthorized(req)) {
-      req.resume();
-      httpError(res, 'UNAUTHORIZED', 'missing or wrong bearer token', { 'www-authenticate': 'Bearer' });
+      refuse(req, res, 'UNAUTHORIZED', 'missing or wrong bearer token', { 'www-authenticate': 'Bearer' });
       return;
     }
     if (!route) {
-      req.resume();
-      httpError(res, 'ROUTE_NOT_FOUND', `no route ${url.pathname}`);
+      refuse(req, res, 'ROUTE_NOT_FOUND', `no route ${url.pathname}`);
       return;
     }
     const method = req.method === 'HEAD' ? 'GET' : (req.method as Method);
     const handler = route.methods[method];
     if (!handler) {
-      req.resume();
       const allow = Object.keys(route.methods).join(', ');
-      httpError(res, 'METHOD_NOT_ALLOWED', `${url.pathname} accepts ${allow}`, { allow }, { allow: Object.keys(route.methods) });
+      refuse(req, res, 'METHOD_NOT_ALLOWED', `${url.pathname} accepts ${allow}`, { allow }, { allow: Object.keys(route.methods) });
       return;
     }
     if (closing && !route.public) {
-      req.resume();
-      httpError(res, 'SHUTTING_DOWN', 'the server is shutting down');
+      refuse(req, res, 'SHUTTING_DOWN', 'the server is shutting down');
       return;
     }
-    let body = '';
-    try {
-      body = await readBody(req, maxBodyBytes);
-    } catch (err) {
-      if (err instanceof BodyTooLargeError) httpError(res, 'PAYLOAD_TOO_LARGE', `request body exceeds ${maxBodyBytes} bytes`, { connection: 'close' }, { limit: maxBodyBytes });
-      else res.destroy();
-      return;
+    let body: unknown;
+    if (announcesBody(req)) {
+      const contentType = req.headers['content-type'];
+      if (!isJsonContentType(contentType)) {
+        refuse(req, res, 'UNSUPPORTED_MEDIA_TYPE', `a request body must be sent as content-type application/json (charset utf-8 at most), not ${contentType === undefined ? '(none)' : JSON.stringify(contentType)}`, { accept: 'application/json' }, { accept: 'application/json' });
+        return;
+      }
+      let raw: Buffer;
+      try {
+        raw = await readBody(req, maxBodyBytes);
+      } catch (err) {
+        if (err instanceof BodyTooLargeError) refuse(req, res, 'PAYLOAD_TOO_LARGE', `request body exceeds ${maxBodyBytes} bytes`, {}, { limit: maxBodyBytes });
+        else res.destroy();
+        return;
+      }
+      body = parseBody(raw);
     }
     let spawnId = '';
     if (match?.[1] !== undefined) {
@@ -533,7 +599,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
     if (reply) sendReply(res, reply);
   };
 
-  const server = createHttpServer((req, res) => {
+  const server = createHttpServer(httpServerOptions(limits), (req, res) => {
     const abort = new AbortController();
     requestAborts.add(abort);
     const started = performance.now();
@@ -574,7 +640,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
       .finally(() => inflight.delete(done));
     inflight.add(done);
   });
-  server.on('clientError', (_err, socket) => socket.destroy());
+  server.on('clientError', onClientError);
 
   if ('socketPath' in options.listen) await removeStaleSocket(options.listen.socketPath);
   try {

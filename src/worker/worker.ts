@@ -26,7 +26,23 @@ import type {
   WorkerState,
   WorkerStatusReport,
 } from '../protocol/events.js';
-import { BodyTooLargeError, parseTraceparent, readBody, sendError, sendJson, tokenVerifier } from '../protocol/http.js';
+import {
+  announcesBody,
+  BodyTooLargeError,
+  closeWithoutReading,
+  decodeJsonBody,
+  DEFAULT_HTTP_LIMITS,
+  httpLimitIssues,
+  httpServerOptions,
+  isJsonContentType,
+  onClientError,
+  parseTraceparent,
+  readBody,
+  sendError,
+  sendJson,
+  tokenVerifier,
+  type HttpLimits,
+} from '../protocol/http.js';
 import { LogBuffer, MAX_LOG_TAIL } from './log-buffer.js';
 import { mapSessionUpdate } from './map-update.js';
 import { boundedRawInput, permissionPaths, workspaceRoot } from './permissions.js';
@@ -41,6 +57,8 @@ import type { EventBody } from './map-update.js';
 export type WorkerListen = ListenAddress;
 
 export interface StartWorkerOptions {
+  /** Timeouts and the lingering close of the worker's HTTP server; defaults as `spawngate serve` (docs/worker-protocol.md). */
+  http?: Partial<HttpLimits>;
   agentCommand: string;
   agentArgs: string[];
   /** Added to the worker's own environment (minus SPAWNGATE_WORKER_TOKEN, which the agent never sees). */
@@ -187,30 +205,63 @@ function validateOptions(opts: StartWorkerOptions): void {
     const value = opts[key];
     if (value !== undefined && (!Number.isFinite(value) || value < 0)) issues.push({ path: key, message: 'must be a non-negative number of milliseconds' });
   }
+  if (opts.http !== undefined) issues.push(...httpLimitIssues(opts.http, 'http.'));
   if (issues.length > 0) throw new ConfigError('invalid worker options', issues);
 }
 
+/** Largest body of a route that takes none it reads (POST /cancel gets `{}` from the gateway's client). */
+const MAX_SMALL_BODY_BYTES = 64 * 1024;
+
 /**
- * A request body that is JSON: the object it holds, null when it holds something else, or undefined
- * when the request was already answered (413 past `limit`, 400 for text that is not JSON).
+ * Answers without reading the request's body: a body still on its way is not drained, the
+ * connection closes after the response instead (closeWithoutReading).
  */
-async function readJsonObject(req: IncomingMessage, res: ServerResponse, limit: number, shape: string): Promise<Record<string, unknown> | null | undefined> {
-  let raw: string;
+function refuse(req: IncomingMessage, res: ServerResponse, limits: HttpLimits, answer: () => void): void {
+  if (announcesBody(req) && !req.complete) closeWithoutReading(req, res, limits);
+  answer();
+}
+
+/**
+ * A request body as strict JSON (application/json, UTF-8, no duplicate keys): `{ value }`, with
+ * value undefined when there is no body, or undefined when the request was already answered (415
+ * for another content type, 413 past `limit`, 400 for a body that is not strict JSON).
+ */
+async function readJson(req: IncomingMessage, res: ServerResponse, limit: number, limits: HttpLimits, shape: string): Promise<{ value: unknown } | undefined> {
+  if (!announcesBody(req)) return { value: undefined };
+  const contentType = req.headers['content-type'];
+  if (!isJsonContentType(contentType)) {
+    refuse(req, res, limits, () =>
+      sendError(res, 415, 'unsupported_media_type', `a request body must be sent as content-type application/json (charset utf-8 at most), not ${contentType === undefined ? '(none)' : JSON.stringify(contentType)}`, {
+        headers: { accept: 'application/json' },
+      }),
+    );
+    return undefined;
+  }
+  let raw: Buffer;
   try {
     raw = await readBody(req, limit);
   } catch (err) {
-    if (err instanceof BodyTooLargeError) sendError(res, 413, 'payload_too_large', err.message, { headers: { connection: 'close' } });
+    if (err instanceof BodyTooLargeError) refuse(req, res, limits, () => sendError(res, 413, 'payload_too_large', err.message));
     else res.destroy();
     return undefined;
   }
-  let body: unknown;
-  try {
-    body = JSON.parse(raw);
-  } catch {
-    sendError(res, 400, 'invalid_request', `body must be JSON: ${shape}`);
+  const decoded = decodeJsonBody(raw);
+  if (!decoded.ok) {
+    sendError(res, 400, 'invalid_request', `body must be JSON (${shape}): ${decoded.fault.message}`);
     return undefined;
   }
-  return typeof body === 'object' && body !== null && !Array.isArray(body) ? (body as Record<string, unknown>) : null;
+  return { value: decoded.value };
+}
+
+/** A body that must be a JSON object: the object, or undefined when the request was already answered. */
+async function readJsonObject(req: IncomingMessage, res: ServerResponse, limit: number, limits: HttpLimits, shape: string): Promise<Record<string, unknown> | undefined> {
+  const body = await readJson(req, res, limit, limits, shape);
+  if (body === undefined) return undefined;
+  const { value } = body;
+  if (typeof value === 'object' && value !== null && !Array.isArray(value)) return value as Record<string, unknown>;
+  const found = value === undefined ? 'no body' : value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`;
+  sendError(res, 400, 'invalid_request', `body must be a JSON object ${shape}, found ${found}`);
+  return undefined;
 }
 
 /** reject_once when offered (never reject_always: a later request may be decided differently), else no option. */
@@ -269,6 +320,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   let forwarder: EgressForwarder | null = null;
   const logs = new LogBuffer(opts.logLimit ?? MAX_LOG_TAIL);
   const isAuthorized = tokenVerifier(opts.token);
+  const limits: HttpLimits = { ...DEFAULT_HTTP_LIMITS, ...opts.http };
   const startedAt = new Date().toISOString();
 
   let state: WorkerState = 'starting';
@@ -511,9 +563,9 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   };
 
   const handlePermission = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const fields = await readJsonObject(req, res, 64 * 1024, '{"requestId": string, "optionId": string | null, "code": string, "reason": string}');
+    const fields = await readJsonObject(req, res, MAX_SMALL_BODY_BYTES, limits, '{"requestId": string, "optionId": string | null, "code": string, "reason": string}');
     if (fields === undefined) return;
-    const { requestId, optionId, code, reason } = fields ?? {};
+    const { requestId, optionId, code, reason } = fields;
     if (typeof requestId !== 'string') return sendError(res, 400, 'invalid_request', 'requestId must be a string');
     if (optionId !== null && typeof optionId !== 'string') return sendError(res, 400, 'invalid_request', 'optionId must be a string or null');
     if (typeof code !== 'string' || !REASON_CODE.test(code)) return sendError(res, 400, 'invalid_request', 'code must be a lowercase reason code (a-z 0-9 _ ., at most 64)');
@@ -625,19 +677,18 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
 
   const handleTurn = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     if (state === 'starting' || state === 'exiting') {
-      req.resume();
-      refuseUnavailable(res);
+      refuse(req, res, limits, () => refuseUnavailable(res));
       return;
     }
-    if (turn && !turn.cancelReason) {
-      req.resume();
-      sendError(res, 409, 'busy', 'a turn is already running; one turn at a time', { currentTurnId: turn.id });
+    const current = turn;
+    if (current && !current.cancelReason) {
+      refuse(req, res, limits, () => sendError(res, 409, 'busy', 'a turn is already running; one turn at a time', { currentTurnId: current.id }));
       return;
     }
-    const fields = await readJsonObject(req, res, MAX_TURN_BODY_BYTES, '{"message": string, "turnId"?: string}');
+    const fields = await readJsonObject(req, res, MAX_TURN_BODY_BYTES, limits, '{"message": string, "turnId"?: string}');
     if (fields === undefined) return;
-    const message = fields?.['message'];
-    const turnId = fields?.['turnId'];
+    const message = fields['message'];
+    const turnId = fields['turnId'];
     if (typeof message !== 'string' || message.trim() === '') {
       sendError(res, 400, 'invalid_request', 'message must be a non-empty string');
       return;
@@ -686,21 +737,18 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     if (!isAuthorized(req)) {
-      req.resume();
-      sendError(res, 401, 'unauthorized', 'missing or wrong bearer token', { headers: { 'www-authenticate': 'Bearer' } });
+      refuse(req, res, limits, () => sendError(res, 401, 'unauthorized', 'missing or wrong bearer token', { headers: { 'www-authenticate': 'Bearer' } }));
       return;
     }
     const url = new URL(req.url ?? '/', 'http://worker');
     const allowed: Record<string, string> = { '/healthz': 'GET', '/turn': 'POST', '/cancel': 'POST', '/permission': 'POST', '/status': 'GET', '/logs': 'GET', '/workspace/diff': 'GET', '/workspace/archive': 'GET' };
     const allow = allowed[url.pathname];
     if (!allow) {
-      req.resume();
-      sendError(res, 404, 'not_found', `no route ${url.pathname}`);
+      refuse(req, res, limits, () => sendError(res, 404, 'not_found', `no route ${url.pathname}`));
       return;
     }
     if (req.method !== allow && !(allow === 'GET' && req.method === 'HEAD')) {
-      req.resume();
-      sendError(res, 405, 'method_not_allowed', `${url.pathname} accepts ${allow}`, { headers: { allow } });
+      refuse(req, res, limits, () => sendError(res, 405, 'method_not_allowed', `${url.pathname} accepts ${allow}`, { headers: { allow } }));
       return;
     }
     // The turn is a span of its own (below); /healthz is probed every few ms while a worker starts.
@@ -713,7 +761,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       await handlePermission(req, res);
       return;
     }
-    req.resume();
+    // The other routes take no body; one that comes anyway is held to the same rules, then ignored.
+    if ((await readJson(req, res, MAX_SMALL_BODY_BYTES, limits, 'none is needed')) === undefined) return;
     switch (url.pathname) {
       case '/healthz': {
         const waitMs = Math.min(Math.max(Number(url.searchParams.get('wait')) || 0, 0), MAX_HEALTHZ_WAIT_MS);
@@ -798,14 +847,14 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     }
   };
 
-  const server = createServer((req, res) => {
+  const server = createServer(httpServerOptions(limits), (req, res) => {
     handle(req, res).catch((err: unknown) => {
       log('error', 'request handler failed', { error: err instanceof Error ? err.message : String(err) });
       if (!res.headersSent) sendJson(res, 500, { error: { code: 'internal', message: 'internal worker error' } });
       else res.destroy();
     });
   });
-  server.on('clientError', (_err, socket) => socket.destroy());
+  server.on('clientError', onClientError);
 
   if ('socketPath' in opts.listen) await removeStaleSocket(opts.listen.socketPath);
   try {
