@@ -4,6 +4,8 @@ export const MAX_JSON_DEPTH = 256;
 export interface JsonFault {
   offset: number;
   message: string;
+  /** Where in the document: the keys and indexes leading to the fault (formatPath() prints it). */
+  path: (string | number)[];
 }
 
 class JsonFaultSignal extends Error {
@@ -17,8 +19,9 @@ class JsonFaultSignal extends Error {
 /** A strict JSON (RFC 8259) recogniser that reports the first fault's offset, including duplicate keys. */
 export function scanJson(text: string): JsonFault | null {
   let i = 0;
+  const path: (string | number)[] = [];
   const fail = (message: string, at = i): never => {
-    throw new JsonFaultSignal({ offset: at, message });
+    throw new JsonFaultSignal({ offset: at, message, path: [...path] });
   };
   const describe = (at: number): string => (at >= text.length ? 'end of input' : `"${text[at]}"`);
   const ws = (): void => {
@@ -67,12 +70,14 @@ export function scanJson(text: string): JsonFault | null {
         if (text[i] !== '"') fail(`expected a property name, found ${describe(i)}`);
         const keyAt = i;
         const key = string();
+        path.push(key);
         if (keys.has(key)) fail(`duplicate key ${JSON.stringify(key)}`, keyAt);
         keys.add(key);
         ws();
         if (text[i] !== ':') fail(`expected ":", found ${describe(i)}`);
         i++;
         value(depth + 1);
+        path.pop();
         ws();
         if (text[i] === ',') {
           i++;
@@ -92,8 +97,10 @@ export function scanJson(text: string): JsonFault | null {
         i++;
         return;
       }
-      for (;;) {
+      for (let index = 0; ; index++) {
+        path.push(index);
         value(depth + 1);
+        path.pop();
         ws();
         if (text[i] === ',') {
           i++;
@@ -138,10 +145,12 @@ export function scanJson(text: string): JsonFault | null {
 /** A parse error with where it happened, for a caller to turn into its own error type. */
 export class StrictJsonError extends Error {
   readonly offset: number;
+  readonly path: (string | number)[];
   constructor(fault: JsonFault) {
     super(fault.message);
     this.name = 'StrictJsonError';
     this.offset = fault.offset;
+    this.path = fault.path;
   }
 }
 
@@ -154,3 +163,4 @@ export function parseStrictJson(text: string): unknown {
   if (fault) throw new StrictJsonError(fault);
   return JSON.parse(text) as unknown;
 }
+

@@ -3,7 +3,7 @@
  * /policy.wasm, /data.json and /.manifest, checked member by member with size limits. Building,
  * testing and comparing bundles is the CLI's tooling (src/cli/policy-tool.ts), never loaded by a gate.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { BoundedReadError, readBoundedFile } from '../files.js';
 import { promisify } from 'node:util';
 import { gunzip } from 'node:zlib';
 import { PolicyError } from '../errors.js';
@@ -98,17 +98,13 @@ function loadFailure(source: string, reason: string, message: string, member?: s
   });
 }
 
+/** The archive's bytes: a regular file only (a FIFO or /dev/zero is refused at once, not read for ever), at most maxArchiveBytes. */
 export async function readArchiveFile(file: string, limits: Required<BundleLimits>): Promise<Uint8Array> {
-  let size: number;
   try {
-    size = (await stat(file)).size;
+    return await readBoundedFile(file, limits.maxArchiveBytes);
   } catch (err) {
-    throw loadFailure(file, 'unreadable', `cannot read it (${(err as Error).message})`, undefined, err);
-  }
-  if (size > limits.maxArchiveBytes) throw loadFailure(file, 'oversized', `file is ${size} bytes, more than the ${limits.maxArchiveBytes} allowed`);
-  try {
-    return await readFile(file);
-  } catch (err) {
+    if (err instanceof BoundedReadError && err.fault.reason === 'too_large') throw loadFailure(file, 'oversized', `file is more than the ${limits.maxArchiveBytes} bytes allowed`, undefined, err);
+    if (err instanceof BoundedReadError && err.fault.reason === 'not_regular') throw loadFailure(file, 'unreadable', `it ${err.message}`, undefined, err);
     throw loadFailure(file, 'unreadable', `cannot read it (${(err as Error).message})`, undefined, err);
   }
 }

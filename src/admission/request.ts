@@ -119,6 +119,8 @@ export const spawnRequestSchema = z
   })
   .superRefine(
     (value, ctx) => {
+      // `when` runs this even where the object itself failed: the value may be null or not an object at all.
+      if (typeof value !== 'object' || value === null) return;
       const task = typeof value.task === 'string' ? value.task : undefined;
       const message = typeof value.message === 'string' ? value.message : undefined;
       if (task !== undefined && message !== undefined && task !== message) {

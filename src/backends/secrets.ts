@@ -6,8 +6,12 @@
  *   - the gateway's environment: `SPAWNGATE_SECRET_<NAME>_<KEY>` (upper-cased, other characters `_`).
  * Values are only ever put into the worker's environment: never into argv, logs, labels or errors.
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { BackendError } from '../errors.js';
+import { BoundedReadError, readBoundedFileSync } from '../files.js';
+
+/** A key of a mounted Kubernetes Secret is at most 1 MiB (the whole Secret is); so is one here. */
+const MAX_SECRET_BYTES = 1024 * 1024;
 
 export interface SecretSource {
   /** Folder of `<name>/<key>` files; checked first. */
@@ -28,10 +32,14 @@ export function secretPlaces(ref: { name: string; key: string }, source: SecretS
 /** The value, or undefined when no provider has it. Names are DNS-1123 / key-shaped (the schema checks), so no path escapes the folder. */
 export function resolveSecret(ref: { name: string; key: string }, source: SecretSource): string | undefined {
   if (source.dir && ref.key !== '.' && ref.key !== '..') {
+    const file = join(source.dir, ref.name, ref.key);
     try {
-      return readFileSync(join(source.dir, ref.name, ref.key), 'utf8').replace(/\r?\n$/, '');
+      // Bounded and non-blocking: a FIFO or device planted in the folder must not hang the gateway.
+      return readBoundedFileSync(file, MAX_SECRET_BYTES).toString('utf8').replace(/\r?\n$/, '');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      if (!(err instanceof BoundedReadError) || err.fault.reason !== 'unreadable' || err.fault.errno !== 'ENOENT') {
+        throw new BackendError('BACKEND_FAILED', `secret ${ref.name}/${ref.key}: cannot read ${file}: ${(err as Error).message}`, { details: { reason: 'SecretUnreadable', field: 'secretsDir' } });
+      }
     }
   }
   return (source.env ?? process.env)[secretVariableName(ref)];

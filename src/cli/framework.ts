@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
-import { isSpawngateError, UsageError } from '../errors.js';
+import { isSpawngateError, RequestError, UsageError } from '../errors.js';
+import { BoundedReadError, readBoundedFile, readBoundedStream, strictUtf8 } from '../files.js';
 
 export interface Io {
   stdout: NodeJS.WritableStream & { isTTY?: boolean };
@@ -161,30 +162,50 @@ export async function runCommand(command: Command, argv: string[], io: Io): Prom
   }
 }
 
-/** Input the user got wrong is exit 2 with every fault listed; anything else is exit 1. */
+/** The one table from error codes to exit codes (docs/cli.md): bad input 2, a deny 3, anything else 1. */
+export function exitCodeOf(err: unknown): number {
+  if (!isSpawngateError(err)) return EXIT.failed;
+  if (err instanceof UsageError || err.code === 'CONFIG_INVALID' || err.code === 'CONFIG_UNREADABLE' || err.code === 'REQUEST_INVALID') return EXIT.usage;
+  return err.code === 'ADMISSION_DENIED' ? EXIT.denied : EXIT.failed;
+}
+
+/** Input the user got wrong is exit 2 with every fault listed; a deny 3; anything else is exit 1. */
 export function reportError(name: string, err: unknown, io: Io): number {
   if (isSpawngateError(err)) {
     io.stderr.write(`spawngate ${name}: ${err.message}\n`);
-    const usage =
-      err instanceof UsageError || err.code === 'CONFIG_INVALID' || err.code === 'CONFIG_UNREADABLE' || err.code === 'REQUEST_INVALID';
-    return usage ? EXIT.usage : EXIT.failed;
+    return exitCodeOf(err);
   }
   io.stderr.write(`spawngate ${name}: unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   return EXIT.failed;
 }
 
-export async function readInputFile(path: string, io: Io): Promise<string> {
-  if (path === '-') {
-    const chunks: Buffer[] = [];
-    for await (const chunk of io.stdin) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));
-    return Buffer.concat(chunks).toString('utf8');
-  }
-  const { readFile } = await import('node:fs/promises');
+/** A request or policy input is a few KiB; the server takes at most 1 MiB (its body limit). */
+export const MAX_INPUT_BYTES = 1024 * 1024;
+/** How long `--input -` waits for the next byte of a pipe whose writer neither writes nor closes. */
+export const STDIN_IDLE_MS = 30_000;
+
+/**
+ * A JSON input as text: a regular file or `-` (stdin), bounded in size, strict UTF-8. A FIFO or a
+ * device given as FILE is refused (it could block or never end); piped stdin gives up after
+ * STDIN_IDLE_MS without a byte (a terminal does not: a person there can press Ctrl-D or Ctrl-C).
+ */
+export async function readInputFile(path: string, io: Io, what = '--input'): Promise<string> {
+  let bytes: Buffer;
+  const source = path === '-' ? 'stdin' : path;
   try {
-    return await readFile(path, 'utf8');
+    if (path === '-') {
+      const tty = (io.stdin as { isTTY?: boolean }).isTTY === true;
+      bytes = await readBoundedStream(io.stdin, MAX_INPUT_BYTES, tty ? null : STDIN_IDLE_MS);
+    } else {
+      bytes = await readBoundedFile(path, MAX_INPUT_BYTES);
+    }
   } catch (cause) {
-    throw new UsageError(`cannot read ${path}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, { cause });
+    if (!(cause instanceof BoundedReadError)) throw cause;
+    throw new UsageError(`${what}: cannot read ${source}: ${cause.message}`, { cause, details: { reason: cause.fault.reason } });
   }
+  const text = strictUtf8(bytes);
+  if (text === null) throw new RequestError(`${what}: ${source} is not valid UTF-8`, [{ path: '(root)', message: 'not valid UTF-8' }]);
+  return text;
 }
 
 export function str(values: Record<string, unknown>, key: string): string | undefined {

@@ -85,13 +85,21 @@ export const errorMap: z.core.$ZodErrorMap = (issue) => {
 };
 
 /**
- * zod drops a "__proto__" key from records without a word; for a strict config that silence
- * is wrong, so such keys are reported wherever they appear.
+ * What zod lets through without a word: a "__proto__" key (dropped from records) and strings that
+ * are not text (lone surrogates); for a strict config or request that silence is wrong, so both are
+ * reported wherever they appear.
  */
 export function reservedKeyIssues(value: unknown): Issue[] {
   const out: Issue[] = [];
   const seen = new Set<object>();
+  // A lone surrogate (a "\ud800" escape, or a JS string cut in half) is no text: it cannot be written
+  // as UTF-8, and left in it surfaces as an evaluation error deep in the policy engine.
+  const notText = 'is not valid Unicode text (contains a lone surrogate)';
   const walk = (v: unknown, path: PropertyKey[]): void => {
+    if (typeof v === 'string') {
+      if (!v.isWellFormed()) out.push({ path: formatPath(path), message: notText });
+      return;
+    }
     if (typeof v !== 'object' || v === null || seen.has(v) || path.length > 64) return;
     seen.add(v);
     if (Array.isArray(v)) {
@@ -100,6 +108,7 @@ export function reservedKeyIssues(value: unknown): Issue[] {
     }
     for (const key of Object.keys(v)) {
       if (key === '__proto__') out.push({ path: formatPath([...path, key]), message: 'reserved key' });
+      else if (!key.isWellFormed()) out.push({ path: formatPath([...path, key]), message: `key ${notText}` });
       else walk((v as Record<string, unknown>)[key], [...path, key]);
     }
   };

@@ -1,7 +1,7 @@
-import { open } from 'node:fs/promises';
 import { extname } from 'node:path';
 import { parseDocument } from 'yaml';
-import { ConfigError, type Issue } from '../errors.js';
+import { ConfigError, formatPath, type Issue } from '../errors.js';
+import { BoundedReadError, readBoundedFile, strictUtf8 } from '../files.js';
 import { errorMap, reservedKeyIssues, toIssues } from './issues.js';
 import { scanJson } from '../json.js';
 import { configSchema, TYPE_SPECIFIC_KEYS, type SpawngateConfig } from './schema.js';
@@ -81,7 +81,8 @@ export function defaultConfig(): SpawngateConfig {
 
 function typeSpecificHint(parent: readonly PropertyKey[], key: string): string | undefined {
   if (parent.length !== 3 || parent[0] !== 'agents' || parent[1] !== 'executionBackends') return undefined;
-  const owner = TYPE_SPECIFIC_KEYS[key];
+  // Own keys only: "constructor" or "toString" would otherwise find Object.prototype's functions.
+  const owner = Object.hasOwn(TYPE_SPECIFIC_KEYS, key) ? TYPE_SPECIFIC_KEYS[key] : undefined;
   return owner ? `"${key}" is only valid on ${owner} backends` : undefined;
 }
 
@@ -95,44 +96,25 @@ function formatFromPath(path: string): ConfigFormat | undefined {
 async function readBounded(path: string): Promise<string> {
   let bytes: Buffer;
   try {
-    const handle = await open(path, 'r');
-    try {
-      // Read at most one byte past the limit: stat sizes lie for pipes and devices.
-      const buf = Buffer.alloc(MAX_CONFIG_BYTES + 1);
-      let filled = 0;
-      for (;;) {
-        const { bytesRead } = await handle.read(buf, filled, buf.length - filled, null);
-        if (bytesRead === 0) break;
-        filled += bytesRead;
-        if (filled > MAX_CONFIG_BYTES) break;
-      }
-      bytes = buf.subarray(0, filled);
-    } finally {
-      await handle.close();
-    }
+    bytes = await readBoundedFile(path, MAX_CONFIG_BYTES);
   } catch (cause) {
-    const reason = cause instanceof Error ? cause.message : String(cause);
+    const reason = cause instanceof BoundedReadError && cause.fault.reason === 'too_large' ? `file is larger than ${MAX_CONFIG_BYTES} bytes` : cause instanceof Error ? cause.message : String(cause);
     throw new ConfigError(`cannot read config ${path}: ${reason}`, [{ path: '(root)', message: reason }], {
       code: 'CONFIG_UNREADABLE',
       cause,
-      details: { source: path },
+      details: { source: path, ...(cause instanceof BoundedReadError ? { reason: cause.fault.reason } : {}) },
     });
   }
-  if (bytes.length > MAX_CONFIG_BYTES) {
-    const message = `file is larger than ${MAX_CONFIG_BYTES} bytes`;
-    throw new ConfigError(`cannot read config ${path}: ${message}`, [{ path: '(root)', message }], { code: 'CONFIG_UNREADABLE', details: { source: path } });
-  }
-  try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
-  } catch (cause) {
-    throw syntaxError(path, 'file is not valid UTF-8', undefined, cause);
-  }
+  const text = strictUtf8(bytes);
+  if (text === null) throw syntaxError(path, 'file is not valid UTF-8');
+  return text;
 }
 
-function syntaxError(source: string | undefined, message: string, pos?: { line: number; column: number }, cause?: unknown): ConfigError {
+function syntaxError(source: string | undefined, message: string, pos?: { line: number; column: number }, cause?: unknown, at: readonly (string | number)[] = []): ConfigError {
   const where = pos ? `${source ?? 'config'}:${pos.line}:${pos.column}` : (source ?? 'config');
   const text = pos ? `line ${pos.line}, column ${pos.column}: ${message}` : message;
-  return new ConfigError(`cannot parse ${where}: ${message}`, [{ path: '(root)', message: text }], {
+  const path = formatPath(at);
+  return new ConfigError(`cannot parse ${where}${at.length ? ` at ${path}` : ''}: ${message}`, [{ path, message: text }], {
     cause,
     details: { ...(source ? { source } : {}), ...(pos ?? {}) },
   });
@@ -170,7 +152,7 @@ function parseJson(text: string, source: string | undefined): unknown {
   // JSON.parse alone neither reports where a fault is in every engine version nor catches
   // duplicate keys (it silently keeps the last — a quiet way to override a security setting).
   const fault = scanJson(text);
-  if (fault) throw syntaxError(source, fault.message, lineColumn(text, fault.offset));
+  if (fault) throw syntaxError(source, fault.message, lineColumn(text, fault.offset), undefined, fault.path);
   return JSON.parse(text) as unknown;
 }
 

@@ -1,4 +1,5 @@
-import { RequestError } from '../../errors.js';
+import { formatPath, RequestError } from '../../errors.js';
+import { parseStrictJson, StrictJsonError } from '../../json.js';
 import type { Decision } from '../../admission/types.js';
 import { createAdmission } from '../../admission/gate.js';
 import type { SpawnRequestInput } from '../../admission/request.js';
@@ -20,11 +21,14 @@ export function formatDecision(decision: Decision): string {
   return `${lines.join('\n')}\n`;
 }
 
+/** Strict JSON (no duplicate keys, no lone surrogates): a fault is REQUEST_INVALID naming where, by JSON path and offset. */
 export function parseJsonInput(text: string, what: string): unknown {
   try {
-    return JSON.parse(text) as unknown;
+    return parseStrictJson(text);
   } catch (cause) {
-    throw new RequestError(`${what} is not valid JSON: ${(cause as Error).message}`, [{ path: '(root)', message: (cause as Error).message }], { cause });
+    if (!(cause instanceof StrictJsonError)) throw cause;
+    const path = formatPath(cause.path);
+    throw new RequestError(`${what} is not valid JSON: ${cause.message} (at ${path}, offset ${cause.offset})`, [{ path, message: cause.message }], { cause, details: { offset: cause.offset } });
   }
 }
 

@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readBoundedFile } from '../../files.js';
 import { userInfo } from 'node:os';
 import type { SpawnRequestInput } from '../../admission/request.js';
 import { loadConfigFile, nameSchema } from '../../config/index.js';
@@ -71,9 +71,10 @@ async function readToken(values: Values, io: Io): Promise<string | undefined> {
   }
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    // Bounded and non-blocking: a FIFO or device given by mistake is refused, not waited on.
+    text = (await readBoundedFile(file, 64 * 1024)).toString('utf8');
   } catch (cause) {
-    throw new UsageError(`--token-file: cannot read ${file}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, { cause });
+    throw new UsageError(`--token-file: cannot read ${file}: ${(cause as Error).message}`, { cause });
   }
   // Files written by `echo` or an editor end with a newline that is not part of the token.
   const token = text.trim();
