@@ -49,7 +49,7 @@ export type Spawngate = Omit<Admission, 'close'> &
 
 /** ACP agent argv from the config, else the worker's built-in agent of that id (null), else an error. */
 export function agentCommandFor(config: SpawngateConfig, agentId: string): readonly string[] | null {
-  const configured = config.agents.acp?.[agentId]?.command;
+  const configured = config.agents.acp && Object.hasOwn(config.agents.acp, agentId) ? config.agents.acp[agentId]?.command : undefined;
   if (configured) return configured;
   if (resolveBuiltinAgent(agentId)) return null;
   throw new SpawngateError('CONFIG_INVALID', `agent ${agentId} has no ACP command: add agents.acp.${agentId}.command to the config (built-in agents: echo)`);

@@ -25,6 +25,7 @@ import { jsonLogger } from '../log.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { createMetrics, initMetrics, pairLabels, safely } from '../telemetry/metrics.js';
 import { inSpan, parentContext, setAttributes, SPAN } from '../telemetry/tracing.js';
+import { builtinAgents, isKnownAgent } from '../agents/index.js';
 
 /** The bundle compiled from policies/ and shipped in the package. */
 export const SHIPPED_BUNDLE = fileURLToPath(new URL('../../bundles/spawngate.tar.gz', import.meta.url));
@@ -105,6 +106,18 @@ function rejectionToDeny(decision: AllowDecision, rejection: ReserveRejection): 
       ? `${rejection.scope} ${rejection.key} already has ${rejection.active} of ${rejection.max} workers`
       : `${rejection.scope} ${rejection.key} exceeded ${rejection.perMinute}/min (burst ${rejection.burst}); retry in ${Math.ceil(rejection.retryAfterMs / 1000)}s`;
   return { ...decision, allow: false, reasons: [{ code: rejection.code, message }] };
+}
+
+/**
+ * An ACP agent that no config entry names and that is not built in can never start: denied here, by
+ * the gate, whatever the policy said, so `admit` answers what `spawn` would meet (not an allow and
+ * then a failed spawn). First among the reasons: it is the one to fix first. Subagents are the
+ * gateway's own, run by it, and not checked.
+ */
+function agentUnknown(decision: Decision, agentId: string): DenyDecision {
+  const builtins = Object.keys(builtinAgents).join(', ');
+  const reason = { code: 'agent_unknown', message: `agent ${JSON.stringify(agentId)} is not configured (agents.acp.${agentId}.command) and is not a built-in agent (${builtins})` };
+  return { ...decision, allow: false, reasons: [reason, ...(decision.allow ? [] : decision.reasons)] };
 }
 
 type SpanIds = { traceId: string; spanId: string };
@@ -260,7 +273,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     const evaluation = policy.evaluateJsonWithoutCatalog(serializeInput(partial));
     const result: AdmitResult = {
       decisionId: randomUUID(),
-      decision: evaluation.decision,
+      decision: request.runtime === 'acp' && !isKnownAgent(config, request.agentId) ? agentUnknown(evaluation.decision, request.agentId) : evaluation.decision,
       stage: 'policy',
       request,
       input,

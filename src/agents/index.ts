@@ -4,6 +4,7 @@
  * Importing this module starts nothing: the agent files are entry points run as child processes.
  */
 import { fileURLToPath } from 'node:url';
+import type { SpawngateConfig } from '../config/schema.js';
 
 export interface BuiltinAgent {
   /** argv of the agent process: [node, script]. */
@@ -24,4 +25,9 @@ export const builtinAgents: Record<string, BuiltinAgent> = {
 
 export function resolveBuiltinAgent(agentId: string): BuiltinAgent | null {
   return Object.hasOwn(builtinAgents, agentId) ? (builtinAgents[agentId] ?? null) : null;
+}
+
+/** Whether anything can start this agent: the config names its command (agents.acp.<id>), or it is built in. */
+export function isKnownAgent(config: Pick<SpawngateConfig, 'agents'>, agentId: string): boolean {
+  return Object.hasOwn(config.agents.acp ?? {}, agentId) || resolveBuiltinAgent(agentId) !== null;
 }

@@ -14,7 +14,8 @@ export interface ResolvedAgent {
 }
 
 export function resolveAgent(config: SpawngateConfig, agentId: string, backend: string, profile: string): ResolvedAgent {
-  const agent = config.agents.acp?.[agentId];
+  // Own keys only: an agent id such as "constructor" must not find Object.prototype's members.
+  const agent = config.agents.acp && Object.hasOwn(config.agents.acp, agentId) ? config.agents.acp[agentId] : undefined;
   if (!agent) return { command: null, env: {}, model: null };
   const layers = [agent, agent.backends?.[backend], agent.profiles?.[profile]];
   let command: readonly string[] = agent.command;

@@ -61,8 +61,9 @@ const CONCURRENCY_CODES = [
   'concurrency_limit_profile_channel',
 ] as const;
 
-/** Deny codes the shipped policy and the engine produce at the policy stage. */
+/** Deny codes the shipped policy, the engine and the gate (agent_unknown) produce at the policy stage. */
 export const POLICY_DENY_CODES = [
+  'agent_unknown',
   'policy_config_invalid',
   'backend_unresolved',
   'unknown_backend',
