@@ -100,7 +100,7 @@ describe('spawngate CLI', () => {
     expect(ok.code).toBe(0);
     expect(ok.stdout).toContain('valid (3 backend(s)');
     const bad = await cli(['config', 'validate', '--json', file('bad.yaml', 'agents:\n  executionBackends:\n    x: { type: process, bogus: 1 }\n')]);
-    expect(bad.code).toBe(1);
+    expect(bad.code).toBe(2);
     expect(JSON.parse(bad.stdout)).toMatchObject({ ok: false, issues: [expect.objectContaining({ path: 'agents.executionBackends.x.bogus' })] });
     const schema = await cli(['config', 'schema']);
     expect(schema.code).toBe(0);

@@ -12,7 +12,7 @@ export const configValidateCommand: Command = {
     json: jsonLinesOption('Print {"ok":…,"file":…,"issues":[…]} as one compact JSON line.'),
   },
   positionals: [1, 1],
-  notes: ['Exit status: 0 valid, 1 invalid, 2 usage error.'],
+  notes: ['Exit status: 0 valid, 2 invalid or unreadable (every fault with its JSON path) or usage error — as for every command that reads a config.'],
   examples: [
     { description: 'Check a config before rolling it out', command: 'spawngate config validate /etc/spawngate/gw.yaml' },
     { description: 'Only the paths of the faults', command: 'spawngate config validate gw.yaml -o json | jq -r \'.issues[].path\'' },
@@ -31,7 +31,7 @@ export const configValidateCommand: Command = {
       io.stderr.write(`${file}: ${result.issues.length} problem(s)\n`);
       for (const issue of result.issues) io.stderr.write(`  ${issue.path}: ${issue.message}\n`);
     }
-    return result.ok ? EXIT.ok : EXIT.failed;
+    return result.ok ? EXIT.ok : EXIT.usage;
   },
 };
 
