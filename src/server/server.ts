@@ -570,7 +570,10 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
       return;
     }
     let body: unknown;
-    if (announcesBody(req)) {
+    if (route.public) {
+      // Anyone may call these, and they take no body: one that comes anyway is never read.
+      if (announcesBody(req) && !req.complete) closeWithoutReading(req, res, limits);
+    } else if (announcesBody(req)) {
       const contentType = req.headers['content-type'];
       if (!isJsonContentType(contentType)) {
         refuse(req, res, 'UNSUPPORTED_MEDIA_TYPE', `a request body must be sent as content-type application/json (charset utf-8 at most), not ${contentType === undefined ? '(none)' : JSON.stringify(contentType)}`, { accept: 'application/json' }, { accept: 'application/json' });

@@ -84,7 +84,11 @@ describe('HTTP hardening of spawngate serve', () => {
     expect(errorOf(over)).toMatchObject({ code: 'PAYLOAD_TOO_LARGE', limit: 1024 * 1024 });
     const plain = await headOnly(url, 'POST', '/v1/admit', { ...bearer, 'content-type': 'text/plain' }, 100);
     expect(plain.status).toBe(415);
-    await Promise.all([over.closed, plain.closed]);
+    // The routes anyone may call take no body and never read one; they answer as usual, then close.
+    const probe = await headOnly(url, 'GET', '/healthz', json, 1024 * 1024);
+    expect(probe.status).toBe(200);
+    expect(probe.headers['connection']).toBe('close');
+    await Promise.all([over.closed, plain.closed, probe.closed]);
   });
 
   it('keeps the connection of a refused request that has no body', async () => {
@@ -180,10 +184,12 @@ describe('HTTP hardening of spawngate serve', () => {
     expect(utf8.status).toBe(400);
     expect(errorOf(utf8)).toMatchObject({ code: 'REQUEST_INVALID' });
     expect(errorOf(utf8)['message']).toContain('invalid UTF-8 at byte offset 13');
+    expect(errorOf(utf8)['body']).toEqual({ offset: 13 });
 
     const duplicate = await send('{\n  "agentId": "fixture",\n  "agentId": "other"\n}');
     expect(duplicate.status).toBe(400);
-    expect(errorOf(duplicate)['message']).toMatch(/duplicate key "agentId" at line 3 column 3/);
+    expect(errorOf(duplicate)['message']).toMatch(/duplicate key "agentId" at line 3 column 3 \(byte offset 28\)/);
+    expect(errorOf(duplicate)['body']).toEqual({ offset: 28, line: 3, column: 3 });
 
     const surrogate = await send('{"task": "\\ud800"}');
     expect(surrogate.status).toBe(400);

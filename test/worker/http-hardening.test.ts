@@ -147,6 +147,14 @@ describe('HTTP hardening of the worker', () => {
       expect(body.received).toMatch(/^HTTP\/1\.1 408 /);
     });
 
+    it('refuses a turn while starting without reading its body', async () => {
+      const reply = await headOnly(slowUrl, 'POST', '/turn', { authorization: `Bearer ${slow.token}`, ...json }, 10 * 1024 * 1024);
+      expect(reply.status).toBe(503);
+      expect(errorOf(reply)['code']).toBe('not_ready');
+      expect(reply.headers['connection']).toBe('close');
+      await reply.closed;
+    });
+
     it('lets a parked /healthz?wait answer long after the request timeout', async () => {
       // 1.5 s parked, with a 600 ms request timeout: the timeout is for receiving the request only.
       const health = await slow.client.healthz({ waitMs: 1500 }).catch((err: unknown) => err);
