@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { IncomingMessage, ServerOptions as HttpServerOptions, ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerOptions as HttpServerOptions, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { parseStrictJson, StrictJsonError } from '../json.js';
@@ -208,13 +208,15 @@ function linger(socket: Socket, limits: LingerLimits): void {
  * refused before any byte is read, a longer stream as soon as it passes the limit (reading stops
  * there; the caller answers with closeWithoutReading).
  */
-export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+export function readBody(req: IncomingMessage, res: ServerResponse, limit: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const declared = Number(req.headers['content-length']);
     if (Number.isFinite(declared) && declared > limit) {
       reject(new BodyTooLargeError(`body of ${declared} bytes exceeds the limit of ${limit}`));
       return;
     }
+    // A client that asked first (curl does for bodies over 1 MiB) sends the body only now.
+    if (expectsContinue(req)) res.writeContinue();
     const chunks: Buffer[] = [];
     let size = 0;
     const onData = (chunk: Buffer): void => {
@@ -231,6 +233,20 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
     req.once('end', () => resolve(Buffer.concat(chunks)));
     req.once('error', reject);
   });
+}
+
+function expectsContinue(req: IncomingMessage): boolean {
+  const expect = req.headers.expect;
+  return typeof expect === 'string' && expect.trim().toLowerCase() === '100-continue';
+}
+
+/**
+ * Serves `Expect: 100-continue` requests with the same handler, which answers 100 only once it is
+ * about to read the body (readBody): node:http would otherwise say 100 at once, and the client would
+ * upload a body that a 401 or 413 is about to refuse.
+ */
+export function answerContinueLate(server: Server, handler: (req: IncomingMessage, res: ServerResponse) => void): void {
+  server.on('checkContinue', handler);
 }
 
 /** Where in a body a fault is: byte offset always, line and column (1-based, in characters) when the text decoded. */

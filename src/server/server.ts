@@ -14,6 +14,7 @@ import type { Logger } from '../log.js';
 import type { Spawngate } from '../spawngate.js';
 import {
   announcesBody,
+  answerContinueLate,
   BodyTooLargeError,
   closeWithoutReading,
   decodeJsonBody,
@@ -581,7 +582,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
       }
       let raw: Buffer;
       try {
-        raw = await readBody(req, maxBodyBytes);
+        raw = await readBody(req, res, maxBodyBytes);
       } catch (err) {
         if (err instanceof BodyTooLargeError) refuse(req, res, 'PAYLOAD_TOO_LARGE', `request body exceeds ${maxBodyBytes} bytes`, {}, { limit: maxBodyBytes });
         else res.destroy();
@@ -602,7 +603,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
     if (reply) sendReply(res, reply);
   };
 
-  const server = createHttpServer(httpServerOptions(limits), (req, res) => {
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const abort = new AbortController();
     requestAborts.add(abort);
     const started = performance.now();
@@ -642,7 +643,9 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
       })
       .finally(() => inflight.delete(done));
     inflight.add(done);
-  });
+  };
+  const server = createHttpServer(httpServerOptions(limits), onRequest);
+  answerContinueLate(server, onRequest);
   server.on('clientError', onClientError);
 
   if ('socketPath' in options.listen) await removeStaleSocket(options.listen.socketPath);

@@ -28,6 +28,7 @@ import type {
 } from '../protocol/events.js';
 import {
   announcesBody,
+  answerContinueLate,
   BodyTooLargeError,
   closeWithoutReading,
   decodeJsonBody,
@@ -239,7 +240,7 @@ async function readJson(req: IncomingMessage, res: ServerResponse, limit: number
   }
   let raw: Buffer;
   try {
-    raw = await readBody(req, limit);
+    raw = await readBody(req, res, limit);
   } catch (err) {
     if (err instanceof BodyTooLargeError) refuse(req, res, limits, () => sendError(res, 413, 'payload_too_large', err.message));
     else res.destroy();
@@ -847,13 +848,15 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     }
   };
 
-  const server = createServer(httpServerOptions(limits), (req, res) => {
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     handle(req, res).catch((err: unknown) => {
       log('error', 'request handler failed', { error: err instanceof Error ? err.message : String(err) });
       if (!res.headersSent) sendJson(res, 500, { error: { code: 'internal', message: 'internal worker error' } });
       else res.destroy();
     });
-  });
+  };
+  const server = createServer(httpServerOptions(limits), onRequest);
+  answerContinueLate(server, onRequest);
   server.on('clientError', onClientError);
 
   if ('socketPath' in opts.listen) await removeStaleSocket(opts.listen.socketPath);

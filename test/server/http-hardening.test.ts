@@ -4,6 +4,7 @@
  * clients cut by the header and request timeouts. A real server on 127.0.0.1 in front of a real gate.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type RunningServer } from '../../src/server/index.js';
@@ -89,6 +90,31 @@ describe('HTTP hardening of spawngate serve', () => {
     expect(probe.status).toBe(200);
     expect(probe.headers['connection']).toBe('close');
     await Promise.all([over.closed, plain.closed, probe.closed]);
+  });
+
+  it('answers Expect: 100-continue with the refusal itself, and with 100 only when it will read the body', async () => {
+    const refused = await headOnly(url, 'POST', '/v1/spawns', { ...json, expect: '100-continue' }, 10 * 1024 * 1024);
+    expect(refused.status).toBe(401);
+    const tooLarge = await headOnly(url, 'POST', '/v1/spawns', { ...bearer, ...json, expect: '100-continue' }, 10 * 1024 * 1024);
+    expect(tooLarge.status).toBe(413);
+    await Promise.all([refused.closed, tooLarge.closed]);
+
+    const payload = JSON.stringify(spawnRequest('echo hi'));
+    const { hostname, port } = new URL(url);
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = httpRequest(
+        { hostname, port, method: 'POST', path: '/v1/admit', agent: false, headers: { ...bearer, ...json, expect: '100-continue', 'content-length': Buffer.byteLength(payload) } },
+        (res) => {
+          res.resume();
+          res.once('end', () => resolve(res.statusCode ?? 0));
+        },
+      );
+      req.once('error', reject);
+      // The body goes only after the server said 100.
+      req.once('continue', () => req.end(payload));
+      req.flushHeaders();
+    });
+    expect(status).toBe(200);
   });
 
   it('keeps the connection of a refused request that has no body', async () => {
