@@ -2,10 +2,12 @@
  * Clients that misbehave on purpose, for the HTTP hardening tests of `spawngate serve` and of the
  * worker: uploads far past any limit, headers without the body they announce, bytes trickled in.
  */
+import { execFile } from 'node:child_process';
 import { request as httpRequest } from 'node:http';
 import type { OutgoingHttpHeaders } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
 
 export interface Answer {
   status: number;
@@ -169,6 +171,21 @@ export function trickle(url: string, text: string, everyMs: number): Promise<{ r
         socket.write(text[at] ?? '');
         at++;
       }, everyMs);
+    });
+  });
+}
+
+const uploadClient = fileURLToPath(new URL('./upload-client.ts', import.meta.url));
+
+/**
+ * `count` node:http uploads of 50 MB from a separate process (upload-client.ts): the statuses, or
+ * `lost:<errno>` for an upload that failed before its response arrived.
+ */
+export function uploadFromAnotherProcess(plan: { url: string; path: string; headers: Record<string, string>; count: number; sequential?: boolean; drain?: boolean }): Promise<(number | string)[]> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [uploadClient, JSON.stringify(plan)], { timeout: 120_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`upload client failed: ${err.message}\n${stderr}`));
+      else resolve(JSON.parse(stdout) as (number | string)[]);
     });
   });
 }

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type RunningServer } from '../../src/server/index.js';
 import { createSpawngate, type Spawngate } from '../../src/spawngate.js';
 import { memoryLogger } from '../helpers/logger.js';
-import { FIFTY_MB, headOnly, rawUpload, trickle, upload, type Answer } from './abuse.js';
+import { FIFTY_MB, headOnly, rawUpload, trickle, upload, uploadFromAnotherProcess, type Answer } from './abuse.js';
 import { call, openStream, processBackend, readAll, spawnRequest } from './helpers.js';
 
 type Json = Record<string, unknown>;
@@ -136,6 +136,19 @@ describe('HTTP hardening of spawngate serve', () => {
       expect(statuses, code).toEqual(Array.from({ length: 20 }, () => status));
       for (const a of answers) if (a.status === 'fulfilled') expect(errorOf(a.value)['code']).toBe(code);
     }
+  });
+
+  it('delivers 401, 413 and 415 to 20 node:http clients in another process, concurrent and one after another', async () => {
+    // In a process of its own the client's writes race the server's close as a real caller's do:
+    // without the lingering close most of these end in EPIPE with no response.
+    for (const drain of [false, true]) {
+      const anonymous = await uploadFromAnotherProcess({ url, path: '/v1/spawns', headers: json, count: 20, drain });
+      expect(anonymous, `drain ${drain}`).toEqual(Array.from({ length: 20 }, () => 401));
+      const tooLarge = await uploadFromAnotherProcess({ url, path: '/v1/spawns', headers: { ...bearer, ...json }, count: 20, drain });
+      expect(tooLarge, `drain ${drain}`).toEqual(Array.from({ length: 20 }, () => 413));
+    }
+    const oneByOne = await uploadFromAnotherProcess({ url, path: '/v1/admit', headers: { ...bearer, 'content-type': 'text/plain' }, count: 20, sequential: true, drain: true });
+    expect(oneByOne).toEqual(Array.from({ length: 20 }, () => 415));
   });
 
   it('delivers the refusal to 20 piped 50 MB uploads', async () => {

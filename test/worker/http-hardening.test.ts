@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FIFTY_MB, headOnly, rawUpload, trickle, upload } from '../server/abuse.js';
+import { FIFTY_MB, headOnly, rawUpload, trickle, upload, uploadFromAnotherProcess } from '../server/abuse.js';
 import { startTestWorker, tempDir, type TestWorker } from './helpers.js';
 
 type Json = Record<string, unknown>;
@@ -66,7 +66,7 @@ describe('HTTP hardening of the worker', () => {
     }
   });
 
-  it('delivers 401 and 413 to 20 concurrent 50 MB uploads, through node:http and from raw clients', async () => {
+  it('delivers 401, 413 and 415 to 20 concurrent 50 MB uploads: node:http here and in another process, and raw clients', async () => {
     for (const [headers, status] of [
       [json, 401],
       [{ ...bearer, ...json }, 413],
@@ -75,6 +75,12 @@ describe('HTTP hardening of the worker', () => {
       const answers = await Promise.allSettled(Array.from({ length: 20 }, () => upload(url, 'POST', '/turn', headers, FIFTY_MB, { piped: true })));
       const statuses = answers.map((a) => (a.status === 'fulfilled' ? a.value.status : `lost: ${(a.reason as Error).message}`));
       expect(statuses).toEqual(Array.from({ length: 20 }, () => status));
+    }
+    for (const [headers, status] of [
+      [json, 401],
+      [{ ...bearer, ...json }, 413],
+    ] as const) {
+      expect(await uploadFromAnotherProcess({ url, path: '/turn', headers, count: 20, drain: true })).toEqual(Array.from({ length: 20 }, () => status));
     }
     const { host } = new URL(url);
     const head = (extra: string) => `POST /turn HTTP/1.1\r\nhost: ${host}\r\ncontent-length: ${FIFTY_MB.length}\r\n${extra}\r\n`;
