@@ -1,4 +1,4 @@
-import { formatPath, RequestError } from '../../errors.js';
+import { formatPath, RequestError, UsageError } from '../../errors.js';
 import { parseStrictJson, StrictJsonError } from '../../json.js';
 import type { Decision } from '../../admission/types.js';
 import { createAdmission } from '../../admission/gate.js';
@@ -65,6 +65,9 @@ export const admitCommand: Command = {
       decisionLog: false,
     });
     try {
+      // The gate fails closed (every decision a policy_unavailable deny); this command says why instead.
+      const unloaded = gate.policy.health.state === 'unavailable' ? gate.policy.lastError : null;
+      if (unloaded) throw bundle ? new UsageError(`--bundle ${bundle}: ${unloaded.message}`, { cause: unloaded }) : unloaded;
       const result = await gate.admit(request as SpawnRequestInput);
       writeRecord(io, format, { decisionId: result.decisionId, bundleRevision: result.bundleRevision, stage: result.stage, ...result.decision }, () => formatDecision(result.decision));
       return result.decision.allow ? EXIT.ok : EXIT.denied;

@@ -6,6 +6,7 @@ import { SHIPPED_BUNDLE } from '../../admission/gate.js';
 import { readBundle } from '../../admission/bundle.js';
 import { buildBundle, checkPolicies, compareBundles, evalPolicy, testPolicies } from '../policy-tool.js';
 import type { AdmissionInput } from '../../admission/types.js';
+import { UsageError } from '../../errors.js';
 import { PACKAGE_ROOT } from '../../paths.js';
 import type { Command } from '../framework.js';
 import { EXIT, readInputFile, str } from '../framework.js';
@@ -125,8 +126,11 @@ export const policyEvalCommand: Command = {
       writeRecord(io, format, result, () => `${JSON.stringify(result, null, 2)}\n`);
       return EXIT.ok;
     }
-    const engine = await createPolicyEngine({ source: { path: str(values, 'bundle') ?? SHIPPED_BUNDLE }, readBundle });
+    const bundle = str(values, 'bundle');
+    const engine = await createPolicyEngine({ source: { path: bundle ?? SHIPPED_BUNDLE }, readBundle });
     try {
+      const unloaded = engine.health.state === 'unavailable' ? engine.lastError : null;
+      if (unloaded) throw bundle ? new UsageError(`--bundle ${bundle}: ${unloaded.message}`, { cause: unloaded }) : unloaded;
       const { decision, revision } = engine.evaluate(input as AdmissionInput);
       writeRecord(io, format, { revision, ...decision }, () => formatDecision(decision));
       return decision.allow ? EXIT.ok : EXIT.denied;
