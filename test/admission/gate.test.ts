@@ -35,6 +35,7 @@ const caller = (over: Record<string, unknown> = {}) => ({
 /** A small config where every cap is 1 or 2, so each concurrency scope can be hit on its own. */
 const capped = {
   agents: {
+    acp: { codex: { command: ['codex-acp'] } },
     executionBackends: {
       local: {
         type: 'process',
@@ -55,7 +56,11 @@ const capped = {
 
 describe('admission gate', () => {
   it('admits the seed examples: the DESIGN config with the seed request (message alias), and the full example config', async () => {
-    const design = await gate(json('design-example.json'));
+    // The DESIGN config names no ACP agents: the seed's codex could never start, so the gate says so.
+    const bare = await (await gate(json('design-example.json'))).admit(raw(json('seed-spawn-request.json')));
+    expect(bare.decision).toMatchObject({ allow: false, reasons: [{ code: 'agent_unknown' }] });
+    const designConfig = json('design-example.json') as { agents: Record<string, unknown> };
+    const design = await gate({ ...designConfig, agents: { ...designConfig.agents, acp: { codex: { command: ['codex-acp'] } } } });
     const seed = await design.admit(raw(json('seed-spawn-request.json')));
     expect(seed.decision).toMatchObject({ allow: true, backend: 'k8s', profile: 'small' });
     expect(seed.request.task).toBe('Run the full test suite and fix what fails');

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -81,8 +81,13 @@ describe('spawngate CLI', () => {
     expect(stdin.code).toBe(0);
   });
 
-  it('admit with the seed examples: the DESIGN config and the seed request are admitted', async () => {
-    const res = await cli(['admit', '--json', '--config', example('design-example.json'), '--input', example('seed-spawn-request.json')]);
+  it('admit with the seed examples: the seed request is denied agent_unknown by the bare DESIGN config, admitted once codex is configured', async () => {
+    const bare = await cli(['admit', '--json', '--config', example('design-example.json'), '--input', example('seed-spawn-request.json')]);
+    expect(bare.code).toBe(3);
+    expect(JSON.parse(bare.stdout)).toMatchObject({ allow: false, reasons: [{ code: 'agent_unknown' }] });
+    const design = JSON.parse(readFileSync(example('design-example.json'), 'utf8')) as { agents: Record<string, unknown> };
+    const withCodex = file('design-codex.json', { ...design, agents: { ...design.agents, acp: { codex: { command: ['codex-acp'] } } } });
+    const res = await cli(['admit', '--json', '--config', withCodex, '--input', example('seed-spawn-request.json')]);
     expect(res.code).toBe(0);
     expect(JSON.parse(res.stdout)).toMatchObject({ allow: true, backend: 'k8s', profile: 'small' });
   });
