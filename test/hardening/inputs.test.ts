@@ -195,3 +195,31 @@ describe('agents nobody can start', () => {
     }
   });
 });
+
+describe('agents that die before they speak', () => {
+  it.each(['open', 'none'])('an agent that exits before the ACP handshake fails the spawn (HTTP 502 BACKEND_FAILED, with its exit), not 503 "try again" (egress %s)', async (egress) => {
+    const stateDir = mkdtempSync(join(tmpdir(), 'sg-dies-'));
+    const config = {
+      agents: {
+        acp: { dies: { command: ['sh', '-c', 'echo "no key configured" >&2; exit 3'] } },
+        executionBackends: { local: { type: 'process', stateDir, profiles: { p: { egress } }, defaultProfile: 'p' } },
+        execution: { default: { backend: 'local' } },
+      },
+    };
+    const gate = await testGate('dies', config);
+    const token = randomUUID();
+    const server = await createServer({ gate, token, listen: { port: 0, host: '127.0.0.1' } });
+    try {
+      const url = (server.address as { url: string }).url;
+      const res = await fetch(`${url}/v1/spawns`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: JSON.stringify({ ...validRequest(), agentId: 'dies' }) });
+      const body = (await res.json()) as { error: { code: string; retryable: boolean; message: string } };
+      expect(res.status, JSON.stringify(body)).toBe(502);
+      expect(body.error).toMatchObject({ code: 'BACKEND_FAILED', retryable: false });
+      expect(body.error.message).toMatch(/no key configured/);
+      expect(await gate.list()).toEqual([]);
+    } finally {
+      await server.close();
+      await gate.shutdown();
+    }
+  }, 60_000);
+});
