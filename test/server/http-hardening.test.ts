@@ -15,6 +15,9 @@ import { call, openStream, processBackend, readAll, spawnRequest } from './helpe
 
 type Json = Record<string, unknown>;
 
+/** Gigabytes through loopback on two busy cores: a bound far above the few seconds they take. */
+const UPLOAD_TIMEOUT_MS = 180_000;
+
 const token = randomBytes(24).toString('base64url');
 const bearer = { authorization: `Bearer ${token}` };
 const json = { 'content-type': 'application/json' };
@@ -136,7 +139,7 @@ describe('HTTP hardening of spawngate serve', () => {
       expect(statuses, code).toEqual(Array.from({ length: 20 }, () => status));
       for (const a of answers) if (a.status === 'fulfilled') expect(errorOf(a.value)['code']).toBe(code);
     }
-  });
+  }, UPLOAD_TIMEOUT_MS);
 
   it('delivers 401, 413 and 415 to 20 node:http clients in another process, concurrent and one after another', async () => {
     // In a process of its own the client's writes race the server's close as a real caller's do:
@@ -149,7 +152,7 @@ describe('HTTP hardening of spawngate serve', () => {
     }
     const oneByOne = await uploadFromAnotherProcess({ url, path: '/v1/admit', headers: { ...bearer, 'content-type': 'text/plain' }, count: 20, sequential: true, drain: true });
     expect(oneByOne).toEqual(Array.from({ length: 20 }, () => 415));
-  });
+  }, UPLOAD_TIMEOUT_MS);
 
   it('delivers the refusal to 20 piped 50 MB uploads', async () => {
     for (const [headers, status] of [
@@ -160,13 +163,13 @@ describe('HTTP hardening of spawngate serve', () => {
       const statuses = answers.map((a) => (a.status === 'fulfilled' ? a.value.status : `lost: ${(a.reason as Error).message}`));
       expect(statuses).toEqual(Array.from({ length: 20 }, () => status));
     }
-  });
+  }, UPLOAD_TIMEOUT_MS);
 
   it('delivers 413 to 20 chunked 50 MB uploads, cut as soon as they pass the limit', async () => {
     const answers = await Promise.allSettled(Array.from({ length: 20 }, () => upload(url, 'POST', '/v1/admit', { ...bearer, ...json }, FIFTY_MB, { chunked: true })));
     const statuses = answers.map((a) => (a.status === 'fulfilled' ? a.value.status : `lost: ${(a.reason as Error).message}`));
     expect(statuses).toEqual(Array.from({ length: 20 }, () => 413));
-  });
+  }, UPLOAD_TIMEOUT_MS);
 
   it('delivers the refusal to 20 raw clients that write all of 50 MB before they read', async () => {
     const { host } = new URL(url);
@@ -187,7 +190,7 @@ describe('HTTP hardening of spawngate serve', () => {
       const answer = await rawUpload(url, head(`authorization: Bearer ${token}\r\ncontent-type: application/json\r\n`), FIFTY_MB);
       expect(answer.status, `upload ${i}`).toBe(413);
     }
-  });
+  }, UPLOAD_TIMEOUT_MS);
 
   it('takes only application/json bodies (charset utf-8 at most), and no content type without a body', async () => {
     const admit = spawnRequest('echo hi');

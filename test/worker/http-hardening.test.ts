@@ -11,6 +11,9 @@ import { startTestWorker, tempDir, type TestWorker } from './helpers.js';
 
 type Json = Record<string, unknown>;
 
+/** Gigabytes through loopback on two busy cores: a bound far above the few seconds they take. */
+const UPLOAD_TIMEOUT_MS = 180_000;
+
 const errorOf = (reply: { json: unknown }): Json => ((reply.json as Json | undefined)?.['error'] ?? {}) as Json;
 const json = { 'content-type': 'application/json' };
 
@@ -94,7 +97,7 @@ describe('HTTP hardening of the worker', () => {
         answers.find((a) => a.status !== status)?.text.slice(0, 200),
       ).toEqual(Array.from({ length: 20 }, () => status));
     }
-  });
+  }, UPLOAD_TIMEOUT_MS);
 
   it('reads bodies as strict UTF-8 JSON objects and says what is wrong', async () => {
     const send = async (path: string, raw: Buffer | string, headers: Record<string, string> = json): Promise<{ status: number; error: Json }> => {
