@@ -1,6 +1,5 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
-import { loadPolicy, type LoadedPolicy } from '@open-policy-agent/opa-wasm';
 import { PolicyError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
@@ -10,8 +9,26 @@ import { checkPermissionDecision, PERMISSION_ENTRYPOINT } from './permissions.js
 import type { PermissionDecision, PermissionInput } from './permissions.js';
 import { MASK_ENTRYPOINT } from './decision-mask.js';
 import type { MaskEvaluation } from './decision-mask.js';
+import { compilePolicy, startEvaluator } from './evaluator.js';
+import type { Evaluator, Outcome } from './evaluator.js';
 
 export const ENTRYPOINT = 'spawngate/admission/decision';
+
+/**
+ * How long one policy evaluation may take (admission, a permission request, a decision-log mask)
+ * before its answer is a deny with `policy_timeout`. The shipped policy decides in tens of
+ * microseconds; 250 ms is thousands of times that (room for a loaded machine and a much larger
+ * policy), yet short enough that a caller, or a turn waiting on a permission, is not held up
+ * noticeably, and a hostile bundle or input costs each caller at most this.
+ */
+export const DEFAULT_EVALUATION_TIMEOUT_MS = 250;
+
+/**
+ * The bound on each step of loading a bundle: its thread coming up (instantiating the module and
+ * its data) and each self-check evaluation. Generous: a load is off the event loop, and a bundle
+ * rejected for being slow to load on a busy machine would leave none (or an old one) serving.
+ */
+const LOAD_STEP_TIMEOUT_MS = 30_000;
 
 export interface PolicyBundle {
   wasm: Uint8Array;
@@ -46,6 +63,12 @@ export interface PolicyEngineOptions {
    */
   policyData?: Readonly<Record<string, unknown>>;
   onReload?: (event: { ok: true; revision: string } | { ok: false; error: PolicyError }) => void;
+  /**
+   * The deadline of one evaluation in milliseconds (default DEFAULT_EVALUATION_TIMEOUT_MS), from
+   * the call, waiting behind other evaluations included. Past it the answer is a deny (a reject,
+   * for a permission request) with code `policy_timeout`, and the evaluator's thread is replaced.
+   */
+  evaluationTimeoutMs?: number;
 }
 
 export interface PolicyHealth {
@@ -55,7 +78,7 @@ export interface PolicyHealth {
 }
 
 /** Engine answers that mean the policy did not decide (not a deny of the policy's own). */
-const FAILED_EVALUATION = new Set(['policy_error', 'policy_output_invalid']);
+const FAILED_EVALUATION = new Set(['policy_error', 'policy_output_invalid', 'policy_timeout']);
 
 export interface EvaluationResult {
   decision: Decision;
@@ -74,6 +97,11 @@ export interface PolicyEngine {
   evaluate(input: AdmissionInput): EvaluationResult;
   /** Same as evaluate, with the input already serialised. */
   evaluateJson(inputJson: string): EvaluationResult;
+  /**
+   * evaluateJsonWithoutCatalog without holding the event loop while the policy runs (beyond a
+   * moment, see evaluator.ts): what the gate uses, so a slow evaluation does not stall the server.
+   */
+  evaluateJsonWithoutCatalogAsync(inputJson: string): Promise<EvaluationResult>;
   /**
    * The gate's path: an AdmissionInput without its `catalog` member, as JSON; the catalog is the
    * runtime data's. A bundle whose policy reads `data.spawngate.runtime.catalog` gets the input as
@@ -101,8 +129,9 @@ export interface PolicyEngine {
   readonly lastError: PolicyError | null;
   /**
    * Whether the bundle in force decides: `failing` while its config is invalid (every spawn is then
-   * denied); `erroring` while its latest admission evaluation errored or returned no valid decision
-   * (cleared by the next one that decides: one caller's input may be what trips it); `stale` after
+   * denied); `erroring` while its latest admission evaluation errored, overran its deadline or
+   * returned no valid decision (cleared by the next one that decides: one caller's input may be
+   * what trips it); `stale` after
    * a rejected reload (the previous bundle serves); `unavailable` with no bundle.
    */
   readonly health: PolicyHealth;
@@ -110,24 +139,9 @@ export interface PolicyEngine {
   close(): void;
 }
 
-/**
- * The members of the SDK's LoadedPolicy (declared public in its typings) that its own evaluate()
- * uses on the OPA WASM ABI 1.2 path, and the one export it calls there.
- */
-interface RawPolicy {
-  minorVersion: unknown;
-  mem: { buffer: ArrayBuffer; grow(pages: number): number };
-  wasmInstance: { exports: Record<string, unknown> };
-  dataAddr: number;
-  dataHeapPtr: number;
-}
-
-type OpaEval = (reserved: number, entrypoint: number, dataAddr: number, inputAddr: number, inputLength: number, heapAddr: number, format: number) => number;
-
 interface Active {
-  policy: LoadedPolicy;
-  /** The ABI 1.2 entry, when the module has it; otherwise evaluation goes through the SDK. */
-  opaEval: OpaEval | null;
+  /** The bundle's WASM instance, on a thread of its own (evaluator.ts). */
+  evaluator: Evaluator;
   entrypoint: number;
   /** The permission rule's entry; null for a bundle built without it (every request is then rejected). */
   permissionEntrypoint: number | null;
@@ -143,8 +157,6 @@ interface Active {
 }
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-const WASM_PAGE = 64 * 1024;
 
 // A request shape every sane policy answers; a bundle that cannot is not swapped in.
 const CANARY: AdmissionInput = {
@@ -243,29 +255,48 @@ export function withPolicyData(bundleData: unknown, policyData: Readonly<Record<
 
 const sameDecision = (a: Decision, b: Decision) => JSON.stringify(a) === JSON.stringify(b);
 
-async function instantiate(bundle: PolicyBundle, policyData: Readonly<Record<string, unknown>> | undefined): Promise<Active> {
-  let policy: LoadedPolicy;
+/** Data for the policy as the JSON bytes its setData takes. */
+function dataBytes(data: object): ArrayBuffer {
+  const bytes = encoder.encode(JSON.stringify(data));
+  return bytes.buffer.byteLength === bytes.byteLength ? bytes.buffer : bytes.slice().buffer;
+}
+
+/** A load step's data change; a failure is the step's POLICY_LOAD_FAILED. */
+function dataTaken(outcome: Outcome): void {
+  if (!outcome.ok) throw new Error(outcome.error);
+}
+
+async function instantiate(bundle: PolicyBundle, policyData: Readonly<Record<string, unknown>> | undefined, onTimeout: (event: { elapsedMs: number; timeoutMs: number }) => void): Promise<Active> {
+  let evaluator: Evaluator;
   // The override goes in before the self-check, so the canary checks the config that will serve.
   const bundleData = withPolicyData(bundle.data, policyData);
   try {
-    policy = await loadPolicy(bundle.wasm);
-    policy.setData(dataWithRuntime(bundleData, {}));
+    const module = await compilePolicy(bundle.wasm);
+    evaluator = await startEvaluator(module, dataBytes(dataWithRuntime(bundleData, {})), LOAD_STEP_TIMEOUT_MS, { onTimeout });
   } catch (cause) {
     throw new PolicyError('POLICY_LOAD_FAILED', `policy.wasm could not be instantiated: ${describe(cause)}`, { cause });
   }
-  const entrypoints = policy.entrypoints as Record<string, number> | undefined;
-  const entrypoint = entrypoints?.[ENTRYPOINT];
+  try {
+    return await check(bundle, bundleData, evaluator);
+  } catch (err) {
+    evaluator.close();
+    throw err;
+  }
+}
+
+/** The bundle's self-check, on its evaluator: every step bounded by LOAD_STEP_TIMEOUT_MS. */
+async function check(bundle: PolicyBundle, bundleData: unknown, evaluator: Evaluator): Promise<Active> {
+  const entrypoints = evaluator.entrypoints;
+  const entrypoint = entrypoints[ENTRYPOINT];
   if (entrypoint === undefined) {
-    const found = Object.keys(entrypoints ?? {}).join(', ') || 'none';
+    const found = Object.keys(entrypoints).join(', ') || 'none';
     throw new PolicyError('POLICY_LOAD_FAILED', `bundle has no entrypoint ${ENTRYPOINT} (found: ${found}); build it with -e ${ENTRYPOINT}`);
   }
-  const raw = policy as unknown as RawPolicy;
-  const opaEval = typeof raw.minorVersion === 'number' && raw.minorVersion >= 2 && typeof raw.wasmInstance.exports.opa_eval === 'function' ? (raw.wasmInstance.exports.opa_eval as OpaEval) : null;
-  const permissionEntrypoint = entrypoints?.[PERMISSION_ENTRYPOINT] ?? null;
-  const maskEntrypoint = entrypoints?.[MASK_ENTRYPOINT] ?? null;
-  const active: Active = { policy, opaEval, entrypoint, permissionEntrypoint, maskEntrypoint, revision: bundle.revision, bundleData, readsRuntimeCatalog: false, configChecked: false, configProblems: [] };
-  const canary = run(active, JSON.stringify(CANARY));
-  if (canary.reasons.some((r) => r.code === 'policy_output_invalid' || r.code === 'policy_error')) {
+  const permissionEntrypoint = entrypoints[PERMISSION_ENTRYPOINT] ?? null;
+  const maskEntrypoint = entrypoints[MASK_ENTRYPOINT] ?? null;
+  const active: Active = { evaluator, entrypoint, permissionEntrypoint, maskEntrypoint, revision: bundle.revision, bundleData, readsRuntimeCatalog: false, configChecked: false, configProblems: [] };
+  const canary = await runAsync(active, JSON.stringify(CANARY), LOAD_STEP_TIMEOUT_MS);
+  if (canary.reasons.some((r) => FAILED_EVALUATION.has(r.code))) {
     throw new PolicyError('POLICY_LOAD_FAILED', `bundle ${bundle.revision} failed its self-check: ${canary.reasons.map((r) => r.message).join('; ')}`);
   }
   // The config is part of the bundle, so one check per load is enough (policies/config.rego).
@@ -277,9 +308,9 @@ async function instantiate(bundle: PolicyBundle, policyData: Readonly<Record<str
   // Anything else keeps sending the catalog with every input, as bundles before runtime data need.
   try {
     const withoutCatalog = JSON.stringify({ ...CANARY, catalog: undefined });
-    const bare = run(active, withoutCatalog);
-    policy.setData(dataWithRuntime(bundleData, { catalog: CANARY.catalog }));
-    const fromData = run(active, withoutCatalog);
+    const bare = await runAsync(active, withoutCatalog, LOAD_STEP_TIMEOUT_MS);
+    dataTaken(await evaluator.setData(dataBytes(dataWithRuntime(bundleData, { catalog: CANARY.catalog })), LOAD_STEP_TIMEOUT_MS));
+    const fromData = await runAsync(active, withoutCatalog, LOAD_STEP_TIMEOUT_MS);
     active.readsRuntimeCatalog = sameDecision(fromData, canary) && !sameDecision(bare, canary);
   } catch (cause) {
     throw new PolicyError('POLICY_LOAD_FAILED', `bundle ${bundle.revision} failed its self-check with runtime data: ${describe(cause)}`, { cause });
@@ -287,40 +318,31 @@ async function instantiate(bundle: PolicyBundle, policyData: Readonly<Record<str
   return active;
 }
 
-/**
- * What the SDK's evaluate() does on ABI 1.2 (one opa_eval call: parse the input JSON placed just
- * above the data, evaluate, dump the result set as JSON), minus two copies and a byte-by-byte scan:
- * the input is encoded straight into WASM memory and the result's end is found natively.
- */
-function evaluateRaw(policy: RawPolicy, opaEval: OpaEval, entrypoint: number, json: string): unknown {
-  const inputAddr = policy.dataHeapPtr;
-  // UTF-8 needs at most 3 bytes per UTF-16 unit.
-  const shortfall = inputAddr + json.length * 3 - policy.mem.buffer.byteLength;
-  if (shortfall > 0) policy.mem.grow(Math.ceil(shortfall / WASM_PAGE));
-  const { written } = encoder.encodeInto(json, new Uint8Array(policy.mem.buffer, inputAddr));
-  const resultAddr = opaEval(0, entrypoint, policy.dataAddr, inputAddr, written, inputAddr + written, 0);
-  // Evaluation may have grown the memory, which detaches any earlier view of it.
-  const heap = new Uint8Array(policy.mem.buffer);
-  const end = heap.indexOf(0, resultAddr);
-  return JSON.parse(decoder.decode(heap.subarray(resultAddr, end < 0 ? heap.length : end)));
-}
+/** An evaluation's result set, or why there is none: a thrown error, or the deadline. */
+type ResultSet = { ok: true; value: unknown } | { ok: false; timeout: boolean; error: string };
 
-// The SDK takes an ArrayBuffer as already-serialised JSON, all of it: it must be exactly the bytes.
-function exactBuffer(bytes: Uint8Array<ArrayBuffer>): ArrayBuffer {
-  return bytes.buffer.byteLength === bytes.byteLength ? bytes.buffer : bytes.slice().buffer;
-}
-
-function evaluateAt(active: Active, entrypoint: number, json: string): unknown {
-  return active.opaEval ? evaluateRaw(active.policy, active.opaEval, entrypoint, json) : active.policy.evaluate(exactBuffer(encoder.encode(json)), entrypoint);
-}
-
-function run(active: Active, json: string): Decision {
-  let resultSet: unknown;
+function resultSet(outcome: Outcome): ResultSet {
+  if (!outcome.ok) return { ok: false, timeout: outcome.kind === 'timeout', error: outcome.error };
   try {
-    resultSet = evaluateAt(active, active.entrypoint, json);
+    return { ok: true, value: JSON.parse(outcome.text) };
   } catch (cause) {
-    return denyWith([{ code: 'policy_error', message: `policy evaluation failed: ${describe(cause)}` }]);
+    return { ok: false, timeout: false, error: `its result is not JSON: ${describe(cause)}` };
   }
+}
+
+function run(active: Active, json: string, timeoutMs: number): Decision {
+  return decisionOf(resultSet(active.evaluator.callSync({ op: 'eval', entrypoint: active.entrypoint, json }, timeoutMs)));
+}
+
+async function runAsync(active: Active, json: string, timeoutMs: number): Promise<Decision> {
+  return decisionOf(resultSet(await active.evaluator.call({ op: 'eval', entrypoint: active.entrypoint, json }, timeoutMs)));
+}
+
+function decisionOf(evaluated: ResultSet): Decision {
+  if (!evaluated.ok) {
+    return denyWith([evaluated.timeout ? { code: 'policy_timeout', message: `admission fails closed: ${evaluated.error}` } : { code: 'policy_error', message: `policy evaluation failed: ${evaluated.error}` }]);
+  }
+  const resultSet = evaluated.value;
   if (!Array.isArray(resultSet) || resultSet.length !== 1) {
     return denyWith([{ code: 'policy_output_invalid', message: `the policy returned ${Array.isArray(resultSet) ? resultSet.length : 'no'} results for ${ENTRYPOINT}; expected exactly one decision` }]);
   }
@@ -335,6 +357,13 @@ function spliceCatalog(json: string, catalogJson: string): string {
 
 export async function createPolicyEngine(options: PolicyEngineOptions): Promise<PolicyEngine> {
   const logger = options.logger ?? silentLogger;
+  const timeoutMs = options.evaluationTimeoutMs ?? DEFAULT_EVALUATION_TIMEOUT_MS;
+  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
+    throw new PolicyError('CONFIG_INVALID', `evaluationTimeoutMs must be a positive number of milliseconds, got ${String(timeoutMs)}`);
+  }
+  // Loading data is no policy code, but may wait for a thread restarted after a timeout.
+  const dataTimeoutMs = Math.max(timeoutMs, 1000);
+  let closed = false;
   let active: Active | null = null;
   let lastError: PolicyError | null = null;
   // The latest admission evaluation's failure, cleared by the next one that decides.
@@ -346,24 +375,44 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
   // Spliced into inputs for a bundle that does not read the catalog from data.
   let runtimeCatalogJson: string | null = runtime ? JSON.stringify(runtime.catalog) : null;
 
-  /** Loads the runtime data into a policy; synchronous, so no evaluation sees it half done. */
-  function applyRuntime(target: Active, data: RuntimeData | null): void {
+  function runtimeBytes(target: Active, data: RuntimeData | null): ArrayBuffer {
     const layer: RuntimeLayer = data ? { catalog: data.catalog } : {};
     if (target.configChecked) layer.configChecked = true;
-    target.policy.setData(dataWithRuntime(target.bundleData, layer));
+    return dataBytes(dataWithRuntime(target.bundleData, layer));
   }
+
+  /** Loads the runtime data into a policy; synchronous, so no evaluation sees it half done. */
+  function applyRuntime(target: Active, data: RuntimeData | null): void {
+    dataTaken(target.evaluator.setDataSync(runtimeBytes(target, data), dataTimeoutMs));
+  }
+
+  const onTimeout = (event: { elapsedMs: number; timeoutMs: number }) =>
+    logger.warn('policy evaluation overran its deadline; denied (policy_timeout), evaluator thread restarted', { revision: active?.revision ?? null, timeoutMs: event.timeoutMs, elapsedMs: Math.round(event.elapsedMs) });
 
   async function load(): Promise<{ ok: true; revision: string } | { ok: false; error: PolicyError }> {
     try {
       const bundle = 'bundle' in options.source ? options.source.bundle : await options.readBundle(options.source.path);
-      const next = await instantiate(bundle, options.policyData);
+      const next = await instantiate(bundle, options.policyData, onTimeout);
       try {
-        applyRuntime(next, runtime);
+        // The runtime data as it is now: a setRuntimeData during the load went to the bundle serving then.
+        let taken: RuntimeData | null;
+        do {
+          taken = runtime;
+          dataTaken(await next.evaluator.setData(runtimeBytes(next, taken), LOAD_STEP_TIMEOUT_MS));
+        } while (taken !== runtime);
       } catch (cause) {
+        next.evaluator.close();
         throw new PolicyError('POLICY_LOAD_FAILED', `bundle ${next.revision} could not take the runtime data: ${describe(cause)}`, { cause });
       }
+      if (closed) {
+        next.evaluator.close();
+        return { ok: false, error: new PolicyError('POLICY_UNAVAILABLE', 'the policy engine was closed while the bundle loaded') };
+      }
       const previous = active?.revision ?? null;
-      active = next; // the swap: evaluate() is synchronous, so no evaluation ever sees half a bundle
+      // The swap: one assignment, so no evaluation sees half a bundle; calls already made on the
+      // previous bundle are answered by it, and its thread stops after them.
+      active?.evaluator.retire();
+      active = next;
       lastError = null;
       lastEvaluationFailure = null;
       if (previous !== next.revision) logger.info('policy bundle loaded', { revision: next.revision, previous, readsRuntimeCatalog: next.readsRuntimeCatalog, policyData: options.policyData !== undefined });
@@ -383,26 +432,49 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     }
   }
 
-  function evaluateText(json: string): EvaluationResult {
-    const current = active;
-    if (!current) {
-      const why = lastError ? lastError.message : 'no policy bundle is loaded';
-      return { decision: denyWith([{ code: 'policy_unavailable', message: `admission fails closed: ${why}` }]), revision: null, evalMicros: 0 };
-    }
-    const started = process.hrtime.bigint();
-    const decision = run(current, json);
+  function unavailable(): EvaluationResult {
+    const why = lastError ? lastError.message : 'no policy bundle is loaded';
+    return { decision: denyWith([{ code: 'policy_unavailable', message: `admission fails closed: ${why}` }]), revision: null, evalMicros: 0 };
+  }
+
+  function evaluated(current: Active, decision: Decision, started: bigint): EvaluationResult {
     const failed = decision.allow ? undefined : decision.reasons.find((r) => FAILED_EVALUATION.has(r.code));
     lastEvaluationFailure = failed ? `${failed.code}: ${failed.message}` : null;
     return { decision, revision: current.revision, evalMicros: Number(process.hrtime.bigint() - started) / 1000 };
   }
 
-  function evaluateWithoutCatalog(json: string): EvaluationResult {
+  function evaluateText(json: string): EvaluationResult {
+    const current = active;
+    if (!current) return unavailable();
+    const started = process.hrtime.bigint();
+    return evaluated(current, run(current, json, timeoutMs), started);
+  }
+
+  async function evaluateTextAsync(json: string): Promise<EvaluationResult> {
+    const current = active;
+    if (!current) return unavailable();
+    const started = process.hrtime.bigint();
+    return evaluated(current, await runAsync(current, json, timeoutMs), started);
+  }
+
+  /** The input to send for a gate input without its catalog, or the answer when there is none to send. */
+  function withoutCatalog(json: string): string | EvaluationResult {
     const current = active;
     if (current && runtimeCatalogJson === null) {
       return { decision: denyWith([{ code: 'policy_unavailable', message: 'admission fails closed: the engine was given no runtime catalog' }]), revision: current.revision, evalMicros: 0 };
     }
-    if (!current || current.readsRuntimeCatalog) return evaluateText(json);
-    return evaluateText(spliceCatalog(json, runtimeCatalogJson ?? 'null'));
+    if (!current || current.readsRuntimeCatalog) return json;
+    return spliceCatalog(json, runtimeCatalogJson ?? 'null');
+  }
+
+  function evaluateWithoutCatalog(json: string): EvaluationResult {
+    const input = withoutCatalog(json);
+    return typeof input === 'string' ? evaluateText(input) : input;
+  }
+
+  async function evaluateWithoutCatalogAsync(json: string): Promise<EvaluationResult> {
+    const input = withoutCatalog(json);
+    return typeof input === 'string' ? evaluateTextAsync(input) : input;
   }
 
   function evaluatePermission(input: PermissionInput): PermissionEvaluation {
@@ -414,12 +486,14 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     if (current.permissionEntrypoint === null) return { decision: checkPermissionDecision(undefined), revision: current.revision, evalMicros: 0 };
     const started = process.hrtime.bigint();
     let decision: PermissionDecision;
-    try {
-      const resultSet = evaluateAt(current, current.permissionEntrypoint, JSON.stringify(input));
-      const result = Array.isArray(resultSet) && resultSet.length === 1 ? (resultSet[0] as { result?: unknown }).result : undefined;
-      decision = checkPermissionDecision(result);
-    } catch (cause) {
-      decision = { outcome: 'reject', code: 'policy_error', reason: `permission policy evaluation failed: ${describe(cause)}` };
+    const evaluated = resultSet(current.evaluator.callSync({ op: 'eval', entrypoint: current.permissionEntrypoint, json: JSON.stringify(input) }, timeoutMs));
+    if (evaluated.ok) {
+      const set = evaluated.value;
+      decision = checkPermissionDecision(Array.isArray(set) && set.length === 1 ? (set[0] as { result?: unknown }).result : undefined);
+    } else if (evaluated.timeout) {
+      decision = { outcome: 'reject', code: 'policy_timeout', reason: `permission requests fail closed: ${evaluated.error}` };
+    } else {
+      decision = { outcome: 'reject', code: 'policy_error', reason: `permission policy evaluation failed: ${evaluated.error}` };
     }
     return { decision, revision: current.revision, evalMicros: Number(process.hrtime.bigint() - started) / 1000 };
   }
@@ -427,14 +501,12 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
   function evaluateMask(eventJson: string): MaskEvaluation {
     const current = active;
     if (!current || current.maskEntrypoint === null) return { ok: true, output: null };
-    try {
-      const resultSet = evaluateAt(current, current.maskEntrypoint, eventJson);
-      if (!Array.isArray(resultSet)) return { ok: false, error: 'the mask rule returned no result set' };
-      // A partial set with no member may come back as no result at all.
-      return { ok: true, output: resultSet.length === 0 ? [] : (resultSet[0] as { result?: unknown }).result };
-    } catch (cause) {
-      return { ok: false, error: `mask rule evaluation failed: ${describe(cause)}` };
-    }
+    const evaluated = resultSet(current.evaluator.callSync({ op: 'eval', entrypoint: current.maskEntrypoint, json: eventJson }, timeoutMs));
+    if (!evaluated.ok) return { ok: false, error: `mask rule evaluation ${evaluated.timeout ? 'timed out' : 'failed'}: ${evaluated.error}` };
+    const set = evaluated.value;
+    if (!Array.isArray(set)) return { ok: false, error: 'the mask rule returned no result set' };
+    // A partial set with no member may come back as no result at all.
+    return { ok: true, output: set.length === 0 ? [] : (set[0] as { result?: unknown }).result };
   }
 
   function setRuntimeData(data: RuntimeData): void {
@@ -448,6 +520,7 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
           applyRuntime(current, runtime);
         } catch {
           // The policy's data is in an unknown state: stop serving rather than decide on it.
+          current.evaluator.close();
           active = null;
         }
         const error = new PolicyError('POLICY_LOAD_FAILED', `runtime data could not be loaded into bundle ${current.revision}: ${describe(cause)}`, { cause });
@@ -494,6 +567,7 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     evaluate: (input) => evaluateText(JSON.stringify(input)),
     evaluateJson: evaluateText,
     evaluateJsonWithoutCatalog: evaluateWithoutCatalog,
+    evaluateJsonWithoutCatalogAsync: evaluateWithoutCatalogAsync,
     evaluatePermission,
     evaluateMask,
     setRuntimeData,
@@ -518,9 +592,11 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     },
     reload,
     close() {
+      closed = true;
       if (debounce) clearTimeout(debounce);
       watcher?.close();
       watcher = null;
+      active?.evaluator.close();
     },
   };
 }

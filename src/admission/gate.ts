@@ -5,7 +5,7 @@ import { createDecisionRecorder, loggedInput, openDecisionLog, spawngateVersion 
 import type { PermissionDecision, PermissionInput } from './permissions.js';
 import { PERMISSION_ENTRYPOINT } from './permissions.js';
 import type { PolicyBundle, PolicyEngine } from './engine.js';
-import { createPolicyEngine, ENTRYPOINT } from './engine.js';
+import { createPolicyEngine, DEFAULT_EVALUATION_TIMEOUT_MS, ENTRYPOINT } from './engine.js';
 import type { LeaseKeeper, LeaseSettings } from './leases.js';
 import { createLeaseKeeper, DEFAULT_LEASE } from './leases.js';
 import type { PreparedCatalog } from './input.js';
@@ -48,6 +48,12 @@ export interface AdmissionOptions {
   instanceId?: string;
   /** Lease and heartbeat; default `spawngate.leaseSeconds`/`renewSeconds` from the config, else 30 s / 10 s. */
   lease?: Partial<LeaseSettings> & { heartbeat?: boolean };
+  /**
+   * The deadline of one policy evaluation (admission, permission request, decision-log mask) in
+   * milliseconds; past it the answer is a deny with `policy_timeout`. Default
+   * `spawngate.policyEvaluationTimeoutMs` from the config, else 250 (DEFAULT_EVALUATION_TIMEOUT_MS).
+   */
+  policyEvaluationTimeoutMs?: number;
 }
 
 export interface AdmitCallOptions {
@@ -175,6 +181,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     runtimeData: { catalog: prepared.catalog },
     // spawngate.policyData: merged onto the bundle's config at every load, hot reloads included.
     ...(config.spawngate?.policyData ? { policyData: config.spawngate.policyData } : {}),
+    evaluationTimeoutMs: options.policyEvaluationTimeoutMs ?? config.spawngate?.policyEvaluationTimeoutMs ?? DEFAULT_EVALUATION_TIMEOUT_MS,
     onReload: (event) =>
       safely(() => {
         metrics.bundleReloads.inc({ result: event.ok ? 'success' : 'failure' });
@@ -270,7 +277,8 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       now: clock().toISOString(),
     };
     const input: AdmissionInput = { ...partial, catalog: prepared.catalog };
-    const evaluation = policy.evaluateJsonWithoutCatalog(serializeInput(partial));
+    // Off the event loop: a slow policy must not stall every other request this process serves.
+    const evaluation = await policy.evaluateJsonWithoutCatalogAsync(serializeInput(partial));
     const result: AdmitResult = {
       decisionId: randomUUID(),
       decision: request.runtime === 'acp' && !isKnownAgent(config, request.agentId) ? agentUnknown(evaluation.decision, request.agentId) : evaluation.decision,

@@ -744,6 +744,12 @@ export const spawngateSectionSchema = z.strictObject({
     .optional()
     .register(configMetadata, { description: 'lease heartbeat period (default 10); at most half of leaseSeconds' }),
   policyData: policyDataSchema.optional(),
+  policyEvaluationTimeoutMs: z
+    .int()
+    .min(1)
+    .max(60_000)
+    .optional()
+    .register(configMetadata, { description: 'deadline of one policy evaluation (admission, permission request, decision-log mask) in ms (default 250); past it the spawn is denied with policy_timeout' }),
   store: z
     .discriminatedUnion('type', [
       z.strictObject({ type: z.literal('memory') }),

@@ -75,6 +75,7 @@ export const POLICY_DENY_CODES = [
   'policy_unavailable',
   'policy_output_invalid',
   'policy_error',
+  'policy_timeout',
 ] as const;
 
 /** Codes the reservation store refuses with: the caps again, plus the rate buckets. */
@@ -93,6 +94,7 @@ export const PERMISSION_CODES = [
   'permission_policy_output_invalid',
   'policy_unavailable',
   'policy_error',
+  'policy_timeout',
 ] as const;
 
 /**

@@ -1,0 +1,142 @@
+/**
+ * The policy evaluator's thread (started by evaluator.ts): one bundle's WASM instance, evaluating
+ * whatever the main thread sends it, one request at a time. It lives on its own thread because a
+ * WASM evaluation cannot be interrupted from the thread that runs it: the main thread waits with a
+ * deadline and terminates this one when it passes.
+ *
+ * Protocol (all synchronous on both sides): the main thread posts a request on `port`, then bumps
+ * ctl[REQ] and notifies; this thread answers on `port`, then sets ctl[RES] to the request's number
+ * and notifies. Readiness: the first message on `port` says whether the bundle loaded, and ctl[READY]
+ * becomes 1 (loaded) or 2 (failed).
+ *
+ * Node runs this file as it is (type stripping under src/, tsc's output under dist/): it imports
+ * nothing of spawngate's and uses only erasable syntax.
+ */
+import { receiveMessageOnPort, workerData } from 'node:worker_threads';
+import type { MessagePort } from 'node:worker_threads';
+import * as sdk from '@open-policy-agent/opa-wasm';
+import type { LoadedPolicy } from '@open-policy-agent/opa-wasm';
+
+// The SDK's ES module names only loadPolicy; loadPolicySync (a thread has no use for a promise) is on its default export.
+const { loadPolicySync } = (sdk as unknown as { default: typeof sdk }).default;
+
+export interface ThreadData {
+  control: SharedArrayBuffer;
+  port: MessagePort;
+  /** A compiled WebAssembly.Module (typed loosely: the project's lib has no WebAssembly types). */
+  module: object;
+  /** The policy's data as JSON bytes. */
+  data: ArrayBuffer;
+}
+
+export type ThreadRequest = { op: 'eval'; entrypoint: number; json: string } | { op: 'data'; data: ArrayBuffer };
+/** `text`: the result set as JSON (eval), or empty (data). */
+export type ThreadReply = { ok: true; text: string } | { ok: false; error: string };
+export type ThreadReady = { ok: true; entrypoints: Record<string, number> } | { ok: false; error: string };
+
+/** Indices into the control words (evaluator.ts has the same: it imports only this file's types). */
+const REQ = 0;
+const RES = 1;
+const READY = 2;
+
+/**
+ * The members of the SDK's LoadedPolicy (declared public in its typings) that its own evaluate()
+ * uses on the OPA WASM ABI 1.2 path, and the one export it calls there.
+ */
+interface RawPolicy {
+  minorVersion: unknown;
+  mem: { buffer: ArrayBuffer; grow(pages: number): number };
+  wasmInstance: { exports: Record<string, unknown> };
+  dataAddr: number;
+  dataHeapPtr: number;
+}
+
+type OpaEval = (reserved: number, entrypoint: number, dataAddr: number, inputAddr: number, inputLength: number, heapAddr: number, format: number) => number;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const WASM_PAGE = 64 * 1024;
+
+/** The wasm SDK throws strings and plain objects as well as Errors. */
+function describe(thrown: unknown): string {
+  if (thrown instanceof Error) return thrown.message;
+  if (typeof thrown === 'string') return thrown;
+  try {
+    return JSON.stringify(thrown);
+  } catch {
+    return String(thrown);
+  }
+}
+
+/**
+ * What the SDK's evaluate() does on ABI 1.2 (one opa_eval call: parse the input JSON placed just
+ * above the data, evaluate, dump the result set as JSON), minus two copies and a byte-by-byte scan:
+ * the input is encoded straight into WASM memory and the result's end is found natively.
+ */
+function evaluateRaw(policy: RawPolicy, opaEval: OpaEval, entrypoint: number, json: string): string {
+  const inputAddr = policy.dataHeapPtr;
+  // UTF-8 needs at most 3 bytes per UTF-16 unit.
+  const shortfall = inputAddr + json.length * 3 - policy.mem.buffer.byteLength;
+  if (shortfall > 0) policy.mem.grow(Math.ceil(shortfall / WASM_PAGE));
+  const { written } = encoder.encodeInto(json, new Uint8Array(policy.mem.buffer, inputAddr));
+  const resultAddr = opaEval(0, entrypoint, policy.dataAddr, inputAddr, written, inputAddr + written, 0);
+  // Evaluation may have grown the memory, which detaches any earlier view of it.
+  const heap = new Uint8Array(policy.mem.buffer);
+  const end = heap.indexOf(0, resultAddr);
+  return decoder.decode(heap.subarray(resultAddr, end < 0 ? heap.length : end));
+}
+
+// The SDK takes an ArrayBuffer as already-serialised JSON, all of it: it must be exactly the bytes.
+function exactBuffer(bytes: Uint8Array<ArrayBuffer>): ArrayBuffer {
+  return bytes.buffer.byteLength === bytes.byteLength ? bytes.buffer : bytes.slice().buffer;
+}
+
+function serve(data: ThreadData): void {
+  const { port } = data;
+  const control = new Int32Array(data.control);
+  let policy: LoadedPolicy;
+  try {
+    policy = loadPolicySync(data.module as Parameters<typeof loadPolicySync>[0]);
+    policy.setData(data.data);
+  } catch (cause) {
+    port.postMessage({ ok: false, error: describe(cause) } satisfies ThreadReady);
+    Atomics.store(control, READY, 2);
+    Atomics.notify(control, READY);
+    return;
+  }
+  const raw = policy as unknown as RawPolicy;
+  const opaEval = typeof raw.minorVersion === 'number' && raw.minorVersion >= 2 && typeof raw.wasmInstance.exports.opa_eval === 'function' ? (raw.wasmInstance.exports.opa_eval as OpaEval) : null;
+  const evaluate = (entrypoint: number, json: string): string =>
+    opaEval ? evaluateRaw(raw, opaEval, entrypoint, json) : JSON.stringify(policy.evaluate(exactBuffer(encoder.encode(json)), entrypoint));
+  port.postMessage({ ok: true, entrypoints: (policy.entrypoints ?? {}) as Record<string, number> } satisfies ThreadReady);
+  Atomics.store(control, READY, 1);
+  Atomics.notify(control, READY);
+
+  let seen = 0;
+  for (;;) {
+    Atomics.wait(control, REQ, seen);
+    const seq = Atomics.load(control, REQ);
+    if (seq === seen) continue;
+    // The main thread posts before it bumps REQ, so the request is already queued.
+    const request = receiveMessageOnPort(port)?.message as ThreadRequest | undefined;
+    let reply: ThreadReply;
+    try {
+      if (request?.op === 'eval') {
+        reply = { ok: true, text: evaluate(request.entrypoint, request.json) };
+      } else if (request?.op === 'data') {
+        policy.setData(request.data);
+        reply = { ok: true, text: '' };
+      } else {
+        reply = { ok: false, error: 'the evaluator thread got no request' };
+      }
+    } catch (cause) {
+      reply = { ok: false, error: describe(cause) };
+    }
+    port.postMessage(reply);
+    seen = seq;
+    Atomics.store(control, RES, seq);
+    Atomics.notify(control, RES);
+  }
+}
+
+serve(workerData as ThreadData);

@@ -1,0 +1,416 @@
+/**
+ * One bundle's policy evaluator: its WASM instance on a worker thread (evaluator-thread.ts), every
+ * evaluation under a deadline. A WASM evaluation cannot be interrupted on the thread that runs it,
+ * so it runs elsewhere, and past its deadline the thread is terminated and a fresh one is started
+ * with the same module and data; the evaluation's answer is a timeout.
+ *
+ * Two ways to wait, one queue:
+ * - `callSync` keeps the engine's synchronous API (permission decisions during a turn, the
+ *   decision-log mask, library callers): the caller blocks in Atomics.wait, at most until its deadline.
+ * - `call` is the gate's: it waits synchronously only for SPIN_MS (an ordinary evaluation is done
+ *   by then, without the cost of an event-loop turn), then with Atomics.waitAsync, so a slow
+ *   evaluation holds the event loop for at most SPIN_MS, not for its deadline.
+ * A deadline counts from the call, queueing included: no caller waits longer than its own bound,
+ * whatever is ahead of it.
+ *
+ * A second thread with the same module is kept started and idle: a thread takes longer to come up
+ * (a few hundred ms on a busy machine) than a deadline lasts, so without the spare the calls right
+ * after a timeout would time out too, waiting for the replacement. The spare is given the data in
+ * force when it takes over (a few ms), not at every change of it.
+ */
+import { performance } from 'node:perf_hooks';
+import { MessageChannel, receiveMessageOnPort, Worker } from 'node:worker_threads';
+import type { MessagePort } from 'node:worker_threads';
+import type { ThreadData, ThreadReady, ThreadReply, ThreadRequest } from './evaluator-thread.js';
+
+// The same indices as evaluator-thread.ts (which this file imports only types from).
+const REQ = 0;
+const RES = 1;
+const READY = 2;
+
+/** A compiled WebAssembly.Module (the project's lib has no WebAssembly types); threads share it, so a restart does not compile again. */
+export type WasmModule = object;
+
+const wasm = (globalThis as unknown as { WebAssembly: { compile(bytes: Uint8Array): Promise<WasmModule> } }).WebAssembly;
+
+/** Compiles a bundle's policy.wasm once for every thread that will run it. */
+export function compilePolicy(bytes: Uint8Array): Promise<WasmModule> {
+  return wasm.compile(bytes);
+}
+
+// ES2024's Atomics.waitAsync, beyond the project's lib.
+type WaitAsyncResult = { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
+const atomicsWaitAsync = (Atomics as unknown as { waitAsync(this: void, typed: Int32Array, index: number, value: number, timeoutMs: number): WaitAsyncResult }).waitAsync;
+
+/** How long an async call waits on the event loop before it lets go of it (see the file comment). */
+const SPIN_MS = 2;
+
+// Under src/ (tests) the thread runs from its TypeScript source, which Node strips of types.
+const THREAD_URL = new URL(import.meta.url.endsWith('.ts') ? './evaluator-thread.ts' : './evaluator-thread.js', import.meta.url);
+
+export type Outcome =
+  | { ok: true; text: string }
+  | { ok: false; kind: 'error'; error: string }
+  /** `queued`: the deadline passed before the evaluation started (a slower one was ahead of it). */
+  | { ok: false; kind: 'timeout'; error: string; queued: boolean };
+
+export interface EvaluatorEvents {
+  /** An evaluation overran its deadline and its thread was replaced. */
+  onTimeout?: (event: { elapsedMs: number; timeoutMs: number }) => void;
+  /** A replacement thread could not load the bundle (the next call tries again). */
+  onThreadFailure?: (error: string) => void;
+}
+
+interface Job {
+  request: ThreadRequest;
+  started: number;
+  deadline: number;
+  timeoutMs: number;
+  settle: (outcome: Outcome) => void;
+}
+
+interface InFlight {
+  job: Job;
+  seq: number;
+}
+
+const now = () => performance.now();
+
+class Thread {
+  readonly worker: Worker;
+  readonly control: Int32Array;
+  readonly port: MessagePort;
+  private seq = 0;
+  state: 'starting' | 'ready' | 'failed' = 'starting';
+  error = '';
+  entrypoints: Record<string, number> = {};
+  inflight: InFlight | null = null;
+  /** The data the thread holds (the evaluator's `current` when up to date). */
+  data: ArrayBuffer;
+  private terminated = false;
+
+  constructor(module: WasmModule, data: ArrayBuffer) {
+    this.data = data;
+    const control = new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT);
+    this.control = new Int32Array(control);
+    const { port1, port2 } = new MessageChannel();
+    this.port = port1;
+    const workerData: ThreadData = { control, port: port2, module, data };
+    this.worker = new Worker(THREAD_URL, { workerData, transferList: [port2] });
+    // Never the reason a process stays up; the engine's close() ends it.
+    this.worker.unref();
+    // An error event without a listener would be thrown on the main thread.
+    this.worker.on('error', (err: Error) => {
+      if (this.state === 'starting') {
+        this.state = 'failed';
+        this.error = err.message;
+      }
+    });
+  }
+
+  /** Reads the ready message once the thread has said it is up; true when it can take requests. */
+  checkReady(): boolean {
+    if (this.state === 'starting' && Atomics.load(this.control, READY) !== 0) {
+      const ready = receiveMessageOnPort(this.port)?.message as ThreadReady | undefined;
+      if (ready?.ok) {
+        this.state = 'ready';
+        this.entrypoints = ready.entrypoints;
+      } else {
+        this.state = 'failed';
+        this.error = ready ? ready.error : 'the evaluator thread reported no state';
+      }
+    }
+    return this.state === 'ready';
+  }
+
+  waitReadySync(until: number): void {
+    while (!this.checkReady() && this.state === 'starting') {
+      const left = until - now();
+      if (left <= 0) return;
+      Atomics.wait(this.control, READY, 0, left);
+    }
+  }
+
+  async waitReady(until: number): Promise<void> {
+    while (!this.checkReady() && this.state === 'starting') {
+      const left = until - now();
+      if (left <= 0) return;
+      await waitAsync(this.control, READY, 0, left);
+    }
+  }
+
+  send(job: Job): InFlight {
+    this.port.postMessage(job.request);
+    const seq = ++this.seq;
+    Atomics.store(this.control, REQ, seq);
+    Atomics.notify(this.control, REQ);
+    this.inflight = { job, seq };
+    return this.inflight;
+  }
+
+  /** A method, not a look at `state`: a call may have changed it since the caller last narrowed it. */
+  failed(): boolean {
+    return this.state === 'failed';
+  }
+
+  answered(flight: InFlight): boolean {
+    return Atomics.load(this.control, RES) === flight.seq;
+  }
+
+  /** Blocks until the answer is in or `until`; true when it is in. */
+  waitSync(flight: InFlight, until: number): boolean {
+    while (!this.answered(flight)) {
+      const left = until - now();
+      if (left <= 0) return this.answered(flight);
+      Atomics.wait(this.control, RES, flight.seq - 1, left);
+    }
+    return true;
+  }
+
+  async wait(flight: InFlight, until: number): Promise<boolean> {
+    while (!this.answered(flight) && this.inflight === flight) {
+      const left = until - now();
+      if (left <= 0) break;
+      await waitAsync(this.control, RES, flight.seq - 1, left);
+    }
+    return this.answered(flight);
+  }
+
+  /** Takes the answer of the request in flight (which `answered`). */
+  receive(): Outcome {
+    this.inflight = null;
+    const reply = receiveMessageOnPort(this.port)?.message as ThreadReply | undefined;
+    if (!reply) return { ok: false, kind: 'error', error: 'the evaluator thread sent no answer' };
+    return reply.ok ? { ok: true, text: reply.text } : { ok: false, kind: 'error', error: reply.error };
+  }
+
+  terminate(): void {
+    if (this.terminated) return;
+    this.terminated = true;
+    this.inflight = null;
+    this.worker.terminate().catch(() => undefined);
+  }
+}
+
+/**
+ * Atomics.waitAsync with a timer beside it: the timer keeps the process alive while a caller waits
+ * (a pending waitAsync does not), and ends the wait even if the waitAsync's own timeout is late.
+ */
+function waitAsync(control: Int32Array, index: number, value: number, timeoutMs: number): Promise<void> {
+  const waiting = atomicsWaitAsync(control, index, value, timeoutMs);
+  if (!waiting.async) return Promise.resolve();
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, Math.ceil(timeoutMs) + 1);
+  });
+  return Promise.race([waiting.value.then(() => undefined), timedOut]).finally(() => clearTimeout(timer));
+}
+
+function timeout(job: Job, queued: boolean): Outcome {
+  const elapsed = Math.round(now() - job.started);
+  const error = queued
+    ? `the policy evaluation did not start within its ${job.timeoutMs} ms deadline (the evaluator was busy with a slower one, or restarting after one; waited ${elapsed} ms)`
+    : `the policy evaluation did not finish within its ${job.timeoutMs} ms deadline (stopped after ${elapsed} ms)`;
+  return { ok: false, kind: 'timeout', error, queued };
+}
+
+export interface Evaluator {
+  readonly entrypoints: Readonly<Record<string, number>>;
+  /** Evaluates, blocking the calling thread until the answer or the deadline. */
+  callSync(request: ThreadRequest, timeoutMs: number): Outcome;
+  /** Evaluates; waits on the event loop for at most SPIN_MS (see the file comment). */
+  call(request: ThreadRequest, timeoutMs: number): Promise<Outcome>;
+  /** Replaces the policy's data; the data also goes to every replacement thread. */
+  setDataSync(data: ArrayBuffer, timeoutMs: number): Outcome;
+  setData(data: ArrayBuffer, timeoutMs: number): Promise<Outcome>;
+  /** Stops once the calls already made are answered (a bundle reload swapped in another evaluator). */
+  retire(): void;
+  close(): void;
+}
+
+/**
+ * Starts an evaluator for a compiled bundle with its data (JSON bytes); rejects with the thread's
+ * error, or when it is not up within `startTimeoutMs`.
+ */
+export async function startEvaluator(module: WasmModule, data: ArrayBuffer, startTimeoutMs: number, events: EvaluatorEvents = {}): Promise<Evaluator> {
+  let current = data;
+  let thread = new Thread(module, current);
+  // Both come up side by side; the spare is ready from the start, so the first timeout is recovered from at once.
+  let spare: Thread | null = new Thread(module, current);
+  const startedBy = now() + startTimeoutMs;
+  await Promise.all([thread.waitReady(startedBy), spare.waitReady(startedBy)]);
+  if (thread.state !== 'ready' || spare.state !== 'ready') {
+    const failed = thread.state === 'failed' ? thread : spare;
+    thread.terminate();
+    spare.terminate();
+    throw new Error(failed.state === 'failed' ? failed.error : `the evaluator thread did not start within ${startTimeoutMs} ms`);
+  }
+  const entrypoints = thread.entrypoints;
+  const queue: Job[] = [];
+  let pumping = false;
+  let retired = false;
+  let closed = false;
+
+  /** The thread is past saving (a deadline passed, or it failed to start): a fresh one takes over. */
+  function replace(): void {
+    thread.terminate();
+    if (closed) return;
+    thread = spare ?? new Thread(module, current);
+    spare = retired ? null : new Thread(module, current);
+  }
+
+  /**
+   * Brings a thread that took over (the spare) up to the data in force before it evaluates; false
+   * when it could not within `until` (the thread is then replaced or failed).
+   */
+  function syncData(owner: Thread, until: number): boolean {
+    if (owner.data === current) return true;
+    const data = current;
+    const flight = owner.send({ request: { op: 'data', data }, started: now(), deadline: until, timeoutMs: until - now(), settle: () => undefined });
+    if (!owner.waitSync(flight, until)) {
+      replace();
+      return false;
+    }
+    const outcome = owner.receive();
+    if (!outcome.ok) {
+      owner.state = 'failed';
+      owner.error = `it could not take the data in force: ${outcome.error}`;
+      return false;
+    }
+    owner.data = data;
+    return true;
+  }
+
+  function overran(flight: InFlight): Outcome {
+    replace();
+    const outcome = timeout(flight.job, false);
+    try {
+      events.onTimeout?.({ elapsedMs: now() - flight.job.started, timeoutMs: flight.job.timeoutMs });
+    } catch {
+      // a listener's bug must not change the answer
+    }
+    return outcome;
+  }
+
+  function failedThread(): Outcome {
+    const error = `the policy evaluator could not be restarted: ${thread.error}`;
+    try {
+      events.onThreadFailure?.(thread.error);
+    } catch {
+      // as above
+    }
+    replace();
+    return { ok: false, kind: 'error', error };
+  }
+
+  /** Settles the call in flight on the current thread, if there is one, within `until`. */
+  function settleInFlightSync(until: number): void {
+    const flight = thread.inflight;
+    if (!flight) return;
+    const owner = thread;
+    if (owner.waitSync(flight, Math.min(until, flight.job.deadline))) flight.job.settle(owner.receive());
+    else if (now() >= flight.job.deadline) flight.job.settle(overran(flight));
+  }
+
+  function callSync(request: ThreadRequest, timeoutMs: number): Outcome {
+    const started = now();
+    // Never settled through this: a sync call is answered or replaced before it returns.
+    const job: Job = { request, started, deadline: started + timeoutMs, timeoutMs, settle: () => undefined };
+    if (closed) return { ok: false, kind: 'error', error: 'the policy evaluator is closed' };
+    // Ahead of it there can only be a call of the async kind (a sync call returns answered).
+    settleInFlightSync(job.deadline);
+    if (thread.inflight) return timeout(job, true);
+    thread.waitReadySync(job.deadline);
+    if (thread.state === 'failed') return failedThread();
+    if (thread.state !== 'ready') return timeout(job, true);
+    const owner = thread;
+    if (!syncData(owner, job.deadline)) return owner.failed() ? failedThread() : timeout(job, true);
+    const flight = owner.send(job);
+    if (owner.waitSync(flight, job.deadline)) return owner.receive();
+    return overran(flight);
+  }
+
+  async function pump(): Promise<void> {
+    if (pumping) return;
+    pumping = true;
+    try {
+      while (queue.length > 0) {
+        const job = queue[0]!;
+        if (now() >= job.deadline) {
+          queue.shift();
+          job.settle(timeout(job, true));
+          continue;
+        }
+        const owner = thread;
+        const ahead = owner.inflight;
+        if (ahead) {
+          // Only when a sync call gave up waiting on one of ours; it is settled below like ours.
+          if (!(await owner.wait(ahead, ahead.job.deadline)) && owner.inflight === ahead) ahead.job.settle(overran(ahead));
+          else if (owner.inflight === ahead) ahead.job.settle(owner.receive());
+          continue;
+        }
+        if (owner.state === 'starting') {
+          await owner.waitReady(job.deadline);
+          continue;
+        }
+        queue.shift();
+        if (owner.state === 'failed') {
+          job.settle(failedThread());
+          continue;
+        }
+        if (!syncData(owner, job.deadline)) {
+          job.settle(owner.failed() ? failedThread() : timeout(job, true));
+          continue;
+        }
+        const flight = owner.send(job);
+        let answered = owner.waitSync(flight, Math.min(job.deadline, now() + SPIN_MS));
+        if (!answered) answered = await owner.wait(flight, job.deadline);
+        // A sync call may have settled it meanwhile (it waits out what is ahead of it).
+        if (owner.inflight !== flight) continue;
+        job.settle(answered ? owner.receive() : overran(flight));
+      }
+    } finally {
+      pumping = false;
+      if (retired && queue.length === 0 && !thread.inflight) thread.terminate();
+    }
+  }
+
+  function call(request: ThreadRequest, timeoutMs: number): Promise<Outcome> {
+    if (closed) return Promise.resolve({ ok: false, kind: 'error', error: 'the policy evaluator is closed' });
+    return new Promise<Outcome>((settle) => {
+      const started = now();
+      queue.push({ request, started, deadline: started + timeoutMs, timeoutMs, settle });
+      void pump();
+    });
+  }
+
+  function accept(data: ArrayBuffer, outcome: Outcome): Outcome {
+    // Only data the thread took: a thread that takes over must get what the current one has.
+    if (outcome.ok) {
+      current = data;
+      thread.data = data;
+    }
+    return outcome;
+  }
+
+  return {
+    entrypoints,
+    callSync,
+    call,
+    setDataSync: (data, timeoutMs) => accept(data, callSync({ op: 'data', data }, timeoutMs)),
+    setData: async (data, timeoutMs) => accept(data, await call({ op: 'data', data }, timeoutMs)),
+    retire() {
+      retired = true;
+      spare?.terminate();
+      spare = null;
+      if (!pumping && queue.length === 0 && !thread.inflight) thread.terminate();
+    },
+    close() {
+      closed = true;
+      thread.terminate();
+      spare?.terminate();
+      spare = null;
+      for (const job of queue.splice(0)) job.settle({ ok: false, kind: 'error', error: 'the policy evaluator is closed' });
+    },
+  };
+}
