@@ -283,12 +283,7 @@ export function decodeJsonBody(body: Buffer): DecodedBody {
     const line = before.split('\n').length;
     const column = err.offset - before.lastIndexOf('\n');
     const offset = Buffer.byteLength(before);
-    // parseStrictJson names the path where it can (newer src/json.ts); the location is always there.
-    const path = (err as { path?: unknown }).path;
-    return {
-      ok: false,
-      fault: { message: `${err.message} at line ${line} column ${column} (byte offset ${offset})`, offset, line, column, ...(Array.isArray(path) ? { path: path as (string | number)[] } : {}) },
-    };
+    return { ok: false, fault: { message: `${err.message} at line ${line} column ${column} (byte offset ${offset})`, offset, line, column, path: err.path } };
   }
 }
 

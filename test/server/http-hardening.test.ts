@@ -232,6 +232,9 @@ describe('HTTP hardening of spawngate serve', () => {
     expect(duplicate.status).toBe(400);
     expect(errorOf(duplicate)['message']).toMatch(/duplicate key "agentId" at line 3 column 3 \(byte offset 28\)/);
     expect(errorOf(duplicate)['body']).toEqual({ offset: 28, line: 3, column: 3 });
+    const nested = await send('{"caller": {"user": {"id": "a", "roles": [], "id": "b"}}}');
+    expect(nested.status).toBe(400);
+    expect(errorOf(nested)['issues']).toEqual([{ path: 'caller.user.id', message: expect.stringContaining('duplicate key "id"') as unknown }]);
 
     const surrogate = await send('{"task": "\\ud800"}');
     expect(surrogate.status).toBe(400);
