@@ -216,9 +216,12 @@ describe('HTTP API', () => {
     expect(admitBad.status).toBe(400);
     expect(body(admitBad)).toMatchObject({ error: { code: 'REQUEST_INVALID', issues: [expect.objectContaining({ path: 'execution.backend' })] } });
 
+    // The JSON ends where agentId's value should be: the fault is named there.
     const notJson = await call(target, 'POST', '/v1/spawns', { ...auth, raw: '{"agentId": ' });
     expect(notJson.status).toBe(400);
-    expect(body(notJson)).toMatchObject({ error: { code: 'REQUEST_INVALID', issues: [{ path: '(root)' }] } });
+    expect(body(notJson)).toMatchObject({ error: { code: 'REQUEST_INVALID', issues: [{ path: 'agentId' }], body: { line: 1, column: 13 } } });
+    const garbage = await call(target, 'POST', '/v1/spawns', { ...auth, raw: 'not json' });
+    expect(body(garbage)).toMatchObject({ error: { code: 'REQUEST_INVALID', issues: [{ path: '(root)' }] } });
 
     const badTurn = await call(target, 'POST', `/v1/spawns/${randomUUID()}/turns`, { ...auth, body: { turnId: 'not a valid id' } });
     expect(badTurn.status).toBe(400);
