@@ -58,7 +58,7 @@ export function sendError(
 
 export class BodyTooLargeError extends Error {}
 
-/** Bounds of one HTTP server's connections (docs/server.md, "Limits"). */
+/** Bounds of one HTTP server's connections (docs/server.md, "Request bodies, limits and timeouts"). */
 export interface HttpLimits {
   /** Time to receive a request's headers, from the connection or the first byte of the request. */
   headersTimeoutMs: number;
