@@ -4,10 +4,13 @@
  * WASM evaluation cannot be interrupted from the thread that runs it: the main thread waits with a
  * deadline and terminates this one when it passes.
  *
- * Protocol (all synchronous on both sides): the main thread posts a request on `port`, then bumps
- * ctl[REQ] and notifies; this thread answers on `port`, then sets ctl[RES] to the request's number
- * and notifies. Readiness: the first message on `port` says whether the bundle loaded, and ctl[READY]
- * becomes 1 (loaded) or 2 (failed).
+ * Protocol (all synchronous on both sides): the main thread puts a request in place, then bumps
+ * ctl[REQ] and notifies; this thread puts the answer in place, then sets ctl[RES] to the request's
+ * number and notifies. "In place" is the shared `buffer` for an evaluation whose input (or answer)
+ * fits, as UTF-8 with its length in ctl (REQ_KIND/RES_KIND = INLINE), else a message on `port`:
+ * messages cost a copy and a wake-up of the receiving thread's event loop per call, which on a
+ * loaded machine is a good part of an evaluation. Readiness: the first message on `port` says
+ * whether the bundle loaded, and ctl[READY] becomes 1 (loaded) or 2 (failed).
  *
  * Node runs this file as it is (type stripping under src/, tsc's output under dist/): it imports
  * nothing of spawngate's and uses only erasable syntax.
@@ -22,6 +25,8 @@ const { loadPolicySync } = (sdk as unknown as { default: typeof sdk }).default;
 
 export interface ThreadData {
   control: SharedArrayBuffer;
+  /** Inline requests and answers (see the protocol). */
+  buffer: SharedArrayBuffer;
   port: MessagePort;
   /** A compiled WebAssembly.Module (typed loosely: the project's lib has no WebAssembly types). */
   module: object;
@@ -38,6 +43,13 @@ export type ThreadReady = { ok: true; entrypoints: Record<string, number> } | { 
 const REQ = 0;
 const RES = 1;
 const READY = 2;
+const REQ_KIND = 3;
+const REQ_LEN = 4;
+const REQ_ENTRY = 5;
+const RES_KIND = 6;
+const RES_LEN = 7;
+const MESSAGE = 0;
+const INLINE = 1;
 
 /**
  * The members of the SDK's LoadedPolicy (declared public in its typings) that its own evaluate()
@@ -73,17 +85,23 @@ function describe(thrown: unknown): string {
  * above the data, evaluate, dump the result set as JSON), minus two copies and a byte-by-byte scan:
  * the input is encoded straight into WASM memory and the result's end is found natively.
  */
-function evaluateRaw(policy: RawPolicy, opaEval: OpaEval, entrypoint: number, json: string): string {
+function evaluateRaw(policy: RawPolicy, opaEval: OpaEval, entrypoint: number, input: string | Uint8Array): Uint8Array {
   const inputAddr = policy.dataHeapPtr;
   // UTF-8 needs at most 3 bytes per UTF-16 unit.
-  const shortfall = inputAddr + json.length * 3 - policy.mem.buffer.byteLength;
+  const shortfall = inputAddr + (typeof input === 'string' ? input.length * 3 : input.length) - policy.mem.buffer.byteLength;
   if (shortfall > 0) policy.mem.grow(Math.ceil(shortfall / WASM_PAGE));
-  const { written } = encoder.encodeInto(json, new Uint8Array(policy.mem.buffer, inputAddr));
+  let written: number;
+  if (typeof input === 'string') {
+    written = encoder.encodeInto(input, new Uint8Array(policy.mem.buffer, inputAddr)).written;
+  } else {
+    new Uint8Array(policy.mem.buffer, inputAddr, input.length).set(input);
+    written = input.length;
+  }
   const resultAddr = opaEval(0, entrypoint, policy.dataAddr, inputAddr, written, inputAddr + written, 0);
   // Evaluation may have grown the memory, which detaches any earlier view of it.
   const heap = new Uint8Array(policy.mem.buffer);
   const end = heap.indexOf(0, resultAddr);
-  return decoder.decode(heap.subarray(resultAddr, end < 0 ? heap.length : end));
+  return heap.subarray(resultAddr, end < 0 ? heap.length : end);
 }
 
 // The SDK takes an ArrayBuffer as already-serialised JSON, all of it: it must be exactly the bytes.
@@ -106,8 +124,13 @@ function serve(data: ThreadData): void {
   }
   const raw = policy as unknown as RawPolicy;
   const opaEval = typeof raw.minorVersion === 'number' && raw.minorVersion >= 2 && typeof raw.wasmInstance.exports.opa_eval === 'function' ? (raw.wasmInstance.exports.opa_eval as OpaEval) : null;
-  const evaluate = (entrypoint: number, json: string): string =>
-    opaEval ? evaluateRaw(raw, opaEval, entrypoint, json) : JSON.stringify(policy.evaluate(exactBuffer(encoder.encode(json)), entrypoint));
+  /** The result set as UTF-8 JSON. */
+  const evaluate = (entrypoint: number, input: string | Uint8Array): Uint8Array => {
+    if (opaEval) return evaluateRaw(raw, opaEval, entrypoint, input);
+    const bytes = typeof input === 'string' ? encoder.encode(input) : input.slice();
+    return encoder.encode(JSON.stringify(policy.evaluate(exactBuffer(bytes), entrypoint)));
+  };
+  const inline = new Uint8Array(data.buffer);
   port.postMessage({ ok: true, entrypoints: (policy.entrypoints ?? {}) as Record<string, number> } satisfies ThreadReady);
   Atomics.store(control, READY, 1);
   Atomics.notify(control, READY);
@@ -117,22 +140,34 @@ function serve(data: ThreadData): void {
     Atomics.wait(control, REQ, seen);
     const seq = Atomics.load(control, REQ);
     if (seq === seen) continue;
-    // The main thread posts before it bumps REQ, so the request is already queued.
-    const request = receiveMessageOnPort(port)?.message as ThreadRequest | undefined;
-    let reply: ThreadReply;
+    let reply: ThreadReply | null = null;
     try {
-      if (request?.op === 'eval') {
-        reply = { ok: true, text: evaluate(request.entrypoint, request.json) };
-      } else if (request?.op === 'data') {
-        policy.setData(request.data);
-        reply = { ok: true, text: '' };
+      let result: Uint8Array | null = null;
+      if (Atomics.load(control, REQ_KIND) === INLINE) {
+        result = evaluate(control[REQ_ENTRY]!, inline.subarray(0, control[REQ_LEN]));
       } else {
-        reply = { ok: false, error: 'the evaluator thread got no request' };
+        // The main thread posts before it bumps REQ, so the request is already queued.
+        const request = receiveMessageOnPort(port)?.message as ThreadRequest | undefined;
+        if (request?.op === 'eval') {
+          result = evaluate(request.entrypoint, request.json);
+        } else if (request?.op === 'data') {
+          policy.setData(request.data);
+          reply = { ok: true, text: '' };
+        } else {
+          reply = { ok: false, error: 'the evaluator thread got no request' };
+        }
+      }
+      if (result && result.length <= inline.length) {
+        inline.set(result);
+        control[RES_LEN] = result.length;
+      } else if (result) {
+        reply = { ok: true, text: decoder.decode(result) };
       }
     } catch (cause) {
       reply = { ok: false, error: describe(cause) };
     }
-    port.postMessage(reply);
+    control[RES_KIND] = reply ? MESSAGE : INLINE;
+    if (reply) port.postMessage(reply);
     seen = seq;
     Atomics.store(control, RES, seq);
     Atomics.notify(control, RES);

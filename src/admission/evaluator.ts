@@ -27,6 +27,18 @@ import type { ThreadData, ThreadReady, ThreadReply, ThreadRequest } from './eval
 const REQ = 0;
 const RES = 1;
 const READY = 2;
+const REQ_KIND = 3;
+const REQ_LEN = 4;
+const REQ_ENTRY = 5;
+const RES_KIND = 6;
+const RES_LEN = 7;
+const CONTROL_WORDS = 8;
+const MESSAGE = 0;
+const INLINE = 1;
+
+/** Inputs and answers up to this size pass through shared memory; larger ones as messages. */
+const INLINE_BYTES = 256 * 1024;
+const encoder = new TextEncoder();
 
 /** A compiled WebAssembly.Module (the project's lib has no WebAssembly types); threads share it, so a restart does not compile again. */
 export type WasmModule = object;
@@ -80,6 +92,8 @@ class Thread {
   readonly worker: Worker;
   readonly control: Int32Array;
   readonly port: MessagePort;
+  private readonly buffer: SharedArrayBuffer;
+  private readonly inline: Uint8Array;
   private seq = 0;
   state: 'starting' | 'ready' | 'failed' = 'starting';
   error = '';
@@ -91,11 +105,13 @@ class Thread {
 
   constructor(module: WasmModule, data: ArrayBuffer) {
     this.data = data;
-    const control = new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT);
+    const control = new SharedArrayBuffer(CONTROL_WORDS * Int32Array.BYTES_PER_ELEMENT);
     this.control = new Int32Array(control);
+    this.buffer = new SharedArrayBuffer(INLINE_BYTES);
+    this.inline = new Uint8Array(this.buffer);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
-    const workerData: ThreadData = { control, port: port2, module, data };
+    const workerData: ThreadData = { control, buffer: this.buffer, port: port2, module, data };
     this.worker = new Worker(THREAD_URL, { workerData, transferList: [port2] });
     // Never the reason a process stays up; the engine's close() ends it.
     this.worker.unref();
@@ -140,7 +156,16 @@ class Thread {
   }
 
   send(job: Job): InFlight {
-    this.port.postMessage(job.request);
+    const { request } = job;
+    // Worst case 3 bytes per UTF-16 unit: what cannot fit for sure goes as a message without trying.
+    const fits = request.op === 'eval' && request.json.length * 3 <= INLINE_BYTES;
+    if (fits) {
+      this.control[REQ_LEN] = encoder.encodeInto(request.json, this.inline).written;
+      this.control[REQ_ENTRY] = request.entrypoint;
+    } else {
+      this.port.postMessage(request);
+    }
+    this.control[REQ_KIND] = fits ? INLINE : MESSAGE;
     const seq = ++this.seq;
     Atomics.store(this.control, REQ, seq);
     Atomics.notify(this.control, REQ);
@@ -179,6 +204,7 @@ class Thread {
   /** Takes the answer of the request in flight (which `answered`). */
   receive(): Outcome {
     this.inflight = null;
+    if (Atomics.load(this.control, RES_KIND) === INLINE) return { ok: true, text: Buffer.from(this.buffer, 0, this.control[RES_LEN]).toString('utf8') };
     const reply = receiveMessageOnPort(this.port)?.message as ThreadReply | undefined;
     if (!reply) return { ok: false, kind: 'error', error: 'the evaluator thread sent no answer' };
     return reply.ok ? { ok: true, text: reply.text } : { ok: false, kind: 'error', error: reply.error };

@@ -10,14 +10,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPolicyEngine, type PolicyEngine } from '../../src/admission/engine.js';
-import { createAdmission, type Admission } from '../../src/admission/gate.js';
+import { loadPolicy } from '@open-policy-agent/opa-wasm';
+import { checkDecision } from '../../src/admission/decision.js';
+import { createPolicyEngine, ENTRYPOINT, type PolicyEngine } from '../../src/admission/engine.js';
+import { createAdmission, SHIPPED_BUNDLE, type Admission } from '../../src/admission/gate.js';
 import { readBundle } from '../../src/admission/bundle.js';
 import type { PermissionInput } from '../../src/admission/permissions.js';
 import type { SpawnRequestInput } from '../../src/admission/request.js';
 import { buildBundle } from '../../src/cli/policy-tool.js';
 import { defaultConfig } from '../../src/config/index.js';
 import { startBin, type RunningBin } from '../cli/helpers.js';
+import { memoryLogger } from '../helpers/logger.js';
 import { call } from '../server/helpers.js';
 
 const policiesDir = fileURLToPath(new URL('../../policies', import.meta.url));
@@ -123,7 +126,7 @@ describe('policy evaluation deadline', () => {
   });
 
   async function gate(timeoutMs: number): Promise<Admission> {
-    const g = await createAdmission({ bundle: slowBundle, watchBundle: false, decisionLog: false, policyEvaluationTimeoutMs: timeoutMs });
+    const g = await createAdmission({ bundle: slowBundle, watchBundle: false, decisionLog: false, policyEvaluationTimeoutMs: timeoutMs, logger: memoryLogger() });
     gates.push(g);
     return g;
   }
@@ -139,6 +142,7 @@ describe('policy evaluation deadline', () => {
     expect(await counterValue(g, 'decisions', { result: 'deny', reason: 'policy_timeout', mode: 'dry_run' })).toBe(1);
     expect(g.policy.health.state).toBe('erroring');
     expect(g.policy.health.problems[0]).toMatch(/^policy_timeout: /);
+    expect((g.logger as ReturnType<typeof memoryLogger>).lines).toContainEqual(expect.objectContaining({ level: 'warn', msg: expect.stringMatching(/overran its deadline/) as string }));
 
     // A fresh evaluator thread took over: the next input is decided, and health clears.
     expect((await g.admit(request('say hi'))).decision.allow).toBe(true);
@@ -185,6 +189,22 @@ describe('policy evaluation deadline', () => {
     const input = admitted.input;
     expect(engine.evaluate({ ...input, request: { ...input.request, task: 'spin' } }).decision.reasons[0]?.code).toBe('policy_timeout');
     expect(engine.evaluate(input).decision.allow).toBe(true);
+  });
+
+  it('passes an input too large for the shared buffer as a message, and decides it as the SDK does', async () => {
+    const engine = await createPolicyEngine({ source: { path: SHIPPED_BUNDLE }, readBundle });
+    engines.push(engine);
+    const bundle = await readBundle(SHIPPED_BUNDLE);
+    const sdk = await loadPolicy(bundle.wasm);
+    sdk.setData(bundle.data as object);
+    const g = await gate(200);
+    const { input } = await g.admit(request('say hi'));
+    // 100,000 "€" are 300 KB of UTF-8, beyond the 256 KiB that go through shared memory.
+    for (const task of ['say hi', `${'€'.repeat(100_000)} npm test`, `${'a'.repeat(300_000)} npm test`]) {
+      const full = { ...input, request: { ...input.request, task } };
+      const viaSdk = checkDecision((sdk.evaluate(full, ENTRYPOINT) as { result: unknown }[])[0]?.result);
+      expect(engine.evaluate(full).decision).toEqual(viaSdk);
+    }
   });
 
   it('refuses a deadline that is not a positive number', async () => {
