@@ -81,7 +81,8 @@ describe('/healthz and request metrics', () => {
     expect(await series(target, 'spawngate_policy_bundle_info', `revision="${shipped}"`)).toBe(0);
     expect(await series(target, 'spawngate_policy_bundle_info', `revision="${flakyRevision}"`)).toBe(1);
 
-    const weird = await call(target, 'POST', '/v1/admit', { token, body: spawnRequest('x', { agentId: 'weird' }) });
+    // A subagent: the gate's own agent_unknown check (ACP only) stays out of the way of the policy's answer.
+    const weird = await call(target, 'POST', '/v1/admit', { token, body: spawnRequest('x', { agentId: 'weird', runtime: 'subagent' }) });
     expect(weird.json).toMatchObject({ decision: { allow: false, reasons: [{ code: 'policy_output_invalid' }] } });
     // One caller's input tripped it: degraded, but still in rotation (a 503 here would be a switch any caller could flip).
     const erroring = await call(target, 'GET', '/healthz');
