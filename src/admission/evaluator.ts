@@ -433,7 +433,10 @@ export async function startEvaluator(module: WasmModule, data: ArrayBuffer, star
     },
     close() {
       closed = true;
+      // The call in flight has left the queue: settle it here, or its caller would wait forever.
+      const flight = thread.inflight;
       thread.terminate();
+      flight?.job.settle({ ok: false, kind: 'error', error: 'the policy evaluator is closed' });
       spare?.terminate();
       spare = null;
       for (const job of queue.splice(0)) job.settle({ ok: false, kind: 'error', error: 'the policy evaluator is closed' });

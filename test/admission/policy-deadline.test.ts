@@ -207,6 +207,17 @@ describe('policy evaluation deadline', () => {
     }
   });
 
+  it('answers an evaluation still running when the engine is closed (policy_error), instead of leaving it waiting', async () => {
+    const g = await gate(200);
+    const { input } = await g.admit(request('say hi'));
+    const engine = await createPolicyEngine({ source: { path: slowBundle }, readBundle, evaluationTimeoutMs: 60_000, runtimeData: { catalog: input.catalog } });
+    const { catalog: _catalog, ...rest } = input;
+    // call() sends before it returns: the spin is running on the policy's thread when close() comes.
+    const pending = engine.evaluateJsonWithoutCatalogAsync(JSON.stringify({ ...rest, request: { ...rest.request, task: 'spin' } }));
+    engine.close();
+    expect((await pending).decision.reasons).toEqual([{ code: 'policy_error', message: expect.stringMatching(/closed/) as string }]);
+  });
+
   it('refuses a deadline that is not a positive number', async () => {
     await expect(createPolicyEngine({ source: { path: slowBundle }, readBundle, evaluationTimeoutMs: 0 })).rejects.toMatchObject({ code: 'CONFIG_INVALID' });
   });
