@@ -207,6 +207,23 @@ describe('policy evaluation deadline', () => {
     }
   });
 
+  it('gives the spare thread that takes over after a timeout the runtime data in force, not the data it was started with', async () => {
+    const g = await gate(200);
+    const { input } = await g.admit(request('say hi'));
+    const engine = await createPolicyEngine({ source: { path: slowBundle }, readBundle, evaluationTimeoutMs: 200, runtimeData: { catalog: input.catalog } });
+    engines.push(engine);
+    expect(engine.readsRuntimeCatalog).toBe(true);
+    const { catalog: _catalog, ...rest } = input;
+    const fast = JSON.stringify(rest);
+    expect(engine.evaluateJsonWithoutCatalog(fast).decision.allow).toBe(true);
+    // The data changes after the spare thread started (which holds the bundle's data without any catalog).
+    engine.setRuntimeData({ catalog: { backends: {} } });
+    expect(engine.evaluateJsonWithoutCatalog(fast).decision.reasons[0]?.code).toBe('unknown_backend');
+    engine.setRuntimeData({ catalog: input.catalog });
+    expect(engine.evaluateJsonWithoutCatalog(JSON.stringify({ ...rest, request: { ...rest.request, task: 'spin' } })).decision.reasons[0]?.code).toBe('policy_timeout');
+    expect(engine.evaluateJsonWithoutCatalog(fast).decision.allow).toBe(true);
+  });
+
   it('answers an evaluation still running when the engine is closed (policy_error), instead of leaving it waiting', async () => {
     const g = await gate(200);
     const { input } = await g.admit(request('say hi'));
