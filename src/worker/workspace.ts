@@ -92,7 +92,9 @@ export async function checkoutGit(dir: string, checkout: GitCheckout, timeoutMs:
   const local = checkout.repo.startsWith('/') ? checkout.repo : checkout.repo.startsWith('file://') ? checkout.repo.slice('file://'.length) : null;
   const globalConfig = join(tmpdir(), `spawngate-clone-${randomBytes(6).toString('hex')}.gitconfig`);
   try {
-    await writeFile(globalConfig, local ? `[safe]\n\tdirectory = ${local.replace(/\/+$/, '')}\n` : '', { mode: 0o600 });
+    // Both the folder and its .git: git names a non-bare repository by its .git when it checks.
+    const safe = local ? local.replace(/\/+$/, '') : null;
+    await writeFile(globalConfig, safe ? `[safe]\n\tdirectory = ${safe}\n\tdirectory = ${safe}/.git\n` : '', { mode: 0o600 });
     await git(['clone', '--quiet', ...(checkout.ref ? ['--no-checkout'] : []), ...shallow, '--', source, dir], { cwd: dir, timeoutMs: left(), env: { GIT_CONFIG_GLOBAL: globalConfig } });
   } finally {
     await rm(globalConfig, { force: true });
