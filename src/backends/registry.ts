@@ -24,13 +24,8 @@ export function defaultBackendResolver(defaults: { owner?: string } = {}): Backe
 async function instantiate(name: string, config: BackendConfig, _defaults: { owner?: string }): Promise<Backend> {
   switch (config.type) {
     case 'process': {
-      const { createProcessBackend } = await import('./process/index.js');
-      return createProcessBackend({
-        name,
-        ...(config.stateDir ? { stateDir: config.stateDir } : {}),
-        ...(config.allowedHostPaths ? { allowedHostPaths: config.allowedHostPaths } : {}),
-        ...(config.secretsDir ? { secretsDir: config.secretsDir } : {}),
-      });
+      const { createProcessBackend, processBackendOptions } = await import('./process/index.js');
+      return createProcessBackend(processBackendOptions(name, config));
     }
     case 'container': {
       const { createDockerBackend } = await import('./docker/index.js');

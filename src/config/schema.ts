@@ -409,12 +409,42 @@ const backendCommon = {
 
 const SECRETS_DIR_DESCRIPTION = 'folder of <secret name>/<key> files where { secretRef } values are looked up first; then the gateway\'s SPAWNGATE_SECRET_<NAME>_<KEY> variables';
 
+const UID_MAX = 4_294_967_294;
+
+const processIsolationSchema = z
+  .strictObject({
+    user: z
+      .enum(['uid', 'none'])
+      .optional()
+      .register(configMetadata, { description: '"uid" (default): each worker runs under a uid and gid of its own from uidRange, no supplementary groups, which needs the gateway to run as root (or with CAP_SETUID, CAP_SETGID, CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_KILL); "none": workers share the gateway\'s identity and can read its environment, its files and other workers\' state' }),
+    uidRange: z
+      .strictObject({
+        start: z.int().min(1000).max(UID_MAX),
+        count: z.int().min(1).max(16_777_216),
+      })
+      .refine((r) => r.start + r.count - 1 <= UID_MAX, { message: `must end at or below ${UID_MAX}` })
+      .optional()
+      .register(configMetadata, { description: 'the uids (and gids of the same numbers) leased to workers, one per live worker; default { start: 2000000000, count: 65536 }; uids named in /etc/passwd or /etc/group are skipped' }),
+    cgroups: z
+      .enum(['auto', 'required', 'off'])
+      .optional()
+      .register(configMetadata, { description: '"auto" (default): each worker gets cgroups (memory, cpu, pids) where the host lets the gateway make them, and a profile whose limits cannot be enforced is refused; "required": every spawn is refused without all three; "off": no cgroups, profiles with resource limits or pidsLimit are refused' }),
+    cgroupParent: nonEmpty(LIMITS.text)
+      .regex(/^\/[A-Za-z0-9._@:/-]*$/, { message: 'must be an absolute cgroup path such as /spawngate' })
+      .refine((v) => !v.split('/').includes('..'), { message: 'must not contain ".."' })
+      .optional()
+      .register(configMetadata, { description: 'the cgroup (a path inside each hierarchy) under which workers\' cgroups are made; default the gateway\'s own cgroup + /spawngate' }),
+    pidsMax: z.int().min(1).max(4_194_304).optional().register(configMetadata, { description: 'pids.max (processes and threads) of a worker whose profile sets no pidsLimit; default 1024' }),
+  })
+  .register(configMetadata, { description: 'who process workers run as and what limits them (docs/process-backend.md)' });
+
 export const processBackendSchema = z.strictObject({
   type: z.literal('process'),
   ...backendCommon,
   stateDir: filePathSchema.optional(),
   allowedHostPaths: z.array(absolutePathSchema).max(64).optional().register(configMetadata, { description: 'host folders a profile may use as workspace: { strategy: hostPath }' }),
   secretsDir: absolutePathSchema.optional().register(configMetadata, { description: SECRETS_DIR_DESCRIPTION }),
+  isolation: processIsolationSchema.optional(),
 });
 
 export const containerBackendSchema = z.strictObject({
@@ -469,6 +499,7 @@ export const TYPE_SPECIFIC_KEYS: Readonly<Record<string, string>> = {
   workerPort: 'kubernetes',
   allowedHostPaths: 'process or container',
   secretsDir: 'process or container',
+  isolation: 'process',
   namespace: 'kubernetes',
   kubeconfig: 'kubernetes',
   context: 'kubernetes',

@@ -1,23 +1,29 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
-import { appendFile, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { closeSync, constants as fsConstants, openSync } from 'node:fs';
+import { access, appendFile, chmod, chown, lstat, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BackendError, SpawngateError } from '../../errors.js';
+import type { ProcessBackendConfig } from '../../config/schema.js';
 import { workerBinCommand } from '../../worker/main.js';
 import type { Backend, ListedWorker, WorkerEndpoint, WorkerPhase, WorkerRef, WorkerSpec, WorkerStatus } from '../types.js';
 import { WORKER_EXIT_DEADLINE } from '../../protocol/events.js';
 import { BACKEND_SPEC_VERSION, LABELS } from '../types.js';
 import { createWorkerClient } from '../../protocol/client.js';
-import { LOOPBACK_UP, probeNetworkIsolation, UNSHARE_ARGS, type IsolationProbe } from './isolation.js';
+import { CGROUP_GATE, LOOPBACK_UP, UNSHARE_ARGS, UNSHARE_NET_ARGS, type IsolationProbe } from './isolation.js';
 import { egressLogLine, startEgressProxy } from '../egress-proxy.js';
 import type { EgressDecision, EgressProxy } from '../egress-proxy.js';
 import { resolveSecret, secretPlaces } from '../secrets.js';
 import { resolveHostPath } from '../host-path.js';
 import { isWithin } from '../../paths.js';
 import { findProcessByEnv, isOurProcess, processStartTime, signalGroup, type ProcessIdentity } from './proc.js';
+import { collectCgroups, createCgroup, killCgroup, oomKills, planCgroup, procsFiles, removeCgroup, type CgroupPlan } from './cgroups.js';
+import { createUidPool, DEFAULT_UID_LEASE_DIR, DEFAULT_UID_RANGE, dropArgs, topmostOfUid, UID_MODE_CAPABILITIES, type Privileges } from './identity.js';
+import { describeCgroups, inspectProcessHost, neededControllers, parseCpu, probeWorkerNetwork, type ProcessHostReport, type ProcessIsolationOptions } from './host.js';
+
+export type { ProcessIsolationOptions } from './host.js';
 
 export interface ProcessBackendOptions {
   name: string;
@@ -37,6 +43,14 @@ export interface ProcessBackendOptions {
   secretsDir?: string;
   /** Where SPAWNGATE_SECRET_* variables are read; default the gateway's environment. */
   secretEnv?: Readonly<Record<string, string | undefined>>;
+  /** Who workers run as and what limits them (docs/process-backend.md). */
+  isolation?: ProcessIsolationOptions;
+  /** Where cgroup hierarchies are mounted; default /sys/fs/cgroup. */
+  cgroupMount?: string;
+  /** What the gateway may do; default read from /proc/self/status (tests pretend to lack a capability). */
+  privileges?: Privileges;
+  /** Where uid leases are kept; default /run/spawngate/uids, shared by every gateway of the host (so they never lease one uid twice). */
+  uidLeaseDir?: string;
 }
 
 /**
@@ -60,13 +74,24 @@ interface StateFile {
   dir: string;
   logFile: string;
   socketPath: string | null;
-  /** Kept (0600, in a 0700 folder of the gateway's user, who also owns the worker) so status() can probe /healthz after a restart. */
+  /** Kept (0600, the gateway's; a worker under a uid of its own cannot read it) so status() can probe /healthz after a restart. */
   token: string;
   exit: { code: number | null; signal: string | null; reason: string } | null;
+  /** The uid (and gid, the same number) leased to the worker; null: the gateway's own (isolation.user "none"), or not leased yet. Absent in files of older versions. */
+  uid?: number | null;
+  /** The worker's cgroups, planned before they are made (so a restarted gateway removes them); null: none. */
+  cgroup?: CgroupPlan | null;
 }
 
+/**
+ * ~/.local/state/spawngate/process, or $XDG_STATE_HOME/spawngate/process. For root,
+ * /var/lib/spawngate/process: workers under uids of their own must be able to pass through every
+ * folder above their own, and root's home is usually closed to others.
+ */
 export function defaultProcessStateDir(): string {
-  return join(process.env.XDG_STATE_HOME ?? join(homedir(), '.local', 'state'), 'spawngate', 'process');
+  if (process.env.XDG_STATE_HOME) return join(process.env.XDG_STATE_HOME, 'spawngate', 'process');
+  if (process.getuid?.() === 0) return join('/var/lib', 'spawngate', 'process');
+  return join(homedir(), '.local', 'state', 'spawngate', 'process');
 }
 
 function parseMemoryBytes(quantity: string | null): number | null {
@@ -77,11 +102,13 @@ function parseMemoryBytes(quantity: string | null): number | null {
   return Number(m[1]) * (m[2] ? (units[m[2]] ?? 1) : 1);
 }
 
-const STOPPED_FOR_A_LIMIT = new Set(['WorkspaceSizeExceeded', 'DeadlineExceeded']);
+const STOPPED_FOR_A_LIMIT = new Set(['WorkspaceSizeExceeded', 'DeadlineExceeded', 'OOMKilled']);
 
-function exitReason(code: number | null, signal: string | null, timedOut: boolean, oversized = false): string {
+function exitReason(code: number | null, signal: string | null, timedOut: boolean, oversized = false, oomKilled = false): string {
   if (oversized) return 'WorkspaceSizeExceeded';
   if (timedOut) return 'DeadlineExceeded';
+  // As the kubelet reports it: the kernel killed a process of the worker at its memory limit.
+  if (oomKilled && (signal !== null || code !== 0)) return 'OOMKilled';
   if (signal === 'SIGKILL') return 'Killed';
   if (signal) return 'Signaled';
   if (code === WORKER_EXIT_DEADLINE) return 'DeadlineExceeded';
@@ -105,6 +132,39 @@ async function folderSizeOver(dir: string, limit: number): Promise<boolean> {
   return false;
 }
 
+/** The executable files `cmd` may name, in execvp(3)'s order: a path (relative to `cwd`), or each match on PATH. */
+async function commandCandidates(cmd: string, cwd: string): Promise<string[]> {
+  const candidates = cmd.includes('/') ? [resolve(cwd, cmd)] : (process.env.PATH ?? '/usr/bin:/bin').split(':').filter(Boolean).map((dir) => join(dir, cmd));
+  const found: string[] = [];
+  for (const candidate of candidates) {
+    const st = await stat(candidate).catch(() => null);
+    if (st?.isFile() && (await access(candidate, fsConstants.X_OK).then(() => true, () => false))) found.push(candidate);
+  }
+  return found;
+}
+
+/** The executable file `cmd` names as execvp(3) would find it; null when there is none. */
+async function resolveCommand(cmd: string, cwd: string): Promise<string | null> {
+  return (await commandCandidates(cmd, cwd))[0] ?? null;
+}
+
+/**
+ * Why a user who is neither owner nor in the group (a worker's uid) cannot use `file` (`bits`: 0o001
+ * to run it, 0o004 to read it): the first folder above it, symlinks resolved, that does not let
+ * others through, or the file itself; null when it can.
+ */
+async function closedToOthers(file: string, bits: number): Promise<string | null> {
+  const real = await realpath(file).catch(() => null);
+  if (!real) return null;
+  for (let dir = dirname(real); ; dir = dirname(dir)) {
+    const st = await stat(dir).catch(() => null);
+    if (st && (st.mode & 0o001) === 0) return `${dir} (mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}) lets only its owner in`;
+    if (dirname(dir) === dir) break;
+  }
+  const st = await stat(real).catch(() => null);
+  return st && (st.mode & bits) !== bits ? `${real} (mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}) is not ${bits === 0o001 ? 'executable' : 'readable'} by others` : null;
+}
+
 /** The promise's value, or null when it has not settled within `ms`. */
 async function within<T>(promise: Promise<T>, ms: number): Promise<T | null> {
   let timer: NodeJS.Timeout | undefined;
@@ -123,6 +183,30 @@ const STAGING_PREFIX = '.creating-';
  * spawned after the rename). A live writer that loses the race fails its create cleanly.
  */
 const STAGING_ABANDONED_MS = 1_000;
+/** The folder of the worker's own in its spawn's folder where it binds its socket. */
+const SOCKET_DIR = 's';
+
+/** The options of a configured process backend (`agents.executionBackends.<name>`, type process). */
+export function processBackendOptions(name: string, config: ProcessBackendConfig): ProcessBackendOptions {
+  const isolation = config.isolation;
+  return {
+    name,
+    ...(config.stateDir ? { stateDir: config.stateDir } : {}),
+    ...(config.allowedHostPaths ? { allowedHostPaths: config.allowedHostPaths } : {}),
+    ...(config.secretsDir ? { secretsDir: config.secretsDir } : {}),
+    ...(isolation
+      ? {
+          isolation: {
+            ...(isolation.user ? { user: isolation.user } : {}),
+            ...(isolation.uidRange ? { uidRange: isolation.uidRange } : {}),
+            ...(isolation.cgroups ? { cgroups: isolation.cgroups } : {}),
+            ...(isolation.cgroupParent ? { cgroupParent: isolation.cgroupParent } : {}),
+            ...(isolation.pidsMax ? { pidsMax: isolation.pidsMax } : {}),
+          },
+        }
+      : {}),
+  };
+}
 
 export function createProcessBackend(options: ProcessBackendOptions): Backend {
   const stateDir = options.stateDir ?? defaultProcessStateDir();
@@ -145,6 +229,16 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
   // The host does not change under us: probe once, on the first profile that needs it.
   let isolation: Promise<IsolationProbe> | null = null;
   let loopback: Promise<IsolationProbe> | null = null;
+  const isolationOptions = options.isolation ?? {};
+  const uidMode = (isolationOptions.user ?? 'uid') === 'uid';
+  const uidPool = createUidPool(options.uidLeaseDir ?? DEFAULT_UID_LEASE_DIR, isolationOptions.uidRange ?? DEFAULT_UID_RANGE);
+  let hostReport: Promise<ProcessHostReport> | null = null;
+  /** Who workers can run as and what can limit them here: found out once, on the first spawn. */
+  const host = (): Promise<ProcessHostReport> =>
+    (hostReport ??= inspectProcessHost(isolationOptions, {
+      ...(options.privileges ? { privileges: options.privileges } : {}),
+      ...(options.cgroupMount ? { cgroupMount: options.cgroupMount } : {}),
+    }));
   /** spawngate's own egress proxies of this gateway process's workers, by spawn id (see usesOwnProxy). */
   const proxies = new Map<string, EgressProxy>();
 
@@ -165,10 +259,17 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
 
   /** The spawn's folder, made under a staging name and renamed: it never exists without its intent. */
   async function writeIntent(state: StateFile): Promise<void> {
-    await mkdir(stateDir, { recursive: true, mode: 0o700 });
+    await mkdir(stateDir, { recursive: true, mode: uidMode ? 0o711 : 0o700 });
+    if (uidMode) {
+      // Workers pass through stateDir and their spawn's folder to reach their own folders; only
+      // the gateway may list them or read what is in them (state.json, the log: 0600).
+      const st = await stat(stateDir);
+      if ((st.mode & 0o001) === 0) await chmod(stateDir, (st.mode & 0o7777) | 0o001);
+    }
     const staging = join(stateDir, `${STAGING_PREFIX}${state.spawnId}`);
     await rm(staging, { recursive: true, force: true });
     await mkdir(staging, { mode: 0o700 });
+    if (uidMode) await chmod(staging, 0o711);
     try {
       await writeFile(join(staging, 'state.json'), JSON.stringify(state), { mode: 0o600 });
       await rename(staging, state.dir);
@@ -204,13 +305,27 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     };
   }
 
-  /** The worker's process if it runs: by its recorded pid and start time, or, for an intent without a pid, by its environment. */
+  /** The uid leased to this worker, if it still is (a lease released and given to another worker is not its any more). */
+  async function leasedUid(state: StateFile): Promise<number | null> {
+    if (state.uid === undefined || state.uid === null) return null;
+    return (await uidPool.holds(state.uid, state.spawnId)) ? state.uid : null;
+  }
+
+  /**
+   * The worker's process if it runs: by its recorded pid and start time, or, for an intent without
+   * a pid, by its environment, else as the topmost process of the uid leased to it alone.
+   */
   async function locate(state: StateFile): Promise<ProcessIdentity | null> {
     if (state.pid !== null) {
       if (state.startTime === null) return null;
       return (await isOurProcess(state.pid, state.startTime)) ? { pid: state.pid, startTime: state.startTime } : null;
     }
-    return findProcessByEnv('SPAWNGATE_SPAWN_ID', state.spawnId);
+    const uid = await leasedUid(state);
+    const found = await findProcessByEnv('SPAWNGATE_SPAWN_ID', state.spawnId, uid);
+    if (found || uid === null) return found;
+    const pid = await topmostOfUid(uid);
+    const startTime = pid === null ? null : await processStartTime(pid);
+    return pid !== null && startTime !== null ? { pid, startTime } : null;
   }
 
   /** The state once a just-observed exit of our own child is on disk (bounded: the exit event is at most seconds away). */
@@ -267,11 +382,11 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     }
   }
 
-  function armDeadline(spawnId: string, worker: ProcessIdentity, ms: number): void {
+  function armDeadline(spawnId: string, worker: ProcessIdentity, ms: number, cgroup: CgroupPlan | null): void {
     const timer = setTimeout(() => {
       deadlines.delete(spawnId);
       timedOut.add(spawnId);
-      void terminate(worker);
+      void terminate(worker, cgroup);
     }, ms);
     timer.unref();
     deadlines.set(spawnId, timer);
@@ -302,7 +417,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     sizeWatches.set(spawnId, timer);
   }
 
-  async function terminate(worker: ProcessIdentity): Promise<void> {
+  async function terminate(worker: ProcessIdentity, cgroup: CgroupPlan | null = null): Promise<void> {
     const { pid, startTime } = worker;
     if (!(await isOurProcess(pid, startTime))) return;
     signalGroup(pid, 'SIGTERM');
@@ -310,7 +425,115 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       if (!(await isOurProcess(pid, startTime))) return;
       await sleep(50);
     }
-    if (await isOurProcess(pid, startTime)) signalGroup(pid, 'SIGKILL');
+    if (await isOurProcess(pid, startTime)) {
+      signalGroup(pid, 'SIGKILL');
+      // Also what left the process group (setsid) but not the worker's cgroup.
+      if (cgroup) await killCgroup(cgroup);
+    }
+  }
+
+  /** The worker's command: the profile's, else this backend's worker (this Node on this package's worker). */
+  function workerArgv(spec: WorkerSpec): string[] {
+    return spec.command ? [...spec.command, ...(spec.args ?? [])] : [...(options.workerCommand ?? workerBinCommand()), ...(spec.args ?? [])];
+  }
+
+  /**
+   * The first program or script of the worker's or the agent's command a worker's uid could not run
+   * or read (a copy of spawngate in a private folder, an agent installed in root's home).
+   */
+  async function commandsClosedToWorkers(spec: WorkerSpec): Promise<{ what: string; file: string; why: string; field: string } | null> {
+    const commands: { argv: readonly string[]; field: string; what: string }[] = [
+      { argv: workerArgv(spec), field: 'command', what: 'the worker\'s' },
+      ...(spec.agentCommand ? [{ argv: spec.agentCommand, field: `agents.acp.${spec.agentId}.command`, what: `agent ${spec.agentId}'s` }] : []),
+    ];
+    for (const { argv, field, what } of commands) {
+      const [cmd, ...args] = argv;
+      // As the worker's execvp sees PATH: a match it cannot reach is passed over for the next one.
+      const programs = cmd ? await commandCandidates(cmd, join(stateDir, spec.spawnId, 'workspace')) : [];
+      let closed: { file: string; why: string } | null = null;
+      for (const program of programs) {
+        const why = await closedToOthers(program, 0o001);
+        if (!why) {
+          closed = null;
+          break;
+        }
+        closed ??= { file: program, why };
+      }
+      if (closed) return { what: `${what} program`, file: closed.file, why: closed.why, field };
+      // Scripts and modules named by an absolute path (node /path/to/bin.js): the worker reads them.
+      for (const arg of args) {
+        if (!arg.startsWith('/') || !(await stat(arg).then((st) => st.isFile(), () => false))) continue;
+        const why = await closedToOthers(arg, 0o004);
+        if (why) return { what: `${what} file`, file: arg, why, field };
+      }
+    }
+    return null;
+  }
+
+  /** The folder above `stateDir` (or stateDir's nearest existing ancestor and above) that others may not pass through, if any. */
+  async function stateDirBlocked(): Promise<{ path: string; mode: string } | null> {
+    let existing = resolve(stateDir);
+    while (!(await stat(existing).then(() => true, () => false))) {
+      if (dirname(existing) === existing) return null;
+      existing = dirname(existing);
+    }
+    const real = await realpath(existing).catch(() => existing);
+    // stateDir itself is given o+x by writeIntent; every folder above it must have it already.
+    const start = real === (await realpath(stateDir).catch(() => null)) ? dirname(real) : real;
+    for (let dir = start; ; dir = dirname(dir)) {
+      const st = await stat(dir).catch(() => null);
+      if (st && (st.mode & 0o001) === 0) return { path: dir, mode: (st.mode & 0o777).toString(8).padStart(4, '0') };
+      if (dirname(dir) === dir) return null;
+    }
+  }
+
+  /**
+   * Refuses a spec this host cannot run as configured: workers under uids of their own without the
+   * privilege to switch, limits without the cgroup controllers to enforce them.
+   */
+  async function checkHost(spec: WorkerSpec): Promise<ProcessHostReport> {
+    const report = await host();
+    const { identity, cgroups } = report;
+    if (identity.mode === 'uid') {
+      if (!identity.ok) {
+        throw new BackendError(
+          'BACKEND_UNAVAILABLE',
+          `profile ${spec.profileName}: process backend ${options.name} runs each worker under a uid of its own (isolation.user "uid", the default), which it cannot here: ${identity.reason}. Run the gateway as root, or with ${UID_MODE_CAPABILITIES.join(', ')} (e.g. systemd AmbientCapabilities=); or set isolation.user: none on backend ${options.name}, and workers share the gateway's identity (an agent can then read the gateway's environment and files and other workers' state)`,
+          { details: { field: 'isolation.user', reason: 'IdentityUnavailable', missing: identity.missing } },
+        );
+      }
+      if (spec.workspace.strategy === 'hostPath') {
+        throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: a hostPath workspace is a host folder shared by every worker of the profile, which process backend ${options.name} cannot hand to workers that each run under a uid of their own; use a git or ephemeral workspace, or set isolation.user: none on the backend`, {
+          details: { field: 'workspace.strategy', reason: 'HostPathUnsupported' },
+        });
+      }
+      const unusable = await commandsClosedToWorkers(spec);
+      if (unusable) {
+        throw new BackendError('BACKEND_UNAVAILABLE', `profile ${spec.profileName}: workers of process backend ${options.name} run under uids of their own and cannot use ${unusable.what} ${unusable.file}: ${unusable.why}; install it where every user can read it (e.g. npm install -g), point ${unusable.field === 'command' ? 'the profile\'s command' : unusable.field} at such a copy, or set isolation.user: none on the backend`, {
+          details: { field: unusable.field, reason: 'CommandUnreadable' },
+        });
+      }
+      const blocked = await stateDirBlocked();
+      if (blocked) {
+        throw new BackendError('BACKEND_UNAVAILABLE', `process backend ${options.name}: workers run under uids of their own and pass through every folder above stateDir ${stateDir} to reach their own, but ${blocked.path} (mode ${blocked.mode}) lets only its owner through; allow it (chmod o+x ${blocked.path}) or put stateDir under folders everyone may pass through (e.g. /var/lib/spawngate/process)`, {
+          details: { field: 'stateDir', reason: 'StateDirNotTraversable' },
+        });
+      }
+    }
+    const { unenforced } = describeCgroups(cgroups);
+    const cannot = neededControllers(spec).filter((need) => unenforced.some((u) => u.controller === need.controller));
+    if (cannot.length > 0) {
+      const why = [...new Set(cannot.map((need) => unenforced.find((u) => u.controller === need.controller)?.why))].join('; ');
+      throw new BackendError('BACKEND_UNAVAILABLE', `profile ${spec.profileName}: ${cannot.map((need) => `${need.field} ${need.value}`).join(', ')} cannot be enforced by process backend ${options.name} (${why}); run the gateway where it can manage cgroups (as root, with /sys/fs/cgroup writable), or remove the limit from the profile: a limit is never silently left unenforced`, {
+        details: { field: cannot[0]!.field, reason: 'LimitsUnenforceable' },
+      });
+    }
+    if (cgroups.mode === 'required' && unenforced.length > 0) {
+      throw new BackendError('BACKEND_UNAVAILABLE', `profile ${spec.profileName}: process backend ${options.name} requires cgroups (isolation.cgroups "required"), and cannot use ${unenforced.map((u) => `${u.controller} (${u.why})`).join(', ')}`, {
+        details: { field: 'isolation.cgroups', reason: 'CgroupsUnavailable' },
+      });
+    }
+    return report;
   }
 
   async function phaseOf(state: StateFile): Promise<{ phase: WorkerPhase; worker: ProcessIdentity | null }> {
@@ -365,26 +588,54 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
   }
 
   /** Starts the child of an intent and records its pid; throws with nothing of it left running. */
-  async function startChild(spec: WorkerSpec, intent: StateFile): Promise<{ state: StateFile; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> }> {
+  async function startChild(spec: WorkerSpec, intent: StateFile, report: ProcessHostReport): Promise<{ state: StateFile; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> }> {
+    const uid = intent.uid ?? null;
+    /** A folder of the worker's own: under uid isolation, its uid's (0700), in the gateway's folder it cannot list. */
+    const ownFolder = async (path: string) => {
+      await mkdir(path, { recursive: true, mode: 0o700 });
+      if (uid !== null) await chown(path, uid, uid);
+    };
     const workspace = spec.workspace.strategy === 'hostPath' ? await checkHostPath(spec.profileName, spec.workspace.path) : join(intent.dir, 'workspace');
-    if (spec.workspace.strategy !== 'hostPath') await mkdir(workspace, { recursive: true, mode: 0o700 });
+    if (spec.workspace.strategy !== 'hostPath') await ownFolder(workspace);
     const home = join(intent.dir, 'home');
-    await mkdir(home, { recursive: true, mode: 0o700 });
+    await ownFolder(home);
     // Agents leave sockets, extracted libraries and crash reports in $TMPDIR: this worker's own, removed with it.
     const tmp = join(intent.dir, 'tmp');
-    await mkdir(tmp, { recursive: true, mode: 0o700 });
+    await ownFolder(tmp);
+    // The worker binds its socket in a folder of its own: no other worker can reach it.
+    if (intent.socketPath) await ownFolder(dirname(intent.socketPath));
     // egress none: a fresh network namespace has no route anywhere, so the worker is reached over a unix socket.
     // Egress through spawngate's proxy: the same, plus loopback (where the worker offers the proxy to its agent).
     const ownProxy = usesOwnProxy(spec);
     const isolated = spec.egress === 'none' || ownProxy;
-    const [cmd, ...cmdArgs] = spec.command ? [...spec.command, ...(spec.args ?? [])] : [...(options.workerCommand ?? workerBinCommand()), ...(spec.args ?? [])];
+    const [cmd, ...cmdArgs] = workerArgv(spec);
     if (!cmd) throw new BackendError('BACKEND_FAILED', `profile ${spec.profileName}: empty worker command`, { details: { field: 'command' } });
-    const argv = ownProxy ? ['unshare', ...UNSHARE_ARGS, ...LOOPBACK_UP, cmd, ...cmdArgs] : isolated ? ['unshare', ...UNSHARE_ARGS, cmd, ...cmdArgs] : [cmd, ...cmdArgs];
+    // The command is exec'd behind the wrappers (cgroup gate, unshare, setpriv), where "not found"
+    // would be the exit of a started worker: looked up first, as spawn() itself would fail.
+    if (!(await resolveCommand(cmd, workspace))) {
+      throw new BackendError('BACKEND_FAILED', `cannot start worker ${cmd}: spawn ${cmd} ENOENT`, { details: { reason: 'StartError' } });
+    }
+    const loopbackUp = ownProxy ? [...LOOPBACK_UP] : [];
+    let argv = [cmd, ...cmdArgs];
+    if (uid !== null) {
+      // setpriv drops to the worker's uid last: the namespace and the cgroup are made by the gateway's user.
+      const drop = dropArgs(uid, uid);
+      if (!isolated) argv = [...drop, ...argv];
+      else if (report.identity.netnsBeforeDrop) argv = ['unshare', ...UNSHARE_NET_ARGS, ...loopbackUp, ...drop, ...argv];
+      else argv = [...drop, 'unshare', ...UNSHARE_ARGS, ...loopbackUp, ...argv];
+    } else if (isolated) argv = ['unshare', ...UNSHARE_ARGS, ...loopbackUp, ...argv];
+    // First of all, the worker's first process joins its cgroups: nothing of it runs unlimited.
+    if (intent.cgroup) argv = [...CGROUP_GATE, ...procsFiles(intent.cgroup), '--', ...argv];
     const egressSocket = join(intent.dir, 'egress.sock');
     if (ownProxy) {
       // Into the worker's own log, so `spawngate logs` shows what the agent tried to reach.
       const logProxy = (d: EgressDecision) => void appendFile(intent.logFile, `${egressLogLine(d)}\n`).catch(() => undefined);
       proxies.set(spec.spawnId, await startEgressProxy({ socketPath: egressSocket, allow: spec.egressAllow, onDecision: logProxy }));
+      if (uid !== null) {
+        // This worker's way out, and no other worker's.
+        await chown(egressSocket, uid, uid);
+        await chmod(egressSocket, 0o600);
+      }
     }
     const memory = parseMemoryBytes(spec.resources.limits.memory);
     const env: Record<string, string> = {
@@ -406,7 +657,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       ...(spec.traceparent ? { TRACEPARENT: spec.traceparent } : {}),
       ...(spec.egress === 'proxy' && options.proxyUrl ? { HTTPS_PROXY: options.proxyUrl, HTTP_PROXY: options.proxyUrl } : {}),
       ...(ownProxy ? { SPAWNGATE_EGRESS_PROXY_SOCKET: egressSocket } : {}),
-      // Best effort only: a V8 heap cap approximates the memory limit; there is no cgroup here.
+      // On top of the cgroup's limit: a V8 heap cap makes a Node worker fail with a heap error before the OOM killer comes.
       ...(memory ? { NODE_OPTIONS: `--max-old-space-size=${Math.max(32, Math.floor((memory / 2 ** 20) * 0.75))}` } : {}),
     };
     const logFd = openSync(intent.logFile, 'a', 0o600);
@@ -442,6 +693,29 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     }
   }
 
+  let leasesCollectedAt = 0;
+  /** Now and then (at most every 10 minutes, in the background): leases whose spawn's folder was removed by hand go back to the range. */
+  function collectLeases(): void {
+    if (Date.now() - leasesCollectedAt < 10 * 60_000) return;
+    leasesCollectedAt = Date.now();
+    void uidPool.collect().catch(() => undefined);
+    // And the cgroups of such workers: every live worker here holds a lease (taken before its groups are made).
+    void host()
+      .then(async (report) => {
+        if (!report.cgroups.host) return;
+        const leased = new Set([...(await uidPool.leases()).values()].map((lease) => lease.spawnId));
+        await collectCgroups(report.cgroups.host, (spawnId) => Promise.resolve(leased.has(spawnId)));
+      })
+      .catch(() => undefined);
+  }
+
+  /** Where a worker's cgroups would be, for a delete that has no state file to read them from. */
+  async function plannedCgroup(spawnId: string): Promise<CgroupPlan | null> {
+    if ((isolationOptions.cgroups ?? 'auto') === 'off') return null;
+    const found = (await host()).cgroups.host;
+    return found ? planCgroup(found, spawnId) : null;
+  }
+
   const backend: Backend = {
     specVersion: BACKEND_SPEC_VERSION,
     kind: 'process',
@@ -449,8 +723,9 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
 
     async validate(spec) {
       checkSpec(spec);
+      const report = await checkHost(spec);
       if (usesOwnProxy(spec)) {
-        loopback ??= probeNetworkIsolation('unshare', 5000, LOOPBACK_UP);
+        loopback ??= probeWorkerNetwork(report.identity, true);
         const probe = await loopback;
         if (!probe.ok) {
           throw new BackendError('BACKEND_UNAVAILABLE', `profile ${spec.profileName}: egress "proxy" through spawngate's proxy needs a network namespace with loopback, which this host cannot make (${probe.reason}); install util-linux and iproute2 (ip) and allow user namespaces, or set proxyUrl`, {
@@ -459,7 +734,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
         }
       }
       if (spec.egress === 'none') {
-        isolation ??= probeNetworkIsolation();
+        isolation ??= probeWorkerNetwork(report.identity, false);
         const probe = await isolation;
         if (!probe.ok) {
           throw new BackendError('BACKEND_UNAVAILABLE', `profile ${spec.profileName}: egress "none" needs an empty network namespace, which this host cannot make (${probe.reason}); install util-linux and allow user namespaces, or use a container backend`, {
@@ -471,6 +746,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
 
     async create(spec) {
       checkSpec(spec);
+      const report = await checkHost(spec);
+      const cgroup = report.cgroups.host ? planCgroup(report.cgroups.host, spec.spawnId) : null;
       const dir = join(stateDir, spec.spawnId);
       const now = new Date();
       const intent: StateFile = {
@@ -485,9 +762,11 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
         deadlineAt: new Date(now.getTime() + spec.timeoutSeconds * 1000).toISOString(),
         dir,
         logFile: join(dir, 'worker.log'),
-        socketPath: spec.egress === 'none' || usesOwnProxy(spec) ? join(dir, 'w.sock') : null,
+        socketPath: spec.egress === 'none' || usesOwnProxy(spec) ? join(dir, SOCKET_DIR, 'w.sock') : null,
         token: spec.token,
         exit: null,
+        uid: null,
+        cgroup,
       };
       creatingHere.add(spec.spawnId);
       try {
@@ -501,11 +780,23 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
         }
         let started;
         try {
-          started = await startChild(spec, intent);
+          let leased = intent;
+          if (report.identity.mode === 'uid') {
+            // Leased after the intent exists (a delete finds the lease by the spawn id), recorded before anything runs as it.
+            collectLeases();
+            leased = { ...intent, uid: await uidPool.acquire(spec.spawnId, resolve(stateDir)) };
+            await writeState(leased);
+          }
+          if (cgroup) await createCgroup(cgroup, { memoryBytes: parseMemoryBytes(spec.resources.limits.memory), cpu: parseCpu(spec.resources.limits.cpu), pids: spec.pidsLimit ?? report.cgroups.pidsMax });
+          started = await startChild(spec, leased, report);
         } catch (err) {
           // Nothing half-made may outlive a failed create: the caller gets no ref to delete it by.
           await proxies.get(spec.spawnId)?.close().catch(() => undefined);
           proxies.delete(spec.spawnId);
+          if (cgroup) await removeCgroup(cgroup).catch(() => undefined);
+          await uidPool.kill(spec.spawnId).catch(() => undefined);
+          await chmod(dir, 0o700).catch(() => undefined);
+          await uidPool.release(spec.spawnId).catch(() => undefined);
           await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 20 }).catch(() => undefined);
           if (err instanceof SpawngateError) throw err;
           throw new BackendError('BACKEND_FAILED', `cannot start worker ${spec.spawnId}: ${(err as Error).message}`, { cause: err, details: { reason: 'StartError' } });
@@ -520,7 +811,10 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
             deadlines.delete(spec.spawnId);
             clearInterval(sizeWatches.get(spec.spawnId));
             sizeWatches.delete(spec.spawnId);
-            const reason = exitReason(code, signal, timedOut.delete(spec.spawnId), oversized.delete(spec.spawnId));
+            const wasTimedOut = timedOut.delete(spec.spawnId);
+            const wasOversized = oversized.delete(spec.spawnId);
+            const oom = cgroup !== null && (signal !== null || code !== 0) && (await oomKills(cgroup)) > 0;
+            const reason = exitReason(code, signal, wasTimedOut, wasOversized, oom);
             if (deleting.has(spec.spawnId)) return;
             // The state dir may already be gone when the exit follows a delete.
             const current = await readState(spec.spawnId);
@@ -529,7 +823,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
           .catch(() => undefined)
           .finally(() => exitRecords.delete(spec.spawnId));
         exitRecords.set(spec.spawnId, record);
-        if (state.startTime) armDeadline(spec.spawnId, { pid, startTime: state.startTime }, spec.timeoutSeconds * 1000);
+        if (state.startTime) armDeadline(spec.spawnId, { pid, startTime: state.startTime }, spec.timeoutSeconds * 1000, cgroup);
         const limit = 'sizeLimit' in spec.workspace ? parseMemoryBytes(spec.workspace.sizeLimit ?? null) : null;
         if (state.startTime && limit !== null && spec.workspace.strategy !== 'hostPath') armSizeWatch(spec.spawnId, { pid, startTime: state.startTime }, join(dir, 'workspace'), limit);
         return { spawnId: spec.spawnId, backendName: options.name, nativeId: String(pid) };
@@ -593,11 +887,17 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       let message: string | null = null;
       if (state.exit) message = `exit code ${state.exit.code ?? 'none'}${state.exit.signal ? `, signal ${state.exit.signal}` : ''}`;
       else if (phase === 'gone') message = state.creating ? 'the worker was being created, and no process carries its spawn id' : 'process is gone and its exit was not observed';
+      let reason: string | null = null;
+      if (!worker && phase !== 'pending') {
+        // An exit this gateway did not see (it restarted) may still show in the worker's memory group.
+        const oom = !state.exit && state.cgroup ? (await oomKills(state.cgroup)) > 0 : false;
+        reason = state.exit?.reason ?? (oom ? 'OOMKilled' : 'Unknown');
+      }
       const status: WorkerStatus = {
         nativeId: pid === null ? '' : String(pid),
         phase,
         ready,
-        reason: worker || phase === 'pending' ? null : (state.exit?.reason ?? 'Unknown'),
+        reason,
         message,
         exitCode: state.exit?.code ?? null,
         attributes: pid === null ? {} : { 'process.pid': pid },
@@ -623,11 +923,11 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       const proxy = proxies.get(ref.spawnId);
       proxies.delete(ref.spawnId);
       try {
+        const state = await readState(ref.spawnId);
         try {
-          const state = await readState(ref.spawnId);
           // An intent without a pid is found by its environment: a worker whose pid was never recorded is still stopped.
           const worker = state ? await locate(state) : null;
-          if (worker) await terminate(worker);
+          if (worker) await terminate(worker, state?.cgroup ?? null);
           // terminate() returns once the worker is a zombie, which can be before its exit event.
           const record = exitRecords.get(ref.spawnId);
           if (record) await within(record, killGraceMs + 2000);
@@ -635,6 +935,13 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
           // Only once the worker is gone: under egress "proxy" it flushes its spans through the proxy as it stops.
           await proxy?.close();
         }
+        // What is left of it: processes that left its process group (in its cgroup, or of its uid), its cgroups, its uid's lease.
+        const cgroup = state ? (state.cgroup ?? null) : await plannedCgroup(ref.spawnId);
+        if (cgroup) await removeCgroup(cgroup);
+        await uidPool.kill(ref.spawnId);
+        // Closed to its uid before the uid goes back: a later holder of it cannot reach what this worker left.
+        await chmod(join(stateDir, ref.spawnId), 0o700).catch(() => undefined);
+        await uidPool.release(ref.spawnId);
         // Retries cover a writer this object does not know (another backend object on the same stateDir).
         await rm(join(stateDir, ref.spawnId), { recursive: true, force: true, maxRetries: 5, retryDelay: 20 });
         // A gateway killed between staging and rename left only the staging folder (no process: the child comes after the rename).

@@ -56,11 +56,15 @@ async function statFields(pid: number): Promise<{ state: string; ppid: number; s
  * program runs a single instruction, so this finds a worker whose pid the gateway never got to
  * record (killed between the spawn and the state write), whatever command the worker runs and
  * however early it dies. When children inherited the variable (the worker's agent), the topmost
- * match wins: the one whose parent does not carry it too.
+ * match wins: the one whose parent does not carry it too. `alsoUid`: the uid the worker was leased,
+ * whose processes are searched too (reading their environment needs CAP_SYS_PTRACE; without it the
+ * caller finds them by their uid instead).
  */
-export async function findProcessByEnv(name: string, value: string): Promise<ProcessIdentity | null> {
+export async function findProcessByEnv(name: string, value: string, alsoUid: number | null = null): Promise<ProcessIdentity | null> {
   const wanted = `${name}=${value}`;
   const uid = typeof process.getuid === 'function' ? process.getuid() : null;
+  // A worker under a uid of its own (leased to it alone) carries that uid once it dropped to it.
+  const uids = new Set([uid, alsoUid].filter((u): u is number => u !== null));
   let entries: string[];
   try {
     entries = await readdir('/proc');
@@ -73,7 +77,7 @@ export async function findProcessByEnv(name: string, value: string): Promise<Pro
     const pid = Number(entry);
     try {
       // Only our own processes: a stranger's process that copies the variable must never be signalled.
-      if (uid !== null && (await stat(`/proc/${pid}`)).uid !== uid) continue;
+      if (uids.size > 0 && !uids.has((await stat(`/proc/${pid}`)).uid)) continue;
       const environ = await readFile(`/proc/${pid}/environ`, 'latin1');
       if (!environ.split('\0').includes(wanted)) continue;
     } catch {

@@ -2,7 +2,10 @@
  * `spawngate doctor`: checks that this config can actually run here, each failure with one concrete
  * fix. For every kubernetes backend: credentials, API server, namespace, a SelfSubjectAccessReview
  * per permission in KUBERNETES_PERMISSIONS, and a server-side dry run of every profile. For a
- * container backend: the Docker Engine answers. Always: the policy bundle loads.
+ * container backend: the Docker Engine answers. For a process backend: under which identity its
+ * workers run and whether the gateway can give them one, which cgroup controllers enforce their
+ * limits (and what nothing enforces), and the network namespace of egress "none". Always: the
+ * policy bundle loads.
  */
 import { SHIPPED_BUNDLE } from '../../admission/gate.js';
 import { createPolicyEngine } from '../../admission/engine.js';
@@ -16,7 +19,8 @@ import type { Command } from '../framework.js';
 import { EXIT, str } from '../framework.js';
 import { formatTable, jsonLinesOption, outputFormat, outputOption, writeRecord } from '../output.js';
 
-export type CheckResult = 'ok' | 'fail' | 'skipped';
+/** "warn": works, but with less isolation than the default (an opt-out, a limit nothing enforces); does not fail the report. */
+export type CheckResult = 'ok' | 'warn' | 'fail' | 'skipped';
 
 export interface DoctorCheck {
   check: string;
@@ -98,22 +102,68 @@ async function checkDocker(name: string, config: Extract<BackendConfig, { type: 
   }
 }
 
-/** Process workers with egress "none" run in an empty network namespace: prove the host can make one. */
-async function checkProcessIsolation(name: string, config: Extract<BackendConfig, { type: 'process' }>): Promise<DoctorCheck | null> {
-  const profiles = Object.values(config.profiles ?? {});
+type ProcessBackendConfig = Extract<BackendConfig, { type: 'process' }>;
+
+/**
+ * A process backend: the identity its workers get (a uid of their own, or the gateway's), the
+ * cgroup controllers that enforce their limits, and the empty network namespace of egress "none",
+ * each found out the way the backend does it (the same probes, the same cgroup folders).
+ */
+async function checkProcessBackend(name: string, config: ProcessBackendConfig): Promise<DoctorCheck[]> {
+  const { inspectProcessHost, describeCgroups, probeWorkerNetwork } = await import('../../backends/process/host.js');
+  const { processBackendOptions } = await import('../../backends/process/index.js');
+  const { UID_MODE_CAPABILITIES } = await import('../../backends/process/identity.js');
+  const report = await inspectProcessHost(processBackendOptions(name, config).isolation ?? {});
+  const checks: DoctorCheck[] = [];
+  const add = (check: string, result: CheckResult, detail: string, fix: string | null = null) => checks.push({ check: `${name}: ${check}`, backend: name, result, detail, fix });
+  const notHidden = 'not isolated either way: world-readable host files, other processes\' command lines, the kernel (docs/process-backend.md)';
+
+  const { identity } = report;
+  const end = identity.range.start + identity.range.count - 1;
+  if (identity.mode === 'none') {
+    add('worker identity', 'warn', `isolation.user is "none": workers share the gateway's identity (uid ${identity.uid}); an agent can read the gateway's environment and files and other workers' state and sockets; ${notHidden}`, `remove isolation.user: none from backend ${name} and run the gateway as root (or with ${UID_MODE_CAPABILITIES.join(', ')})`);
+  } else if (identity.ok) {
+    const how = identity.uid === 0 ? 'root' : `uid ${identity.uid} with ${UID_MODE_CAPABILITIES.join(', ')}`;
+    add('worker identity', 'ok', `each worker runs under a uid and gid of its own from ${identity.range.start}–${end}, no supplementary groups, no capabilities, no_new_privs (the gateway runs as ${how}); ${notHidden}`);
+  } else {
+    add('worker identity', 'fail', `workers must run under uids of their own (isolation.user "uid", the default), but ${identity.reason}: every spawn is refused`, `run the gateway as root, or with ${UID_MODE_CAPABILITIES.join(', ')} (systemd: AmbientCapabilities=); or set isolation.user: none on backend ${name}, and workers share the gateway's identity (an agent can read its environment and files)`);
+  }
+
+  const { enforced, unenforced } = describeCgroups(report.cgroups);
+  const profiles = Object.entries(config.profiles ?? {});
+  const needs: { profile: string; controller: string; field: string }[] = [];
+  for (const [profile, p] of profiles) {
+    if (p.resources?.limits?.memory) needs.push({ profile, controller: 'memory', field: 'resources.limits.memory' });
+    if (p.resources?.limits?.cpu) needs.push({ profile, controller: 'cpu', field: 'resources.limits.cpu' });
+    if (p.pidsLimit !== undefined) needs.push({ profile, controller: 'pids', field: 'pidsLimit' });
+  }
+  const refused = needs.filter((need) => unenforced.some((u) => u.controller === need.controller));
+  const version = report.cgroups.host?.version;
+  const enforcedText = enforced.length > 0 ? `cgroup v${version}: ${enforced.join(', ')} enforced per worker (pids.max ${report.cgroups.pidsMax} unless a profile sets pidsLimit)` : 'no cgroup controller is usable';
+  const unenforcedText = unenforced.map((u) => `${u.controller} not enforced (${u.why})`).join('; ');
+  const off = report.cgroups.mode === 'off';
+  const detail = off ? 'isolation.cgroups is "off": nothing limits a worker\'s memory, cpu or processes' : [enforcedText, unenforcedText].filter(Boolean).join('; ');
+  const cgroupFix = off
+    ? `remove isolation.cgroups: off from backend ${name} (the default "auto" uses the host's cgroups)`
+    : 'run the gateway as root where /sys/fs/cgroup is writable (a container needs its cgroup delegated, e.g. --cgroupns=private with a writable cgroup2 mount), or set isolation.cgroupParent to a cgroup the gateway may manage';
+  if (refused.length > 0) {
+    add('resource limits (cgroups)', 'fail', `${detail}; refused: ${refused.map((r) => `profile ${r.profile} (${r.field})`).join(', ')}`, `${cgroupFix}; or remove those limits from the profiles`);
+  } else if (report.cgroups.mode === 'required' && unenforced.length > 0) {
+    add('resource limits (cgroups)', 'fail', `${detail}; isolation.cgroups is "required": every spawn is refused`, cgroupFix);
+  } else if (unenforced.length > 0) {
+    add('resource limits (cgroups)', 'warn', `${detail}; a profile that sets such a limit is refused, never run unlimited`, cgroupFix);
+  } else {
+    add('resource limits (cgroups)', 'ok', detail);
+  }
+
   // A backend without profiles has the implicit default profile, whose egress is "none".
-  const needsIsolation = profiles.length === 0 || profiles.some((p) => (p.egress ?? 'none') === 'none');
-  if (!needsIsolation) return null;
-  const { probeNetworkIsolation } = await import('../../backends/process/isolation.js');
-  const probe = await probeNetworkIsolation();
-  const check = { check: `${name}: egress "none" isolation (unshare)`, backend: name };
-  if (probe.ok) return { ...check, result: 'ok', detail: 'an empty network namespace can be created', fix: null };
-  return {
-    ...check,
-    result: 'fail',
-    detail: probe.reason,
-    fix: 'install util-linux (unshare) and allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces > 0), or run these profiles on a container backend',
-  };
+  const needsIsolation = profiles.length === 0 || profiles.some(([, p]) => (p.egress ?? 'none') === 'none');
+  if (needsIsolation) {
+    const probe = identity.ok ? await probeWorkerNetwork(identity, false) : await (await import('../../backends/process/isolation.js')).probeNetworkIsolation();
+    if (probe.ok) add('egress "none" isolation (unshare)', 'ok', 'an empty network namespace can be created');
+    else add('egress "none" isolation (unshare)', 'fail', probe.reason, 'install util-linux (unshare) and allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces > 0), or run these profiles on a container backend');
+  }
+  return checks;
 }
 
 /** A WorkerSpec for a profile as a spawn would build it, to dry-run it. */
@@ -277,16 +327,13 @@ export async function runDoctor(config: SpawngateConfig, options: DoctorOptions 
   for (const [name, backend] of Object.entries(config.agents.executionBackends)) {
     if (backend.type === 'kubernetes') checks.push(...(await checkKubernetes(name, backend, resolved)));
     else if (backend.type === 'container') checks.push(await checkDocker(name, backend, resolved));
-    else {
-      const isolation = await checkProcessIsolation(name, backend);
-      if (isolation) checks.push(isolation);
-    }
+    else checks.push(...(await checkProcessBackend(name, backend)));
   }
   return { ok: checks.every((c) => c.result !== 'fail'), checks };
 }
 
 export function formatDoctorTable(report: DoctorReport): string {
-  const rows = report.checks.map((c) => [c.check, c.result === 'ok' ? 'ok' : c.result === 'fail' ? 'FAIL' : 'skipped', c.result === 'fail' ? (c.fix ?? '') : c.detail]);
+  const rows = report.checks.map((c) => [c.check, c.result === 'fail' ? 'FAIL' : c.result === 'warn' ? 'WARN' : c.result, c.result === 'fail' ? (c.fix ?? '') : c.detail]);
   const header = ['CHECK', 'RESULT', 'FIX / DETAIL'];
   const width = (i: number) => Math.max(header[i]?.length ?? 0, ...rows.map((r) => r[i]?.length ?? 0));
   const [w0, w1] = [Math.min(width(0), 60), width(1)];
@@ -296,13 +343,16 @@ export function formatDoctorTable(report: DoctorReport): string {
   if (failures.length) {
     out.push('', `${failures.length} check(s) failed:`);
     for (const f of failures) out.push(`  ${f.check}: ${f.detail}`);
-  } else out.push('', 'all checks passed');
+  } else {
+    const warnings = report.checks.filter((c) => c.result === 'warn').length;
+    out.push('', warnings > 0 ? `all checks passed, ${warnings} with a warning (WARN: works, with less isolation than the default)` : 'all checks passed');
+  }
   return `${out.join('\n')}\n`;
 }
 
 export const doctorCommand: Command = {
   name: 'doctor',
-  summary: 'Check that the config can run here: cluster access and RBAC, profile dry runs, Docker, the policy bundle.',
+  summary: 'Check that the config can run here: cluster access and RBAC, profile dry runs, Docker, process workers\' identity and limits, the policy bundle.',
   usage: 'spawngate doctor [--config FILE] [--bundle FILE] [-o json|yaml|wide | --json]',
   options: {
     config: { type: 'string', short: 'c', value: 'FILE', description: 'Config (JSON or YAML) whose backends and profiles are checked.', default: 'the embedded default: process backend "local"' },
@@ -310,7 +360,10 @@ export const doctorCommand: Command = {
     output: outputOption(['json', 'yaml', 'wide'], 'a table: the fix of each failure, the detail of each pass'),
     json: jsonLinesOption('Print the report {"ok":…,"checks":[…]} as one compact JSON line.'),
   },
-  notes: ['Each network call is bounded by 10 s. Exit status: 0 every check passed, 1 a check failed, 2 usage error (unreadable or invalid config).'],
+  notes: [
+    'Each network call is bounded by 10 s. Exit status: 0 every check passed, 1 a check failed, 2 usage error (unreadable or invalid config).',
+    'A WARN (e.g. a process backend whose workers share the gateway\'s identity, isolation.user: none) does not fail the report.',
+  ],
   examples: [
     { description: 'Can this machine run the gateway\'s config? One fix per failure', command: 'spawngate doctor -c /etc/spawngate/gw.yaml' },
     { description: 'Both the detail and the fix of every check', command: 'spawngate doctor -c gw.yaml -o wide' },
@@ -326,7 +379,7 @@ export const doctorCommand: Command = {
       format === 'wide'
         ? formatTable(
             ['CHECK', 'RESULT', 'DETAIL', 'FIX'],
-            report.checks.map((c) => [c.check, c.result === 'fail' ? 'FAIL' : c.result, c.detail, c.fix ?? '-']),
+            report.checks.map((c) => [c.check, c.result === 'fail' ? 'FAIL' : c.result === 'warn' ? 'WARN' : c.result, c.detail, c.fix ?? '-']),
           )
         : formatDoctorTable(report),
     );
