@@ -8,7 +8,7 @@
  * after which the next turn sees only its own output; and the key, which reaches the model and no output.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -23,6 +23,8 @@ import { bareRepo } from '../helpers/git.js';
 import { callerFor, textOf } from '../helpers/turns.js';
 
 const root = mkdtempSync(join(tmpdir(), 'sg-agents-'));
+// Workers run under uids of their own (the process backend's default, as root): they pass through here to their folders.
+chmodSync(root, 0o711);
 const secretsDir = join(root, 'secrets');
 const decisionLog = join(root, 'decisions.jsonl');
 // Random and shaped like no credential the redaction knows: its absence below is by design, not by luck.

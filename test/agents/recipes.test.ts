@@ -5,7 +5,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +17,8 @@ import { testGate } from '../helpers/gate.js';
 import { callerFor, textOf, turnEvents } from '../helpers/turns.js';
 
 const root = mkdtempSync(join(tmpdir(), 'sg-recipes-'));
+// Workers run under uids of their own (the process backend's default, as root): they pass through here to their folders.
+chmodSync(root, 0o711);
 const secretsDir = join(root, 'secrets');
 const key = `model-key-${randomUUID()}`;
 const caller = callerFor('recipes');

@@ -4,7 +4,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export function git(args: string[], cwd: string, home: string): string {
-  return execFileSync('git', args, {
+  // safe.directory: the tests also look into workers' checkouts, which are owned by the workers' uids.
+  return execFileSync('git', ['-c', 'safe.directory=*', ...args], {
     cwd,
     encoding: 'utf8',
     env: { ...process.env, GIT_CONFIG_NOSYSTEM: '1', HOME: home, GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@example.com', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@example.com' },

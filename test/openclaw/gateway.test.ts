@@ -94,7 +94,9 @@ beforeAll(async () => {
         },
         agents: {
           executionBackends: {
-            local: { type: 'process', stateDir, defaultProfile: 'p', profiles: { p: { egress: 'open', ttlSeconds: 900, timeoutSeconds: 900 } } },
+            // Workers run under uids of their own, and OpenClaw keeps its copy of the plugin (spawngate
+            // included) private (0700): the worker is a copy everyone can read, as an operator installs it.
+            local: { type: 'process', stateDir, defaultProfile: 'p', profiles: { p: { egress: 'open', ttlSeconds: 900, timeoutSeconds: 900, command: [process.execPath, join(ROOT, 'dist/worker/bin.js')] } } },
             docker: {
               type: 'container',
               image: WORKER_IMAGE,

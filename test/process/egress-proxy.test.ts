@@ -6,7 +6,7 @@
  */
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,6 +24,8 @@ import { testGate } from '../helpers/gate.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-egress-'));
+// Workers run under uids of their own: they pass through here to their folders under stateDir.
+chmodSync(root, 0o711);
 // Not 127.0.0.1: that is the worker's own loopback (NO_PROXY); the gateway host's is reached at another 127.x address.
 const HOST = '127.0.0.2';
 const caller = callerFor('egress');

@@ -3,7 +3,7 @@
  * ACP ensureSession), and the session wishes of a request — cwd, env, model, resumeSessionId —
  * reaching a real worker on the process backend only as far as the profile's `accept` allows.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +17,8 @@ import { caller, collect } from '../telemetry/gate.js';
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const stateDir = mkdtempSync(join(tmpdir(), 'sg-hand-'));
 const repo = mkdtempSync(join(tmpdir(), 'sg-repo-'));
+// The cwd a request wishes for is entered by the worker's agent, under the worker's own uid.
+chmodSync(repo, 0o755);
 const gates: Spawngate[] = [];
 
 afterEach(async () => {

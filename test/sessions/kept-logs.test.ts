@@ -1,5 +1,5 @@
 /** The log of a worker that ended badly stays readable after the backend removed it (real process workers). */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,6 +9,8 @@ import { testGate } from '../helpers/gate.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-logs-'));
+// Workers run under uids of their own (the process backend's default, as root): they pass through here to their folders.
+chmodSync(root, 0o711);
 let gate: Spawngate;
 const caller = { sessionKey: 'agent:main:logs', depth: 0, channel: { id: 'logs', kind: 'cli', interactive: true }, user: { id: 'logs', roles: [] } };
 

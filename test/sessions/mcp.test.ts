@@ -1,5 +1,5 @@
 /** MCP servers from the profile reach the agent's ACP session (session/new), in ACP's shape; literal credentials are refused by path. */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,6 +10,8 @@ import { testGate } from '../helpers/gate.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-mcp-'));
+// Workers run under uids of their own (the process backend's default, as root): they pass through here to their folders.
+chmodSync(root, 0o711);
 let gate: Spawngate;
 const caller = { sessionKey: 'agent:main:mcp', depth: 0, channel: { id: 'mcp', kind: 'cli', interactive: true }, user: { id: 'mcp', roles: [] } };
 const servers = [

@@ -3,7 +3,7 @@
  * profile overridable from the config's policyData; every request and answer is on the stream and in
  * the decision log. The agent is the fixture's `edit`, which writes only when granted.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +16,8 @@ import { testGate } from '../helpers/gate.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-perm-'));
+// Workers run under uids of their own (the process backend's default, as root): they pass through here to their folders.
+chmodSync(root, 0o711);
 const decisionLog = join(root, 'decisions.jsonl');
 const hostDir = join(root, 'host');
 let gate: Spawngate;
@@ -30,6 +32,8 @@ beforeAll(async () => {
           type: 'process',
           stateDir: join(root, 's'),
           allowedHostPaths: [root],
+          // The coder's workspace is a host folder (hostPath), which a backend with a uid per worker refuses.
+          isolation: { user: 'none' },
           profiles: {
             coder: { egress: 'none', workspace: { strategy: 'hostPath', path: hostDir } },
             reviewer: { egress: 'none' },

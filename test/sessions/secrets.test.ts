@@ -5,7 +5,7 @@
  * state folder, argv.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +16,8 @@ import { testGate } from '../helpers/gate.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-sec-'));
+// Workers run under uids of their own (the process backend's default, as root): they pass through here to their folders.
+chmodSync(root, 0o711);
 const stateDir = join(root, 's');
 const secretsDir = join(root, 'secrets');
 const decisions = join(root, 'decisions.log');

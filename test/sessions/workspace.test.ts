@@ -5,7 +5,7 @@
  * the library, `spawngate serve` and the CLI.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -21,6 +21,8 @@ import { git as gitAs } from '../helpers/git.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sg-ws-'));
+// Workers run under uids of their own (the process backend's default, as root): they pass through here to their folders.
+chmodSync(root, 0o711);
 const repo = join(root, 'repo');
 const stateDir = join(root, 's');
 let gate: Spawngate;
@@ -63,15 +65,21 @@ beforeAll(async () => {
         local: {
           type: 'process',
           stateDir,
-          allowedHostPaths: [join(root, 'host')],
           defaultProfile: 'git',
           profiles: {
             git: { ...base, workspace: { strategy: 'git', repo, ref: 'feature' } },
             head: { ...base, workspace: { strategy: 'git', repo, depth: 1 } },
             badref: { ...base, workspace: { strategy: 'git', repo, ref: 'no-such-branch' } },
             plain: { ...base, workspace: { strategy: 'ephemeral' } },
-            host: { ...base, workspace: { strategy: 'hostPath', path: join(root, 'host', 'project') } },
           },
+        },
+        // A hostPath is a host folder shared by the profile's workers: only a backend whose workers share the gateway's identity takes it.
+        shared: {
+          type: 'process',
+          stateDir: join(root, 'shared'),
+          allowedHostPaths: [join(root, 'host')],
+          isolation: { user: 'none' },
+          profiles: { host: { ...base, workspace: { strategy: 'hostPath', path: join(root, 'host', 'project') } } },
         },
       },
       execution: { default: { backend: 'local', profile: 'git' } },
@@ -208,12 +216,12 @@ describe('hostPath workspaces on the process backend', () => {
   it('refuse a host folder that does not exist, or that a symlink leads out of the allowed paths', async () => {
     const project = join(root, 'host', 'project');
     rmSync(project, { recursive: true, force: true });
-    await expect(gate.spawn({ agentId: 'fixture', caller, execution: { profile: 'host' } })).rejects.toThrow(/host path .*project cannot be used as the workspace: it does not exist \(create it first\)/);
+    await expect(gate.spawn({ agentId: 'fixture', caller, execution: { backend: 'shared', profile: 'host' } })).rejects.toThrow(/host path .*project cannot be used as the workspace: it does not exist \(create it first\)/);
     const outside = mkdtempSync(join(tmpdir(), 'sg-outside-'));
     mkdirSync(join(root, 'host'), { recursive: true });
     symlinkSync(outside, project);
     try {
-      await expect(gate.spawn({ agentId: 'fixture', caller, execution: { profile: 'host' } })).rejects.toThrow(/host path .*project leads to .*sg-outside-.* \(symlinks resolved\), which is not under an allowed host path/);
+      await expect(gate.spawn({ agentId: 'fixture', caller, execution: { backend: 'shared', profile: 'host' } })).rejects.toThrow(/host path .*project leads to .*sg-outside-.* \(symlinks resolved\), which is not under an allowed host path/);
     } finally {
       rmSync(project);
       rmSync(outside, { recursive: true, force: true });
@@ -222,7 +230,7 @@ describe('hostPath workspaces on the process backend', () => {
 
   it('run the agent in the allowed host folder, whose files stay when the worker goes', async () => {
     mkdirSync(join(root, 'host', 'project'), { recursive: true });
-    const handle = await gate.spawn({ agentId: 'fixture', caller, execution: { profile: 'host' } });
+    const handle = await gate.spawn({ agentId: 'fixture', caller, execution: { backend: 'shared', profile: 'host' } });
     try {
       expect(await say(handle, 'where')).toContain(`cwd=${join(root, 'host', 'project')} `);
       await say(handle, 'write kept.txt stays on the host');

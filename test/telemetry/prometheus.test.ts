@@ -11,7 +11,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -109,6 +109,8 @@ const prometheusBin = findPrometheus();
 
 describe.skipIf(prometheusBin === null)('the Grafana dashboard on a real Prometheus scraping spawngate serve', () => {
   const dir = mkdtempSync(join(tmpdir(), 'sg-prom-'));
+  // Workers run under uids of their own (the process backend's default, as root): they pass through here to their folders.
+  chmodSync(dir, 0o711);
   const token = randomBytes(24).toString('base64url');
   const children: ChildProcess[] = [];
   let api: Target;
