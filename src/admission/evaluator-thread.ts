@@ -19,6 +19,7 @@ import { receiveMessageOnPort, workerData } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
 import * as sdk from '@open-policy-agent/opa-wasm';
 import type { LoadedPolicy } from '@open-policy-agent/opa-wasm';
+import type { Layout } from './evaluator.js';
 
 // The SDK's ES module names only loadPolicy; loadPolicySync (a thread has no use for a promise) is on its default export.
 const { loadPolicySync } = (sdk as unknown as { default: typeof sdk }).default;
@@ -32,6 +33,7 @@ export interface ThreadData {
   module: object;
   /** The policy's data as JSON bytes. */
   data: ArrayBuffer;
+  layout: Layout;
 }
 
 export type ThreadRequest = { op: 'eval'; entrypoint: number; json: string } | { op: 'data'; data: ArrayBuffer };
@@ -39,17 +41,8 @@ export type ThreadRequest = { op: 'eval'; entrypoint: number; json: string } | {
 export type ThreadReply = { ok: true; text: string } | { ok: false; error: string };
 export type ThreadReady = { ok: true; entrypoints: Record<string, number> } | { ok: false; error: string };
 
-/** Indices into the control words (evaluator.ts has the same: it imports only this file's types). */
-const REQ = 0;
-const RES = 1;
-const READY = 2;
-const REQ_KIND = 3;
-const REQ_LEN = 4;
-const REQ_ENTRY = 5;
-const RES_KIND = 6;
-const RES_LEN = 7;
-const MESSAGE = 0;
-const INLINE = 1;
+/** Indices into the control words, from evaluator.ts (LAYOUT) by way of workerData. */
+const { REQ, RES, READY, REQ_KIND, REQ_LEN, REQ_ENTRY, RES_KIND, RES_LEN, MESSAGE, INLINE } = (workerData as ThreadData).layout;
 
 /**
  * The members of the SDK's LoadedPolicy (declared public in its typings) that its own evaluate()

@@ -23,18 +23,14 @@ import { MessageChannel, receiveMessageOnPort, Worker } from 'node:worker_thread
 import type { MessagePort } from 'node:worker_threads';
 import type { ThreadData, ThreadReady, ThreadReply, ThreadRequest } from './evaluator-thread.js';
 
-// The same indices as evaluator-thread.ts (which this file imports only types from).
-const REQ = 0;
-const RES = 1;
-const READY = 2;
-const REQ_KIND = 3;
-const REQ_LEN = 4;
-const REQ_ENTRY = 5;
-const RES_KIND = 6;
-const RES_LEN = 7;
+/**
+ * Indices into the control words, and the two ways a request or an answer travels. The thread gets
+ * this object with its workerData, so both sides read one definition (the thread imports no code).
+ */
+export const LAYOUT = { REQ: 0, RES: 1, READY: 2, REQ_KIND: 3, REQ_LEN: 4, REQ_ENTRY: 5, RES_KIND: 6, RES_LEN: 7, MESSAGE: 0, INLINE: 1 } as const;
+export type Layout = typeof LAYOUT;
+const { REQ, RES, READY, REQ_KIND, REQ_LEN, REQ_ENTRY, RES_KIND, RES_LEN, MESSAGE, INLINE } = LAYOUT;
 const CONTROL_WORDS = 8;
-const MESSAGE = 0;
-const INLINE = 1;
 
 /** Inputs and answers up to this size pass through shared memory; larger ones as messages. */
 const INLINE_BYTES = 256 * 1024;
@@ -111,7 +107,7 @@ class Thread {
     this.inline = new Uint8Array(this.buffer);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
-    const workerData: ThreadData = { control, buffer: this.buffer, port: port2, module, data };
+    const workerData: ThreadData = { control, buffer: this.buffer, port: port2, module, data, layout: LAYOUT };
     this.worker = new Worker(THREAD_URL, { workerData, transferList: [port2] });
     // Never the reason a process stays up; the engine's close() ends it.
     this.worker.unref();
