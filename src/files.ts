@@ -17,6 +17,20 @@ export class BoundedReadError extends Error {
   }
 }
 
+/** The OS's own error, as a fault that keeps its errno. */
+function unreadable(cause: unknown): BoundedReadError {
+  if (cause instanceof BoundedReadError) return cause;
+  const err = cause as NodeJS.ErrnoException;
+  return new BoundedReadError({ reason: 'unreadable', errno: err.code ?? 'EIO', message: err.message }, `${err.code ?? 'unreadable'}: ${err.message}`, { cause });
+}
+
+/** Throws unless `st` is a regular file: a FIFO could block for ever, a device never end. */
+function requireRegular(st: Parameters<typeof fileKind>[0] & { isFile(): boolean }): void {
+  if (st.isFile()) return;
+  const kind = fileKind(st);
+  throw new BoundedReadError({ reason: 'not_regular', kind }, `is ${kind}, not a regular file`);
+}
+
 function fileKind(st: { isFIFO(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean; isSocket(): boolean; isDirectory(): boolean }): string {
   if (st.isFIFO()) return 'a FIFO (named pipe)';
   if (st.isCharacterDevice()) return 'a character device';
@@ -37,15 +51,11 @@ export async function readBoundedFile(path: string, limit: number): Promise<Buff
   try {
     handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
   } catch (cause) {
-    const err = cause as NodeJS.ErrnoException;
-    throw new BoundedReadError({ reason: 'unreadable', errno: err.code ?? 'EIO', message: err.message }, `${err.code ?? 'unreadable'}: ${err.message}`, { cause });
+    throw unreadable(cause);
   }
   try {
     const st = await handle.stat();
-    if (!st.isFile()) {
-      const kind = fileKind(st);
-      throw new BoundedReadError({ reason: 'not_regular', kind }, `is ${kind}, not a regular file`);
-    }
+    requireRegular(st);
     if (st.size > limit) throw new BoundedReadError({ reason: 'too_large', limit }, `is ${st.size} bytes, more than the ${limit} allowed`);
     const chunks: Buffer[] = [];
     let total = 0;
@@ -60,9 +70,7 @@ export async function readBoundedFile(path: string, limit: number): Promise<Buff
     }
     return Buffer.concat(chunks, total);
   } catch (cause) {
-    if (cause instanceof BoundedReadError) throw cause;
-    const err = cause as NodeJS.ErrnoException;
-    throw new BoundedReadError({ reason: 'unreadable', errno: err.code ?? 'EIO', message: err.message }, `${err.code ?? 'unreadable'}: ${err.message}`, { cause });
+    throw unreadable(cause);
   } finally {
     await handle.close().catch(() => undefined);
   }
@@ -102,7 +110,7 @@ export async function readBoundedStream(stream: NodeJS.ReadableStream, limit: nu
       arm();
     };
     const onEnd = () => finish(null);
-    const onError = (err: Error) => finish(new BoundedReadError({ reason: 'unreadable', errno: (err as NodeJS.ErrnoException).code ?? 'EIO', message: err.message }, err.message, { cause: err }));
+    const onError = (err: Error) => finish(unreadable(err));
     stream.on('data', onData);
     stream.once('end', onEnd);
     stream.once('error', onError);
@@ -125,15 +133,11 @@ export function readBoundedFileSync(path: string, limit: number): Buffer {
   try {
     fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
   } catch (cause) {
-    const err = cause as NodeJS.ErrnoException;
-    throw new BoundedReadError({ reason: 'unreadable', errno: err.code ?? 'EIO', message: err.message }, `${err.code ?? 'unreadable'}: ${err.message}`, { cause });
+    throw unreadable(cause);
   }
   try {
     const st = fstatSync(fd);
-    if (!st.isFile()) {
-      const kind = fileKind(st);
-      throw new BoundedReadError({ reason: 'not_regular', kind }, `is ${kind}, not a regular file`);
-    }
+    requireRegular(st);
     const chunks: Buffer[] = [];
     let total = 0;
     for (;;) {
@@ -146,9 +150,7 @@ export function readBoundedFileSync(path: string, limit: number): Buffer {
     }
     return Buffer.concat(chunks, total);
   } catch (cause) {
-    if (cause instanceof BoundedReadError) throw cause;
-    const err = cause as NodeJS.ErrnoException;
-    throw new BoundedReadError({ reason: 'unreadable', errno: err.code ?? 'EIO', message: err.message }, `${err.code ?? 'unreadable'}: ${err.message}`, { cause });
+    throw unreadable(cause);
   } finally {
     closeSync(fd);
   }

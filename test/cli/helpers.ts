@@ -11,14 +11,14 @@ export interface CliResult {
 }
 
 /** Runs the CLI in-process with captured streams — the same `main` that bin/spawngate.js calls. */
-export async function cli(args: string[], stdin = '', env: NodeJS.ProcessEnv = process.env): Promise<CliResult> {
+export async function cli(args: string[], stdin: string | NodeJS.ReadableStream = '', env: NodeJS.ProcessEnv = process.env): Promise<CliResult> {
   const out = new PassThrough();
   const err = new PassThrough();
   let stdout = '';
   let stderr = '';
   out.on('data', (c: Buffer) => (stdout += c.toString()));
   err.on('data', (c: Buffer) => (stderr += c.toString()));
-  const code = await main(args, { stdout: out, stderr: err, stdin: Readable.from([stdin]), env });
+  const code = await main(args, { stdout: out, stderr: err, stdin: typeof stdin === 'string' ? Readable.from([stdin]) : stdin, env });
   return { code, stdout, stderr };
 }
 

@@ -14,7 +14,6 @@ import { createAdmission, SHIPPED_BUNDLE } from '../../src/admission/gate.js';
 import { validateConfig } from '../../src/config/load.js';
 import { AdmissionDeniedError, RequestError } from '../../src/errors.js';
 import { BoundedReadError, readBoundedStream } from '../../src/files.js';
-import { main } from '../../src/cli/main.js';
 import { createServer } from '../../src/server/index.js';
 import { cli } from '../cli/helpers.js';
 import { testGate } from '../helpers/gate.js';
@@ -31,18 +30,6 @@ const fifo = (name: string) => {
   execFileSync('mkfifo', [path]);
   return path;
 };
-
-/** The CLI in-process with a stdin stream of the test's making. */
-async function cliWithStdin(args: string[], stdin: NodeJS.ReadableStream): Promise<{ code: number; stderr: string; stdout: string }> {
-  const out = new PassThrough();
-  const err = new PassThrough();
-  let stdout = '';
-  let stderr = '';
-  out.on('data', (c: Buffer) => (stdout += c.toString()));
-  err.on('data', (c: Buffer) => (stderr += c.toString()));
-  const code = await main(args, { stdout: out, stderr: err, stdin, env: process.env });
-  return { code, stdout, stderr };
-}
 
 describe('special files and streams', () => {
   it('a FIFO with no writer as --config, --input or --bundle is refused at once (exit 2), never waited on', async () => {
@@ -78,7 +65,7 @@ describe('special files and streams', () => {
         this.push(produced > 64 * 1024 * 1024 ? null : Buffer.alloc(64 * 1024, 0x20));
       },
     });
-    const res = await cliWithStdin(['admit', '--input', '-'], endless);
+    const res = await cli(['admit', '--input', '-'], endless);
     expect(res.code).toBe(2);
     expect(res.stderr).toMatch(/more than the 1048576 bytes allowed/);
     expect(produced).toBeLessThan(4 * 1024 * 1024);
