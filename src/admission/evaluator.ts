@@ -10,8 +10,12 @@
  * - `call` is the gate's: it waits synchronously only for SPIN_MS (an ordinary evaluation is done
  *   by then, without the cost of an event-loop turn), then with Atomics.waitAsync, so a slow
  *   evaluation holds the event loop for at most SPIN_MS, not for its deadline.
- * A deadline counts from the call, queueing included: no caller waits longer than its own bound,
- * whatever is ahead of it.
+ * For the gate's calls the deadline counts from the moment the evaluation starts on the thread;
+ * the wait in the queue before it has a bound of its own (queueBoundMs: 20 deadlines, at least 5 s).
+ * Counting the queue against the evaluation's deadline turned a burst of ordinary admissions on a
+ * loaded machine (500 racing spawns, 3 replicas, 2 cores) into policy_timeout denies: the queue,
+ * not any one evaluation, was slow. Whatever is ahead is itself stopped at its own deadline, so the
+ * wait stays bounded. Sync calls (rare: permission requests, the mask) count from the call.
  *
  * A second thread with the same module is kept started and idle: a thread takes longer to come up
  * (a few hundred ms on a busy machine) than a deadline lasts, so without the spare the calls right
@@ -228,10 +232,15 @@ function waitAsync(control: Int32Array, index: number, value: number, timeoutMs:
   return Promise.race([waiting.value.then(() => undefined), timedOut]).finally(() => clearTimeout(timer));
 }
 
+/** How long a gate's call may wait in the queue before its evaluation starts. */
+function queueBoundMs(timeoutMs: number): number {
+  return Math.max(5_000, 20 * timeoutMs);
+}
+
 function timeout(job: Job, queued: boolean): Outcome {
   const elapsed = Math.round(now() - job.started);
   const error = queued
-    ? `the policy evaluation did not start within its ${job.timeoutMs} ms deadline (the evaluator was busy with a slower one, or restarting after one; waited ${elapsed} ms)`
+    ? `the policy evaluation did not start within ${Math.round(job.deadline - job.started)} ms (the evaluator was busy with slower ones, or restarting after one; waited ${elapsed} ms)`
     : `the policy evaluation did not finish within its ${job.timeoutMs} ms deadline (stopped after ${elapsed} ms)`;
   return { ok: false, kind: 'timeout', error, queued };
 }
@@ -384,6 +393,8 @@ export async function startEvaluator(module: WasmModule, data: ArrayBuffer, star
           job.settle(owner.failed() ? failedThread() : timeout(job, true));
           continue;
         }
+        // From here on the evaluation's own deadline: the queue's bound is spent.
+        job.deadline = now() + job.timeoutMs;
         const flight = owner.send(job);
         let answered = owner.waitSync(flight, Math.min(job.deadline, now() + SPIN_MS));
         if (!answered) answered = await owner.wait(flight, job.deadline);
@@ -401,7 +412,7 @@ export async function startEvaluator(module: WasmModule, data: ArrayBuffer, star
     if (closed) return Promise.resolve({ ok: false, kind: 'error', error: 'the policy evaluator is closed' });
     return new Promise<Outcome>((settle) => {
       const started = now();
-      queue.push({ request, started, deadline: started + timeoutMs, timeoutMs, settle });
+      queue.push({ request, started, deadline: started + queueBoundMs(timeoutMs), timeoutMs, settle });
       void pump();
     });
   }
