@@ -74,12 +74,18 @@ node bin/spawngate.js policy build --check
 step "tests"
 mkdir -p .cache
 status=0
-rm -f .cache/vitest-results.json .cache/vitest-openclaw.json
-npx vitest run --project core --project redis --project docker --project kubernetes --project agents --reporter=default --reporter=json --outputFile.json=.cache/vitest-results.json || status=$?
+rm -f .cache/vitest-results.json .cache/vitest-openclaw.json .cache/vitest-results-errors.json .cache/vitest-openclaw-errors.json
+# run-errors records what fails a run besides a failed test (unhandled errors, files that never ran).
+SPAWNGATE_RUN_ERRORS_FILE=.cache/vitest-results-errors.json \
+  npx vitest run --project core --project redis --project docker --project kubernetes --project agents --reporter=default --reporter=json --outputFile.json=.cache/vitest-results.json --reporter=./test/reporters/run-errors.ts || status=$?
+main_status=$status
 # The OpenClaw gateway suite runs last, alone: the gateway blocks its event loop for seconds on
 # SQLite work under load, and beside the container and cluster suites it would be judged on that.
 step "tests: the OpenClaw plugin against a real gateway"
-npx vitest run --project openclaw --reporter=default --reporter=json --outputFile.json=.cache/vitest-openclaw.json || status=$?
-# One plain closing line, whatever reads this log.
-node -e 'let p=0,f=0,s=0;for(const n of ["vitest-results","vitest-openclaw"]){try{const r=require(`./.cache/${n}.json`);p+=r.numPassedTests;f+=r.numFailedTests;s+=r.numPendingTests+r.numTodoTests}catch{f+=1;console.log(`no results from ${n}`)}}console.log(`vitest: ${p} passed, ${f} failed, ${s} skipped`)' || true
+openclaw_status=0
+SPAWNGATE_RUN_ERRORS_FILE=.cache/vitest-openclaw-errors.json \
+  npx vitest run --project openclaw --reporter=default --reporter=json --outputFile.json=.cache/vitest-openclaw.json --reporter=./test/reporters/run-errors.ts || openclaw_status=$?
+[ "$openclaw_status" -eq 0 ] || status=$openclaw_status
+# Plain closing lines, whatever reads this log: the tally, then anything else that failed a run.
+node scripts/test-summary.mjs "$main_status" "$openclaw_status" || true
 exit "$status"
