@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Builds the test control plane's binaries from the Go module proxy, once per pin:
-#   kube-apiserver, kube-controller-manager, kube-scheduler  (tools/k8s, k8s.io/kubernetes)
+# Builds the test cluster's binaries from the Go module proxy, once per pin:
+#   kube-apiserver, kube-controller-manager, kube-scheduler,
+#   kubelet                                                  (tools/k8s, k8s.io/kubernetes)
 #   etcd                                                     (tools/etcd, go.etcd.io/etcd/server/v3)
-# into .tools/k8s/<k8s-version>/ and .tools/etcd/<etcd-version>/.
-# A binary is rebuilt only when its pin (go.mod + go.sum of its tools module) changes.
+#   pause (the node's pod sandbox process; no dependencies)  (tools/pause)
+# into .tools/k8s/<k8s-version>/, .tools/etcd/<etcd-version>/ and .tools/pause/.
+# A binary is rebuilt only when its pin (go.mod + go.sum of its tools module) changes
+# (for pause: its go.mod and source).
 #
 # stdout: shell assignments for the caller to eval (logs go to stderr):
-#   KUBE_APISERVER=…  KUBE_CONTROLLER_MANAGER=…  KUBE_SCHEDULER=…  ETCD=…  K8S_VERSION=…  ETCD_VERSION=…
+#   KUBE_APISERVER=…  KUBE_CONTROLLER_MANAGER=…  KUBE_SCHEDULER=…  KUBELET=…  ETCD=…  PAUSE=…
+#   K8S_VERSION=…  ETCD_VERSION=…
 #
 # Env: SPAWNGATE_TOOLS_DIR (default <repo>/.tools) — where the binaries are cached.
 set -euo pipefail
@@ -28,7 +32,10 @@ module_version() { # <module-dir> <module-path>
 }
 
 pin_hash() { # <module-dir>
-  cat "$1/go.mod" "$1/go.sum" | sha256sum | cut -d' ' -f1
+  # pause has no go.sum (no dependencies); its source is the pin.
+  local files=("$1/go.mod")
+  if [[ -f $1/go.sum ]]; then files+=("$1/go.sum"); else files+=("$1"/*.go); fi
+  cat "${files[@]}" | sha256sum | cut -d' ' -f1
 }
 
 # Builds <pkg> from <module-dir> into <out> unless <out> exists with a matching stamp.
@@ -79,13 +86,17 @@ etcd_bin=$tools_dir/etcd/$etcd_version
 
 build_one "$etcd_mod" go.etcd.io/etcd/server/v3 "$etcd_bin/etcd" \
   "-X go.etcd.io/etcd/api/v3/version.GitSHA=$etcd_version"
-for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
   build_one "$k8s_mod" "k8s.io/kubernetes/cmd/$cmd" "$k8s_bin/$cmd" "$k8s_ldflags"
 done
+
+build_one "$repo/tools/pause" . "$tools_dir/pause/pause" ""
 
 printf 'K8S_VERSION=%q\n' "$k8s_version"
 printf 'ETCD_VERSION=%q\n' "$etcd_version"
 printf 'KUBE_APISERVER=%q\n' "$k8s_bin/kube-apiserver"
 printf 'KUBE_CONTROLLER_MANAGER=%q\n' "$k8s_bin/kube-controller-manager"
 printf 'KUBE_SCHEDULER=%q\n' "$k8s_bin/kube-scheduler"
+printf 'KUBELET=%q\n' "$k8s_bin/kubelet"
 printf 'ETCD=%q\n' "$etcd_bin/etcd"
+printf 'PAUSE=%q\n' "$tools_dir/pause/pause"
