@@ -3,8 +3,10 @@
 # recorded in the state dir. Only those processes are signalled, and only if
 # they still are the binary that was started (a recycled pid is left alone).
 #
+# It first stops the test node (scripts/k8s-node-down.sh), if one runs.
+#
 #   scripts/k8s-down.sh          stop; keep the state dir (certs, logs) for a look
-#   scripts/k8s-down.sh --purge  stop and delete the state dir
+#   scripts/k8s-down.sh --purge  stop and delete the state dir (and the node's)
 #
 # Env: SPAWNGATE_K8S_STATE_DIR (default <repo>/.cache/k8s), as for k8s-up.sh.
 # k8s-up.sh sources this file with --lib for component_pid and stop_all.
@@ -53,6 +55,12 @@ if [[ ${1:-} == --lib ]]; then
 fi
 
 set -euo pipefail
+# The node first: its kubelet and pods would otherwise keep running against a plane that is gone.
+if [[ ${1:-} == --purge ]]; then
+  bash "$_k8s_down_repo/scripts/k8s-node-down.sh" --purge
+else
+  bash "$_k8s_down_repo/scripts/k8s-node-down.sh"
+fi
 if [[ -d $state ]]; then
   exec 9>"$state/lock"
   # A k8s-up in progress finishes first, so its processes are recorded before we stop them.

@@ -2,8 +2,9 @@
 # Brings up a real Kubernetes control plane on 127.0.0.1 for tests: etcd,
 # kube-apiserver (RBAC, admission incl. PodSecurity, service-account tokens),
 # kube-controller-manager and kube-scheduler, built by scripts/ensure-k8s-bins.sh.
-# There are no nodes: pods are admitted, stored, scheduled (they stay Pending)
-# and garbage collected, but no container runs.
+# It has no node of its own: scripts/k8s-node-up.sh adds the one real node (a
+# kubelet with a private containerd). The apiserver already holds the client
+# certificate that node's kubelet accepts, so pods/log and pods/exec work.
 #
 # Idempotent: a healthy plane from an earlier run is reused. Either way the RBAC
 # from deploy/rbac.yaml is re-applied and a fresh token is minted.
@@ -116,6 +117,15 @@ gen_cert() { # <name> <subject> <ext>
   rm -f "$pki/$name.csr" "$pki/$name.ext"
 }
 
+# The apiserver's identity towards kubelets (pods/log, pods/exec, port-forward):
+# the kubelet's webhook authorizer asks the apiserver, where system:masters may do all.
+gen_kubelet_client_cert() {
+  gen_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+  chmod 600 "$pki/apiserver-kubelet-client.key"
+}
+
 gen_pki() {
   rm -rf "$pki"
   mkdir -p "$pki"
@@ -135,6 +145,7 @@ extendedKeyUsage=clientAuth"
   gen_cert admin "/O=system:masters/CN=spawngate-admin" "$client_ext"
   gen_cert kube-controller-manager "/CN=system:kube-controller-manager" "$client_ext"
   gen_cert kube-scheduler "/CN=system:kube-scheduler" "$client_ext"
+  gen_kubelet_client_cert
   # Service-account token signing pair.
   gen_key "$pki/sa.key"
   openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
@@ -193,8 +204,18 @@ running_current_binaries() {
   done
 }
 
+# A plane started by an older k8s-up.sh has no kubelet client certificate, so
+# the node's pods/log and pods/exec would fail: such a plane is restarted.
+apiserver_has_kubelet_client() {
+  local pid args
+  pid=$(component_pid kube-apiserver) || return 1
+  args=$(tr '\0' '\n' <"/proc/$pid/cmdline") || return 1
+  grep -qx -- "--kubelet-client-certificate=$pki/apiserver-kubelet-client.crt" <<<"$args"
+}
+
 reused=0
-if [[ -f $state/env ]] && all_running && running_current_binaries && readyz "$(recorded K8S_SERVER)"; then
+if [[ -f $state/env ]] && all_running && running_current_binaries && apiserver_has_kubelet_client \
+  && readyz "$(recorded K8S_SERVER)"; then
   reused=1
   # The recorded ports win: the running plane is what the env file describes.
   server=$(recorded K8S_SERVER)
@@ -217,6 +238,7 @@ else
   mkdir -p "$pids" "$logs"
   rm -f "$state/env"
   [[ -f $pki/ca.crt && -f $pki/sa.key && -f $pki/admin.key ]] || gen_pki
+  [[ -f $pki/apiserver-kubelet-client.key ]] || gen_kubelet_client_cert
   # A fresh store each cold start: leftovers from an earlier run would leak into tests.
   rm -rf "$state/etcd"
 
@@ -252,12 +274,18 @@ else
     --service-cluster-ip-range=10.96.0.0/24 \
     --endpoint-reconciler-type=none \
     --allow-privileged=true \
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority="$pki/ca.crt" \
+    --kubelet-preferred-address-types=InternalIP \
     --profiling=false
   # --endpoint-reconciler-type=none: the default reconciler would publish the
   # loopback advertise address as the `kubernetes` Service endpoint, which
   # Endpoints validation rejects, and log that failure forever.
   # --allow-privileged=true: as on a real cluster, so refusing privileged pods is
   # PodSecurity's job (the thing the tests check), not a global switch.
+  # --kubelet-*: the node's kubelet (k8s-node-up.sh) serves a certificate signed
+  # by the test CA for its InternalIP and accepts this client certificate.
   wait_for kube-apiserver readyz "$server"
 
   write_kubeconfig "$admin_kubeconfig" spawngate-admin admin

@@ -70,11 +70,15 @@ async function isGone(read: () => Promise<unknown>): Promise<boolean> {
   }
 }
 
-/** What spawngate's workers look like: passes PodSecurity `restricted`. */
+/**
+ * What spawngate's workers look like: passes PodSecurity `restricted`. The node selector matches
+ * no node, so these pods stay Pending even with the test node up: they only exercise the API.
+ */
 function hardenedPod(name: string): V1Pod {
   return {
     metadata: { name, labels: { 'spawngate.io/spawn-id': name } },
     spec: {
+      nodeSelector: { 'spawngate.io/no-such-node': 'true' },
       automountServiceAccountToken: false,
       securityContext: {
         runAsNonRoot: true,
@@ -163,7 +167,7 @@ describe('test control plane', () => {
     expect(status.message).toContain('privileged');
   });
 
-  it('admits a hardened pod there, and the scheduler finds no node for it', async () => {
+  it('admits a hardened pod there, and the scheduler finds no node matching its selector', async () => {
     const name = uniqueName('hardened');
     const created = await admin.createNamespacedPod({ namespace: smokeNamespace, body: hardenedPod(name) });
     expect(created.metadata?.uid).toBeTruthy();
