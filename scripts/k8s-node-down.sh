@@ -113,6 +113,22 @@ unmount_under() { # <dir>
   done
 }
 
+# Pod processes whose shim is gone (containerd crashed, an orphan shim was killed) are only
+# found through their cgroups; kubepods is our kubelet's alone on this host.
+kill_pod_processes() {
+  local procs pid i
+  for ((i = 0; i < 50; i++)); do
+    procs=$(cat /sys/fs/cgroup/pids/kubepods/cgroup.procs /sys/fs/cgroup/pids/kubepods/*/cgroup.procs \
+      /sys/fs/cgroup/pids/kubepods/*/*/cgroup.procs /sys/fs/cgroup/pids/kubepods/*/*/*/cgroup.procs 2>/dev/null) || true
+    [[ -n $procs ]] || return 0
+    for pid in $procs; do
+      kill -KILL "$pid" 2>/dev/null || true
+    done
+    sleep 0.1
+  done
+  node_log "warning: pod processes left in the kubepods cgroup: $procs"
+}
+
 remove_cgroups() {
   local root dir
   for root in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
@@ -166,6 +182,7 @@ stop_node() {
   remove_node_containers
   stop_node_component containerd
   kill_orphan_shims
+  kill_pod_processes
   unmount_under "$node_state"
   remove_network
   remove_host_files

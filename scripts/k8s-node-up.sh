@@ -85,14 +85,18 @@ api() { # <path> — GET on the apiserver as admin
   curl -sf --max-time 5 --cacert "$ca" --cert "$admin_cert" --key "$admin_key" "$K8S_SERVER$1"
 }
 
-node_ready() {
+# Ready, as last reported no earlier than <since> (epoch seconds): a Node object left by an
+# earlier kubelet keeps saying Ready for a while after that kubelet is gone.
+node_ready() { # [since]
   local body
   body=$(api "/api/v1/nodes/$node_name") || return 1
   "$node_bin" -e '
     const node = JSON.parse(process.argv[1]);
+    const since = Number(process.argv[2]);
     const ready = (node.status?.conditions ?? []).find((c) => c.type === "Ready");
-    process.exit(ready?.status === "True" ? 0 : 1);
-  ' "$body"
+    const heartbeat = Date.parse(ready?.lastHeartbeatTime ?? "") / 1000;
+    process.exit(ready?.status === "True" && heartbeat >= since ? 0 : 1);
+  ' "$body" "${1:-0}"
 }
 
 # Polls <cmd…> every half second until it succeeds, <component> dies, or the timeout.
@@ -431,7 +435,8 @@ EOF
     --hostname-override="$node_name" \
     --node-ip="$node_ip"
   start_ready=$SECONDS
-  wait_for kubelet "Node $node_name Ready" node_ready
+  # Whole seconds on both sides (the API's timestamps have no fraction): one second of slack.
+  wait_for kubelet "Node $node_name Ready" node_ready "$(($(date +%s) - 1))"
   log "node $node_name Ready $((SECONDS - start_ready))s after the kubelet started"
 fi
 

@@ -27,8 +27,11 @@ bash scripts/ensure-redis.sh
 step "tools: OpenClaw gateway (pinned, for the plugin's end-to-end suite; cached)"
 bash scripts/ensure-openclaw.sh > /dev/null
 
-step "tools: kube-apiserver, etcd, scheduler, controller-manager (built from the Go module proxy; cached)"
+step "tools: kube-apiserver, etcd, scheduler, controller-manager, kubelet, pause (built from the Go module proxy; cached)"
 bash scripts/ensure-k8s-bins.sh > /dev/null
+
+step "tools: containerd, runc (Debian packages) and the CNI plugins (Debian package, unpacked into .tools/cni) for the test node"
+bash scripts/ensure-node-deps.sh > /dev/null
 
 step "tools: OpenTelemetry Collector (otlp receiver, batch, otlphttp; built from the Go module proxy; cached)"
 OTELCOL_BIN="$(bash scripts/ensure-otelcol.sh | tail -n 1)"
