@@ -72,11 +72,15 @@ remove_node_containers() {
   for id in $ids; do
     node_ctr tasks kill --signal SIGKILL "$id" >/dev/null 2>&1 || true
   done
+  # The CRI plugin deletes a task itself once it sees it exit; what is still listed after a
+  # bounded wait is deleted here.
+  for ((i = 0; i < 50; i++)); do
+    ids=$(node_ctr tasks ls -q 2>/dev/null) || ids=""
+    [[ -n $ids ]] || break
+    sleep 0.1
+  done
   for id in $ids; do
-    for ((i = 0; i < 50; i++)); do
-      node_ctr tasks delete "$id" >/dev/null 2>&1 && break
-      sleep 0.1
-    done
+    node_ctr tasks delete --force "$id" >/dev/null 2>&1 || true
   done
   ids=$(node_ctr containers ls -q 2>/dev/null) || ids=""
   for id in $ids; do
