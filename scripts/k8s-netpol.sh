@@ -104,6 +104,8 @@ stop
   die "net.bridge.bridge-nf-call-iptables is not 1: pod traffic on the bridge would bypass NetworkPolicy"
 
 # --health-port=0 and --metrics-port=0: nothing listens on the node for it.
+# --iptables-sync-period=15s: rules follow API events; the periodic full sync (5 min by default)
+# bounds how long a missed event could leave them stale on a node whose pods come and go in seconds.
 setsid "$bin" \
   --kubeconfig="$kubeconfig" \
   --hostname-override="$node" \
@@ -114,6 +116,7 @@ setsid "$bin" \
   --enable-pod-egress=false \
   --service-cluster-ip-range=10.96.0.0/24 \
   --health-port=0 \
+  --iptables-sync-period=15s \
   --metrics-port=0 \
   --v=1 \
   >"$dir/kube-router.log" 2>&1 </dev/null 8>&- 9>&- &

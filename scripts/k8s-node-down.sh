@@ -182,6 +182,8 @@ remove_network() {
 
 # Stops the node and removes its traces; bounded and safe to repeat.
 stop_node() {
+  # The enforcer first: its iptables chains name the pods about to go.
+  bash "$_k8s_node_down_repo/scripts/k8s-netpol.sh" stop "$node_state"
   stop_node_component kubelet
   remove_node_containers
   stop_node_component containerd

@@ -8,7 +8,8 @@
 #     host-local IPAM on the pod subnet
 #   - a kubelet (cgroupfs driver, cgroup v1 allowed, no iptables chains, webhook authn/authz)
 #     registered as Node $SPAWNGATE_K8S_NODE_NAME with a certificate of the test CA
-# and waits until the Node is Ready.
+#   - NetworkPolicy enforced by kube-router's firewall (scripts/k8s-netpol.sh)
+# and waits until the Node is Ready and the enforcer's chains are in place.
 #
 # Idempotent: a healthy node from an earlier run is reused (the kubelet is restarted when the
 # control plane was restarted under it). Linux and root only: elsewhere it fails with a message.
@@ -439,6 +440,10 @@ EOF
   wait_for kubelet "Node $node_name Ready" node_ready "$(($(date +%s) - 1))"
   log "node $node_name Ready $((SECONDS - start_ready))s after the kubelet started"
 fi
+
+# NetworkPolicy is enforced on this node, as on a real cluster (kube-router's firewall; a running
+# one is kept). It watches the whole cluster's policies, pods and namespaces: the admin identity.
+bash "$repo/scripts/k8s-netpol.sh" start "$node_state" "$ADMIN_KUBECONFIG" "$node_name"
 
 env_body=$(
   printf '%s\n' "$plane_out" | grep -v '^K8S_REUSED='
