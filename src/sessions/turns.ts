@@ -16,6 +16,14 @@ import { endSpan, recordError, setAttributes, SPAN, startSpan, traceparentOf } f
 import type { LiveSet } from './live-set.js';
 import { nativeAttributes } from './live-set.js';
 
+/**
+ * How long a crashed worker's backend may take to report it ended. A local process is gone in
+ * milliseconds; a Pod needs the kubelet's next relist and a status update through the API server.
+ */
+const REAP_WAIT_MS = 60_000;
+/** The turn's end waits this long for the reap (enough for local workers); a slower one goes on alone. */
+const REAP_INLINE_MS = 2_000;
+
 export interface TurnOptions {
   turnId?: string;
   signal?: AbortSignal;
@@ -92,22 +100,32 @@ export function createTurns(
         metrics.turns.inc(labels);
         metrics.turnSeconds.observe(labels, (performance.now() - started) / 1000);
       });
-      if (crashed) await reapIfDead(spawnId);
+      if (crashed) {
+        const reaping = reapIfDead(spawnId).catch(() => undefined);
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([reaping, new Promise((r) => (timer = setTimeout(r, REAP_INLINE_MS)))]);
+        clearTimeout(timer);
+      }
     }
   }
 
   /** A worker whose agent died exits on its own; close it so its slots are freed and status keeps the reason. */
   async function reapIfDead(spawnId: string): Promise<void> {
-    const entry = live.get(spawnId);
-    if (!entry) return;
-    // The worker exits shortly after its agent does; give it a bounded moment before judging.
-    for (let i = 0; i < 40; i++) {
+    // The worker exits shortly after its agent does; give its backend a bounded time to say so.
+    const deadline = Date.now() + REAP_WAIT_MS;
+    let pause = 50;
+    while (Date.now() < deadline) {
+      // Closed meanwhile (by the caller, a TTL or shutdown): nothing left to reap.
+      const entry = live.get(spawnId);
+      if (!entry) return;
       const status = await entry.backend.status(entry.ref).catch(() => null);
       if (status && (status.phase === 'failed' || status.phase === 'gone' || status.phase === 'succeeded')) {
         await closeSpawn(spawnId, 'failed', status);
         return;
       }
-      await new Promise((r) => setTimeout(r, 50));
+      // Unref'd: a reap still waiting must not keep a gateway that is shutting down alive.
+      await new Promise((r) => setTimeout(r, pause).unref());
+      pause = Math.min(pause * 2, 1_000);
     }
   }
 

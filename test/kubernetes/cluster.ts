@@ -7,12 +7,12 @@ import { testWorkerSpec } from '../helpers/worker-spec.js';
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as k8s from '@kubernetes/client-node';
 import type { WorkerSpec } from '../../src/backends/types.js';
 import { LABELS } from '../../src/backends/types.js';
-import { startControlPlane, type ControlPlane } from '../k8s-infra/global-setup.js';
+import { startCluster, startControlPlane, type ControlPlane, type TestNode } from '../k8s-infra/global-setup.js';
+import { CONTRACT_IMAGE, ensureNodeImage, fixtureInImage } from './node-images.js';
 
 export { CONTROL_PLANE_START_TIMEOUT_MS } from '../k8s-infra/global-setup.js';
 
@@ -30,6 +30,16 @@ export async function admin(): Promise<Admin> {
   const kc = new k8s.KubeConfig();
   kc.loadFromFile(plane.adminKubeconfig);
   return { plane, kc, core: kc.makeApiClient(k8s.CoreV1Api), rbac: kc.makeApiClient(k8s.RbacAuthorizationV1Api), networking: kc.makeApiClient(k8s.NetworkingV1Api) };
+}
+
+/**
+ * The plane with its real node up (kubelet, containerd, CNI and the NetworkPolicy enforcer) and
+ * the contract image in the node's containerd, for files whose pods must really run.
+ */
+export async function adminOnNode(): Promise<Admin & { node: TestNode }> {
+  const cluster = await startCluster();
+  await ensureNodeImage(cluster.node);
+  return { ...(await admin()), node: cluster.node };
 }
 
 /** Polls `check` until it returns a value other than undefined; bounded. */
@@ -112,8 +122,9 @@ export async function leftovers(a: Admin, namespace: string, spawnId: string): P
   ];
 }
 
-/** The ACP fixture agent; the node agent runs pods as local processes, so the host path is right. */
-export const FIXTURE_COMMAND: readonly string[] = [process.execPath, fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url))];
+/** The ACP fixture agent, where the contract image carries it. */
+export const FIXTURE_COMMAND: readonly string[] = ['/usr/local/bin/node', fixtureInImage];
+export { CONTRACT_IMAGE };
 
 export function workerSpec(overrides: Partial<WorkerSpec> = {}): WorkerSpec {
   return testWorkerSpec(
@@ -122,7 +133,7 @@ export function workerSpec(overrides: Partial<WorkerSpec> = {}): WorkerSpec {
       backendName: 'k8s-test',
       agentId: 'fixture',
       agentCommand: FIXTURE_COMMAND,
-      image: 'spawngate-worker:test',
+      image: CONTRACT_IMAGE,
       resources: { requests: { cpu: '100m', memory: '128Mi', ephemeralStorage: null }, limits: { cpu: null, memory: '512Mi', ephemeralStorage: null }, gpu: 0 },
       workspace: { strategy: 'ephemeral', sizeLimit: '1Gi' },
     },

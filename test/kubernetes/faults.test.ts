@@ -1,7 +1,7 @@
 /**
  * Fault injection on the Kubernetes backend (issue 7, item 8): kill -9 of `spawngate serve`
- * (kubernetes backend on the real kube-apiserver and kube-scheduler, the test node agent running
- * bound pods as local processes, Redis store) at chosen and random instants while 2-3 spawns are on
+ * (kubernetes backend on the real test cluster — kube-apiserver, scheduler, one real node with
+ * kubelet and containerd —, Redis store) at chosen and random instants while 2-3 spawns are on
  * their way, then a survivor of the same owner group. After the dead instance's leases lapsed and
  * one sweep, nothing of that owner may be left: no Pod, no Secret, no NetworkPolicy with its owner
  * label, and no slot in Redis.
@@ -23,15 +23,13 @@ import { createKubernetesBackend } from '../../src/backends/kubernetes/index.js'
 import { LABELS } from '../../src/backends/types.js';
 import type { EngineObject, FaultTarget, KillMode, SuiteContext, TrialEnv } from '../docker/faults-helpers.js';
 import { expectSuite, runSuite } from '../docker/faults-helpers.js';
-import { startNodeAgent, type NodeAgent } from '../k8s-node-agent/node-agent.js';
 import { ensureRedis, rawClient } from '../redis/server.js';
-import { admin, CONTROL_PLANE_START_TIMEOUT_MS, deleteNamespace, FIXTURE_COMMAND, restrictedNamespace, type Admin } from './cluster.js';
+import { adminOnNode, CONTRACT_IMAGE, CONTROL_PLANE_START_TIMEOUT_MS, deleteNamespace, FIXTURE_COMMAND, restrictedNamespace, type Admin } from './cluster.js';
 
 const BACKEND = 'cluster';
 
 let a: Admin;
 let namespace = '';
-let agent: NodeAgent | undefined;
 let ctx: SuiteContext;
 let raw: Redis | undefined;
 let cache = '';
@@ -60,12 +58,10 @@ const target: FaultTarget = {
     defaultProfile: 'small',
     profiles: {
       small: {
-        image: 'spawngate-worker:test',
+        image: CONTRACT_IMAGE,
         egress: 'none',
         ttlSeconds: 600,
         timeoutSeconds: 180,
-        nodeSelector: agent!.placement.nodeSelector,
-        tolerations: agent!.placement.tolerations,
         resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
       },
     },
@@ -148,9 +144,8 @@ const TRIALS: readonly KillMode[] = [
 ];
 
 beforeAll(async () => {
-  a = await admin();
+  a = await adminOnNode();
   namespace = await restrictedNamespace(a, 'sg-faults');
-  agent = await startNodeAgent({ kubeconfig: a.plane.adminKubeconfig });
   const redisUrl = await ensureRedis();
   raw = await rawClient();
   cache = mkdtempSync(join(tmpdir(), 'sgf-cc-'));
@@ -158,7 +153,6 @@ beforeAll(async () => {
 }, CONTROL_PLANE_START_TIMEOUT_MS);
 
 afterAll(async () => {
-  await agent?.stop();
   if (a && namespace) await deleteNamespace(a, namespace);
   await raw?.quit();
   if (cache) rmSync(cache, { recursive: true, force: true });

@@ -442,7 +442,8 @@ export function createKubernetesBackend(options: KubernetesBackendOptions): Back
         const pod = await tracker.until((p) => {
           if (p === null) return p;
           const facts = podFacts(p);
-          return facts.hopeless || gaveUpScheduling(facts) || (p.status?.phase === 'Running' && p.status.podIP) ? p : undefined;
+          // Ready, not only Running: the status callers read next says what the cluster says.
+          return facts.hopeless || gaveUpScheduling(facts) || (facts.ready && p.status?.podIP) ? p : undefined;
         });
         if (!pod || podFacts(pod).hopeless || podFacts(pod).unschedulable) throw failureOf(ref, pod, 'cannot run');
         const podIP = pod.status?.podIP as string;
@@ -463,7 +464,7 @@ export function createKubernetesBackend(options: KubernetesBackendOptions): Back
         if (timeout.aborted) {
           const last = tracker.latest();
           const facts = last ? podFacts(last) : null;
-          throw new BackendError('TIMEOUT', `worker pod ${ns}/${podName} was not running within ${timeoutMs} ms: waiting for it to be scheduled and started; pod phase ${last?.status?.phase ?? 'unknown'}${facts?.reason ? `, ${facts.reason}${facts.message ? ` (${facts.message})` : ''}` : ''}`, {
+          throw new BackendError('TIMEOUT', `worker pod ${ns}/${podName} was not running and ready within ${timeoutMs} ms: waiting for it to be scheduled, started and pass its readiness probe; pod phase ${last?.status?.phase ?? 'unknown'}${last && last.status?.phase === 'Running' && !podFacts(last).ready ? ', not Ready' : ''}${facts?.reason ? `, ${facts.reason}${facts.message ? ` (${facts.message})` : ''}` : ''}`, {
             retryable: true,
             cause: err,
             details: { reason: facts?.reason ?? 'StartTimeout', phase: last?.status?.phase ?? null, pod: `${ns}/${podName}` },

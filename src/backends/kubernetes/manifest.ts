@@ -241,7 +241,8 @@ export function buildPodManifest(spec: WorkerSpec, options: ManifestOptions): V1
           resources: { ...(Object.keys(requests).length > 0 ? { requests } : {}), ...(Object.keys(limits).length > 0 ? { limits } : {}) },
           // An httpGet probe would need the bearer token; "accepts TCP" is what the kubelet can check,
           // and the gateway's own /healthz call (with the token) decides readiness for spawngate.
-          readinessProbe: { tcpSocket: { port: options.workerPort }, periodSeconds: 2, failureThreshold: 3 },
+          // running() waits for Ready: a short period keeps that wait close to the worker's own start.
+          readinessProbe: { tcpSocket: { port: options.workerPort }, periodSeconds: 1, failureThreshold: 3 },
           securityContext: {
             allowPrivilegeEscalation: false,
             privileged: false,
