@@ -3,7 +3,8 @@
  * Spawn-to-ready latency: spawngate's `gate.spawn()` next to the raw baseline measured in the same
  * run, on the same machine, with the same worker and the same listen/egress mode.
  *
- *   npm run build && npm run bench:spawn -- [--runs 20] [--warmup 2] [--backend auto|process|docker|all] [--poll-ms 0] [--json]
+ *   npm run build && npm run bench:spawn -- [--runs 20] [--warmup 2] [--backend auto|process|docker|kubernetes|all] [--poll-ms 0] [--json]
+ *     kubernetes only: [--kubeconfig FILE] [--namespace NS] [--image IMAGE]  (default: the test cluster of scripts/k8s-node-up.sh)
  *
  * process backend, two variants:
  *   unix  the gate's default profile (egress none): `unshare --user --map-root-user --net` and a unix
@@ -14,6 +15,12 @@
  *   unix  egress none: NetworkMode none, the worker's unix socket in a bind-mounted host folder.
  *         Raw: dockerode create + start of the same image with the same env contract and hardening,
  *         polling /healthz on the socket. Needs an engine and the worker image (scripts/build-image.sh).
+ * kubernetes, one variant:
+ *   pod   egress none on a real node. Raw: the same Pod manifest the backend builds (its token as a
+ *         plain env value instead of a Secret), created through the API and watched until Ready
+ *         with an IP, as the backend's running() does, then GET /healthz on podIP:8080 until 200.
+ *         Spawngate also creates the NetworkPolicy and the token Secret and dry-runs all three
+ *         first; a second table measures those API calls on their own (median per call).
  *
  * Every sample starts before the first syscall that creates anything and ends when /healthz answers
  * 200 to the worker's bearer token (the echo agent's ACP handshake done). The raw side knows that
@@ -44,6 +51,9 @@ const { values: args } = parseArgs({
     backend: { type: 'string', default: 'auto' },
     'poll-ms': { type: 'string', default: '0' },
     json: { type: 'boolean', default: false },
+    kubeconfig: { type: 'string' },
+    namespace: { type: 'string' },
+    image: { type: 'string' },
   },
 });
 const RUNS = Number(args.runs);
@@ -53,7 +63,7 @@ const BACKENDS = args.backend;
 if (!Number.isInteger(RUNS) || RUNS < 1 || RUNS > 500) throw new Error('--runs must be an integer in 1..500');
 if (!Number.isInteger(WARMUP) || WARMUP < 0 || WARMUP > 50) throw new Error('--warmup must be an integer in 0..50');
 if (!(Number.isInteger(POLL_MS) && POLL_MS >= 0 && POLL_MS <= 1000)) throw new Error('--poll-ms must be an integer in 0..1000');
-if (!['auto', 'process', 'docker', 'all'].includes(BACKENDS)) throw new Error('--backend must be auto, process, docker or all');
+if (!['auto', 'process', 'docker', 'kubernetes', 'all'].includes(BACKENDS)) throw new Error('--backend must be auto, process, docker, kubernetes or all');
 
 const READY_TIMEOUT_MS = 60_000;
 const TARGET_RATIO = 1.15;
@@ -290,7 +300,8 @@ function printTable() {
     const parts = SPAN_PHASES.map(([, k]) => (r.phasesMedian[k] === undefined ? null : `${k} ${r.phasesMedian[k].toFixed(2)}`)).filter(Boolean);
     console.log(`  ${r.backend}/${r.variant}: ${parts.join(', ')}`);
   }
-  const rawReady = POLL_MS === 0 ? 'raw waits for the worker\'s "ACP session ready" line, then GET /healthz' : `raw polls /healthz every ${POLL_MS} ms`;
+  const rawReady = POLL_MS === 0 ? 'process/docker raw waits for the worker\'s "ACP session ready" line, then GET /healthz' : `raw polls /healthz every ${POLL_MS} ms`;
+  if (results.some((r) => r.backend === 'kubernetes')) console.log('\nkubernetes raw: watches the pod until Ready with an IP, then GET /healthz on podIP (polled every 5 ms until 200)');
   console.log(`\n${rawReady}; node ${process.version}; ${cpus().length} CPUs; load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
 }
 
@@ -388,6 +399,180 @@ async function benchDocker(tracing, readiness) {
   }
 }
 
+// ─── kubernetes ──────────────────────────────────────────────────────────────────────────────
+
+const K8S_PORT = 8080;
+
+/** Shell assignments (KEY=value, bash %q quoting of plain paths) of the test cluster's env files. */
+async function testClusterEnv() {
+  const { readFile } = await import('node:fs/promises');
+  const env = {};
+  for (const file of ['.cache/k8s/env', '.cache/k8s-node/env']) {
+    const text = await readFile(new URL(`../${file}`, import.meta.url), 'utf8').catch(() => '');
+    for (const line of text.split('\n')) {
+      const m = /^([A-Z0-9_]+)=(.*)$/.exec(line);
+      if (m) env[m[1]] = m[2].replace(/^''$/, '').replace(/\\(.)/g, '$1');
+    }
+  }
+  return env;
+}
+
+/** The cluster, namespace and image, or why the kubernetes section cannot run. */
+async function kubernetesReadiness() {
+  let k8s;
+  try {
+    k8s = await import('@kubernetes/client-node');
+  } catch {
+    return { ok: false, why: '@kubernetes/client-node is not installed' };
+  }
+  const env = await testClusterEnv();
+  const kubeconfig = args.kubeconfig ?? env.ADMIN_KUBECONFIG ?? process.env.KUBECONFIG;
+  if (!kubeconfig) return { ok: false, why: 'no --kubeconfig, no KUBECONFIG and no test cluster (bash scripts/k8s-node-up.sh)' };
+  const namespace = args.namespace ?? env.K8S_NAMESPACE ?? 'default';
+  const { defaultWorkerImage } = await import('../dist/backends/docker/image.js');
+  const image = args.image ?? (env.WORKER_IMAGE || defaultWorkerImage());
+  const kc = new k8s.KubeConfig();
+  kc.loadFromFile(kubeconfig);
+  const core = kc.makeApiClient(k8s.CoreV1Api);
+  const nodes = await Promise.race([core.listNode().then((l) => l.items, () => null), sleep(10_000).then(() => null)]);
+  if (!nodes) return { ok: false, why: `the API server of ${kubeconfig} does not answer` };
+  const ready = nodes.filter((n) => n.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'));
+  if (ready.length === 0) return { ok: false, why: 'no node is Ready (bash scripts/k8s-node-up.sh)' };
+  return { ok: true, k8s, kc, core, networking: kc.makeApiClient(k8s.NetworkingV1Api), kubeconfig, namespace, image };
+}
+
+/** The WorkerSpec spawngate's gate makes for the bench profile, for the backend's own manifest builders. */
+function benchSpec(image) {
+  const spawnId = randomUUID();
+  const expiresAt = new Date(Date.now() + 600_000);
+  return {
+    spawnId,
+    owner: 'bench-raw',
+    backendName: 'cluster',
+    profileName: 'pod',
+    agentId: 'echo',
+    agentCommand: null,
+    image,
+    command: null,
+    args: null,
+    env: {},
+    secretEnv: [],
+    resources: { requests: { cpu: '100m', memory: '128Mi', ephemeralStorage: null }, limits: { cpu: null, memory: '512Mi', ephemeralStorage: null }, gpu: 0 },
+    pidsLimit: null,
+    runtimeClassName: null,
+    nodeSelector: {},
+    tolerations: [],
+    egress: 'none',
+    egressAllow: [],
+    workspace: { strategy: 'ephemeral', sizeLimit: '1Gi' },
+    token: randomBytes(32).toString('base64url'),
+    timeoutSeconds: 120,
+    expiresAt,
+    labels: { 'spawngate.io/bench': 'raw', 'spawngate.io/spawn-id': spawnId },
+    traceparent: null,
+  };
+}
+
+async function manifestOptions(ready) {
+  const { defaultProxy } = await import('../dist/backends/kubernetes/manifest.js');
+  return { backendName: 'cluster', namespace: ready.namespace, defaultImage: ready.image, workerPort: K8S_PORT, proxy: defaultProxy(ready.namespace) };
+}
+
+/** Resolves with the pod once `done(pod)` holds, from a watch opened before the create. */
+function watchPod(ready, name, done) {
+  return new Promise((resolve, reject) => {
+    const watch = new ready.k8s.Watch(ready.kc);
+    let request = null;
+    const timer = setTimeout(() => finish(new Error(`pod ${name} not running within ${READY_TIMEOUT_MS} ms`)), READY_TIMEOUT_MS);
+    function finish(err, pod) {
+      clearTimeout(timer);
+      request?.abort();
+      if (err) reject(err);
+      else resolve(pod);
+    }
+    watch
+      .watch(`/api/v1/namespaces/${ready.namespace}/pods`, { fieldSelector: `metadata.name=${name}` }, (_type, pod) => {
+        if (done(pod)) finish(null, pod);
+      }, (err) => err && finish(err))
+      .then((r) => (request = r), (err) => finish(err));
+  });
+}
+
+/** The backend's Pod for one spawn, created by hand (token inline), to Running with an IP, then /healthz 200. */
+async function rawPod(ready, options, build) {
+  const spec = benchSpec(ready.image);
+  const pod = build.buildPodManifest(spec, options);
+  const container = pod.spec.containers[0];
+  container.env = container.env.map((e) => (e.name === 'SPAWNGATE_WORKER_TOKEN' ? { name: e.name, value: spec.token } : e));
+  const name = pod.metadata.name;
+  const started = performance.now();
+  try {
+    const isReady = (p) => p.status?.phase === 'Running' && Boolean(p.status.podIP) && Boolean(p.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'));
+    const running = watchPod(ready, name, isReady);
+    await ready.core.createNamespacedPod({ namespace: ready.namespace, body: pod });
+    const p = await running;
+    await pollHealthy({ host: p.status.podIP, port: K8S_PORT }, spec.token, () => false);
+    return performance.now() - started;
+  } finally {
+    // Untimed, and awaited like the gate's close(): the next sample must not overlap this teardown.
+    await ready.core.deleteNamespacedPod({ namespace: ready.namespace, name, gracePeriodSeconds: 0 }).catch(() => undefined);
+    const deadline = performance.now() + READY_TIMEOUT_MS;
+    while (performance.now() < deadline) {
+      const gone = await ready.core.readNamespacedPod({ namespace: ready.namespace, name }).then(() => false, (err) => err?.code === 404);
+      if (gone) break;
+      await sleep(100);
+    }
+  }
+}
+
+/** Median ms of the API calls spawngate adds to the raw Pod: the dry-runs, the Secret, the NetworkPolicy. */
+async function apiOverhead(ready, options, build) {
+  const calls = { 'dry-run pod+secret+networkpolicy': [], 'create+delete secret': [], 'create+delete networkpolicy': [] };
+  const { namespace } = ready;
+  for (let i = 0; i < WARMUP + RUNS; i++) {
+    const spec = benchSpec(ready.image);
+    const m = build.buildWorkerManifests(spec, options);
+    let t = performance.now();
+    await ready.networking.createNamespacedNetworkPolicy({ namespace, body: m.networkPolicy, dryRun: 'All' });
+    await ready.core.createNamespacedPod({ namespace, body: m.pod, dryRun: 'All' });
+    await ready.core.createNamespacedSecret({ namespace, body: build.buildTokenSecret({ ...spec, token: 'dry-run' }, options, null), dryRun: 'All' });
+    const dry = performance.now() - t;
+    t = performance.now();
+    await ready.core.createNamespacedSecret({ namespace, body: build.buildTokenSecret(spec, options, null) });
+    await ready.core.deleteNamespacedSecret({ namespace, name: m.secretName });
+    const secret = performance.now() - t;
+    t = performance.now();
+    await ready.networking.createNamespacedNetworkPolicy({ namespace, body: m.networkPolicy });
+    await ready.networking.deleteNamespacedNetworkPolicy({ namespace, name: m.networkPolicy.metadata.name });
+    const policy = performance.now() - t;
+    if (i < WARMUP) continue;
+    calls['dry-run pod+secret+networkpolicy'].push(dry);
+    calls['create+delete secret'].push(secret);
+    calls['create+delete networkpolicy'].push(policy);
+  }
+  return Object.fromEntries(Object.entries(calls).map(([k, v]) => [k, { median: quantile(v, 0.5), p95: quantile(v, 0.95) }]));
+}
+
+let apiCalls = null;
+
+async function benchKubernetes(tracing, ready) {
+  const build = await import('../dist/backends/kubernetes/manifest.js');
+  const options = await manifestOptions(ready);
+  const gate = await openGate(
+    'cluster',
+    { type: 'kubernetes', namespace: ready.namespace, kubeconfig: ready.kubeconfig, image: ready.image },
+    { pod: { ttlSeconds: 600, timeoutSeconds: 120, egress: 'none', workspace: { strategy: 'ephemeral', sizeLimit: '1Gi' }, resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } } } },
+  );
+  try {
+    await measure({ backend: 'kubernetes', variant: 'pod', raw: () => rawPod(ready, options, build), gated: () => gateSpawn(gate, tracing, 'pod') });
+    log('kubernetes: API calls spawngate adds to the Pod');
+    apiCalls = await apiOverhead(ready, options, build);
+  } finally {
+    await gate.sweep({ orphans: true }).catch(() => undefined);
+    await gate.shutdown();
+  }
+}
+
 // ─── main ────────────────────────────────────────────────────────────────────────────────────
 
 const onSignal = () => {
@@ -406,19 +591,29 @@ process.once('SIGTERM', onSignal);
 const tracing = createTestTracing();
 const skipped = [];
 try {
-  if (BACKENDS !== 'docker') await benchProcess(tracing);
-  if (BACKENDS !== 'process') {
+  if (['auto', 'process', 'all'].includes(BACKENDS)) await benchProcess(tracing);
+  if (['auto', 'docker', 'all'].includes(BACKENDS)) {
     const readiness = await dockerReadiness();
     if (readiness.ok) await benchDocker(tracing, readiness);
     else if (BACKENDS === 'docker' || BACKENDS === 'all') throw new Error(`docker section cannot run: ${readiness.why}`);
     else skipped.push(`docker: skipped, ${readiness.why}`);
   }
+  if (['auto', 'kubernetes', 'all'].includes(BACKENDS)) {
+    const readiness = await kubernetesReadiness();
+    if (readiness.ok) await benchKubernetes(tracing, readiness);
+    else if (BACKENDS === 'kubernetes' || BACKENDS === 'all') throw new Error(`kubernetes section cannot run: ${readiness.why}`);
+    else skipped.push(`kubernetes: skipped, ${readiness.why}`);
+  }
 } finally {
   await tracing.shutdown();
 }
 
-if (args.json) console.log(JSON.stringify({ runs: RUNS, warmup: WARMUP, pollMs: POLL_MS, node: process.version, results, skipped }, null, 2));
+if (args.json) console.log(JSON.stringify({ runs: RUNS, warmup: WARMUP, pollMs: POLL_MS, node: process.version, results, apiCalls, skipped }, null, 2));
 else {
   await printTable();
+  if (apiCalls) {
+    console.log('\nkubernetes: API calls spawngate makes besides the Pod (median / p95 per call, ms):');
+    for (const [name, v] of Object.entries(apiCalls)) console.log(`  ${name}: ${fmt(v.median)} / ${fmt(v.p95)}`);
+  }
   for (const s of skipped) console.log(s);
 }
