@@ -50,7 +50,7 @@ import { boundedRawInput, permissionPaths, workspaceRoot } from './permissions.j
 import { proxyEnvironment, startEgressForwarder } from './egress.js';
 import type { EgressForwarder } from './egress.js';
 import { redactString } from '../redact.js';
-import { archive, DiffTooLargeError, gitDiff } from './workspace.js';
+import { archive, DiffTooLargeError, gitDiff, safeDirectoryEnv } from './workspace.js';
 import type { CheckedOut } from './workspace.js';
 import { endHttpSpan, endSpan, httpMethod, parentContext, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
 import type { EventBody } from './map-update.js';
@@ -953,7 +953,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     command: opts.agentCommand,
     args: opts.agentArgs,
     cwd,
-    env: agentEnvironment({ ...(opts.agentEnv ?? {}), ...proxyEnv }),
+    env: agentEnvironment({ ...(opts.agentEnv ?? {}), ...proxyEnv, ...safeDirectoryEnv(cwd, { ...process.env, ...(opts.agentEnv ?? {}) }) }),
     onStderrLine: (message) => {
       const line: WorkerLogLine = { time: new Date().toISOString(), source: 'agent', level: 'info', message };
       logs.push(line);

@@ -42,6 +42,19 @@ export class DiffTooLargeError extends Error {}
 
 const SAFE_CONFIG = ['-c', 'protocol.ext.allow=never', '-c', 'protocol.fd.allow=never', '-c', 'core.hooksPath=/dev/null', '-c', 'core.fsmonitor=false', '-c', 'advice.detachedHead=false'];
 
+/**
+ * Marks `dir` as a safe.directory through git's environment config (command scope, which git
+ * trusts for safe.directory, unlike a repository's own config), keeping entries already there. A
+ * Kubernetes emptyDir belongs to root while the worker runs as its own uid, and git refuses to
+ * work in a repository whose folder another user owns ("dubious ownership"). The folder is the
+ * worker's own workspace, so it is trusted for the worker and its agent alike.
+ */
+export function safeDirectoryEnv(dir: string, env: Readonly<Record<string, string | undefined>>): Record<string, string> {
+  const count = Number(env['GIT_CONFIG_COUNT'] ?? '0');
+  const at = Number.isInteger(count) && count >= 0 ? count : 0;
+  return { GIT_CONFIG_COUNT: String(at + 1), [`GIT_CONFIG_KEY_${at}`]: 'safe.directory', [`GIT_CONFIG_VALUE_${at}`]: dir };
+}
+
 function gitEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (v !== undefined && k !== 'SPAWNGATE_WORKER_TOKEN') env[k] = v;
@@ -57,7 +70,7 @@ function git(args: string[], options: { cwd: string; timeoutMs: number; maxBuffe
     execFile(
       'git',
       [...SAFE_CONFIG, ...args],
-      { cwd: options.cwd, env: gitEnv(options.env), timeout: options.timeoutMs, maxBuffer: options.maxBuffer ?? 16 * 1024 * 1024, killSignal: 'SIGKILL' },
+      { cwd: options.cwd, env: gitEnv({ ...safeDirectoryEnv(options.cwd, process.env), ...options.env }), timeout: options.timeoutMs, maxBuffer: options.maxBuffer ?? 16 * 1024 * 1024, killSignal: 'SIGKILL' },
       (err, stdout, stderr) => {
         if (!err) return resolve(stdout);
         const code = (err as NodeJS.ErrnoException).code;

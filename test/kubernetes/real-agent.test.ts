@@ -1,42 +1,51 @@
 /**
- * A real coding agent from npm (codex-acp, pinned) as a Kubernetes Pod, through the real kube-apiserver
- * and scheduler: its key is a real Secret (secretKeyRef, resolved by the node), its workspace a `git`
- * checkout in the pod's emptyDir, its permission requests decided by the gateway. The node is the
- * test node agent (test/k8s-node-agent), which runs the pod's worker as a local process with the pod's
- * env; no image is pulled, so the agent's command is its path on this host (the backend override a
- * cluster would set to its path in the image). Network policy is not enforced there: egress "open".
+ * A real coding agent from npm (codex-acp, pinned) as a Kubernetes Pod on the real test node: the
+ * image carries it under /opt/agents as `spawngate image build --agent codex-acp` puts it there (plus
+ * a bare repository to check out), imported into the node's containerd. Its key is a real Secret
+ * (secretKeyRef, resolved by the kubelet), its workspace a `git` checkout in the pod's emptyDir, its
+ * permission requests decided by the gateway. The mock model listens on the node's bridge address,
+ * the pods' gateway; egress is "open" (a proxy pod is what "proxy" would need, see egress.test.ts).
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { agentArgv, agentNative, agentPackage } from '../../src/agents/catalog.js';
+import { AGENTS_IN_IMAGE, buildWorkerImage } from '../../src/backends/docker/image.js';
 import type { Spawngate } from '../../src/spawngate.js';
 import { testGate } from '../helpers/gate.js';
-import { bareRepo } from '../helpers/git.js';
-import { agentRecipe, ensureAgents } from '../agents/agents.js';
+import { agentRecipe, ensureAgents, repoRoot } from '../agents/agents.js';
+import { FIXTURE_REPO_IN_IMAGE, fixtureRepoFiles } from '../docker/engine.js';
 import { sha256, startMockModel } from '../fixtures/mock-model.js';
 import type { MockModel } from '../fixtures/mock-model.js';
 import { callerFor, textOf, turnEvents } from '../helpers/turns.js';
-import { startNodeAgent, type NodeAgent } from '../k8s-node-agent/node-agent.js';
-import { admin, CONTROL_PLANE_START_TIMEOUT_MS, deleteNamespace, leftovers, restrictedNamespace, type Admin } from './cluster.js';
+import { adminOnNode, CONTROL_PLANE_START_TIMEOUT_MS, deleteNamespace, leftovers, restrictedNamespace, type Admin } from './cluster.js';
+import { ensureNodeImage } from './node-images.js';
 
-const root = mkdtempSync(join(tmpdir(), 'sg-k8s-agent-'));
+const IMAGE = 'spawngate-worker:agents-test';
 const key = `model-key-${randomUUID()}`;
 let a: Admin;
-let node: NodeAgent;
 let namespace: string;
 let mock: MockModel;
 let gate: Spawngate;
 
 beforeAll(async () => {
-  const argv = ensureAgents(['codex-acp']);
-  a = await admin();
+  ensureAgents(['codex-acp']);
+  const onNode = await adminOnNode();
+  a = onNode;
+  const pkg = agentPackage('codex-acp');
+  if (!pkg) throw new Error('codex-acp is not in the agent catalog');
+  const dir = join(repoRoot, '.tools', 'agents', 'codex-acp');
+  await buildWorkerImage({
+    tag: IMAGE,
+    agents: [{ id: 'codex-acp', dir, native: [agentNative(pkg, dir)].filter((p): p is string => p !== null) }],
+    extraFiles: await fixtureRepoFiles(),
+    log: (line) => void process.stdout.write(`image: ${line}\n`),
+  });
+  await ensureNodeImage(onNode.node, IMAGE);
   namespace = await restrictedNamespace(a, 'sg-agent');
-  node = await startNodeAgent({ kubeconfig: a.plane.adminKubeconfig });
   await a.core.createNamespacedSecret({ namespace, body: { metadata: { name: 'model' }, stringData: { 'api-key': key } } });
-  mock = await startMockModel();
-  const repo = bareRepo(root);
+  // The pods' default gateway: the node itself on the bridge k8s-node-up.sh made.
+  mock = await startMockModel({ host: onNode.node.podCidr.replace(/\.0\/24$/, '.1') });
   gate = await testGate('k8s-agent', {
     agents: {
       executionBackends: {
@@ -44,31 +53,28 @@ beforeAll(async () => {
           type: 'kubernetes',
           namespace,
           kubeconfig: a.plane.adminKubeconfig,
-          image: 'spawngate-worker:test',
+          image: IMAGE,
           profiles: {
             coder: {
               egress: 'open',
-              workspace: { strategy: 'git', repo, ref: 'main' },
-              nodeSelector: node.placement.nodeSelector,
-              tolerations: node.placement.tolerations,
+              workspace: { strategy: 'git', repo: FIXTURE_REPO_IN_IMAGE },
               resources: { requests: { cpu: '100m', memory: '256Mi' }, limits: { memory: '1Gi' } },
               ttlSeconds: 900,
+              timeoutSeconds: 600,
             },
           },
         },
       },
       execution: { default: { backend: 'cluster', profile: 'coder' } },
-      acp: { 'codex-acp': agentRecipe('codex-acp', argv['codex-acp'] ?? [], mock.url.replace(/\/$/, '')) },
+      acp: { 'codex-acp': agentRecipe('codex-acp', agentArgv(pkg, dir, join(AGENTS_IN_IMAGE, 'codex-acp')), mock.url.replace(/\/$/, '')) },
     },
   });
 }, CONTROL_PLANE_START_TIMEOUT_MS);
 
 afterAll(async () => {
   await gate?.shutdown();
-  await node?.stop();
   await mock?.close();
   if (a && namespace) await deleteNamespace(a, namespace);
-  rmSync(root, { recursive: true, force: true });
 }, 120_000);
 
 describe('codex-acp as a Kubernetes Pod', () => {
