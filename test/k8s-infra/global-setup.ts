@@ -152,8 +152,8 @@ declare module 'vitest' {
   }
 }
 
-/** Projects whose suites run pods; the others (openclaw) only need the API. */
-const NODE_PROJECTS = new Set(['kubernetes']);
+/** Projects whose suites run pods (the OpenClaw suite's Kubernetes path too). */
+const NODE_PROJECTS = new Set(['kubernetes', 'openclaw']);
 
 let planeStartedHere = false;
 let nodeStartedHere = false;
@@ -161,8 +161,8 @@ let nodeStartedHere = false;
 /**
  * vitest globalSetup: a plane (and node) that was already running (a
  * developer's, or another run's) is reused and left running; one started here
- * is stopped again in teardown unless SPAWNGATE_K8S_KEEP=1. Project
- * "kubernetes" gets the node too; where the node cannot run (not root, not
+ * is stopped again in teardown unless SPAWNGATE_K8S_KEEP=1. Projects
+ * "kubernetes" and "openclaw" get the node too; where the node cannot run (not root, not
  * Linux) it fails in CI and falls back to the plane alone elsewhere, saying so.
  */
 export async function setup(project?: TestProject): Promise<void> {

@@ -20,15 +20,11 @@ import { engine, WORKER_IMAGE } from '../docker/engine.js';
 import { createStoreFromConfig } from '../../src/admission/store/index.js';
 import { silentLogger } from '../../src/log.js';
 import type { Admin } from '../kubernetes/cluster.js';
-import { admin } from '../kubernetes/cluster.js';
-import type { NodeAgent } from '../k8s-node-agent/node-agent.js';
-import { NODE_AGENT_LABEL, startNodeAgent } from '../k8s-node-agent/node-agent.js';
+import { adminOnNode, CONTRACT_IMAGE } from '../kubernetes/cluster.js';
 import type { OtlpSink } from '../telemetry/otlp-sink.js';
 import { startOtlpSink } from '../telemetry/otlp-sink.js';
 
 let cluster: Admin;
-let node: NodeAgent | undefined;
-const nodeName = `sg-oc-${randomUUID().slice(0, 6)}`;
 
 async function podsOf(owner: string): Promise<number> {
   return (await cluster.core.listNamespacedPod({ namespace: cluster.plane.namespace, labelSelector: `spawngate.io/owner=${owner}` })).items.length;
@@ -59,9 +55,8 @@ function decisionLines(): { stage: string; result: { allow: boolean; reasons: { 
 beforeAll(async () => {
   model = await startModelServer();
   sink = await startOtlpSink();
-  // The control plane is up (this project's globalSetup); pods placed on this node run as local processes.
-  cluster = await admin();
-  node = await startNodeAgent({ kubeconfig: cluster.plane.adminKubeconfig, nodeName });
+  // The cluster and its real node are up (this project's globalSetup); the contract image goes into the node's containerd.
+  cluster = await adminOnNode();
   gateway = await createGateway({
     dir,
     model,
@@ -111,9 +106,7 @@ beforeAll(async () => {
               defaultProfile: 'pod',
               profiles: {
                 pod: {
-                  image: 'spawngate-worker:contract',
-                  nodeSelector: { [NODE_AGENT_LABEL]: nodeName },
-                  tolerations: [{ key: NODE_AGENT_LABEL, operator: 'Equal', value: nodeName, effect: 'NoSchedule' }],
+                  image: CONTRACT_IMAGE,
                   resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
                   egress: 'none',
                   ttlSeconds: 600,
@@ -125,8 +118,7 @@ beforeAll(async () => {
           execution: { default: { backend: 'local', profile: 'p' }, agents: { 'echo-docker': { backend: 'docker' }, 'echo-k8s': { backend: 'k8s' } } },
           acp: {
             'echo-docker': { command: ['/usr/local/bin/node', '/app/dist/agents/echo.js'] },
-            // The test node runs a pod's worker on this host (it imitates a kubelet): a host path.
-            'echo-k8s': { command: [process.execPath, join(ROOT, 'dist/agents/echo.js')] },
+            'echo-k8s': { command: ['/usr/local/bin/node', '/app/dist/agents/echo.js'] },
           },
         },
       },
@@ -136,7 +128,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await gateway?.stop();
-  await node?.stop();
   await model?.close();
   await sink?.close();
   // Kept for whoever reads a failed run (CI keeps .cache/).
