@@ -33,6 +33,9 @@ bash scripts/ensure-k8s-bins.sh > /dev/null
 step "tools: containerd, runc (Debian packages) and the CNI plugins (Debian package, unpacked into .tools/cni) for the test node"
 bash scripts/ensure-node-deps.sh > /dev/null
 
+step "tools: kube-router (the test node's NetworkPolicy enforcer, firewall mode; built from the Go module proxy; cached) and ipset"
+bash scripts/ensure-netpol.sh > /dev/null
+
 step "tools: OpenTelemetry Collector (otlp receiver, batch, otlphttp; built from the Go module proxy; cached)"
 OTELCOL_BIN="$(bash scripts/ensure-otelcol.sh | tail -n 1)"
 export OTELCOL_BIN
