@@ -7,10 +7,32 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { agentArgv, agentNative, agentPackage } from '../../src/agents/catalog.js';
+import { AGENTS_IN_IMAGE, buildWorkerImage } from '../../src/backends/docker/image.js';
+import { fixtureRepoFiles } from '../docker/engine.js';
 import { startMockModel } from '../fixtures/mock-model.js';
 import type { MockModel } from '../fixtures/mock-model.js';
 
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
+
+/**
+ * A worker image carrying codex-acp under /opt/agents (as `spawngate image build --agent codex-acp`
+ * puts it there) and the fixture repository; a no-op when up to date. Returns the agent's argv
+ * inside the image.
+ */
+export async function buildCodexImage(tag: string): Promise<readonly string[]> {
+  ensureAgents(['codex-acp']);
+  const pkg = agentPackage('codex-acp');
+  if (!pkg) throw new Error('codex-acp is not in the agent catalog');
+  const dir = join(repoRoot, '.tools', 'agents', 'codex-acp');
+  await buildWorkerImage({
+    tag,
+    agents: [{ id: 'codex-acp', dir, native: [agentNative(pkg, dir)].filter((p): p is string => p !== null) }],
+    extraFiles: await fixtureRepoFiles(),
+    log: (line) => void process.stdout.write(`image: ${line}\n`),
+  });
+  return agentArgv(pkg, dir, join(AGENTS_IN_IMAGE, 'codex-acp'));
+}
 
 /** The agents the full suite drives (the lightest two of the five, on two different wire dialects). */
 export const SUITE_AGENTS = ['codex-acp', 'claude-code-acp'] as const;

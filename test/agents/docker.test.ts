@@ -9,14 +9,12 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { agentArgv, agentNative, agentPackage } from '../../src/agents/catalog.js';
-import { AGENTS_IN_IMAGE, buildWorkerImage } from '../../src/backends/docker/image.js';
 import type { WorkerEvent } from '../../src/protocol/events.js';
 import type { Spawngate } from '../../src/spawngate.js';
-import { ensureEngine, engine, FIXTURE_REPO_IN_IMAGE, fixtureRepoFiles } from '../docker/engine.js';
+import { ensureEngine, engine, FIXTURE_REPO_IN_IMAGE } from '../docker/engine.js';
 import { sha256 } from '../fixtures/mock-model.js';
 import type { MockModel } from '../fixtures/mock-model.js';
-import { agentRecipe, ensureAgents, repoRoot, startModel, writeModelKey } from './agents.js';
+import { agentRecipe, buildCodexImage, startModel, writeModelKey } from './agents.js';
 import { testGate } from '../helpers/gate.js';
 import { callerFor, textOf } from '../helpers/turns.js';
 
@@ -30,19 +28,9 @@ let gate: Spawngate;
 
 beforeAll(async () => {
   await ensureEngine();
-  ensureAgents(['codex-acp']);
-  const pkg = agentPackage('codex-acp');
-  if (!pkg) throw new Error('codex-acp is not in the agent catalog');
-  const dir = join(repoRoot, '.tools', 'agents', 'codex-acp');
-  await buildWorkerImage({
-    tag: IMAGE,
-    agents: [{ id: 'codex-acp', dir, native: [agentNative(pkg, dir)].filter((p): p is string => p !== null) }],
-    extraFiles: await fixtureRepoFiles(),
-    log: (line) => void process.stdout.write(`image: ${line}\n`),
-  });
+  const inImage = await buildCodexImage(IMAGE);
   mock = await startModel();
   writeModelKey(secretsDir, key);
-  const inImage = agentArgv(pkg, dir, join(AGENTS_IN_IMAGE, 'codex-acp'));
   const coder = { egress: 'proxy', egressAllow: [`127.0.0.2:${mock.port}`], workspace: { strategy: 'git', repo: FIXTURE_REPO_IN_IMAGE }, resources: { limits: { memory: '1Gi' } }, ttlSeconds: 900, timeoutSeconds: 600 };
   gate = await testGate('agents-docker', {
     agents: {

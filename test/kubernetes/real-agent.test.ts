@@ -7,14 +7,11 @@
  * the pods' gateway; egress is "open" (a proxy pod is what "proxy" would need, see egress.test.ts).
  */
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { agentArgv, agentNative, agentPackage } from '../../src/agents/catalog.js';
-import { AGENTS_IN_IMAGE, buildWorkerImage } from '../../src/backends/docker/image.js';
 import type { Spawngate } from '../../src/spawngate.js';
 import { testGate } from '../helpers/gate.js';
-import { agentRecipe, ensureAgents, repoRoot } from '../agents/agents.js';
-import { FIXTURE_REPO_IN_IMAGE, fixtureRepoFiles } from '../docker/engine.js';
+import { agentRecipe, buildCodexImage } from '../agents/agents.js';
+import { FIXTURE_REPO_IN_IMAGE } from '../docker/engine.js';
 import { sha256, startMockModel } from '../fixtures/mock-model.js';
 import type { MockModel } from '../fixtures/mock-model.js';
 import { callerFor, textOf, turnEvents } from '../helpers/turns.js';
@@ -29,18 +26,9 @@ let mock: MockModel;
 let gate: Spawngate;
 
 beforeAll(async () => {
-  ensureAgents(['codex-acp']);
   const onNode = await adminOnNode();
   a = onNode;
-  const pkg = agentPackage('codex-acp');
-  if (!pkg) throw new Error('codex-acp is not in the agent catalog');
-  const dir = join(repoRoot, '.tools', 'agents', 'codex-acp');
-  await buildWorkerImage({
-    tag: IMAGE,
-    agents: [{ id: 'codex-acp', dir, native: [agentNative(pkg, dir)].filter((p): p is string => p !== null) }],
-    extraFiles: await fixtureRepoFiles(),
-    log: (line) => void process.stdout.write(`image: ${line}\n`),
-  });
+  const inImage = await buildCodexImage(IMAGE);
   await ensureNodeImage(onNode.node, IMAGE);
   namespace = await restrictedNamespace(a, 'sg-agent');
   await a.core.createNamespacedSecret({ namespace, body: { metadata: { name: 'model' }, stringData: { 'api-key': key } } });
@@ -66,7 +54,7 @@ beforeAll(async () => {
         },
       },
       execution: { default: { backend: 'cluster', profile: 'coder' } },
-      acp: { 'codex-acp': agentRecipe('codex-acp', agentArgv(pkg, dir, join(AGENTS_IN_IMAGE, 'codex-acp')), mock.url.replace(/\/$/, '')) },
+      acp: { 'codex-acp': agentRecipe('codex-acp', inImage, mock.url.replace(/\/$/, '')) },
     },
   });
 }, CONTROL_PLANE_START_TIMEOUT_MS);
