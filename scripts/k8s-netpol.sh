@@ -34,8 +34,12 @@ running_pid() {
 }
 
 # The firewall is in force once its FORWARD hook chain exists and is jumped to.
+# Captured, then matched: grep -q on a pipe exits at the first match and, under pipefail, the
+# writer's SIGPIPE would turn a match into a failure.
 chains_ready() {
-  iptables -w 5 -S FORWARD 2>/dev/null | grep -q -- '-j KUBE-ROUTER-FORWARD'
+  local rules
+  rules=$(iptables -w 5 -S FORWARD 2>/dev/null) || return 1
+  grep -q -- '-j KUBE-ROUTER-FORWARD' <<<"$rules"
 }
 
 # kube-router's chains, and every rule in or jumping to one of them.
@@ -53,7 +57,8 @@ remove_firewall() {
   for set in $(ipset list -n 2>/dev/null); do
     case $set in KUBE-SRC-* | KUBE-DST-* | KUBE-NWPLCY-* | kube-router-*) ipset destroy "$set" 2>/dev/null || log "ipset $set is still in use";; esac
   done
-  if iptables-save -t filter 2>/dev/null | grep -Eq -- "$OWN"; then
+  saved=$(iptables-save -t filter 2>/dev/null)
+  if grep -Eq -- "$OWN" <<<"$saved"; then
     die "kube-router's iptables chains are still on the host after removal"
   fi
   log "removed kube-router's iptables chains and ipsets"
