@@ -19,9 +19,9 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync } from 'node:fs';
-import { chmod, copyFile, link, lstat, mkdir, mkdtemp, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, link, lstat, mkdir, mkdtemp, readdir, readlink, realpath, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { promisify } from 'node:util';
 import { SpawngateError } from '../../errors.js';
 import { isWithin, PACKAGE_ROOT } from '../../paths.js';
@@ -33,7 +33,7 @@ const run = promisify(execFile);
 export const WORKER_IMAGE_REPOSITORY = 'spawngate-worker';
 export const IMAGE_INPUTS_LABEL = 'spawngate.io/image-inputs';
 /** Bump when the layout or the import changes, so old images with equal file inputs are rebuilt. */
-const LAYOUT_VERSION = '2';
+const LAYOUT_VERSION = '3';
 
 /**
  * Host programs a coding agent expects to find (a shell, git, the tools its shell commands use),
@@ -93,7 +93,9 @@ type Entry =
   | { kind: 'file'; path: string; mode: number; source: string }
   | { kind: 'text'; path: string; mode: number; content: string }
   /** A hard link to another file entry of the image (git's helpers are one binary under 100+ names). */
-  | { kind: 'link'; path: string; mode: number; target: string };
+  | { kind: 'link'; path: string; mode: number; target: string }
+  /** A symbolic link kept as one (an npm .bin entry, a package's alias): `target` as it was written, relative. */
+  | { kind: 'symlink'; path: string; mode: number; target: string };
 
 function buildError(message: string, cause?: unknown, code: 'BACKEND_FAILED' | 'DEPENDENCY_MISSING' = 'BACKEND_FAILED'): SpawngateError {
   return new SpawngateError(code, message, cause === undefined ? {} : { cause });
@@ -190,19 +192,52 @@ export function productionPackages(root: string): { source: string; dest: string
 }
 
 /** Every file under `source` as entries under `dest`; symlinks are copied as the files they point to. */
+/**
+ * The files under `source` as entries under `dest`. What npm made links stays links, so an image
+ * holds each file's bytes once (an agent's native binary is often reachable as a .bin symlink and
+ * as a hard link under a second package: tripled, it was 741 MB instead of 370 for opencode):
+ * a symlink whose target stays inside the tree is kept as the same relative symlink, a second name
+ * of an inode becomes a hard link to the first. A symlink leading out of the tree, or absolute, is
+ * copied as what it points to: the image must not depend on the builder's filesystem.
+ */
 async function treeEntries(source: string, dest: string, skipTopLevel: ReadonlySet<string> = new Set()): Promise<Entry[]> {
-  const entries: Entry[] = [{ kind: 'dir', path: dest, mode: 0o755 }];
-  const names = (await readdir(source)).sort();
-  for (const name of names) {
-    if (skipTopLevel.has(name)) continue;
-    const from = join(source, name);
-    const to = `${dest}/${name}`;
-    const st = await stat(from).catch(() => null);
-    if (!st) continue; // dangling symlink
-    if (st.isDirectory()) entries.push(...(await treeEntries(from, to)));
-    else if (st.isFile()) entries.push({ kind: 'file', path: to, mode: st.mode & 0o111 ? 0o755 : 0o644, source: from });
-  }
-  return entries;
+  const lexicalRoot = resolve(source);
+  const root = await realpath(source);
+  const inodes = new Map<string, string>();
+  const walk = async (from: string, to: string, skip: ReadonlySet<string>): Promise<Entry[]> => {
+    const entries: Entry[] = [{ kind: 'dir', path: to, mode: 0o755 }];
+    for (const name of (await readdir(from)).sort()) {
+      if (skip.has(name)) continue;
+      const fromPath = join(from, name);
+      const toPath = `${to}/${name}`;
+      const own = await lstat(fromPath);
+      if (own.isSymbolicLink()) {
+        const target = await readlink(fromPath);
+        const resolved = await realpath(fromPath).catch(() => null);
+        if (!resolved) continue; // dangling symlink
+        const lexical = resolve(dirname(fromPath), target);
+        // Not into a top-level folder left out here (a package's nested node_modules is placed apart).
+        const top = relative(lexicalRoot, lexical).split(sep)[0] ?? '';
+        if (!isAbsolute(target) && isWithin(lexicalRoot, lexical) && !skipTopLevel.has(top) && isWithin(root, resolved)) {
+          entries.push({ kind: 'symlink', path: toPath, mode: 0o777, target });
+          continue;
+        }
+      }
+      const st = await stat(fromPath);
+      if (st.isDirectory()) entries.push(...(await walk(fromPath, toPath, new Set())));
+      else if (st.isFile()) {
+        const inode = `${st.dev}:${st.ino}`;
+        const first = own.isSymbolicLink() ? undefined : inodes.get(inode);
+        if (first !== undefined) entries.push({ kind: 'link', path: toPath, mode: st.mode & 0o111 ? 0o755 : 0o644, target: first });
+        else {
+          if (!own.isSymbolicLink()) inodes.set(inode, toPath);
+          entries.push({ kind: 'file', path: toPath, mode: st.mode & 0o111 ? 0o755 : 0o644, source: fromPath });
+        }
+      }
+    }
+    return entries;
+  };
+  return walk(source, dest, skipTopLevel);
 }
 
 /** The first executable named `name` on PATH, with symlinks resolved to the real file; null when none. */
@@ -370,7 +405,7 @@ async function hashInputs(entries: readonly Entry[], settings: readonly string[]
   for (const entry of entries) {
     hash.update(`${entry.kind} ${entry.path} ${entry.mode.toString(8)}\n`);
     if (entry.kind === 'text') hash.update(entry.content);
-    if (entry.kind === 'link') hash.update(entry.target);
+    if (entry.kind === 'link' || entry.kind === 'symlink') hash.update(entry.target);
     if (entry.kind === 'file') {
       for await (const chunk of createReadStream(entry.source)) hash.update(chunk as Buffer);
     }
@@ -380,16 +415,18 @@ async function hashInputs(entries: readonly Entry[], settings: readonly string[]
 
 async function stage(entries: readonly Entry[], rootfs: string): Promise<void> {
   // Links last: their targets must exist. tar stores a second name of an inode as a hard link.
-  for (const entry of [...entries.filter((e) => e.kind !== 'link'), ...entries.filter((e) => e.kind === 'link')]) {
+  const last = (e: Entry): boolean => e.kind === 'link' || e.kind === 'symlink';
+  for (const entry of [...entries.filter((e) => !last(e)), ...entries.filter(last)]) {
     const target = join(rootfs, entry.path);
     if (entry.kind === 'dir') await mkdir(target, { recursive: true });
     else {
       await mkdir(dirname(target), { recursive: true });
       if (entry.kind === 'file') await copyFile(entry.source, target);
       else if (entry.kind === 'link') await link(join(rootfs, entry.target), target);
+      else if (entry.kind === 'symlink') await symlink(entry.target, target);
       else await writeFile(target, entry.content);
     }
-    if (entry.kind !== 'link') await chmod(target, entry.mode);
+    if (!last(entry)) await chmod(target, entry.mode);
   }
 }
 
