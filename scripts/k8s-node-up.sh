@@ -295,6 +295,18 @@ EOF
   ]
 }
 EOF
+
+  # The bridge and its gateway address exist from the start, not only from the first pod's CNI
+  # ADD: a host service for the pods (a test's model API, a proxy) can listen on the gateway
+  # before any pod runs. The bridge plugin adopts an existing bridge that carries its gateway.
+  if ! ip link show "$node_bridge" >/dev/null 2>&1; then
+    ip link add "$node_bridge" type bridge
+  fi
+  gateway_cidr="$pod_gateway/${pod_cidr#*/}"
+  if [[ " $(ip -o -4 addr show dev "$node_bridge" | awk '{print $4}' | tr '\n' ' ') " != *" $gateway_cidr "* ]]; then
+    ip addr add "$gateway_cidr" dev "$node_bridge"
+  fi
+  ip link set "$node_bridge" up
 fi
 
 # ---------------------------------------------------------------- images
