@@ -16,22 +16,27 @@ import type { MockModel } from '../fixtures/mock-model.js';
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 
 /**
- * A worker image carrying codex-acp under /opt/agents (as `spawngate image build --agent codex-acp`
- * puts it there) and the fixture repository; a no-op when up to date. Returns the agent's argv
- * inside the image.
+ * A worker image carrying the given agents under /opt/agents (as `spawngate image build --agent <id>`
+ * puts them there) and the fixture repository; a no-op when up to date. Returns each agent's argv
+ * inside the image. The Docker and the Kubernetes suites share one tag with all five agents, so the
+ * image is built (and imported into the node's containerd) once per run, not once per agent.
  */
-export async function buildCodexImage(tag: string): Promise<readonly string[]> {
-  ensureAgents(['codex-acp']);
-  const pkg = agentPackage('codex-acp');
-  if (!pkg) throw new Error('codex-acp is not in the agent catalog');
-  const dir = join(repoRoot, '.tools', 'agents', 'codex-acp');
+export async function buildAgentsImage(tag: string, ids: readonly SuiteAgent[] = ALL_AGENTS): Promise<Record<SuiteAgent, readonly string[]>> {
+  ensureAgents(ids);
+  const packages = ids.map((id) => {
+    const pkg = agentPackage(id);
+    if (!pkg) throw new Error(`${id} is not in the agent catalog`);
+    return { id, pkg, dir: join(repoRoot, '.tools', 'agents', id) };
+  });
   await buildWorkerImage({
     tag,
-    agents: [{ id: 'codex-acp', dir, native: [agentNative(pkg, dir)].filter((p): p is string => p !== null) }],
+    agents: packages.map(({ id, pkg, dir }) => ({ id, dir, native: [agentNative(pkg, dir)].filter((p): p is string => p !== null) })),
     extraFiles: await fixtureRepoFiles(),
     log: (line) => void process.stdout.write(`image: ${line}\n`),
   });
-  return agentArgv(pkg, dir, join(AGENTS_IN_IMAGE, 'codex-acp'));
+  const argv: Partial<Record<SuiteAgent, readonly string[]>> = {};
+  for (const { id, pkg, dir } of packages) argv[id] = agentArgv(pkg, dir, join(AGENTS_IN_IMAGE, id));
+  return argv as Record<SuiteAgent, readonly string[]>;
 }
 
 /** The agents the full suite drives (the lightest two of the five, on two different wire dialects). */
@@ -39,9 +44,12 @@ export const SUITE_AGENTS = ['codex-acp', 'claude-code-acp'] as const;
 /** The others with a recipe in docs/agents.md: each is checked with a text turn and an edit. */
 export const RECIPE_AGENTS = ['qwen-code', 'gemini-cli', 'opencode'] as const;
 export type SuiteAgent = (typeof SUITE_AGENTS)[number] | (typeof RECIPE_AGENTS)[number];
+export const ALL_AGENTS: readonly SuiteAgent[] = [...SUITE_AGENTS, ...RECIPE_AGENTS];
+/** The image the Docker and Kubernetes agent suites run: the worker with all five agents and the fixture repository. */
+export const AGENTS_IMAGE = 'spawngate-worker:agents-test';
 
 /** Installs (or finds, cached) the pinned agents; returns each one's ACP argv. */
-export function ensureAgents(ids: readonly string[] = [...SUITE_AGENTS, ...RECIPE_AGENTS]): Record<string, string[]> {
+export function ensureAgents(ids: readonly string[] = ALL_AGENTS): Record<string, string[]> {
   const out = execFileSync('bash', ['scripts/ensure-agents.sh', ...ids], { cwd: repoRoot, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 20 * 60_000 });
   const argv: Record<string, string[]> = {};
   for (const line of out.trim().split('\n')) {
