@@ -352,29 +352,14 @@ fi
 
 worker_image=""
 if [[ $with_worker_image == 1 ]]; then
-  # build-image.sh is a no-op when nothing changed; its last stdout line is {"tag":…,"id":…}.
+  # build-image.sh is a no-op when nothing changed; its last stdout line is {"tag":…,…}.
   # The lock: build-image.sh compiles dist/, which a developer's or a test's own build may be writing.
   build_out=$(flock -w 900 /tmp/spawngate-build.lock bash "$repo/scripts/build-image.sh")
   build_json=${build_out##*$'\n'}
-  read -r worker_tag worker_id < <("$node_bin" -e '
-    const r = JSON.parse(process.argv[1]);
-    process.stdout.write(`${r.tag} ${r.imageId ?? ""}\n`);
-  ' "$build_json")
+  worker_tag=$("$node_bin" -e 'process.stdout.write(JSON.parse(process.argv[1]).tag ?? "")' "$build_json")
   [[ -n $worker_tag ]] || die "scripts/build-image.sh printed no tag: $build_json"
-  [[ -n $worker_id ]] || worker_id=$(docker image inspect --format '{{.Id}}' "$worker_tag")
-  # containerd names images fully; the kubelet asks for docker.io/library/<name> too.
-  [[ $worker_tag == */* ]] && worker_ref=$worker_tag || worker_ref=docker.io/library/$worker_tag
-  test_ref=docker.io/library/spawngate-worker:test
-  stamp=$node_state/containerd/worker-image.id
-  if [[ -f $stamp && $(<"$stamp") == "$worker_id" ]] && image_present "$worker_ref" && image_present "$test_ref"; then
-    log "worker image $worker_tag ($worker_id) already in containerd"
-  else
-    start_import=$SECONDS
-    docker save "$worker_tag" | node_ctr images import --snapshotter "$snapshotter" - >/dev/null
-    node_ctr images tag --force "$worker_ref" "$test_ref" >/dev/null
-    printf '%s\n' "$worker_id" >"$stamp"
-    log "imported $worker_tag as $worker_ref and $test_ref in $((SECONDS - start_import))s"
-  fi
+  # Also as spawngate-worker:test, the name the golden manifests and the node tests use.
+  SPAWNGATE_K8S_NODE_STATE_DIR=$node_state bash "$repo/scripts/k8s-node-image.sh" "$worker_tag" docker.io/library/spawngate-worker:test >/dev/null
   worker_image=$worker_tag
 fi
 
