@@ -15,37 +15,19 @@ _k8s_down_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${state:=${SPAWNGATE_K8S_STATE_DIR:-$_k8s_down_repo/.cache/k8s}}"
 : "${pids:=$state/pids}"
 
+# shellcheck source=scripts/lib/daemons.sh
+source "$_k8s_down_repo/scripts/lib/daemons.sh"
+
 # Prints the pid of a running <component> (etcd, kube-apiserver, …) or fails.
 component_pid() { # <component>
-  local file="$pids/$1.pid" pid exe
-  [[ -f $file ]] || return 1
-  pid=$(<"$file")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-  # A binary rebuilt while its process runs shows up as "<path> (deleted)".
-  exe=${exe% (deleted)}
-  [[ $(basename "$exe") == "$1" ]] || return 1
-  printf '%s\n' "$pid"
+  daemon_pid "$pids" "$1"
 }
 
-# Stops the components in reverse start order; bounded: TERM, up to 20s, then KILL.
+# Stops the components in reverse start order.
 stop_all() {
-  local c pid i
+  local c
   for c in kube-scheduler kube-controller-manager kube-apiserver etcd; do
-    if pid=$(component_pid "$c"); then
-      kill -TERM "$pid" 2>/dev/null || true
-      for ((i = 0; i < 200; i++)); do
-        component_pid "$c" >/dev/null || break
-        sleep 0.1
-      done
-      if component_pid "$c" >/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-        printf '[k8s-down] %s (pid %s) ignored SIGTERM; killed\n' "$c" "$pid" >&2
-      else
-        printf '[k8s-down] stopped %s (pid %s)\n' "$c" "$pid" >&2
-      fi
-    fi
-    rm -f "$pids/$c.pid"
+    daemon_stop "$pids" "$c" k8s-down
   done
   rm -f "$state/env"
 }

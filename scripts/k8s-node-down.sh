@@ -28,35 +28,16 @@ node_host_dirs=(/run/containerd /run/containerd/s /run/containerd/fifo /run/cont
 
 node_log() { printf '[k8s-node-down] %s\n' "$*" >&2; }
 
+# shellcheck source=scripts/lib/daemons.sh
+source "$_k8s_node_down_repo/scripts/lib/daemons.sh"
+
 # Prints the pid of a running node <component> (containerd, kubelet) or fails.
 node_component_pid() { # <component>
-  local file="$node_state/pids/$1.pid" pid exe
-  [[ -f $file ]] || return 1
-  pid=$(<"$file")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-  exe=${exe% (deleted)}
-  [[ $(basename "$exe") == "$1" ]] || return 1
-  printf '%s\n' "$pid"
+  daemon_pid "$node_state/pids" "$1"
 }
 
-# TERM, up to 20 s, then KILL.
 stop_node_component() { # <component>
-  local c=$1 pid i
-  if pid=$(node_component_pid "$c"); then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 200; i++)); do
-      node_component_pid "$c" >/dev/null || break
-      sleep 0.1
-    done
-    if node_component_pid "$c" >/dev/null; then
-      kill -KILL "$pid" 2>/dev/null || true
-      node_log "$c (pid $pid) ignored SIGTERM; killed"
-    else
-      node_log "stopped $c (pid $pid)"
-    fi
-  fi
-  rm -f "$node_state/pids/$c.pid"
+  daemon_stop "$node_state/pids" "$1" k8s-node-down
 }
 
 node_ctr() {

@@ -102,29 +102,13 @@ node_ready() { # [since]
 
 # Polls <cmd…> every half second until it succeeds, <component> dies, or the timeout.
 wait_for() { # <component> <what> <cmd…>
-  local component=$1 what=$2 deadline=$((SECONDS + ready_timeout))
+  local component=$1 what=$2
   shift 2
-  until "$@"; do
-    if ! node_component_pid "$component" >/dev/null; then
-      tail -n 30 "$logs/$component.log" >&2 || true
-      die "$component exited while waiting for $what; log: $logs/$component.log"
-    fi
-    if ((SECONDS >= deadline)); then
-      tail -n 30 "$logs/$component.log" >&2 || true
-      die "$what not reached after ${ready_timeout}s; log: $logs/$component.log"
-    fi
-    sleep 0.5
-  done
+  daemon_wait "$pids" "$logs" "$ready_timeout" 0.5 "$component" "$what" "$@"
 }
 
 start() { # <component> <binary> <args…>
-  local component=$1 bin=$2
-  shift 2
-  # setsid: the node outlives this shell and the test runner, until k8s-node-down.sh stops it.
-  # 9>&-: the lock must not live as long as the node.
-  setsid "$bin" "$@" >"$logs/$component.log" 2>&1 </dev/null 9>&- &
-  printf '%s\n' "$!" >"$pids/$component.pid"
-  log "started $component (pid $!)"
+  daemon_start "$pids" "$logs" "$@"
 }
 
 containerd_answers() {

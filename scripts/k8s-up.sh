@@ -76,30 +76,13 @@ port_in_use() { # <port>
 
 # Polls <cmd…> once a second until it succeeds, the component dies, or the timeout.
 wait_for() { # <component> <cmd…>
-  local component=$1 deadline=$((SECONDS + ready_timeout))
+  local component=$1
   shift
-  until "$@"; do
-    if ! component_pid "$component" >/dev/null; then
-      tail -n 30 "$logs/$component.log" >&2 || true
-      die "$component exited during startup; log: $logs/$component.log"
-    fi
-    if ((SECONDS >= deadline)); then
-      tail -n 30 "$logs/$component.log" >&2 || true
-      die "$component not ready after ${ready_timeout}s; log: $logs/$component.log"
-    fi
-    sleep 1
-  done
+  daemon_wait "$pids" "$logs" "$ready_timeout" 1 "$component" "$component ready" "$@"
 }
 
 start() { # <component> <binary> <args…>
-  local component=$1 bin=$2
-  shift 2
-  # setsid: the plane outlives the shell (and test runner) that started it,
-  # until k8s-down.sh stops it by the pids recorded here.
-  # 9>&-: the lock fd must not be inherited, or the lock lives as long as the plane.
-  setsid "$bin" "$@" >"$logs/$component.log" 2>&1 </dev/null 9>&- &
-  printf '%s\n' "$!" >"$pids/$component.pid"
-  log "started $component (pid $!)"
+  daemon_start "$pids" "$logs" "$@"
 }
 
 gen_key() { # <path>
