@@ -14,10 +14,10 @@ import {
   stopNode,
   type Cluster,
 } from './global-setup.js';
+import { hardenedContainerSecurityContext, hardenedPodSecurityContext, WORKER_UID } from '../../src/backends/kubernetes/manifest.js';
 
 const WAIT_TIMEOUT_MS = 120_000;
 const PORT = 8080;
-const WORKER_UID = 10001;
 const unsupported = process.env.CI === 'true' ? null : nodeUnsupportedReason();
 
 /** Polls until `check` returns a value; bounded by WAIT_TIMEOUT_MS. */
@@ -35,7 +35,7 @@ function uniqueName(prefix: string): string {
   return `${prefix}-${randomBytes(4).toString('hex')}`;
 }
 
-/** A pod of the worker image that passes PodSecurity "restricted", running `node -e <script>`. */
+/** A pod of the worker image, hardened as spawngate's own workers (PodSecurity "restricted"), running `node -e <script>`. */
 function workerPod(name: string, script: string, memoryLimit: string, extra: Partial<V1Pod['spec']> = {}): V1Pod {
   return {
     metadata: { name, labels: { 'spawngate.io/test': 'k8s-infra-node' } },
@@ -44,12 +44,7 @@ function workerPod(name: string, script: string, memoryLimit: string, extra: Par
       automountServiceAccountToken: false,
       enableServiceLinks: false,
       terminationGracePeriodSeconds: 2,
-      securityContext: {
-        runAsNonRoot: true,
-        runAsUser: WORKER_UID,
-        runAsGroup: WORKER_UID,
-        seccompProfile: { type: 'RuntimeDefault' },
-      },
+      securityContext: hardenedPodSecurityContext(),
       containers: [
         {
           name: 'worker',
@@ -58,13 +53,7 @@ function workerPod(name: string, script: string, memoryLimit: string, extra: Par
           imagePullPolicy: 'Never',
           command: ['/usr/local/bin/node', '-e', script],
           resources: { limits: { cpu: '500m', memory: memoryLimit }, requests: { cpu: '50m', memory: memoryLimit } },
-          securityContext: {
-            allowPrivilegeEscalation: false,
-            privileged: false,
-            readOnlyRootFilesystem: true,
-            runAsNonRoot: true,
-            capabilities: { drop: ['ALL'] },
-          },
+          securityContext: hardenedContainerSecurityContext(),
         },
       ],
       ...extra,

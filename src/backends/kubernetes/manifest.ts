@@ -10,7 +10,7 @@
  * See docs/kubernetes.md for the order they are created in and why.
  */
 import { createHash } from 'node:crypto';
-import type { V1EnvVar, V1NetworkPolicy, V1NetworkPolicyEgressRule, V1NetworkPolicyPeer, V1Pod, V1Secret, V1Volume, V1VolumeMount } from '@kubernetes/client-node';
+import type { V1EnvVar, V1NetworkPolicy, V1NetworkPolicyEgressRule, V1NetworkPolicyPeer, V1Pod, V1PodSecurityContext, V1Secret, V1SecurityContext, V1Volume, V1VolumeMount } from '@kubernetes/client-node';
 import { BackendError } from '../../errors.js';
 import type { WorkerSpec } from '../types.js';
 import { LABELS } from '../types.js';
@@ -185,6 +185,16 @@ function quantities(list: WorkerSpec['resources']['requests']): Record<string, s
   return out;
 }
 
+/** The worker pod's securityContext: PodSecurity "restricted" and the image's own uid. A fresh object per call. */
+export function hardenedPodSecurityContext(): V1PodSecurityContext {
+  return { runAsNonRoot: true, runAsUser: WORKER_UID, runAsGroup: WORKER_UID, fsGroup: WORKER_UID, seccompProfile: { type: 'RuntimeDefault' } };
+}
+
+/** The worker container's securityContext: no privilege, no capability, a read-only root filesystem. A fresh object per call. */
+export function hardenedContainerSecurityContext(): V1SecurityContext {
+  return { allowPrivilegeEscalation: false, privileged: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: { drop: ['ALL'] } };
+}
+
 export function buildPodManifest(spec: WorkerSpec, options: ManifestOptions): V1Pod {
   checkSpec(spec, options);
   const labels = workerLabels(spec, options);
@@ -221,13 +231,7 @@ export function buildPodManifest(spec: WorkerSpec, options: ManifestOptions): V1
       ...(spec.runtimeClassName ? { runtimeClassName: spec.runtimeClassName } : {}),
       ...(Object.keys(spec.nodeSelector).length > 0 ? { nodeSelector: { ...spec.nodeSelector } } : {}),
       ...(spec.tolerations.length > 0 ? { tolerations: spec.tolerations.map((t) => ({ ...t })) } : {}),
-      securityContext: {
-        runAsNonRoot: true,
-        runAsUser: WORKER_UID,
-        runAsGroup: WORKER_UID,
-        fsGroup: WORKER_UID,
-        seccompProfile: { type: 'RuntimeDefault' },
-      },
+      securityContext: hardenedPodSecurityContext(),
       containers: [
         {
           name: WORKER_CONTAINER,
@@ -243,13 +247,7 @@ export function buildPodManifest(spec: WorkerSpec, options: ManifestOptions): V1
           // and the gateway's own /healthz call (with the token) decides readiness for spawngate.
           // running() waits for Ready: a short period keeps that wait close to the worker's own start.
           readinessProbe: { tcpSocket: { port: options.workerPort }, periodSeconds: 1, failureThreshold: 3 },
-          securityContext: {
-            allowPrivilegeEscalation: false,
-            privileged: false,
-            readOnlyRootFilesystem: true,
-            runAsNonRoot: true,
-            capabilities: { drop: ['ALL'] },
-          },
+          securityContext: hardenedContainerSecurityContext(),
           volumeMounts: mounts,
         },
       ],
