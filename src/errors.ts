@@ -22,6 +22,8 @@ export type ErrorCode =
   | 'WORKER_UNAUTHORIZED'
   | 'SPAWN_NOT_FOUND'
   | 'WORKSPACE_UNAVAILABLE'
+  | 'IDEMPOTENCY_KEY_REUSED'
+  | 'IDEMPOTENCY_KEY_IN_PROGRESS'
   | 'TIMEOUT';
 
 export interface SpawngateErrorOptions {

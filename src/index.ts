@@ -5,7 +5,7 @@ export type { SpawnRequest, SpawnRequestInput, SessionWishes } from './admission
 export { createMemoryStore } from './admission/store/memory.js';
 export { createRedisStore, type RedisStoreOptions, type RedisClient } from './admission/store/redis.js';
 export { createStoreFromConfig } from './admission/store/index.js';
-export type { ReservationStore, ReservationRecord, ReserveOutcome, ReservationRequest } from './admission/store/types.js';
+export type { ReservationStore, ReservationRecord, ReserveOutcome, ReservationRequest, IdempotencyStore, IdempotencyClaim } from './admission/store/types.js';
 export { fileDecisionLog, memoryDecisionLog, streamDecisionLog, type DecisionLog, type DecisionLogEntry } from './admission/decision-log.js';
 export type * from './backends/types.js';
 export { BACKEND_SPEC_VERSION, LABELS } from './backends/types.js';

@@ -23,7 +23,8 @@ const idSchema = z
   .string()
   .min(1)
   .max(MAX_ID)
-  .regex(/^[^\u0000-\u001f\u007f]+$/, { message: 'must not contain control characters' });
+  // `*`: an empty value is min(1)'s to report, once.
+  .regex(/^[^\u0000-\u001f\u007f]*$/, { message: 'must not contain control characters' });
 
 const taskSchema = z
   .string()
@@ -116,6 +117,8 @@ export const spawnRequestSchema = z
       }),
     }),
     traceparent: traceparentSchema.optional(),
+    // A retry with the same key gets the spawn the first request made (src/sessions/idempotency.ts).
+    idempotencyKey: idSchema.optional(),
   })
   .superRefine(
     (value, ctx) => {
@@ -147,6 +150,8 @@ export interface SpawnRequest {
   caller: AdmissionInput['caller'];
   /** The caller's W3C trace context, continued by the spawn span. */
   traceparent: string | null;
+  /** Makes retries of this request return the spawn the first one made; null: every request spawns. */
+  idempotencyKey: string | null;
 }
 
 export interface SessionWishes {
@@ -187,5 +192,6 @@ export function parseSpawnRequest(value: unknown): SpawnRequest {
       user: { id: r.caller.user.id, roles: [...(r.caller.user.roles ?? [])] },
     },
     traceparent: r.traceparent ?? null,
+    idempotencyKey: r.idempotencyKey ?? null,
   };
 }

@@ -775,6 +775,23 @@ export const spawngateSectionSchema = z.strictObject({
     .optional()
     .register(configMetadata, { description: 'lease heartbeat period (default 10); at most half of leaseSeconds' }),
   policyData: policyDataSchema.optional(),
+  idempotency: z
+    .strictObject({
+      windowSeconds: z
+        .int()
+        .min(1)
+        .max(7 * 86_400)
+        .optional()
+        .register(configMetadata, { description: 'how long a spawn request\'s idempotencyKey returns the spawn it made (default 86400)' }),
+      waitSeconds: z
+        .int()
+        .min(0)
+        .max(3600)
+        .optional()
+        .register(configMetadata, { description: 'how long a retry waits for the first request with its key that is still starting, before IDEMPOTENCY_KEY_IN_PROGRESS (default 120)' }),
+    })
+    .optional()
+    .register(configMetadata, { description: 'spawn requests with an idempotencyKey (or HTTP Idempotency-Key): one worker per key and user, on every gateway sharing the store' }),
   policyEvaluationTimeoutMs: z
     .int()
     .min(1)

@@ -13,6 +13,10 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   WORKER_BUSY: 409,
   // The worker's workspace cannot give what was asked (not a git checkout, too large, no tar).
   WORKSPACE_UNAVAILABLE: 409,
+  // The first request with this key still runs: the same request again, a little later, gets its spawn.
+  IDEMPOTENCY_KEY_IN_PROGRESS: 409,
+  // The key belongs to a different request (draft-ietf-httpapi-idempotency-key-header: 422).
+  IDEMPOTENCY_KEY_REUSED: 422,
   // Problems of this server's own setup, not of the request.
   CONFIG_INVALID: 500,
   CONFIG_UNREADABLE: 500,

@@ -189,6 +189,24 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 }
 
 /** The gateway's trace continues through the header when the body does not name one itself. */
+/**
+ * The `Idempotency-Key` header (draft-ietf-httpapi-idempotency-key-header) as the request's
+ * idempotencyKey. A key in the body too must be the same key: two keys for one request is a 400.
+ * The draft's key is a structured-field string ("…"); a bare token is taken as it is.
+ */
+function withIdempotencyKey(body: Record<string, unknown>, header: string | string[] | undefined): Record<string, unknown> {
+  if (header === undefined) return body;
+  const values = Array.isArray(header) ? header : [header];
+  const issue = (message: string) => new RequestError(`invalid Idempotency-Key header: ${message}`, [{ path: 'headers.idempotency-key', message }]);
+  if (values.length !== 1 || (values[0] ?? '').includes(',')) throw issue('must be sent once, with one key');
+  const raw = (values[0] ?? '').trim();
+  const quoted = /^"((?:[^"\\]|\\["\\])*)"$/.exec(raw);
+  const key = quoted ? (quoted[1] ?? '').replace(/\\(["\\])/g, '$1') : raw;
+  if (key === '') throw issue('must not be empty');
+  if (body['idempotencyKey'] !== undefined && body['idempotencyKey'] !== key) throw issue('differs from the body\'s idempotencyKey; send the key once');
+  return { ...body, idempotencyKey: key };
+}
+
 function withTraceparent(body: unknown, header: string | string[] | undefined): unknown {
   const trace = parseTraceparent(header);
   if (!trace || !isRecord(body) || body['traceparent'] !== undefined) return body;
@@ -362,7 +380,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   };
 
   const spawn: Handler = async ({ req, body, signal }) => {
-    const parsed = requireObject(body, 'spawn request');
+    const parsed = withIdempotencyKey(requireObject(body, 'spawn request'), req.headers['idempotency-key']);
     const request = withTraceparent(parsed, req.headers.traceparent);
     // The client going away aborts the wait for readiness; the lifecycle then removes what it created.
     const handle = await gate.spawn(request as SpawnRequestInput, { signal, ...parentOption(parsed, requestTraces.get(req)) });
@@ -371,10 +389,11 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
       await gate.close(handle.spawnId).catch((err: unknown) => logger.error('closing a worker whose caller left failed', { spawnId: handle.spawnId, error: (err as Error).message }));
       return null;
     }
-    logger.info('spawned worker', { spawnId: handle.spawnId, backend: handle.backend, profile: handle.profile, nativeId: handle.nativeId });
+    logger.info(handle.replayed ? 'answered a retried spawn with the worker its idempotency key made' : 'spawned worker', { spawnId: handle.spawnId, backend: handle.backend, profile: handle.profile, nativeId: handle.nativeId });
     return {
+      // A replay answers as the first request was answered, and says it is one.
       status: 201,
-      headers: { location: `/v1/spawns/${encodeURIComponent(handle.spawnId)}` },
+      headers: { location: `/v1/spawns/${encodeURIComponent(handle.spawnId)}`, ...(handle.replayed ? { 'idempotent-replayed': 'true' } : {}) },
       body: {
         spawnId: handle.spawnId,
         decisionId: handle.decisionId,

@@ -14,11 +14,13 @@ import type { Backend, WorkerEndpoint, WorkerRef, WorkerStatus } from '../backen
 import { LABELS } from '../backends/types.js';
 import { createWorkerClient } from '../protocol/client.js';
 import { findBackend, findProfile } from '../config/index.js';
-import { AdmissionDeniedError, BackendError, isSpawngateError, SpawngateError } from '../errors.js';
+import { AdmissionDeniedError, BackendError, isSpawngateError, RequestError, SpawngateError } from '../errors.js';
 import { pairLabels, safely } from '../telemetry/metrics.js';
 import { inSpan, parentContext, setAttributes, SPAN, traceparentOf } from '../telemetry/tracing.js';
 import type { Live, LiveSet } from './live-set.js';
 import { createLiveSet, KEPT_LOG_LINES, nativeAttributes } from './live-set.js';
+import { DEFAULT_IDEMPOTENCY_WAIT_MS, DEFAULT_IDEMPOTENCY_WINDOW_MS, idempotentSpawn } from './idempotency.js';
+import type { SpawnRecord } from './idempotency.js';
 import { waitForWorker } from './readiness.js';
 import { acceptSession, buildWorkerSpec, labelValue } from './spec.js';
 import { createSweeper } from './sweeper.js';
@@ -42,10 +44,38 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
   }
 
   async function spawn(request: SpawnRequestInput, spawnOptions: SpawnOptions = {}): Promise<WorkerHandle> {
+    // Only a request that names a key is parsed here; every other one is parsed once, by admission.
+    const named = !spawnOptions.reserved && (request as { idempotencyKey?: unknown } | null)?.idempotencyKey !== undefined;
+    const parsed = named ? parseSpawnRequest(request) : null;
+    if (!parsed?.idempotencyKey) return spawnOnce(request, spawnOptions, randomUUID());
+    const store = admission.store.idempotency;
+    if (!store) {
+      throw new RequestError(`idempotencyKey: the ${admission.store.kind} reservation store keeps no idempotency keys`, [{ path: 'idempotencyKey', message: `not supported by the ${admission.store.kind} reservation store` }]);
+    }
+    const settings = config.spawngate?.idempotency;
+    const spawnId = randomUUID();
+    return idempotentSpawn({
+      store,
+      request: parsed,
+      key: parsed.idempotencyKey,
+      spawnId,
+      pendingMs: admission.leases.leaseMs,
+      windowMs: settings?.windowSeconds !== undefined ? settings.windowSeconds * 1000 : DEFAULT_IDEMPOTENCY_WINDOW_MS,
+      waitMs: settings?.waitSeconds !== undefined ? settings.waitSeconds * 1000 : DEFAULT_IDEMPOTENCY_WAIT_MS,
+      ...(spawnOptions.signal ? { signal: spawnOptions.signal } : {}),
+      logger,
+      attempt: () => spawnOnce(request, spawnOptions, spawnId),
+      record: recordOf,
+      replay: replayed,
+      onWait: (holder) => logger.info('waiting for the spawn with the same idempotency key', { spawnId: holder }),
+    });
+  }
+
+  async function spawnOnce(request: SpawnRequestInput, spawnOptions: SpawnOptions, newId: string): Promise<WorkerHandle> {
     const progress = (p: SpawnProgress) => safely(() => spawnOptions.onProgress?.(p));
     const started = performance.now();
     const handed = spawnOptions.reserved;
-    const spawnId = handed ? handed.reservation.spawnId : randomUUID();
+    const spawnId = handed ? handed.reservation.spawnId : newId;
     const traceparent = (request as { traceparent?: unknown } | null)?.traceparent; // not yet validated
     const parent = spawnOptions.parent ?? parentContext(typeof traceparent === 'string' ? traceparent : handed ? handed.request.traceparent : null);
     return inSpan(SPAN.spawn, parent, { 'spawngate.spawn_id': spawnId }, async (span, ctx) => {
@@ -152,6 +182,39 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         safely(() => metrics.spawnsInFlight.dec(pair));
       }
     });
+  }
+
+  function recordOf(handle: WorkerHandle): SpawnRecord {
+    const { spawnId, decisionId, agentId, backend, profile, nativeId, decision, endpoint, dropped } = handle;
+    return { spawnId, decisionId, agentId, backend, profile, nativeId, decision, endpoint, dropped, expiresAt: handle.expiresAt.toISOString() };
+  }
+
+  /**
+   * The spawn a key made, for a retry: its live handle when this gate runs it; else a handle on
+   * what was recorded, whose status, logs and close reach the worker through its backend wherever
+   * it runs, and whose turns only the gate that runs it can take (it alone holds the token).
+   */
+  function replayed(record: SpawnRecord): WorkerHandle {
+    const entry = live.get(record.spawnId);
+    if (entry) return { ...entry.handle, replayed: true };
+    const { spawnId } = record;
+    return {
+      ...record,
+      expiresAt: new Date(record.expiresAt),
+      replayed: true,
+      turn: (message, turnOptions) => runTurn(spawnId, message, turnOptions),
+      cancel: () => cancelSpawn(spawnId),
+      status: () => statusOf(spawnId),
+      logs: (tail) => logsOf(spawnId, tail),
+      close: () => closeSpawn(spawnId, 'closed'),
+      [Symbol.asyncDispose]: () => closeSpawn(spawnId, 'closed'),
+    };
+  }
+
+  async function cancelSpawn(spawnId: string): Promise<void> {
+    const entry = live.get(spawnId);
+    if (!entry) throw new SpawngateError('SPAWN_NOT_FOUND', `no live worker ${spawnId}`);
+    await entry.handle.cancel();
   }
 
   /**
@@ -394,11 +457,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     spawn,
     get: (spawnId) => live.get(spawnId)?.handle,
     turn: (spawnId, message, turnOptions) => runTurn(spawnId, message, turnOptions),
-    async cancel(spawnId) {
-      const entry = live.get(spawnId);
-      if (!entry) throw new SpawngateError('SPAWN_NOT_FOUND', `no live worker ${spawnId}`);
-      await entry.handle.cancel();
-    },
+    cancel: cancelSpawn,
     status: statusOf,
     logs: logsOf,
     collect,

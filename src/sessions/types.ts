@@ -67,6 +67,8 @@ export interface WorkerHandle {
   readonly expiresAt: Date;
   /** Session wishes of the request that the profile did not accept (e.g. "cwd", "env.FOO"). */
   readonly dropped: readonly string[];
+  /** true when this spawn was made by an earlier request with the same idempotency key. */
+  readonly replayed?: boolean;
   turn(message: string, options?: { turnId?: string; signal?: AbortSignal }): AsyncIterable<WorkerEvent>;
   cancel(): Promise<void>;
   status(): Promise<SpawnStatus>;

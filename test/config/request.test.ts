@@ -47,6 +47,7 @@ describe('parseSpawnRequest', () => {
         user: { id: 'telegram:123456789', roles: ['member'] },
       },
       traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+      idempotencyKey: null,
     };
     expect(parseSpawnRequest(raw)).toEqual(expected);
   });

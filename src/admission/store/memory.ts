@@ -3,7 +3,7 @@ import type { Logger } from '../../log.js';
 import { silentLogger } from '../../log.js';
 import type { RateLimit } from '../types.js';
 import { slotKey } from './types.js';
-import type { ReservationRecord, ReservationRequest, ReservationStore, ReserveOutcome, ReserveRejection, SlotKey } from './types.js';
+import type { IdempotencyClaim, IdempotencyStore, ReservationRecord, ReservationRequest, ReservationStore, ReserveOutcome, ReserveRejection, SlotKey } from './types.js';
 
 interface Bucket {
   tokens: number;
@@ -32,6 +32,67 @@ function firstAfter(stamps: readonly number[], t: number): number {
     else lo = mid + 1;
   }
   return lo;
+}
+
+interface KeyEntry {
+  state: 'pending' | 'done';
+  fingerprint: string;
+  spawnId: string;
+  result: string;
+  expiresAt: number;
+}
+
+/** Idempotency keys in this process; synchronous bodies make each check-and-set atomic, as in `take`. */
+export function createMemoryIdempotency(now: () => number = Date.now): IdempotencyStore {
+  const entries = new Map<string, KeyEntry>();
+  // Expired keys go when they are next touched, and in one pass whenever the map has doubled:
+  // a stream of one-off keys cannot grow it past twice what is live.
+  let pruneAt = 1024;
+  const live = (key: string, at: number): KeyEntry | undefined => {
+    const entry = entries.get(key);
+    if (entry && entry.expiresAt <= at) {
+      entries.delete(key);
+      return undefined;
+    }
+    return entry;
+  };
+  return {
+    claim(key, fingerprint, spawnId, pendingMs) {
+      const at = now();
+      if (entries.size >= pruneAt) {
+        for (const [k, e] of entries) if (e.expiresAt <= at) entries.delete(k);
+        pruneAt = Math.max(1024, entries.size * 2);
+      }
+      const entry = live(key, at);
+      let claim: IdempotencyClaim;
+      if (!entry) {
+        entries.set(key, { state: 'pending', fingerprint, spawnId, result: '', expiresAt: at + pendingMs });
+        claim = { state: 'claimed' };
+      } else if (entry.fingerprint !== fingerprint) claim = { state: 'mismatch', spawnId: entry.spawnId };
+      else if (entry.state === 'done') claim = { state: 'done', spawnId: entry.spawnId, result: entry.result };
+      else claim = { state: 'pending', spawnId: entry.spawnId };
+      return Promise.resolve(claim);
+    },
+    renew(key, spawnId, pendingMs) {
+      const at = now();
+      const entry = live(key, at);
+      if (!entry || entry.state !== 'pending' || entry.spawnId !== spawnId) return Promise.resolve(false);
+      entry.expiresAt = at + pendingMs;
+      return Promise.resolve(true);
+    },
+    complete(key, spawnId, result, windowMs) {
+      const at = now();
+      const entry = live(key, at);
+      if (!entry || entry.state !== 'pending' || entry.spawnId !== spawnId) return Promise.resolve(false);
+      Object.assign(entry, { state: 'done', result, expiresAt: at + windowMs });
+      return Promise.resolve(true);
+    },
+    abandon(key, spawnId) {
+      const entry = live(key, now());
+      if (entry?.state === 'pending' && entry.spawnId === spawnId) entries.delete(key);
+      return Promise.resolve();
+    },
+  };
 }
 
 export function createMemoryStore(options: MemoryStoreOptions = {}): ReservationStore {
@@ -134,6 +195,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
 
   return {
     kind: 'memory',
+    idempotency: createMemoryIdempotency(now),
     reserve: (request) => Promise.resolve(take(request)),
     check(request) {
       const at = now();

@@ -3,7 +3,7 @@ import type { Logger } from '../../log.js';
 import { silentLogger } from '../../log.js';
 import { ConfigError, SpawngateError } from '../../errors.js';
 import { slotKey } from './types.js';
-import type { ReservationRecord, ReservationRequest, ReservationStore, ReserveOutcome, ReserveRejection, SlotKey } from './types.js';
+import type { IdempotencyClaim, IdempotencyStore, ReservationRecord, ReservationRequest, ReservationStore, ReserveOutcome, ReserveRejection, SlotKey } from './types.js';
 
 /**
  * The few ioredis calls this store makes. ioredis' `Redis` satisfies it; so does anything shaped
@@ -260,6 +260,60 @@ for i = 1, #KEYS do out[i] = redis.call('ZCOUNT', KEYS[i], '(' .. from, '+inf') 
 return out
 `;
 
+/**
+ * Idempotency keys: one hash per key (state pending|done, fp, spawnId, result, exp). `exp` is on the
+ * scripts' clock, so an injected test clock drives lapses as it drives leases; the key's TTL (the
+ * same length, on Redis' clock) only collects what nobody touches again.
+ */
+const IDEMPOTENCY = `
+local function entry(key, now)
+  local h = redis.call('HMGET', key, 'state', 'fp', 'spawnId', 'result', 'exp')
+  if h[1] and tonumber(h[5]) <= now then
+    redis.call('DEL', key)
+    return nil
+  end
+  if not h[1] then return nil end
+  return h
+end
+local function expire(key, now, ms)
+  redis.call('HSET', key, 'exp', num(now + ms))
+  redis.call('PEXPIRE', key, string.format('%.0f', ms))
+end
+`;
+
+/** KEYS: [1] the key's hash. ARGV: [1] clock, [2] fingerprint, [3] spawnId, [4] pending ms. */
+const IDEM_CLAIM_LUA = `${CLOCK}${IDEMPOTENCY}
+local now = clock(ARGV[1])
+local h = entry(KEYS[1], now)
+if not h then
+  redis.call('HSET', KEYS[1], 'state', 'pending', 'fp', ARGV[2], 'spawnId', ARGV[3])
+  expire(KEYS[1], now, tonumber(ARGV[4]))
+  return {'claimed'}
+end
+if h[2] ~= ARGV[2] then return {'mismatch', h[3]} end
+if h[1] == 'done' then return {'done', h[3], h[4]} end
+return {'pending', h[3]}
+`;
+
+/**
+ * KEYS: [1] the key's hash. ARGV: [1] clock, [2] "renew"|"complete"|"abandon", [3] spawnId, [4] ms,
+ * [5] result (complete). Acts only on a pending claim of that spawnId; returns 1 when it did.
+ */
+const IDEM_SETTLE_LUA = `${CLOCK}${IDEMPOTENCY}
+local now = clock(ARGV[1])
+local h = entry(KEYS[1], now)
+if not h or h[1] ~= 'pending' or h[3] ~= ARGV[3] then return 0 end
+if ARGV[2] == 'abandon' then
+  redis.call('DEL', KEYS[1])
+elseif ARGV[2] == 'complete' then
+  redis.call('HSET', KEYS[1], 'state', 'done', 'result', ARGV[5])
+  expire(KEYS[1], now, tonumber(ARGV[4]))
+else
+  expire(KEYS[1], now, tonumber(ARGV[4]))
+end
+return 1
+`;
+
 interface Script {
   source: string;
   sha: string;
@@ -271,6 +325,8 @@ const RELEASE = script(RELEASE_LUA);
 const RECENT = script(RECENT_LUA);
 const RENEW = script(RENEW_LUA);
 const COUNTS = script(COUNTS_LUA);
+const IDEM_CLAIM = script(IDEM_CLAIM_LUA);
+const IDEM_SETTLE = script(IDEM_SETTLE_LUA);
 
 /** Key layout; docs/stores.md lists it for operators. */
 export function redisKeys(prefix: string) {
@@ -282,6 +338,7 @@ export function redisKeys(prefix: string) {
     record: (id: string) => `${prefix}reservation:${id}`,
     recordPrefix: `${prefix}reservation:`,
     index: `${prefix}reservations`,
+    idempotency: (key: string) => `${prefix}idempotency:${key}`,
   };
 }
 
@@ -455,8 +512,26 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
     return asNumber(await run(RELEASE, [keys.record(id), keys.index], [keys.counterPrefix, id, clockArg(), keys.recordPrefix])) === 1;
   }
 
+  const settle = async (key: string, action: 'renew' | 'complete' | 'abandon', spawnId: string, ms: number, result = ''): Promise<boolean> =>
+    asNumber(await run(IDEM_SETTLE, [keys.idempotency(key)], [clockArg(), action, spawnId, ms, result])) === 1;
+  const idempotency: IdempotencyStore = {
+    claim: (key, fingerprint, spawnId, pendingMs) =>
+      guarded('idempotency claim', async (): Promise<IdempotencyClaim> => {
+        const reply = (await run(IDEM_CLAIM, [keys.idempotency(key)], [clockArg(), fingerprint, spawnId, pendingMs])) as unknown[];
+        const [state, holder = '', result = ''] = reply.map(String);
+        if (state === 'claimed') return { state };
+        if (state === 'done') return { state, spawnId: holder, result };
+        if (state === 'pending' || state === 'mismatch') return { state, spawnId: holder };
+        throw new Error(`unexpected idempotency claim reply ${JSON.stringify(reply)}`);
+      }),
+    renew: (key, spawnId, pendingMs) => guarded('idempotency renew', () => settle(key, 'renew', spawnId, pendingMs)),
+    complete: (key, spawnId, result, windowMs) => guarded('idempotency complete', () => settle(key, 'complete', spawnId, windowMs, result)),
+    abandon: (key, spawnId) => guarded('idempotency abandon', async () => void (await settle(key, 'abandon', spawnId, 0))),
+  };
+
   return {
     kind: 'redis',
+    idempotency,
 
     reserve: (request) =>
       guarded('reserve', async (): Promise<ReserveOutcome> => {

@@ -64,5 +64,34 @@ export interface ReservationStore {
   recent(keys: readonly SlotKey[], windowMs: number): Promise<Map<SlotKey, number>>;
   /** Reservations whose lease has not lapsed (lapsed ones are freed first). */
   active(): Promise<ReservationRecord[]>;
+  /** Idempotency keys of spawn requests, shared as widely as the caps (a store without it refuses keyed spawns). */
+  readonly idempotency?: IdempotencyStore;
   close(): Promise<void>;
+}
+
+/** What a key holds when a spawn request claims it. */
+export type IdempotencyClaim =
+  /** The key is now this attempt's: run the spawn, then `complete` or `abandon`. */
+  | { state: 'claimed' }
+  /** Another attempt with the same request runs now (on this gateway or another). */
+  | { state: 'pending'; spawnId: string }
+  /** The spawn this key made: `result` as `complete` stored it. */
+  | { state: 'done'; spawnId: string; result: string }
+  /** The key was used for a different request. */
+  | { state: 'mismatch'; spawnId: string };
+
+/**
+ * Idempotency keys of spawn requests, each check-and-set atomic. A claim is pending while its
+ * spawn runs and lapses unless renewed (a gateway that dies mid-spawn does not hold the key);
+ * a completed key holds its result for its window; an abandoned one is free again.
+ */
+export interface IdempotencyStore {
+  /** Claims `key` for `spawnId` with `fingerprint` (the request's hash), pending for `pendingMs`; or says what holds it. */
+  claim(key: string, fingerprint: string, spawnId: string, pendingMs: number): Promise<IdempotencyClaim>;
+  /** Extends a pending claim of `spawnId`; false when it is not (any more) that pending claim. */
+  renew(key: string, spawnId: string, pendingMs: number): Promise<boolean>;
+  /** Stores the result of `spawnId`'s claim, kept for `windowMs`; false when the claim is not (any more) that spawn's. */
+  complete(key: string, spawnId: string, result: string, windowMs: number): Promise<boolean>;
+  /** Frees `spawnId`'s pending claim (the attempt made no spawn); a no-op for anything else. */
+  abandon(key: string, spawnId: string): Promise<void>;
 }
