@@ -383,7 +383,14 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
     const parsed = withIdempotencyKey(requireObject(body, 'spawn request'), req.headers['idempotency-key']);
     const request = withTraceparent(parsed, req.headers.traceparent);
     // The client going away aborts the wait for readiness; the lifecycle then removes what it created.
-    const handle = await gate.spawn(request as SpawnRequestInput, { signal, ...parentOption(parsed, requestTraces.get(req)) });
+    // Not with an idempotency key: the key makes the worker's id learnable, and a client that lost
+    // its connection is exactly the one that retries with it, so the spawn goes on for that retry.
+    const keyed = parsed['idempotencyKey'] !== undefined;
+    const handle = await gate.spawn(request as SpawnRequestInput, { ...(keyed ? {} : { signal }), ...parentOption(parsed, requestTraces.get(req)) });
+    if (signal.aborted && keyed) {
+      logger.info('the caller left before the answer; the worker stays for a retry with its idempotency key', { spawnId: handle.spawnId });
+      return null;
+    }
     if (signal.aborted) {
       // Ready just as the caller left: nobody will ever learn this id, so nobody else would close it.
       await gate.close(handle.spawnId).catch((err: unknown) => logger.error('closing a worker whose caller left failed', { spawnId: handle.spawnId, error: (err as Error).message }));

@@ -175,6 +175,44 @@ describe('Idempotency-Key over HTTP', () => {
   });
 });
 
+describe('a keyed spawn whose caller disconnects', () => {
+  it('goes on (the retry is who learns its id): the worker starts once and the retry gets it', async () => {
+    const fake = createFakeBackend();
+    let entered!: () => void;
+    const createEntered = new Promise<void>((resolve) => (entered = resolve));
+    let proceed!: () => void;
+    const mayCreate = new Promise<void>((resolve) => (proceed = resolve));
+    // The backend's create is held until the first caller is gone.
+    const slow: FakeBackend = Object.assign(Object.create(fake) as FakeBackend, {
+      async create(spec: Parameters<FakeBackend['create']>[0]) {
+        entered();
+        await mayCreate;
+        return fake.create(spec);
+      },
+    });
+    const g = await gateWith(slow);
+    const token = randomBytes(24).toString('base64url');
+    const server = await createServer({ gate: g, token, listen: { port: 0, host: '127.0.0.1' } });
+    servers.push(server);
+    const body = request({ idempotencyKey: 'left-early' });
+    const payload = JSON.stringify(body);
+    const { request: httpRequest } = await import('node:http');
+    const url = new URL((server.address as { url: string }).url);
+    const req = httpRequest({ hostname: url.hostname, port: url.port, method: 'POST', path: '/v1/spawns', agent: false, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } });
+    req.on('error', () => undefined);
+    req.end(payload);
+    await createEntered;
+    req.destroy();
+    proceed();
+    const retry = await call(server.address, 'POST', '/v1/spawns', { token, body });
+    expect(retry.status, retry.text).toBe(201);
+    expect(retry.headers['idempotent-replayed']).toBe('true');
+    expect(fake.workers.size).toBe(1);
+    const status = await call(server.address, 'GET', `/v1/spawns/${(retry.json as { spawnId: string }).spawnId}`, { token });
+    expect(status.json).toMatchObject({ tracking: 'live' });
+  });
+});
+
 idempotencyStoreContract('memory', () => {
   let t = 1_000_000;
   return Promise.resolve({ store: createMemoryIdempotency(() => t), advance: (ms: number) => void (t += ms), close: () => Promise.resolve() });
