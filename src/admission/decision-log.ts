@@ -21,7 +21,8 @@ export const DECISION_LOG_BUNDLE = 'spawngate';
  * Which step produced `result`: the admission policy, the reservation store enforcing its limits,
  * or the permission policy answering an agent's request during a turn.
  */
-export type DecisionStage = 'policy' | 'reservation' | 'permission';
+/** `shadow`: a candidate bundle's would-be decision (src/admission/shadow.ts), never in force. */
+export type DecisionStage = 'policy' | 'reservation' | 'permission' | 'shadow';
 
 /**
  * One line of the decision log: an event of OPA's decision-log format (what OPA's console logger
@@ -53,6 +54,8 @@ export interface DecisionLogEntry {
   stage: DecisionStage;
   /** The worker the decision is about: a permission request's, or a spawn's when it was reserved. */
   spawn_id?: string;
+  /** On a `shadow` line: how the candidate's decision differs from the live policy's (src/admission/shadow.ts). */
+  difference?: string;
   /** sha256 of the catalog (the config the decision saw), which the input leaves out; with the bundle revision it makes a line replayable. */
   catalog_revision: string;
 }
@@ -109,10 +112,11 @@ export interface DecisionRecord {
   stage: DecisionStage;
   spawnId?: string;
   bundleRevision: string | null;
-  /** What the rule saw, minus what is never logged; masked and redacted by the recorder. */
-  input: unknown;
+  /** What the rule saw, minus what is never logged; masked and redacted by the recorder. Absent on shadow lines: the live line of the same decision id has it. */
+  input?: unknown;
   result: unknown;
   evalMicros: number;
+  difference?: string;
   span?: { traceId: string; spanId: string } | null;
 }
 
@@ -149,7 +153,7 @@ export function createDecisionRecorder(options: DecisionRecorderOptions): (recor
       ...(record.span ? { trace_id: record.span.traceId, span_id: record.span.spanId } : {}),
       ...(record.bundleRevision ? { bundles: { [DECISION_LOG_BUNDLE]: { revision: record.bundleRevision } } } : {}),
       path: record.path,
-      input: record.input,
+      ...(record.input === undefined ? {} : { input: record.input }),
       result: record.result,
       timestamp: rfc3339Nano(clock()),
       stage: record.stage,
@@ -187,6 +191,7 @@ export function createDecisionRecorder(options: DecisionRecorderOptions): (recor
       metrics: { timer_rego_query_eval_ns: Math.round(record.evalMicros * 1000) },
       stage: event.stage,
       ...(record.spawnId ? { spawn_id: record.spawnId } : {}),
+      ...(record.difference ? { difference: record.difference } : {}),
       catalog_revision: event.catalog_revision,
     };
     options.sink.write(entry);

@@ -13,6 +13,8 @@ import { prepareCatalog, readUsage, serializeInput } from './input.js';
 import { readBundle } from './bundle.js';
 import type { SpawnRequest, SpawnRequestInput } from './request.js';
 import { parseSpawnRequest } from './request.js';
+import type { ShadowPolicy } from './shadow.js';
+import { createShadowPolicy, SHADOW_DIFFERENCES } from './shadow.js';
 import { createStoreFromConfig } from './store/index.js';
 import type { ReservationRecord, ReservationStore, ReserveRejection } from './store/types.js';
 import type { AdmissionInput, AllowDecision, Decision, DenyDecision } from './types.js';
@@ -54,6 +56,12 @@ export interface AdmissionOptions {
    * `spawngate.policyEvaluationTimeoutMs` from the config, else 250 (DEFAULT_EVALUATION_TIMEOUT_MS).
    */
   policyEvaluationTimeoutMs?: number;
+  /**
+   * A candidate bundle evaluated beside the live one on every admission decision, never deciding
+   * (src/admission/shadow.ts): a path (watched, like the live bundle's) or a bundle. Default
+   * `spawngate.shadow.bundle` from the config, else none; false: none whatever the config says.
+   */
+  shadowBundle?: string | PolicyBundle | false;
 }
 
 export interface AdmitCallOptions {
@@ -95,6 +103,8 @@ export interface Admission {
   readonly logger: Logger;
   /** Renews the leases of every reservation this instance holds. */
   readonly leases: LeaseKeeper;
+  /** The candidate bundle evaluated beside the live one, when one is configured. */
+  readonly shadow: ShadowPolicy | null;
   /** Decision only; takes no slot or token (a dry run of reserve). */
   admit(request: SpawnRequestInput, options?: AdmitCallOptions): Promise<AdmitResult>;
   /** Decision, then every slot and token the decision names, atomically. */
@@ -125,6 +135,19 @@ function agentUnknown(decision: Decision, agentId: string): DenyDecision {
   const reason = { code: 'agent_unknown', message: `agent ${JSON.stringify(agentId)} is not configured (agents.acp.${agentId}.command) and is not a built-in agent (${builtins})` };
   return { ...decision, allow: false, reasons: [reason, ...(decision.allow ? [] : decision.reasons)] };
 }
+
+/** The gate's own rules on a policy's decision, for any bundle (live, shadow, a replayed candidate). */
+export function applyGateRules(config: SpawngateConfig, request: { runtime: string; agentId: string }, decision: Decision): Decision {
+  return request.runtime === 'acp' && !isKnownAgent(config, request.agentId) ? agentUnknown(decision, request.agentId) : decision;
+}
+
+/** The catalog the policy sees for this config, and its revision (sha256), as decision-log lines carry it. */
+export function catalogOf(config: SpawngateConfig): { prepared: PreparedCatalog; revision: string } {
+  const prepared = prepareCatalog(buildCatalog(config));
+  return { prepared, revision: createHash('sha256').update(JSON.stringify(prepared.catalog)).digest('hex') };
+}
+
+export { resolveConfig };
 
 type SpanIds = { traceId: string; spanId: string };
 
@@ -168,9 +191,8 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   const metrics = options.metrics ?? createMetrics();
   const clock = options.clock ?? (() => new Date());
   const config = await resolveConfig(options.config);
-  const prepared: PreparedCatalog = prepareCatalog(buildCatalog(config));
+  const { prepared, revision: catalogRevision } = catalogOf(config);
   initMetrics(metrics, { backends: Object.entries(prepared.catalog.backends).map(([name, b]) => ({ name, profiles: Object.keys(b.profiles) })) });
-  const catalogRevision = createHash('sha256').update(JSON.stringify(prepared.catalog)).digest('hex');
   const bundleOption = options.bundle ?? config.spawngate?.bundle ?? SHIPPED_BUNDLE;
   // The engine never throws (it fails closed), so it goes first; what follows may throw and must not leak it.
   const policy = await createPolicyEngine({
@@ -192,6 +214,22 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       }),
   });
   metrics.policyHealth.read = () => policy.health.state;
+  const shadowOption = options.shadowBundle === undefined ? config.spawngate?.shadow?.bundle : options.shadowBundle;
+  let shadowEngine: PolicyEngine | null = null;
+  if (shadowOption) {
+    shadowEngine = await createPolicyEngine({
+      source: typeof shadowOption === 'string' ? { path: shadowOption } : { bundle: shadowOption },
+      readBundle,
+      watch: typeof shadowOption === 'string' && (options.watchBundle ?? true),
+      logger,
+      runtimeData: { catalog: prepared.catalog },
+      // The operator's overrides apply to whatever bundle runs: the candidate is judged on the same config.
+      ...(config.spawngate?.policyData ? { policyData: config.spawngate.policyData } : {}),
+      evaluationTimeoutMs: options.policyEvaluationTimeoutMs ?? config.spawngate?.policyEvaluationTimeoutMs ?? DEFAULT_EVALUATION_TIMEOUT_MS,
+      onReload: (event) => (event.ok ? logger.info('shadow policy bundle loaded', { revision: event.revision }) : logger.warn('shadow policy bundle failed to load', { error: event.error.message })),
+    });
+    for (const difference of SHADOW_DIFFERENCES) metrics.shadowDecisions.inc({ difference }, 0);
+  }
   let store: ReservationStore;
   let decisionLog: DecisionLog | null;
   try {
@@ -204,6 +242,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     }
   } catch (err) {
     policy.close();
+    shadowEngine?.close();
     throw err;
   }
   const leaseSettings: LeaseSettings = {
@@ -225,6 +264,15 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
         catalogRevision,
         clock,
         logger,
+      })
+    : null;
+  const shadow: ShadowPolicy | null = shadowEngine
+    ? createShadowPolicy({
+        engine: shadowEngine,
+        metrics,
+        logger,
+        write: (line) =>
+          writeLogLine({ decisionId: line.decisionId, path: ENTRYPOINT, stage: 'shadow', bundleRevision: line.bundleRevision, result: line.result, evalMicros: line.evalMicros, difference: line.difference, span: null }),
       })
     : null;
 
@@ -278,15 +326,18 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     };
     const input: AdmissionInput = { ...partial, catalog: prepared.catalog };
     // Off the event loop: a slow policy must not stall every other request this process serves.
-    const evaluation = await policy.evaluateJsonWithoutCatalogAsync(serializeInput(partial));
+    const inputJson = serializeInput(partial);
+    const evaluation = await policy.evaluateJsonWithoutCatalogAsync(inputJson);
+    const finish = (decision: Decision): Decision => applyGateRules(config, request, decision);
     const result: AdmitResult = {
       decisionId: randomUUID(),
-      decision: request.runtime === 'acp' && !isKnownAgent(config, request.agentId) ? agentUnknown(evaluation.decision, request.agentId) : evaluation.decision,
+      decision: finish(evaluation.decision),
       stage: 'policy',
       request,
       input,
       bundleRevision: evaluation.revision,
     };
+    shadow?.observe({ decisionId: result.decisionId, inputJson, live: result.decision, finish });
     safely(() => metrics.evaluationSeconds.observe(evaluation.evalMicros / 1e6));
     return { result, evalMicros: evaluation.evalMicros };
   }
@@ -407,6 +458,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     metrics,
     logger,
     leases,
+    shadow,
     async admit(raw, call) {
       const result = await admit(raw, call);
       count(result, 'dry_run');
@@ -429,6 +481,8 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     },
     async close() {
       leases.stop();
+      // Its last observations reach the decision log before the log closes.
+      await shadow?.close();
       policy.close();
       await decisionLog?.close();
       if (!options.store) await store.close();

@@ -1,7 +1,7 @@
 import { admitCommand } from './commands/admit.js';
 import { configSchemaCommand, configValidateCommand } from './commands/config.js';
 import { doctorCommand } from './commands/doctor.js';
-import { policyBuildCommand, policyEvalCommand, policyTestCommand } from './commands/policy.js';
+import { policyBuildCommand, policyEvalCommand, policyReplayCommand, policyTestCommand } from './commands/policy.js';
 import { workerCommand } from './commands/worker.js';
 import { versionCommand } from './commands/version.js';
 import { serveCommand } from './commands/serve.js';
@@ -25,6 +25,7 @@ export const commands: Command[] = [
   policyBuildCommand,
   policyTestCommand,
   policyEvalCommand,
+  policyReplayCommand,
   configValidateCommand,
   configSchemaCommand,
   imageBuildCommand,

@@ -775,6 +775,12 @@ export const spawngateSectionSchema = z.strictObject({
     .optional()
     .register(configMetadata, { description: 'lease heartbeat period (default 10); at most half of leaseSeconds' }),
   policyData: policyDataSchema.optional(),
+  shadow: z
+    .strictObject({
+      bundle: filePathSchema.register(configMetadata, { description: 'the candidate OPA bundle (directory or .tar.gz); reloaded when it changes, like the live one' }),
+    })
+    .optional()
+    .register(configMetadata, { description: 'a candidate policy bundle evaluated beside the live one on every admission decision, never deciding: differences counted (spawngate_shadow_decisions_total) and logged (decision-log lines with stage "shadow")' }),
   idempotency: z
     .strictObject({
       windowSeconds: z

@@ -9,6 +9,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 export interface Metrics {
   registry: Registry;
   decisions: Counter<'result' | 'reason' | 'stage' | 'backend' | 'profile' | 'mode'>;
+  shadowDecisions: Counter<'difference'>;
   evaluationSeconds: Histogram;
   activeWorkers: Gauge<'backend' | 'profile'>;
   spawnsInFlight: Gauge<'backend' | 'profile'>;
@@ -147,6 +148,12 @@ export function createMetrics(registry: Registry = new Registry(), options: Metr
       name: 'spawngate_policy_evaluation_seconds',
       help: 'In-process WASM policy evaluation latency (a first evaluation after a load, or a policy iterating a large catalog, takes tens of ms)',
       buckets: [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
+    shadowDecisions: new Counter({
+      name: 'spawngate_shadow_decisions_total',
+      help: 'Admission decisions of the shadow (candidate) bundle by how they differ from the live policy\'s: same, would_deny, would_allow, different_placement, different_terms, different_reason, failed (the candidate did not decide), dropped (too many waiting)',
+      labelNames: ['difference'],
       registers: [registry],
     }),
     activeWorkers: new Gauge({ name: 'spawngate_active_workers', help: 'Workers ready and not yet closed in this process, by backend and profile', labelNames: ['backend', 'profile'], registers: [registry] }),

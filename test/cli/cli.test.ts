@@ -26,7 +26,7 @@ describe('spawngate CLI', () => {
   it('--help works on every command and lists them all', async () => {
     const top = await cli(['--help']);
     expect(top.code).toBe(0);
-    const names = ['spawn', 'ls', 'status', 'logs', 'close', 'sweep', 'admit', 'policy build', 'policy test', 'policy eval', 'config validate', 'config schema', 'image build', 'doctor', 'serve', 'worker'];
+    const names = ['spawn', 'ls', 'status', 'logs', 'close', 'sweep', 'admit', 'policy build', 'policy test', 'policy eval', 'policy replay', 'config validate', 'config schema', 'image build', 'doctor', 'serve', 'worker'];
     for (const name of names) {
       expect(top.stdout).toContain(name);
       const help = await cli([...name.split(' '), '--help']);

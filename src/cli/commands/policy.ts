@@ -1,8 +1,11 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, open, rm } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createPolicyEngine } from '../../admission/engine.js';
-import { SHIPPED_BUNDLE } from '../../admission/gate.js';
+import { applyGateRules, catalogOf, resolveConfig, SHIPPED_BUNDLE } from '../../admission/gate.js';
+import type { ReplayChange, ReplayReport } from '../../admission/replay.js';
+import { changedCount, replayDecisionLog } from '../../admission/replay.js';
 import { readBundle } from '../../admission/bundle.js';
 import { buildBundle, checkPolicies, compareBundles, evalPolicy, testPolicies } from '../policy-tool.js';
 import type { AdmissionInput } from '../../admission/types.js';
@@ -11,7 +14,7 @@ import { PACKAGE_ROOT } from '../../paths.js';
 import type { Command } from '../framework.js';
 import { EXIT, readInputFile, str } from '../framework.js';
 import type { Options } from '../framework.js';
-import { jsonLinesOption, outputFormat, outputOption, writeRecord } from '../output.js';
+import { formatTable, jsonLinesOption, outputFormat, outputOption, writeRecord } from '../output.js';
 import { formatDecision, parseJsonInput } from './admit.js';
 
 const DEFAULT_POLICIES = join(PACKAGE_ROOT, 'policies');
@@ -139,3 +142,100 @@ export const policyEvalCommand: Command = {
     }
   },
 };
+
+export const policyReplayCommand: Command = {
+  name: 'policy replay',
+  summary: 'Replay a decision log against a candidate bundle and report which decisions it would change.',
+  usage: 'spawngate policy replay --bundle FILE --log FILE|- [--config FILE] [--max-changes N] [-o json|yaml | --json]',
+  options: {
+    bundle: { type: 'string', value: 'FILE', description: 'The candidate bundle (a .tar.gz or directory; required).' },
+    log: { type: 'string', value: 'FILE|-', description: 'A decision log (JSON lines, as spawngate.decisionLog writes them; required; - reads stdin).' },
+    config: { type: 'string', short: 'c', value: 'FILE', description: 'The config whose catalog and policy data the candidate sees (the log\'s inputs leave the catalog out).', default: 'the embedded default config' },
+    'max-changes': { type: 'string', value: 'N', description: 'How many changed decisions to list.', default: '50' },
+    output: outputOption(['json', 'yaml'], 'counts by difference and the changed decisions'),
+    json: jsonLinesOption(),
+  },
+  notes: [
+    'Differences: would_deny, would_allow, different_placement (backend, profile or egress), different_terms (TTL, caps, allow-list), different_reason (both deny, another first code), failed (the candidate did not decide).',
+    'Lines of permission decisions and shadow lines are skipped; lines whose input the mask rule erased are skipped, and those it changed are replayed on what is left (counted as approximate).',
+    'Exit status: 0 the candidate decides every replayed line as logged, 1 it would change some, 2 usage error (no such file, not a bundle).',
+  ],
+  examples: [
+    { description: 'What would the new bundle change on last week\'s traffic?', command: 'spawngate policy replay --bundle new.tar.gz --log /var/log/spawngate/decisions.jsonl -c spawngate.yaml' },
+    { description: 'In CI, gate a policy change on recorded decisions', command: 'spawngate policy build --out new.tar.gz && spawngate policy replay --bundle new.tar.gz --log recorded.jsonl --json' },
+  ],
+  async run({ values, io }) {
+    const format = outputFormat(values);
+    const bundle = str(values, 'bundle');
+    const logPath = str(values, 'log');
+    if (!bundle) throw new UsageError('--bundle FILE is required (the candidate bundle)');
+    if (!logPath) throw new UsageError('--log FILE is required (a decision log; - reads stdin)');
+    const maxRaw = str(values, 'max-changes') ?? '50';
+    const maxChanges = Number(maxRaw);
+    if (!Number.isInteger(maxChanges) || maxChanges < 0 || maxChanges > 100_000) throw new UsageError(`--max-changes must be an integer from 0 to 100000, got ${JSON.stringify(maxRaw)}`);
+    const configPath = str(values, 'config');
+    const config = await resolveConfig(configPath);
+    const catalog = catalogOf(config);
+    // Opened now (a missing file is a usage error before any work), read only once the engine is
+    // up: readline starts reading at once, and lines emitted before the loop listens are lost.
+    const opened =
+      logPath === '-'
+        ? null
+        : await open(logPath).catch((err: unknown) => {
+            throw new UsageError(`--log ${logPath}: ${(err as Error).message}`, { cause: err });
+          });
+    const engine = await createPolicyEngine({
+      source: { path: bundle },
+      readBundle,
+      runtimeData: { catalog: catalog.prepared.catalog },
+      ...(config.spawngate?.policyData ? { policyData: config.spawngate.policyData } : {}),
+    });
+    try {
+      const unloaded = engine.health.state === 'unavailable' ? engine.lastError : null;
+      if (unloaded) throw new UsageError(`--bundle ${bundle}: ${unloaded.message}`, { cause: unloaded });
+      const lines = createInterface({ input: opened ? opened.createReadStream() : io.stdin, crlfDelay: Infinity });
+      const report = await replayDecisionLog({
+        engine,
+        lines,
+        catalogRevision: catalog.revision,
+        maxChanges,
+        finish: (decision, input) => {
+          const request = input['request'] as { runtime?: unknown; agentId?: unknown } | undefined;
+          return typeof request?.runtime === 'string' && typeof request.agentId === 'string' ? applyGateRules(config, { runtime: request.runtime, agentId: request.agentId }, decision) : decision;
+        },
+      });
+      writeRecord(io, format, { bundle, log: logPath, ...report }, () => replayText(report, bundle, logPath));
+      return changedCount(report) === 0 ? EXIT.ok : EXIT.failed;
+    } finally {
+      engine.close();
+      await opened?.close();
+    }
+  },
+};
+
+function replayText(report: ReplayReport, bundle: string, log: string): string {
+  const out: string[] = [];
+  out.push(`replayed ${report.replayed} admission decision${report.replayed === 1 ? '' : 's'} of ${log} (${report.lines} lines) against ${bundle} (revision ${report.candidateRevision ?? 'none'})`);
+  out.push(formatTable(['DIFFERENCE', 'DECISIONS'], Object.entries(report.differences).map(([d, n]) => [d, String(n)])).trimEnd());
+  const skipped = report.skipped;
+  const notes = [
+    skipped.permission ? `${skipped.permission} permission decisions skipped` : '',
+    skipped.shadow ? `${skipped.shadow} shadow lines skipped` : '',
+    skipped.noInput ? `${skipped.noInput} lines without input skipped (erased by the mask rule)` : '',
+    skipped.unreadable ? `${skipped.unreadable} unreadable lines skipped (${report.unreadable.join('; ')})` : '',
+    report.approximate ? `${report.approximate} replayed on an input the mask rule changed` : '',
+    report.otherCatalog ? `${report.otherCatalog} logged under another config than --config (catalog_revision differs): the candidate saw --config's` : '',
+  ].filter(Boolean);
+  for (const note of notes) out.push(`note: ${note}`);
+  if (report.changes.length > 0) {
+    out.push(`changed decisions${report.changes.length < changedCount(report) ? ` (first ${report.changes.length} of ${changedCount(report)})` : ''}:`);
+    const show = (d: ReplayChange['live'] | null) => (d === null ? 'no decision' : d.allow ? `allow ${d.backend}/${d.profile} egress ${d.egress}` : `deny ${d.reason}`);
+    out.push(
+      formatTable(
+        ['LINE', 'DECISION ID', 'DIFFERENCE', 'LOGGED', 'CANDIDATE'],
+        report.changes.map((c) => [String(c.line), c.decisionId, c.difference, show(c.live), show(c.candidate)]),
+      ).trimEnd(),
+    );
+  }
+  return `${out.join('\n')}\n`;
+}
