@@ -213,6 +213,19 @@ describe('a keyed spawn whose caller disconnects', () => {
   });
 });
 
+it('the memory store keeps at most maxKeys keys, forgetting the oldest completed ones first', async () => {
+  const store = createMemoryIdempotency(() => 0, 3);
+  for (const k of ['a', 'b']) {
+    await store.claim(k, 'fp', `s-${k}`, 10_000);
+    await store.complete(k, `s-${k}`, '{}', 60_000);
+  }
+  await store.claim('pending', 'fp', 's-p', 10_000);
+  expect(await store.claim('c', 'fp', 's-c', 10_000)).toEqual({ state: 'claimed' });
+  // "a", the oldest completed key, went to make room for "c"; a pending claim is never forgotten.
+  expect(await store.claim('a', 'fp', 's-a2', 10_000)).toEqual({ state: 'claimed' });
+  expect(await store.claim('pending', 'fp', 's-x', 10_000)).toEqual({ state: 'pending', spawnId: 's-p' });
+});
+
 idempotencyStoreContract('memory', () => {
   let t = 1_000_000;
   return Promise.resolve({ store: createMemoryIdempotency(() => t), advance: (ms: number) => void (t += ms), close: () => Promise.resolve() });

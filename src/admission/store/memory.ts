@@ -15,6 +15,8 @@ export interface MemoryStoreOptions {
   logger?: Logger;
   /** How long spawn timestamps are kept for `recent()`; queries for longer windows see at most this much. */
   recentRetentionMs?: number;
+  /** Idempotency keys kept at most (default 100000); past it the oldest completed ones are forgotten. */
+  maxIdempotencyKeys?: number;
 }
 
 /**
@@ -42,9 +44,24 @@ interface KeyEntry {
   expiresAt: number;
 }
 
-/** Idempotency keys in this process; synchronous bodies make each check-and-set atomic, as in `take`. */
-export function createMemoryIdempotency(now: () => number = Date.now): IdempotencyStore {
+/**
+ * Idempotency keys in this process; synchronous bodies make each check-and-set atomic, as in `take`.
+ * At most `maxKeys` are kept: past it the oldest completed key is forgotten first (its retries
+ * would spawn again), so a flood of one-off keys cannot exhaust the gateway's memory.
+ */
+export function createMemoryIdempotency(now: () => number = Date.now, maxKeys = 100_000, logger: Logger = silentLogger): IdempotencyStore {
   const entries = new Map<string, KeyEntry>();
+  let warned = false;
+  const makeRoom = (): void => {
+    // Map order is insertion order: the first done entry found is the oldest.
+    for (const [k, e] of entries) {
+      if (entries.size < maxKeys) return;
+      if (e.state !== 'done') continue;
+      entries.delete(k);
+      if (!warned) logger.warn('idempotency keys: the memory store is full; the oldest completed keys are forgotten', { maxKeys });
+      warned = true;
+    }
+  };
   // Expired keys go when they are next touched, and in one pass whenever the map has doubled:
   // a stream of one-off keys cannot grow it past twice what is live.
   let pruneAt = 1024;
@@ -66,6 +83,7 @@ export function createMemoryIdempotency(now: () => number = Date.now): Idempoten
       const entry = live(key, at);
       let claim: IdempotencyClaim;
       if (!entry) {
+        if (entries.size >= maxKeys) makeRoom();
         entries.set(key, { state: 'pending', fingerprint, spawnId, result: '', expiresAt: at + pendingMs });
         claim = { state: 'claimed' };
       } else if (entry.fingerprint !== fingerprint) claim = { state: 'mismatch', spawnId: entry.spawnId };
@@ -195,7 +213,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
 
   return {
     kind: 'memory',
-    idempotency: createMemoryIdempotency(now),
+    idempotency: createMemoryIdempotency(now, options.maxIdempotencyKeys, logger),
     reserve: (request) => Promise.resolve(take(request)),
     check(request) {
       const at = now();
