@@ -4,7 +4,7 @@ import type { DecisionLog, DecisionLogSetting, DecisionRecord } from './decision
 import { createDecisionRecorder, loggedInput, openDecisionLog, spawngateVersion } from './decision-log.js';
 import type { PermissionDecision, PermissionInput } from './permissions.js';
 import { PERMISSION_ENTRYPOINT } from './permissions.js';
-import type { PolicyBundle, PolicyEngine } from './engine.js';
+import type { PolicyBundle, PolicyEngine, PolicyEngineOptions } from './engine.js';
 import { createPolicyEngine, DEFAULT_EVALUATION_TIMEOUT_MS, ENTRYPOINT } from './engine.js';
 import type { LeaseKeeper, LeaseSettings } from './leases.js';
 import { createLeaseKeeper, DEFAULT_LEASE } from './leases.js';
@@ -194,40 +194,36 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   const { prepared, revision: catalogRevision } = catalogOf(config);
   initMetrics(metrics, { backends: Object.entries(prepared.catalog.backends).map(([name, b]) => ({ name, profiles: Object.keys(b.profiles) })) });
   const bundleOption = options.bundle ?? config.spawngate?.bundle ?? SHIPPED_BUNDLE;
+  // Live and shadow bundles load alike: the operator's overrides (spawngate.policyData) apply to
+  // whatever bundle runs, hot reloads included, so a candidate is judged on the same config.
+  const engineFor = (bundle: string | PolicyBundle, onReload: NonNullable<PolicyEngineOptions['onReload']>): Promise<PolicyEngine> =>
+    createPolicyEngine({
+      source: typeof bundle === 'string' ? { path: bundle } : { bundle },
+      readBundle,
+      watch: typeof bundle === 'string' && (options.watchBundle ?? true),
+      logger,
+      runtimeData: { catalog: prepared.catalog },
+      ...(config.spawngate?.policyData ? { policyData: config.spawngate.policyData } : {}),
+      evaluationTimeoutMs: options.policyEvaluationTimeoutMs ?? config.spawngate?.policyEvaluationTimeoutMs ?? DEFAULT_EVALUATION_TIMEOUT_MS,
+      onReload,
+    });
   // The engine never throws (it fails closed), so it goes first; what follows may throw and must not leak it.
-  const policy = await createPolicyEngine({
-    source: typeof bundleOption === 'string' ? { path: bundleOption } : { bundle: bundleOption },
-    readBundle,
-    watch: typeof bundleOption === 'string' && (options.watchBundle ?? true),
-    logger,
-    runtimeData: { catalog: prepared.catalog },
-    // spawngate.policyData: merged onto the bundle's config at every load, hot reloads included.
-    ...(config.spawngate?.policyData ? { policyData: config.spawngate.policyData } : {}),
-    evaluationTimeoutMs: options.policyEvaluationTimeoutMs ?? config.spawngate?.policyEvaluationTimeoutMs ?? DEFAULT_EVALUATION_TIMEOUT_MS,
-    onReload: (event) =>
-      safely(() => {
-        metrics.bundleReloads.inc({ result: event.ok ? 'success' : 'failure' });
-        if (!event.ok) return;
-        // One series, for the revision in force: the old one goes, or dashboards would show two bundles.
-        metrics.bundleInfo.reset();
-        metrics.bundleInfo.set({ revision: event.revision }, 1);
-      }),
-  });
+  const policy = await engineFor(bundleOption, (event) =>
+    safely(() => {
+      metrics.bundleReloads.inc({ result: event.ok ? 'success' : 'failure' });
+      if (!event.ok) return;
+      // One series, for the revision in force: the old one goes, or dashboards would show two bundles.
+      metrics.bundleInfo.reset();
+      metrics.bundleInfo.set({ revision: event.revision }, 1);
+    }),
+  );
   metrics.policyHealth.read = () => policy.health.state;
   const shadowOption = options.shadowBundle === undefined ? config.spawngate?.shadow?.bundle : options.shadowBundle;
   let shadowEngine: PolicyEngine | null = null;
   if (shadowOption) {
-    shadowEngine = await createPolicyEngine({
-      source: typeof shadowOption === 'string' ? { path: shadowOption } : { bundle: shadowOption },
-      readBundle,
-      watch: typeof shadowOption === 'string' && (options.watchBundle ?? true),
-      logger,
-      runtimeData: { catalog: prepared.catalog },
-      // The operator's overrides apply to whatever bundle runs: the candidate is judged on the same config.
-      ...(config.spawngate?.policyData ? { policyData: config.spawngate.policyData } : {}),
-      evaluationTimeoutMs: options.policyEvaluationTimeoutMs ?? config.spawngate?.policyEvaluationTimeoutMs ?? DEFAULT_EVALUATION_TIMEOUT_MS,
-      onReload: (event) => (event.ok ? logger.info('shadow policy bundle loaded', { revision: event.revision }) : logger.warn('shadow policy bundle failed to load', { error: event.error.message })),
-    });
+    shadowEngine = await engineFor(shadowOption, (event) =>
+      event.ok ? logger.info('shadow policy bundle loaded', { revision: event.revision }) : logger.warn('shadow policy bundle failed to load', { error: event.error.message }),
+    );
     for (const difference of SHADOW_DIFFERENCES) metrics.shadowDecisions.inc({ difference }, 0);
   }
   let store: ReservationStore;

@@ -15,6 +15,7 @@ import { request as httpsRequest } from 'node:https';
 import type { SpawnRequestInput } from '../admission/request.js';
 import type { DenyReason, ErrorCode, Issue } from '../errors.js';
 import { AdmissionDeniedError, RequestError, SpawngateError, UsageError } from '../errors.js';
+import type { SpawnSummary } from '../sessions/types.js';
 import type { Spawngate } from '../spawngate.js';
 import type { WorkerEvent, WorkerEventType } from '../protocol/events.js';
 import { ndjsonLines } from '../protocol/ndjson.js';
@@ -26,7 +27,6 @@ export type RemoteSpawnStatus = Awaited<ReturnType<Spawngate['status']>>;
 export type RemoteListedSpawn = Awaited<ReturnType<Spawngate['list']>>[number];
 export type RemoteSweepReport = Awaited<ReturnType<Spawngate['sweep']>>;
 type AdmitResult = Awaited<ReturnType<Spawngate['admit']>>;
-type SpawnedHandle = Awaited<ReturnType<Spawngate['spawn']>>;
 
 export interface RemoteAdmitResult {
   decisionId: string;
@@ -35,18 +35,7 @@ export interface RemoteAdmitResult {
   decision: AdmitResult['decision'];
 }
 
-export interface RemoteSpawn {
-  spawnId: string;
-  /** The admission decision's id (decision_id in the decision log). */
-  decisionId: string;
-  agentId: string;
-  backend: string;
-  profile: string;
-  nativeId: string;
-  /** RFC 3339; when the server's TTL closes the worker. */
-  expiresAt: string;
-  decision: SpawnedHandle['decision'];
-}
+export type RemoteSpawn = SpawnSummary;
 
 export interface RemoteHealth {
   status: string;

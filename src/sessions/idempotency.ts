@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import type { SpawnRequest } from '../admission/request.js';
 import type { IdempotencyStore } from '../admission/store/types.js';
 import type { WorkerEndpoint } from '../backends/types.js';
-import type { AllowDecision } from '../admission/types.js';
+import type { SpawnSummary } from './types.js';
 import { SpawngateError } from '../errors.js';
 import type { Logger } from '../log.js';
 
@@ -20,15 +20,7 @@ export const DEFAULT_IDEMPOTENCY_WINDOW_MS = 24 * 3600_000;
 export const DEFAULT_IDEMPOTENCY_WAIT_MS = 120_000;
 
 /** What a completed key keeps: enough to answer a retry anywhere, never the worker's token. */
-export interface SpawnRecord {
-  spawnId: string;
-  decisionId: string;
-  agentId: string;
-  backend: string;
-  profile: string;
-  nativeId: string;
-  expiresAt: string;
-  decision: AllowDecision;
+export interface SpawnRecord extends SpawnSummary {
   endpoint: WorkerEndpoint;
   dropped: readonly string[];
 }

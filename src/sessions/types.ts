@@ -54,6 +54,20 @@ export interface SpawnStatus {
   worker: WorkerStatusReport | null;
 }
 
+/** What a caller learns of a ready spawn: the HTTP API's answer to a spawn, an idempotency key's record. */
+export interface SpawnSummary {
+  spawnId: string;
+  /** The admission decision's id (decision_id in the decision log). */
+  decisionId: string;
+  agentId: string;
+  backend: string;
+  profile: string;
+  nativeId: string;
+  /** RFC 3339; when the TTL closes the worker. */
+  expiresAt: string;
+  decision: AllowDecision;
+}
+
 export interface WorkerHandle {
   readonly spawnId: string;
   /** The admission decision it runs on: decision_id of its decision-log line, its label spawngate.io/decision-id. */
