@@ -155,6 +155,8 @@ describe.skipIf(prometheusBin === null)('the Grafana dashboard on a real Prometh
         execution: { default: { backend: 'local', profile: 'default' } },
         acp: { fixture: { command: [process.execPath, fixtureAgent] } },
       },
+      // The shipped bundle as its own shadow: every would-be decision is "same", which the shadow panel must show.
+      spawngate: { shadow: { bundle: join(root, 'bundles/spawngate.tar.gz') } },
     };
     writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
     const serve = spawn(process.execPath, [bin, 'serve', '--config', join(dir, 'config.json'), '--port', '0', '--host', '127.0.0.1'], {
@@ -358,6 +360,8 @@ describe.skipIf(prometheusBin === null)('the Grafana dashboard on a real Prometh
       'Rate limited / s by scope': { A: m([{ scope: rateCode.slice('rate_limit_'.length) }, rate(1)]) },
       // The start-up load happened before the first scrape: no load inside the window.
       'Bundle loads by result': { A: new Map() },
+      // Every policy evaluation (9 spawns, 2 dry runs) is shadowed once, after the live decision.
+      'Shadow bundle: would-be decisions / s by difference': { A: m([{ difference: 'same' }, rate(11)]) },
       'Bundle revision in force': {
         A: (samples) => {
           expect(samples).toHaveLength(1);
