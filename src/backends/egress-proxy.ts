@@ -43,6 +43,10 @@ function target(authority: string): { host: string; port: number } | null {
 }
 
 function refuse(socket: Socket, status: string, why: string): void {
+  // A CONNECT socket is the handler's alone (the HTTP server let go of it): an agent that exits or
+  // is killed with this answer unread resets it, and an 'error' nobody listens to would take the
+  // whole gateway down with an uncaught ECONNRESET.
+  socket.on('error', () => socket.destroy());
   socket.end(`HTTP/1.1 ${status}\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(why) + 1}\r\n\r\n${why}\n`);
 }
 
@@ -98,11 +102,12 @@ export async function startEgressProxy(options: { socketPath: string; allow: rea
       upstream.pipe(client);
       client.pipe(upstream);
     });
-    upstream.once('error', (err) => {
+    // `on`, not `once`: a socket that errs again after its first error must not crash the gateway.
+    upstream.on('error', (err) => {
       if (upstream.connecting) refuse(client, '502 Bad Gateway', `spawngate egress proxy: ${to.host}:${to.port}: ${err.message}`);
       else client.destroy();
     });
-    client.once('error', () => upstream.destroy());
+    client.on('error', () => upstream.destroy());
     client.once('close', () => upstream.destroy());
   });
 

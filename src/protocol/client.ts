@@ -303,7 +303,8 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
         exchange.responded(res);
         resolve(res);
       });
-      req.once('error', (err) => {
+      // `on`: an error after the first (the socket reset once the response began) must not go uncaught.
+      req.on('error', (err) => {
         const failure = signal?.aborted ? (signal.reason as Error) : (transportError(err, label, route) as Error);
         exchange.failed((err as NodeJS.ErrnoException).code ? err : failure);
         reject(failure);

@@ -122,6 +122,37 @@ describe('the proxy itself', () => {
       await proxy.close();
     }
   });
+
+  it('survives agents that exit with its answer unread (their socket resets): no uncaught ECONNRESET', async () => {
+    const socketPath = join(root, 'reset.sock');
+    const proxy = await startEgressProxy({ socketPath, allow: [`${HOST}:${allowedPort}`] });
+    const uncaught: unknown[] = [];
+    const onUncaught = (err: unknown) => uncaught.push(err);
+    process.on('uncaughtException', onUncaught);
+    try {
+      // A refused CONNECT, a malformed one and an open tunnel. Each client stops reading, then closes
+      // with the proxy's answer still unread, which resets a unix socket as an agent's exit does.
+      for (const request of [`CONNECT ${HOST}:${otherPort} HTTP/1.1\r\n\r\n`, 'CONNECT nonsense HTTP/1.1\r\n\r\n', `CONNECT ${HOST}:${allowedPort} HTTP/1.1\r\n\r\n`]) {
+        await new Promise<void>((resolve) => {
+          const socket = connect(socketPath, () => {
+            socket.pause();
+            socket.write(`${request}${'x'.repeat(100_000)}`, () => {
+              socket.destroy();
+              resolve();
+            });
+          });
+          socket.on('error', () => undefined);
+        });
+      }
+      // The proxy still serves, and nothing escaped as an uncaught exception.
+      const again = await exchange(socketPath, `GET http://${HOST}:${allowedPort}/x HTTP/1.1\r\nhost: ${HOST}\r\nconnection: close\r\n\r\n`, /model api says hi/);
+      expect(again).toMatch(/^HTTP\/1\.1 200 OK/);
+      expect(uncaught).toEqual([]);
+    } finally {
+      process.off('uncaughtException', onUncaught);
+      await proxy.close();
+    }
+  });
 });
 
 describe('egress "proxy" on the process backend', () => {
