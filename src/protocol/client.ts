@@ -303,8 +303,11 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
         exchange.responded(res);
         resolve(res);
       });
-      // `on`: an error after the first (the socket reset once the response began) must not go uncaught.
+      // `on`, the first error counted: a later one (the socket reset once the response began) must not go uncaught.
+      let failed = false;
       req.on('error', (err) => {
+        if (failed) return;
+        failed = true;
         const failure = signal?.aborted ? (signal.reason as Error) : (transportError(err, label, route) as Error);
         exchange.failed((err as NodeJS.ErrnoException).code ? err : failure);
         reject(failure);
