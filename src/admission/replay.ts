@@ -92,12 +92,11 @@ export async function replayDecisionLog(options: ReplayOptions): Promise<ReplayR
     report.skipped.unreadable++;
     if (report.unreadable.length < 10) report.unreadable.push(`line ${line}: ${why}`);
   };
+  let n = 0; // the line number in the log, blank lines included
   for await (const text of options.lines) {
-    const n = ++report.lines;
-    if (text.trim() === '') {
-      report.lines--;
-      continue;
-    }
+    n++;
+    if (text.trim() === '') continue;
+    report.lines++;
     let entry: unknown;
     try {
       entry = JSON.parse(text);

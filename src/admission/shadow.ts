@@ -98,6 +98,10 @@ export function createShadowPolicy(options: ShadowPolicyOptions): ShadowPolicy {
     write({ decisionId: o.decisionId, bundleRevision: evaluation.revision, result: candidate, difference, evalMicros: evaluation.evalMicros });
   }
 
+  async function drain(): Promise<void> {
+    while (pending.size > 0) await Promise.all([...pending]);
+  }
+
   return {
     engine,
     observe(o) {
@@ -113,11 +117,9 @@ export function createShadowPolicy(options: ShadowPolicyOptions): ShadowPolicy {
         .finally(() => pending.delete(task));
       pending.add(task);
     },
-    async drain() {
-      while (pending.size > 0) await Promise.all([...pending]);
-    },
+    drain,
     async close() {
-      await this.drain();
+      await drain();
       engine.close();
     },
   };
