@@ -53,6 +53,6 @@ decision := {
 	"egress": decision_egress,
 	"egressAllow": decision_egress_allow,
 	"ttlSeconds": decision_ttl,
-	"limits": {"concurrency": concurrency_limits, "rate": rate_limits},
+	"limits": decision_limits,
 	"reasons": reasons,
 }

@@ -17,6 +17,7 @@ test_plain_task_is_allowed_on_default_profile if {
 				{"scope": "channel", "key": "tg-1", "max": 8},
 				{"scope": "profile_user", "key": "k8s/small/alice", "max": 2},
 				{"scope": "profile_channel", "key": "k8s/small/tg-1", "max": 3},
+				{"scope": "parent", "key": "agent:main:main", "max": 8},
 			],
 			"rate": [],
 		},
@@ -50,7 +51,7 @@ test_deny_keeps_known_fields_and_nulls_the_rest if {
 		"egress": null,
 		"egressAllow": [],
 		"ttlSeconds": null,
-		"limits": {"concurrency": [{"scope": "total", "key": "*", "max": 64}, {"scope": "user", "key": "alice", "max": 4}, {"scope": "channel", "key": "tg-1", "max": 8}], "rate": []},
+		"limits": {"concurrency": [{"scope": "total", "key": "*", "max": 64}, {"scope": "user", "key": "alice", "max": 4}, {"scope": "channel", "key": "tg-1", "max": 8}, {"scope": "parent", "key": "agent:main:main", "max": 8}], "rate": []},
 		"reasons": [{"code": "unknown_backend", "message": "backend \"nope\" is not configured"}],
 	}
 }

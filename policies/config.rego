@@ -52,6 +52,7 @@ config_well_formed if {
 	every seconds in cfg.ttl.maxByKind {
 		positive_or_null(seconds)
 	}
+	trees_well_formed
 	string_list(cfg.buildPlacement.keywords)
 	string_list(cfg.buildPlacement.phrases)
 	string_list(cfg.buildPlacement.ignoredWords)
@@ -59,6 +60,23 @@ config_well_formed if {
 	every targets in cfg.buildPlacement.commands {
 		string_list(targets)
 	}
+}
+
+# Trees are optional: a data file from before them has none.
+trees_well_formed if not "trees" in object.keys(cfg)
+
+trees_well_formed if {
+	is_object(cfg.trees)
+	every key, value in cfg.trees {
+		tree_field_valid(key, value)
+	}
+}
+
+tree_field_valid("windowSeconds", value) if positive(value)
+
+tree_field_valid(key, value) if {
+	key in {"maxChildren", "maxSpawns", "maxWorkerSeconds"}
+	whole_or_null(value)
 }
 
 role_caps_valid(caps) if {
@@ -136,6 +154,23 @@ config_problems contains concat("", ["ttl.", name, " must be a whole number > 0"
 	some name in ["defaultSeconds", "maxSeconds", "maxNonInteractiveSeconds"]
 	not positive_or_null(object.get(config_root, ["ttl", name], null))
 }
+
+config_problems contains "trees must be an object" if {
+	"trees" in object.keys(config_root)
+	not is_object(config_root.trees)
+}
+
+config_problems contains concat("", ["trees.", key, problem]) if {
+	some key, value in config_object(["trees"])
+	not tree_field_valid(key, value)
+	problem := tree_field_problem(key)
+}
+
+tree_field_problem("windowSeconds") := " must be a whole number > 0"
+
+tree_field_problem(key) := " must be a whole number >= 0 or null" if key in {"maxChildren", "maxSpawns", "maxWorkerSeconds"}
+
+tree_field_problem(key) := " is not a setting (maxChildren, maxSpawns, maxWorkerSeconds, windowSeconds)" if not key in {"windowSeconds", "maxChildren", "maxSpawns", "maxWorkerSeconds"}
 
 config_problems contains concat("", ["ttl.maxByKind.", kind, " must be a whole number > 0"]) if {
 	some kind, seconds in config_object(["ttl", "maxByKind"])

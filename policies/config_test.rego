@@ -202,3 +202,14 @@ test_only_the_engines_flag_skips_the_check if {
 		not admission.config_valid with data.spawngate.admission.config as broken with data.spawngate.runtime.configChecked as flag
 	}
 }
+
+test_tree_settings_are_checked if {
+	cfg := config_set("/trees", {"maxChildren": -1, "maxSpawns": 2.5, "windowSeconds": 0, "fanOut": 3})
+	config_denial(cfg) == [
+		"policy configuration is invalid: trees.fanOut is not a setting (maxChildren, maxSpawns, maxWorkerSeconds, windowSeconds)",
+		"policy configuration is invalid: trees.maxChildren must be a whole number >= 0 or null",
+		"policy configuration is invalid: trees.maxSpawns must be a whole number >= 0 or null",
+		"policy configuration is invalid: trees.windowSeconds must be a whole number > 0",
+	]
+	config_denial(config_set("/trees", [])) == ["policy configuration is invalid: trees must be an object"]
+}

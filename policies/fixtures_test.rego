@@ -51,6 +51,7 @@ base_input := {
 	"caller": {
 		"sessionKey": "agent:main:main",
 		"parentSessionKey": null,
+		"rootSessionKey": "agent:main:main",
 		"depth": 0,
 		"channel": {"id": "tg-1", "kind": "telegram", "interactive": true},
 		"user": {"id": "alice", "roles": []},
@@ -65,6 +66,7 @@ base_input := {
 		"profiles": {},
 		"userProfiles": {},
 		"channelProfiles": {},
+		"children": 0,
 		"recent": {"windowSeconds": 60, "user": 0, "channel": 0},
 	},
 	"now": "2026-01-01T00:00:00Z",

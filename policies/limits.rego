@@ -63,6 +63,13 @@ caps contains [7, "profile_channel", key, cap, used] if {
 	used := object.get(input.usage.channelProfiles, profile_key, 0)
 }
 
+# Fan-out: the live children one session may have at once (OpenClaw's maxChildrenPerAgent, kept
+# here so that it holds across gateways and restarts).
+caps contains [8, "parent", input.caller.sessionKey, cap, object.get(input.usage, "children", 0)] if {
+	cap := tree_config.maxChildren
+	cap != null
+}
+
 concurrency_limits := [{"scope": c[1], "key": c[2], "max": c[3]} | some c in sort(caps)]
 
 deny contains [30 + c[0], concat("_", ["concurrency_limit", c[1]]), msg] if {
@@ -84,6 +91,8 @@ cap_holder("channel") := concat("", ["channel ", quoted(channel.id)])
 
 cap_holder("profile_user") := concat("", ["user ", quoted(user_id), " on profile ", quoted(profile_key)])
 
+cap_holder("parent") := concat("", ["session ", quoted(input.caller.sessionKey)])
+
 cap_holder("profile_channel") := concat("", ["channel ", quoted(channel.id), " on profile ", quoted(profile_key)])
 
 # A per-kind entry (even null) overrides the interactive/non-interactive default for its scope;
@@ -104,3 +113,31 @@ rate_limits := [{"scope": scope, "key": rate_keys[scope], "perMinute": bucket.pe
 	bucket := rate_bucket(scope)
 	bucket != null
 ]
+
+# Spawn-tree budgets: what one root session and everything spawned under it, however deep, may
+# make over the tree's life (spawns) and run (worker-seconds, each spawn charged its TTL up front).
+# The store keeps the tree's counts and enforces them with the caps; a tree idle for windowSeconds
+# past its last worker's TTL is forgotten. Trees are optional in the config (older data files have
+# none): every missing field is its default.
+tree_defaults := {"maxChildren": null, "maxSpawns": null, "maxWorkerSeconds": null, "windowSeconds": 86400}
+
+tree_config := object.union(tree_defaults, trees) if {
+	trees := object.get(cfg, "trees", {})
+	is_object(trees)
+} else := tree_defaults
+
+tree_root := object.get(input.caller, "rootSessionKey", input.caller.sessionKey)
+
+tree_budget := {
+	"root": tree_root,
+	"maxSpawns": tree_config.maxSpawns,
+	"maxWorkerSeconds": tree_config.maxWorkerSeconds,
+	"windowSeconds": tree_config.windowSeconds,
+} if {
+	some cap in [tree_config.maxSpawns, tree_config.maxWorkerSeconds]
+	cap != null
+}
+
+decision_limits := {"concurrency": concurrency_limits, "rate": rate_limits, "tree": tree_budget} if {
+	tree_budget
+} else := {"concurrency": concurrency_limits, "rate": rate_limits}

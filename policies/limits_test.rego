@@ -23,7 +23,7 @@ test_null_role_override_removes_cap if {
 
 test_null_global_caps_are_omitted if {
 	d := decide({}) with data.spawngate.admission.config as config_set("/concurrency", {"total": null, "user": null, "channel": null, "roles": {}})
-	[l.scope | some l in d.limits.concurrency] == ["backend", "profile", "profile_user", "profile_channel"]
+	[l.scope | some l in d.limits.concurrency] == ["backend", "profile", "profile_user", "profile_channel", "parent"]
 }
 
 test_backend_cap_is_tighter_of_backend_and_profile if {
@@ -38,7 +38,7 @@ test_profile_backend_cap_alone if {
 
 test_catalog_caps_null_are_omitted if {
 	d := decide({"resolved": {"backend": "local", "profile": "default"}})
-	[l.scope | some l in d.limits.concurrency] == ["total", "user", "channel"]
+	[l.scope | some l in d.limits.concurrency] == ["total", "user", "channel", "parent"]
 }
 
 test_concurrency_limit_total if {
@@ -147,4 +147,41 @@ test_user_bucket_key_keeps_a_slash_in_the_user_id if {
 test_user_concurrency_key_is_still_the_user_id if {
 	d := decide({"caller": cron_caller})
 	limit(d, "user") == [{"scope": "user", "key": "alice", "max": 4}]
+}
+
+test_fan_out_caps_the_callers_live_children if {
+	d := decide({})
+	limit(d, "parent") == [{"scope": "parent", "key": "agent:main:main", "max": 8}]
+	e := decide({"usage": {"children": 8}})
+	e.reasons == [{"code": "concurrency_limit_parent", "message": "session \"agent:main:main\" already has 8 active workers; the limit is 8"}]
+}
+
+test_fan_out_cap_null_is_omitted if {
+	d := decide({}) with data.spawngate.admission.config as config_set("/trees/maxChildren", null)
+	limit(d, "parent") == []
+}
+
+test_no_tree_budget_without_a_tree_cap if {
+	d := decide({})
+	not "tree" in object.keys(d.limits)
+}
+
+test_tree_budget_names_the_root_and_its_caps if {
+	d := decide({"caller": {"sessionKey": "agent:main:subagent:b", "rootSessionKey": "agent:main:main", "depth": 1}}) with data.spawngate.admission.config as config_set("/trees", {"maxSpawns": 20, "maxWorkerSeconds": 7200})
+	d.allow
+	d.limits.tree == {"root": "agent:main:main", "maxSpawns": 20, "maxWorkerSeconds": 7200, "windowSeconds": 86400}
+	limit(d, "parent") == []
+}
+
+test_tree_root_defaults_to_the_callers_session if {
+	d := decide({}) with data.spawngate.admission.config as config_set("/trees/maxSpawns", 5)
+	d.limits.tree == {"root": "agent:main:main", "maxSpawns": 5, "maxWorkerSeconds": null, "windowSeconds": 86400}
+}
+
+test_config_without_trees_is_valid_and_sets_no_budget if {
+	cfg := json.remove(data.spawngate.admission.config, ["trees"])
+	d := decide({}) with data.spawngate.admission.config as cfg
+	d.allow
+	limit(d, "parent") == []
+	not "tree" in object.keys(d.limits)
 }

@@ -12,7 +12,7 @@ const limits = z.strictObject({
   concurrency: z
     .array(
       z.strictObject({
-        scope: z.enum(['total', 'backend', 'profile', 'user', 'channel', 'profile_user', 'profile_channel']),
+        scope: z.enum(['total', 'backend', 'profile', 'user', 'channel', 'profile_user', 'profile_channel', 'parent']),
         key: z.string().min(1).max(1024),
         max: z.number().int().min(0),
       }),
@@ -28,6 +28,14 @@ const limits = z.strictObject({
       }),
     )
     .max(64),
+  tree: z
+    .strictObject({
+      root: z.string().min(1).max(1024),
+      maxSpawns: z.number().int().min(0).nullable(),
+      maxWorkerSeconds: z.number().int().min(0).nullable(),
+      windowSeconds: z.number().int().positive(),
+    })
+    .optional(),
 });
 
 /** Hosts spawngate's egress proxy lets through (egress "proxy"); optional, so policies written before it stay valid. */
@@ -62,10 +70,11 @@ export function denyWith(reasons: Reason[]): DenyDecision {
 }
 
 const EGRESS: ReadonlySet<unknown> = new Set(['none', 'proxy', 'open']);
-const CONCURRENCY_SCOPES: ReadonlySet<unknown> = new Set(['total', 'backend', 'profile', 'user', 'channel', 'profile_user', 'profile_channel']);
+const CONCURRENCY_SCOPES: ReadonlySet<unknown> = new Set(['total', 'backend', 'profile', 'user', 'channel', 'profile_user', 'profile_channel', 'parent']);
 const RATE_SCOPES: ReadonlySet<unknown> = new Set(['user', 'channel']);
 const DECISION_KEYS: ReadonlySet<string> = new Set(['allow', 'backend', 'profile', 'egress', 'egressAllow', 'ttlSeconds', 'limits', 'reasons']);
-const LIMITS_KEYS: ReadonlySet<string> = new Set(['concurrency', 'rate']);
+const LIMITS_KEYS: ReadonlySet<string> = new Set(['concurrency', 'rate', 'tree']);
+const TREE_KEYS: ReadonlySet<string> = new Set(['root', 'maxSpawns', 'maxWorkerSeconds', 'windowSeconds']);
 const CONCURRENCY_KEYS: ReadonlySet<string> = new Set(['scope', 'key', 'max']);
 const RATE_KEYS: ReadonlySet<string> = new Set(['scope', 'key', 'perMinute', 'burst']);
 const REASON_KEYS: ReadonlySet<string> = new Set(['code', 'message']);
@@ -100,6 +109,14 @@ const isRateLimit = (l: unknown): boolean =>
   l.perMinute > 0 &&
   whole(l.burst, 1);
 
+const isTreeBudget = (t: unknown): boolean =>
+  isPlainWith(t, TREE_KEYS) &&
+  shortString(t.root, 1024) &&
+  t.root.length > 0 &&
+  (t.maxSpawns === null || whole(t.maxSpawns, 0)) &&
+  (t.maxWorkerSeconds === null || whole(t.maxWorkerSeconds, 0)) &&
+  whole(t.windowSeconds, 1);
+
 const isReason = (r: unknown): boolean => isPlainWith(r, REASON_KEYS) && shortString(r.code, 64) && REASON_CODE.test(r.code) && shortString(r.message, 2048);
 
 /**
@@ -116,6 +133,7 @@ export function isWellFormedDecision(raw: unknown): raw is Decision {
     !isPlainWith(limits, LIMITS_KEYS) ||
     !isArrayOf(limits.concurrency, 64, isConcurrencyLimit) ||
     !isArrayOf(limits.rate, 64, isRateLimit) ||
+    (limits.tree !== undefined && !isTreeBudget(limits.tree)) ||
     !isArrayOf(reasons, 64, isReason)
   ) {
     return false;

@@ -164,6 +164,7 @@ const CANARY: AdmissionInput = {
   caller: {
     sessionKey: 'spawngate:canary',
     parentSessionKey: null,
+    rootSessionKey: 'spawngate:canary',
     depth: 0,
     channel: { id: 'canary', kind: 'cli', interactive: true },
     user: { id: 'canary', roles: [] },
@@ -192,7 +193,7 @@ const CANARY: AdmissionInput = {
       },
     },
   },
-  usage: { total: 0, user: 0, channel: 0, backends: {}, profiles: {}, userProfiles: {}, channelProfiles: {}, recent: { windowSeconds: 60, user: 0, channel: 0 } },
+  usage: { total: 0, user: 0, channel: 0, backends: {}, profiles: {}, userProfiles: {}, channelProfiles: {}, children: 0, recent: { windowSeconds: 60, user: 0, channel: 0 } },
   now: new Date(0).toISOString(),
 };
 

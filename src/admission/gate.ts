@@ -16,7 +16,7 @@ import { parseSpawnRequest } from './request.js';
 import type { ShadowPolicy } from './shadow.js';
 import { createShadowPolicy, SHADOW_DIFFERENCES } from './shadow.js';
 import { createStoreFromConfig } from './store/index.js';
-import type { ReservationRecord, ReservationStore, ReserveRejection } from './store/types.js';
+import type { ReservationRecord, ReservationRequest, ReservationStore, ReserveRejection } from './store/types.js';
 import type { AdmissionInput, AllowDecision, Decision, DenyDecision } from './types.js';
 import type { SpawngateConfig } from '../config/index.js';
 import { buildCatalog, defaultConfig, loadConfigFile, parseConfig, resolveSelection } from '../config/index.js';
@@ -116,12 +116,27 @@ export interface Admission {
   close(): Promise<void>;
 }
 
+function rejectionMessage(rejection: ReserveRejection): string {
+  switch (rejection.kind) {
+    case 'concurrency':
+      return `${rejection.scope} ${rejection.key} already has ${rejection.active} of ${rejection.max} workers`;
+    case 'rate':
+      return `${rejection.scope} ${rejection.key} exceeded ${rejection.perMinute}/min (burst ${rejection.burst}); retry in ${Math.ceil(rejection.retryAfterMs / 1000)}s`;
+    case 'tree':
+      return rejection.code === 'tree_spawns_exhausted'
+        ? `the spawn tree of session ${rejection.root} has made ${rejection.used} of its ${rejection.max} spawns`
+        : `the spawn tree of session ${rejection.root} has used or holds ${rejection.used} of its ${rejection.max} worker-seconds; this spawn's TTL needs ${rejection.needed} more`;
+  }
+}
+
 function rejectionToDeny(decision: AllowDecision, rejection: ReserveRejection): DenyDecision {
-  const message =
-    rejection.kind === 'concurrency'
-      ? `${rejection.scope} ${rejection.key} already has ${rejection.active} of ${rejection.max} workers`
-      : `${rejection.scope} ${rejection.key} exceeded ${rejection.perMinute}/min (burst ${rejection.burst}); retry in ${Math.ceil(rejection.retryAfterMs / 1000)}s`;
-  return { ...decision, allow: false, reasons: [{ code: rejection.code, message }] };
+  return { ...decision, allow: false, reasons: [{ code: rejection.code, message: rejectionMessage(rejection) }] };
+}
+
+/** What the store must take for an allowed decision: its caps, buckets and (when it names one) tree budget. */
+function reservationLimits(decision: AllowDecision): Pick<ReservationRequest, 'concurrency' | 'rate' | 'tree'> {
+  const { concurrency, rate, tree } = decision.limits;
+  return { concurrency, rate, ...(tree ? { tree: { budget: tree, chargeMs: decision.ttlSeconds * 1000 } } : {}) };
 }
 
 /**
@@ -296,7 +311,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       channel: caller.channel,
       user: caller.user,
     });
-    const usage = await readUsage(store, prepared, resolved.backend, caller.user.id, caller.channel.id);
+    const usage = await readUsage(store, prepared, resolved.backend, caller.user.id, caller.channel.id, caller.sessionKey);
     const partial = {
       request: {
         runtime: request.runtime,
@@ -312,6 +327,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       caller: {
         sessionKey: caller.sessionKey,
         parentSessionKey: caller.parentSessionKey,
+        rootSessionKey: caller.rootSessionKey,
         depth: caller.depth,
         channel: caller.channel,
         user: caller.user,
@@ -403,7 +419,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     const { result } = decided;
     let final = result;
     if (result.decision.allow) {
-      const check = await store.check({ concurrency: result.decision.limits.concurrency, rate: result.decision.limits.rate });
+      const check = await store.check(reservationLimits(result.decision));
       if (!check.ok) final = { ...result, stage: 'reservation', decision: rejectionToDeny(result.decision, check) };
     }
     logDecision(decided, final);
@@ -424,8 +440,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
         spawnId: call.spawnId ?? randomUUID(),
         holder: leases.holder,
         leaseMs: leases.leaseMs,
-        concurrency: decision.limits.concurrency,
-        rate: decision.limits.rate,
+        ...reservationLimits(decision),
         meta: {
           user: result.request.caller.user.id,
           channel: result.request.caller.channel.id,

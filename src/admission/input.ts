@@ -32,8 +32,9 @@ export function prepareCatalog(catalog: Catalog): PreparedCatalog {
  * the policy can move a spawn to another profile of that backend (build placement) but never to
  * another backend, and a missing entry counts 0 there as here (docs/policy.md, "Runtime data").
  */
-export async function readUsage(store: ReservationStore, prepared: PreparedCatalog, backendName: string | null, userId: string, channelId: string): Promise<Usage> {
+export async function readUsage(store: ReservationStore, prepared: PreparedCatalog, backendName: string | null, userId: string, channelId: string, sessionKey: string): Promise<Usage> {
   const totalKey = slotKey('total', '*');
+  const parentKey = slotKey('parent', sessionKey);
   const userKey = slotKey('user', userId);
   const channelKey = slotKey('channel', channelId);
   const backend = backendName === null ? undefined : prepared.backends.get(backendName);
@@ -43,7 +44,7 @@ export async function readUsage(store: ReservationStore, prepared: PreparedCatal
     user: slotKey('profile_user', `${p}/${userId}`),
     channel: slotKey('profile_channel', `${p}/${channelId}`),
   }));
-  const keys: SlotKey[] = [totalKey, userKey, channelKey];
+  const keys: SlotKey[] = [totalKey, userKey, channelKey, parentKey];
   if (backend) keys.push(backend.slot);
   for (const p of profiles) keys.push(p.profile, p.user, p.channel);
   const [counts, recent] = await Promise.all([store.counts(keys), store.recent([userKey, channelKey], RECENT_WINDOW_SECONDS * 1000)]);
@@ -56,6 +57,7 @@ export async function readUsage(store: ReservationStore, prepared: PreparedCatal
     profiles: {},
     userProfiles: {},
     channelProfiles: {},
+    children: at(parentKey),
     recent: { windowSeconds: RECENT_WINDOW_SECONDS, user: recent.get(userKey) ?? 0, channel: recent.get(channelKey) ?? 0 },
   };
   if (backend && backendName !== null) usage.backends[backendName] = at(backend.slot);

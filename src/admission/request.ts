@@ -101,6 +101,8 @@ export const spawnRequestSchema = z
     caller: z.strictObject({
       sessionKey: idSchema,
       parentSessionKey: idSchema.nullable().optional(),
+      // The top of the caller's spawn tree, for tree budgets; a gateway that knows it sends it.
+      rootSessionKey: idSchema.nullable().optional(),
       depth: z.int().min(0).max(1000).optional(),
       channel: z.strictObject({
         id: idSchema,
@@ -187,6 +189,7 @@ export function parseSpawnRequest(value: unknown): SpawnRequest {
     caller: {
       sessionKey: r.caller.sessionKey,
       parentSessionKey: r.caller.parentSessionKey ?? null,
+      rootSessionKey: r.caller.rootSessionKey ?? r.caller.parentSessionKey ?? r.caller.sessionKey,
       depth: r.caller.depth ?? 0,
       channel: { id: channel.id, kind: channel.kind, interactive: channel.interactive ?? !NON_INTERACTIVE_KINDS.has(channel.kind.toLowerCase()) },
       user: { id: r.caller.user.id, roles: [...(r.caller.user.roles ?? [])] },

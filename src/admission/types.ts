@@ -12,11 +12,15 @@
  *   channel      "<channelId>"               a channel's workers
  *   profile_user "<backend>/<profile>/<userId>"     a user's workers on one profile
  *   profile_channel "<backend>/<profile>/<channelId>" a channel's workers on one profile
+ *   parent       "<sessionKey>"              the live children one session has spawned (fan-out)
+ *
+ * A spawn tree (everything spawned from one root session, however deep) is counted apart: see
+ * TreeBudget.
  */
 export type Egress = 'none' | 'proxy' | 'open';
 export type Runtime = 'acp' | 'subagent';
 export type BackendType = 'process' | 'container' | 'kubernetes';
-export type ConcurrencyScope = 'total' | 'backend' | 'profile' | 'user' | 'channel' | 'profile_user' | 'profile_channel';
+export type ConcurrencyScope = 'total' | 'backend' | 'profile' | 'user' | 'channel' | 'profile_user' | 'profile_channel' | 'parent';
 export type RateScope = 'user' | 'channel';
 export type SelectionSource = 'explicit' | 'binding' | 'agent' | 'global' | 'backend_default' | 'none';
 
@@ -38,6 +42,11 @@ export interface AdmissionInput {
   caller: {
     sessionKey: string;
     parentSessionKey: string | null;
+    /**
+     * The session at the top of the caller's spawn tree: the request's `caller.rootSessionKey`,
+     * else its parent session, else the caller's own session (a session spawned by nobody).
+     */
+    rootSessionKey: string;
     depth: number;
     channel: { id: string; kind: string; interactive: boolean };
     user: { id: string; roles: string[] };
@@ -98,6 +107,8 @@ export interface Usage {
   userProfiles: Record<string, number>;
   /** the caller's channel on each profile, keyed "<backend>/<profile>" */
   channelProfiles: Record<string, number>;
+  /** live workers the caller's own session has spawned (its fan-out; concurrency scope "parent") */
+  children: number;
   /** spawns admitted in the last `windowSeconds` */
   recent: { windowSeconds: number; user: number; channel: number };
 }
@@ -115,6 +126,32 @@ export interface RateLimit {
   burst: number;
 }
 
+/**
+ * Limits over a whole spawn tree (every spawn whose caller descends from `root`), kept by the
+ * reservation store beside the caps and taken in the same atomic step. Fan-out per parent is a
+ * concurrency limit of scope "parent"; depth is the caller's (the policy denies at its maximum).
+ */
+export interface TreeBudget {
+  root: string;
+  /** Spawns the tree may make while its counts are kept; null = no cap. */
+  maxSpawns: number | null;
+  /**
+   * Worker-seconds the tree may use; null = no cap. A spawn is charged its whole TTL when admitted
+   * (the most it can run) and refunded what it did not use when it ends, so no admitted spawn can
+   * take the tree past its budget.
+   */
+  maxWorkerSeconds: number | null;
+  /** How long the tree's counts outlive its last live worker; a tree idle longer starts afresh. */
+  windowSeconds: number;
+}
+
+export interface DecisionLimits {
+  concurrency: ConcurrencyLimit[];
+  rate: RateLimit[];
+  /** Absent: the spawn counts against no tree budget (and policies written before them stay valid). */
+  tree?: TreeBudget;
+}
+
 export interface Reason {
   code: string;
   message: string;
@@ -128,7 +165,7 @@ export interface AllowDecision {
   /** With egress "proxy": the hosts spawngate's proxy lets through (host[:port], *.domain); absent from older policies (the profile's egressAllow then applies). */
   egressAllow?: string[];
   ttlSeconds: number;
-  limits: { concurrency: ConcurrencyLimit[]; rate: RateLimit[] };
+  limits: DecisionLimits;
   reasons: Reason[];
 }
 
@@ -138,7 +175,7 @@ export interface DenyDecision {
   profile: string | null;
   egress: Egress | null;
   ttlSeconds: number | null;
-  limits: { concurrency: ConcurrencyLimit[]; rate: RateLimit[] };
+  limits: DecisionLimits;
   /** At least one; codes are stable (see docs/deny-codes.md). */
   reasons: Reason[];
 }

@@ -630,6 +630,17 @@ export const policyDataSchema = z
           .register(configMetadata, { description: 'per channel kind; a scope set here (null included) beats the defaults' }),
       })
       .optional(),
+    trees: z
+      .strictObject({
+        maxChildren: capOrNull.optional().register(configMetadata, { description: 'live children one session may have at once (fan-out; concurrency scope "parent"); null: no cap' }),
+        maxSpawns: capOrNull.optional().register(configMetadata, { description: 'spawns a whole spawn tree (a root session and everything under it) may make while its counts are kept; null: no cap' }),
+        maxWorkerSeconds: capOrNull.optional().register(configMetadata, {
+          description: 'worker-seconds a spawn tree may use; each spawn is charged its TTL when admitted and refunded what it did not run when it ends; null: no cap',
+        }),
+        windowSeconds: z.int().min(1).optional().register(configMetadata, { description: "how long a tree's counts outlive its last worker's TTL; a tree idle longer starts afresh" }),
+      })
+      .optional()
+      .register(configMetadata, { description: 'spawn-tree budgets, enforced by the reservation store with the caps (docs/policy.md, "Spawn trees")' }),
     ttl: z
       .strictObject({
         defaultSeconds: z.int().min(1).optional().register(configMetadata, { description: 'worker lifetime when the profile sets none' }),

@@ -410,6 +410,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
         nativeId: handle.nativeId,
         expiresAt: handle.expiresAt.toISOString(),
         decision: handle.decision,
+        ...(handle.tree ? { tree: handle.tree } : {}),
       },
     };
   };

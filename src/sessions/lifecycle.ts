@@ -185,8 +185,8 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
   }
 
   function recordOf(handle: WorkerHandle): SpawnRecord {
-    const { spawnId, decisionId, agentId, backend, profile, nativeId, decision, endpoint, dropped } = handle;
-    return { spawnId, decisionId, agentId, backend, profile, nativeId, decision, endpoint, dropped, expiresAt: handle.expiresAt.toISOString() };
+    const { spawnId, decisionId, agentId, backend, profile, nativeId, decision, endpoint, dropped, tree } = handle;
+    return { spawnId, decisionId, agentId, backend, profile, nativeId, decision, endpoint, dropped, expiresAt: handle.expiresAt.toISOString(), ...(tree ? { tree } : {}) };
   }
 
   /**
@@ -302,6 +302,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
       endpoint,
       expiresAt: args.expiresAt,
       dropped: args.dropped,
+      ...(args.reservation.record.tree ? { tree: args.reservation.record.tree } : {}),
       turn: (message, turnOptions) => runTurn(spawnId, message, turnOptions),
       cancel: () => client().cancel().then(() => undefined),
       status: () => statusOf(spawnId),

@@ -6,6 +6,7 @@ import type { Context } from '@opentelemetry/api';
 import type { Admission, ReserveResult } from '../admission/gate.js';
 import type { SpawnRequestInput } from '../admission/request.js';
 import type { AllowDecision } from '../admission/types.js';
+import type { TreeUsage } from '../admission/store/types.js';
 import type { BackendResolver } from '../backends/registry.js';
 import type { WorkerEndpoint, WorkerStatus } from '../backends/types.js';
 import type { WorkerEvent, WorkerStatusReport } from '../protocol/events.js';
@@ -66,6 +67,8 @@ export interface SpawnSummary {
   /** RFC 3339; when the TTL closes the worker. */
   expiresAt: string;
   decision: AllowDecision;
+  /** The spawn tree's counts just after this spawn took its share; absent when its decision named no tree budget. */
+  tree?: TreeUsage;
 }
 
 export interface WorkerHandle {
@@ -83,6 +86,8 @@ export interface WorkerHandle {
   readonly dropped: readonly string[];
   /** true when this spawn was made by an earlier request with the same idempotency key. */
   readonly replayed?: boolean;
+  /** The spawn tree's counts just after this spawn took its share (decision.limits.tree); absent without one. */
+  readonly tree?: TreeUsage;
   turn(message: string, options?: { turnId?: string; signal?: AbortSignal }): AsyncIterable<WorkerEvent>;
   cancel(): Promise<void>;
   status(): Promise<SpawnStatus>;

@@ -15,7 +15,7 @@ function schemaOnly(raw: unknown): Decision {
 const name = fc.string({ minLength: 1, maxLength: 12 });
 const egress = fc.constantFrom('none', 'proxy', 'open');
 const concurrency = fc.record({
-  scope: fc.constantFrom('total', 'backend', 'profile', 'user', 'channel', 'profile_user', 'profile_channel'),
+  scope: fc.constantFrom('total', 'backend', 'profile', 'user', 'channel', 'profile_user', 'profile_channel', 'parent'),
   key: name,
   max: fc.nat(1000),
 });
@@ -29,7 +29,13 @@ const reason = fc.record({
   code: fc.stringMatching(/^[a-z][a-z0-9_.]{0,20}$/),
   message: fc.string({ maxLength: 80 }),
 });
-const limits = fc.record({ concurrency: fc.array(concurrency, { maxLength: 8 }), rate: fc.array(rate, { maxLength: 3 }) });
+const tree = fc.record({
+  root: name,
+  maxSpawns: fc.option(fc.nat(1000)),
+  maxWorkerSeconds: fc.option(fc.nat(1_000_000)),
+  windowSeconds: fc.integer({ min: 1, max: 86_400 * 30 }),
+});
+const limits = fc.record({ concurrency: fc.array(concurrency, { maxLength: 8 }), rate: fc.array(rate, { maxLength: 3 }), tree }, { requiredKeys: ['concurrency', 'rate'] });
 
 const allow = fc.record({
   allow: fc.constant(true as const),
@@ -145,6 +151,8 @@ describe('decision check', () => {
     ['a fractional TTL', { allow: true, backend: 'k8s', profile: 'small', egress: 'none', ttlSeconds: 1.5, limits: { concurrency: [], rate: [] }, reasons: [] }],
     ['an unknown scope', { allow: true, backend: 'k8s', profile: 'small', egress: 'none', ttlSeconds: 60, limits: { concurrency: [{ scope: 'team', key: 'a', max: 1 }], rate: [] }, reasons: [] }],
     ['a reason code with capitals', { allow: false, backend: null, profile: null, egress: null, ttlSeconds: null, limits: { concurrency: [], rate: [] }, reasons: [{ code: 'Denied', message: 'no' }] }],
+    ['a tree budget without a window', { allow: true, backend: 'k8s', profile: 'small', egress: 'none', ttlSeconds: 60, limits: { concurrency: [], rate: [], tree: { root: 'r', maxSpawns: 3, maxWorkerSeconds: null } }, reasons: [] }],
+    ['a tree budget with a fractional cap', { allow: true, backend: 'k8s', profile: 'small', egress: 'none', ttlSeconds: 60, limits: { concurrency: [], rate: [], tree: { root: 'r', maxSpawns: 2.5, maxWorkerSeconds: null, windowSeconds: 60 } }, reasons: [] }],
     ['a rate without burst', { allow: true, backend: 'k8s', profile: 'small', egress: 'none', ttlSeconds: 60, limits: { concurrency: [], rate: [{ scope: 'user', key: 'a', perMinute: 1 }] }, reasons: [] }],
   ])('turns %s into policy_output_invalid, naming the fault as the schema does', (_what, raw) => {
     expect(isWellFormedDecision(raw)).toBe(false);

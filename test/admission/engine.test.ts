@@ -32,10 +32,10 @@ async function variantBundle(dir: string, name: string, file: string, edit: (tex
 function input(agentId: string): AdmissionInput {
   return {
     request: { runtime: 'acp', agentId, execution: null, task: 'say hi', label: null, cwd: null, model: null, resumeSessionId: null, envNames: [] },
-    caller: { sessionKey: 's', parentSessionKey: null, depth: 0, channel: { id: 'c', kind: 'cli', interactive: true }, user: { id: 'u', roles: [] } },
+    caller: { sessionKey: 's', parentSessionKey: null, rootSessionKey: 's', depth: 0, channel: { id: 'c', kind: 'cli', interactive: true }, user: { id: 'u', roles: [] } },
     resolved: { backend: 'local', profile: 'default', source: 'global' },
     catalog: buildCatalog(defaultConfig()),
-    usage: { total: 0, user: 0, channel: 0, backends: {}, profiles: {}, userProfiles: {}, channelProfiles: {}, recent: { windowSeconds: 60, user: 0, channel: 0 } },
+    usage: { total: 0, user: 0, channel: 0, backends: {}, profiles: {}, userProfiles: {}, channelProfiles: {}, children: 0, recent: { windowSeconds: 60, user: 0, channel: 0 } },
     now: new Date().toISOString(),
   };
 }

@@ -134,9 +134,63 @@ describe('admission gate', () => {
     for (let i = 0; i < 4; i++) expect((await byUser(`ch${i}`)).allowed).toBe(true);
     expect((await byUser('ch9')).decision.reasons[0]?.code).toBe('concurrency_limit_user');
     expect((await byUser('ch9', ['admin'])).allowed).toBe(true); // role override: admins get 16
-    const byChannel = (user: string) => users.reserve({ agentId: 'echo', task: 't', caller: caller({ user: { id: user, roles: [] }, channel: { id: 'busy', kind: 'telegram' } }) });
+    const byChannel = (user: string) => users.reserve({ agentId: 'echo', task: 't', caller: caller({ sessionKey: `s-${user}`, user: { id: user, roles: [] }, channel: { id: 'busy', kind: 'telegram' } }) });
     for (let i = 0; i < 8; i++) expect((await byChannel(`p${i}`)).allowed).toBe(true);
     expect((await byChannel('p9')).decision.reasons[0]?.code).toBe('concurrency_limit_channel');
+
+    // Fan-out: one session has at most 8 live children (trees.maxChildren), whoever it charges them to.
+    const fan = await gate({ agents: { executionBackends: { l: { type: 'process' } } } });
+    const child = (i: number) => fan.reserve({ agentId: 'echo', task: 't', caller: caller({ sessionKey: 'agent:main:main', user: { id: `fan-${i}`, roles: [] }, channel: { id: `fan-${i}`, kind: 'telegram' } }) });
+    const children = [];
+    for (let i = 0; i < 8; i++) {
+      const r = await child(i);
+      expect(r.allowed).toBe(true);
+      children.push(r);
+    }
+    // The policy sees the 8 live children in usage.children and denies before the store is asked.
+    const ninth = await child(8);
+    expect(ninth).toMatchObject({ stage: 'policy', decision: { reasons: [{ code: 'concurrency_limit_parent', message: 'session "agent:main:main" already has 8 active workers; the limit is 8' }] } });
+    expect(ninth.input.usage.children).toBe(8);
+    const done = children[0];
+    if (done?.allowed) await done.reservation.release();
+    expect((await child(9)).allowed).toBe(true);
+  });
+
+  it('holds a spawn tree to its budget across sessions and depths: decided by the policy, taken by the store', async () => {
+    const bundle = await readBundle(SHIPPED_BUNDLE);
+    const data = structuredClone(bundle.data) as { spawngate: { admission: { config: Record<string, unknown> } } };
+    data.spawngate.admission.config['trees'] = { maxChildren: 2, maxSpawns: 3, maxWorkerSeconds: null, windowSeconds: 600 };
+    const log = memoryDecisionLog();
+    const g = await gate({ agents: { executionBackends: { l: { type: 'process' } } } }, { bundle: { ...bundle, data, revision: 'trees' }, decisionLog: log });
+    // The root spawns one child; that child (depth 1, parent the root) spawns one; its child (depth 2) names the root.
+    const fromRoot = await g.reserve({ agentId: 'echo', task: 't', caller: caller({ sessionKey: 'agent:main:main' }) });
+    const fromChild = await g.reserve({ agentId: 'echo', task: 't', caller: caller({ sessionKey: 'agent:main:subagent:a', parentSessionKey: 'agent:main:main', depth: 1 }) });
+    const fromGrandchild = await g.reserve({
+      agentId: 'echo',
+      task: 't',
+      caller: caller({ sessionKey: 'agent:main:subagent:b', parentSessionKey: 'agent:main:subagent:a', rootSessionKey: 'agent:main:main', depth: 2 }),
+    });
+    for (const [i, r] of [fromRoot, fromChild, fromGrandchild].entries()) {
+      expect(r.allowed).toBe(true);
+      expect(r.decision.limits.tree).toEqual({ root: 'agent:main:main', maxSpawns: 3, maxWorkerSeconds: null, windowSeconds: 600 });
+      expect(r.reservation?.record.tree).toEqual({ root: 'agent:main:main', spawns: i + 1, workerSeconds: 3600 * (i + 1) });
+    }
+    // A fourth spawn anywhere in the tree is refused by the store, even once the others ended: spawns are counted over the tree's life.
+    for (const r of [fromRoot, fromChild, fromGrandchild]) if (r.allowed) await r.reservation.release();
+    const fourth = await g.reserve({ agentId: 'echo', task: 't', caller: caller({ sessionKey: 'agent:main:subagent:c', parentSessionKey: 'agent:main:main', depth: 1 }) });
+    expect(fourth).toMatchObject({
+      allowed: false,
+      stage: 'reservation',
+      decision: { reasons: [{ code: 'tree_spawns_exhausted', message: 'the spawn tree of session agent:main:main has made 3 of its 3 spawns' }] },
+    });
+    const dry = await g.admit({ agentId: 'echo', task: 't', caller: caller({ sessionKey: 'agent:main:main' }) });
+    expect(dry.decision.reasons[0]?.code).toBe('tree_spawns_exhausted');
+    expect(log.entries.filter((e) => e.stage === 'reservation').map((e) => (e.result as { reasons: { code: string }[] }).reasons[0]?.code)).toEqual(['tree_spawns_exhausted', 'tree_spawns_exhausted']);
+    // Another root is another tree; fan-out caps each session at 2 live children.
+    const other = (i: number) => g.reserve({ agentId: 'echo', task: 't', caller: caller({ sessionKey: 'agent:other:main', user: { id: `o${i}`, roles: [] }, channel: { id: `o${i}`, kind: 'telegram' } }) });
+    expect((await other(1)).allowed).toBe(true);
+    expect((await other(2)).allowed).toBe(true);
+    expect((await other(3)).decision.reasons[0]?.code).toBe('concurrency_limit_parent');
   });
 
   it('reaches concurrency_limit_total and the rate limits (token buckets in the store)', async () => {

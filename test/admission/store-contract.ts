@@ -4,8 +4,8 @@
  */
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { ReservationStore } from '../../src/admission/store/types.js';
-import type { ConcurrencyLimit, RateLimit } from '../../src/admission/types.js';
+import type { ReservationRequest, ReservationStore } from '../../src/admission/store/types.js';
+import type { ConcurrencyLimit, RateLimit, TreeBudget } from '../../src/admission/types.js';
 import type { Logger } from '../../src/log.js';
 import { memoryLogger } from '../helpers/logger.js';
 
@@ -192,6 +192,89 @@ export function describeStoreContract(name: string, factory: StoreFactory, contr
 
     // Model-based: an arbitrary interleaving of reserves and releases (incl. repeats) never exceeds a cap,
     // counts always equal the live reservations holding each key, and each reservation frees exactly once.
+    describe('spawn-tree budgets', () => {
+      const budget = (over: Partial<TreeBudget> = {}): TreeBudget => ({ root: 'agent:main:main', maxSpawns: null, maxWorkerSeconds: null, windowSeconds: 3600, ...over });
+      const inTree = (spawnId: string, tree: TreeBudget, chargeSeconds = 60, extra: Partial<ReservationRequest> = {}): ReservationRequest => ({
+        spawnId,
+        concurrency: [],
+        rate: [],
+        tree: { budget: tree, chargeMs: chargeSeconds * 1000 },
+        ...extra,
+      });
+
+      it('counts every spawn of a tree over its life: releases give no spawn back; other trees are apart', async () => {
+        const store = await open({ now: () => 5_000_000 });
+        const tree = budget({ maxSpawns: 3 });
+        for (let i = 1; i <= 3; i++) {
+          const r = await store.reserve(inTree(`s${i}`, tree));
+          expect(r).toMatchObject({ ok: true, record: { tree: { root: 'agent:main:main', spawns: i, workerSeconds: 60 } } });
+          if (r.ok) await store.release(r.record.id);
+        }
+        const spent = { ok: false, kind: 'tree', code: 'tree_spawns_exhausted', root: 'agent:main:main', max: 3, used: 3, needed: 1 };
+        expect(await store.check({ concurrency: [], rate: [], tree: { budget: tree, chargeMs: 1000 } })).toEqual(spent);
+        expect(await store.reserve(inTree('s4', tree))).toEqual(spent);
+        expect((await store.reserve(inTree('other', budget({ root: 'agent:main:cron:x', maxSpawns: 3 })))).ok).toBe(true);
+      });
+
+      it('charges each spawn its TTL up front and refunds what it did not run when released', async () => {
+        let t = 6_000_000;
+        const store = await open({ now: () => t });
+        const tree = budget({ maxWorkerSeconds: 100 });
+        const first = await store.reserve(inTree('a', tree, 60));
+        if (!first.ok) throw new Error('expected a reservation');
+        expect(first.record.tree).toEqual({ root: 'agent:main:main', spawns: 1, workerSeconds: 60 });
+        expect(await store.reserve(inTree('b', tree, 60))).toEqual({
+          ok: false, kind: 'tree', code: 'tree_worker_seconds_exhausted', root: 'agent:main:main', max: 100, used: 60, needed: 60,
+        });
+        t += 10_000;
+        expect(await store.release(first.record.id)).toBe(true);
+        // 'a' ran 10 s: the tree has 90 s left, enough for b's 60 and then exactly 30 more.
+        expect(await store.reserve(inTree('b', tree, 60))).toMatchObject({ ok: true, record: { tree: { spawns: 2, workerSeconds: 70 } } });
+        expect(await store.reserve(inTree('c', tree, 30))).toMatchObject({ ok: true, record: { tree: { spawns: 3, workerSeconds: 100 } } });
+        expect(await store.reserve(inTree('d', tree, 1))).toMatchObject({ ok: false, code: 'tree_worker_seconds_exhausted', used: 100, needed: 1 });
+      });
+
+      it('a lapsed lease refunds like a release: the tree keeps only what ran until the lease lapsed', async () => {
+        let t = 7_000_000;
+        const store = await open({ now: () => t });
+        const tree = budget({ maxWorkerSeconds: 60 });
+        expect((await store.reserve(inTree('held', tree, 60, { holder: 'gw-1', leaseMs: 1_000 }))).ok).toBe(true);
+        expect((await store.check({ concurrency: [], rate: [], tree: { budget: tree, chargeMs: 59_000 } })).ok).toBe(false);
+        t += 1_000;
+        expect(await store.reserve(inTree('next', tree, 59))).toMatchObject({ ok: true, record: { tree: { spawns: 2, workerSeconds: 60 } } });
+      });
+
+      it('forgets a tree once it has been idle for its window past the end of its last TTL', async () => {
+        let t = 8_000_000;
+        const store = await open({ now: () => t });
+        const tree = budget({ maxSpawns: 1, windowSeconds: 10 });
+        const r = await store.reserve(inTree('once', tree, 5));
+        if (!r.ok) throw new Error('expected a reservation');
+        t += 1_000;
+        await store.release(r.record.id);
+        t += 13_999; // 5 s TTL + 10 s window after it was admitted, less 1 ms
+        expect(await store.reserve(inTree('again', tree, 5))).toMatchObject({ ok: false, code: 'tree_spawns_exhausted' });
+        t += 1;
+        expect(await store.reserve(inTree('again', tree, 5))).toMatchObject({ ok: true, record: { tree: { spawns: 1 } } });
+      });
+
+      it('takes the tree and the caps together or not at all, atomically under 300 concurrent reserves', async () => {
+        const store = await open();
+        const tree = budget({ maxSpawns: 7 });
+        const attempts = await Promise.all(
+          Array.from({ length: 300 }, (_, i) => store.reserve(inTree(`r${i}`, tree, 60, { concurrency: [{ scope: 'parent', key: 'agent:main:main', max: 1_000 }] }))),
+        );
+        expect(attempts.filter((a) => a.ok)).toHaveLength(7);
+        expect(attempts.filter((a) => !a.ok && a.code === 'tree_spawns_exhausted')).toHaveLength(293);
+        // The 293 refusals took no fan-out slot.
+        expect((await store.counts(['parent/agent:main:main'])).get('parent/agent:main:main')).toBe(7);
+        // A full cap refuses before the tree is charged: its spawn count does not move.
+        const capped = await store.reserve(inTree('x', budget({ root: 'agent:b:main', maxSpawns: 1 }), 60, { concurrency: [userCap('full', 0)] }));
+        expect(capped).toMatchObject({ ok: false, code: 'concurrency_limit_user' });
+        expect((await store.reserve(inTree('y', budget({ root: 'agent:b:main', maxSpawns: 1 })))).ok).toBe(true);
+      });
+    });
+
     it('property: never over a cap, never a double release', async () => {
       const keys = ['user/a', 'user/b', 'channel/x', 'profile/p/q'] as const;
       const op = fc.oneof(

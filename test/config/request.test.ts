@@ -42,6 +42,7 @@ describe('parseSpawnRequest', () => {
       caller: {
         sessionKey: 'agent:main:telegram:direct:123456789',
         parentSessionKey: null,
+        rootSessionKey: 'agent:main:telegram:direct:123456789',
         depth: 0,
         channel: { id: 'telegram:123456789', kind: 'telegram', interactive: true },
         user: { id: 'telegram:123456789', roles: ['member'] },
@@ -60,10 +61,19 @@ describe('parseSpawnRequest', () => {
     expect(r.caller).toEqual({
       sessionKey: 's1',
       parentSessionKey: null,
+      rootSessionKey: 's1',
       depth: 0,
       channel: { id: 'c1', kind: 'telegram', interactive: true },
       user: { id: 'u1', roles: [] },
     });
+  });
+
+  it('places the caller in its spawn tree: the named root, else its parent, else itself', () => {
+    const withCaller = (extra: Record<string, unknown>) => parseSpawnRequest(base({}, extra)).caller.rootSessionKey;
+    expect(withCaller({})).toBe('s1');
+    expect(withCaller({ parentSessionKey: 'p', depth: 1 })).toBe('p');
+    expect(withCaller({ parentSessionKey: 'p', rootSessionKey: 'r', depth: 2 })).toBe('r');
+    expect(() => parseSpawnRequest(base({}, { rootSessionKey: '' }))).toThrow(/caller\.rootSessionKey/);
   });
 
   it('derives interactivity from the channel kind unless given', () => {

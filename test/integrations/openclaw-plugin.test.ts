@@ -57,6 +57,7 @@ afterEach(async () => {
   state.configError = null;
   for (const p of state.pending.splice(0)) clearTimeout(p.timer);
   state.bound.clear();
+  state.lineage.clear();
   await (await gate?.catch(() => null))?.shutdown();
 });
 
@@ -113,6 +114,27 @@ describe('the plugin', () => {
     await f.fire('subagent_spawned', { childSessionKey: 'agent:main:subagent:r1', agentId: 'main', mode: 'run' });
     await f.fire('agent_end', { success: true }, { sessionKey: 'agent:main:subagent:r1' });
     expect(await gate?.store.active()).toEqual([]);
+  });
+
+  it("counts a child's own spawns in its root's tree: the budget holds however deep the spawns go", async () => {
+    const trees = { ...pluginConfig, config: { ...pluginConfig.config, spawngate: { ...pluginConfig.config.spawngate, policyData: { concurrency: { user: null }, trees: { maxSpawns: 2 } } } } };
+    const f = fakeApi(trees);
+    createOpenClawPlugin({}).register(f.api);
+    const spawnFrom = async (sessionKey: string, toolCallId: string) =>
+      (await f.fire('before_tool_call', { toolName: 'sessions_spawn', params: { task: 'x' } }, { ...chatCtx, sessionKey, toolCallId })) as { block?: boolean; blockReason?: string } | undefined;
+    expect((await spawnFrom('agent:main:main', 'call-a'))?.block).toBeUndefined();
+    await f.fire('subagent_spawned', { childSessionKey: 'agent:main:subagent:a', agentId: 'main', mode: 'session' });
+    expect(pluginState().lineage.get('agent:main:subagent:a')).toEqual({ parent: 'agent:main:main', root: 'agent:main:main' });
+    // The child spawns a grandchild: same tree, second spawn.
+    expect((await spawnFrom('agent:main:subagent:a', 'call-b'))?.block).toBeUndefined();
+    await f.fire('subagent_spawned', { childSessionKey: 'agent:main:subagent:a:subagent:b', agentId: 'main', mode: 'session' });
+    expect(pluginState().lineage.get('agent:main:subagent:a:subagent:b')).toEqual({ parent: 'agent:main:subagent:a', root: 'agent:main:main' });
+    // The grandchild's spawn would be the tree's third.
+    const third = await spawnFrom('agent:main:subagent:a:subagent:b', 'call-c');
+    expect(third?.block).toBe(true);
+    expect(third?.blockReason).toMatch(/\[tree_spawns_exhausted\]: the spawn tree of session agent:main:main has made 2 of its 2 spawns/);
+    // Another root session has a tree of its own.
+    expect((await spawnFrom('agent:other:main', 'call-d'))?.block).toBeUndefined();
   });
 
   it('denies with the code, fails closed on a broken config, and never throws into OpenClaw', async () => {

@@ -96,6 +96,7 @@ describe('committed bundle evaluated with @open-policy-agent/opa-wasm', () => {
           { scope: 'channel', key: 'tg-1', max: 8 },
           { scope: 'profile_user', key: 'k8s/small/alice', max: 2 },
           { scope: 'profile_channel', key: 'k8s/small/tg-1', max: 3 },
+          { scope: 'parent', key: 'agent:main:main', max: 8 },
         ],
         rate: [],
       },

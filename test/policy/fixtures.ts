@@ -30,6 +30,7 @@ export const baseInput: AdmissionInput = {
   caller: {
     sessionKey: 'agent:main:main',
     parentSessionKey: null,
+    rootSessionKey: 'agent:main:main',
     depth: 0,
     channel: { id: 'tg-1', kind: 'telegram', interactive: true },
     user: { id: 'alice', roles: [] },
@@ -61,6 +62,7 @@ export const baseInput: AdmissionInput = {
     profiles: {},
     userProfiles: {},
     channelProfiles: {},
+    children: 0,
     recent: { windowSeconds: 60, user: 0, channel: 0 },
   },
   now: '2026-01-01T00:00:00Z',

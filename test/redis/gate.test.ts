@@ -91,6 +91,30 @@ describe('admission gate on the Redis store (spawngate.store: redis)', () => {
     expect((await a.store.counts([`profile/${profileKey}`])).get(`profile/${profileKey}`)).toBe(0);
   });
 
+  it('holds one spawn tree to its budget across two gateways: 30 racing spawns in one tree, exactly its 5 spawns win', async () => {
+    const data = structuredClone(bundle.data) as { spawngate: { admission: { config: Record<string, unknown> } } };
+    data.spawngate.admission.config['trees'] = { maxChildren: null, maxSpawns: 5, maxWorkerSeconds: null, windowSeconds: 600 };
+    const trees = { ...bundle, data, revision: 'redis-trees' };
+    // A profile without caps of its own, so that the tree is the only limit the racers meet.
+    const uncapped = { agents: { executionBackends: { [`${backend}t`]: { type: 'process', profiles: { open: { allowedAgents: ['echo'] } } } } }, spawngate: { store: { type: 'redis', url: `${url}/5` } } };
+    const a = await gateway(undefined, { bundle: trees, config: uncapped });
+    const b = await gateway(undefined, { bundle: trees, config: uncapped });
+    const root = `agent:main:${run}-root`;
+    // Children of the root and grandchildren that name it: one tree, whatever session asks.
+    const inTree = (i: number) => ({
+      ...spawn(`tree${i}`),
+      caller: { ...spawn(`tree${i}`).caller, sessionKey: `agent:main:subagent:${run}-${i}`, parentSessionKey: i % 3 ? root : `agent:main:subagent:${run}-x`, rootSessionKey: root, depth: i % 3 ? 1 : 2 },
+    });
+    const racers = await Promise.all(Array.from({ length: 30 }, (_, i) => (i % 2 ? a : b).reserve(inTree(i))));
+    const winners = racers.filter((r) => r.allowed);
+    expect(winners).toHaveLength(5);
+    expect(winners.map((r) => r.reservation?.record.tree?.spawns).sort()).toEqual([1, 2, 3, 4, 5]);
+    expect(racers.filter((r) => !r.allowed).map((r) => r.decision.reasons[0]?.code)).toEqual(Array(25).fill('tree_spawns_exhausted'));
+    for (const r of winners) if (r.allowed) expect(await r.reservation.release()).toBe(true);
+    // Released, the tree still has no spawn left: they count over its life, on every gateway.
+    expect((await a.admit(inTree(99))).decision.reasons[0]?.code).toBe('tree_spawns_exhausted');
+  });
+
   it('closes the store it created from config, and leaves a store passed in open', async () => {
     const own = await gateway();
     await own.close();

@@ -3,7 +3,7 @@ import type { Logger } from '../../log.js';
 import { silentLogger } from '../../log.js';
 import type { RateLimit } from '../types.js';
 import { slotKey } from './types.js';
-import type { IdempotencyClaim, IdempotencyStore, ReservationRecord, ReservationRequest, ReservationStore, ReserveOutcome, ReserveRejection, SlotKey } from './types.js';
+import type { IdempotencyClaim, IdempotencyStore, ReservationRecord, ReservationRequest, ReservationStore, ReserveOutcome, ReserveRejection, SlotKey, TreeUsage } from './types.js';
 
 interface Bucket {
   tokens: number;
@@ -34,6 +34,76 @@ function firstAfter(stamps: readonly number[], t: number): number {
     else lo = mid + 1;
   }
   return lo;
+}
+
+interface TreeEntry {
+  spawns: number;
+  /** Worker-milliseconds: what ended spawns used plus the TTLs live ones hold. */
+  chargedMs: number;
+  expiresAt: number;
+}
+
+/**
+ * Spawn-tree counts by root (TreeBudget). A tree is kept for its window past the end of the last
+ * TTL charged to it, then forgotten; expired trees go when touched, and in one pass whenever the
+ * map has doubled, as idempotency keys do.
+ */
+function createTrees() {
+  const trees = new Map<string, TreeEntry>();
+  /** What each live reservation charged, to refund the unused part when it ends. */
+  const charges = new Map<string, { root: string; chargeMs: number; createdAt: number }>();
+  let pruneAt = 1024;
+  const live = (root: string, at: number): TreeEntry | undefined => {
+    const entry = trees.get(root);
+    if (entry && entry.expiresAt <= at) {
+      trees.delete(root);
+      return undefined;
+    }
+    return entry;
+  };
+  return {
+    rejection(tree: NonNullable<ReservationRequest['tree']>, at: number): ReserveRejection | null {
+      const { budget, chargeMs } = tree;
+      const entry = live(budget.root, at);
+      const spawns = entry?.spawns ?? 0;
+      const chargedMs = entry?.chargedMs ?? 0;
+      if (budget.maxSpawns !== null && spawns + 1 > budget.maxSpawns) {
+        return { ok: false, kind: 'tree', code: 'tree_spawns_exhausted', root: budget.root, max: budget.maxSpawns, used: spawns, needed: 1 };
+      }
+      if (budget.maxWorkerSeconds !== null && chargedMs + chargeMs > budget.maxWorkerSeconds * 1000) {
+        return { ok: false, kind: 'tree', code: 'tree_worker_seconds_exhausted', root: budget.root, max: budget.maxWorkerSeconds, used: Math.ceil(chargedMs / 1000), needed: Math.ceil(chargeMs / 1000) };
+      }
+      return null;
+    },
+    take(id: string, tree: NonNullable<ReservationRequest['tree']>, at: number): TreeUsage {
+      const { budget, chargeMs } = tree;
+      if (trees.size >= pruneAt) {
+        for (const [k, e] of trees) if (e.expiresAt <= at) trees.delete(k);
+        pruneAt = Math.max(1024, trees.size * 2);
+      }
+      const entry = live(budget.root, at) ?? { spawns: 0, chargedMs: 0, expiresAt: 0 };
+      entry.spawns += 1;
+      entry.chargedMs += chargeMs;
+      entry.expiresAt = Math.max(entry.expiresAt, at + chargeMs + budget.windowSeconds * 1000);
+      trees.set(budget.root, entry);
+      charges.set(id, { root: budget.root, chargeMs, createdAt: at });
+      return { root: budget.root, spawns: entry.spawns, workerSeconds: Math.ceil(entry.chargedMs / 1000) };
+    },
+    /** The reservation ended at `at`: its tree keeps what it ran, not the TTL it held. */
+    refund(id: string, at: number): void {
+      const charge = charges.get(id);
+      if (!charge) return;
+      charges.delete(id);
+      const entry = live(charge.root, at);
+      if (!entry) return;
+      const used = Math.min(charge.chargeMs, Math.max(0, at - charge.createdAt));
+      entry.chargedMs = Math.max(0, entry.chargedMs - (charge.chargeMs - used));
+    },
+    clear(): void {
+      trees.clear();
+      charges.clear();
+    },
+  };
 }
 
 interface KeyEntry {
@@ -121,12 +191,14 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
   const counts = new Map<SlotKey, number>();
   const buckets = new Map<SlotKey, Bucket>();
   const history = new Map<SlotKey, number[]>();
+  const trees = createTrees();
   // Earliest lease expiry among active records: lapsed leases are looked for only once it passes,
   // so the hot path pays nothing while every lease is fresh.
   let nextExpiry = Infinity;
 
-  function free(record: ReservationRecord): void {
+  function free(record: ReservationRecord, at: number): void {
     active.delete(record.id);
+    trees.refund(record.id, at);
     for (const key of record.slots) {
       const left = (counts.get(key) ?? 0) - 1;
       if (left > 0) counts.set(key, left);
@@ -141,7 +213,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
     for (const record of [...active.values()]) {
       if (record.leaseExpiresAt === null) continue;
       if (record.leaseExpiresAt <= at) {
-        free(record);
+        free(record, at);
         logger.warn('reservation lease lapsed; its slots are free again', { reservationId: record.id, spawnId: record.spawnId, holder: record.holder, store: 'memory' });
       } else nextExpiry = Math.min(nextExpiry, record.leaseExpiresAt);
     }
@@ -169,7 +241,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
         return { ok: false, kind: 'rate', code: `rate_limit_${limit.scope}`, scope: limit.scope, key: limit.key, perMinute: limit.perMinute, burst: limit.burst, retryAfterMs };
       }
     }
-    return null;
+    return request.tree ? trees.rejection(request.tree, at) : null;
   }
 
   function prune(key: SlotKey, at: number): number[] | undefined {
@@ -205,7 +277,9 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
       history.set(key, stamps);
     }
     const leaseExpiresAt = request.leaseMs === undefined ? null : at + request.leaseMs;
-    const record: ReservationRecord = { id: randomUUID(), spawnId: request.spawnId, holder: request.holder ?? '', slots, createdAt: at, leaseExpiresAt, meta: { ...request.meta } };
+    const id = randomUUID();
+    const record: ReservationRecord = { id, spawnId: request.spawnId, holder: request.holder ?? '', slots, createdAt: at, leaseExpiresAt, meta: { ...request.meta } };
+    if (request.tree) record.tree = trees.take(id, request.tree, at);
     active.set(record.id, record);
     if (leaseExpiresAt !== null) nextExpiry = Math.min(nextExpiry, leaseExpiresAt);
     return { ok: true, record };
@@ -221,13 +295,14 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
       return Promise.resolve(firstRejection(request, at) ?? { ok: true as const });
     },
     release(id) {
-      reclaim(now());
+      const at = now();
+      reclaim(at);
       const record = active.get(id);
       if (!record) {
         logger.warn('release of unknown or already released reservation ignored', { reservationId: id, store: 'memory' });
         return Promise.resolve(false);
       }
-      free(record);
+      free(record, at);
       return Promise.resolve(true);
     },
     renew(ids, leaseMs) {
@@ -268,6 +343,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
       counts.clear();
       buckets.clear();
       history.clear();
+      trees.clear();
       return Promise.resolve();
     },
   };

@@ -87,12 +87,21 @@ local function num(x) return string.format('%.17g', x) end
  * which a call reclaims them properly); a TTL never shrinks, so a key outlives every lease it serves.
  */
 const LEASES = `
-local function free(index, recordKey, id, counterPrefix)
-  local slots = redis.call('HGET', recordKey, 'slots')
+local function free(index, recordKey, id, counterPrefix, now)
+  local r = redis.call('HMGET', recordKey, 'slots', 'tree', 'charge', 'createdAt')
+  local slots = r[1]
   if slots then
     for _, slot in ipairs(cjson.decode(slots)) do
       local key = counterPrefix .. slot
       if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
+    end
+    -- The tree keeps what the worker ran, not the TTL it held (a tree already forgotten stays so).
+    local treeExp = r[2] and redis.call('HGET', r[2], 'exp')
+    if treeExp and tonumber(treeExp) > now then
+      local charge = tonumber(r[3])
+      local used = math.floor(math.min(charge, math.max(0, now - tonumber(r[4]))))
+      local left = redis.call('HINCRBY', r[2], 'chargedMs', -(charge - used))
+      if left < 0 then redis.call('HSET', r[2], 'chargedMs', 0) end
     end
     redis.call('DEL', recordKey)
   end
@@ -102,7 +111,7 @@ end
 -- Bounded per call so one script never runs long; whatever is left goes on the next call.
 local function reclaim(index, recordPrefix, counterPrefix, now)
   local lapsed = redis.call('ZRANGEBYSCORE', index, '-inf', num(now), 'LIMIT', 0, 256)
-  for _, id in ipairs(lapsed) do free(index, recordPrefix .. id, id, counterPrefix) end
+  for _, id in ipairs(lapsed) do free(index, recordPrefix .. id, id, counterPrefix, now) end
   return #lapsed
 end
 local function extend(key, ms)
@@ -120,13 +129,15 @@ end
 /**
  * KEYS: [1] reservation index (zset id -> lease expiry), [2] the new record (hash),
  *       then nc concurrency counters (one per limit, repeats allowed), nr token buckets (one per
- *       rate limit), nh recent-history zsets (distinct).
+ *       rate limit), nh recent-history zsets (distinct), and the spawn tree's hash when there is one.
  * ARGV: [1] "reserve"|"check", [2] clock ms or "" for Redis TIME, [3] nc, [4] nr, [5] nh,
  *       [6] history retention ms, [7] reservation id, [8] spawnId, [9] slots JSON, [10] meta JSON,
  *       [11] holder, [12] lease ms or "" for none, [13] record key prefix, [14] counter key prefix,
- *       then max per concurrency limit, then perMinute, burst per rate limit.
- * Returns {1, now, leaseExpiresAt|-1} on success, {0, 1, i, active} when concurrency limit i is full,
- *         {0, 2, i, retryAfterMs} when rate limit i has no token.
+ *       then max per concurrency limit, then perMinute, burst per rate limit, then for a tree:
+ *       max spawns (-1: none), max worker ms (-1: none), this spawn's charge ms, keep ms (window).
+ * Returns {1, now, leaseExpiresAt|-1, tree spawns, tree charged ms} on success, {0, 1, i, active}
+ *         when concurrency limit i is full, {0, 2, i, retryAfterMs} when rate limit i has no token,
+ *         {0, 3, 1, spawns} / {0, 3, 2, charged ms} when the tree's spawns / worker-seconds are spent.
  */
 const RESERVE_LUA = `${CLOCK}${LEASES}
 local nc, nr, nh = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -158,6 +169,18 @@ end
 for i = 1, nr do
   local _, tokens, _, perMs = bucket(i)
   if tokens < 1 then return {0, 2, i, math.ceil((1 - tokens) / perMs)} end
+end
+
+local T = A + nc + 2 * nr
+local treeKey = KEYS[3 + nc + nr + nh]
+local treeSpawns, treeCharged = 0, 0
+if treeKey then
+  -- 'exp' is on the scripts' clock (as leases are); the key's own TTL only collects what nobody reads.
+  local t = redis.call('HMGET', treeKey, 'spawns', 'chargedMs', 'exp')
+  if t[3] and tonumber(t[3]) > now then treeSpawns, treeCharged = tonumber(t[1]), tonumber(t[2]) end
+  local maxSpawns, maxMs, charge = tonumber(ARGV[T + 1]), tonumber(ARGV[T + 2]), tonumber(ARGV[T + 3])
+  if maxSpawns >= 0 and treeSpawns + 1 > maxSpawns then return {0, 3, 1, treeSpawns} end
+  if maxMs >= 0 and treeCharged + charge > maxMs then return {0, 3, 2, treeCharged} end
 end
 
 if ARGV[1] == 'check' then return {1, now, -1} end
@@ -194,6 +217,17 @@ for i = 1, nh do
 end
 local expiresAt = lease and (now + lease) or -1
 redis.call('HSET', KEYS[2], 'spawnId', ARGV[8], 'slots', ARGV[9], 'createdAt', num(now), 'meta', ARGV[10], 'holder', ARGV[11], 'leaseExpiresAt', num(expiresAt))
+if treeKey then
+  local charge = tonumber(ARGV[T + 3])
+  -- Kept for its window past the end of the longest TTL charged to it; a lapsed tree starts afresh.
+  local keepTree = charge + tonumber(ARGV[T + 4])
+  local exp = tonumber(redis.call('HGET', treeKey, 'exp') or '0')
+  if exp <= now then exp = 0 end
+  treeSpawns, treeCharged = treeSpawns + 1, treeCharged + charge
+  redis.call('HSET', treeKey, 'spawns', treeSpawns, 'chargedMs', string.format('%.0f', treeCharged), 'exp', num(math.max(exp, now + keepTree)))
+  if redis.call('PTTL', treeKey) < keepTree then redis.call('PEXPIRE', treeKey, string.format('%.0f', keepTree)) end
+  redis.call('HSET', KEYS[2], 'tree', treeKey, 'charge', string.format('%.0f', charge))
+end
 if keep then
   redis.call('PEXPIRE', KEYS[2], string.format('%.0f', keep))
   redis.call('ZADD', KEYS[1], num(expiresAt), ARGV[7])
@@ -202,7 +236,7 @@ else
   redis.call('ZADD', KEYS[1], '+inf', ARGV[7])
   redis.call('PERSIST', KEYS[1])
 end
-return {1, now, expiresAt}
+return {1, now, expiresAt, treeSpawns, treeCharged}
 `;
 
 /**
@@ -213,8 +247,9 @@ return {1, now, expiresAt}
  * caller's to release any more: it is reclaimed (freed once) and the release answers 0.
  */
 const RELEASE_LUA = `${CLOCK}${LEASES}
-reclaim(KEYS[2], ARGV[4], ARGV[1], clock(ARGV[3]))
-return free(KEYS[2], KEYS[1], ARGV[2], ARGV[1])
+local now = clock(ARGV[3])
+reclaim(KEYS[2], ARGV[4], ARGV[1], now)
+return free(KEYS[2], KEYS[1], ARGV[2], ARGV[1], now)
 `;
 
 /**
@@ -339,6 +374,7 @@ export function redisKeys(prefix: string) {
     recordPrefix: `${prefix}reservation:`,
     index: `${prefix}reservations`,
     idempotency: (key: string) => `${prefix}idempotency:${key}`,
+    tree: (root: string) => `${prefix}tree:${root}`,
   };
 }
 
@@ -470,7 +506,10 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
       ...request.concurrency.map((l) => keys.counter(slotKey(l.scope, l.key))),
       ...request.rate.map((l) => keys.bucket(slotKey(l.scope, l.key))),
       ...(mode === 'reserve' ? history.map((k) => keys.history(k)) : []),
+      ...(request.tree ? [keys.tree(request.tree.budget.root)] : []),
     ];
+    const tree = request.tree;
+    if (tree && !(Number.isSafeInteger(tree.chargeMs) && tree.chargeMs >= 0)) throw new RangeError(`tree chargeMs must be a whole number of ms, got ${tree.chargeMs}`);
     const args = [
       mode,
       clockArg(),
@@ -488,6 +527,14 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
       keys.counterPrefix,
       ...request.concurrency.map((l) => String(l.max)),
       ...request.rate.flatMap((l) => [String(l.perMinute), String(l.burst)]),
+      ...(tree
+        ? [
+            tree.budget.maxSpawns ?? -1,
+            tree.budget.maxWorkerSeconds === null ? -1 : tree.budget.maxWorkerSeconds * 1000,
+            tree.chargeMs,
+            tree.budget.windowSeconds * 1000,
+          ].map(String)
+        : []),
     ];
     return { slots, keyArgs, args };
   }
@@ -503,6 +550,12 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
       const limit = request.rate[index];
       if (limit) {
         return { ok: false, kind: 'rate', code: `rate_limit_${limit.scope}`, scope: limit.scope, key: limit.key, perMinute: limit.perMinute, burst: limit.burst, retryAfterMs: value };
+      }
+    } else if (kind === 3 && request.tree) {
+      const { budget, chargeMs } = request.tree;
+      if (index === 0 && budget.maxSpawns !== null) return { ok: false, kind: 'tree', code: 'tree_spawns_exhausted', root: budget.root, max: budget.maxSpawns, used: value, needed: 1 };
+      if (index === 1 && budget.maxWorkerSeconds !== null) {
+        return { ok: false, kind: 'tree', code: 'tree_worker_seconds_exhausted', root: budget.root, max: budget.maxWorkerSeconds, used: Math.ceil(value / 1000), needed: Math.ceil(chargeMs / 1000) };
       }
     }
     throw new Error(`unexpected reply from the reserve script: ${JSON.stringify(reply)}`);
@@ -558,6 +611,7 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
           leaseExpiresAt: leaseExpiresAt < 0 ? null : leaseExpiresAt,
           meta: { ...request.meta },
         };
+        if (request.tree) record.tree = { root: request.tree.budget.root, spawns: asNumber(reply[3] ?? 0), workerSeconds: Math.ceil(asNumber(reply[4] ?? 0) / 1000) };
         return { ok: true, record };
       }),
 

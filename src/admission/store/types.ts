@@ -1,4 +1,4 @@
-import type { ConcurrencyLimit, ConcurrencyScope, RateLimit, RateScope } from '../types.js';
+import type { ConcurrencyLimit, ConcurrencyScope, RateLimit, RateScope, TreeBudget } from '../types.js';
 
 /** `${scope}/${key}` — the unit a concurrency slot or a rate bucket is counted under. */
 export type SlotKey = string;
@@ -19,6 +19,11 @@ export interface ReservationRequest {
   leaseMs?: number;
   concurrency: readonly ConcurrencyLimit[];
   rate: readonly RateLimit[];
+  /**
+   * The spawn tree this reservation counts in: one spawn more, and `chargeMs` worker-milliseconds
+   * (its TTL, the most it can run) held until it is released, when what it did not use is refunded.
+   */
+  tree?: { budget: TreeBudget; chargeMs: number };
   /** Free-form labels kept with the reservation (user, channel, backend/profile) for listings and logs. */
   meta?: Readonly<Record<string, string>>;
 }
@@ -33,11 +38,23 @@ export interface ReservationRecord {
   /** When the lease lapses unless renewed (store clock, ms); null = no lease. */
   leaseExpiresAt: number | null;
   meta: Readonly<Record<string, string>>;
+  /** The tree's counts just after this reservation took its share (reserve only; absent without a tree). */
+  tree?: TreeUsage;
+}
+
+export interface TreeUsage {
+  root: string;
+  /** Spawns the tree has made while its counts were kept, this one included. */
+  spawns: number;
+  /** Worker-seconds used by ended spawns plus the TTLs held by live ones. */
+  workerSeconds: number;
 }
 
 export type ReserveRejection =
   | { ok: false; kind: 'concurrency'; code: `concurrency_limit_${ConcurrencyScope}`; scope: ConcurrencyScope; key: string; max: number; active: number }
-  | { ok: false; kind: 'rate'; code: `rate_limit_${RateScope}`; scope: RateScope; key: string; perMinute: number; burst: number; retryAfterMs: number };
+  | { ok: false; kind: 'rate'; code: `rate_limit_${RateScope}`; scope: RateScope; key: string; perMinute: number; burst: number; retryAfterMs: number }
+  /** `used` and `max` in spawns, or in worker-seconds (`needed`: the TTL this spawn would hold). */
+  | { ok: false; kind: 'tree'; code: 'tree_spawns_exhausted' | 'tree_worker_seconds_exhausted'; root: string; max: number; used: number; needed: number };
 
 export type ReserveOutcome = { ok: true; record: ReservationRecord } | ReserveRejection;
 

@@ -15,9 +15,13 @@ export function formatDecision(decision: Decision): string {
     lines.push('DENIED');
   }
   for (const r of decision.reasons) lines.push(`  ${r.code}: ${r.message}`);
-  const { concurrency, rate } = decision.limits;
+  const { concurrency, rate, tree } = decision.limits;
   if (concurrency.length) lines.push(`  concurrency: ${concurrency.map((c) => `${c.scope}/${c.key}≤${c.max}`).join(', ')}`);
   if (rate.length) lines.push(`  rate: ${rate.map((r) => `${r.scope}/${r.key} ${r.perMinute}/min burst ${r.burst}`).join(', ')}`);
+  if (tree) {
+    const caps = [tree.maxSpawns === null ? null : `spawns≤${tree.maxSpawns}`, tree.maxWorkerSeconds === null ? null : `worker-seconds≤${tree.maxWorkerSeconds}`].filter((c) => c !== null);
+    lines.push(`  tree: ${tree.root} ${caps.join(', ')} (kept ${tree.windowSeconds}s past its last TTL)`);
+  }
   return `${lines.join('\n')}\n`;
 }
 

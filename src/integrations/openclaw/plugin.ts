@@ -12,7 +12,7 @@ import type { OpenClawConfigView, ToolContext } from './request.js';
 import { parseSessionKey, requestFromSpawn } from './request.js';
 import { createAcpRuntime } from './runtime.js';
 import type { Logger, PendingSpawn, PluginState } from './state.js';
-import { claimPending, describe, dropPending, gateOf, PLUGIN_ID, pluginState } from './state.js';
+import { claimPending, describe, dropPending, gateOf, PLUGIN_ID, pluginState, rememberLineage } from './state.js';
 
 export { PLUGIN_ID } from './state.js';
 
@@ -63,6 +63,9 @@ export interface HookResult {
 export async function admitSpawn(state: PluginState, params: Record<string, unknown>, ctx: ToolContext): Promise<HookResult | undefined> {
   const cfg = state.config ?? {};
   const mapped = requestFromSpawn(params, ctx, state.openclawConfig, { ownerUser: cfg.ownerUser ?? 'owner' });
+  // A child of a spawn this plugin admitted spawns within its root's tree.
+  const lineage = state.lineage.get(mapped.request.caller.sessionKey);
+  if (lineage) mapped.request.caller = { ...mapped.request.caller, parentSessionKey: lineage.parent, rootSessionKey: lineage.root };
   let gate: Spawngate;
   try {
     gate = await gateOf(state);
@@ -123,6 +126,8 @@ export function childSpawned(state: PluginState, event: { childSessionKey?: stri
   const agent = event.agentId ?? parseSessionKey(key).agentId;
   const entry = claimPending(state, (p) => p.runtime === (acp ? 'acp' : 'subagent') && (agent === undefined || agent === null || p.openclawAgentId === agent));
   if (!entry) return;
+  const { caller } = entry.reserved.request;
+  rememberLineage(state, key, caller.sessionKey, caller.rootSessionKey);
   const mode = event.mode === 'session' ? 'session' : 'run';
   if (entry.runtime === 'subagent') bindReservation(state, key, entry.reserved, mode);
   else {

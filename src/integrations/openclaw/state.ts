@@ -54,6 +54,12 @@ export interface PluginState {
   pending: PendingSpawn[];
   /** child session key → what it holds */
   bound: Map<string, Bound>;
+  /**
+   * child session key → the session that spawned it and the root of its spawn tree, so that a
+   * child's own spawns count in its root's tree budget (OpenClaw's hook context names only the
+   * caller's session). Oldest first; at most MAX_LINEAGE are kept.
+   */
+  lineage: Map<string, { parent: string; root: string }>;
   logger: Logger;
 }
 
@@ -69,9 +75,21 @@ const consoleLogger: Logger = {
   error: (m) => console.error(`[spawngate] ${m}`),
 };
 
+export const MAX_LINEAGE = 10_000;
+
+/** Remembers where a child sits in its spawn tree; past MAX_LINEAGE the oldest entries go first. */
+export function rememberLineage(state: PluginState, child: string, parent: string, root: string): void {
+  state.lineage.delete(child);
+  state.lineage.set(child, { parent, root });
+  for (const oldest of state.lineage.keys()) {
+    if (state.lineage.size <= MAX_LINEAGE) break;
+    state.lineage.delete(oldest);
+  }
+}
+
 export function pluginState(): PluginState {
   const holder = globalThis as unknown as Record<symbol, PluginState | undefined>;
-  holder[STATE] ??= { gate: null, config: null, configError: null, openclawConfig: undefined, pending: [], bound: new Map(), logger: consoleLogger };
+  holder[STATE] ??= { gate: null, config: null, configError: null, openclawConfig: undefined, pending: [], bound: new Map(), lineage: new Map(), logger: consoleLogger };
   return holder[STATE];
 }
 
