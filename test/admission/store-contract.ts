@@ -4,7 +4,7 @@
  */
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { ReservationRequest, ReservationStore } from '../../src/admission/store/types.js';
+import type { ReservationRequest, ReservationStore, WaitQueue, WaitTicketRequest } from '../../src/admission/store/types.js';
 import type { ConcurrencyLimit, RateLimit, TreeBudget } from '../../src/admission/types.js';
 import type { Logger } from '../../src/log.js';
 import { memoryLogger } from '../helpers/logger.js';
@@ -272,6 +272,83 @@ export function describeStoreContract(name: string, factory: StoreFactory, contr
         const capped = await store.reserve(inTree('x', budget({ root: 'agent:b:main', maxSpawns: 1 }), 60, { concurrency: [userCap('full', 0)] }));
         expect(capped).toMatchObject({ ok: false, code: 'concurrency_limit_user' });
         expect((await store.reserve(inTree('y', budget({ root: 'agent:b:main', maxSpawns: 1 })))).ok).toBe(true);
+      });
+    });
+
+    describe('wait queue', () => {
+      const profileCap: ConcurrencyLimit = { scope: 'profile', key: 'q/p', max: 1 };
+      const ticket = (user: string, extra: Partial<WaitTicketRequest> = {}): WaitTicketRequest => ({ priority: 0, user, concurrency: [profileCap], leaseMs: 10_000, maxWaiting: 100, ...extra });
+      const queueOf = (store: ReservationStore): WaitQueue => {
+        if (!store.queue) throw new Error(`the ${store.kind} store has no wait queue`);
+        return store.queue;
+      };
+
+      it('a freed slot goes to the waiter queued for it: a later request cannot take it, the waiter can, once', async () => {
+        const store = await open({ now: () => 9_000_000 });
+        const queue = queueOf(store);
+        const holder = await store.reserve({ spawnId: 'holder', concurrency: [profileCap], rate: [] });
+        if (!holder.ok) throw new Error('expected a reservation');
+        const waiter = await queue.join(ticket('u1', { meta: { spawnId: 'w1' } }));
+        expect(waiter).toEqual({ id: expect.any(String), position: 1 });
+        await store.release(holder.record.id);
+        // The slot is free, and held for the waiter: a newcomer (or a dry run) is refused, naming the queue.
+        const barging = { spawnId: 'late', concurrency: [profileCap], rate: [] };
+        expect(await store.check(barging)).toMatchObject({ ok: false, code: 'concurrency_limit_profile', active: 0, waitingAhead: 1 });
+        expect(await store.reserve(barging)).toMatchObject({ ok: false, code: 'concurrency_limit_profile', waitingAhead: 1 });
+        const served = await store.reserve({ spawnId: 'w1', concurrency: [profileCap], rate: [], ticket: waiter?.id ?? '' });
+        expect(served.ok).toBe(true);
+        // Served, the ticket is gone: no waiter is left behind.
+        expect(await queue.list()).toEqual([]);
+        expect(await queue.touch([waiter?.id ?? ''], 10_000)).toEqual(new Map([[waiter?.id ?? '', null]]));
+      });
+
+      it('orders waiters by priority, then by turns across users, then by arrival', async () => {
+        const store = await open({ now: () => 9_100_000 });
+        const queue = queueOf(store);
+        for (const user of ['a', 'a', 'a', 'b', 'c']) await queue.join(ticket(user, { meta: { who: user } }));
+        const urgent = await queue.join(ticket('d', { priority: 10, meta: { who: 'd' } }));
+        expect(urgent?.position).toBe(1);
+        const listed = await queue.list();
+        expect(listed.map((w) => w.meta['who'])).toEqual(['d', 'a', 'b', 'c', 'a', 'a']);
+        expect(listed.map((w) => w.position)).toEqual([1, 2, 3, 4, 5, 6]);
+        expect(listed[0]).toMatchObject({ priority: 10, user: 'd', since: 9_100_000 });
+      });
+
+      it('a waiter that cannot use the slot (another of its caps is full) does not hold it for others', async () => {
+        const store = await open({ now: () => 9_200_000 });
+        const queue = queueOf(store);
+        const busyUser = userCap('busy', 1);
+        const own = await store.reserve({ spawnId: 'busy-1', concurrency: [busyUser], rate: [] });
+        expect(own.ok).toBe(true);
+        const blocked = await queue.join(ticket('busy', { concurrency: [profileCap, busyUser] }));
+        const next = await queue.join(ticket('free'));
+        expect(blocked?.position).toBe(1);
+        // The head waits on its own user cap as well: the profile slot goes to the next waiter.
+        expect((await store.reserve({ spawnId: 'free-1', concurrency: [profileCap], rate: [], ticket: next?.id ?? '' })).ok).toBe(true);
+      });
+
+      it('a ticket lapses unless touched; touch answers positions; leave ends a wait without a trace', async () => {
+        let t = 9_300_000;
+        const store = await open({ now: () => t });
+        const queue = queueOf(store);
+        const first = await queue.join(ticket('x', { leaseMs: 1_000 }));
+        const second = await queue.join(ticket('y', { leaseMs: 1_000 }));
+        t += 900;
+        expect(await queue.touch([second?.id ?? ''], 1_000)).toEqual(new Map([[second?.id ?? '', 2]]));
+        t += 100; // the first lapses; the second was touched
+        expect(await queue.touch([first?.id ?? '', second?.id ?? ''], 1_000)).toEqual(new Map([[first?.id ?? '', null], [second?.id ?? '', 1]]));
+        expect(await queue.leave(second?.id ?? '')).toBe(true);
+        expect(await queue.leave(second?.id ?? '')).toBe(false);
+        expect(await queue.list()).toEqual([]);
+        expect((await store.reserve({ spawnId: 'after', concurrency: [profileCap], rate: [] })).ok).toBe(true);
+      });
+
+      it('refuses a join past maxWaiting', async () => {
+        const store = await open({ now: () => 9_400_000 });
+        const queue = queueOf(store);
+        expect(await queue.join(ticket('a', { maxWaiting: 2 }))).not.toBeNull();
+        expect(await queue.join(ticket('b', { maxWaiting: 2 }))).not.toBeNull();
+        expect(await queue.join(ticket('c', { maxWaiting: 2 }))).toBeNull();
       });
     });
 

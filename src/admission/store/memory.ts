@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '../../log.js';
 import { silentLogger } from '../../log.js';
-import type { RateLimit } from '../types.js';
+import type { ConcurrencyLimit, RateLimit } from '../types.js';
 import { slotKey } from './types.js';
-import type { IdempotencyClaim, IdempotencyStore, ReservationRecord, ReservationRequest, ReservationStore, ReserveOutcome, ReserveRejection, SlotKey, TreeUsage } from './types.js';
+import type { IdempotencyClaim, IdempotencyStore, ReservationRecord, ReservationRequest, ReservationStore, ReserveOutcome, ReserveRejection, SlotKey, TreeUsage, WaitQueue, WaitingTicket } from './types.js';
 
 interface Bucket {
   tokens: number;
@@ -106,6 +106,125 @@ function createTrees() {
   };
 }
 
+interface Waiter {
+  id: string;
+  seq: number;
+  priority: number;
+  user: string;
+  /** Turn of this waiter among its user's: one more than the user's previous waiter, and never behind the queue's progress. */
+  tag: number;
+  limits: { slot: SlotKey; max: number }[];
+  expiresAt: number;
+  since: number;
+  meta: Readonly<Record<string, string>>;
+}
+
+/** Queue order: higher priority, then the earlier turn (users take turns), then arrival. */
+const ahead = (a: Waiter, b: Waiter): boolean => a.priority !== b.priority ? a.priority > b.priority : a.tag !== b.tag ? a.tag < b.tag : a.seq < b.seq;
+
+/**
+ * The wait queue (WaitQueue) over the store's counters. Fair by turns: each waiter's tag is one
+ * more than its user's previous one, and at least one more than the tag of the last waiter served,
+ * so a user who queues ten spawns gets every other turn with a user who queues one.
+ */
+function createQueue(counts: ReadonlyMap<SlotKey, number>) {
+  let waiters: Waiter[] = [];
+  const lastTag = new Map<string, number>();
+  let served = 0;
+  let seq = 0;
+  const reclaim = (at: number): void => {
+    if (waiters.some((w) => w.expiresAt <= at)) waiters = waiters.filter((w) => w.expiresAt > at);
+    if (waiters.length === 0) lastTag.clear();
+  };
+  const fits = (w: Waiter): boolean => w.limits.every((l) => (counts.get(l.slot) ?? 0) < l.max);
+  const remove = (id: string): Waiter | undefined => {
+    const i = waiters.findIndex((w) => w.id === id);
+    if (i < 0) return undefined;
+    const [w] = waiters.splice(i, 1);
+    if (waiters.length === 0) lastTag.clear();
+    return w;
+  };
+  const position = (id: string): number | null => {
+    const i = waiters.findIndex((w) => w.id === id);
+    return i < 0 ? null : i + 1;
+  };
+  return {
+    reclaim,
+    /** The waiters that go before this request on one of its slots: queued ahead of its ticket (or anywhere, without one), sharing a slot, able to take it now. */
+    blocking(request: Pick<ReservationRequest, 'concurrency' | 'ticket'>, at: number): { index: number; count: number } | null {
+      reclaim(at);
+      if (waiters.length === 0 || request.concurrency.length === 0) return null;
+      const slots = request.concurrency.map((l) => slotKey(l.scope, l.key));
+      let first = -1;
+      let count = 0;
+      for (const w of waiters) {
+        if (w.id === request.ticket) break;
+        const shared = slots.findIndex((slot) => w.limits.some((l) => l.slot === slot));
+        if (shared < 0 || !fits(w)) continue;
+        if (first < 0) first = shared;
+        count++;
+      }
+      return first < 0 ? null : { index: first, count };
+    },
+    /** The ticket's reservation went through: its wait is over, and its turn is the queue's progress. */
+    served(id: string | undefined): void {
+      const w = id === undefined ? undefined : remove(id);
+      if (!w) return;
+      served = Math.max(served, w.tag);
+      if ((lastTag.get(w.user) ?? 0) <= served) lastTag.delete(w.user);
+    },
+    clear(): void {
+      waiters = [];
+      lastTag.clear();
+    },
+    api(now: () => number): WaitQueue {
+      return {
+        join(request) {
+          const at = now();
+          reclaim(at);
+          if (waiters.length >= request.maxWaiting) return Promise.resolve(null);
+          const tag = Math.max(lastTag.get(request.user) ?? 0, served) + 1;
+          lastTag.set(request.user, tag);
+          const w: Waiter = {
+            id: randomUUID(),
+            seq: ++seq,
+            priority: request.priority,
+            user: request.user,
+            tag,
+            limits: request.concurrency.map((l) => ({ slot: slotKey(l.scope, l.key), max: l.max })),
+            expiresAt: at + request.leaseMs,
+            since: at,
+            meta: { ...request.meta },
+          };
+          let i = waiters.length;
+          while (i > 0 && ahead(w, waiters[i - 1] as Waiter)) i--;
+          waiters.splice(i, 0, w);
+          return Promise.resolve({ id: w.id, position: i + 1 });
+        },
+        touch(ids, leaseMs) {
+          const at = now();
+          reclaim(at);
+          const out = new Map<string, number | null>();
+          for (const id of ids) {
+            const w = waiters.find((x) => x.id === id);
+            if (w) w.expiresAt = at + leaseMs;
+            out.set(id, position(id));
+          }
+          return Promise.resolve(out);
+        },
+        leave(id) {
+          reclaim(now());
+          return Promise.resolve(remove(id) !== undefined);
+        },
+        list() {
+          reclaim(now());
+          return Promise.resolve(waiters.map((w, i): WaitingTicket => ({ id: w.id, position: i + 1, priority: w.priority, user: w.user, since: w.since, meta: w.meta })));
+        },
+      };
+    },
+  };
+}
+
 interface KeyEntry {
   state: 'pending' | 'done';
   fingerprint: string;
@@ -192,6 +311,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
   const buckets = new Map<SlotKey, Bucket>();
   const history = new Map<SlotKey, number[]>();
   const trees = createTrees();
+  const queue = createQueue(counts);
   // Earliest lease expiry among active records: lapsed leases are looked for only once it passes,
   // so the hot path pays nothing while every lease is fresh.
   let nextExpiry = Infinity;
@@ -233,6 +353,12 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
       if (current >= limit.max) {
         return { ok: false, kind: 'concurrency', code: `concurrency_limit_${limit.scope}`, scope: limit.scope, key: limit.key, max: limit.max, active: current };
       }
+    }
+    const blocked = queue.blocking(request, at);
+    if (blocked) {
+      const limit = request.concurrency[blocked.index] as ConcurrencyLimit;
+      const active = counts.get(slotKey(limit.scope, limit.key)) ?? 0;
+      return { ok: false, kind: 'concurrency', code: `concurrency_limit_${limit.scope}`, scope: limit.scope, key: limit.key, max: limit.max, active, waitingAhead: blocked.count };
     }
     for (const limit of request.rate) {
       const { bucket } = refill(limit, at);
@@ -280,6 +406,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
     const id = randomUUID();
     const record: ReservationRecord = { id, spawnId: request.spawnId, holder: request.holder ?? '', slots, createdAt: at, leaseExpiresAt, meta: { ...request.meta } };
     if (request.tree) record.tree = trees.take(id, request.tree, at);
+    queue.served(request.ticket);
     active.set(record.id, record);
     if (leaseExpiresAt !== null) nextExpiry = Math.min(nextExpiry, leaseExpiresAt);
     return { ok: true, record };
@@ -288,6 +415,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
   return {
     kind: 'memory',
     idempotency: createMemoryIdempotency(now, options.maxIdempotencyKeys, logger),
+    queue: queue.api(now),
     reserve: (request) => Promise.resolve(take(request)),
     check(request) {
       const at = now();
@@ -344,6 +472,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Reservation
       buckets.clear();
       history.clear();
       trees.clear();
+      queue.clear();
       return Promise.resolve();
     },
   };

@@ -3,7 +3,7 @@ import type { Logger } from '../../log.js';
 import { silentLogger } from '../../log.js';
 import { ConfigError, SpawngateError } from '../../errors.js';
 import { slotKey } from './types.js';
-import type { IdempotencyClaim, IdempotencyStore, ReservationRecord, ReservationRequest, ReservationStore, ReserveOutcome, ReserveRejection, SlotKey } from './types.js';
+import type { IdempotencyClaim, IdempotencyStore, ReservationRecord, ReservationRequest, ReservationStore, ReserveOutcome, ReserveRejection, SlotKey, WaitingTicket, WaitQueue } from './types.js';
 
 /**
  * The few ioredis calls this store makes. ioredis' `Redis` satisfies it; so does anything shaped
@@ -127,21 +127,57 @@ end
 `;
 
 /**
+ * The wait queue: a zset of ticket ids scored by (255 - priority) * 2^45 + turn (ids start with a
+ * zero-padded arrival number, so equal scores keep arrival order), a hash of tickets (JSON: p, user,
+ * tag, limits [[slot, max]…], exp, since, meta), a hash of each user's last turn, and a state hash
+ * (served: the turn of the last waiter served; seq). `exp` is on the scripts' clock, as leases are.
+ */
+const QUEUE = `
+local function queueKeys(prefix) return prefix, prefix .. ':tickets', prefix .. ':users', prefix .. ':state' end
+local function keepFor(key, ms) if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, string.format('%.0f', ms)) end end
+-- Drops lapsed tickets; answers the live ones head first, each {id, ticket}.
+local function waiters(prefix, now)
+  local q, tickets, users = queueKeys(prefix)
+  local live = {}
+  for _, id in ipairs(redis.call('ZRANGE', q, 0, -1)) do
+    local raw = redis.call('HGET', tickets, id)
+    local t = raw and cjson.decode(raw)
+    if t and tonumber(t.exp) > now then live[#live + 1] = {id, t}
+    else
+      redis.call('ZREM', q, id)
+      redis.call('HDEL', tickets, id)
+    end
+  end
+  if #live == 0 then redis.call('DEL', users) end
+  return live
+end
+local function dropTicket(prefix, id)
+  local q, tickets, users = queueKeys(prefix)
+  local raw = redis.call('HGET', tickets, id)
+  redis.call('ZREM', q, id)
+  redis.call('HDEL', tickets, id)
+  if redis.call('ZCARD', q) == 0 then redis.call('DEL', users) end
+  return raw and cjson.decode(raw)
+end
+`;
+
+/**
  * KEYS: [1] reservation index (zset id -> lease expiry), [2] the new record (hash),
  *       then nc concurrency counters (one per limit, repeats allowed), nr token buckets (one per
  *       rate limit), nh recent-history zsets (distinct), and the spawn tree's hash when there is one.
  * ARGV: [1] "reserve"|"check", [2] clock ms or "" for Redis TIME, [3] nc, [4] nr, [5] nh,
  *       [6] history retention ms, [7] reservation id, [8] spawnId, [9] slots JSON, [10] meta JSON,
  *       [11] holder, [12] lease ms or "" for none, [13] record key prefix, [14] counter key prefix,
- *       then max per concurrency limit, then perMinute, burst per rate limit, then for a tree:
+ *       [15] queue key prefix, [16] wait ticket or "", then max per concurrency limit, then perMinute, burst per rate limit, then for a tree:
  *       max spawns (-1: none), max worker ms (-1: none), this spawn's charge ms, keep ms (window).
  * Returns {1, now, leaseExpiresAt|-1, tree spawns, tree charged ms} on success, {0, 1, i, active}
  *         when concurrency limit i is full, {0, 2, i, retryAfterMs} when rate limit i has no token,
- *         {0, 3, 1, spawns} / {0, 3, 2, charged ms} when the tree's spawns / worker-seconds are spent.
+ *         {0, 3, 1, spawns} / {0, 3, 2, charged ms} when the tree's spawns / worker-seconds are spent,
+ *         {0, 4, i, waiting, active} when `waiting` queued waiters that can take limit i's slot go first.
  */
-const RESERVE_LUA = `${CLOCK}${LEASES}
+const RESERVE_LUA = `${CLOCK}${LEASES}${QUEUE}
 local nc, nr, nh = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local A = 14
+local A = 16
 -- The id is fresh per call, so this only matters if a client re-sends the same call: it must not
 -- take the slots a second time.
 local existing = redis.call('HMGET', KEYS[2], 'createdAt', 'leaseExpiresAt')
@@ -152,6 +188,28 @@ reclaim(KEYS[1], ARGV[13], ARGV[14], now)
 for i = 1, nc do
   local active = tonumber(redis.call('GET', KEYS[2 + i]) or '0')
   if active >= tonumber(ARGV[A + i]) then return {0, 1, i, active} end
+end
+
+-- Waiters queued ahead of this request (of its ticket; all of them without one) that share one of
+-- its slots and fit every cap they wait for go first: the slot is theirs.
+if nc > 0 and redis.call('EXISTS', ARGV[15]) == 1 then
+  local counterPrefix = ARGV[14]
+  local first, waiting = nil, 0
+  for _, w in ipairs(waiters(ARGV[15], now)) do
+    if w[1] == ARGV[16] then break end
+    local shared, fits = nil, true
+    for _, l in ipairs(w[2].limits) do
+      if tonumber(redis.call('GET', counterPrefix .. l[1]) or '0') >= tonumber(l[2]) then fits = false end
+      for i = 1, nc do
+        if not shared and KEYS[2 + i] == counterPrefix .. l[1] then shared = i end
+      end
+    end
+    if shared and fits then
+      first = first or shared
+      waiting = waiting + 1
+    end
+  end
+  if first then return {0, 4, first, waiting, tonumber(redis.call('GET', KEYS[2 + first]) or '0')} end
 end
 
 local function bucket(i)
@@ -227,6 +285,16 @@ if treeKey then
   redis.call('HSET', treeKey, 'spawns', treeSpawns, 'chargedMs', string.format('%.0f', treeCharged), 'exp', num(math.max(exp, now + keepTree)))
   if redis.call('PTTL', treeKey) < keepTree then redis.call('PEXPIRE', treeKey, string.format('%.0f', keepTree)) end
   redis.call('HSET', KEYS[2], 'tree', treeKey, 'charge', string.format('%.0f', charge))
+end
+if ARGV[16] ~= '' then
+  -- The ticket's wait is over; its turn is the queue's progress.
+  local t = dropTicket(ARGV[15], ARGV[16])
+  if t then
+    local _, _, users, state = queueKeys(ARGV[15])
+    local served = math.max(tonumber(redis.call('HGET', state, 'served') or '0'), tonumber(t.tag))
+    redis.call('HSET', state, 'served', served)
+    if tonumber(redis.call('HGET', users, t.user) or '0') <= served then redis.call('HDEL', users, t.user) end
+  end
 end
 if keep then
   redis.call('PEXPIRE', KEYS[2], string.format('%.0f', keep))
@@ -349,6 +417,67 @@ end
 return 1
 `;
 
+/**
+ * ARGV: [1] clock, [2] queue prefix, [3] priority, [4] user, [5] limits JSON [[slot, max]…],
+ * [6] lease ms, [7] max waiting, [8] meta JSON, [9] random id suffix. Returns {1, id, position} or {0}.
+ */
+const QUEUE_JOIN_LUA = `${CLOCK}${QUEUE}
+local now = clock(ARGV[1])
+local q, tickets, users, state = queueKeys(ARGV[2])
+if #waiters(ARGV[2], now) >= tonumber(ARGV[7]) then return {0} end
+local priority, user, lease = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[6])
+local served = tonumber(redis.call('HGET', state, 'served') or '0')
+local tag = math.max(tonumber(redis.call('HGET', users, user) or '0'), served) + 1
+redis.call('HSET', users, user, tag)
+local id = string.format('%016d', redis.call('HINCRBY', state, 'seq', 1)) .. '-' .. ARGV[9]
+redis.call('ZADD', q, (255 - priority) * 35184372088832 + tag, id)
+redis.call('HSET', tickets, id, cjson.encode({p = priority, user = user, tag = tag, limits = cjson.decode(ARGV[5]), exp = num(now + lease), since = num(now), meta = cjson.decode(ARGV[8])}))
+for _, key in ipairs({q, tickets, users, state}) do keepFor(key, 2 * lease) end
+return {1, id, redis.call('ZRANK', q, id) + 1}
+`;
+
+/** ARGV: [1] clock, [2] queue prefix, [3] lease ms, then ticket ids. Returns each one's position, 0 when it no longer waits. */
+const QUEUE_TOUCH_LUA = `${CLOCK}${QUEUE}
+local now = clock(ARGV[1])
+local q, tickets, users, state = queueKeys(ARGV[2])
+local live = {}
+for i, w in ipairs(waiters(ARGV[2], now)) do live[w[1]] = {i, w[2]} end
+local lease = tonumber(ARGV[3])
+local out = {}
+for i = 4, #ARGV do
+  local w = live[ARGV[i]]
+  if w then
+    w[2].exp = num(now + lease)
+    redis.call('HSET', tickets, ARGV[i], cjson.encode(w[2]))
+    out[#out + 1] = w[1]
+  else
+    out[#out + 1] = 0
+  end
+end
+if #ARGV > 3 then for _, key in ipairs({q, tickets, users, state}) do keepFor(key, 2 * lease) end end
+return out
+`;
+
+/** ARGV: [1] clock, [2] queue prefix, [3] "leave"|"list", [4] ticket id (leave). */
+const QUEUE_READ_LUA = `${CLOCK}${QUEUE}
+local live = waiters(ARGV[2], clock(ARGV[1]))
+if ARGV[3] == 'leave' then
+  for _, w in ipairs(live) do
+    if w[1] == ARGV[4] then
+      dropTicket(ARGV[2], ARGV[4])
+      return 1
+    end
+  end
+  return 0
+end
+local out = {}
+for _, w in ipairs(live) do
+  out[#out + 1] = w[1]
+  out[#out + 1] = cjson.encode({p = w[2].p, user = w[2].user, since = w[2].since, meta = w[2].meta})
+end
+return out
+`;
+
 interface Script {
   source: string;
   sha: string;
@@ -362,6 +491,9 @@ const RENEW = script(RENEW_LUA);
 const COUNTS = script(COUNTS_LUA);
 const IDEM_CLAIM = script(IDEM_CLAIM_LUA);
 const IDEM_SETTLE = script(IDEM_SETTLE_LUA);
+const QUEUE_JOIN = script(QUEUE_JOIN_LUA);
+const QUEUE_TOUCH = script(QUEUE_TOUCH_LUA);
+const QUEUE_READ = script(QUEUE_READ_LUA);
 
 /** Key layout; docs/stores.md lists it for operators. */
 export function redisKeys(prefix: string) {
@@ -375,6 +507,7 @@ export function redisKeys(prefix: string) {
     index: `${prefix}reservations`,
     idempotency: (key: string) => `${prefix}idempotency:${key}`,
     tree: (root: string) => `${prefix}tree:${root}`,
+    queue: `${prefix}queue`,
   };
 }
 
@@ -525,6 +658,8 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
       request.leaseMs === undefined ? '' : String(request.leaseMs),
       keys.recordPrefix,
       keys.counterPrefix,
+      keys.queue,
+      request.ticket ?? '',
       ...request.concurrency.map((l) => String(l.max)),
       ...request.rate.flatMap((l) => [String(l.perMinute), String(l.burst)]),
       ...(tree
@@ -551,6 +686,10 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
       if (limit) {
         return { ok: false, kind: 'rate', code: `rate_limit_${limit.scope}`, scope: limit.scope, key: limit.key, perMinute: limit.perMinute, burst: limit.burst, retryAfterMs: value };
       }
+    } else if (kind === 4) {
+      const limit = request.concurrency[index];
+      // The slot may be free: it is held for the waiters ahead.
+      if (limit) return { ok: false, kind: 'concurrency', code: `concurrency_limit_${limit.scope}`, scope: limit.scope, key: limit.key, max: limit.max, active: asNumber(reply[4]), waitingAhead: value };
     } else if (kind === 3 && request.tree) {
       const { budget, chargeMs } = request.tree;
       if (index === 0 && budget.maxSpawns !== null) return { ok: false, kind: 'tree', code: 'tree_spawns_exhausted', root: budget.root, max: budget.maxSpawns, used: value, needed: 1 };
@@ -582,9 +721,36 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
     abandon: (key, spawnId) => guarded('idempotency abandon', async () => void (await settle(key, 'abandon', spawnId, 0))),
   };
 
+  const queue: WaitQueue = {
+    join: (request) =>
+      guarded('queue join', async () => {
+        const limits = JSON.stringify(request.concurrency.map((l) => [slotKey(l.scope, l.key), l.max]));
+        const reply = (await run(QUEUE_JOIN, [keys.queue], [clockArg(), keys.queue, request.priority, request.user, limits, request.leaseMs, request.maxWaiting, JSON.stringify({ ...request.meta }), randomUUID().slice(0, 8)])) as unknown[];
+        return asNumber(reply[0]) === 1 ? { id: String(reply[1]), position: asNumber(reply[2]) } : null;
+      }),
+    touch: (ids, leaseMs) =>
+      guarded('queue touch', async () => {
+        const reply = (await run(QUEUE_TOUCH, [keys.queue], [clockArg(), keys.queue, leaseMs, ...ids])) as unknown[];
+        return new Map(ids.map((id, i) => [id, asNumber(reply[i] ?? 0) || null]));
+      }),
+    leave: (id) => guarded('queue leave', async () => asNumber(await run(QUEUE_READ, [keys.queue], [clockArg(), keys.queue, 'leave', id])) === 1),
+    list: () =>
+      guarded('queue list', async () => {
+        const reply = ((await run(QUEUE_READ, [keys.queue], [clockArg(), keys.queue, 'list', ''])) as unknown[]).map(String);
+        const out: WaitingTicket[] = [];
+        for (let i = 0; i + 1 < reply.length; i += 2) {
+          const t = JSON.parse(reply[i + 1] ?? '{}') as { p: number; user: string; since: string; meta: Record<string, string> | unknown[] };
+          // cjson writes an empty object as [].
+          out.push({ id: reply[i] ?? '', position: i / 2 + 1, priority: t.p, user: t.user, since: Number(t.since), meta: Array.isArray(t.meta) ? {} : t.meta });
+        }
+        return out;
+      }),
+  };
+
   return {
     kind: 'redis',
     idempotency,
+    queue,
 
     reserve: (request) =>
       guarded('reserve', async (): Promise<ReserveOutcome> => {

@@ -24,6 +24,12 @@ export interface ReservationRequest {
    * (its TTL, the most it can run) held until it is released, when what it did not use is refunded.
    */
   tree?: { budget: TreeBudget; chargeMs: number };
+  /**
+   * The wait-queue ticket this reservation is for (WaitQueue.join). Without one, any live waiter
+   * that shares a concurrency slot with this request and could take it now goes first; with one,
+   * only the waiters ahead of the ticket do, and a reservation that succeeds ends the ticket's wait.
+   */
+  ticket?: string;
   /** Free-form labels kept with the reservation (user, channel, backend/profile) for listings and logs. */
   meta?: Readonly<Record<string, string>>;
 }
@@ -51,7 +57,8 @@ export interface TreeUsage {
 }
 
 export type ReserveRejection =
-  | { ok: false; kind: 'concurrency'; code: `concurrency_limit_${ConcurrencyScope}`; scope: ConcurrencyScope; key: string; max: number; active: number }
+  /** `waitingAhead`: the slot may be free, but is held for that many waiters queued ahead of this request. */
+  | { ok: false; kind: 'concurrency'; code: `concurrency_limit_${ConcurrencyScope}`; scope: ConcurrencyScope; key: string; max: number; active: number; waitingAhead?: number }
   | { ok: false; kind: 'rate'; code: `rate_limit_${RateScope}`; scope: RateScope; key: string; perMinute: number; burst: number; retryAfterMs: number }
   /** `used` and `max` in spawns, or in worker-seconds (`needed`: the TTL this spawn would hold). */
   | { ok: false; kind: 'tree'; code: 'tree_spawns_exhausted' | 'tree_worker_seconds_exhausted'; root: string; max: number; used: number; needed: number };
@@ -81,6 +88,8 @@ export interface ReservationStore {
   recent(keys: readonly SlotKey[], windowMs: number): Promise<Map<SlotKey, number>>;
   /** Reservations whose lease has not lapsed (lapsed ones are freed first). */
   active(): Promise<ReservationRecord[]>;
+  /** Spawns waiting for a concurrency slot, shared as widely as the caps (a store without it never lets a spawn wait). */
+  readonly queue?: WaitQueue;
   /** Idempotency keys of spawn requests, shared as widely as the caps (a store without it refuses keyed spawns). */
   readonly idempotency?: IdempotencyStore;
   close(): Promise<void>;
@@ -111,4 +120,48 @@ export interface IdempotencyStore {
   complete(key: string, spawnId: string, result: string, windowMs: number): Promise<boolean>;
   /** Frees `spawnId`'s pending claim (the attempt made no spawn); a no-op for anything else. */
   abandon(key: string, spawnId: string): Promise<void>;
+}
+
+/** A spawn waiting for concurrency slots (WaitQueue.join). */
+export interface WaitTicketRequest {
+  /** 0..255, higher first. */
+  priority: number;
+  /** Whose spawn it is: waiters of one priority take turns by user, so one user's burst cannot starve the others. */
+  user: string;
+  /** The caps it waits for; it goes first only on the slots it shares with a later request, and only while it fits all of them. */
+  concurrency: readonly ConcurrencyLimit[];
+  /** The ticket lapses unless touched within this period (a gateway that dies leaves no waiter behind). */
+  leaseMs: number;
+  /** At most this many tickets wait at once; a join past it is refused. */
+  maxWaiting: number;
+  /** Free-form labels listed with the waiter (spawnId, sessionKey, label). */
+  meta?: Readonly<Record<string, string>>;
+}
+
+export interface WaitingTicket {
+  id: string;
+  /** 1 = the head of the queue. */
+  position: number;
+  priority: number;
+  user: string;
+  /** Store clock, ms. */
+  since: number;
+  meta: Readonly<Record<string, string>>;
+}
+
+/**
+ * Spawns waiting for a concurrency slot, in one order: priority, then turns by user, then arrival.
+ * A slot that frees goes to the first waiter that can use it: reserve() refuses everyone else
+ * while that waiter is queued (see ReservationRequest.ticket), atomically with the caps, so a
+ * waiter never loses its slot to a later request, on any gateway sharing the store.
+ */
+export interface WaitQueue {
+  /** Queues a waiter; its ticket id and position, or null when maxWaiting tickets already wait. */
+  join(request: WaitTicketRequest): Promise<{ id: string; position: number } | null>;
+  /** Extends these tickets' leases to now + leaseMs and answers their positions (null: no longer waiting). */
+  touch(ids: readonly string[], leaseMs: number): Promise<Map<string, number | null>>;
+  /** Ends a wait without a reservation; true when the ticket was still waiting. */
+  leave(id: string): Promise<boolean>;
+  /** Every live waiter, head first. */
+  list(): Promise<WaitingTicket[]>;
 }
