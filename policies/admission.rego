@@ -46,7 +46,13 @@ default decision_ttl := null
 
 decision_ttl := ttl_seconds
 
-decision := {
+# A spawn may wait for a slot (decision.wait) only when the caller asked to (request.waitSeconds)
+# and the policy allows some wait; the gate makes it wait only when full caps are all that deny it.
+decision := object.union(decision_base, {"wait": decision_wait}) if decision_wait
+
+else := decision_base
+
+decision_base := {
 	"allow": allow,
 	"backend": decision_backend,
 	"profile": decision_profile,

@@ -53,6 +53,7 @@ config_well_formed if {
 		positive_or_null(seconds)
 	}
 	trees_well_formed
+	queue_well_formed
 	string_list(cfg.buildPlacement.keywords)
 	string_list(cfg.buildPlacement.phrases)
 	string_list(cfg.buildPlacement.ignoredWords)
@@ -77,6 +78,41 @@ tree_field_valid("windowSeconds", value) if positive(value)
 tree_field_valid(key, value) if {
 	key in {"maxChildren", "maxSpawns", "maxWorkerSeconds"}
 	whole_or_null(value)
+}
+
+queue_well_formed if not "queue" in object.keys(cfg)
+
+queue_well_formed if {
+	is_object(cfg.queue)
+	every key, value in cfg.queue {
+		queue_field_valid(key, value)
+	}
+}
+
+queue_field_valid(key, value) if {
+	key in {"maxWaitSeconds", "maxWaitNonInteractiveSeconds"}
+	whole(value)
+	value <= 3600
+}
+
+queue_field_valid("priority", value) if {
+	is_object(value)
+	every kind, p in value {
+		kind in {"interactive", "nonInteractive"}
+		priority_valid(p)
+	}
+}
+
+queue_field_valid("roles", value) if {
+	is_object(value)
+	every _, p in value {
+		priority_valid(p)
+	}
+}
+
+priority_valid(p) if {
+	whole(p)
+	p <= 255
 }
 
 role_caps_valid(caps) if {
@@ -165,6 +201,24 @@ config_problems contains concat("", ["trees.", key, problem]) if {
 	not tree_field_valid(key, value)
 	problem := tree_field_problem(key)
 }
+
+config_problems contains "queue must be an object" if {
+	"queue" in object.keys(config_root)
+	not is_object(config_root.queue)
+}
+
+config_problems contains concat("", ["queue.", key, queue_field_problem(key)]) if {
+	some key, value in config_object(["queue"])
+	not queue_field_valid(key, value)
+}
+
+queue_field_problem(key) := " must be a whole number of seconds from 0 to 3600" if key in {"maxWaitSeconds", "maxWaitNonInteractiveSeconds"}
+
+queue_field_problem("priority") := " must be {interactive?, nonInteractive?}, each a whole number from 0 to 255"
+
+queue_field_problem("roles") := " must map roles to priorities, each a whole number from 0 to 255"
+
+queue_field_problem(key) := " is not a setting (maxWaitSeconds, maxWaitNonInteractiveSeconds, priority, roles)" if not key in {"maxWaitSeconds", "maxWaitNonInteractiveSeconds", "priority", "roles"}
 
 tree_field_problem("windowSeconds") := " must be a whole number > 0"
 

@@ -213,3 +213,14 @@ test_tree_settings_are_checked if {
 	]
 	config_denial(config_set("/trees", [])) == ["policy configuration is invalid: trees must be an object"]
 }
+
+test_queue_settings_are_checked if {
+	cfg := config_set("/queue", {"maxWaitSeconds": 4000, "priority": {"interactive": 300, "batch": 1}, "roles": {"admin": -1}, "order": "fifo"})
+	config_denial(cfg) == [
+		"policy configuration is invalid: queue.maxWaitSeconds must be a whole number of seconds from 0 to 3600",
+		"policy configuration is invalid: queue.order is not a setting (maxWaitSeconds, maxWaitNonInteractiveSeconds, priority, roles)",
+		"policy configuration is invalid: queue.priority must be {interactive?, nonInteractive?}, each a whole number from 0 to 255",
+		"policy configuration is invalid: queue.roles must map roles to priorities, each a whole number from 0 to 255",
+	]
+	config_denial(config_set("/queue", 5)) == ["policy configuration is invalid: queue must be an object"]
+}

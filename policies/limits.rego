@@ -141,3 +141,34 @@ tree_budget := {
 decision_limits := {"concurrency": concurrency_limits, "rate": rate_limits, "tree": tree_budget} if {
 	tree_budget
 } else := {"concurrency": concurrency_limits, "rate": rate_limits}
+
+# Waiting for a slot instead of a deny, when a full concurrency cap is all that denies: the caller
+# says how long it would wait (request.waitSeconds); the policy caps it per interactivity and sets
+# the waiter's priority (0..255, higher first; the most generous of the caller's roles and its
+# interactivity). Optional in the config, as trees are: without it nobody waits.
+queue_defaults := {"maxWaitSeconds": 0, "maxWaitNonInteractiveSeconds": 0, "priority": {"interactive": 0, "nonInteractive": 0}, "roles": {}}
+
+queue_config := object.union(queue_defaults, queue) if {
+	queue := object.get(cfg, "queue", {})
+	is_object(queue)
+} else := queue_defaults
+
+wait_cap := queue_config.maxWaitNonInteractiveSeconds if non_interactive
+
+else := queue_config.maxWaitSeconds
+
+base_priority := queue_config.priority.nonInteractive if non_interactive
+
+else := queue_config.priority.interactive
+
+wait_priority := max({base_priority} | {p |
+	some role in input.caller.user.roles
+	p := queue_config.roles[role]
+})
+
+wait_asked := object.get(input.request, "waitSeconds", 0)
+
+decision_wait := {"maxSeconds": min([wait_asked, wait_cap]), "priority": wait_priority} if {
+	wait_asked > 0
+	wait_cap > 0
+}

@@ -185,3 +185,36 @@ test_config_without_trees_is_valid_and_sets_no_budget if {
 	limit(d, "parent") == []
 	not "tree" in object.keys(d.limits)
 }
+
+test_no_wait_unless_the_caller_asks if {
+	not "wait" in object.keys(decide({}))
+	d := decide({"request": {"waitSeconds": 20}})
+	d.wait == {"maxSeconds": 20, "priority": 10}
+}
+
+test_wait_is_capped_by_the_policy if {
+	decide({"request": {"waitSeconds": 600}}).wait.maxSeconds == 60
+}
+
+test_non_interactive_callers_do_not_wait_by_default if {
+	not "wait" in object.keys(decide({"request": {"waitSeconds": 20}, "caller": cron_caller}))
+	d := decide({"request": {"waitSeconds": 20}, "caller": cron_caller}) with data.spawngate.admission.config as config_set("/queue/maxWaitNonInteractiveSeconds", 5)
+	d.wait == {"maxSeconds": 5, "priority": 0}
+}
+
+test_the_most_generous_role_sets_the_priority if {
+	d := decide({"request": {"waitSeconds": 5}, "caller": {"user": {"roles": ["admin", "intern"]}}}) with data.spawngate.admission.config as config_set("/queue/roles", {"admin": 20, "intern": 1})
+	d.wait.priority == 20
+}
+
+test_a_denied_spawn_carries_its_wait_terms if {
+	d := decide({"request": {"waitSeconds": 30}, "usage": {"user": 4}})
+	d.allow == false
+	codes(d) == ["concurrency_limit_user"]
+	d.wait == {"maxSeconds": 30, "priority": 10}
+}
+
+test_config_without_queue_lets_nobody_wait if {
+	cfg := json.remove(data.spawngate.admission.config, ["queue"])
+	not "wait" in object.keys(decide({"request": {"waitSeconds": 30}})) with data.spawngate.admission.config as cfg
+}

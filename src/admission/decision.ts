@@ -38,6 +38,8 @@ const limits = z.strictObject({
     .optional(),
 });
 
+const wait = z.strictObject({ maxSeconds: z.number().int().min(0).max(3600), priority: z.number().int().min(0).max(255) });
+
 /** Hosts spawngate's egress proxy lets through (egress "proxy"); optional, so policies written before it stay valid. */
 const egressAllow = z.array(z.string().min(1).max(260)).max(64);
 
@@ -49,6 +51,7 @@ const allowSchema = z.strictObject({
   egressAllow: egressAllow.optional(),
   ttlSeconds: z.number().int().positive(),
   limits,
+  wait: wait.optional(),
   reasons: z.array(reason).max(64),
 });
 
@@ -60,6 +63,7 @@ const denySchema = z.strictObject({
   egressAllow: egressAllow.optional(),
   ttlSeconds: z.number().int().positive().nullable(),
   limits,
+  wait: wait.optional(),
   reasons: z.array(reason).min(1).max(64),
 });
 
@@ -72,7 +76,8 @@ export function denyWith(reasons: Reason[]): DenyDecision {
 const EGRESS: ReadonlySet<unknown> = new Set(['none', 'proxy', 'open']);
 const CONCURRENCY_SCOPES: ReadonlySet<unknown> = new Set(['total', 'backend', 'profile', 'user', 'channel', 'profile_user', 'profile_channel', 'parent']);
 const RATE_SCOPES: ReadonlySet<unknown> = new Set(['user', 'channel']);
-const DECISION_KEYS: ReadonlySet<string> = new Set(['allow', 'backend', 'profile', 'egress', 'egressAllow', 'ttlSeconds', 'limits', 'reasons']);
+const DECISION_KEYS: ReadonlySet<string> = new Set(['allow', 'backend', 'profile', 'egress', 'egressAllow', 'ttlSeconds', 'limits', 'wait', 'reasons']);
+const WAIT_KEYS: ReadonlySet<string> = new Set(['maxSeconds', 'priority']);
 const LIMITS_KEYS: ReadonlySet<string> = new Set(['concurrency', 'rate', 'tree']);
 const TREE_KEYS: ReadonlySet<string> = new Set(['root', 'maxSpawns', 'maxWorkerSeconds', 'windowSeconds']);
 const CONCURRENCY_KEYS: ReadonlySet<string> = new Set(['scope', 'key', 'max']);
@@ -117,6 +122,8 @@ const isTreeBudget = (t: unknown): boolean =>
   (t.maxWorkerSeconds === null || whole(t.maxWorkerSeconds, 0)) &&
   whole(t.windowSeconds, 1);
 
+const isWait = (w: unknown): boolean => isPlainWith(w, WAIT_KEYS) && whole(w.maxSeconds, 0) && (w.maxSeconds as number) <= 3600 && whole(w.priority, 0) && (w.priority as number) <= 255;
+
 const isReason = (r: unknown): boolean => isPlainWith(r, REASON_KEYS) && shortString(r.code, 64) && REASON_CODE.test(r.code) && shortString(r.message, 2048);
 
 /**
@@ -130,6 +137,7 @@ export function isWellFormedDecision(raw: unknown): raw is Decision {
   const { allow, backend, profile, egress, ttlSeconds, limits, reasons, egressAllow: hosts } = raw;
   if (
     (hosts !== undefined && !isArrayOf(hosts, 64, (h) => shortString(h, 260) && h.length > 0)) ||
+    (raw.wait !== undefined && !isWait(raw.wait)) ||
     !isPlainWith(limits, LIMITS_KEYS) ||
     !isArrayOf(limits.concurrency, 64, isConcurrencyLimit) ||
     !isArrayOf(limits.rate, 64, isRateLimit) ||

@@ -160,7 +160,7 @@ const encoder = new TextEncoder();
 
 // A request shape every sane policy answers; a bundle that cannot is not swapped in.
 const CANARY: AdmissionInput = {
-  request: { runtime: 'acp', agentId: 'canary', execution: null, task: 'canary', label: null, cwd: null, model: null, resumeSessionId: null, envNames: [] },
+  request: { runtime: 'acp', agentId: 'canary', execution: null, task: 'canary', label: null, cwd: null, model: null, resumeSessionId: null, envNames: [], waitSeconds: 0 },
   caller: {
     sessionKey: 'spawngate:canary',
     parentSessionKey: null,

@@ -17,7 +17,7 @@ import type { ShadowPolicy } from './shadow.js';
 import { createShadowPolicy, SHADOW_DIFFERENCES } from './shadow.js';
 import { createStoreFromConfig } from './store/index.js';
 import type { ReservationRecord, ReservationRequest, ReservationStore, ReserveRejection } from './store/types.js';
-import type { AdmissionInput, AllowDecision, Decision, DenyDecision } from './types.js';
+import type { AdmissionInput, AllowDecision, Decision, DenyDecision, WaitTerms } from './types.js';
 import type { SpawngateConfig } from '../config/index.js';
 import { buildCatalog, defaultConfig, loadConfigFile, parseConfig, resolveSelection } from '../config/index.js';
 import type { Context, Span } from '@opentelemetry/api';
@@ -25,7 +25,7 @@ import { context, isSpanContextValid, trace } from '@opentelemetry/api';
 import type { Logger } from '../log.js';
 import { jsonLogger } from '../log.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { createMetrics, initMetrics, pairLabels, safely } from '../telemetry/metrics.js';
+import { createMetrics, initMetrics, pairLabels, safely, type WAIT_OUTCOMES } from '../telemetry/metrics.js';
 import { inSpan, parentContext, setAttributes, SPAN } from '../telemetry/tracing.js';
 import { builtinAgents, isKnownAgent } from '../agents/index.js';
 
@@ -68,6 +68,10 @@ export interface AdmitCallOptions {
   /** Parent span context; default: the request's traceparent, else the active context. */
   parent?: Context;
   spawnId?: string;
+  /** Ends a wait for a slot (reserve with request.waitSeconds): the ticket leaves the queue and reserve rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /** While the spawn waits for a slot: its place in the queue (1 = next), each time it changes. */
+  onQueued?: (position: number) => void;
 }
 
 export interface AdmitResult {
@@ -119,7 +123,9 @@ export interface Admission {
 function rejectionMessage(rejection: ReserveRejection): string {
   switch (rejection.kind) {
     case 'concurrency':
-      return `${rejection.scope} ${rejection.key} already has ${rejection.active} of ${rejection.max} workers`;
+      return rejection.waitingAhead
+        ? `${rejection.scope} ${rejection.key} has ${rejection.active} of ${rejection.max} workers; its next free slot goes to the ${rejection.waitingAhead} ${rejection.waitingAhead === 1 ? 'spawn' : 'spawns'} waiting ahead`
+        : `${rejection.scope} ${rejection.key} already has ${rejection.active} of ${rejection.max} workers`;
     case 'rate':
       return `${rejection.scope} ${rejection.key} exceeded ${rejection.perMinute}/min (burst ${rejection.burst}); retry in ${Math.ceil(rejection.retryAfterMs / 1000)}s`;
     case 'tree':
@@ -167,6 +173,23 @@ export { resolveConfig };
 type SpanIds = { traceId: string; spanId: string };
 
 /** A decision not logged yet: its one line is written with the final outcome, which the store may still turn into a deny. */
+interface Attempt {
+  decided: Decided;
+  result: ReserveResult;
+  /** The span that settled it: the reservation's, else the admission's. */
+  span: SpanIds | null;
+}
+
+/** The deny with a note on its first reason (why the wait for a slot ended). */
+function withNote(result: ReserveResult, note: string): ReserveResult {
+  if (result.allowed) return result;
+  const [first, ...rest] = result.decision.reasons;
+  if (!first) return result;
+  return { ...result, decision: { ...result.decision, reasons: [{ code: first.code, message: `${first.message}; ${note}`.slice(0, 2048) }, ...rest] } };
+}
+
+export const DEFAULT_QUEUE = { maxWaiting: 1000, pollMs: 200 } as const;
+
 interface Decided {
   result: AdmitResult;
   evalMicros: number;
@@ -260,6 +283,8 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     leaseMs: options.lease?.leaseMs ?? (config.spawngate?.leaseSeconds ?? DEFAULT_LEASE.leaseMs / 1000) * 1000,
     renewMs: options.lease?.renewMs ?? (config.spawngate?.renewSeconds ?? DEFAULT_LEASE.renewMs / 1000) * 1000,
   };
+  const queueSettings = { maxWaiting: config.spawngate?.queue?.maxWaiting ?? DEFAULT_QUEUE.maxWaiting, pollMs: config.spawngate?.queue?.pollMs ?? DEFAULT_QUEUE.pollMs };
+  const slotFreed = new EventTarget();
   const leases = createLeaseKeeper({
     store,
     holder: options.instanceId ?? randomUUID(),
@@ -287,10 +312,11 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       })
     : null;
 
-  async function decide(raw: unknown, parent: Context | undefined): Promise<Decided> {
+  /** `retry`: another look at a request that waits for a slot; the shadow policy saw its first. */
+  async function decide(raw: unknown, parent: Context | undefined, retry = false): Promise<Decided> {
     const request = parseSpawnRequest(raw);
     return inSpan(SPAN.admission, parent ?? parentContext(request.traceparent), { 'spawngate.agent_id': request.agentId }, async (span) => {
-      const { result, evalMicros } = await evaluate(request);
+      const { result, evalMicros } = await evaluate(request, retry);
       annotate(span, () => ({
         'spawngate.decision': result.decision.allow ? 'allow' : 'deny',
         'spawngate.reason': result.decision.reasons[0]?.code,
@@ -303,7 +329,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     });
   }
 
-  async function evaluate(request: SpawnRequest): Promise<{ result: AdmitResult; evalMicros: number }> {
+  async function evaluate(request: SpawnRequest, retry = false): Promise<{ result: AdmitResult; evalMicros: number }> {
     const { caller } = request;
     const resolved = resolveSelection(config, {
       agentId: request.agentId,
@@ -323,6 +349,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
         model: request.session.model,
         resumeSessionId: request.session.resumeSessionId,
         envNames: Object.keys(request.session.env).sort(),
+        waitSeconds: request.waitSeconds,
       },
       caller: {
         sessionKey: caller.sessionKey,
@@ -349,7 +376,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       input,
       bundleRevision: evaluation.revision,
     };
-    shadow?.observe({ decisionId: result.decisionId, inputJson, live: result.decision, finish });
+    if (!retry) shadow?.observe({ decisionId: result.decisionId, inputJson, live: result.decision, finish });
     safely(() => metrics.evaluationSeconds.observe(evaluation.evalMicros / 1e6));
     return { result, evalMicros: evaluation.evalMicros };
   }
@@ -384,7 +411,12 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
 
   function makeReservation(record: ReservationRecord): Reservation {
     const lost = leases.hold(record.id);
-    const release = () => leases.release(record.id);
+    const release = async (): Promise<boolean> => {
+      const freed = await leases.release(record.id);
+      // Spawns of this process waiting for a slot look at once; other gateways' find it on their next poll.
+      if (freed) slotFreed.dispatchEvent(new Event('freed'));
+      return freed;
+    };
     return {
       id: record.id,
       spawnId: record.spawnId,
@@ -426,20 +458,19 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     return final;
   }
 
-  async function reserve(raw: unknown, call: AdmitCallOptions = {}): Promise<ReserveResult> {
-    const decided = await decide(raw, call.parent);
+  /** One decision and, when it allows, one try at the store. Logs nothing: the caller logs the outcome it keeps. */
+  async function attempt(raw: unknown, call: AdmitCallOptions, ticket?: string): Promise<Attempt> {
+    const decided = await decide(raw, call.parent, ticket !== undefined);
     const { result } = decided;
     const decision = result.decision;
-    if (!decision.allow) {
-      logDecision(decided, result, call.spawnId);
-      return { ...result, allowed: false, decision, reservation: null };
-    }
+    if (!decision.allow) return { decided, result: { ...result, allowed: false, decision, reservation: null }, span: decided.span };
     const parent = call.parent ?? parentContext(result.request.traceparent);
-    return inSpan(SPAN.reservation, parent, { 'spawngate.store': store.kind }, async (span): Promise<ReserveResult> => {
+    return inSpan(SPAN.reservation, parent, { 'spawngate.store': store.kind }, async (span): Promise<Attempt> => {
       const outcome = await store.reserve({
         spawnId: call.spawnId ?? randomUUID(),
         holder: leases.holder,
         leaseMs: leases.leaseMs,
+        ...(ticket === undefined ? {} : { ticket }),
         ...reservationLimits(decision),
         meta: {
           user: result.request.caller.user.id,
@@ -452,13 +483,121 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       });
       if (!outcome.ok) {
         annotate(span, () => ({ 'spawngate.decision': 'deny', 'spawngate.reason': outcome.code, 'spawngate.decision_id': result.decisionId }));
-        const deniedResult = { ...result, stage: 'reservation' as const, decision: rejectionToDeny(decision, outcome) };
-        logDecision(decided, deniedResult, call.spawnId, spanIds(span));
-        return { ...deniedResult, allowed: false, reservation: null };
+        return { decided, result: { ...result, stage: 'reservation' as const, decision: rejectionToDeny(decision, outcome), allowed: false, reservation: null }, span: spanIds(span) };
       }
       annotate(span, () => ({ 'spawngate.decision': 'allow', 'spawngate.reservation_id': outcome.record.id, 'spawngate.decision_id': result.decisionId }));
-      logDecision(decided, result, outcome.record.spawnId, spanIds(span));
-      return { ...result, allowed: true, decision, reservation: makeReservation(outcome.record) };
+      return { decided, result: { ...result, allowed: true, decision, reservation: makeReservation(outcome.record) }, span: spanIds(span) };
+    });
+  }
+
+  function logAttempt(a: Attempt, call: AdmitCallOptions): ReserveResult {
+    logDecision(a.decided, a.result, a.result.reservation?.spawnId ?? call.spawnId, a.span);
+    return a.result;
+  }
+
+  async function reserve(raw: unknown, call: AdmitCallOptions = {}): Promise<ReserveResult> {
+    const first = await attempt(raw, call);
+    const terms = waitTermsOf(first.result);
+    return terms ? waitForSlot(raw, call, first, terms) : logAttempt(first, call);
+  }
+
+  /** The terms of a wait, when full concurrency caps are all that deny this spawn and its decision lets it wait. */
+  function waitTermsOf(result: ReserveResult): WaitTerms | null {
+    if (result.allowed || !store.queue) return null;
+    const { decision } = result;
+    if (!decision.wait || decision.wait.maxSeconds <= 0 || decision.backend === null || decision.profile === null) return null;
+    return decision.reasons.every((r) => r.code.startsWith('concurrency_limit_')) ? decision.wait : null;
+  }
+
+  /**
+   * Waits in the store's queue for a slot, at most the decision's wait: each time a slot frees here
+   * (or every pollMs, for one freed on another gateway) it decides and tries the store again, holding
+   * its ticket so that no later request takes the slot first. Logs one decision line for the outcome.
+   */
+  async function waitForSlot(raw: unknown, call: AdmitCallOptions, first: Attempt, terms: WaitTerms): Promise<ReserveResult> {
+    const queue = store.queue as NonNullable<ReservationStore['queue']>;
+    const request = first.result.request;
+    const decision = first.result.decision;
+    const labels = pairLabels(metrics, decision.backend, decision.profile);
+    const startedAt = clock().getTime();
+    const deadline = startedAt + terms.maxSeconds * 1000;
+    const join = () =>
+      queue.join({
+        priority: terms.priority,
+        user: request.caller.user.id,
+        concurrency: decision.limits.concurrency,
+        leaseMs: leases.leaseMs,
+        maxWaiting: queueSettings.maxWaiting,
+        meta: { spawnId: call.spawnId ?? '', sessionKey: request.caller.sessionKey, agent: request.agentId, ...(request.label ? { label: request.label } : {}) },
+      });
+    let outcome: (typeof WAIT_OUTCOMES)[number] = 'queue_full';
+    const noted = (a: Attempt, note: string): ReserveResult => logAttempt({ ...a, result: withNote(a.result, note) }, call);
+    let ticket = await join();
+    if (!ticket) {
+      safely(() => metrics.waitSeconds.observe({ ...labels, outcome }, 0));
+      return noted(first, `the queue for a free slot is full (${queueSettings.maxWaiting} spawns wait)`);
+    }
+    safely(() => metrics.spawnsWaiting.inc(labels));
+    let position = ticket.position;
+    const tell = () => safely(() => call.onQueued?.(position));
+    tell();
+    let last = first;
+    try {
+      for (;;) {
+        const remaining = deadline - clock().getTime();
+        if (remaining <= 0) break;
+        await nextLook(Math.min(remaining, queueSettings.pollMs), call.signal);
+        if (call.signal?.aborted) {
+          outcome = 'cancelled';
+          // An aborted signal always has a reason (an AbortError unless the caller gave one).
+          throw call.signal.reason as Error;
+        }
+        const seen = (await queue.touch([ticket.id], leases.leaseMs)).get(ticket.id) ?? null;
+        if (seen === null) {
+          // Lapsed (this process stalled past a lease): back in line, at a later turn.
+          ticket = await join();
+          if (!ticket) return noted(last, 'it lost its place in the queue (this gateway stalled past a lease) and the queue is full now');
+        }
+        const now = seen ?? ticket.position;
+        if (now !== position) {
+          position = now;
+          tell();
+        }
+        last = await attempt(raw, call, ticket.id);
+        if (last.result.allowed) {
+          outcome = 'granted';
+          return logAttempt(last, call);
+        }
+        if (!waitTermsOf(last.result)) {
+          outcome = 'denied';
+          return logAttempt(last, call);
+        }
+      }
+      outcome = 'timed_out';
+      return noted(last, `no slot freed within the ${terms.maxSeconds}s this spawn could wait`);
+    } finally {
+      // Whatever ended the wait, the ticket goes with it: a cancelled or timed-out wait leaves nothing queued.
+      if (ticket && outcome !== 'granted') await queue.leave(ticket.id).catch((err: unknown) => logger.warn('leaving the wait queue failed; the ticket lapses with its lease', { error: (err as Error).message }));
+      safely(() => {
+        metrics.spawnsWaiting.dec(labels);
+        metrics.waitSeconds.observe({ ...labels, outcome }, Math.max(0, clock().getTime() - startedAt) / 1000);
+      });
+    }
+  }
+
+  /** Resolves when a slot frees in this process, after `ms`, or when the signal aborts, whichever comes first. */
+  function nextLook(ms: number, signal: AbortSignal | undefined): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        slotFreed.removeEventListener('freed', done);
+        signal?.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      slotFreed.addEventListener('freed', done);
+      signal?.addEventListener('abort', done);
+      if (signal?.aborted) done();
     });
   }
 

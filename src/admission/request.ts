@@ -14,6 +14,8 @@ import type { AdmissionInput } from './types.js';
  */
 
 export const MAX_TASK_BYTES = 64 * 1024;
+/** The longest a request may ask to wait for a concurrency slot (the policy may allow less). */
+export const MAX_WAIT_SECONDS = 3600;
 const MAX_ID = 256;
 
 /** Channel kinds with nobody at the other end to answer a question; everything else is a chat. */
@@ -121,6 +123,8 @@ export const spawnRequestSchema = z
     traceparent: traceparentSchema.optional(),
     // A retry with the same key gets the spawn the first request made (src/sessions/idempotency.ts).
     idempotencyKey: idSchema.optional(),
+    // How long the caller will wait for a concurrency slot instead of being denied; the policy bounds it.
+    waitSeconds: z.int().min(0).max(MAX_WAIT_SECONDS).optional(),
   })
   .superRefine(
     (value, ctx) => {
@@ -154,6 +158,8 @@ export interface SpawnRequest {
   traceparent: string | null;
   /** Makes retries of this request return the spawn the first one made; null: every request spawns. */
   idempotencyKey: string | null;
+  /** Seconds the caller will wait in the queue when a concurrency cap is full (0: denied at once); the decision's `wait` bounds it. */
+  waitSeconds: number;
 }
 
 export interface SessionWishes {
@@ -196,5 +202,6 @@ export function parseSpawnRequest(value: unknown): SpawnRequest {
     },
     traceparent: r.traceparent ?? null,
     idempotencyKey: r.idempotencyKey ?? null,
+    waitSeconds: r.waitSeconds ?? 0,
   };
 }

@@ -38,6 +38,8 @@ export interface AdmissionInput {
     model: string | null;
     resumeSessionId: string | null;
     envNames: string[];
+    /** Seconds the caller will wait for a concurrency slot (0: it would rather be denied). */
+    waitSeconds: number;
   };
   caller: {
     sessionKey: string;
@@ -152,6 +154,14 @@ export interface DecisionLimits {
   tree?: TreeBudget;
 }
 
+/** How long a spawn denied by a full concurrency cap may wait for a slot, and its place in the queue. */
+export interface WaitTerms {
+  /** 0: no wait. */
+  maxSeconds: number;
+  /** 0..255, higher first. */
+  priority: number;
+}
+
 export interface Reason {
   code: string;
   message: string;
@@ -166,6 +176,8 @@ export interface AllowDecision {
   egressAllow?: string[];
   ttlSeconds: number;
   limits: DecisionLimits;
+  /** Absent: the spawn may not wait (the caller asked for no wait, or the policy predates waiting). */
+  wait?: WaitTerms;
   reasons: Reason[];
 }
 
@@ -176,6 +188,8 @@ export interface DenyDecision {
   egress: Egress | null;
   ttlSeconds: number | null;
   limits: DecisionLimits;
+  /** When every reason is a full concurrency cap: how long the spawn may wait for a slot instead. */
+  wait?: WaitTerms;
   /** At least one; codes are stable (see docs/deny-codes.md). */
   reasons: Reason[];
 }

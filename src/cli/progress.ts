@@ -12,6 +12,8 @@ function describe(p: CliProgress): string {
       return `spawning through spawngate serve at ${p.server}; waiting until the worker is ready`;
     case 'admission':
       return 'admission: evaluating policy';
+    case 'queued':
+      return `waiting for a free slot: ${p.position === 1 ? 'next in the queue' : `number ${p.position} in the queue`}`;
     case 'admitted':
       return `admitted: ${p.backend}/${p.profile}, egress ${p.egress}, ttl ${p.ttlSeconds}s`;
     case 'creating':

@@ -630,6 +630,20 @@ export const policyDataSchema = z
           .register(configMetadata, { description: 'per channel kind; a scope set here (null included) beats the defaults' }),
       })
       .optional(),
+    queue: z
+      .strictObject({
+        maxWaitSeconds: z.int().min(0).max(3600).optional().register(configMetadata, { description: 'longest wait for a concurrency slot an interactive caller may ask for (request waitSeconds); 0: none' }),
+        maxWaitNonInteractiveSeconds: z.int().min(0).max(3600).optional().register(configMetadata, { description: 'the same for non-interactive callers (cron, webhook, api, heartbeat)' }),
+        priority: z
+          .strictObject({ interactive: z.int().min(0).max(255).optional(), nonInteractive: z.int().min(0).max(255).optional() })
+          .optional()
+          .register(configMetadata, { description: 'a waiter\'s place in the queue by interactivity, 0..255, higher first' }),
+        roles: boundedRecord(roleNameSchema, z.int().min(0).max(255), 'roles')
+          .optional()
+          .register(configMetadata, { description: 'per role, a priority that beats the interactivity one when higher' }),
+      })
+      .optional()
+      .register(configMetadata, { description: 'who may wait for a full concurrency cap instead of being denied, for how long, and in what order (docs/policy.md, "Waiting for a slot")' }),
     trees: z
       .strictObject({
         maxChildren: capOrNull.optional().register(configMetadata, { description: 'live children one session may have at once (fan-out; concurrency scope "parent"); null: no cap' }),
@@ -809,6 +823,23 @@ export const spawngateSectionSchema = z.strictObject({
     })
     .optional()
     .register(configMetadata, { description: 'spawn requests with an idempotencyKey (or HTTP Idempotency-Key): one worker per key and user, on every gateway sharing the store' }),
+  queue: z
+    .strictObject({
+      maxWaiting: z
+        .int()
+        .min(1)
+        .max(100_000)
+        .optional()
+        .register(configMetadata, { description: 'spawns that may wait for a concurrency slot at once, across every gateway sharing the store (default 1000); past it a spawn is denied at once' }),
+      pollMs: z
+        .int()
+        .min(10)
+        .max(10_000)
+        .optional()
+        .register(configMetadata, { description: 'how often a waiting spawn looks for a slot freed on another gateway (default 200); a slot freed on this gateway wakes it at once' }),
+    })
+    .optional()
+    .register(configMetadata, { description: 'spawns that wait for a full concurrency cap instead of being denied (request waitSeconds, bounded by the policy\'s decision.wait; docs/policy.md, "Waiting for a slot")' }),
   policyEvaluationTimeoutMs: z
     .int()
     .min(1)

@@ -5,7 +5,7 @@ import { createServer as createHttpServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
-import type { SpawnRequestInput } from '../admission/request.js';
+import { MAX_WAIT_SECONDS, type SpawnRequestInput } from '../admission/request.js';
 import { errorMap, toIssues } from '../config/issues.js';
 import { listen, removeStaleSocket, type ListenAddress } from '../net.js';
 import { ConfigError, formatPath, RequestError, SpawngateError } from '../errors.js';
@@ -64,7 +64,7 @@ function preinitRequestMetrics(metrics: Metrics, routes: readonly Route[]): void
 /** The parts of a gate the API calls; a full `Spawngate` is one. */
 export type ServedGate = Pick<
   Spawngate,
-  'admit' | 'spawn' | 'get' | 'turn' | 'cancel' | 'status' | 'logs' | 'collect' | 'close' | 'list' | 'sweep' | 'metrics' | 'policy' | 'logger'
+  'admit' | 'spawn' | 'get' | 'turn' | 'cancel' | 'status' | 'logs' | 'collect' | 'close' | 'list' | 'sweep' | 'metrics' | 'policy' | 'logger' | 'store'
 >;
 
 export interface ServerOptions {
@@ -205,6 +205,20 @@ function withIdempotencyKey(body: Record<string, unknown>, header: string | stri
   if (key === '') throw issue('must not be empty');
   if (body['idempotencyKey'] !== undefined && body['idempotencyKey'] !== key) throw issue('differs from the body\'s idempotencyKey; send the key once');
   return { ...body, idempotencyKey: key };
+}
+
+/**
+ * RFC 7240 `Prefer: wait=N`: how long the caller would wait for a concurrency slot, when the body
+ * does not say (`waitSeconds`). A preference, so a longer one is cut to the longest a request may ask.
+ */
+function withPreferredWait(body: Record<string, unknown>, header: string | string[] | undefined): Record<string, unknown> {
+  if (header === undefined || body['waitSeconds'] !== undefined) return body;
+  const preferences = (Array.isArray(header) ? header.join(',') : header).split(',');
+  for (const preference of preferences) {
+    const m = /^\s*wait\s*=\s*"?(\d{1,9})"?\s*(;.*)?$/i.exec(preference);
+    if (m) return { ...body, waitSeconds: Math.min(Number(m[1]), MAX_WAIT_SECONDS) };
+  }
+  return body;
 }
 
 function withTraceparent(body: unknown, header: string | string[] | undefined): unknown {
@@ -380,7 +394,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
   };
 
   const spawn: Handler = async ({ req, body, signal }) => {
-    const parsed = withIdempotencyKey(requireObject(body, 'spawn request'), req.headers['idempotency-key']);
+    const parsed = withPreferredWait(withIdempotencyKey(requireObject(body, 'spawn request'), req.headers['idempotency-key']), req.headers.prefer);
     const request = withTraceparent(parsed, req.headers.traceparent);
     // The client going away aborts the wait for readiness; the lifecycle then removes what it created.
     // Not with an idempotency key: the key makes the worker's id learnable, and a client that lost
@@ -413,6 +427,11 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
         ...(handle.tree ? { tree: handle.tree } : {}),
       },
     };
+  };
+
+  const queue: Handler = async () => {
+    const waiting = (await gate.store.queue?.list()) ?? [];
+    return { status: 200, body: { waiting: waiting.map((w) => ({ position: w.position, priority: w.priority, user: w.user, since: new Date(w.since).toISOString(), ...w.meta })) } };
   };
 
   const list: Handler = async ({ url }) => ({ status: 200, body: { spawns: await gate.list({ allOwners: queryFlag(url, 'all') }) } });
@@ -531,6 +550,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
     { pattern: /^\/v1\/admit$/, template: '/v1/admit', methods: { POST: admit } },
     { pattern: /^\/v1\/sweep$/, template: '/v1/sweep', methods: { POST: sweep } },
     { pattern: /^\/v1\/spawns$/, template: '/v1/spawns', methods: { GET: list, POST: spawn } },
+    { pattern: /^\/v1\/queue$/, template: '/v1/queue', methods: { GET: queue } },
     { pattern: /^\/v1\/spawns\/([^/]+)$/, template: '/v1/spawns/{id}', methods: { GET: status, DELETE: close } },
     { pattern: /^\/v1\/spawns\/([^/]+)\/turns$/, template: '/v1/spawns/{id}/turns', methods: { POST: turn } },
     { pattern: /^\/v1\/spawns\/([^/]+)\/cancel$/, template: '/v1/spawns/{id}/cancel', methods: { POST: cancel } },

@@ -45,7 +45,8 @@ export function scopedKey(request: SpawnRequest, key: string): string {
 
 /** The request as the key binds it: everything but the trace context (a retry has a new one) and the key itself. */
 export function requestFingerprint(request: SpawnRequest): string {
-  const { traceparent: _trace, idempotencyKey: _key, ...bound } = request;
+  // How long a caller will wait for a slot is how it asks, not what it asks for: a retry may change it.
+  const { traceparent: _trace, idempotencyKey: _key, waitSeconds: _wait, ...bound } = request;
   return sha256(canonical(bound));
 }
 

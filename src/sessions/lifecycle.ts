@@ -80,7 +80,14 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     const parent = spawnOptions.parent ?? parentContext(typeof traceparent === 'string' ? traceparent : handed ? handed.request.traceparent : null);
     return inSpan(SPAN.spawn, parent, { 'spawngate.spawn_id': spawnId }, async (span, ctx) => {
       progress({ stage: 'admission' });
-      const admitted = handed ? takeOver(handed, request) : await admission.reserve(request, { parent: ctx, spawnId });
+      const admitted = handed
+        ? takeOver(handed, request)
+        : await admission.reserve(request, {
+            parent: ctx,
+            spawnId,
+            ...(spawnOptions.signal ? { signal: spawnOptions.signal } : {}),
+            onQueued: (position) => progress({ stage: 'queued', position }),
+          });
       setAttributes(span, {
         'spawngate.agent_id': admitted.request.agentId,
         'spawngate.decision': admitted.allowed ? 'allow' : 'deny',

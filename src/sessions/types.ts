@@ -14,6 +14,8 @@ import type { ResolvedAgent } from '../config/index.js';
 
 export type SpawnProgress =
   | { stage: 'admission' }
+  /** Waiting for a concurrency slot (request waitSeconds): its place in the queue, 1 = next, each time it changes. */
+  | { stage: 'queued'; position: number }
   | { stage: 'admitted'; backend: string; profile: string; egress: string; ttlSeconds: number }
   | { stage: 'creating'; backend: string; profile: string }
   | { stage: 'created'; nativeId: string }

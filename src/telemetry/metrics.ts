@@ -13,6 +13,8 @@ export interface Metrics {
   evaluationSeconds: Histogram;
   activeWorkers: Gauge<'backend' | 'profile'>;
   spawnsInFlight: Gauge<'backend' | 'profile'>;
+  spawnsWaiting: Gauge<'backend' | 'profile'>;
+  waitSeconds: Histogram<'backend' | 'profile' | 'outcome'>;
   spawnReadySeconds: Histogram<'backend' | 'profile'>;
   spawns: Counter<'backend' | 'profile' | 'outcome'>;
   reservationsRejected: Counter<'code' | 'backend' | 'profile'>;
@@ -60,6 +62,7 @@ const CONCURRENCY_CODES = [
   'concurrency_limit_channel',
   'concurrency_limit_profile_user',
   'concurrency_limit_profile_channel',
+  'concurrency_limit_parent',
 ] as const;
 
 /** Deny codes the shipped policy, the engine and the gate (agent_unknown) produce at the policy stage. */
@@ -80,7 +83,10 @@ export const POLICY_DENY_CODES = [
 ] as const;
 
 /** Codes the reservation store refuses with: the caps again, plus the rate buckets. */
-export const STORE_DENY_CODES = [...CONCURRENCY_CODES, 'rate_limit_user', 'rate_limit_channel'] as const;
+export const STORE_DENY_CODES = [...CONCURRENCY_CODES, 'rate_limit_user', 'rate_limit_channel', 'tree_spawns_exhausted', 'tree_worker_seconds_exhausted'] as const;
+
+/** How a wait for a concurrency slot ended: a slot, its time up, the caller gone, denied for another reason, or no room in the queue. */
+export const WAIT_OUTCOMES = ['granted', 'timed_out', 'cancelled', 'denied', 'queue_full'] as const;
 
 export const PERMISSION_OUTCOMES = ['allow_once', 'allow_always', 'reject'] as const;
 /** Codes of the shipped permission rule and of the engine's fail-closed answers. */
@@ -158,6 +164,14 @@ export function createMetrics(registry: Registry = new Registry(), options: Metr
     }),
     activeWorkers: new Gauge({ name: 'spawngate_active_workers', help: 'Workers ready and not yet closed in this process, by backend and profile', labelNames: ['backend', 'profile'], registers: [registry] }),
     spawnsInFlight: new Gauge({ name: 'spawngate_spawns_in_flight', help: 'Admitted spawns whose worker is being created or is not ready yet, by backend and profile', labelNames: ['backend', 'profile'], registers: [registry] }),
+    spawnsWaiting: new Gauge({ name: 'spawngate_spawns_waiting', help: 'Spawns of this process waiting in the queue for a concurrency slot, by backend and profile', labelNames: ['backend', 'profile'], registers: [registry] }),
+    waitSeconds: new Histogram({
+      name: 'spawngate_spawn_wait_seconds',
+      help: 'Time spawns waited in the queue for a concurrency slot, by outcome (granted|timed_out|cancelled|denied|queue_full)',
+      labelNames: ['backend', 'profile', 'outcome'],
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600],
+      registers: [registry],
+    }),
     spawnReadySeconds: new Histogram({
       name: 'spawngate_spawn_ready_seconds',
       help: 'From spawn request to a worker answering /healthz (admission included)',
@@ -238,6 +252,8 @@ export function initMetrics(metrics: Metrics, known: KnownLabels): void {
       for (const outcome of SPAWN_OUTCOMES) metrics.spawns.inc({ ...p, outcome }, 0);
       metrics.activeWorkers.inc(p, 0);
       metrics.spawnsInFlight.inc(p, 0);
+      metrics.spawnsWaiting.inc(p, 0);
+      for (const outcome of WAIT_OUTCOMES) metrics.waitSeconds.zero({ ...p, outcome });
       metrics.spawnReadySeconds.zero(p);
       for (const outcome of PERMISSION_OUTCOMES) for (const code of PERMISSION_CODES) metrics.permissionDecisions.inc({ ...p, outcome, code }, 0);
       for (const outcome of TURN_OUTCOMES) {

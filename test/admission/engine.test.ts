@@ -31,7 +31,7 @@ async function variantBundle(dir: string, name: string, file: string, edit: (tex
 
 function input(agentId: string): AdmissionInput {
   return {
-    request: { runtime: 'acp', agentId, execution: null, task: 'say hi', label: null, cwd: null, model: null, resumeSessionId: null, envNames: [] },
+    request: { runtime: 'acp', agentId, execution: null, task: 'say hi', label: null, cwd: null, model: null, resumeSessionId: null, envNames: [], waitSeconds: 0 },
     caller: { sessionKey: 's', parentSessionKey: null, rootSessionKey: 's', depth: 0, channel: { id: 'c', kind: 'cli', interactive: true }, user: { id: 'u', roles: [] } },
     resolved: { backend: 'local', profile: 'default', source: 'global' },
     catalog: buildCatalog(defaultConfig()),

@@ -289,7 +289,8 @@ export function describeStoreContract(name: string, factory: StoreFactory, contr
         const holder = await store.reserve({ spawnId: 'holder', concurrency: [profileCap], rate: [] });
         if (!holder.ok) throw new Error('expected a reservation');
         const waiter = await queue.join(ticket('u1', { meta: { spawnId: 'w1' } }));
-        expect(waiter).toEqual({ id: expect.any(String), position: 1 });
+        expect(waiter?.position).toBe(1);
+        expect(typeof waiter?.id).toBe('string');
         await store.release(holder.record.id);
         // The slot is free, and held for the waiter: a newcomer (or a dry run) is refused, naming the queue.
         const barging = { spawnId: 'late', concurrency: [profileCap], rate: [] };

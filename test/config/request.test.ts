@@ -49,6 +49,7 @@ describe('parseSpawnRequest', () => {
       },
       traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
       idempotencyKey: null,
+      waitSeconds: 0,
     };
     expect(parseSpawnRequest(raw)).toEqual(expected);
   });

@@ -137,6 +137,22 @@ describe('the plugin', () => {
     expect((await spawnFrom('agent:other:main', 'call-d'))?.block).toBeUndefined();
   });
 
+  it('with waitSeconds, a sessions_spawn that meets a full cap waits for the slot a finished child frees', async () => {
+    const f = fakeApi({ ...pluginConfig, waitSeconds: 30 });
+    createOpenClawPlugin({}).register(f.api);
+    const first = (await f.fire('before_tool_call', { toolName: 'sessions_spawn', params: { task: 'x' } }, chatCtx)) as { block?: boolean } | undefined;
+    expect(first?.block).toBeUndefined();
+    await f.fire('subagent_spawned', { childSessionKey: 'agent:main:subagent:w1', agentId: 'main', mode: 'run' });
+    const second = f.fire('before_tool_call', { toolName: 'sessions_spawn', params: { task: 'y' } }, { ...chatCtx, toolCallId: 'call-2' }) as Promise<{ block?: boolean; blockReason?: string } | undefined>;
+    const gate = await pluginState().gate;
+    for (let i = 0; i < 1000 && ((await gate?.store.queue?.list()) ?? []).length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    expect((await gate?.store.queue?.list())?.length).toBe(1);
+    // The first child's run ends: its slot goes to the waiting spawn, which is admitted, not blocked.
+    await f.fire('subagent_progress', { phase: 'ended', childSessionKey: 'agent:main:subagent:w1', outcome: 'ok' });
+    expect((await second)?.block).toBeUndefined();
+    expect(await gate?.store.queue?.list()).toEqual([]);
+  });
+
   it('denies with the code, fails closed on a broken config, and never throws into OpenClaw', async () => {
     const f = fakeApi(pluginConfig);
     createOpenClawPlugin({}).register(f.api);

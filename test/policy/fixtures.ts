@@ -26,7 +26,7 @@ export const buildProfile: CatalogProfile = {
 };
 
 export const baseInput: AdmissionInput = {
-  request: { runtime: 'acp', agentId: 'codex', execution: null, task: 'fix the typo in README.md', label: null, cwd: null, model: null, resumeSessionId: null, envNames: [] },
+  request: { runtime: 'acp', agentId: 'codex', execution: null, task: 'fix the typo in README.md', label: null, cwd: null, model: null, resumeSessionId: null, envNames: [], waitSeconds: 0 },
   caller: {
     sessionKey: 'agent:main:main',
     parentSessionKey: null,

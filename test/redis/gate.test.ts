@@ -115,6 +115,34 @@ describe('admission gate on the Redis store (spawngate.store: redis)', () => {
     expect((await a.admit(inTree(99))).decision.reasons[0]?.code).toBe('tree_spawns_exhausted');
   });
 
+  it('hands a slot freed on one gateway to the spawn waiting on another, ahead of a newcomer; a cancelled wait leaves nothing', async () => {
+    const one = { agents: { executionBackends: { [`${backend}w`]: { type: 'process', profiles: { one: { allowedAgents: ['echo'], maxConcurrent: { profile: 1 } } } } } }, spawngate: { store: { type: 'redis', url: `${url}/5` } } };
+    const a = await gateway(undefined, { config: one });
+    const b = await gateway(undefined, { config: one });
+    const holder = await a.reserve(spawn('wait-holder'));
+    if (!holder.allowed) throw new Error(`expected an allow, got ${JSON.stringify(holder.decision.reasons)}`);
+    const positions: number[] = [];
+    const waiting = b.reserve({ ...spawn('wait-b'), waitSeconds: 60 }, { onQueued: (p) => positions.push(p) });
+    for (let i = 0; i < 1000 && positions.length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(positions).toEqual([1]);
+    const controller = new AbortController();
+    const cancelled = a.reserve({ ...spawn('wait-c'), waitSeconds: 60 }, { signal: controller.signal, onQueued: (p) => positions.push(p) });
+    for (let i = 0; i < 1000 && positions.length === 1; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(positions).toEqual([1, 2]);
+    controller.abort(new Error('gone'));
+    await expect(cancelled).rejects.toThrow('gone');
+    expect((await a.store.queue?.list())?.map((w) => w.user)).toEqual([`${run}-wait-b`]);
+
+    await holder.reservation.release();
+    // Freed on A, the slot is B's waiter's: a newcomer on A is refused whether or not B has taken it yet.
+    const newcomer = await a.reserve(spawn('wait-new'));
+    expect(newcomer.decision.reasons[0]?.code).toBe('concurrency_limit_profile');
+    const served = await waiting;
+    expect(served.allowed).toBe(true);
+    expect(await b.store.queue?.list()).toEqual([]);
+    if (served.allowed) await served.reservation.release();
+  });
+
   it('closes the store it created from config, and leaves a store passed in open', async () => {
     const own = await gateway();
     await own.close();

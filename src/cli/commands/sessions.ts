@@ -1,6 +1,6 @@
 import { readBoundedFile } from '../../files.js';
 import { userInfo } from 'node:os';
-import type { SpawnRequestInput } from '../../admission/request.js';
+import { MAX_WAIT_SECONDS, type SpawnRequestInput } from '../../admission/request.js';
 import { loadConfigFile, nameSchema } from '../../config/index.js';
 import { AdmissionDeniedError, isSpawngateError, UsageError } from '../../errors.js';
 import type { ServerClient } from '../../server/client.js';
@@ -272,6 +272,7 @@ export const spawnCommand: Command = {
     keep: { type: 'boolean', description: 'Leave the worker running after the turn, for turn/status/logs/close; its TTL still bounds it.', default: 'close it after the turn' },
     'channel-kind': { type: 'string', value: 'KIND', description: 'The caller.channel.kind the policy sees.', default: 'cli' },
     user: { type: 'string', value: 'ID', description: 'The caller.user.id the policy sees.', default: 'the login name' },
+    wait: { type: 'string', value: 'SECONDS', description: 'When a concurrency cap is full, wait up to this long for a slot (the policy may allow less); progress shows the place in the queue.', default: '0: denied at once' },
     owner: { ...ownerOptions.owner, description: 'Label the worker with this owner, in process (what ls, sweep and that owner\'s gateway see).' },
     ...common,
     json: jsonLinesOption('Machine-readable streams: worker events and the spawned/kept/denied records as JSON lines on stdout; progress as JSON lines on stderr.'),
@@ -299,6 +300,11 @@ export const spawnCommand: Command = {
     const profile = str(values, 'profile');
     const user = str(values, 'user') ?? userInfo().username;
     const kind = str(values, 'channel-kind') ?? 'cli';
+    const waitSeconds = Number(str(values, 'wait') ?? '0');
+    if (!Number.isInteger(waitSeconds) || waitSeconds < 0 || waitSeconds > MAX_WAIT_SECONDS) {
+      io.stderr.write(`spawngate spawn: --wait ${JSON.stringify(str(values, 'wait'))}: must be a whole number of seconds from 0 to ${MAX_WAIT_SECONDS}\n`);
+      return EXIT.usage;
+    }
     const task = positionals[0] ?? '';
     const request: SpawnRequestInput = {
       runtime: 'acp',
@@ -306,6 +312,7 @@ export const spawnCommand: Command = {
       task,
       ...(backend || profile ? { execution: { ...(backend ? { backend } : {}), ...(profile ? { profile } : {}) } } : {}),
       caller: { sessionKey: `cli:${user}:${process.pid}`, depth: 0, channel: { id: `cli:${user}`, kind }, user: { id: user, roles: [] } },
+      ...(waitSeconds > 0 ? { waitSeconds } : {}),
     };
     if (target.kind === 'server') {
       const { client } = target;

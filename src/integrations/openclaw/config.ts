@@ -22,6 +22,14 @@ const pluginFields = {
       .max(3600)
       .optional()
       .register(configMetadata, { description: 'how long an admitted sessions_spawn may take to start its child before its slot is released (OpenClaw refused it later); default 120' }),
+    waitSeconds: z
+      .int()
+      .min(0)
+      .max(3600)
+      .optional()
+      .register(configMetadata, {
+        description: 'how long a sessions_spawn that meets a full concurrency cap waits for a slot before it is blocked (the policy\'s queue settings bound it; the tool call waits that long); default 0: blocked at once',
+      }),
 };
 
 /**

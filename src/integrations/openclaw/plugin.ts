@@ -66,6 +66,7 @@ export async function admitSpawn(state: PluginState, params: Record<string, unkn
   // A child of a spawn this plugin admitted spawns within its root's tree.
   const lineage = state.lineage.get(mapped.request.caller.sessionKey);
   if (lineage) mapped.request.caller = { ...mapped.request.caller, parentSessionKey: lineage.parent, rootSessionKey: lineage.root };
+  if (cfg.waitSeconds) mapped.request.waitSeconds = cfg.waitSeconds;
   let gate: Spawngate;
   try {
     gate = await gateOf(state);
