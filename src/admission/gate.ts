@@ -1,4 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import type { DecisionLog, DecisionLogSetting, DecisionRecord } from './decision-log.js';
 import { createDecisionRecorder, loggedInput, openDecisionLog, spawngateVersion } from './decision-log.js';
@@ -16,6 +17,7 @@ import { parseSpawnRequest } from './request.js';
 import type { ShadowPolicy } from './shadow.js';
 import { createShadowPolicy, SHADOW_DIFFERENCES } from './shadow.js';
 import { createStoreFromConfig } from './store/index.js';
+import { slotKey } from './store/types.js';
 import type { ReservationRecord, ReservationRequest, ReservationStore, ReserveRejection } from './store/types.js';
 import type { AdmissionInput, AllowDecision, Decision, DenyDecision, WaitTerms } from './types.js';
 import type { SpawngateConfig } from '../config/index.js';
@@ -285,6 +287,8 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
   };
   const queueSettings = { maxWaiting: config.spawngate?.queue?.maxWaiting ?? DEFAULT_QUEUE.maxWaiting, pollMs: config.spawngate?.queue?.pollMs ?? DEFAULT_QUEUE.pollMs };
   const slotFreed = new EventTarget();
+  // Every waiter of this process listens while it waits: as many as may wait, without a leak warning.
+  setMaxListeners(queueSettings.maxWaiting + 16, slotFreed);
   const leases = createLeaseKeeper({
     store,
     holder: options.instanceId ?? randomUUID(),
@@ -530,6 +534,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
         maxWaiting: queueSettings.maxWaiting,
         meta: { spawnId: call.spawnId ?? '', sessionKey: request.caller.sessionKey, agent: request.agentId, ...(request.label ? { label: request.label } : {}) },
       });
+    const waitedSlots = decision.limits.concurrency.map((l) => slotKey(l.scope, l.key));
     let outcome: (typeof WAIT_OUTCOMES)[number] = 'queue_full';
     const noted = (a: Attempt, note: string): ReserveResult => logAttempt({ ...a, result: withNote(a.result, note) }, call);
     let ticket = await join();
@@ -563,6 +568,9 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
           position = now;
           tell();
         }
+        // While every slot it waits for is still taken, another decision would only say so again.
+        const counts = await store.counts(waitedSlots);
+        if (decision.limits.concurrency.some((l) => (counts.get(slotKey(l.scope, l.key)) ?? 0) >= l.max)) continue;
         last = await attempt(raw, call, ticket.id);
         if (last.result.allowed) {
           outcome = 'granted';
