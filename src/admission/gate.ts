@@ -190,7 +190,7 @@ function withNote(result: ReserveResult, note: string): ReserveResult {
   return { ...result, decision: { ...result.decision, reasons: [{ code: first.code, message: `${first.message}; ${note}`.slice(0, 2048) }, ...rest] } };
 }
 
-export const DEFAULT_QUEUE = { maxWaiting: 1000, pollMs: 200 } as const;
+export const DEFAULT_QUEUE = { maxWaiting: 1000, maxWaitingPerUser: 20, pollMs: 200 } as const;
 
 interface Decided {
   result: AdmitResult;
@@ -285,7 +285,11 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     leaseMs: options.lease?.leaseMs ?? (config.spawngate?.leaseSeconds ?? DEFAULT_LEASE.leaseMs / 1000) * 1000,
     renewMs: options.lease?.renewMs ?? (config.spawngate?.renewSeconds ?? DEFAULT_LEASE.renewMs / 1000) * 1000,
   };
-  const queueSettings = { maxWaiting: config.spawngate?.queue?.maxWaiting ?? DEFAULT_QUEUE.maxWaiting, pollMs: config.spawngate?.queue?.pollMs ?? DEFAULT_QUEUE.pollMs };
+  const queueSettings = {
+    maxWaiting: config.spawngate?.queue?.maxWaiting ?? DEFAULT_QUEUE.maxWaiting,
+    maxWaitingPerUser: config.spawngate?.queue?.maxWaitingPerUser ?? DEFAULT_QUEUE.maxWaitingPerUser,
+    pollMs: config.spawngate?.queue?.pollMs ?? DEFAULT_QUEUE.pollMs,
+  };
   const slotFreed = new EventTarget();
   // Every waiter of this process listens while it waits: as many as may wait, without a leak warning.
   setMaxListeners(queueSettings.maxWaiting + 16, slotFreed);
@@ -532,16 +536,18 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
         concurrency: decision.limits.concurrency,
         leaseMs: leases.leaseMs,
         maxWaiting: queueSettings.maxWaiting,
+        maxWaitingPerUser: queueSettings.maxWaitingPerUser,
         meta: { spawnId: call.spawnId ?? '', sessionKey: request.caller.sessionKey, agent: request.agentId, ...(request.label ? { label: request.label } : {}) },
       });
     const waitedSlots = decision.limits.concurrency.map((l) => slotKey(l.scope, l.key));
     let outcome: (typeof WAIT_OUTCOMES)[number] = 'queue_full';
     const noted = (a: Attempt, note: string): ReserveResult => logAttempt({ ...a, result: withNote(a.result, note) }, call);
-    let ticket = await join();
-    if (!ticket) {
+    const joined = await join();
+    if ('full' in joined) {
       safely(() => metrics.waitSeconds.observe({ ...labels, outcome }, 0));
-      return noted(first, `the queue for a free slot is full (${queueSettings.maxWaiting} spawns wait)`);
+      return noted(first, joined.full === 'user' ? `${request.caller.user.id} already has ${queueSettings.maxWaitingPerUser} spawns waiting for a slot` : `the queue for a free slot is full (${queueSettings.maxWaiting} spawns wait)`);
     }
+    let ticket = joined;
     safely(() => metrics.spawnsWaiting.inc(labels));
     let position = ticket.position;
     const tell = () => safely(() => call.onQueued?.(position));
@@ -560,8 +566,9 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
         const seen = (await queue.touch([ticket.id], leases.leaseMs)).get(ticket.id) ?? null;
         if (seen === null) {
           // Lapsed (this process stalled past a lease): back in line, at a later turn.
-          ticket = await join();
-          if (!ticket) return noted(last, 'it lost its place in the queue (this gateway stalled past a lease) and the queue is full now');
+          const again = await join();
+          if ('full' in again) return noted(last, 'it lost its place in the queue (this gateway stalled past a lease) and the queue is full now');
+          ticket = again;
         }
         const now = seen ?? ticket.position;
         if (now !== position) {
@@ -585,7 +592,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
       return noted(last, `no slot freed within the ${terms.maxSeconds}s this spawn could wait`);
     } finally {
       // Whatever ended the wait, the ticket goes with it: a cancelled or timed-out wait leaves nothing queued.
-      if (ticket && outcome !== 'granted') await queue.leave(ticket.id).catch((err: unknown) => logger.warn('leaving the wait queue failed; the ticket lapses with its lease', { error: (err as Error).message }));
+      if (outcome !== 'granted') await queue.leave(ticket.id).catch((err: unknown) => logger.warn('leaving the wait queue failed; the ticket lapses with its lease', { error: (err as Error).message }));
       safely(() => {
         metrics.spawnsWaiting.dec(labels);
         metrics.waitSeconds.observe({ ...labels, outcome }, Math.max(0, clock().getTime() - startedAt) / 1000);

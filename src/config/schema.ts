@@ -831,6 +831,12 @@ export const spawngateSectionSchema = z.strictObject({
         .max(100_000)
         .optional()
         .register(configMetadata, { description: 'spawns that may wait for a concurrency slot at once, across every gateway sharing the store (default 1000); past it a spawn is denied at once' }),
+      maxWaitingPerUser: z
+        .int()
+        .min(1)
+        .max(100_000)
+        .optional()
+        .register(configMetadata, { description: 'how many of them may be one user\'s (default 20): one user\'s flood cannot fill the queue for everyone' }),
       pollMs: z
         .int()
         .min(10)

@@ -277,7 +277,12 @@ export function describeStoreContract(name: string, factory: StoreFactory, contr
 
     describe('wait queue', () => {
       const profileCap: ConcurrencyLimit = { scope: 'profile', key: 'q/p', max: 1 };
-      const ticket = (user: string, extra: Partial<WaitTicketRequest> = {}): WaitTicketRequest => ({ priority: 0, user, concurrency: [profileCap], leaseMs: 10_000, maxWaiting: 100, ...extra });
+      const ticket = (user: string, extra: Partial<WaitTicketRequest> = {}): WaitTicketRequest => ({ priority: 0, user, concurrency: [profileCap], leaseMs: 10_000, maxWaiting: 100, maxWaitingPerUser: 100, ...extra });
+      const joined = async (queue: WaitQueue, request: WaitTicketRequest): Promise<{ id: string; position: number }> => {
+        const outcome = await queue.join(request);
+        if ('full' in outcome) throw new Error(`the ${outcome.full} is full`);
+        return outcome;
+      };
       const queueOf = (store: ReservationStore): WaitQueue => {
         if (!store.queue) throw new Error(`the ${store.kind} store has no wait queue`);
         return store.queue;
@@ -288,27 +293,27 @@ export function describeStoreContract(name: string, factory: StoreFactory, contr
         const queue = queueOf(store);
         const holder = await store.reserve({ spawnId: 'holder', concurrency: [profileCap], rate: [] });
         if (!holder.ok) throw new Error('expected a reservation');
-        const waiter = await queue.join(ticket('u1', { meta: { spawnId: 'w1' } }));
-        expect(waiter?.position).toBe(1);
-        expect(typeof waiter?.id).toBe('string');
+        const waiter = await joined(queue, ticket('u1', { meta: { spawnId: 'w1' } }));
+        expect(waiter.position).toBe(1);
+        expect(typeof waiter.id).toBe('string');
         await store.release(holder.record.id);
         // The slot is free, and held for the waiter: a newcomer (or a dry run) is refused, naming the queue.
         const barging = { spawnId: 'late', concurrency: [profileCap], rate: [] };
         expect(await store.check(barging)).toMatchObject({ ok: false, code: 'concurrency_limit_profile', active: 0, waitingAhead: 1 });
         expect(await store.reserve(barging)).toMatchObject({ ok: false, code: 'concurrency_limit_profile', waitingAhead: 1 });
-        const served = await store.reserve({ spawnId: 'w1', concurrency: [profileCap], rate: [], ticket: waiter?.id ?? '' });
+        const served = await store.reserve({ spawnId: 'w1', concurrency: [profileCap], rate: [], ticket: waiter.id });
         expect(served.ok).toBe(true);
         // Served, the ticket is gone: no waiter is left behind.
         expect(await queue.list()).toEqual([]);
-        expect(await queue.touch([waiter?.id ?? ''], 10_000)).toEqual(new Map([[waiter?.id ?? '', null]]));
+        expect(await queue.touch([waiter.id], 10_000)).toEqual(new Map([[waiter.id, null]]));
       });
 
       it('orders waiters by priority, then by turns across users, then by arrival', async () => {
         const store = await open({ now: () => 9_100_000 });
         const queue = queueOf(store);
-        for (const user of ['a', 'a', 'a', 'b', 'c']) await queue.join(ticket(user, { meta: { who: user } }));
-        const urgent = await queue.join(ticket('d', { priority: 10, meta: { who: 'd' } }));
-        expect(urgent?.position).toBe(1);
+        for (const user of ['a', 'a', 'a', 'b', 'c']) await joined(queue, ticket(user, { meta: { who: user } }));
+        const urgent = await joined(queue, ticket('d', { priority: 10, meta: { who: 'd' } }));
+        expect(urgent.position).toBe(1);
         const listed = await queue.list();
         expect(listed.map((w) => w.meta['who'])).toEqual(['d', 'a', 'b', 'c', 'a', 'a']);
         expect(listed.map((w) => w.position)).toEqual([1, 2, 3, 4, 5, 6]);
@@ -321,35 +326,38 @@ export function describeStoreContract(name: string, factory: StoreFactory, contr
         const busyUser = userCap('busy', 1);
         const own = await store.reserve({ spawnId: 'busy-1', concurrency: [busyUser], rate: [] });
         expect(own.ok).toBe(true);
-        const blocked = await queue.join(ticket('busy', { concurrency: [profileCap, busyUser] }));
-        const next = await queue.join(ticket('free'));
-        expect(blocked?.position).toBe(1);
+        const blocked = await joined(queue, ticket('busy', { concurrency: [profileCap, busyUser] }));
+        const next = await joined(queue, ticket('free'));
+        expect(blocked.position).toBe(1);
         // The head waits on its own user cap as well: the profile slot goes to the next waiter.
-        expect((await store.reserve({ spawnId: 'free-1', concurrency: [profileCap], rate: [], ticket: next?.id ?? '' })).ok).toBe(true);
+        expect((await store.reserve({ spawnId: 'free-1', concurrency: [profileCap], rate: [], ticket: next.id })).ok).toBe(true);
       });
 
       it('a ticket lapses unless touched; touch answers positions; leave ends a wait without a trace', async () => {
         let t = 9_300_000;
         const store = await open({ now: () => t });
         const queue = queueOf(store);
-        const first = await queue.join(ticket('x', { leaseMs: 1_000 }));
-        const second = await queue.join(ticket('y', { leaseMs: 1_000 }));
+        const first = await joined(queue, ticket('x', { leaseMs: 1_000 }));
+        const second = await joined(queue, ticket('y', { leaseMs: 1_000 }));
         t += 900;
-        expect(await queue.touch([second?.id ?? ''], 1_000)).toEqual(new Map([[second?.id ?? '', 2]]));
+        expect(await queue.touch([second.id], 1_000)).toEqual(new Map([[second.id, 2]]));
         t += 100; // the first lapses; the second was touched
-        expect(await queue.touch([first?.id ?? '', second?.id ?? ''], 1_000)).toEqual(new Map([[first?.id ?? '', null], [second?.id ?? '', 1]]));
-        expect(await queue.leave(second?.id ?? '')).toBe(true);
-        expect(await queue.leave(second?.id ?? '')).toBe(false);
+        expect(await queue.touch([first.id, second.id], 1_000)).toEqual(new Map([[first.id, null], [second.id, 1]]));
+        expect(await queue.leave(second.id)).toBe(true);
+        expect(await queue.leave(second.id)).toBe(false);
         expect(await queue.list()).toEqual([]);
         expect((await store.reserve({ spawnId: 'after', concurrency: [profileCap], rate: [] })).ok).toBe(true);
       });
 
-      it('refuses a join past maxWaiting', async () => {
+      it("refuses a join past maxWaiting, and past a user's share of it", async () => {
         const store = await open({ now: () => 9_400_000 });
         const queue = queueOf(store);
-        expect(await queue.join(ticket('a', { maxWaiting: 2 }))).not.toBeNull();
-        expect(await queue.join(ticket('b', { maxWaiting: 2 }))).not.toBeNull();
-        expect(await queue.join(ticket('c', { maxWaiting: 2 }))).toBeNull();
+        const limits = { maxWaiting: 3, maxWaitingPerUser: 2 };
+        expect(await queue.join(ticket('a', limits))).toMatchObject({ position: 1 });
+        expect(await queue.join(ticket('a', limits))).toMatchObject({ position: 2 });
+        expect(await queue.join(ticket('a', limits))).toEqual({ full: 'user' });
+        expect(await queue.join(ticket('b', limits))).toMatchObject({ position: 2 }); // its turn comes before alice's second
+        expect(await queue.join(ticket('c', limits))).toEqual({ full: 'queue' });
       });
     });
 

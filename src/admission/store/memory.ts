@@ -182,7 +182,8 @@ function createQueue(counts: ReadonlyMap<SlotKey, number>) {
         join(request) {
           const at = now();
           reclaim(at);
-          if (waiters.length >= request.maxWaiting) return Promise.resolve(null);
+          if (waiters.length >= request.maxWaiting) return Promise.resolve({ full: 'queue' as const });
+          if (waiters.filter((w) => w.user === request.user).length >= request.maxWaitingPerUser) return Promise.resolve({ full: 'user' as const });
           const tag = Math.max(lastTag.get(request.user) ?? 0, served) + 1;
           lastTag.set(request.user, tag);
           const w: Waiter = {

@@ -419,13 +419,18 @@ return 1
 
 /**
  * ARGV: [1] clock, [2] queue prefix, [3] priority, [4] user, [5] limits JSON [[slot, max]…],
- * [6] lease ms, [7] max waiting, [8] meta JSON, [9] random id suffix. Returns {1, id, position} or {0}.
+ * [6] lease ms, [7] max waiting, [8] meta JSON, [9] random id suffix, [10] max waiting per user.
+ * Returns {1, id, position}, or {0, 'queue'|'user'} when the queue or the user's share of it is full.
  */
 const QUEUE_JOIN_LUA = `${CLOCK}${QUEUE}
 local now = clock(ARGV[1])
 local q, tickets, users, state = queueKeys(ARGV[2])
-if #waiters(ARGV[2], now) >= tonumber(ARGV[7]) then return {0} end
+local live = waiters(ARGV[2], now)
+if #live >= tonumber(ARGV[7]) then return {0, 'queue'} end
 local priority, user, lease = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[6])
+local mine = 0
+for _, w in ipairs(live) do if w[2].user == user then mine = mine + 1 end end
+if mine >= tonumber(ARGV[10]) then return {0, 'user'} end
 local served = tonumber(redis.call('HGET', state, 'served') or '0')
 local tag = math.max(tonumber(redis.call('HGET', users, user) or '0'), served) + 1
 redis.call('HSET', users, user, tag)
@@ -725,8 +730,9 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
     join: (request) =>
       guarded('queue join', async () => {
         const limits = JSON.stringify(request.concurrency.map((l) => [slotKey(l.scope, l.key), l.max]));
-        const reply = (await run(QUEUE_JOIN, [keys.queue], [clockArg(), keys.queue, request.priority, request.user, limits, request.leaseMs, request.maxWaiting, JSON.stringify({ ...request.meta }), randomUUID().slice(0, 8)])) as unknown[];
-        return asNumber(reply[0]) === 1 ? { id: String(reply[1]), position: asNumber(reply[2]) } : null;
+        const reply = (await run(QUEUE_JOIN, [keys.queue], [clockArg(), keys.queue, request.priority, request.user, limits, request.leaseMs, request.maxWaiting, JSON.stringify({ ...request.meta }), randomUUID().slice(0, 8), request.maxWaitingPerUser])) as unknown[];
+        if (asNumber(reply[0]) === 1) return { id: String(reply[1]), position: asNumber(reply[2]) };
+        return { full: reply[1] === 'user' ? 'user' : 'queue' };
       }),
     touch: (ids, leaseMs) =>
       guarded('queue touch', async () => {

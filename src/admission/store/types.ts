@@ -134,6 +134,8 @@ export interface WaitTicketRequest {
   leaseMs: number;
   /** At most this many tickets wait at once; a join past it is refused. */
   maxWaiting: number;
+  /** At most this many of them are one user's: one user's flood cannot fill the queue for everyone. */
+  maxWaitingPerUser: number;
   /** Free-form labels listed with the waiter (spawnId, sessionKey, label). */
   meta?: Readonly<Record<string, string>>;
 }
@@ -156,8 +158,8 @@ export interface WaitingTicket {
  * waiter never loses its slot to a later request, on any gateway sharing the store.
  */
 export interface WaitQueue {
-  /** Queues a waiter; its ticket id and position, or null when maxWaiting tickets already wait. */
-  join(request: WaitTicketRequest): Promise<{ id: string; position: number } | null>;
+  /** Queues a waiter: its ticket id and position, or why it may not wait (the queue, or the user's share of it, is full). */
+  join(request: WaitTicketRequest): Promise<{ id: string; position: number } | { full: 'queue' | 'user' }>;
   /** Extends these tickets' leases to now + leaseMs and answers their positions (null: no longer waiting). */
   touch(ids: readonly string[], leaseMs: number): Promise<Map<string, number | null>>;
   /** Ends a wait without a reservation; true when the ticket was still waiting. */
