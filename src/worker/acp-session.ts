@@ -1,4 +1,4 @@
-import * as acp from '@agentclientprotocol/sdk';
+import type * as AcpSdk from '@agentclientprotocol/sdk';
 import type { ClientConnection, InitializeResponse, McpServer, PromptResponse, RequestPermissionRequest, RequestPermissionResponse, SessionUpdate } from '@agentclientprotocol/sdk';
 
 export interface AcpSessionOptions {
@@ -42,8 +42,21 @@ export interface AcpSession {
   close(): void;
 }
 
+let sdk: typeof AcpSdk | null = null;
+
+/**
+ * The ACP SDK, loaded on first use. It and the zod it builds its schemas with take about as long to
+ * load as the agent process takes to start, so the worker starts the agent first and loads the SDK
+ * while the agent boots (openAcpSession), instead of before.
+ */
+async function loadAcp(): Promise<typeof AcpSdk> {
+  sdk ??= await import('@agentclientprotocol/sdk');
+  return sdk;
+}
+
 /** Opens the ACP client connection over the agent's stdio, then runs initialize and session/new once. */
 export async function openAcpSession(options: AcpSessionOptions): Promise<AcpSession> {
+  const acp = await loadAcp();
   let sessionId: string | null = null;
   const connection: ClientConnection = acp
     .client({ name: 'spawngate-worker' })
@@ -166,14 +179,15 @@ async function applyModel(connection: ClientConnection, sessionId: string, model
 
 /** Whether an error from a request is the peer's JSON-RPC error (as opposed to a transport failure). */
 export function acpErrorCode(err: unknown): number | null {
-  return err instanceof acp.RequestError ? err.code : null;
+  // Without the SDK loaded no request was ever made, so nothing can be a peer's error.
+  return sdk !== null && err instanceof sdk.RequestError ? err.code : null;
 }
 
 const MAX_ERROR_DATA_CHARS = 16 * 1024;
 
 /** The `data` of an ACP error, kept for the turn.failed event: as sent when small, else its first 16 KiB as text. */
 export function acpErrorData(err: unknown): unknown {
-  if (!(err instanceof acp.RequestError) || err.data === undefined) return undefined;
+  if (sdk === null || !(err instanceof sdk.RequestError) || err.data === undefined) return undefined;
   let text: string | undefined;
   try {
     text = JSON.stringify(err.data);
