@@ -8,6 +8,11 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
+import { createServer, type RunningServer } from '../../src/server/index.js';
+import { createSpawngate, type Spawngate } from '../../src/spawngate.js';
+import type { Logger } from '../../src/log.js';
+import { memoryLogger } from '../helpers/logger.js';
+
 export const fixtureAgent = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 
 /** Where a test talks to the server: its http:// URL or its unix socket. */
@@ -162,5 +167,29 @@ export function spawnRequest(task: string, extra: Record<string, unknown> = {}):
       user: { id: 'server-test-user', roles: [] },
     },
     ...extra,
+  };
+}
+
+export interface Served {
+  gate: Spawngate;
+  server: RunningServer;
+  target: Target;
+  /** Closes the server, sweeps every worker the gate left, shuts the gate down. */
+  close(): Promise<void>;
+}
+
+/** A gate on `config` (no sweeper, no decision log, no bundle watch) behind a server on 127.0.0.1:0. */
+export async function serveGate(config: unknown, options: { token: string; owner: string; logger?: Logger }): Promise<Served> {
+  const gate = await createSpawngate({ config, owner: options.owner, sweepIntervalMs: 0, decisionLog: false, watchBundle: false, logger: options.logger ?? memoryLogger() });
+  const server = await createServer({ gate, token: options.token, listen: { port: 0, host: '127.0.0.1' } });
+  return {
+    gate,
+    server,
+    target: server.address,
+    async close() {
+      await server.close();
+      await gate.sweep({ orphans: true }).catch(() => undefined);
+      await gate.shutdown();
+    },
   };
 }

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type RunningServer } from '../../src/server/index.js';
 import { createSpawngate, type Spawngate } from '../../src/spawngate.js';
 import { memoryLogger } from '../helpers/logger.js';
-import { call, eventually, openStream, processBackend, readAll, spawnRequest, type OpenStream, type Reply, type Target } from './helpers.js';
+import { call, eventually, openStream, processBackend, readAll, serveGate, spawnRequest, type OpenStream, type Served, type Reply, type Target } from './helpers.js';
 
 type Json = Record<string, unknown>;
 
@@ -43,21 +43,19 @@ function decisionCount(metricsText: string, result: 'allow' | 'deny'): number {
 describe('HTTP API', () => {
   const backend = processBackend();
   const logger = memoryLogger();
+  let served: Served;
   let gate: Spawngate;
   let server: RunningServer;
   let target: Target;
   const auth = { token };
 
   beforeAll(async () => {
-    gate = await createSpawngate({ config: backend.config, owner: `srv-${randomUUID().slice(0, 8)}`, sweepIntervalMs: 0, decisionLog: false, watchBundle: false, logger });
-    server = await createServer({ gate, token, listen: { port: 0, host: '127.0.0.1' } });
-    target = server.address;
+    served = await serveGate(backend.config, { token, owner: `srv-${randomUUID().slice(0, 8)}`, logger });
+    ({ gate, server, target } = served);
   });
 
   afterAll(async () => {
-    await server?.close();
-    await gate?.sweep({ orphans: true }).catch(() => undefined);
-    await gate?.shutdown();
+    await served?.close();
     backend.remove();
   });
 

@@ -6,10 +6,8 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createServer, type RunningServer } from '../../src/server/index.js';
-import { createSpawngate, type Spawngate } from '../../src/spawngate.js';
-import { memoryLogger } from '../helpers/logger.js';
-import { call, processBackend, spawnRequest, type Target } from './helpers.js';
+import type { Spawngate } from '../../src/spawngate.js';
+import { call, processBackend, spawnRequest, type Target, serveGate, type Served } from './helpers.js';
 
 type Json = Record<string, unknown>;
 
@@ -17,23 +15,20 @@ const token = randomBytes(24).toString('base64url');
 
 describe('spawn-tree budgets over HTTP', () => {
   const backend = processBackend();
+  let served: Served;
   let gate: Spawngate;
-  let server: RunningServer;
   let target: Target;
   const root = `agent:main:tree-root:${randomUUID()}`;
   // Each spawn holds the profile's TTL (600 s) until it ends; the tree may hold 1,000 worker-seconds.
   const config = { ...backend.config, spawngate: { policyData: { trees: { maxWorkerSeconds: 1000, windowSeconds: 3600 } } } };
 
   beforeAll(async () => {
-    gate = await createSpawngate({ config, owner: `trees-${randomUUID().slice(0, 8)}`, sweepIntervalMs: 0, decisionLog: false, watchBundle: false, logger: memoryLogger() });
-    server = await createServer({ gate, token, listen: { port: 0, host: '127.0.0.1' } });
-    target = server.address;
+    served = await serveGate(config, { token, owner: `trees-${randomUUID().slice(0, 8)}` });
+    ({ gate, target } = served);
   });
 
   afterAll(async () => {
-    await server?.close();
-    await gate?.sweep({ orphans: true }).catch(() => undefined);
-    await gate?.shutdown();
+    await served?.close();
     backend.remove();
   });
 

@@ -6,10 +6,8 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createServer, type RunningServer } from '../../src/server/index.js';
-import { createSpawngate, type Spawngate } from '../../src/spawngate.js';
-import { memoryLogger } from '../helpers/logger.js';
-import { call, eventually, processBackend, spawnRequest, type Reply, type Target } from './helpers.js';
+import type { Spawngate } from '../../src/spawngate.js';
+import { call, eventually, processBackend, spawnRequest, type Reply, type Target, serveGate, type Served } from './helpers.js';
 
 type Json = Record<string, unknown>;
 
@@ -20,8 +18,8 @@ const token = randomBytes(24).toString('base64url');
 
 describe('waiting for a slot over HTTP', () => {
   const backend = processBackend();
+  let served: Served;
   let gate: Spawngate;
-  let server: RunningServer;
   let target: Target;
   // One worker at a time on the default profile.
   const base = structuredClone(backend.config) as { agents: { executionBackends: { local: { profiles: Record<string, Json> } } } };
@@ -29,15 +27,12 @@ describe('waiting for a slot over HTTP', () => {
   const config = base;
 
   beforeAll(async () => {
-    gate = await createSpawngate({ config, owner: `wait-${randomUUID().slice(0, 8)}`, sweepIntervalMs: 0, decisionLog: false, watchBundle: false, logger: memoryLogger() });
-    server = await createServer({ gate, token, listen: { port: 0, host: '127.0.0.1' } });
-    target = server.address;
+    served = await serveGate(config, { token, owner: `wait-${randomUUID().slice(0, 8)}` });
+    ({ gate, target } = served);
   });
 
   afterAll(async () => {
-    await server?.close();
-    await gate?.sweep({ orphans: true }).catch(() => undefined);
-    await gate?.shutdown();
+    await served?.close();
     backend.remove();
   });
 

@@ -36,6 +36,32 @@ function firstAfter(stamps: readonly number[], t: number): number {
   return lo;
 }
 
+/**
+ * A map whose entries lapse at their `expiresAt` (store clock): a lapsed entry goes when it is next
+ * touched, and all of them in one pass whenever the map has doubled, so a stream of one-off keys
+ * cannot grow it past twice what is live.
+ */
+function expiringMap<V extends { expiresAt: number }>() {
+  const entries = new Map<string, V>();
+  let pruneAt = 1024;
+  return {
+    entries,
+    live: (key: string, at: number): V | undefined => {
+      const entry = entries.get(key);
+      if (entry && entry.expiresAt <= at) {
+        entries.delete(key);
+        return undefined;
+      }
+      return entry;
+    },
+    prune: (at: number): void => {
+      if (entries.size < pruneAt) return;
+      for (const [k, e] of entries) if (e.expiresAt <= at) entries.delete(k);
+      pruneAt = Math.max(1024, entries.size * 2);
+    },
+  };
+}
+
 interface TreeEntry {
   spawns: number;
   /** Worker-milliseconds: what ended spawns used plus the TTLs live ones hold. */
@@ -49,18 +75,9 @@ interface TreeEntry {
  * map has doubled, as idempotency keys do.
  */
 function createTrees() {
-  const trees = new Map<string, TreeEntry>();
+  const { entries: trees, live, prune } = expiringMap<TreeEntry>();
   /** What each live reservation charged, to refund the unused part when it ends. */
   const charges = new Map<string, { root: string; chargeMs: number; createdAt: number }>();
-  let pruneAt = 1024;
-  const live = (root: string, at: number): TreeEntry | undefined => {
-    const entry = trees.get(root);
-    if (entry && entry.expiresAt <= at) {
-      trees.delete(root);
-      return undefined;
-    }
-    return entry;
-  };
   return {
     rejection(tree: NonNullable<ReservationRequest['tree']>, at: number): ReserveRejection | null {
       const { budget, chargeMs } = tree;
@@ -77,10 +94,7 @@ function createTrees() {
     },
     take(id: string, tree: NonNullable<ReservationRequest['tree']>, at: number): TreeUsage {
       const { budget, chargeMs } = tree;
-      if (trees.size >= pruneAt) {
-        for (const [k, e] of trees) if (e.expiresAt <= at) trees.delete(k);
-        pruneAt = Math.max(1024, trees.size * 2);
-      }
+      prune(at);
       const entry = live(budget.root, at) ?? { spawns: 0, chargedMs: 0, expiresAt: 0 };
       entry.spawns += 1;
       entry.chargedMs += chargeMs;
@@ -240,7 +254,7 @@ interface KeyEntry {
  * would spawn again), so a flood of one-off keys cannot exhaust the gateway's memory.
  */
 export function createMemoryIdempotency(now: () => number = Date.now, maxKeys = 100_000, logger: Logger = silentLogger): IdempotencyStore {
-  const entries = new Map<string, KeyEntry>();
+  const { entries, live, prune } = expiringMap<KeyEntry>();
   let warned = false;
   const makeRoom = (): void => {
     // Map order is insertion order: the first done entry found is the oldest.
@@ -252,24 +266,11 @@ export function createMemoryIdempotency(now: () => number = Date.now, maxKeys = 
       warned = true;
     }
   };
-  // Expired keys go when they are next touched, and in one pass whenever the map has doubled:
-  // a stream of one-off keys cannot grow it past twice what is live.
-  let pruneAt = 1024;
-  const live = (key: string, at: number): KeyEntry | undefined => {
-    const entry = entries.get(key);
-    if (entry && entry.expiresAt <= at) {
-      entries.delete(key);
-      return undefined;
-    }
-    return entry;
-  };
+
   return {
     claim(key, fingerprint, spawnId, pendingMs) {
       const at = now();
-      if (entries.size >= pruneAt) {
-        for (const [k, e] of entries) if (e.expiresAt <= at) entries.delete(k);
-        pruneAt = Math.max(1024, entries.size * 2);
-      }
+      prune(at);
       const entry = live(key, at);
       let claim: IdempotencyClaim;
       if (!entry) {
