@@ -68,6 +68,11 @@ export interface WorkerClient {
   /** Answers a pending permission.requested of the open turn (404 not_found when it was already settled). */
   answerPermission(answer: PermissionAnswer, options?: CallOptions): Promise<PermissionAnswerResponse>;
   status(options?: CallOptions): Promise<WorkerStatusReport>;
+  /**
+   * POST /claim, on a warm worker (SPAWNGATE_CLAIMABLE): from its answer on, the worker takes
+   * `token` only, and stops itself at `deadline` (Unix seconds) if that comes before its own.
+   */
+  claim(claim: { token: string; deadline?: number }, options?: CallOptions): Promise<{ claimed: true; deadlineAt: string | null }>;
   logs(tail?: number, options?: CallOptions): Promise<WorkerLogLine[]>;
   /** GET /workspace/diff: what changed since the checked-out commit of a `git` workspace, as a unified diff. */
   workspaceDiff(options?: CallOptions & { maxBytes?: number; timeoutMs?: number }): Promise<{ base: string; diff: string }>;
@@ -209,6 +214,9 @@ async function errorFromResponse(res: IncomingMessage, route: string): Promise<W
   const workerCode = body?.error?.code;
   if (workerCode === 'not_a_git_workspace' || workerCode === 'no_tar' || workerCode === 'git_failed' || (status === 413 && route.includes('/workspace/'))) {
     return new WorkerProtocolError('WORKSPACE_UNAVAILABLE', `worker cannot give ${route}: ${details.reason ?? `HTTP ${status}`}`, { details });
+  }
+  if (workerCode === 'already_claimed' || workerCode === 'not_claimable') {
+    return new WorkerProtocolError('WORKER_PROTOCOL', `worker refused the claim: ${details.reason ?? workerCode}`, { details });
   }
   if (status === 409) {
     return new WorkerProtocolError('WORKER_BUSY', 'worker is already running a turn', {
@@ -379,6 +387,7 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
     cancel: (o) => call<CancelResponse>('POST', '/cancel', 202, o),
     answerPermission: (answer, o) => call<PermissionAnswerResponse>('POST', '/permission', 200, o, 0, JSON.stringify(answer)),
     status: (o) => call<WorkerStatusReport>('GET', '/status', 200, o),
+    claim: (claim, o) => call<{ claimed: true; deadlineAt: string | null }>('POST', '/claim', 200, o, 0, JSON.stringify(claim)),
     logs: async (tail = 200, o) => (await call<WorkerLogsResponse>('GET', `/logs?tail=${tail}`, 200, o)).lines,
     async workspaceDiff(o) {
       const route = 'GET /workspace/diff';

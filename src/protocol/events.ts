@@ -245,7 +245,7 @@ export interface WorkerLogsResponse {
 /** Error body of every non-2xx answer. */
 export interface WorkerErrorBody {
   error: {
-    code: 'unauthorized' | 'busy' | 'not_ready' | 'exiting' | 'invalid_request' | 'payload_too_large' | 'unsupported_media_type' | 'not_found' | 'method_not_allowed' | 'not_a_git_workspace' | 'git_failed' | 'no_tar';
+    code: 'unauthorized' | 'busy' | 'not_ready' | 'exiting' | 'invalid_request' | 'payload_too_large' | 'unsupported_media_type' | 'not_found' | 'method_not_allowed' | 'not_a_git_workspace' | 'git_failed' | 'no_tar' | 'already_claimed' | 'not_claimable';
     message: string;
     currentTurnId?: string;
   };

@@ -16,6 +16,7 @@
  *   SPAWNGATE_PERMISSION_TIMEOUT_MS  how long an "ask" request waits for its answer before it is rejected; default 60000
  *   SPAWNGATE_EGRESS_PROXY_SOCKET  egress "proxy": the gateway's proxy socket, offered to the agent as HTTP(S)_PROXY on loopback
  *   SPAWNGATE_DEADLINE        Unix time (s) at which the worker stops itself and exits 124 (the profile timeout)
+ *   SPAWNGATE_CLAIMABLE       "1": a warm worker of a pool, which accepts one POST /claim (a new token, an earlier deadline)
  *   SPAWNGATE_MCP_SERVERS     JSON array of MCP servers (ACP's shape) for session/new, load and resume
  *   SPAWNGATE_GIT_REPO        clone this repository into the workspace (the worker's cwd) before the agent starts
  *   SPAWNGATE_GIT_REF         branch, tag or commit to check out; default the remote's default branch
@@ -148,6 +149,7 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions & { git?: Git
     ...(permissionTimeoutMs === undefined ? {} : { permissionTimeoutMs }),
     ...(env['SPAWNGATE_EGRESS_PROXY_SOCKET'] ? { egressProxySocket: env['SPAWNGATE_EGRESS_PROXY_SOCKET'] } : {}),
     ...(deadlineAt ? { deadlineAt } : {}),
+    ...(env['SPAWNGATE_CLAIMABLE'] === '1' ? { claimable: true } : {}),
     ...(git ? { git } : {}),
     ...(mcpServers ? { mcpServers } : {}),
   };

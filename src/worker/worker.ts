@@ -105,6 +105,11 @@ export interface StartWorkerOptions {
    * restarted and lost its timers, cannot leave it running past this.
    */
   deadlineAt?: Date;
+  /**
+   * A warm worker, started ahead by a pool before anyone asked for it: it accepts one POST /claim,
+   * by which the spawn that takes it swaps in its own token and, optionally, an earlier deadline.
+   */
+  claimable?: boolean;
   /** W3C traceparent of the gateway span that created this worker: the parent of its start-up span. */
   traceparent?: string;
   /** Awaited at the end of close(), before the process may exit (the CLI flushes its trace export here). */
@@ -320,7 +325,11 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   let permissionSeq = 0;
   let forwarder: EgressForwarder | null = null;
   const logs = new LogBuffer(opts.logLimit ?? MAX_LOG_TAIL);
-  const isAuthorized = tokenVerifier(opts.token);
+  // A claim (POST /claim) swaps the token: from then on the pool's token opens nothing.
+  let isAuthorized = tokenVerifier(opts.token);
+  let deadlineAt = opts.deadlineAt ?? null;
+  let deadlineTimer: NodeJS.Timeout | null = null;
+  let claimed = false;
   const limits: HttpLimits = { ...DEFAULT_HTTP_LIMITS, ...opts.http };
   const startedAt = new Date().toISOString();
 
@@ -580,6 +589,31 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     sendJson(res, 200, answered);
   };
 
+  /**
+   * POST /claim {token, deadline?}: the spawn that takes this warm worker makes it its own. Once,
+   * only while idle (ready, no turn ever run), and a deadline (Unix seconds) may only come earlier.
+   */
+  const handleClaim = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const fields = await readJsonObject(req, res, MAX_SMALL_BODY_BYTES, limits, '{"token": string, "deadline"?: number}');
+    if (fields === undefined) return;
+    const { token, deadline } = fields;
+    const unknown = Object.keys(fields).filter((k) => k !== 'token' && k !== 'deadline');
+    if (unknown.length) return sendError(res, 400, 'invalid_request', `unknown field ${unknown.join(', ')}`);
+    if (typeof token !== 'string' || !/^\S{32,512}$/.test(token)) return sendError(res, 400, 'invalid_request', 'token must be 32 to 512 characters without whitespace');
+    if (deadline !== undefined && (typeof deadline !== 'number' || !Number.isInteger(deadline) || deadline <= 0)) return sendError(res, 400, 'invalid_request', 'deadline must be a Unix time in whole seconds');
+    const at = deadline === undefined ? null : new Date(deadline * 1000);
+    if (at && deadlineAt && at.getTime() > deadlineAt.getTime()) {
+      return sendError(res, 400, 'invalid_request', `deadline ${at.toISOString()} is later than this worker's own ${deadlineAt.toISOString()}: a claim may only shorten a worker's life`);
+    }
+    if (claimed) return sendError(res, 409, 'already_claimed', 'this worker was already claimed');
+    if (state !== 'idle' || stats.turns > 0) return sendError(res, 409, 'not_claimable', `only a ready worker that never ran a turn can be claimed (state ${state})`);
+    claimed = true;
+    isAuthorized = tokenVerifier(token);
+    if (at) armDeadline(at);
+    log('info', 'claimed', at ? { deadlineAt: at.toISOString() } : undefined);
+    sendJson(res, 200, { claimed: true, deadlineAt: deadlineAt?.toISOString() ?? null });
+  };
+
   const startTurn = (res: ServerResponse, req: IncomingMessage, message: string, turnId: string, s: AcpSession): void => {
     let resolveDone!: () => void;
     const done = new Promise<void>((resolve) => {
@@ -742,7 +776,17 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       return;
     }
     const url = new URL(req.url ?? '/', 'http://worker');
-    const allowed: Record<string, string> = { '/healthz': 'GET', '/turn': 'POST', '/cancel': 'POST', '/permission': 'POST', '/status': 'GET', '/logs': 'GET', '/workspace/diff': 'GET', '/workspace/archive': 'GET' };
+    const allowed: Record<string, string> = {
+      '/healthz': 'GET',
+      '/turn': 'POST',
+      '/cancel': 'POST',
+      '/permission': 'POST',
+      '/status': 'GET',
+      '/logs': 'GET',
+      '/workspace/diff': 'GET',
+      '/workspace/archive': 'GET',
+      ...(opts.claimable ? { '/claim': 'POST' } : {}),
+    };
     const allow = allowed[url.pathname];
     if (!allow) {
       refuse(req, res, limits, () => sendError(res, 404, 'not_found', `no route ${url.pathname}`));
@@ -760,6 +804,10 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     }
     if (url.pathname === '/permission') {
       await handlePermission(req, res);
+      return;
+    }
+    if (url.pathname === '/claim') {
+      await handleClaim(req, res);
       return;
     }
     // The other routes take no body; one that comes anyway is held to the same rules, then ignored.
@@ -1028,23 +1076,26 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       clearTimeout(initTimer);
     }
   })();
-  if (opts.deadlineAt) {
+  function onDeadline(): void {
+    if (closing) return;
+    log('warn', 'deadline reached; the worker stops', { deadlineAt: deadlineAt?.toISOString() });
+    unavailableReason = 'the worker reached its deadline';
+    void close().finally(() => {
+      if (exitOnAgentExit) process.exit(WORKER_EXIT_DEADLINE);
+    });
+  }
+  function armDeadline(at: Date): void {
+    deadlineAt = at;
+    if (deadlineTimer) clearTimeout(deadlineTimer);
     // setTimeout caps at 2^31-1 ms; a longer life is re-armed when that much has passed.
     const arm = (): void => {
-      const left = (opts.deadlineAt?.getTime() ?? 0) - Date.now();
-      const timer = setTimeout(left > 2 ** 31 - 1 ? arm : onDeadline, Math.max(0, Math.min(left, 2 ** 31 - 1)));
-      timer.unref();
-    };
-    const onDeadline = (): void => {
-      if (closing) return;
-      log('warn', 'deadline reached; the worker stops', { deadlineAt: opts.deadlineAt?.toISOString() });
-      unavailableReason = 'the worker reached its deadline';
-      void close().finally(() => {
-        if (exitOnAgentExit) process.exit(WORKER_EXIT_DEADLINE);
-      });
+      const left = at.getTime() - Date.now();
+      deadlineTimer = setTimeout(left > 2 ** 31 - 1 ? arm : onDeadline, Math.max(0, Math.min(left, 2 ** 31 - 1)));
+      deadlineTimer.unref();
     };
     arm();
   }
+  if (deadlineAt) armDeadline(deadlineAt);
 
   ready.catch((err: unknown) => {
     if (closing) return;

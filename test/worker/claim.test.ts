@@ -1,0 +1,68 @@
+/**
+ * POST /claim on a warm worker: the spawn that takes it swaps in its own token (the pool's opens
+ * nothing afterwards) and may bring its deadline forward, never back; once only, only a worker
+ * that is ready and never ran a turn, and only a worker started claimable.
+ */
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import type { WorkerLogLine } from '../../src/protocol/events.js';
+import { collect, messageText, newToken, startTestWorker } from './helpers.js';
+import type { TestWorker } from './helpers.js';
+
+const workers: TestWorker[] = [];
+afterEach(async () => {
+  vi.useRealTimers();
+  for (const w of workers.splice(0)) await w.close();
+});
+
+async function warm(overrides: Parameters<typeof startTestWorker>[1] = {}): Promise<TestWorker> {
+  const w = await startTestWorker('unix', { claimable: true, ...overrides });
+  workers.push(w);
+  await w.worker.ready;
+  return w;
+}
+
+const token32 = (): string => `${newToken()}${newToken()}`.slice(0, 40);
+
+describe('worker POST /claim', () => {
+  it('swaps the token once: the pool token is refused from then on, the new one serves turns', async () => {
+    const w = await warm();
+    const mine = token32();
+    await expect(w.client.claim({ token: mine })).resolves.toEqual({ claimed: true, deadlineAt: null });
+    await expect(w.client.status()).rejects.toMatchObject({ code: 'WORKER_UNAUTHORIZED' });
+    const claimed = w.clientWith(mine);
+    expect(messageText(await collect(claimed.turn('hello')))).toContain('hello');
+    // A second claim, even with the right token, is refused and changes nothing.
+    await expect(claimed.claim({ token: token32() })).rejects.toMatchObject({ code: 'WORKER_PROTOCOL', details: { httpStatus: 409, workerError: 'already_claimed' } });
+    await expect(claimed.status()).resolves.toMatchObject({ state: 'idle' });
+  });
+
+  it('refuses a worker that already ran a turn, a bad token, unknown fields and a later deadline', async () => {
+    const w = await warm({ deadlineAt: new Date(Date.now() + 3_600_000) });
+    await expect(w.client.claim({ token: 'short' })).rejects.toMatchObject({ details: { httpStatus: 400, reason: expect.stringContaining('32 to 512 characters') as unknown } });
+    await expect(w.client.claim({ token: token32(), deadline: Math.floor(Date.now() / 1000) + 7200 })).rejects.toMatchObject({
+      details: { httpStatus: 400, reason: expect.stringContaining('may only shorten') as unknown },
+    });
+    await expect(w.client.claim({ token: token32(), extra: 1 } as unknown as { token: string })).rejects.toMatchObject({ details: { httpStatus: 400, reason: 'unknown field extra' } });
+    // Nothing above took effect: the pool's token still works.
+    await collect(w.client.turn('first'));
+    await expect(w.client.claim({ token: token32() })).rejects.toMatchObject({ details: { httpStatus: 409, workerError: 'not_claimable' } });
+  });
+
+  it('is not a route of a worker started without claimable', async () => {
+    const w = await startTestWorker('unix');
+    workers.push(w);
+    await w.worker.ready;
+    await expect(w.client.claim({ token: token32() })).rejects.toMatchObject({ details: { httpStatus: 404 } });
+  });
+
+  it('an earlier deadline replaces the warm one: the worker stops then', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'], shouldAdvanceTime: true });
+    const lines: WorkerLogLine[] = [];
+    const w = await warm({ deadlineAt: new Date(Date.now() + 10 * 3_600_000), onLog: (l) => lines.push(l) });
+    const deadline = Math.floor(Date.now() / 1000) + 3600;
+    const answer = await w.client.claim({ token: token32(), deadline });
+    expect(answer.deadlineAt).toBe(new Date(deadline * 1000).toISOString());
+    await vi.advanceTimersByTimeAsync(3600 * 1000 + 1000);
+    await vi.waitFor(() => expect(lines.some((l) => l.message.startsWith('deadline reached'))).toBe(true));
+  });
+});
