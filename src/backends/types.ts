@@ -141,6 +141,15 @@ export interface RunningOptions {
   signal?: AbortSignal;
 }
 
+export interface ClaimChange {
+  /** Labels to set on the worker (never spawn-id, owner, backend, profile or agent: those were the pool's and the spawn's alike). */
+  labels: Readonly<Record<string, string>>;
+  /** The claiming spawn's hard end, before the warm worker's own. */
+  deadline: Date;
+  /** The worker's token from now on. */
+  token: string;
+}
+
 export interface LogsOptions {
   tail?: number;
 }
@@ -171,6 +180,14 @@ export interface Backend {
   delete(ref: WorkerRef): Promise<void>;
   /** Every worker whose labels include all of `selector`. */
   list(selector: Readonly<Record<string, string>>): Promise<ListedWorker[]>;
+  /**
+   * Optional: a warm worker (started with SPAWNGATE_CLAIMABLE) was claimed by a spawn, which gave it
+   * its own token and an earlier deadline. The backend records what it keeps of these: the spawn's
+   * labels (decision id, expiry) where labels can change, its own run limit, the token it probes
+   * /healthz with. A backend without it (Docker: labels are fixed at create) keeps the pool's
+   * labels, whose expiry is later than the spawn's, and the worker enforces the deadline itself.
+   */
+  claimed?(ref: WorkerRef, change: ClaimChange): Promise<void>;
   /** Releases clients/watches; does not delete workers. */
   close?(): Promise<void>;
 }

@@ -428,7 +428,10 @@ export function createDockerBackend(options: DockerBackendOptions): Backend {
         // The token is in the container's own environment, so readiness survives a gateway restart.
         const endpoint = endpointOf(info);
         const token = envOf(info, 'SPAWNGATE_WORKER_TOKEN');
-        if (endpoint && token) ready = await probe(endpoint, token).then(() => true, () => false);
+        // A claimed warm worker answers its spawn's token only, which the engine never held: its
+        // refusal of the pool's token is an answer of a running worker all the same.
+        const claimable = envOf(info, 'SPAWNGATE_CLAIMABLE') === '1';
+        if (endpoint && token) ready = await probe(endpoint, token).then(() => true, (err: unknown) => claimable && (err as { code?: unknown }).code === 'WORKER_UNAUTHORIZED');
       }
       const status: WorkerStatus = {
         nativeId: info.Id,

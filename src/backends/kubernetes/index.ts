@@ -524,6 +524,20 @@ export function createKubernetesBackend(options: KubernetesBackendOptions): Back
       await removeWorker(c, ns, podName, ref.spawnId);
     },
 
+    async claimed(ref, change) {
+      const c = await clients();
+      const { namespace: ns, pod: podName } = podOf(ref);
+      const pod = await apiCall(act('get', 'pods', podName), () => c.core.readNamespacedPod({ name: podName, namespace: ns }));
+      // activeDeadlineSeconds counts from the pod's start, and the API lets it only come down.
+      const startedAt = pod.status?.startTime ? new Date(pod.status.startTime).getTime() : Date.now();
+      const seconds = Math.max(1, Math.ceil((change.deadline.getTime() - startedAt) / 1000));
+      const current = pod.spec?.activeDeadlineSeconds;
+      const body = { metadata: { labels: change.labels }, ...(current === undefined || seconds < current ? { spec: { activeDeadlineSeconds: seconds } } : {}) };
+      await apiCall(act('patch', 'pods', podName), () =>
+        c.core.patchNamespacedPod({ name: podName, namespace: ns, body }, c.k8s.setHeaderOptions('Content-Type', c.k8s.PatchStrategy.MergePatch)),
+      );
+    },
+
     async list(selector) {
       const c = await clients();
       const labelSelector = Object.entries({ ...selector, [LABELS.backend]: name })

@@ -18,6 +18,7 @@ export const KUBERNETES_PERMISSIONS: readonly KubernetesPermission[] = [
   { group: '', resource: 'pods', verb: 'list', why: 'list(selector): the sweeper finds expired and orphaned workers by label' },
   { group: '', resource: 'pods', verb: 'watch', why: 'running() follows the pod with a watch instead of polling' },
   { group: '', resource: 'pods', verb: 'delete', why: 'delete() and the sweeper remove workers' },
+  { group: '', resource: 'pods', verb: 'patch', why: 'claimed(): a warm worker of a pool takes the labels and the shorter activeDeadlineSeconds of the spawn that claims it' },
   { group: '', resource: 'pods', subresource: 'log', verb: 'get', why: 'logs() reads the worker container log' },
   { group: '', resource: 'secrets', verb: 'create', why: 'the per-worker bearer token Secret, made with the pod' },
   { group: '', resource: 'secrets', verb: 'get', why: 'validate() checks that Secrets referenced by a profile exist and hold the key' },

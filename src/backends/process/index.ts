@@ -213,6 +213,8 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
   const killGraceMs = options.killGraceMs ?? 3000;
   // Deadline timers live only as long as this backend object; after a restart the sweeper takes over.
   const deadlines = new Map<string, NodeJS.Timeout>();
+  /** Whom each deadline kills: a claimed warm worker's deadline is armed again, earlier. */
+  const deadlineTargets = new Map<string, { worker: ProcessIdentity; cgroup: CgroupPlan | null }>();
   const timedOut = new Set<string>();
   /** Workers stopped because their workspace outgrew its sizeLimit, and the timers that measure the others. */
   const oversized = new Set<string>();
@@ -383,8 +385,11 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
   }
 
   function armDeadline(spawnId: string, worker: ProcessIdentity, ms: number, cgroup: CgroupPlan | null): void {
+    clearTimeout(deadlines.get(spawnId));
+    deadlineTargets.set(spawnId, { worker, cgroup });
     const timer = setTimeout(() => {
       deadlines.delete(spawnId);
+      deadlineTargets.delete(spawnId);
       timedOut.add(spawnId);
       void terminate(worker, cgroup);
     }, ms);
@@ -809,6 +814,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
             const timer = deadlines.get(spec.spawnId);
             if (timer) clearTimeout(timer);
             deadlines.delete(spec.spawnId);
+            deadlineTargets.delete(spec.spawnId);
             clearInterval(sizeWatches.get(spec.spawnId));
             sizeWatches.delete(spec.spawnId);
             const wasTimedOut = timedOut.delete(spec.spawnId);
@@ -917,6 +923,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       const timer = deadlines.get(ref.spawnId);
       if (timer) clearTimeout(timer);
       deadlines.delete(ref.spawnId);
+      deadlineTargets.delete(ref.spawnId);
       clearInterval(sizeWatches.get(ref.spawnId));
       sizeWatches.delete(ref.spawnId);
       deleting.add(ref.spawnId);
@@ -949,6 +956,13 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       } finally {
         deleting.delete(ref.spawnId);
       }
+    },
+
+    async claimed(ref, change) {
+      const state = await requireState(ref);
+      await writeState({ ...state, labels: { ...state.labels, ...change.labels }, token: change.token, deadlineAt: change.deadline.toISOString() });
+      const target = deadlineTargets.get(ref.spawnId);
+      if (target && deadlines.has(ref.spawnId)) armDeadline(ref.spawnId, target.worker, Math.max(0, change.deadline.getTime() - Date.now()), target.cgroup);
     },
 
     async list(selector) {
@@ -984,6 +998,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     close() {
       for (const timer of deadlines.values()) clearTimeout(timer);
       deadlines.clear();
+      deadlineTargets.clear();
       return Promise.resolve();
     },
   };
