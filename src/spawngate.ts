@@ -27,6 +27,8 @@ export interface SpawngateOptions extends AdmissionOptions {
    * predecessor's orphans are gone (no over-admission window). Default: on when the sweeper is.
    */
   reconcileOnStart?: boolean;
+  /** Keep the profiles' warm pools filled (LifecycleOptions.warmPools); a long-lived gateway turns it on. Default false. */
+  warmPools?: boolean;
   /** The gateway's environment, read for its OTEL_* trace export settings that workers continue; default process.env. */
   gatewayEnv?: Readonly<Record<string, string | undefined>>;
 }
@@ -82,6 +84,7 @@ export async function createSpawngate(options: SpawngateOptions = {}): Promise<S
     agent: (agentId, backend, profile) => agentFor(config, agentId, backend, profile),
     gatewayEnv: options.gatewayEnv ?? process.env,
     sweepIntervalMs,
+    ...(options.warmPools ? { warmPools: true } : {}),
     ...(options.clock ? { clock: options.clock } : {}),
   });
   if (options.reconcileOnStart ?? sweepIntervalMs > 0) {
@@ -97,6 +100,7 @@ export async function createSpawngate(options: SpawngateOptions = {}): Promise<S
       throw err;
     }
   }
+  lifecycle.startWarmPools();
   // Both are plain factory objects of closures (no `this`), so their methods can be spread.
   // eslint-disable-next-line @typescript-eslint/unbound-method
   const { shutdown: _shutdown, ...sessions } = lifecycle;

@@ -70,6 +70,11 @@ export interface AdmitCallOptions {
   /** Parent span context; default: the request's traceparent, else the active context. */
   parent?: Context;
   spawnId?: string;
+  /**
+   * The spawn id to reserve under, chosen once the decision is known (a warm worker of the decided
+   * profile comes with its own id); asked again at each try of a wait. Default `spawnId`.
+   */
+  spawnIdFor?: (decision: AllowDecision) => string;
   /** Ends a wait for a slot (reserve with request.waitSeconds): the ticket leaves the queue and reserve rejects with the signal's reason. */
   signal?: AbortSignal;
   /** While the spawn waits for a slot: its place in the queue (1 = next), each time it changes. */
@@ -475,7 +480,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     const parent = call.parent ?? parentContext(result.request.traceparent);
     return inSpan(SPAN.reservation, parent, { 'spawngate.store': store.kind }, async (span): Promise<Attempt> => {
       const outcome = await store.reserve({
-        spawnId: call.spawnId ?? randomUUID(),
+        spawnId: call.spawnIdFor?.(decision) ?? call.spawnId ?? randomUUID(),
         holder: leases.holder,
         leaseMs: leases.leaseMs,
         ...(ticket === undefined ? {} : { ticket }),

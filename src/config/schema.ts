@@ -324,6 +324,29 @@ const workspaceSchema = z.discriminatedUnion('strategy', [
 
 const concurrencyCap = z.int().min(1).max(1_000_000);
 
+/** The most warm workers one pool may keep: each is a running worker that nobody uses yet. */
+export const MAX_WARM_POOL = 256;
+
+export const warmPoolSchema = z
+  .strictObject({
+    agents: z.array(agentIdSchema).min(1).max(16).register(configMetadata, { description: 'the agents kept warm on this profile, each in a pool of its own; a spawn of another agent starts cold' }),
+    min: z.int().min(0).max(MAX_WARM_POOL).register(configMetadata, { description: 'ready workers kept waiting per agent; refilled in the background after each claim' }),
+    max: z.int().min(1).max(MAX_WARM_POOL).optional().register(configMetadata, { description: 'the most a pool grows to when spawns find it empty; default min' }),
+    maxIdleSeconds: z.int().min(10).max(86_400).optional().register(configMetadata, { description: 'a warm worker unclaimed this long is closed (and replaced while the pool is below min); default 600' }),
+  })
+  .superRefine((pool, ctx) => {
+    if (pool.max !== undefined && pool.max < pool.min) ctx.addIssue({ code: 'custom', path: ['max'], message: `must be at least min (${pool.min})` });
+    const seen = new Set<string>();
+    pool.agents.forEach((agent, i) => {
+      if (seen.has(agent)) ctx.addIssue({ code: 'custom', path: ['agents', i], message: `${agent} is listed twice` });
+      seen.add(agent);
+    });
+  })
+  .register(configMetadata, {
+    id: 'WarmPool',
+    description: 'workers started ahead, admitted by the policy as the pool\'s own spawns (channel kind "pool"), and handed to a spawn of the same profile and agent with its own token and deadline',
+  });
+
 export const profileSchema = z
   .strictObject({
     class: z.enum(['standard', 'build']).optional().register(configMetadata, { description: '"build" marks the larger profile build/test tasks are moved to; default "standard"' }),
@@ -357,6 +380,7 @@ export const profileSchema = z
       })
       .optional(),
     pidsLimit: z.int().min(1).max(4_194_304).optional(),
+    warmPool: warmPoolSchema.optional(),
     mcpServers: z
       .array(mcpServerSchema)
       .max(32)
@@ -396,6 +420,12 @@ export const profileSchema = z
       })
       .optional()
       .register(configMetadata, { description: 'where the worker sends its OpenTelemetry spans; OTLP headers (credentials) are never passed to workers' }),
+  })
+  .superRefine((profile, ctx) => {
+    const allowed = profile.allowedAgents;
+    profile.warmPool?.agents.forEach((agent, i) => {
+      if (allowed && !allowed.includes(agent)) ctx.addIssue({ code: 'custom', path: ['warmPool', 'agents', i], message: `${agent} is not in this profile's allowedAgents (${allowed.join(', ')})` });
+    });
   })
   .register(configMetadata, { id: 'Profile', description: 'A resource profile; every field is optional' });
 

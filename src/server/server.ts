@@ -65,7 +65,8 @@ function preinitRequestMetrics(metrics: Metrics, routes: readonly Route[]): void
 export type ServedGate = Pick<
   Spawngate,
   'admit' | 'spawn' | 'get' | 'turn' | 'cancel' | 'status' | 'logs' | 'collect' | 'close' | 'list' | 'sweep' | 'metrics' | 'policy' | 'logger' | 'store'
->;
+> &
+  Partial<Pick<Spawngate, 'warmPools'>>;
 
 export interface ServerOptions {
   gate: ServedGate;
@@ -425,9 +426,12 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
         expiresAt: handle.expiresAt.toISOString(),
         decision: handle.decision,
         ...(handle.tree ? { tree: handle.tree } : {}),
+        ...(handle.warm ? { warm: true } : {}),
       },
     };
   };
+
+  const warmPools: Handler = () => Promise.resolve({ status: 200, body: { pools: gate.warmPools?.() ?? [] } });
 
   const queue: Handler = async () => {
     const waiting = (await gate.store.queue?.list()) ?? [];
@@ -551,6 +555,7 @@ export async function createServer(options: ServerOptions): Promise<RunningServe
     { pattern: /^\/v1\/sweep$/, template: '/v1/sweep', methods: { POST: sweep } },
     { pattern: /^\/v1\/spawns$/, template: '/v1/spawns', methods: { GET: list, POST: spawn } },
     { pattern: /^\/v1\/queue$/, template: '/v1/queue', methods: { GET: queue } },
+    { pattern: /^\/v1\/warm-pools$/, template: '/v1/warm-pools', methods: { GET: warmPools } },
     { pattern: /^\/v1\/spawns\/([^/]+)$/, template: '/v1/spawns/{id}', methods: { GET: status, DELETE: close } },
     { pattern: /^\/v1\/spawns\/([^/]+)\/turns$/, template: '/v1/spawns/{id}/turns', methods: { POST: turn } },
     { pattern: /^\/v1\/spawns\/([^/]+)\/cancel$/, template: '/v1/spawns/{id}/cancel', methods: { POST: cancel } },

@@ -9,8 +9,9 @@ import type { Context } from '@opentelemetry/api';
 import type { Reservation } from '../admission/gate.js';
 import type { SpawnRequestInput } from '../admission/request.js';
 import { parseSpawnRequest } from '../admission/request.js';
+import type { SpawnRequest } from '../admission/request.js';
 import type { AllowDecision } from '../admission/types.js';
-import type { Backend, WorkerEndpoint, WorkerRef, WorkerStatus } from '../backends/types.js';
+import type { Backend, WorkerEndpoint, WorkerRef, WorkerSpec, WorkerStatus } from '../backends/types.js';
 import { LABELS } from '../backends/types.js';
 import { createWorkerClient } from '../protocol/client.js';
 import { findBackend, findProfile } from '../config/index.js';
@@ -22,7 +23,10 @@ import { createLiveSet, KEPT_LOG_LINES, nativeAttributes } from './live-set.js';
 import { DEFAULT_IDEMPOTENCY_WAIT_MS, DEFAULT_IDEMPOTENCY_WINDOW_MS, idempotentSpawn } from './idempotency.js';
 import type { SpawnRecord } from './idempotency.js';
 import { waitForWorker } from './readiness.js';
-import { acceptSession, buildWorkerSpec, labelValue } from './spec.js';
+import { acceptSession, buildWorkerSpec, DECISION_ID_LABEL, labelValue } from './spec.js';
+import type { AcceptedSession } from './spec.js';
+import { createWarmPools, hasWarmPools } from './warm-pool.js';
+import type { WarmPools, WarmWorker } from './warm-pool.js';
 import { createSweeper } from './sweeper.js';
 import { createTurns } from './turns.js';
 import type { AllowedReservation, CloseReason, CollectedArchive, CollectedDiff, Lifecycle, LifecycleOptions, ListedSpawn, SpawnOptions, SpawnProgress, SpawnStatus, WorkerHandle } from './types.js';
@@ -36,6 +40,10 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
   const owner = labelValue(options.owner);
   const liveSet: LiveSet = createLiveSet((spawnId, reason, knownStatus) => closeSpawn(spawnId, reason, knownStatus));
   const { live, closed, inflight, remember, keepLogs, keptLogs } = liveSet;
+  const pools: WarmPools | null =
+    options.warmPools && hasWarmPools(config)
+      ? createWarmPools({ admission, config, backendFor: (name) => backendFor(name), agent: options.agent, owner, instanceId: options.instanceId, gatewayEnv: options.gatewayEnv ?? process.env, inflight, clock })
+      : null;
 
   function backendFor(name: string): Promise<Backend> {
     const cfg = findBackend(config, name);
@@ -71,23 +79,72 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     });
   }
 
+  /**
+   * Whether a warm worker can be this spawn's: the spawn's own wishes would have changed how the
+   * worker started (env, cwd, model, MCP servers), its egress must be the one the worker runs
+   * under, and its whole run must end before the worker's own deadline.
+   */
+  function fitsWarm(worker: WarmWorker, decision: AllowDecision, accepted: AcceptedSession, runSeconds: number): boolean {
+    if (Object.keys(accepted.env).length > 0 || accepted.mcpServers.length > 0) return false;
+    if (worker.egress !== decision.egress) return false;
+    const allow = decision.egress === 'proxy' ? (decision.egressAllow ?? findProfile(config, decision.backend, decision.profile)?.egressAllow ?? []) : [];
+    if (allow.length !== worker.egressAllow.length || allow.some((h, i) => h !== worker.egressAllow[i])) return false;
+    return clock().getTime() + runSeconds * 1000 <= worker.lifeEndsAt.getTime();
+  }
+
   async function spawnOnce(request: SpawnRequestInput, spawnOptions: SpawnOptions, newId: string): Promise<WorkerHandle> {
     const progress = (p: SpawnProgress) => safely(() => spawnOptions.onProgress?.(p));
     const started = performance.now();
     const handed = spawnOptions.reserved;
-    const spawnId = handed ? handed.reservation.spawnId : newId;
+    let spawnId = handed ? handed.reservation.spawnId : newId;
+    // A warm worker taken for this spawn once its decision was known (its id becomes the spawn's).
+    let warm: WarmWorker | null = null;
+    let parsedRequest: SpawnRequest | null = null;
+    const spawnIdFor = pools
+      ? (decision: AllowDecision): string => {
+          const pool = pools;
+          parsedRequest ??= parseSpawnRequest(request);
+          const { agentId, session } = parsedRequest;
+          const profileConfig = findProfile(config, decision.backend, decision.profile);
+          const fits = (w: WarmWorker): boolean =>
+            profileConfig !== undefined && fitsWarm(w, decision, acceptSession(profileConfig.accept, session), profileConfig.timeoutSeconds ?? decision.ttlSeconds);
+          // A wait asks again at each try: the worker taken at an earlier one is kept while it fits.
+          if (warm && warm.backendName === decision.backend && warm.profile === decision.profile && fits(warm)) return warm.spawnId;
+          if (warm) pool.putBack(warm);
+          warm = pool.has(decision.backend, decision.profile, agentId) ? pool.take(decision.backend, decision.profile, agentId, fits) : null;
+          return warm?.spawnId ?? newId;
+        }
+      : undefined;
+    const giveBack = (): void => {
+      if (warm) pools?.putBack(warm);
+      warm = null;
+    };
     const traceparent = (request as { traceparent?: unknown } | null)?.traceparent; // not yet validated
     const parent = spawnOptions.parent ?? parentContext(typeof traceparent === 'string' ? traceparent : handed ? handed.request.traceparent : null);
     return inSpan(SPAN.spawn, parent, { 'spawngate.spawn_id': spawnId }, async (span, ctx) => {
       progress({ stage: 'admission' });
-      const admitted = handed
-        ? takeOver(handed, request)
-        : await admission.reserve(request, {
-            parent: ctx,
-            spawnId,
-            ...(spawnOptions.signal ? { signal: spawnOptions.signal } : {}),
-            onQueued: (position) => progress({ stage: 'queued', position }),
-          });
+      let admitted: AllowedReservation | Awaited<ReturnType<typeof admission.reserve>>;
+      try {
+        admitted = handed
+          ? takeOver(handed, request)
+          : await admission.reserve(request, {
+              parent: ctx,
+              spawnId,
+              ...(spawnIdFor ? { spawnIdFor } : {}),
+              ...(spawnOptions.signal ? { signal: spawnOptions.signal } : {}),
+              onQueued: (position) => progress({ stage: 'queued', position }),
+            });
+      } catch (err) {
+        giveBack();
+        throw err;
+      }
+      if (!admitted.allowed || admitted.reservation.spawnId !== warm?.spawnId) giveBack();
+      if (admitted.allowed && admitted.reservation.spawnId !== spawnId) {
+        spawnId = admitted.reservation.spawnId;
+        setAttributes(span, { 'spawngate.spawn_id': spawnId });
+      }
+      const claiming: WarmWorker | null = warm;
+      let claimTried = false;
       setAttributes(span, {
         'spawngate.agent_id': admitted.request.agentId,
         'spawngate.decision': admitted.allowed ? 'allow' : 'deny',
@@ -133,6 +190,25 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           now: clock(),
           traceparent: traceparentOf(span),
         });
+        if (claiming) {
+          claimTried = true;
+          const endpoint = await claimWarm(claiming, spec, ctx);
+          if (endpoint) {
+            const readyMs = performance.now() - started;
+            safely(() => {
+              metrics.spawnReadySeconds.observe(pair, readyMs / 1000);
+              metrics.spawns.inc({ ...pair, outcome: 'ready' });
+              metrics.activeWorkers.inc(pair);
+            });
+            setAttributes(span, { ...nativeAttributes(claiming.backend.kind, claiming.ref.nativeId), 'spawngate.warm': true });
+            progress({ stage: 'created', nativeId: claiming.ref.nativeId });
+            progress({ stage: 'ready', nativeId: claiming.ref.nativeId, readyMs, warm: true });
+            const entry = track({ spawnId, ref: claiming.ref, backend: claiming.backend, reservation, token, decision, decisionId: admitted.decisionId, endpoint, agentId: admitted.request.agentId, caller: admitted.input.caller, expiresAt: spec.expiresAt, spawnSpan: ctx, dropped: accepted.dropped, warm: true });
+            return entry.handle;
+          }
+          // The warm worker is gone (deleted by discard): this spawn starts its own, under the same id.
+          inflight.add(spawnId);
+        }
         progress({ stage: 'creating', backend: decision.backend, profile: decision.profile });
         const chosen = backend;
         ref = await inSpan(SPAN.backendCreate, ctx, { 'spawngate.backend': decision.backend, 'spawngate.backend_type': chosen.kind }, async (createSpan) => {
@@ -167,6 +243,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         return entry.handle;
       } catch (err) {
         // Whatever was created is removed and the slots go back, exactly once, before the error surfaces.
+        if (claiming && !claimTried) await pools?.discard(claiming);
         let reason = isSpawngateError(err) ? ((err.details.reason as string | undefined) ?? err.code) : 'Error';
         if (ref && backend) {
           const failedRef = ref;
@@ -189,6 +266,32 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
         safely(() => metrics.spawnsInFlight.dec(pair));
       }
     });
+  }
+
+  /**
+   * Makes a warm worker this spawn's: the spawn's token and deadline (POST /claim), then, without
+   * holding the spawn up, the spawn's labels on the backend and the pool's reservation released.
+   * Null when the worker refused or did not answer: it is deleted, and the spawn starts cold.
+   */
+  async function claimWarm(worker: WarmWorker, spec: WorkerSpec, ctx: Context): Promise<WorkerEndpoint | null> {
+    const pool = pools as WarmPools;
+    const deadline = new Date(Math.min(worker.lifeEndsAt.getTime(), Date.now() + spec.timeoutSeconds * 1000));
+    try {
+      await inSpan(SPAN.warmClaim, ctx, nativeAttributes(worker.backend.kind, worker.ref.nativeId), (span) => {
+        const traceparent = traceparentOf(span);
+        return createWorkerClient({ ...worker.endpoint, token: worker.token, ...(traceparent ? { traceparent } : {}) }).claim({ token: spec.token, deadline: Math.floor(deadline.getTime() / 1000) });
+      });
+    } catch (err) {
+      logger.warn('a warm worker refused its claim; the spawn starts its own worker', { spawnId: worker.spawnId, error: (err as Error).message });
+      await pool.discard(worker);
+      return null;
+    }
+    const labels = { [LABELS.expiresAt]: spec.labels[LABELS.expiresAt] ?? '', ...(spec.labels[DECISION_ID_LABEL] ? { [DECISION_ID_LABEL]: spec.labels[DECISION_ID_LABEL] } : {}) };
+    void worker.backend.claimed?.(worker.ref, { labels, deadline, token: spec.token }).catch((err: unknown) =>
+      logger.warn('the backend did not take a claimed warm worker\'s labels; its pool labels stay (a later expiry, which the worker\'s own deadline precedes)', { spawnId: worker.spawnId, error: (err as Error).message }),
+    );
+    void pool.claimed(worker);
+    return worker.endpoint;
   }
 
   function recordOf(handle: WorkerHandle): SpawnRecord {
@@ -291,6 +394,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     expiresAt: Date;
     spawnSpan: Context;
     dropped: string[];
+    warm?: boolean;
   }): Live {
     const { spawnId, ref, backend, decision, endpoint, token } = args;
     const client = (traceparent?: string | null) => createWorkerClient({ ...endpoint, token, ...(traceparent ? { traceparent } : {}) });
@@ -309,6 +413,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
       endpoint,
       expiresAt: args.expiresAt,
       dropped: args.dropped,
+      ...(args.warm ? { warm: true } : {}),
       ...(args.reservation.record.tree ? { tree: args.reservation.record.tree } : {}),
       turn: (message, turnOptions) => runTurn(spawnId, message, turnOptions),
       cancel: () => client().cancel().then(() => undefined),
@@ -472,8 +577,13 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     close: (spawnId) => closeSpawn(spawnId, 'closed'),
     list,
     sweep: sweeper.sweep,
+    startWarmPools: () => pools?.start(),
+    warmPools: () => pools?.status() ?? [],
+    warmPoolsSettled: (timeoutMs) => pools?.settled(timeoutMs) ?? Promise.resolve(true),
     async shutdown(shutdownOptions = {}) {
       sweeper.stop();
+      // Warm workers belong to nobody: they never outlive the gateway that keeps them.
+      await pools?.close();
       if (shutdownOptions.closeWorkers) await Promise.all([...live.keys()].map((id) => closeSpawn(id, 'shutdown')));
       // Kept workers outlive this object: their labels (expires-at) and the next sweeper bound them.
       for (const entry of live.values()) clearTimeout(entry.ttlTimer);

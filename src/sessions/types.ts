@@ -11,6 +11,7 @@ import type { BackendResolver } from '../backends/registry.js';
 import type { WorkerEndpoint, WorkerStatus } from '../backends/types.js';
 import type { WorkerEvent, WorkerStatusReport } from '../protocol/events.js';
 import type { ResolvedAgent } from '../config/index.js';
+import type { WarmPoolStatus } from './warm-pool.js';
 
 export type SpawnProgress =
   | { stage: 'admission' }
@@ -21,7 +22,8 @@ export type SpawnProgress =
   | { stage: 'created'; nativeId: string }
   /** The backend's own state while the worker starts, each time it changes (e.g. a Pod pending with reason Unschedulable). */
   | { stage: 'waiting'; nativeId: string; phase: WorkerStatus['phase']; reason: string | null; message: string | null }
-  | { stage: 'ready'; nativeId: string; readyMs: number };
+  /** `warm`: the spawn claimed a worker its profile's pool had started ahead. */
+  | { stage: 'ready'; nativeId: string; readyMs: number; warm?: boolean };
 
 /** An allowed result of `reserve()`: a decision with its slots already taken. */
 export type AllowedReservation = Extract<ReserveResult, { allowed: true }>;
@@ -86,6 +88,8 @@ export interface WorkerHandle {
   readonly expiresAt: Date;
   /** Session wishes of the request that the profile did not accept (e.g. "cwd", "env.FOO"). */
   readonly dropped: readonly string[];
+  /** true when this spawn claimed a warm worker of its profile's pool instead of starting one. */
+  readonly warm?: boolean;
   /** true when this spawn was made by an earlier request with the same idempotency key. */
   readonly replayed?: boolean;
   /** The spawn tree's counts just after this spawn took its share (decision.limits.tree); absent without one. */
@@ -148,6 +152,11 @@ export interface LifecycleOptions {
   agent: (agentId: string, backend: string, profile: string) => ResolvedAgent;
   /** The gateway's environment (its OTEL_* settings reach the workers); default process.env. */
   gatewayEnv?: Readonly<Record<string, string | undefined>>;
+  /**
+   * Keep the warm pools of the config's profiles (`warmPool`) filled, from startWarmPools() on. For a long-lived gateway
+   * (`spawngate serve`, the OpenClaw plugin); a one-shot CLI command leaves it off. Default false.
+   */
+  warmPools?: boolean;
   /** Periodic sweep; 0 or null disables it. */
   sweepIntervalMs?: number | null;
   clock?: () => Date;
@@ -182,6 +191,12 @@ export interface Lifecycle {
   close(spawnId: string): Promise<void>;
   list(options?: { allOwners?: boolean }): Promise<ListedSpawn[]>;
   sweep(options?: { dryRun?: boolean; orphans?: boolean }): Promise<SweepReport>;
-  /** Stops timers; with `closeWorkers`, closes every live worker first. */
+  /** Starts filling the warm pools (with `warmPools`; createSpawngate calls it after its start-up sweep). */
+  startWarmPools(): void;
+  /** Each warm pool's counts (none without `warmPools`). */
+  warmPools(): WarmPoolStatus[];
+  /** Resolves true once every warm pool is full or backing off after a failure; false when `timeoutMs` passed first. */
+  warmPoolsSettled(timeoutMs: number): Promise<boolean>;
+  /** Stops timers and deletes warm workers; with `closeWorkers`, closes every live worker first. */
   shutdown(options?: { closeWorkers?: boolean }): Promise<void>;
 }

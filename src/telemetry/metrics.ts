@@ -15,6 +15,8 @@ export interface Metrics {
   spawnsInFlight: Gauge<'backend' | 'profile'>;
   spawnsWaiting: Gauge<'backend' | 'profile'>;
   waitSeconds: Histogram<'backend' | 'profile' | 'outcome'>;
+  warmWorkers: Gauge<'backend' | 'profile' | 'state'>;
+  warmClaims: Counter<'backend' | 'profile' | 'outcome'>;
   spawnReadySeconds: Histogram<'backend' | 'profile'>;
   spawns: Counter<'backend' | 'profile' | 'outcome'>;
   reservationsRejected: Counter<'code' | 'backend' | 'profile'>;
@@ -87,6 +89,14 @@ export const STORE_DENY_CODES = [...CONCURRENCY_CODES, 'rate_limit_user', 'rate_
 
 /** How a wait for a concurrency slot ended: a slot, its time up, the caller gone, denied for another reason, or no room in the queue. */
 export const WAIT_OUTCOMES = ['granted', 'timed_out', 'cancelled', 'denied', 'queue_full'] as const;
+
+/** Warm workers of this process by state: ready and unclaimed, or on their way. */
+export const WARM_STATES = ['idle', 'starting'] as const;
+/**
+ * What a spawn of a pooled profile and agent found: a warm worker it claimed, an empty pool, only
+ * workers that did not fit it (its session wishes, egress or lifetime), or a claim the worker refused.
+ */
+export const WARM_CLAIM_OUTCOMES = ['claimed', 'empty', 'unfit', 'failed'] as const;
 
 export const PERMISSION_OUTCOMES = ['allow_once', 'allow_always', 'reject'] as const;
 /** Codes of the shipped permission rule and of the engine's fail-closed answers. */
@@ -170,6 +180,13 @@ export function createMetrics(registry: Registry = new Registry(), options: Metr
       help: 'Time spawns waited in the queue for a concurrency slot, by outcome (granted|timed_out|cancelled|denied|queue_full)',
       labelNames: ['backend', 'profile', 'outcome'],
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600],
+      registers: [registry],
+    }),
+    warmWorkers: new Gauge({ name: 'spawngate_warm_workers', help: 'Warm workers of this process\'s pools, by backend, profile and state (idle|starting)', labelNames: ['backend', 'profile', 'state'], registers: [registry] }),
+    warmClaims: new Counter({
+      name: 'spawngate_warm_claims_total',
+      help: 'Spawns of a pooled profile and agent, by what they found: claimed (a warm worker), empty, unfit (none fitted its wishes, egress or lifetime), failed (the worker refused the claim)',
+      labelNames: ['backend', 'profile', 'outcome'],
       registers: [registry],
     }),
     spawnReadySeconds: new Histogram({

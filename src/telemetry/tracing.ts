@@ -11,6 +11,10 @@ export const SPAN = {
   turn: 'spawngate.turn',
   close: 'spawngate.close',
   sweep: 'spawngate.sweep',
+  /** A warm pool starting a worker ahead: admission, create and readiness of the pool's own spawn. */
+  warmStart: 'spawngate.warm.start',
+  /** A spawn claiming a warm worker (under spawngate.spawn, in place of create and ready). */
+  warmClaim: 'spawngate.warm.claim',
   // In the worker, continuing the trace the gateway handed it (TRACEPARENT, the /turn header):
   workerStart: 'spawngate.worker.start',
   workerHandshake: 'spawngate.worker.acp.handshake',

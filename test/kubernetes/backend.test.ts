@@ -15,6 +15,7 @@ import { LABELS } from '../../src/backends/types.js';
 import { createWorkerClient } from '../../src/protocol/client.js';
 import { BackendError } from '../../src/errors.js';
 import { waitForWorker } from '../../src/sessions/readiness.js';
+import { DECISION_ID_LABEL } from '../../src/sessions/spec.js';
 import { createSpawngate } from '../../src/spawngate.js';
 import type { TestNode } from '../k8s-infra/global-setup.js';
 import {
@@ -343,4 +344,71 @@ describe('kubernetes backend: sweeping', () => {
       await second.shutdown();
     }
   }, 120_000);
+});
+
+describe('kubernetes backend: warm pool', () => {
+  it('a spawn claims a warm pod: the pod takes its labels and a shorter activeDeadlineSeconds, and the pool leaves nothing behind', async () => {
+    const owner = `warm-${Date.now().toString(36)}`;
+    const config = {
+      agents: {
+        executionBackends: {
+          cluster: {
+            type: 'kubernetes',
+            namespace,
+            kubeconfig: a.plane.adminKubeconfig,
+            profiles: {
+              warm: {
+                image: CONTRACT_IMAGE,
+                egress: 'none',
+                ttlSeconds: 600,
+                timeoutSeconds: 900,
+                resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
+                warmPool: { agents: ['fixture'], min: 1, maxIdleSeconds: 600 },
+              },
+            },
+          },
+        },
+        execution: { default: { backend: 'cluster', profile: 'warm' } },
+        acp: { fixture: { command: [...FIXTURE_COMMAND] } },
+      },
+    };
+    const gate = await createSpawngate({ config, owner, sweepIntervalMs: 0, decisionLog: false, warmPools: true });
+    let warmId: string | null = null;
+    try {
+      expect(await gate.warmPoolsSettled(90_000)).toBe(true);
+      expect(gate.warmPools()[0]).toMatchObject({ idle: 1, lastError: null });
+      const [warm] = await gate.list();
+      warmId = warm?.spawnId ?? null;
+      const podName = `spawngate-${warmId}`;
+      const before = await a.core.readNamespacedPod({ namespace, name: podName });
+      // The warm pod's own life: maxIdleSeconds plus the longest run of the profile.
+      expect(before.spec?.activeDeadlineSeconds).toBe(600 + 900);
+
+      const handle = await gate.spawn({ agentId: 'fixture', task: 'echo hi', caller: { sessionKey: 'agent:main:k8s-warm', depth: 0, channel: { id: 'c', kind: 'cli', interactive: true }, user: { id: 'u', roles: [] } } });
+      expect(handle.warm).toBe(true);
+      expect(handle.spawnId).toBe(warmId);
+      const events = [];
+      for await (const e of handle.turn('echo warm')) events.push(e);
+      expect(events.at(-1)).toMatchObject({ type: 'turn.completed' });
+
+      const after = await eventually('the claimed labels on the pod', async () => {
+        const pod = await a.core.readNamespacedPod({ namespace, name: podName });
+        return pod.metadata?.labels?.[DECISION_ID_LABEL] === handle.decisionId ? pod : undefined;
+      });
+      expect(after.metadata?.labels?.[LABELS.expiresAt]).toBe(String(Math.floor(handle.expiresAt.getTime() / 1000)));
+      expect(after.spec?.activeDeadlineSeconds).toBeLessThan(600 + 900);
+      expect(after.spec?.activeDeadlineSeconds).toBeGreaterThanOrEqual(900);
+
+      // A replacement comes up; closing and shutting down leave nothing of either.
+      expect(await gate.warmPoolsSettled(90_000)).toBe(true);
+      const replacement = (await gate.list()).find((w) => !w.tracked)?.spawnId;
+      expect(replacement).toBeDefined();
+      await handle.close();
+      expect(await leftovers(a, namespace, handle.spawnId)).toEqual([]);
+      await gate.shutdown();
+      expect(await leftovers(a, namespace, replacement ?? '')).toEqual([]);
+    } finally {
+      await gate.shutdown().catch(() => undefined);
+    }
+  }, 240_000);
 });

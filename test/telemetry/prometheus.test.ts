@@ -337,6 +337,8 @@ describe.skipIf(prometheusBin === null)('the Grafana dashboard on a real Prometh
       'Spawns in flight': { A: new Map() },
       // Nobody waits for a slot in this run: the gauges and the wait histogram are all zero.
       'Spawns waiting for a slot': { A: new Map(), B: new Map() },
+      // No profile of this run keeps a warm pool: no series at all.
+      'Warm pools': { A: new Map(), B: new Map() },
       'Decisions / s': { A: m([{}, rate(9)]) },
       'Deny ratio': { A: m([{}, 4 / 9]) },
       'Spawn-to-ready p95': { A: quantileOf(0.95, 'spawngate_spawn_ready_seconds', []) },

@@ -128,7 +128,7 @@ export const serveCommand: Command = {
     const telemetry = await startTelemetry({ service: 'spawngate', attributes: { 'spawngate.role': 'server' }, env: io.env });
     try {
       // A standalone server is the process: its process_*/nodejs_* series belong on its /metrics.
-      gate = await createSpawngate({ ...(config ? { config } : {}), ...(bundle ? { bundle } : {}), logger, metrics: createMetrics(undefined, { processMetrics: true }) });
+      gate = await createSpawngate({ ...(config ? { config } : {}), ...(bundle ? { bundle } : {}), logger, metrics: createMetrics(undefined, { processMetrics: true }), warmPools: true });
       let server;
       try {
         server = await createServer({ gate, listen, logger, ...(token === undefined ? {} : { token }) });

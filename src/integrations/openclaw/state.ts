@@ -106,6 +106,7 @@ export function gateOf(state: PluginState): Promise<Spawngate> {
           ...(cfg.config === undefined ? {} : { config: cfg.config }),
           ...(cfg.bundle ? { bundle: cfg.bundle } : {}),
           owner: cfg.owner ?? `openclaw-${hostname()}`,
+          warmPools: true,
         }),
       );
     state.gate.catch((err: unknown) => {
