@@ -73,7 +73,8 @@ export interface IdempotentSpawnOptions<T> {
 function parseRecord(text: string, spawnId: string): SpawnRecord {
   try {
     const record = JSON.parse(text) as SpawnRecord;
-    if (record.spawnId === spawnId) return record;
+    // A spawn that claimed a warm worker took that worker's id: the record names it, not the attempt's.
+    if (typeof record === 'object' && record !== null && typeof record.spawnId === 'string' && record.spawnId !== '') return record;
   } catch {
     // reported below
   }

@@ -167,6 +167,16 @@ describe('warm pools on the process backend', () => {
     expect(refused.g.warmPools()[0]?.lastError).toMatch(/the policy denied the pool's spawn \(agent_not_allowed\)/);
   });
 
+  it('a retry with the same idempotency key gets the warm spawn the first request claimed', async () => {
+    const { g } = await gateWith({ min: 1 });
+    expect(await g.warmPoolsSettled(60_000)).toBe(true);
+    const body = request({ idempotencyKey: 'warm-once' });
+    const first = await g.spawn(body);
+    expect(first.warm).toBe(true);
+    const retry = await g.spawn(body);
+    expect(retry).toMatchObject({ spawnId: first.spawnId, decisionId: first.decisionId, replayed: true });
+  });
+
   it('the HTTP API says which spawn was warm, and lists the pools', async () => {
     const { g } = await gateWith({ min: 1 });
     const token = 'warm-api-token-0123456789abcdef';
