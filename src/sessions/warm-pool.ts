@@ -37,6 +37,11 @@ export const POOL_USER = 'spawngate-pool';
 /** Pauses after a warm worker could not be admitted or started: doubled per failure in a row, bounded. */
 const FIRST_BACKOFF_MS = 1000;
 const MAX_BACKOFF_MS = 60_000;
+/**
+ * A replacement starts this long after a claim: starting a worker (a fork, an engine or API call)
+ * costs the gateway's event loop milliseconds that the claiming spawn's first turn is waiting on.
+ */
+export const REFILL_DELAY_MS = 100;
 
 export interface WarmWorker {
   readonly spawnId: string;
@@ -116,6 +121,7 @@ interface Pool {
   starting: number;
   failures: number;
   retryTimer: NodeJS.Timeout | null;
+  refillTimer: NodeJS.Timeout | null;
   lastError: string | null;
 }
 
@@ -151,6 +157,7 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
           starting: 0,
           failures: 0,
           retryTimer: null,
+          refillTimer: null,
           lastError: null,
         });
         safely(() => {
@@ -173,7 +180,7 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
   }
 
   function isSettled(): boolean {
-    return [...pools.values()].every((p) => p.starting === 0 && (p.idle.length >= p.target || p.retryTimer !== null));
+    return [...pools.values()].every((p) => p.starting === 0 && p.refillTimer === null && (p.idle.length >= p.target || p.retryTimer !== null));
   }
 
   function wakeSettled(): void {
@@ -191,6 +198,15 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
       void started.finally(() => startingNow.delete(started));
     }
     wakeSettled();
+  }
+
+  function fillSoon(pool: Pool): void {
+    if (pool.refillTimer !== null || closed) return;
+    pool.refillTimer = setTimeout(() => {
+      pool.refillTimer = null;
+      fill(pool);
+    }, REFILL_DELAY_MS);
+    pool.refillTimer.unref();
   }
 
   function backOff(pool: Pool, why: string): void {
@@ -354,7 +370,7 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
         safely(() => metrics.warmClaims.inc({ backend, profile, outcome: pool.idle.length ? 'unfit' : 'empty' }));
         // Demand met an empty pool: keep one more ready from now on, up to max.
         if (!pool.idle.length && pool.target < pool.max) pool.target++;
-        fill(pool);
+        fillSoon(pool);
         return null;
       }
       clearTimeout(entry.timer);
@@ -379,7 +395,7 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
       safely(() => metrics.warmClaims.inc({ backend: worker.backendName, profile: worker.profile, outcome: 'claimed' }));
       // The spawn's own reservation counts this worker now; the pool's goes.
       await worker.reservation.release().catch((err: unknown) => logger.warn('releasing a claimed warm worker\'s pool reservation failed; its lease lapses', { spawnId: worker.spawnId, error: (err as Error).message }));
-      if (pool) fill(pool);
+      if (pool) fillSoon(pool);
     },
 
     async discard(worker) {
@@ -421,6 +437,8 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
       for (const pool of pools.values()) {
         if (pool.retryTimer) clearTimeout(pool.retryTimer);
         pool.retryTimer = null;
+        if (pool.refillTimer) clearTimeout(pool.refillTimer);
+        pool.refillTimer = null;
         for (const entry of pool.idle.splice(0)) {
           clearTimeout(entry.timer);
           gone.push(remove(entry.worker));
