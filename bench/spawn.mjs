@@ -43,7 +43,7 @@ import { createInterface } from 'node:readline';
 import { PassThrough } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { dockerReadiness, findCluster, quantile } from './lib/engines.mjs';
+import { dockerReadiness, findCluster, markdownTable, quantile } from './lib/engines.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -286,11 +286,7 @@ function printTable() {
     `${r.ratio.p95.toFixed(2)}×`,
     r.ratio.median <= TARGET_RATIO ? 'yes' : 'no',
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells) => `| ${cells.map((c, i) => c.padEnd(widths[i])).join(' | ')} |`;
-  console.log(line(header));
-  console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
-  for (const r of rows) console.log(line(r));
+  console.log(markdownTable(header, rows));
   console.log('\nspawngate median per span (ms):');
   for (const r of results) {
     const parts = SPAN_PHASES.map(([, k]) => (r.phasesMedian[k] === undefined ? null : `${k} ${r.phasesMedian[k].toFixed(2)}`)).filter(Boolean);

@@ -19,7 +19,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { dockerReadiness, findCluster, quantile } from './lib/engines.mjs';
+import { dockerReadiness, findCluster, markdownTable, quantile } from './lib/engines.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -175,11 +175,7 @@ else {
     `${r.speedup.toFixed(0)}×`,
     r.goalMet ? 'met' : 'not met',
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
-  const line = (cells) => `| ${cells.map((c, i) => c.padEnd(widths[i])).join(' | ')} |`;
-  console.log(line(header));
-  console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
-  for (const r of rows) console.log(line(r));
+  console.log(markdownTable(header, rows));
   console.log(`\np99 of ${RUNS} samples is their nearest rank; node ${process.version}; ${cpus().length} CPUs; load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
   for (const s of skipped) console.log(s);
 }

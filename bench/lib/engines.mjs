@@ -5,6 +5,13 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 
+/** A Markdown table, columns padded to their widest cell. */
+export function markdownTable(header, rows) {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells) => `| ${cells.map((c, i) => c.padEnd(widths[i])).join(' | ')} |`;
+  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
+}
+
 export function quantile(samples, q) {
   const sorted = [...samples].sort((a, b) => a - b);
   // Nearest rank: p95 of 20 samples is the 19th, an actually observed value.

@@ -63,6 +63,26 @@ async function created(s: WorkerSpec): Promise<WorkerRef> {
   return ref;
 }
 
+/** A gate's config with one small egress-none profile on this file's namespace, running the fixture agent. */
+function gateConfig(profile: string, extra: Record<string, unknown>) {
+  return {
+    agents: {
+      executionBackends: {
+        cluster: {
+          type: 'kubernetes',
+          namespace,
+          kubeconfig: a.plane.adminKubeconfig,
+          profiles: {
+            [profile]: { image: CONTRACT_IMAGE, egress: 'none', ttlSeconds: 600, resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } }, ...extra },
+          },
+        },
+      },
+      execution: { default: { backend: 'cluster', profile } },
+      acp: { fixture: { command: [...FIXTURE_COMMAND] } },
+    },
+  };
+}
+
 async function failureOf(promise: Promise<unknown>): Promise<BackendError> {
   const outcome = await promise.then(
     () => null,
@@ -288,27 +308,7 @@ describe('kubernetes backend: API errors', () => {
 describe('kubernetes backend: sweeping', () => {
   it('closing leaves nothing; after the gateway is dropped mid-flight, one sweep removes every Pod, Secret and NetworkPolicy of its spawns', async () => {
     const owner = `sweep-${Date.now().toString(36)}`;
-    const config = {
-      agents: {
-        executionBackends: {
-          cluster: {
-            type: 'kubernetes',
-            namespace,
-            kubeconfig: a.plane.adminKubeconfig,
-            profiles: {
-              small: {
-                image: CONTRACT_IMAGE,
-                egress: 'none',
-                ttlSeconds: 600,
-                resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
-              },
-            },
-          },
-        },
-        execution: { default: { backend: 'cluster', profile: 'small' } },
-        acp: { fixture: { command: [...FIXTURE_COMMAND] } },
-      },
-    };
+    const config = gateConfig('small', {});
     const request = { agentId: 'fixture', task: 'echo hi', caller: { sessionKey: 'agent:main:k8s', depth: 0, channel: { id: 'c', kind: 'cli', interactive: true }, user: { id: 'u', roles: [] } } };
     const first = await createSpawngate({ config, owner, sweepIntervalMs: 0, decisionLog: false });
     const closed = await first.spawn(request);
@@ -349,29 +349,7 @@ describe('kubernetes backend: sweeping', () => {
 describe('kubernetes backend: warm pool', () => {
   it('a spawn claims a warm pod: the pod takes its labels and a shorter activeDeadlineSeconds, and the pool leaves nothing behind', async () => {
     const owner = `warm-${Date.now().toString(36)}`;
-    const config = {
-      agents: {
-        executionBackends: {
-          cluster: {
-            type: 'kubernetes',
-            namespace,
-            kubeconfig: a.plane.adminKubeconfig,
-            profiles: {
-              warm: {
-                image: CONTRACT_IMAGE,
-                egress: 'none',
-                ttlSeconds: 600,
-                timeoutSeconds: 900,
-                resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
-                warmPool: { agents: ['fixture'], min: 1, maxIdleSeconds: 600 },
-              },
-            },
-          },
-        },
-        execution: { default: { backend: 'cluster', profile: 'warm' } },
-        acp: { fixture: { command: [...FIXTURE_COMMAND] } },
-      },
-    };
+    const config = gateConfig('warm', { timeoutSeconds: 900, warmPool: { agents: ['fixture'], min: 1, maxIdleSeconds: 600 } });
     const gate = await createSpawngate({ config, owner, sweepIntervalMs: 0, decisionLog: false, warmPools: true });
     let warmId: string | null = null;
     try {
