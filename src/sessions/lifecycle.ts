@@ -555,6 +555,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           expiresAt: w.expiresAt?.toISOString() ?? null,
           owner: w.labels[LABELS.owner] ?? null,
           tracked: live.has(w.ref.spawnId),
+          ...(pools?.holds(w.ref.spawnId) ? { warm: true } : {}),
         });
       }
     }

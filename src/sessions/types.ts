@@ -138,6 +138,8 @@ export interface ListedSpawn {
   expiresAt: string | null;
   owner: string | null;
   tracked: boolean;
+  /** A warm worker of this gateway's pools, not claimed by any spawn yet. */
+  warm?: boolean;
 }
 
 export interface LifecycleOptions {

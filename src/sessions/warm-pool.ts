@@ -100,6 +100,8 @@ export interface WarmPools {
   claimed(worker: WarmWorker): Promise<void>;
   /** A taken worker that refused its claim or died: deleted, its reservation released, replaced. */
   discard(worker: WarmWorker): Promise<void>;
+  /** Whether this id is a warm worker of these pools that no spawn claimed (idle, or taken and not yet settled). */
+  holds(spawnId: string): boolean;
   /** Starts filling every pool (after the gateway's start-up reconciliation). */
   start(): void;
   status(): WarmPoolStatus[];
@@ -408,6 +410,11 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
 
     start() {
       for (const pool of pools.values()) fill(pool);
+    },
+
+    holds(spawnId) {
+      for (const worker of taken) if (worker.spawnId === spawnId) return true;
+      return [...pools.values()].some((p) => p.idle.some((e) => e.worker.spawnId === spawnId));
     },
 
     status: () =>

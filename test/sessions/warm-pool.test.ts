@@ -5,10 +5,10 @@
  * grows toward its max, an idle worker is retired, a policy that refuses the pool leaves it empty
  * with the reason, and shutdown deletes every warm worker.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { LABELS } from '../../src/backends/types.js';
 import { createWorkerClient } from '../../src/protocol/client.js';
 import { createServer } from '../../src/server/index.js';
@@ -23,6 +23,7 @@ const stateDir = mkdtempSync(join(tmpdir(), 'spawngate-warm-'));
 const gates: Spawngate[] = [];
 
 afterEach(async () => {
+  vi.useRealTimers();
   for (const g of gates.splice(0)) await g.shutdown();
 });
 afterAll(() => rmSync(stateDir, { recursive: true, force: true }));
@@ -68,7 +69,10 @@ function stateOf(spawnId: string): { labels: Record<string, string>; token: stri
 
 async function warmIds(g: Spawngate): Promise<string[]> {
   const listed = await g.list();
-  return listed.filter((w) => !w.tracked).map((w) => w.spawnId);
+  const warm = listed.filter((w) => !w.tracked);
+  // Every untracked worker of this gate is a warm one, and says so.
+  expect(warm.every((w) => w.warm === true)).toBe(true);
+  return warm.map((w) => w.spawnId);
 }
 
 async function counter(metrics: ReturnType<typeof createMetrics>, name: string, labels: Record<string, string>): Promise<number> {
@@ -175,6 +179,21 @@ describe('warm pools on the process backend', () => {
     expect(first.warm).toBe(true);
     const retry = await g.spawn(body);
     expect(retry).toMatchObject({ spawnId: first.spawnId, decisionId: first.decisionId, replayed: true });
+  });
+
+  it('a worker idle for maxIdleSeconds is closed and replaced (timers driven by the test)', async () => {
+    // Only timers are fake, and they run at wall-clock pace: the test jumps over the idle minute.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'], shouldAdvanceTime: true });
+    const { g } = await gateWith({ min: 1, maxIdleSeconds: 60 });
+    expect(await g.warmPoolsSettled(60_000)).toBe(true);
+    const [first] = await warmIds(g);
+    await vi.advanceTimersByTimeAsync(61_000);
+    await vi.waitFor(async () => expect(await warmIds(g)).not.toContain(first), { timeout: 30_000, interval: 100 });
+    expect(await g.warmPoolsSettled(60_000)).toBe(true);
+    const after = await warmIds(g);
+    expect(after).toHaveLength(1);
+    expect(after).not.toContain(first);
+    expect(existsSync(join(stateDir, first!))).toBe(false);
   });
 
   it('the HTTP API says which spawn was warm, and lists the pools', async () => {
