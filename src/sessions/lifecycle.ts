@@ -25,7 +25,7 @@ import type { SpawnRecord } from './idempotency.js';
 import { waitForWorker } from './readiness.js';
 import { acceptSession, buildWorkerSpec, DECISION_ID_LABEL, labelValue } from './spec.js';
 import type { AcceptedSession } from './spec.js';
-import { createWarmPools, hasWarmPools } from './warm-pool.js';
+import { createWarmPools, hasWarmPools, REFILL_DELAY_MS } from './warm-pool.js';
 import type { WarmPools, WarmWorker } from './warm-pool.js';
 import { createSweeper } from './sweeper.js';
 import { createTurns } from './turns.js';
@@ -287,9 +287,15 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
       return null;
     }
     const labels = { [LABELS.expiresAt]: spec.labels[LABELS.expiresAt] ?? '', ...(spec.labels[DECISION_ID_LABEL] ? { [DECISION_ID_LABEL]: spec.labels[DECISION_ID_LABEL] } : {}) };
-    void worker.backend.claimed?.(worker.ref, { labels, deadline, token: spec.token }).catch((err: unknown) =>
-      logger.warn('the backend did not take a claimed warm worker\'s labels; its pool labels stay (a later expiry, which the worker\'s own deadline precedes)', { spawnId: worker.spawnId, error: (err as Error).message }),
-    );
+    // After the spawn's first turn had its start: an API call or a file write costs this event loop (and, for a
+    // cluster on this host, its API server) time that turn would wait for. The worker holds its deadline meanwhile.
+    const record = setTimeout(() => {
+      if (!live.has(worker.spawnId)) return;
+      void worker.backend.claimed?.(worker.ref, { labels, deadline, token: spec.token }).catch((err: unknown) =>
+        logger.warn('the backend did not take a claimed warm worker\'s labels; its pool labels stay (a later expiry, which the worker\'s own deadline precedes)', { spawnId: worker.spawnId, error: (err as Error).message }),
+      );
+    }, REFILL_DELAY_MS);
+    record.unref();
     void pool.claimed(worker);
     return worker.endpoint;
   }
