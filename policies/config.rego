@@ -53,6 +53,7 @@ config_well_formed if {
 		positive_or_null(seconds)
 	}
 	trees_well_formed
+	pools_well_formed
 	queue_well_formed
 	string_list(cfg.buildPlacement.keywords)
 	string_list(cfg.buildPlacement.phrases)
@@ -61,6 +62,33 @@ config_well_formed if {
 	every targets in cfg.buildPlacement.commands {
 		string_list(targets)
 	}
+}
+
+# Pools are optional: a data file from before them has none.
+pools_well_formed if not "pools" in object.keys(cfg)
+
+pools_well_formed if {
+	is_object(cfg.pools)
+	every key, value in cfg.pools {
+		key == "sharedCaps"
+		is_boolean(value)
+	}
+}
+
+config_problems contains "pools must be an object" if {
+	"pools" in object.keys(config_root)
+	not is_object(config_root.pools)
+}
+
+config_problems contains concat("", ["pools.", key, " is not a setting (only sharedCaps, a boolean)"]) if {
+	some key, _ in config_object(["pools"])
+	key != "sharedCaps"
+}
+
+config_problems contains "pools.sharedCaps must be a boolean" if {
+	some key, value in config_object(["pools"])
+	key == "sharedCaps"
+	not is_boolean(value)
 }
 
 # Trees are optional: a data file from before them has none.

@@ -23,17 +23,36 @@ most_generous(caps, scope) := cfg.concurrency[scope] if {
 # Both the backend entry and the chosen profile may cap the backend; the tighter one applies.
 backend_cap := min({cap | some cap in [backend.maxConcurrent, profile.maxConcurrent.backend]; cap != null})
 
+# A warm pool's own spawns (docs/warm-pools.md): the gateway admits each warm worker as user
+# "spawngate-pool" (role "spawngate-pool") on channel kind "pool". Unless pools.sharedCaps says
+# otherwise, they count only against the caps of that caller (its user and channel caps, by role),
+# not against the total, backend and profile caps that the spawns of users share: a warm worker
+# then never takes a user's slot, and the spawn that claims it counts it from then on.
+pool_caller if {
+	channel.kind == "pool"
+	"spawngate-pool" in input.caller.user.roles
+}
+
+pools_config := object.union({"sharedCaps": false}, object.get(cfg, "pools", {}))
+
+in_shared_caps if not pool_caller
+
+in_shared_caps if pools_config.sharedCaps == true
+
 # Entries: rank (output order), scope, key, cap, current usage.
 caps contains [1, "total", "*", cfg.concurrency.total, input.usage.total] if {
+	in_shared_caps
 	cfg.concurrency.total != null
 }
 
 caps contains [2, "backend", backend_name, backend_cap, used] if {
+	in_shared_caps
 	profile
 	used := object.get(input.usage.backends, backend_name, 0)
 }
 
 caps contains [3, "profile", profile_key, cap, used] if {
+	in_shared_caps
 	cap := profile.maxConcurrent.profile
 	cap != null
 	used := object.get(input.usage.profiles, profile_key, 0)
@@ -50,6 +69,7 @@ caps contains [5, "channel", channel.id, cap, input.usage.channel] if {
 }
 
 caps contains [6, "profile_user", key, cap, used] if {
+	in_shared_caps
 	cap := profile.maxConcurrent.user
 	cap != null
 	key := concat("/", [profile_key, user_id])
@@ -57,6 +77,7 @@ caps contains [6, "profile_user", key, cap, used] if {
 }
 
 caps contains [7, "profile_channel", key, cap, used] if {
+	in_shared_caps
 	cap := profile.maxConcurrent.channel
 	cap != null
 	key := concat("/", [profile_key, channel.id])

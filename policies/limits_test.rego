@@ -218,3 +218,38 @@ test_config_without_queue_lets_nobody_wait if {
 	cfg := json.remove(data.spawngate.admission.config, ["queue"])
 	not "wait" in object.keys(decide({"request": {"waitSeconds": 30}})) with data.spawngate.admission.config as cfg
 }
+
+pool_caller_patch := {"caller": {"channel": {"id": "spawngate-pool:k8s/small", "kind": "pool", "interactive": false}, "user": {"id": "spawngate-pool", "roles": ["spawngate-pool"]}}}
+
+test_pool_spawns_count_only_against_their_own_caps if {
+	d := decide(object.union(pool_caller_patch, {"usage": {"total": 64, "backends": {"k8s": 20}, "profiles": {"k8s/small": 10}}}))
+	d.allow
+	[l.scope | some l in d.limits.concurrency] == ["user", "parent"]
+	limit(d, "user") == [{"scope": "user", "key": "spawngate-pool", "max": 64}]
+	rate_for(d, "user") == []
+	rate_for(d, "channel") == []
+}
+
+test_pool_spawns_in_shared_caps_when_the_config_says_so if {
+	d := decide(object.union(pool_caller_patch, {"usage": {"total": 64}})) with data.spawngate.admission.config as config_set("/pools/sharedCaps", true)
+	has_code(d, "concurrency_limit_total")
+	[l.scope | some l in d.limits.concurrency] == ["total", "backend", "profile", "user", "profile_user", "profile_channel", "parent"]
+}
+
+test_a_pool_channel_without_the_pool_role_is_an_ordinary_caller if {
+	d := decide({"caller": {"channel": {"kind": "pool"}}, "usage": {"total": 64}})
+	has_code(d, "concurrency_limit_total")
+}
+
+test_pools_config_problems if {
+	"pools.sharedCaps must be a boolean" in data.spawngate.admission.config_problems with data.spawngate.admission.config as config_set("/pools/sharedCaps", "yes")
+	"pools.size is not a setting (only sharedCaps, a boolean)" in data.spawngate.admission.config_problems with data.spawngate.admission.config as config_set("/pools/size", 2)
+	"pools must be an object" in data.spawngate.admission.config_problems with data.spawngate.admission.config as config_set("/pools", true)
+}
+
+test_config_without_pools_is_valid if {
+	cfg := json.remove(data.spawngate.admission.config, ["pools"])
+	d := decide(pool_caller_patch) with data.spawngate.admission.config as cfg
+	d.allow
+	limit(d, "total") == []
+}

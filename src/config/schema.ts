@@ -674,6 +674,14 @@ export const policyDataSchema = z
       })
       .optional()
       .register(configMetadata, { description: 'who may wait for a full concurrency cap instead of being denied, for how long, and in what order (docs/policy.md, "Waiting for a slot")' }),
+    pools: z
+      .strictObject({
+        sharedCaps: z.boolean().optional().register(configMetadata, {
+          description: 'count warm workers (the pools\' own spawns) against the total, backend and profile caps the users\' spawns share; default false: only against the pool caller\'s own caps (role spawngate-pool)',
+        }),
+      })
+      .optional()
+      .register(configMetadata, { description: 'how the policy counts warm pools\' workers (docs/warm-pools.md)' }),
     trees: z
       .strictObject({
         maxChildren: capOrNull.optional().register(configMetadata, { description: 'live children one session may have at once (fan-out; concurrency scope "parent"); null: no cap' }),

@@ -82,7 +82,7 @@ export interface WarmPoolStatus {
   target: number;
   min: number;
   max: number;
-  /** Why the pool could not fill lately (a policy deny, a backend failure); null when it could. */
+  /** Why the pool could not fill (a policy deny, a backend failure); null once it is full again. */
   lastError: string | null;
 }
 
@@ -302,8 +302,9 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
         };
         if (closed) throw new Error('the pools closed while the worker started');
         pool.failures = 0;
-        pool.lastError = null;
         enqueue(pool, worker);
+        // The reason the pool is short stays readable until it is short no more.
+        if (pool.idle.length >= pool.target) pool.lastError = null;
         // A warm worker whose slots are gone (the store lost its lease) must not be handed out.
         lost.addEventListener('abort', () => void retire(pool, worker, 'its reservation lapsed'), { once: true });
       });

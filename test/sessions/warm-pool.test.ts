@@ -34,7 +34,7 @@ interface PoolSettings {
   maxIdleSeconds?: number;
 }
 
-function configWith(pool: PoolSettings, extra: { accept?: Record<string, unknown>; policyData?: Record<string, unknown> } = {}) {
+function configWith(pool: PoolSettings, extra: { accept?: Record<string, unknown>; policyData?: Record<string, unknown>; profile?: Record<string, unknown> } = {}) {
   return {
     agents: {
       executionBackends: {
@@ -43,7 +43,7 @@ function configWith(pool: PoolSettings, extra: { accept?: Record<string, unknown
           stateDir,
           defaultProfile: 'warm',
           profiles: {
-            warm: { egress: 'open', ttlSeconds: 600, timeoutSeconds: 900, warmPool: { agents: ['echo'], ...pool }, ...(extra.accept ? { accept: extra.accept } : {}) },
+            warm: { egress: 'open', ttlSeconds: 600, timeoutSeconds: 900, warmPool: { agents: ['echo'], ...pool }, ...(extra.accept ? { accept: extra.accept } : {}), ...extra.profile },
             cold: { egress: 'open', ttlSeconds: 600 },
           },
         },
@@ -169,6 +169,21 @@ describe('warm pools on the process backend', () => {
     expect(await refused.g.warmPoolsSettled(60_000)).toBe(true);
     expect(refused.g.warmPools()[0]).toMatchObject({ idle: 0, starting: 0 });
     expect(refused.g.warmPools()[0]?.lastError).toMatch(/the policy denied the pool's spawn \(agent_not_allowed\)/);
+  });
+
+  it('a warm worker takes no slot of the caps users share; the spawn that claims it counts it', async () => {
+    const { g } = await gateWith({ min: 2 }, { profile: { maxConcurrent: { profile: 1 } } });
+    expect(await g.warmPoolsSettled(60_000)).toBe(true);
+    // Two warm workers on a profile capped at one: the first spawn is still allowed, and warm.
+    const first = await g.spawn(request());
+    expect(first.warm).toBe(true);
+    await expect(g.spawn(request())).rejects.toMatchObject({ code: 'ADMISSION_DENIED', details: { reasons: [expect.objectContaining({ code: 'concurrency_limit_profile' })] } });
+    await first.close();
+
+    // Counted against the shared caps (pools.sharedCaps): the pool fills up to the cap and no further.
+    const shared = await gateWith({ min: 2 }, { profile: { maxConcurrent: { profile: 1 } }, policyData: { pools: { sharedCaps: true } } });
+    expect(await shared.g.warmPoolsSettled(60_000)).toBe(true);
+    expect(shared.g.warmPools()[0]).toMatchObject({ idle: 1, lastError: expect.stringContaining('concurrency_limit_profile') as unknown });
   });
 
   it('a retry with the same idempotency key gets the warm spawn the first request claimed', async () => {
