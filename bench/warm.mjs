@@ -137,30 +137,45 @@ async function withGate(backend, backendName, backendConfig, profile, cleanup = 
 }
 
 const skipped = [];
+const failed = [];
+/** Runs one backend's section; a failure is reported after the table of what did run, and fails the run. */
+async function section(name, run) {
+  try {
+    await run();
+  } catch (err) {
+    failed.push(`${name}: ${err.message}`);
+  }
+}
 if (['auto', 'process', 'all'].includes(BACKENDS)) {
-  const stateDir = await mkdtemp(join(tmpdir(), 'sgb-warm-'));
-  await withGate('process', 'local', { type: 'process', stateDir }, { ttlSeconds: 600, timeoutSeconds: 120, egress: 'none' }, () => rm(stateDir, { recursive: true, force: true }));
+  await section('process', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'sgb-warm-'));
+    await withGate('process', 'local', { type: 'process', stateDir }, { ttlSeconds: 600, timeoutSeconds: 120, egress: 'none' }, () => rm(stateDir, { recursive: true, force: true }));
+  });
 }
 if (['auto', 'docker', 'all'].includes(BACKENDS)) {
-  const ready = await dockerReadiness();
-  if (ready.ok) await withGate('docker', 'docker', { type: 'container', image: ready.image }, { ttlSeconds: 600, timeoutSeconds: 120, egress: 'none' });
-  else if (BACKENDS === 'docker' || BACKENDS === 'all') throw new Error(`docker section cannot run: ${ready.why}`);
-  else skipped.push(`docker: skipped, ${ready.why}`);
+  await section('docker', async () => {
+    const ready = await dockerReadiness();
+    if (ready.ok) await withGate('docker', 'docker', { type: 'container', image: ready.image }, { ttlSeconds: 600, timeoutSeconds: 120, egress: 'none' });
+    else if (BACKENDS === 'docker' || BACKENDS === 'all') throw new Error(`cannot run: ${ready.why}`);
+    else skipped.push(`docker: skipped, ${ready.why}`);
+  });
 }
 if (['auto', 'kubernetes', 'all'].includes(BACKENDS)) {
-  const ready = await findCluster({ kubeconfig: args.kubeconfig, namespace: args.namespace, image: args.image });
-  if (ready.ok) {
-    await withGate(
-      'kubernetes',
-      'cluster',
-      { type: 'kubernetes', namespace: ready.namespace, kubeconfig: ready.kubeconfig, image: ready.image },
-      { ttlSeconds: 600, timeoutSeconds: 120, egress: 'none', workspace: { strategy: 'ephemeral', sizeLimit: '1Gi' }, resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } } },
-    );
-  } else if (BACKENDS === 'kubernetes' || BACKENDS === 'all') throw new Error(`kubernetes section cannot run: ${ready.why}`);
-  else skipped.push(`kubernetes: skipped, ${ready.why}`);
+  await section('kubernetes', async () => {
+    const ready = await findCluster({ kubeconfig: args.kubeconfig, namespace: args.namespace, image: args.image });
+    if (ready.ok) {
+      await withGate(
+        'kubernetes',
+        'cluster',
+        { type: 'kubernetes', namespace: ready.namespace, kubeconfig: ready.kubeconfig, image: ready.image },
+        { ttlSeconds: 600, timeoutSeconds: 120, egress: 'none', workspace: { strategy: 'ephemeral', sizeLimit: '1Gi' }, resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } } },
+      );
+    } else if (BACKENDS === 'kubernetes' || BACKENDS === 'all') throw new Error(`cannot run: ${ready.why}`);
+    else skipped.push(`kubernetes: skipped, ${ready.why}`);
+  });
 }
 
-if (args.json) console.log(JSON.stringify({ runs: RUNS, warmup: WARMUP, goal: GOAL, node: process.version, results, skipped }, null, 2));
+if (args.json) console.log(JSON.stringify({ runs: RUNS, warmup: WARMUP, goal: GOAL, node: process.version, results, skipped, failed }, null, 2));
 else {
   const header = ['backend', 'n', 'claim p50', 'claim p99', 'warm → first byte p50', 'warm p99', 'cold → first byte p50', 'cold p99', 'cold/warm p50', `goal p50 ≤ ${GOAL.p50}, p99 ≤ ${GOAL.p99} ms`];
   const rows = results.map((r) => [
@@ -179,3 +194,5 @@ else {
   console.log(`\np99 of ${RUNS} samples is their nearest rank; node ${process.version}; ${cpus().length} CPUs; load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
   for (const s of skipped) console.log(s);
 }
+for (const f of failed) console.error(`failed: ${f}`);
+if (failed.length) process.exitCode = 1;

@@ -668,6 +668,9 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     });
     droppedUpdates = 0;
     emit(t, { type: 'turn.started', agentId: opts.agentId });
+    // Sent now, not at the end of this tick: the prompt below validates and writes its request
+    // synchronously (the first one compiles the SDK's schemas), and the caller sees its turn start first.
+    if (res.socket?.writableCorked) res.socket.uncork();
     // The agent continues under this worker's turn span.
     const prompt = s.prompt(message, { traceparent: traceparentOf(span) ?? t.trace?.traceparent ?? null, signal: t.promptAbort.signal });
     t.promptSettled = prompt.then(
