@@ -225,13 +225,14 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
   }
 
   /** The request a warm worker is admitted with: placed explicitly, on behalf of the pool. */
-  function poolRequest(pool: Pool): SpawnRequestInput {
+  function poolRequest(pool: Pool, spawnId: string): SpawnRequestInput {
     return {
       agentId: pool.agentId,
       execution: { backend: pool.backend, profile: pool.profile },
       label: `warm pool ${pool.backend}/${pool.profile}`,
       caller: {
-        sessionKey: `${POOL_USER}:${pool.backend}/${pool.profile}/${pool.agentId}`,
+        // One session (and spawn tree) per warm worker: a pool is no session's fan-out.
+        sessionKey: `${POOL_USER}:${pool.backend}/${pool.profile}/${pool.agentId}/${spawnId}`,
         channel: { id: `${POOL_USER}:${pool.backend}/${pool.profile}`, kind: POOL_CHANNEL_KIND, interactive: false },
         user: { id: POOL_USER, roles: [POOL_USER] },
       },
@@ -246,7 +247,7 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
     inflight.add(spawnId);
     try {
       await inSpan(SPAN.warmStart, parentContext(null), { 'spawngate.spawn_id': spawnId, 'spawngate.backend': pool.backend, 'spawngate.profile': pool.profile, 'spawngate.agent_id': pool.agentId }, async (span, ctx) => {
-        const admitted = await admission.reserve(poolRequest(pool), { spawnId, parent: ctx });
+        const admitted = await admission.reserve(poolRequest(pool, spawnId), { spawnId, parent: ctx });
         if (!admitted.allowed) {
           const reasons = admitted.decision.reasons.map((r) => r.code).join(', ');
           throw new Error(`the policy denied the pool's spawn (${reasons})`);

@@ -186,6 +186,12 @@ describe('warm pools on the process backend', () => {
     expect(shared.g.warmPools()[0]).toMatchObject({ idle: 1, lastError: expect.stringContaining('concurrency_limit_profile') as unknown });
   });
 
+  it('each warm worker is a session of its own: a fan-out cap of one does not keep a pool of two from filling', async () => {
+    const { g } = await gateWith({ min: 2 }, { policyData: { trees: { maxChildren: 1 } } });
+    expect(await g.warmPoolsSettled(60_000)).toBe(true);
+    expect(g.warmPools()[0]).toMatchObject({ idle: 2, lastError: null });
+  });
+
   it('a retry with the same idempotency key gets the warm spawn the first request claimed', async () => {
     const { g } = await gateWith({ min: 1 });
     expect(await g.warmPoolsSettled(60_000)).toBe(true);
