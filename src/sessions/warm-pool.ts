@@ -202,26 +202,25 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
     wakeSettled();
   }
 
-  function fillSoon(pool: Pool): void {
-    if (pool.refillTimer !== null || closed) return;
-    pool.refillTimer = setTimeout(() => {
-      pool.refillTimer = null;
+  /** Fills the pool after `ms`, once: a timer already armed in that slot stands. */
+  function fillLater(pool: Pool, slot: 'refillTimer' | 'retryTimer', ms: number): void {
+    if (pool[slot] !== null || closed) return;
+    const timer = setTimeout(() => {
+      pool[slot] = null;
       fill(pool);
-    }, REFILL_DELAY_MS);
-    pool.refillTimer.unref();
+    }, ms);
+    timer.unref();
+    pool[slot] = timer;
+  }
+
+  function fillSoon(pool: Pool): void {
+    fillLater(pool, 'refillTimer', REFILL_DELAY_MS);
   }
 
   function backOff(pool: Pool, why: string): void {
     pool.failures++;
     pool.lastError = why;
-    const ms = Math.min(MAX_BACKOFF_MS, FIRST_BACKOFF_MS * 2 ** (pool.failures - 1));
-    if (pool.retryTimer === null && !closed) {
-      pool.retryTimer = setTimeout(() => {
-        pool.retryTimer = null;
-        fill(pool);
-      }, ms);
-      pool.retryTimer.unref();
-    }
+    fillLater(pool, 'retryTimer', Math.min(MAX_BACKOFF_MS, FIRST_BACKOFF_MS * 2 ** (pool.failures - 1)));
   }
 
   /** The request a warm worker is admitted with: placed explicitly, on behalf of the pool. */
