@@ -55,7 +55,7 @@ step "type-check"
 npx tsc -p tsconfig.json --noEmit
 
 step "build"
-npx tsc -p tsconfig.build.json
+npm run --silent build
 
 step "openclaw plugin: committed openclaw.plugin.json matches the config schema"
 node scripts/openclaw-manifest.mjs --check

@@ -18,7 +18,7 @@ export default async function setup(): Promise<void> {
   // The gateway suite shares caps through Redis, as replicas of a real deployment would.
   run('bash', ['scripts/ensure-redis.sh']);
   // The plugin runs the built package, as users get it.
-  run('npx', ['tsc', '-p', 'tsconfig.build.json']);
+  run('npm', ['run', '--silent', 'build']);
   const packDir = join(ROOT, '.cache/pack');
   rmSync(packDir, { recursive: true, force: true });
   mkdirSync(packDir, { recursive: true });

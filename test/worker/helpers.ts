@@ -16,6 +16,8 @@ import type { WorkerEvent } from '../../src/protocol/events.js';
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 export const fixtureAgent = fileURLToPath(new URL('../fixtures/acp-agent.ts', import.meta.url));
 export const workerBin = join(repoRoot, 'src/worker/bin.ts');
+/** The worker as the process backend and the image start it once built (scripts/bundle-worker.mjs, run by `npm run build`). */
+export const workerBundle = join(repoRoot, 'dist/worker/bundle/worker.js');
 
 export type Transport = 'tcp' | 'unix';
 
@@ -127,10 +129,10 @@ export interface WorkerChild {
 }
 
 /** `node src/worker/bin.ts` as a separate process, the way backends start it. */
-export function spawnWorkerBin(env: Record<string, string>): WorkerChild {
+export function spawnWorkerBin(env: Record<string, string>, script: string = workerBin): WorkerChild {
   const base: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('SPAWNGATE_')) base[k] = v;
-  const child = spawn(process.execPath, [workerBin], { cwd: repoRoot, env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [script], { cwd: repoRoot, env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const stdoutLines: string[] = [];
   let stderr = '';
   let buffered = '';

@@ -1,5 +1,10 @@
-import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { cp, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { createWorkerClient, waitForHealthy } from '../../src/protocol/client.js';
 import type { WorkerClient } from '../../src/protocol/client.js';
 import { ConfigError } from '../../src/errors.js';
@@ -7,7 +12,9 @@ import { builtinAgents } from '../../src/agents/index.js';
 import type { WorkerEvent } from '../../src/protocol/events.js';
 import { parseListen, workerBinCommand, workerOptionsFromEnv } from '../../src/worker/main.js';
 import { WORKER_EXIT_DEADLINE } from '../../src/protocol/events.js';
-import { bounded, eventually, fixtureAgent, isAlive, newToken, spawnWorkerBin, tempDir, workerBin } from './helpers.js';
+import { bounded, eventually, fixtureAgent, isAlive, newToken, spawnWorkerBin as spawnWorker, repoRoot, tempDir, workerBin, workerBundle } from './helpers.js';
+
+const execFileAsync = promisify(execFile);
 
 const fixtureCommand = JSON.stringify([process.execPath, fixtureAgent]);
 
@@ -70,6 +77,26 @@ describe('worker environment', () => {
   it('points workerBinCommand at the bin entry next to main', () => {
     expect(workerBinCommand()).toEqual([process.execPath, workerBin]);
   });
+
+  it('once built, points workerBinCommand at the bundle, and at bin.js where only tsc ran', async () => {
+    const built = join(repoRoot, 'dist/worker/main.js');
+    if (!existsSync(built) || !existsSync(workerBundle)) throw new Error('dist/ is not built: run `npm run build` first');
+    const argvOf = async (mainJs: string) => {
+      const { stdout } = await execFileAsync(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(pathToFileURL(mainJs).href)}); console.log(JSON.stringify(m.workerBinCommand()));`]);
+      return JSON.parse(stdout) as string[];
+    };
+    expect(await argvOf(built)).toEqual([process.execPath, workerBundle]);
+    // A copy of dist/ without the bundle folder, below node_modules so its imports still resolve.
+    await mkdir(join(repoRoot, 'node_modules/.cache'), { recursive: true });
+    const dir = await mkdtemp(join(repoRoot, 'node_modules/.cache/spawngate-dist-'));
+    try {
+      const bundleDir = dirname(workerBundle);
+      await cp(join(repoRoot, 'dist'), join(dir, 'dist'), { recursive: true, filter: (source) => source !== bundleDir });
+      expect(await argvOf(join(dir, 'dist/worker/main.js'))).toEqual([process.execPath, join(dir, 'dist/worker/bin.js')]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 /** The `message` of every line the worker logged itself (its stderr also carries the agent's lines). */
@@ -87,7 +114,19 @@ function clientFor(listening: { url?: string; socketPath?: string }, token: stri
 }
 
 // Generous: each test starts Node twice (worker, agent), which a loaded 2-core machine does slowly.
-describe('worker process (node src/worker/bin.ts)', { timeout: 120_000 }, () => {
+// The sources run under Node's type stripping; the bundle is what a built install starts. `npm test`
+// builds before the suites, so in CI a missing bundle fails here instead of being skipped.
+const entries = [
+  { entry: 'node src/worker/bin.ts', script: workerBin },
+  { entry: 'node dist/worker/bundle/worker.js', script: workerBundle },
+];
+
+describe.each(entries)('worker process ($entry)', { timeout: 120_000 }, ({ script }) => {
+  beforeAll(() => {
+    if (!existsSync(script)) throw new Error(`${script} does not exist: run \`npm run build\` first`);
+  });
+  const spawnWorkerBin = (env: Record<string, string>) => spawnWorker(env, script);
+
   it('stops itself at SPAWNGATE_DEADLINE: stops the agent, then exits with status 124', async () => {
     // The deadline comes from the wall clock, so whether it falls before or after the worker is ready
     // depends on the machine's speed; nothing below depends on which. The turn that is open at the
