@@ -1,5 +1,4 @@
-import { context, INVALID_SPAN_CONTEXT, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
-import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import { context, INVALID_SPAN_CONTEXT, isSpanContextValid, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
 
 export const TRACER_NAME = 'spawngate';
 export const SPAN = {
@@ -22,27 +21,35 @@ export const SPAN = {
   workerToolCall: 'spawngate.worker.tool_call',
 } as const;
 
-const w3c = new W3CTraceContextPropagator();
-
 export function tracer(): Tracer {
   return trace.getTracer(TRACER_NAME);
 }
 
 /**
+ * W3C Trace Context `traceparent`: version-traceid-parentid-flags in lowercase hex. Version ff is
+ * invalid, and so are all-zero ids; a later version may append fields, version 00 may not. The
+ * header is read and written here rather than through @opentelemetry/core's propagator: that
+ * package is a few hundred kB the reference worker would load on every start for these two lines.
+ */
+const TRACEPARENT = /^\s?(?!ff)([0-9a-f]{2})-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\s?$/;
+
+/**
  * The caller's context from a W3C `traceparent` (the gateway's parent session span), falling back
- * to the active context. Uses the W3C propagator directly so it works whatever global propagator
- * (or none) the host application registered.
+ * to the active context when there is none, and to the root context when it is malformed. Works
+ * whatever global propagator (or none) the host application registered.
  */
 export function parentContext(traceparent: string | null | undefined): Context {
   if (!traceparent) return context.active();
-  return w3c.extract(ROOT_CONTEXT, { traceparent }, { get: (c, k) => (c as Record<string, string>)[k], keys: (c) => Object.keys(c as object) });
+  const match = TRACEPARENT.exec(traceparent);
+  if (!match || (match[1] === '00' && match[5] !== undefined)) return ROOT_CONTEXT;
+  return trace.setSpanContext(ROOT_CONTEXT, { traceId: match[2]!, spanId: match[3]!, traceFlags: Number.parseInt(match[4]!, 16), isRemote: true });
 }
 
 /** The `traceparent` header value for a span, to hand to the worker so it continues the trace. */
 export function traceparentOf(span: Span): string | null {
-  const carrier: Record<string, string> = {};
-  w3c.inject(trace.setSpan(ROOT_CONTEXT, span), carrier, { set: (c, k, v) => ((c as Record<string, string>)[k] = v) });
-  return carrier.traceparent ?? null;
+  const sc = span.spanContext();
+  if (!isSpanContextValid(sc)) return null;
+  return `00-${sc.traceId}-${sc.spanId}-${(sc.traceFlags & 0xff).toString(16).padStart(2, '0')}`;
 }
 
 /** Sets attributes, dropping null/undefined, and never throwing into the caller. */
