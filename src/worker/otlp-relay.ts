@@ -10,10 +10,12 @@
  * proxy's absolute-form forwarding does not carry, and an https:// collector would need a CONNECT
  * tunnel with TLS on top.
  */
-import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { traceExportRequested } from '../telemetry/sdk.js';
 import { listen } from '../net.js';
+
+// The CommonJS object, not an ESM import: see worker.ts (the facade would load undici at start).
+const { createServer, request: httpRequest } = process.getBuiltinModule('node:http');
 
 type Env = Record<string, string | undefined>;
 

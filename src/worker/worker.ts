@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
@@ -54,6 +53,10 @@ import { archive, DiffTooLargeError, gitDiff, safeDirectoryEnv } from './workspa
 import type { CheckedOut } from './workspace.js';
 import { endHttpSpan, endSpan, httpMethod, parentContext, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
 import type { EventBody } from './map-update.js';
+
+// Not `import { createServer } from 'node:http'`: that builds the module's ESM facade, which reads
+// every export and so loads Node's bundled undici, about 20 ms of each worker's start for nothing.
+const { createServer } = process.getBuiltinModule('node:http');
 
 export type WorkerListen = ListenAddress;
 
