@@ -428,15 +428,22 @@ function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
   });
 }
 
+const FAST_POLL_PHASE_MS = 2000;
+const FAST_POLL_MAX_MS = 25;
+
 /**
  * Polls /healthz until it answers 200, retrying refused connections and 503 "starting" for at most
  * `timeoutMs`. A worker that reports "exiting", or a wrong token, fails at once.
  */
 export async function waitForHealthy(client: WorkerClient, options: WaitForHealthyOptions): Promise<Healthz> {
-  const deadline = Date.now() + options.timeoutMs;
+  const started = Date.now();
+  const deadline = started + options.timeoutMs;
   const intervalMs = options.intervalMs ?? 100;
-  // Start fast and back off: most workers answer within a few hundred ms, and a refused loopback
-  // connect is cheap, but polling hard for long steals CPU from the worker that is starting.
+  // Start fast and back off: most workers listen within 100–300 ms, and a refused loopback connect
+  // costs the gateway a fraction of a millisecond, so the first seconds are polled every 25 ms at
+  // most (a ready worker is seen that much later at worst); polling hard for long would steal CPU
+  // from a worker that is slow to start. Once it listens, /healthz?wait answers at the very moment
+  // it is ready.
   let backoff = Math.min(10, intervalMs);
   let lastError: unknown = null;
   for (;;) {
@@ -456,7 +463,7 @@ export async function waitForHealthy(client: WorkerClient, options: WaitForHealt
       attempt.dispose();
     }
     const wait = Math.min(backoff, deadline - Date.now());
-    backoff = Math.min(intervalMs, Math.ceil(backoff * 1.5));
+    backoff = Math.min(Date.now() - started < FAST_POLL_PHASE_MS ? Math.min(FAST_POLL_MAX_MS, intervalMs) : intervalMs, Math.ceil(backoff * 1.5));
     if (wait > 0) await pause(wait, options.signal);
   }
   throw new WorkerProtocolError('TIMEOUT', `worker not healthy within ${options.timeoutMs} ms`, {
