@@ -71,8 +71,10 @@ export interface WorkerClient {
   /**
    * POST /claim, on a warm worker (SPAWNGATE_CLAIMABLE): from its answer on, the worker takes
    * `token` only, and stops itself at `deadline` (Unix seconds) if that comes before its own.
+   * With `probe: true` the worker runs every check of a claim and answers `claimed: false`, taking
+   * nothing: the pool's health check of an idle warm worker.
    */
-  claim(claim: { token: string; deadline?: number }, options?: CallOptions): Promise<{ claimed: true; deadlineAt: string | null }>;
+  claim(claim: { token: string; deadline?: number; probe?: boolean }, options?: CallOptions): Promise<{ claimed: boolean; deadlineAt: string | null }>;
   logs(tail?: number, options?: CallOptions): Promise<WorkerLogLine[]>;
   /** GET /workspace/diff: what changed since the checked-out commit of a `git` workspace, as a unified diff. */
   workspaceDiff(options?: CallOptions & { maxBytes?: number; timeoutMs?: number }): Promise<{ base: string; diff: string }>;
@@ -387,7 +389,7 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerClient {
     cancel: (o) => call<CancelResponse>('POST', '/cancel', 202, o),
     answerPermission: (answer, o) => call<PermissionAnswerResponse>('POST', '/permission', 200, o, 0, JSON.stringify(answer)),
     status: (o) => call<WorkerStatusReport>('GET', '/status', 200, o),
-    claim: (claim, o) => call<{ claimed: true; deadlineAt: string | null }>('POST', '/claim', 200, o, 0, JSON.stringify(claim)),
+    claim: (claim, o) => call<{ claimed: boolean; deadlineAt: string | null }>('POST', '/claim', 200, o, 0, JSON.stringify(claim)),
     logs: async (tail = 200, o) => (await call<WorkerLogsResponse>('GET', `/logs?tail=${tail}`, 200, o)).lines,
     async workspaceDiff(o) {
       const route = 'GET /workspace/diff';

@@ -281,7 +281,11 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
     try {
       await inSpan(SPAN.warmClaim, ctx, nativeAttributes(worker.backend.kind, worker.ref.nativeId), (span) => {
         const traceparent = traceparentOf(span);
-        return createWorkerClient({ ...worker.endpoint, token: worker.token, ...(traceparent ? { traceparent } : {}) }).claim({ token: spec.token, deadline: Math.floor(deadline.getTime() / 1000) });
+        return createWorkerClient({ ...worker.endpoint, token: worker.token, ...(traceparent ? { traceparent } : {}) })
+          .claim({ token: spec.token, deadline: Math.floor(deadline.getTime() / 1000) })
+          .then((answer) => {
+            if (answer.claimed !== true) throw new Error(`the worker answered the claim with claimed: ${JSON.stringify(answer.claimed)}`);
+          });
       });
     } catch (err) {
       logger.warn('a warm worker refused its claim; the spawn starts its own worker', { spawnId: worker.spawnId, error: (err as Error).message });

@@ -27,6 +27,7 @@ import type { ResolvedAgent, SpawngateConfig } from '../config/index.js';
 import { findBackend, findProfile } from '../config/index.js';
 import { WARM_STATES, safely } from '../telemetry/metrics.js';
 import { inSpan, parentContext, SPAN, traceparentOf } from '../telemetry/tracing.js';
+import { createWorkerClient } from '../protocol/client.js';
 import { waitForWorker } from './readiness.js';
 import { buildWorkerSpec } from './spec.js';
 
@@ -42,6 +43,14 @@ const MAX_BACKOFF_MS = 60_000;
  * costs the gateway's event loop milliseconds that the claiming spawn's first turn is waiting on.
  */
 export const REFILL_DELAY_MS = 100;
+/**
+ * How often an idle warm worker is asked whether it is still claimable (POST /claim with `probe`):
+ * one that died or went bad behind the pool's back is replaced before a spawn would take it. The
+ * first probe comes as soon as the worker is ready, which also runs the claim path on both sides
+ * once, so the real claim finds it compiled.
+ */
+export const DEFAULT_PROBE_INTERVAL_MS = 10_000;
+const PROBE_TIMEOUT_MS = 5000;
 
 export interface WarmWorker {
   readonly spawnId: string;
@@ -71,6 +80,8 @@ export interface WarmPoolsOptions {
   /** Spawns between create and ready: the sweeper leaves these alone, as it must warm workers. */
   inflight: Set<string>;
   clock: () => Date;
+  /** Default DEFAULT_PROBE_INTERVAL_MS. */
+  probeIntervalMs?: number;
 }
 
 export interface WarmPoolStatus {
@@ -119,12 +130,27 @@ interface Pool {
   readonly max: number;
   readonly maxIdleMs: number;
   target: number;
-  readonly idle: { worker: WarmWorker; timer: NodeJS.Timeout; idleSince: number }[];
+  readonly idle: IdleEntry[];
   starting: number;
   failures: number;
   retryTimer: NodeJS.Timeout | null;
   refillTimer: NodeJS.Timeout | null;
   lastError: string | null;
+}
+
+interface IdleEntry {
+  worker: WarmWorker;
+  /** Closes the worker once it has been idle for maxIdleSeconds. */
+  timer: NodeJS.Timeout;
+  /** The next health probe; null while one is on its way. */
+  probeTimer: NodeJS.Timeout | null;
+  idleSince: number;
+}
+
+function idleTimersOff(entry: IdleEntry): void {
+  clearTimeout(entry.timer);
+  if (entry.probeTimer) clearTimeout(entry.probeTimer);
+  entry.probeTimer = null;
 }
 
 function keyOf(backend: string, profile: string, agentId: string): string {
@@ -133,6 +159,7 @@ function keyOf(backend: string, profile: string, agentId: string): string {
 
 export function createWarmPools(options: WarmPoolsOptions): WarmPools {
   const { admission, config, clock, inflight } = options;
+  const probeIntervalMs = options.probeIntervalMs ?? DEFAULT_PROBE_INTERVAL_MS;
   const { logger, metrics } = admission;
   const pools = new Map<string, Pool>();
   const taken = new Set<WarmWorker>();
@@ -325,12 +352,35 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
     }
   }
 
-  function enqueue(pool: Pool, worker: WarmWorker, idleSince = clock().getTime()): void {
+  function enqueue(pool: Pool, worker: WarmWorker, firstProbeMs = 0, idleSince = clock().getTime()): void {
     const left = Math.max(0, idleSince + pool.maxIdleMs - clock().getTime());
     const timer = setTimeout(() => void retire(pool, worker, 'idle too long'), left);
     timer.unref();
-    pool.idle.push({ worker, timer, idleSince });
+    const entry: IdleEntry = { worker, timer, probeTimer: null, idleSince };
+    pool.idle.push(entry);
+    probeLater(pool, entry, firstProbeMs);
     gauge(pool);
+  }
+
+  function probeLater(pool: Pool, entry: IdleEntry, ms: number): void {
+    entry.probeTimer = setTimeout(() => {
+      entry.probeTimer = null;
+      void probe(pool, entry);
+    }, ms);
+    entry.probeTimer.unref();
+  }
+
+  /** Asks an idle worker whether it could still be claimed; one that cannot (or does not answer) is closed and replaced. */
+  async function probe(pool: Pool, entry: IdleEntry): Promise<void> {
+    const { worker } = entry;
+    const client = createWorkerClient({ ...worker.endpoint, token: worker.token });
+    const failure = await client
+      .claim({ token: worker.token, probe: true }, { signal: AbortSignal.any([AbortSignal.timeout(PROBE_TIMEOUT_MS), closing.signal]) })
+      .then((answer) => (answer.claimed === false ? null : 'it answered the probe as a claim'), (err: unknown) => (err as Error).message);
+    // Taken by a spawn (or closed) meanwhile: no longer the pool's to judge.
+    if (closed || !pool.idle.includes(entry)) return;
+    if (failure === null) return probeLater(pool, entry, probeIntervalMs);
+    await retire(pool, worker, `failed its health probe: ${failure}`);
   }
 
   /** Closes an idle worker (too long unclaimed, lost lease); replaced while the pool is under its target. */
@@ -338,7 +388,7 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
     const at = pool.idle.findIndex((e) => e.worker === worker);
     if (at < 0) return;
     const [entry] = pool.idle.splice(at, 1);
-    if (entry) clearTimeout(entry.timer);
+    if (entry) idleTimersOff(entry);
     if (why === 'idle too long' && pool.target > pool.min) pool.target--;
     gauge(pool);
     logger.info('warm worker closed', { spawnId: worker.spawnId, backend: pool.backend, profile: pool.profile, agent: pool.agentId, why });
@@ -376,7 +426,7 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
         fillSoon(pool);
         return null;
       }
-      clearTimeout(entry.timer);
+      idleTimersOff(entry);
       taken.add(entry.worker);
       gauge(pool);
       return entry.worker;
@@ -389,7 +439,7 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
         void remove(worker);
         return;
       }
-      enqueue(pool, worker);
+      enqueue(pool, worker, probeIntervalMs);
     },
 
     async claimed(worker) {
@@ -448,7 +498,7 @@ export function createWarmPools(options: WarmPoolsOptions): WarmPools {
         if (pool.refillTimer) clearTimeout(pool.refillTimer);
         pool.refillTimer = null;
         for (const entry of pool.idle.splice(0)) {
-          clearTimeout(entry.timer);
+          idleTimersOff(entry);
           gone.push(remove(entry.worker));
         }
         gauge(pool);

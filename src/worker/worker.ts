@@ -597,11 +597,12 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
    * only while idle (ready, no turn ever run), and a deadline (Unix seconds) may only come earlier.
    */
   const handleClaim = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const fields = await readJsonObject(req, res, MAX_SMALL_BODY_BYTES, limits, '{"token": string, "deadline"?: number}');
+    const fields = await readJsonObject(req, res, MAX_SMALL_BODY_BYTES, limits, '{"token": string, "deadline"?: number, "probe"?: boolean}');
     if (fields === undefined) return;
-    const { token, deadline } = fields;
-    const unknown = Object.keys(fields).filter((k) => k !== 'token' && k !== 'deadline');
+    const { token, deadline, probe } = fields;
+    const unknown = Object.keys(fields).filter((k) => k !== 'token' && k !== 'deadline' && k !== 'probe');
     if (unknown.length) return sendError(res, 400, 'invalid_request', `unknown field ${unknown.join(', ')}`);
+    if (probe !== undefined && typeof probe !== 'boolean') return sendError(res, 400, 'invalid_request', 'probe must be a boolean');
     if (typeof token !== 'string' || !/^\S{32,512}$/.test(token)) return sendError(res, 400, 'invalid_request', 'token must be 32 to 512 characters without whitespace');
     if (deadline !== undefined && (typeof deadline !== 'number' || !Number.isInteger(deadline) || deadline <= 0)) return sendError(res, 400, 'invalid_request', 'deadline must be a Unix time in whole seconds');
     const at = deadline === undefined ? null : new Date(deadline * 1000);
@@ -610,6 +611,9 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     }
     if (claimed) return sendError(res, 409, 'already_claimed', 'this worker was already claimed');
     if (state !== 'idle' || stats.turns > 0) return sendError(res, 409, 'not_claimable', `only a ready worker that never ran a turn can be claimed (state ${state})`);
+    // The pool's health check of an idle warm worker: every check a claim would pass, nothing taken.
+    // It also runs this path once before the real claim, which then finds it compiled.
+    if (probe) return sendJson(res, 200, { claimed: false, deadlineAt: deadlineAt?.toISOString() ?? null });
     claimed = true;
     isAuthorized = tokenVerifier(token);
     if (at) armDeadline(at);

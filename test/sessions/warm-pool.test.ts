@@ -13,6 +13,7 @@ import { LABELS } from '../../src/backends/types.js';
 import { createWorkerClient } from '../../src/protocol/client.js';
 import { createServer } from '../../src/server/index.js';
 import { DECISION_ID_LABEL } from '../../src/sessions/spec.js';
+import { DEFAULT_PROBE_INTERVAL_MS } from '../../src/sessions/warm-pool.js';
 import type { Spawngate } from '../../src/spawngate.js';
 import { createMetrics } from '../../src/telemetry/metrics.js';
 import { testGate } from '../helpers/gate.js';
@@ -215,6 +216,27 @@ describe('warm pools on the process backend', () => {
     expect(after).toHaveLength(1);
     expect(after).not.toContain(first);
     expect(existsSync(join(stateDir, first!))).toBe(false);
+  });
+
+  it('a warm worker that dies behind the pool\'s back fails its next health probe and is replaced (timers driven by the test)', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'], shouldAdvanceTime: true });
+    const { g } = await gateWith({ min: 1 });
+    expect(await g.warmPoolsSettled(60_000)).toBe(true);
+    const [dead] = (await g.list()).filter((w) => !w.tracked);
+    process.kill(Number(dead!.nativeId), 'SIGKILL');
+    await vi.advanceTimersByTimeAsync(DEFAULT_PROBE_INTERVAL_MS + 1000);
+    await vi.waitFor(async () => expect(await warmIds(g)).not.toContain(dead!.spawnId), { timeout: 30_000, interval: 100 });
+    expect(await g.warmPoolsSettled(60_000)).toBe(true);
+    const after = await warmIds(g);
+    expect(after).toHaveLength(1);
+    expect(existsSync(join(stateDir, dead!.spawnId))).toBe(false);
+    // The replacement is what the next spawn gets, warm.
+    const handle = await g.spawn(request());
+    expect(handle.warm).toBe(true);
+    expect(handle.spawnId).toBe(after[0]);
+    const events = await collect(handle.turn('after the probe'));
+    expect(events.map((e) => ('text' in e ? e.text : '')).join('')).toBe('echo: after the probe');
+    await handle.close();
   });
 
   it('the HTTP API says which spawn was warm, and lists the pools', async () => {

@@ -48,6 +48,24 @@ describe('worker POST /claim', () => {
     await expect(w.client.claim({ token: token32() })).rejects.toMatchObject({ details: { httpStatus: 409, workerError: 'not_claimable' } });
   });
 
+  it('a probe runs every check of a claim and takes nothing', async () => {
+    const w = await warm({ deadlineAt: new Date(Date.now() + 3_600_000) });
+    const answer = await w.client.claim({ token: token32(), probe: true });
+    expect(answer).toEqual({ claimed: false, deadlineAt: expect.any(String) as unknown });
+    await expect(w.client.claim({ token: token32(), probe: 'yes' } as unknown as { token: string })).rejects.toMatchObject({ details: { httpStatus: 400, reason: 'probe must be a boolean' } });
+    await expect(w.client.claim({ token: 'short', probe: true })).rejects.toMatchObject({ details: { httpStatus: 400 } });
+    await expect(w.client.claim({ token: token32(), probe: true, deadline: Math.floor(Date.now() / 1000) + 7200 })).rejects.toMatchObject({ details: { httpStatus: 400 } });
+    // Still the pool's: its token works, and a real claim after the probe goes through.
+    await expect(w.client.status()).resolves.toMatchObject({ state: 'idle' });
+    const mine = token32();
+    await expect(w.client.claim({ token: mine })).resolves.toMatchObject({ claimed: true });
+    // A claimed worker (or one that ran a turn) fails the probe as it would a claim.
+    await expect(w.clientWith(mine).claim({ token: mine, probe: true })).rejects.toMatchObject({ details: { httpStatus: 409, workerError: 'already_claimed' } });
+    const used = await warm();
+    await collect(used.client.turn('first'));
+    await expect(used.client.claim({ token: token32(), probe: true })).rejects.toMatchObject({ details: { httpStatus: 409, workerError: 'not_claimable' } });
+  });
+
   it('is not a route of a worker started without claimable', async () => {
     const w = await startTestWorker('unix');
     workers.push(w);
