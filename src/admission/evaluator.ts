@@ -22,6 +22,7 @@
  * after a timeout would time out too, waiting for the replacement. The spare is given the data in
  * force when it takes over (a few ms), not at every change of it.
  */
+import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { MessageChannel, receiveMessageOnPort, Worker } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
@@ -56,6 +57,16 @@ const atomicsWaitAsync = (Atomics as unknown as { waitAsync(this: void, typed: I
 
 /** How long an async call waits on the event loop before it lets go of it (see the file comment). */
 const SPIN_MS = 2;
+/**
+ * Within that, how long the caller polls the answer word before it sleeps on it: an ordinary
+ * evaluation answers within tens of µs, and a futex sleep and wake-up alone cost about as much on
+ * a virtual machine (the bench's p50 tripled with them). The thread polls likewise for its next
+ * request (evaluator-thread.ts), so a burst of admissions passes without either side sleeping.
+ * With one CPU the poll would only keep the thread from running: none.
+ */
+const SPIN_POLL_MS = availableParallelism() > 1 ? 0.25 : 0;
+/** ES2025 Atomics.pause (a spin-wait hint to the CPU), where the runtime has it. */
+const cpuPause: () => void = (Atomics as unknown as { pause?: () => void }).pause?.bind(Atomics) ?? (() => undefined);
 
 // Under src/ (tests) the thread runs from its TypeScript source, which Node strips of types.
 const THREAD_URL = new URL(import.meta.url.endsWith('.ts') ? './evaluator-thread.ts' : './evaluator-thread.js', import.meta.url);
@@ -184,6 +195,8 @@ class Thread {
 
   /** Blocks until the answer is in or `until`; true when it is in. */
   waitSync(flight: InFlight, until: number): boolean {
+    const spinUntil = Math.min(until, now() + SPIN_POLL_MS);
+    while (!this.answered(flight) && now() < spinUntil) cpuPause();
     while (!this.answered(flight)) {
       const left = until - now();
       if (left <= 0) return this.answered(flight);
