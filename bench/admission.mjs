@@ -59,9 +59,39 @@ function timeEach(n, fn) {
 }
 
 // 1. in-process policy evaluation, as the gate does it (catalog in data); for detail, also with the catalog in the input
+// Warmed up first, both ways: a gateway that has run a while is what is measured, not start-up
+// (the evaluator's spare thread coming up, the JIT), which would otherwise land on whichever runs first.
+for (let i = 0; i < 10_000; i++) {
+  gate.policy.evaluateJsonWithoutCatalog(gateJson[i % gateJson.length]);
+  gate.policy.evaluateJson(inputJson[i % inputJson.length]);
+}
 const inProcess = timeEach(N, (i) => gate.policy.evaluateJsonWithoutCatalog(gateJson[i % gateJson.length]));
 const inProcessFull = timeEach(N, (i) => gate.policy.evaluateJson(inputJson[i % inputJson.length]));
 let t0;
+
+// 1b. This machine's own jitter, the floor under any p99: a fixed CPU task (no allocation, no I/O,
+// no other thread) as long as the median evaluation, timed the same way. On a small shared VM its
+// p99 is several times its p50 (preemption, interrupts, steal), whatever the code being timed.
+let sink = 0;
+function spin(iterations) {
+  let x = sink;
+  for (let i = 0; i < iterations; i++) x = (x * 31 + i) | 0;
+  // Kept, so the loop cannot be optimized away.
+  sink = x;
+}
+const floor = (() => {
+  const probe = 100_000;
+  for (let i = 0; i < 500; i++) spin(probe);
+  const probes = [];
+  for (let i = 0; i < 300; i++) {
+    const s = process.hrtime.bigint();
+    spin(probe);
+    probes.push(Number(process.hrtime.bigint() - s));
+  }
+  probes.sort((a, b) => a - b);
+  const iterations = Math.max(1, Math.round((probe * inProcess.p50us * 1000) / probes[150]));
+  return timeEach(N, () => spin(iterations));
+})();
 
 // 2. the whole admit + reserve path (request validation, selection, usage, policy, atomic reservation), then release
 const allowN = Math.min(N, 20000);
@@ -163,9 +193,11 @@ console.log(`${'path'.padEnd(44)} ${'n'.padStart(6)} ${'ops/s'.padStart(10)} ${'
 console.log(row('in-process WASM policy evaluation', inProcess));
 console.log(row('  the same, catalog in the input (detail)', inProcessFull));
 console.log(row(`admit+reserve+release (${allowed} allowed)`, reservePath));
+console.log(row('machine floor: fixed CPU task, same p50', floor));
 console.log(row('opa run --server, loopback REST (baseline)', rest));
 console.log(row('  the same, catalog in its data (detail)', restData));
 console.log(`input JSON: ${Math.round(gateJson.reduce((n, j) => n + j.length, 0) / gateJson.length)} bytes to the engine, ${Math.round(inputJson.reduce((n, j) => n + j.length, 0) / inputJson.length)} with the catalog`);
 console.log(`\nREST / in-process: p50 ${(rest.p50us / inProcess.p50us).toFixed(1)}×, p99 ${(rest.p99us / inProcess.p99us).toFixed(1)}×, throughput ${(inProcess.perSec / rest.perSec).toFixed(1)}×`);
 console.log(`REST with the catalog in its data / in-process (detail): p50 ${(restData.p50us / inProcess.p50us).toFixed(1)}×`);
-console.log(`targets: in-process p99 ≤ 100 µs: ${inProcess.p99us <= 100 ? 'met' : 'NOT met'}; ≥ 20× faster than REST (p50): ${rest.p50us / inProcess.p50us >= 20 ? 'met' : 'NOT met'}; ≥ 10,000 admit+reserve/s: ${reservePath.perSec >= 10000 ? 'met' : 'NOT met'}`);
+console.log(`machine floor: a fixed CPU task with the evaluation's p50 has p99 ${floor.p99us.toFixed(0)} µs here (${(floor.p99us / floor.p50us).toFixed(1)}× its p50); the evaluation's p99 is ${(inProcess.p99us / floor.p99us).toFixed(2)}× that floor`);
+console.log(`targets (issue 13): in-process p99 ≤ 100 µs: ${inProcess.p99us <= 100 ? 'met' : 'NOT met'}; ≥ 50× faster than REST (p50): ${rest.p50us / inProcess.p50us >= 50 ? 'met' : 'NOT met'}; ≥ 10,000 admit+reserve+release/s: ${reservePath.perSec >= 10000 ? 'met' : 'NOT met'}`);
