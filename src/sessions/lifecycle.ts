@@ -108,8 +108,8 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           const profileConfig = findProfile(config, decision.backend, decision.profile);
           // What the spawn brings is the same for every candidate worker: worked out once.
           const accepted = profileConfig ? acceptSession(profileConfig.accept, session) : null;
-          const fits = (w: WarmWorker): boolean =>
-            profileConfig !== undefined && accepted !== null && fitsWarm(w, decision, accepted, profileConfig.timeoutSeconds ?? decision.ttlSeconds);
+          const runSeconds = profileConfig?.timeoutSeconds ?? decision.ttlSeconds;
+          const fits = (w: WarmWorker): boolean => accepted !== null && fitsWarm(w, decision, accepted, runSeconds);
           // A wait asks again at each try: the worker taken at an earlier one is kept while it fits.
           if (warm && warm.backendName === decision.backend && warm.profile === decision.profile && fits(warm)) return warm.spawnId;
           if (warm) pool.putBack(warm);
