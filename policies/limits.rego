@@ -21,7 +21,7 @@ most_generous(caps, scope) := cfg.concurrency[scope] if {
 } else := max(caps)
 
 # Both the backend entry and the chosen profile may cap the backend; the tighter one applies.
-backend_cap := min({cap | some cap in [backend.maxConcurrent, profile.maxConcurrent.backend]; cap != null})
+backend_cap := min([cap | some cap in [backend.maxConcurrent, profile.maxConcurrent.backend]; cap != null])
 
 # A warm pool's own spawns (docs/warm-pools.md): the gateway admits each warm worker as user
 # "spawngate-pool" (role "spawngate-pool") on channel kind "pool". Unless pools.sharedCaps says
@@ -39,36 +39,55 @@ in_shared_caps if not pool_caller
 
 in_shared_caps if pools_config.sharedCaps == true
 
-# Entries: rank (output order), scope, key, cap, current usage.
-caps contains [1, "total", "*", cfg.concurrency.total, input.usage.total] if {
+# Each cap as [rank, scope, key, cap, current usage], null where it does not apply, and all of them in
+# one array in rank order (the output order). Not a set: in WASM a set hashes every entry it takes
+# and wants a sort to be ordered, which cost more than working the caps out.
+caps := [c |
+	some c in [cap_total, cap_backend, cap_profile, cap_user, cap_channel, cap_profile_user, cap_profile_channel, cap_parent]
+	c != null
+]
+
+default cap_total := null
+
+cap_total := [1, "total", "*", cfg.concurrency.total, input.usage.total] if {
 	in_shared_caps
 	cfg.concurrency.total != null
 }
 
-caps contains [2, "backend", backend_name, backend_cap, used] if {
+default cap_backend := null
+
+cap_backend := [2, "backend", backend_name, backend_cap, used] if {
 	in_shared_caps
 	profile
 	used := object.get(input.usage.backends, backend_name, 0)
 }
 
-caps contains [3, "profile", profile_key, cap, used] if {
+default cap_profile := null
+
+cap_profile := [3, "profile", profile_key, cap, used] if {
 	in_shared_caps
 	cap := profile.maxConcurrent.profile
 	cap != null
 	used := object.get(input.usage.profiles, profile_key, 0)
 }
 
-caps contains [4, "user", user_id, cap, input.usage.user] if {
+default cap_user := null
+
+cap_user := [4, "user", user_id, cap, input.usage.user] if {
 	cap := scope_cap("user")
 	cap != null
 }
 
-caps contains [5, "channel", channel.id, cap, input.usage.channel] if {
+default cap_channel := null
+
+cap_channel := [5, "channel", channel.id, cap, input.usage.channel] if {
 	cap := scope_cap("channel")
 	cap != null
 }
 
-caps contains [6, "profile_user", key, cap, used] if {
+default cap_profile_user := null
+
+cap_profile_user := [6, "profile_user", key, cap, used] if {
 	in_shared_caps
 	cap := profile.maxConcurrent.user
 	cap != null
@@ -76,7 +95,9 @@ caps contains [6, "profile_user", key, cap, used] if {
 	used := object.get(input.usage.userProfiles, profile_key, 0)
 }
 
-caps contains [7, "profile_channel", key, cap, used] if {
+default cap_profile_channel := null
+
+cap_profile_channel := [7, "profile_channel", key, cap, used] if {
 	in_shared_caps
 	cap := profile.maxConcurrent.channel
 	cap != null
@@ -86,12 +107,14 @@ caps contains [7, "profile_channel", key, cap, used] if {
 
 # Fan-out: the live children one session may have at once (OpenClaw's maxChildrenPerAgent, kept
 # here so that it holds across gateways and restarts).
-caps contains [8, "parent", input.caller.sessionKey, cap, object.get(input.usage, "children", 0)] if {
+default cap_parent := null
+
+cap_parent := [8, "parent", input.caller.sessionKey, cap, object.get(input.usage, "children", 0)] if {
 	cap := tree_config.maxChildren
 	cap != null
 }
 
-concurrency_limits := [{"scope": c[1], "key": c[2], "max": c[3]} | some c in sort(caps)]
+concurrency_limits := [{"scope": c[1], "key": c[2], "max": c[3]} | some c in caps]
 
 deny contains [30 + c[0], concat("_", ["concurrency_limit", c[1]]), msg] if {
 	some c in caps
