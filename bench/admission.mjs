@@ -93,6 +93,19 @@ const floor = (() => {
   return timeEach(N, () => spin(iterations));
 })();
 
+// 1c. A lone evaluation, as a gateway with a spawn now and then makes it: after 20 ms of quiet,
+// when the evaluator thread sleeps and both threads may wake on one CPU.
+const loneN = 150;
+const loneSamples = [];
+for (let i = 0; i < loneN; i++) {
+  await new Promise((r) => setTimeout(r, 20));
+  const s = process.hrtime.bigint();
+  await gate.policy.evaluateJsonWithoutCatalogAsync(gateJson[i % gateJson.length]);
+  loneSamples.push(Number(process.hrtime.bigint() - s));
+}
+// No rate: the quiet between them is the point.
+const lone = { ...summarize(loneSamples, 1), perSec: null };
+
 // 2. the whole admit + reserve path (request validation, selection, usage, policy, atomic reservation), then release
 const allowN = Math.min(N, 20000);
 const reserveSamples = new Array(allowN);
@@ -187,13 +200,14 @@ try {
   await gate.close();
 }
 
-const row = (name, r) => `${name.padEnd(44)} ${String(r.n).padStart(6)} ${r.perSec.toFixed(0).padStart(10)} ${r.p50us.toFixed(1).padStart(9)} ${r.p99us.toFixed(1).padStart(9)}`;
+const row = (name, r) => `${name.padEnd(44)} ${String(r.n).padStart(6)} ${(r.perSec === null ? '-' : r.perSec.toFixed(0)).padStart(10)} ${r.p50us.toFixed(1).padStart(9)} ${r.p99us.toFixed(1).padStart(9)}`;
 console.log(`node ${process.version}, ${inputs.length} distinct inputs, bundle ${gate.policy.revision}`);
 console.log(`${'path'.padEnd(44)} ${'n'.padStart(6)} ${'ops/s'.padStart(10)} ${'p50 µs'.padStart(9)} ${'p99 µs'.padStart(9)}`);
 console.log(row('in-process WASM policy evaluation', inProcess));
 console.log(row('  the same, catalog in the input (detail)', inProcessFull));
 console.log(row(`admit+reserve+release (${allowed} allowed)`, reservePath));
 console.log(row('machine floor: fixed CPU task, same p50', floor));
+console.log(row('one evaluation after 20 ms of quiet', lone));
 console.log(row('opa run --server, loopback REST (baseline)', rest));
 console.log(row('  the same, catalog in its data (detail)', restData));
 console.log(`input JSON: ${Math.round(gateJson.reduce((n, j) => n + j.length, 0) / gateJson.length)} bytes to the engine, ${Math.round(inputJson.reduce((n, j) => n + j.length, 0) / inputJson.length)} with the catalog`);

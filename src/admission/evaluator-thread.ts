@@ -43,7 +43,7 @@ export type ThreadReply = { ok: true; text: string } | { ok: false; error: strin
 export type ThreadReady = { ok: true; entrypoints: Record<string, number> } | { ok: false; error: string };
 
 /** Indices into the control words, from evaluator.ts (LAYOUT) by way of workerData. */
-const { REQ, RES, READY, REQ_KIND, REQ_LEN, REQ_ENTRY, RES_KIND, RES_LEN, MESSAGE, INLINE } = (workerData as ThreadData).layout;
+const { REQ, RES, READY, REQ_KIND, REQ_LEN, REQ_ENTRY, RES_KIND, RES_LEN, THREAD_AWAKE, CALLER_POLLING, MESSAGE, INLINE } = (workerData as ThreadData).layout;
 
 /**
  * The members of the SDK's LoadedPolicy (declared public in its typings) that its own evaluate()
@@ -61,7 +61,12 @@ type OpaEval = (reserved: number, entrypoint: number, dataAddr: number, inputAdd
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-/** How long the thread polls for the next request after an answer before it sleeps (none with one CPU, where it would only hold up the caller). */
+/**
+ * How long the thread polls for the next request after an answer before it sleeps, when the caller
+ * was polling for that answer: it then runs on another CPU, and in a burst its next request comes
+ * sooner than a futex wake-up. Otherwise a poll could keep the caller, woken on this CPU, from
+ * running (evaluator.ts, SPIN_POLL_MS). None with one CPU, where it would only hold up the caller.
+ */
 const REQUEST_SPIN_MS = availableParallelism() > 1 ? 0.5 : 0;
 const cpuPause: () => void = (Atomics as unknown as { pause?: () => void }).pause?.bind(Atomics) ?? (() => undefined);
 const WASM_PAGE = 64 * 1024;
@@ -133,12 +138,16 @@ function serve(data: ThreadData): void {
   Atomics.notify(control, READY);
 
   let seen = 0;
+  let poll = false;
   for (;;) {
-    // Polled a little before sleeping: in a burst the next request comes within µs of the last
-    // answer, sooner than a futex wake-up would bring this thread back (evaluator.ts, SPIN_POLL_MS).
-    const spinUntil = performance.now() + REQUEST_SPIN_MS;
-    while (Atomics.load(control, REQ) === seen && performance.now() < spinUntil) cpuPause();
+    if (poll) {
+      const spinUntil = performance.now() + REQUEST_SPIN_MS;
+      while (Atomics.load(control, REQ) === seen && performance.now() < spinUntil) cpuPause();
+    }
+    // Cleared before the sleep and set after it, so a caller that finds it set knows this thread runs now.
+    Atomics.store(control, THREAD_AWAKE, 0);
     Atomics.wait(control, REQ, seen);
+    Atomics.store(control, THREAD_AWAKE, 1);
     const seq = Atomics.load(control, REQ);
     if (seq === seen) continue;
     let reply: ThreadReply | null = null;
@@ -172,6 +181,7 @@ function serve(data: ThreadData): void {
     seen = seq;
     Atomics.store(control, RES, seq);
     Atomics.notify(control, RES);
+    poll = REQUEST_SPIN_MS > 0 && Atomics.load(control, CALLER_POLLING) === seq;
   }
 }
 
