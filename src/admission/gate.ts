@@ -75,6 +75,11 @@ export interface AdmitCallOptions {
    * profile comes with its own id); asked again at each try of a wait. Default `spawnId`.
    */
   spawnIdFor?: (decision: AllowDecision) => string;
+  /**
+   * The store refused the try reserved under this id (from spawnIdFor): whatever was set aside for
+   * it may go back while the spawn waits for its next try, or is denied.
+   */
+  spawnIdRefused?: (spawnId: string) => void;
   /** Ends a wait for a slot (reserve with request.waitSeconds): the ticket leaves the queue and reserve rejects with the signal's reason. */
   signal?: AbortSignal;
   /** While the spawn waits for a slot: its place in the queue (1 = next), each time it changes. */
@@ -479,8 +484,9 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
     if (!decision.allow) return { decided, result: { ...result, allowed: false, decision, reservation: null }, span: decided.span };
     const parent = call.parent ?? parentContext(result.request.traceparent);
     return inSpan(SPAN.reservation, parent, { 'spawngate.store': store.kind }, async (span): Promise<Attempt> => {
+      const spawnId = call.spawnIdFor?.(decision) ?? call.spawnId ?? randomUUID();
       const outcome = await store.reserve({
-        spawnId: call.spawnIdFor?.(decision) ?? call.spawnId ?? randomUUID(),
+        spawnId,
         holder: leases.holder,
         leaseMs: leases.leaseMs,
         ...(ticket === undefined ? {} : { ticket }),
@@ -495,6 +501,7 @@ export async function createAdmission(options: AdmissionOptions = {}): Promise<A
         },
       });
       if (!outcome.ok) {
+        safely(() => call.spawnIdRefused?.(spawnId));
         annotate(span, () => ({ 'spawngate.decision': 'deny', 'spawngate.reason': outcome.code, 'spawngate.decision_id': result.decisionId }));
         return { decided, result: { ...result, stage: 'reservation' as const, decision: rejectionToDeny(decision, outcome), allowed: false, reservation: null }, span: spanIds(span) };
       }

@@ -110,7 +110,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
           const accepted = profileConfig ? acceptSession(profileConfig.accept, session) : null;
           const runSeconds = profileConfig?.timeoutSeconds ?? decision.ttlSeconds;
           const fits = (w: WarmWorker): boolean => accepted !== null && fitsWarm(w, decision, accepted, runSeconds);
-          // A wait asks again at each try: the worker taken at an earlier one is kept while it fits.
+          // A wait asks again at each try (a refused try gave its worker back meanwhile, see spawnIdRefused).
           if (warm && warm.backendName === decision.backend && warm.profile === decision.profile && fits(warm)) return warm.spawnId;
           if (warm) pool.putBack(warm);
           warm = pool.has(decision.backend, decision.profile, agentId) ? pool.take(decision.backend, decision.profile, agentId, fits) : null;
@@ -121,6 +121,8 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
       if (warm) pools?.putBack(warm);
       warm = null;
     };
+    // A spawn waiting for a slot holds no warm worker: another spawn that may run now claims it.
+    const spawnIdRefused = pools ? (): void => giveBack() : undefined;
     const traceparent = (request as { traceparent?: unknown } | null)?.traceparent; // not yet validated
     const parent = spawnOptions.parent ?? parentContext(typeof traceparent === 'string' ? traceparent : handed ? handed.request.traceparent : null);
     return inSpan(SPAN.spawn, parent, { 'spawngate.spawn_id': spawnId }, async (span, ctx) => {
@@ -133,6 +135,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
               parent: ctx,
               spawnId,
               ...(spawnIdFor ? { spawnIdFor } : {}),
+              ...(spawnIdRefused ? { spawnIdRefused } : {}),
               ...(spawnOptions.signal ? { signal: spawnOptions.signal } : {}),
               onQueued: (position) => progress({ stage: 'queued', position }),
             });

@@ -172,6 +172,41 @@ describe('warm pools on the process backend', () => {
     expect(refused.g.warmPools()[0]?.lastError).toMatch(/the policy denied the pool's spawn \(agent_not_allowed\)/);
   });
 
+  it('a spawn waiting for a slot holds no warm worker: a spawn that may run meanwhile claims it', async () => {
+    const { g } = await gateWith({ min: 2, max: 2 }, { policyData: { concurrency: { user: 1 }, queue: { maxWaitSeconds: 60, maxWaitNonInteractiveSeconds: 60 } } });
+    expect(await g.warmPoolsSettled(60_000)).toBe(true);
+    expect(g.warmPools()[0]).toMatchObject({ idle: 2 });
+    // Two spawns of one user at once, with a cap of one: both read the usage before either
+    // reserved, so the policy allows both, each takes a warm worker, and the store refuses one.
+    const who = caller({ user: 'waits' });
+    // Read the moment the refused one is queued: the pool refills only 100 ms after a claim, and
+    // the refusal comes before the other spawn has even claimed its worker.
+    let idleWhenQueued = -1;
+    let queued!: () => void;
+    const isQueued = new Promise<void>((resolve) => (queued = resolve));
+    const onProgress = (p: { stage: string }) => {
+      if (p.stage !== 'queued') return;
+      idleWhenQueued = g.warmPools()[0]?.idle ?? -1;
+      queued();
+    };
+    const both = ['a', 'b'].map((task) => g.spawn({ agentId: 'echo', task, caller: { ...who, sessionKey: `${who.sessionKey}-${task}` }, waitSeconds: 60 }, { onProgress }));
+    const first = await Promise.race(both);
+    expect(first.warm).toBe(true);
+    await isQueued;
+    // The refused one waits without the worker it had taken: that one is idle in the pool again.
+    expect(idleWhenQueued).toBe(1);
+    // Another user may run now, and claims a warm worker.
+    const other = await g.spawn({ agentId: 'echo', task: 'c', caller: caller({ user: 'runs' }) });
+    expect(other.warm).toBe(true);
+    // The slot frees, and the waiting spawn runs (warm or cold: whatever the pool has by then).
+    await first.close();
+    const [x, y] = await Promise.all(both);
+    const second = x === first ? y : x;
+    expect(second?.spawnId).not.toBe(first.spawnId);
+    await second?.close();
+    await other.close();
+  });
+
   it('a warm worker takes no slot of the caps users share; the spawn that claims it counts it', async () => {
     const { g } = await gateWith({ min: 2 }, { profile: { maxConcurrent: { profile: 1 } } });
     expect(await g.warmPoolsSettled(60_000)).toBe(true);
