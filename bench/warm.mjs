@@ -3,7 +3,7 @@
  * Warm pools: a spawn that claims a warm worker next to a cold spawn of the same worker, in the same
  * run, on each backend that can run here.
  *
- *   npm run bench:warm -- [--runs 40] [--warmup 3] [--backend auto|process|docker|kubernetes|all] [--json]
+ *   npm run bench:warm -- [--runs 40] [--warmup 3] [--backend auto|process|docker|kubernetes|all] [--quiet-ms 0] [--json]
  *     kubernetes only: [--kubeconfig FILE] [--namespace NS] [--image IMAGE]  (default: the test cluster of scripts/k8s-node-up.sh)
  *
  * One gate, two profiles that differ only in `warmPool` (min 2, echo agent). A sample starts at
@@ -12,6 +12,8 @@
  * for the cold one, admission, create, the worker's start and its ACP handshake, and the turn's
  * start. `claim` is the warm spawn() call alone. Before each warm sample the pool is given time to
  * refill (untimed), so every warm sample finds a ready worker; warm and cold samples alternate.
+ * `--quiet-ms N` waits N ms more after the refill: right after it (the default), a Kubernetes node
+ * is still busy with the new Pod (status, events, the NetworkPolicy enforcer), which shows in p99.
  * Goal (issue 13): warm claim → first byte p50 ≤ 10 ms and p99 ≤ 50 ms on every backend.
  */
 import { randomUUID } from 'node:crypto';
@@ -24,6 +26,7 @@ import { dockerReadiness, findCluster, markdownTable, quantile } from './lib/eng
 const { values: args } = parseArgs({
   options: {
     runs: { type: 'string', default: '40' },
+    'quiet-ms': { type: 'string', default: '0' },
     warmup: { type: 'string', default: '3' },
     backend: { type: 'string', default: 'auto' },
     json: { type: 'boolean', default: false },
@@ -34,9 +37,11 @@ const { values: args } = parseArgs({
 });
 const RUNS = Number(args.runs);
 const WARMUP = Number(args.warmup);
+const QUIET_MS = Number(args['quiet-ms']);
 const BACKENDS = args.backend;
 if (!Number.isInteger(RUNS) || RUNS < 1 || RUNS > 1000) throw new Error('--runs must be an integer in 1..1000');
 if (!Number.isInteger(WARMUP) || WARMUP < 0 || WARMUP > 50) throw new Error('--warmup must be an integer in 0..50');
+if (!Number.isInteger(QUIET_MS) || QUIET_MS < 0 || QUIET_MS > 60_000) throw new Error('--quiet-ms must be an integer in 0..60000');
 if (!['auto', 'process', 'docker', 'kubernetes', 'all'].includes(BACKENDS)) throw new Error('--backend must be auto, process, docker, kubernetes or all');
 
 const GOAL = { p50: 10, p99: 50 };
@@ -106,6 +111,7 @@ async function measure(backend, gate) {
   log(`${backend}: ${WARMUP} warm-up + ${RUNS} measured pairs`);
   for (let i = 0; i < WARMUP + RUNS; i++) {
     if (!(await gate.warmPoolsSettled(REFILL_TIMEOUT_MS))) throw new Error(`${backend}: the pool did not refill within ${REFILL_TIMEOUT_MS} ms`);
+    if (QUIET_MS) await new Promise((resolve) => setTimeout(resolve, QUIET_MS));
     const order = i % 2 === 0 ? ['warm', 'cold'] : ['cold', 'warm'];
     for (const profile of order) {
       const s = await sample(gate, profile);
