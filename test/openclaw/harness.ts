@@ -95,13 +95,22 @@ export async function startModelServer(): Promise<ModelServer> {
       res.end('data: [DONE]\n\n');
     })();
   });
+  // Node's default keep-alive timeout is 5 s, as long as the delay above: the gateway's fetch then
+  // raced the server closing its idle connection and failed with "other side closed" (one CI run,
+  // after which OpenClaw's retry never reached this server).
+  server.keepAliveTimeout = 120_000;
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
   return {
     url: `http://127.0.0.1:${port}/v1`,
     requests,
     saw: (t) => requests.some((r) => r.messages.some((m) => contentText(m.content).includes(t))),
-    close: () => new Promise((resolve) => server.close(() => resolve())),
+    close: () =>
+      new Promise((resolve) => {
+        server.close(() => resolve());
+        // A kept-alive connection would otherwise hold close() for up to the timeout above.
+        server.closeAllConnections();
+      }),
   };
 }
 
