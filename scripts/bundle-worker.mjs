@@ -6,9 +6,9 @@
  *
  * Why: a cold worker spent most of its start resolving and reading modules, about 220 files (its
  * own graph and the ACP SDK with zod, counted with a module load hook), each a stat, a
- * package.json lookup and a read. One file per load step cuts about a third of the time to a ready worker (npm run
- * bench:spawn). The process backend, the image and `spawngate worker` start this bundle when it
- * exists and bin.js otherwise; both run the same code.
+ * package.json lookup and a read. One file per load step cuts about a third of the time to a
+ * ready worker (npm run bench:spawn). The process backend, the image and `spawngate worker` start
+ * this bundle when it exists and bin.js otherwise; both run the same code.
  *
  * `import.meta.url` keeps meaning the original module's place: it is rewritten, in every bundled
  * module, to that module's path relative to the bundle, so `new URL('../../package.json', …)` and the
@@ -35,7 +35,6 @@ try {
   console.error(`bundle-worker: the bundler (devDependency rolldown) is not installed: ${err.message}; run npm ci`);
   process.exit(1);
 }
-
 
 await rm(outDir, { recursive: true, force: true });
 const bundle = await rolldown({

@@ -122,7 +122,7 @@ export function createLifecycle(options: LifecycleOptions): Lifecycle {
       warm = null;
     };
     // A spawn waiting for a slot holds no warm worker: another spawn that may run now claims it.
-    const spawnIdRefused = pools ? (): void => giveBack() : undefined;
+    const spawnIdRefused = pools ? giveBack : undefined;
     const traceparent = (request as { traceparent?: unknown } | null)?.traceparent; // not yet validated
     const parent = spawnOptions.parent ?? parentContext(typeof traceparent === 'string' ? traceparent : handed ? handed.request.traceparent : null);
     return inSpan(SPAN.spawn, parent, { 'spawngate.spawn_id': spawnId }, async (span, ctx) => {

@@ -95,9 +95,9 @@ export async function startModelServer(): Promise<ModelServer> {
       res.end('data: [DONE]\n\n');
     })();
   });
-  // Node's default keep-alive timeout is 5 s, as long as the delay above: the gateway's fetch then
-  // raced the server closing its idle connection and failed with "other side closed" (one CI run,
-  // after which OpenClaw's retry never reached this server).
+  // Node's default keep-alive timeout is 5 s, as long as the delay above. In one CI run the gateway's
+  // fetch failed with "other side closed" after 5.5 s and OpenClaw's retry never reached this
+  // server; a close at that timeout is the likely cause (not proven), and a longer one rules it out.
   server.keepAliveTimeout = 120_000;
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
