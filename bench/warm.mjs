@@ -12,8 +12,10 @@
  * for the cold one, admission, create, the worker's start and its ACP handshake, and the turn's
  * start. `claim` is the warm spawn() call alone. Before each warm sample the pool is given time to
  * refill (untimed), so every warm sample finds a ready worker; warm and cold samples alternate.
- * `--quiet-ms N` waits N ms more after the refill: right after it (the default), a Kubernetes node
- * is still busy with the new Pod (status, events, the NetworkPolicy enforcer), which shows in p99.
+ * `--quiet-ms N` waits N ms more before every sample, warm or cold. Without it (the default) a
+ * sample starts right after the last one closed its worker or the pool refilled: a Kubernetes node
+ * is then still tearing down or setting up a Pod (sandbox, CNI, the NetworkPolicy enforcer's
+ * chains), and on 2 CPUs that work competes with the claim; it shows in both p50 and p99.
  * Goal (issue 13): warm claim → first byte p50 ≤ 10 ms and p99 ≤ 50 ms on every backend.
  */
 import { randomUUID } from 'node:crypto';
@@ -111,9 +113,9 @@ async function measure(backend, gate) {
   log(`${backend}: ${WARMUP} warm-up + ${RUNS} measured pairs`);
   for (let i = 0; i < WARMUP + RUNS; i++) {
     if (!(await gate.warmPoolsSettled(REFILL_TIMEOUT_MS))) throw new Error(`${backend}: the pool did not refill within ${REFILL_TIMEOUT_MS} ms`);
-    if (QUIET_MS) await new Promise((resolve) => setTimeout(resolve, QUIET_MS));
     const order = i % 2 === 0 ? ['warm', 'cold'] : ['cold', 'warm'];
     for (const profile of order) {
+      if (QUIET_MS) await new Promise((resolve) => setTimeout(resolve, QUIET_MS));
       const s = await sample(gate, profile);
       if (i < WARMUP) continue;
       if (profile === 'warm') {
