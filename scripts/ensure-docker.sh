@@ -70,14 +70,21 @@ else
   if [ -s "$containerd_pid_file" ] && ! running_as "$(cat "$containerd_pid_file")" containerd; then
     rm -f "$containerd_pid_file"
   fi
-  # setsid: the daemon must outlive this script and the test process that called it; 9>&- keeps the
-  # lock fd out of the daemon, which would otherwise hold the lock for its whole life.
-  setsid dockerd \
-    --storage-driver=vfs \
-    --iptables=false \
-    --ip6tables=false \
-    --pidfile="$pid_file" \
-    >>"$log_file" 2>&1 </dev/null 9>&- &
+  # setsid: the daemon must outlive this script and the test process that called it. Every
+  # descriptor past stderr is closed first: a lock open in this script (fd 9) or in whatever ran it
+  # (`flock FILE cmd` leaves its lock open in cmd) would otherwise be held by the daemon for its
+  # whole life, and the next taker of that lock would wait for it in vain.
+  (
+    for fd in /proc/self/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    exec setsid dockerd \
+      --storage-driver=vfs \
+      --iptables=false \
+      --ip6tables=false \
+      --pidfile="$pid_file"
+  ) >>"$log_file" 2>&1 </dev/null &
 fi
 
 deadline=$((SECONDS + wait_seconds))

@@ -338,7 +338,9 @@ worker_image=""
 if [[ $with_worker_image == 1 ]]; then
   # build-image.sh is a no-op when nothing changed; its last stdout line is {"tag":…,…}.
   # The lock: build-image.sh compiles dist/, which a developer's or a test's own build may be writing.
-  build_out=$(flock -w 900 /tmp/spawngate-build.lock bash "$repo/scripts/build-image.sh")
+  # -o: the lock's descriptor stays out of build-image.sh, so a daemon it starts (dockerd) cannot
+  # keep the lock after the build is done.
+  build_out=$(flock -o -w 900 /tmp/spawngate-build.lock bash "$repo/scripts/build-image.sh")
   build_json=${build_out##*$'\n'}
   worker_tag=$("$node_bin" -e 'process.stdout.write(JSON.parse(process.argv[1]).tag ?? "")' "$build_json")
   [[ -n $worker_tag ]] || die "scripts/build-image.sh printed no tag: $build_json"
