@@ -1,12 +1,14 @@
 // The closing lines of scripts/test.sh: the tally of both vitest runs, then whatever else made a run
 // exit non-zero (errors outside any test, files that failed before their tests ran), so a log cut
 // to its tail still says why: each failed test by file and name, with the head of its failure (the
-// reporter's own account of it scrolls away above the OpenClaw run). Arguments: the exit status of the main run and of the OpenClaw run.
+// reporter's own account of it scrolls away above the OpenClaw run). Arguments: the exit status of
+// the main run and of the OpenClaw run.
 import { readFileSync } from 'node:fs';
 import { relative } from 'node:path';
 
 // Enough of a failure to see the assertion and where it was, not a whole stack.
 const MESSAGE_LINES = 15;
+const head = (text) => text.split('\n').slice(0, MESSAGE_LINES).join('\n');
 
 const runs = [
   { name: 'vitest-results', status: Number(process.argv[2] ?? 0) },
@@ -34,15 +36,12 @@ for (const run of runs) {
     skipped += results.numPendingTests + results.numTodoTests;
     for (const file of results.testResults ?? []) {
       const where = relative(process.cwd(), file.name);
-      for (const t of file.assertionResults ?? []) {
-        if (t.status !== 'failed') continue;
-        const message = (t.failureMessages ?? []).join('\n').split('\n').slice(0, MESSAGE_LINES).join('\n');
-        lines.push(`${run.name}: FAILED ${where} > ${t.fullName} (${Math.round(t.duration ?? 0)} ms)\n${message}`);
+      const failedTests = (file.assertionResults ?? []).filter((t) => t.status === 'failed');
+      for (const t of failedTests) {
+        lines.push(`${run.name}: FAILED ${where} > ${t.fullName} (${Math.round(t.duration ?? 0)} ms)\n${head((t.failureMessages ?? []).join('\n'))}`);
       }
       // A file whose suite-level hook threw has no failed test to name; its message says why.
-      if (file.status === 'failed' && !(file.assertionResults ?? []).some((t) => t.status === 'failed') && file.message) {
-        lines.push(`${run.name}: FAILED ${where}: ${file.message.split('\n').slice(0, MESSAGE_LINES).join('\n')}`);
-      }
+      if (file.status === 'failed' && failedTests.length === 0 && file.message) lines.push(`${run.name}: FAILED ${where}: ${head(file.message)}`);
     }
   }
   const errors = read(`${run.name}-errors`);
