@@ -67,11 +67,12 @@ export function setAttributes(span: Span, attributes: Record<string, string | nu
  * Starts a child span of `parent`. The SDK calls span processors' onStart synchronously and lets
  * their exceptions through, so a faulty processor would otherwise fail the spawn: on any error the
  * result is a non-recording span carrying the parent's span context, which keeps the trace (and the
- * traceparent handed to the worker) continuous even though this one span is lost.
+ * traceparent handed to the worker) continuous even though this one span is lost. `startTime`
+ * (epoch ms): when the work began, if before this call.
  */
-export function startSpan(name: string, parent: Context, kind: SpanKind = SpanKind.INTERNAL): Span {
+export function startSpan(name: string, parent: Context, kind: SpanKind = SpanKind.INTERNAL, startTime?: number): Span {
   try {
-    return tracer().startSpan(name, { kind }, parent);
+    return tracer().startSpan(name, startTime === undefined ? { kind } : { kind, startTime }, parent);
   } catch {
     return trace.wrapSpanContext(trace.getSpanContext(parent) ?? INVALID_SPAN_CONTEXT);
   }

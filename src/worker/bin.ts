@@ -21,10 +21,15 @@ if (import.meta.url.endsWith('.ts')) {
   });
 }
 
+// The agent first, from a light module: it boots while the rest of the worker loads (launch.ts).
+const { launchAgentEarly } = await import('./launch.js');
+const launched = launchAgentEarly(process.env);
 try {
   const { runWorkerFromEnv } = await import('./main.js');
-  await runWorkerFromEnv();
+  await runWorkerFromEnv(process.env, undefined, launched);
 } catch (err) {
+  // Stopped already unless the worker's code failed to load; never left running on its own.
+  await launched?.discard(3000);
   const error = err as Partial<SpawngateError> & Error;
   process.stderr.write(
     `${JSON.stringify({ time: new Date().toISOString(), source: 'worker', level: 'error', message: error.message, code: error.code ?? null, details: error.details ?? null })}\n`,

@@ -49,7 +49,8 @@ import { boundedRawInput, permissionPaths, workspaceRoot } from './permissions.j
 import { proxyEnvironment, startEgressForwarder } from './egress.js';
 import type { EgressForwarder } from './egress.js';
 import { redactString } from '../redact.js';
-import { archive, DiffTooLargeError, gitDiff, safeDirectoryEnv } from './workspace.js';
+import { archive, DiffTooLargeError, gitDiff } from './workspace.js';
+import { agentLaunch, type LaunchedAgent } from './launch.js';
 import type { CheckedOut } from './workspace.js';
 import { endHttpSpan, endSpan, httpMethod, parentContext, recordError, setAttributes, SPAN, startSpan, traceparentOf } from '../telemetry/tracing.js';
 import type { EventBody } from './map-update.js';
@@ -73,6 +74,12 @@ export interface StartWorkerOptions {
   listen: WorkerListen;
   /** The agent's working directory and ACP session cwd; defaults to process.cwd(). */
   cwd?: string;
+  /**
+   * An agent process already started for these options (launch.ts, by the worker's entry): adopted
+   * when it was started for exactly the argv, cwd and environment this worker would use, else
+   * stopped and replaced by the worker's own. Either way the worker owns it from here on.
+   */
+  launched?: LaunchedAgent | null;
   /** A model for the ACP session (applied when the agent offers it; /status says whether). */
   model?: string;
   /** Reopen this agent session instead of starting a new one. */
@@ -276,15 +283,6 @@ async function readJsonObject(req: IncomingMessage, res: ServerResponse, limit: 
 /** reject_once when offered (never reject_always: a later request may be decided differently), else no option. */
 function rejectOption(request: RequestPermissionRequest): string | null {
   return request.options.find((o) => o.kind === 'reject_once')?.optionId ?? null;
-}
-
-function agentEnvironment(extra: Record<string, string> | undefined): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [key, value] of Object.entries(process.env)) {
-    // The agent runs model-written code; it has no business holding the credential of its own worker.
-    if (value !== undefined && key !== 'SPAWNGATE_WORKER_TOKEN') env[key] = value;
-  }
-  return { ...env, ...extra };
 }
 
 function describeExit(exit: AgentExit | null): string {
@@ -983,7 +981,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   };
 
   // Agent start and ACP handshake, under the gateway span that created this worker.
-  const startSpanOf = startSpan(SPAN.workerStart, parentContext(opts.traceparent ?? null));
+  // From the agent's early start (launch.ts), when the entry started it before this worker.
+  const startSpanOf = startSpan(SPAN.workerStart, parentContext(opts.traceparent ?? null), SpanKind.INTERNAL, opts.launched?.startedAt);
   setAttributes(startSpanOf, { 'spawngate.agent_id': opts.agentId, 'spawngate.agent.command': opts.agentCommand });
   let startSpanEnded = false;
   const endStartSpan = (err: Error | null): void => {
@@ -1007,17 +1006,16 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     proxyEnv = proxyEnvironment(forwarder.url);
     log('info', 'egress through the gateway proxy', { proxy: forwarder.url });
   }
-  const proc = spawnAgentProcess({
-    command: opts.agentCommand,
-    args: opts.agentArgs,
-    cwd,
-    env: agentEnvironment({ ...(opts.agentEnv ?? {}), ...proxyEnv, ...safeDirectoryEnv(cwd, { ...process.env, ...(opts.agentEnv ?? {}) }) }),
-    onStderrLine: (message) => {
-      const line: WorkerLogLine = { time: new Date().toISOString(), source: 'agent', level: 'info', message };
-      logs.push(line);
-      opts.onLog?.(line);
-    },
-  });
+  const onStderrLine = (message: string): void => {
+    const line: WorkerLogLine = { time: new Date().toISOString(), source: 'agent', level: 'info', message };
+    logs.push(line);
+    opts.onLog?.(line);
+  };
+  const launch = agentLaunch(opts, cwd, proxyEnv);
+  const adopted = opts.launched?.adopt(launch, onStderrLine) ?? null;
+  // Not started for this very launch: it must not outlive the worker that will not use it.
+  if (!adopted) await opts.launched?.discard(killGraceMs);
+  const proc = adopted ?? spawnAgentProcess({ ...launch, onStderrLine });
   agent = proc;
 
   void proc.exited.then(async (exit) => {
