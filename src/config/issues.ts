@@ -95,7 +95,13 @@ export function reservedKeyIssues(value: unknown): Issue[] {
   // A lone surrogate (a "\ud800" escape, or a JS string cut in half) is no text: it cannot be written
   // as UTF-8, and left in it surfaces as an evaluation error deep in the policy engine.
   const notText = 'is not valid Unicode text (contains a lone surrogate)';
-  const walk = (v: unknown, path: PropertyKey[]): void => {
+  // One path, extended and cut back as the walk goes: this runs on every spawn request, and a copy
+  // of the path per key was most of its cost. It is copied only into an issue.
+  const path: PropertyKey[] = [];
+  const issueAt = (key: PropertyKey, message: string): void => {
+    out.push({ path: formatPath([...path, key]), message });
+  };
+  const walk = (v: unknown): void => {
     if (typeof v === 'string') {
       if (!v.isWellFormed()) out.push({ path: formatPath(path), message: notText });
       return;
@@ -103,15 +109,23 @@ export function reservedKeyIssues(value: unknown): Issue[] {
     if (typeof v !== 'object' || v === null || seen.has(v) || path.length > 64) return;
     seen.add(v);
     if (Array.isArray(v)) {
-      v.forEach((item, i) => walk(item, [...path, i]));
+      for (let i = 0; i < v.length; i++) {
+        path.push(i);
+        walk(v[i]);
+        path.pop();
+      }
       return;
     }
     for (const key of Object.keys(v)) {
-      if (key === '__proto__') out.push({ path: formatPath([...path, key]), message: 'reserved key' });
-      else if (!key.isWellFormed()) out.push({ path: formatPath([...path, key]), message: `key ${notText}` });
-      else walk((v as Record<string, unknown>)[key], [...path, key]);
+      if (key === '__proto__') issueAt(key, 'reserved key');
+      else if (!key.isWellFormed()) issueAt(key, `key ${notText}`);
+      else {
+        path.push(key);
+        walk((v as Record<string, unknown>)[key]);
+        path.pop();
+      }
     }
   };
-  walk(value, []);
+  walk(value);
   return out;
 }
