@@ -1,5 +1,9 @@
-import type * as AcpSdk from '@agentclientprotocol/sdk';
-import type { ClientConnection, InitializeResponse, McpServer, PromptResponse, RequestPermissionRequest, RequestPermissionResponse, SessionUpdate } from '@agentclientprotocol/sdk';
+import type { InitializeResponse, McpServer, PromptResponse, RequestPermissionRequest, RequestPermissionResponse, SessionNotification, SessionUpdate } from '@agentclientprotocol/sdk';
+import { AcpRequestError, connectAcpClient, INVALID_PARAMS, type AcpClient } from './acp-client.js';
+import { initializeProblem, objectResultProblem, permissionRequestProblem, promptResultProblem, sessionNotificationProblem, sessionResultProblem } from './acp-messages.js';
+
+/** The protocol version the worker speaks (ACP's stable v1). */
+const PROTOCOL_VERSION = 1;
 
 export interface AcpSessionOptions {
   stdin: WritableStream<Uint8Array>;
@@ -15,6 +19,8 @@ export interface AcpSessionOptions {
   onUpdate: (update: SessionUpdate) => void;
   /** Answers the agent's session/request_permission (the worker's permission mode decides how). */
   onPermission: (request: RequestPermissionRequest) => Promise<RequestPermissionResponse>;
+  /** A message of the agent that was not ACP and was refused (a notification dropped, a request answered with an error). */
+  onProtocolFault?: (message: string) => void;
 }
 
 export interface AgentInfo {
@@ -42,38 +48,37 @@ export interface AcpSession {
   close(): void;
 }
 
-let sdk: typeof AcpSdk | null = null;
-
-/**
- * The ACP SDK, loaded on first use. It and the zod it builds its schemas with take about as long to
- * load as the agent process takes to start, so the worker starts the agent first and loads the SDK
- * while the agent boots (openAcpSession), instead of before.
- */
-async function loadAcp(): Promise<typeof AcpSdk> {
-  sdk ??= await import('@agentclientprotocol/sdk');
-  return sdk;
-}
-
 /** Opens the ACP client connection over the agent's stdio, then runs initialize and session/new once. */
 export async function openAcpSession(options: AcpSessionOptions): Promise<AcpSession> {
-  const acp = await loadAcp();
   let sessionId: string | null = null;
-  const connection: ClientConnection = acp
-    .client({ name: 'spawngate-worker' })
-    .onNotification('session/update', ({ params }) => {
-      // Synchronous on purpose: the SDK does not wait for async handlers, so any await here could reorder deltas.
-      if (sessionId !== null && params.sessionId === sessionId) options.onUpdate(params.update);
-    })
-    .onRequest('session/request_permission', ({ params }) => options.onPermission(params))
-    .connect(acp.ndJsonStream(options.stdin, options.stdout));
+  const fault = (message: string): void => options.onProtocolFault?.(message);
+  const connection = connectAcpClient(options.stdout, options.stdin, {
+    onNotification(method, params) {
+      if (method !== 'session/update') return;
+      const problem = sessionNotificationProblem(params);
+      if (problem) return fault(`dropped a session/update that is not ACP: ${problem}`);
+      const notification = params as SessionNotification;
+      // Synchronous on purpose: an await here could reorder deltas.
+      if (sessionId !== null && notification.sessionId === sessionId) options.onUpdate(notification.update);
+    },
+    onRequest(method, params) {
+      if (method !== 'session/request_permission') return null;
+      const problem = permissionRequestProblem(params);
+      if (problem) {
+        fault(`refused a session/request_permission that is not ACP: ${problem}`);
+        return Promise.reject(new AcpRequestError(INVALID_PARAMS, `Invalid params: ${problem}`));
+      }
+      return options.onPermission(params as RequestPermissionRequest);
+    },
+  });
 
   try {
-    const init = await connection.agent.request('initialize', {
-      protocolVersion: acp.PROTOCOL_VERSION,
+    const init = await connection.request<InitializeResponse>('initialize', {
+      protocolVersion: PROTOCOL_VERSION,
       // No fs/terminal: the agent works on its own workspace; the worker is not an editor that could serve them.
       clientCapabilities: { fs: { readTextFile: false, writeTextFile: false }, terminal: false },
       clientInfo: { name: 'spawngate-worker', version: '1' },
-    });
+    }, initializeProblem);
     const agentInfo = init.agentInfo ? { name: init.agentInfo.name, version: init.agentInfo.version } : null;
     const opened = await openOrResume(connection, init, options);
     // Updates that session/load replays arrive before this line and are dropped: they belong to earlier turns.
@@ -87,7 +92,7 @@ export async function openAcpSession(options: AcpSessionOptions): Promise<AcpSes
       model,
       closedSignal: connection.signal,
       prompt(text, { traceparent, signal }) {
-        return connection.agent.request(
+        return connection.request<PromptResponse>(
           'session/prompt',
           {
             sessionId: id,
@@ -95,13 +100,14 @@ export async function openAcpSession(options: AcpSessionOptions): Promise<AcpSes
             // ACP reserves these root _meta keys for W3C trace context, so agents can continue the trace.
             ...(traceparent ? { _meta: { traceparent } } : {}),
           },
-          // Keep waiting after $/cancel_request: the answer is how the worker knows the agent let go of
+          promptResultProblem,
+          // Keeps waiting after $/cancel_request: the answer is how the worker knows the agent let go of
           // the prompt (its late updates would otherwise leak into the next turn).
-          { cancellationSignal: signal, stopWaitingOnCancel: false },
+          { signal },
         );
       },
       cancel() {
-        return connection.agent.notify('session/cancel', { sessionId: id });
+        return connection.notify('session/cancel', { sessionId: id });
       },
       close() {
         connection.close();
@@ -119,17 +125,17 @@ interface OpenedSession {
   models?: unknown;
 }
 
-async function openOrResume(connection: ClientConnection, init: InitializeResponse, options: AcpSessionOptions): Promise<OpenedSession> {
+async function openOrResume(connection: AcpClient, init: InitializeResponse, options: AcpSessionOptions): Promise<OpenedSession> {
   const resumeId = options.resumeSessionId;
   const mcpServers = [...(options.mcpServers ?? [])];
-  if (!resumeId) return connection.agent.request('session/new', { cwd: options.cwd, mcpServers });
+  if (!resumeId) return connection.request<OpenedSession>('session/new', { cwd: options.cwd, mcpServers }, (r) => sessionResultProblem(r, true));
   const caps = init.agentCapabilities ?? null;
   if (caps?.sessionCapabilities?.resume) {
-    const resumed = (await connection.agent.request('session/resume', { sessionId: resumeId, cwd: options.cwd, mcpServers })) as Omit<OpenedSession, 'sessionId'>;
+    const resumed = await connection.request<Omit<OpenedSession, 'sessionId'>>('session/resume', { sessionId: resumeId, cwd: options.cwd, mcpServers }, (r) => sessionResultProblem(r, false));
     return { ...resumed, sessionId: resumeId };
   }
   if (caps?.loadSession) {
-    const loaded = (await connection.agent.request('session/load', { sessionId: resumeId, cwd: options.cwd, mcpServers })) as Omit<OpenedSession, 'sessionId'>;
+    const loaded = await connection.request<Omit<OpenedSession, 'sessionId'>>('session/load', { sessionId: resumeId, cwd: options.cwd, mcpServers }, (r) => sessionResultProblem(r, false));
     return { ...loaded, sessionId: resumeId };
   }
   throw new Error(`the agent cannot resume session ${resumeId}: it offers neither session/resume nor session/load`);
@@ -159,19 +165,19 @@ function selectValues(option: Record<string, unknown>): string[] {
  * the session keeps the agent's default and the outcome says so (a gateway that must not run on
  * another model checks `applied`).
  */
-async function applyModel(connection: ClientConnection, sessionId: string, model: string, opened: OpenedSession): Promise<ModelOutcome> {
+async function applyModel(connection: AcpClient, sessionId: string, model: string, opened: OpenedSession): Promise<ModelOutcome> {
   const options = Array.isArray(opened.configOptions) ? opened.configOptions.map(record).filter((o) => o !== null) : [];
   const modelOption = options.find((o) => o.category === 'model' && o.type === 'select');
   if (modelOption && typeof modelOption.id === 'string') {
     const available = selectValues(modelOption);
     if (!available.includes(model)) return { requested: model, applied: false, available };
-    if (modelOption.currentValue !== model) await connection.agent.request('session/set_config_option', { sessionId, configId: modelOption.id, value: model });
+    if (modelOption.currentValue !== model) await connection.request('session/set_config_option', { sessionId, configId: modelOption.id, value: model }, objectResultProblem);
     return { requested: model, applied: true, available };
   }
   const models = record(opened.models);
   const list = Array.isArray(models?.availableModels) ? models.availableModels.map((m) => record(m)?.modelId).filter((m): m is string => typeof m === 'string') : [];
   if (list.includes(model)) {
-    if (models?.currentModelId !== model) await (connection.agent.request)('session/set_model', { sessionId, modelId: model });
+    if (models?.currentModelId !== model) await connection.request('session/set_model', { sessionId, modelId: model }, objectResultProblem);
     return { requested: model, applied: true, available: list };
   }
   return { requested: model, applied: false, available: list };
@@ -179,15 +185,14 @@ async function applyModel(connection: ClientConnection, sessionId: string, model
 
 /** Whether an error from a request is the peer's JSON-RPC error (as opposed to a transport failure). */
 export function acpErrorCode(err: unknown): number | null {
-  // Without the SDK loaded no request was ever made, so nothing can be a peer's error.
-  return sdk !== null && err instanceof sdk.RequestError ? err.code : null;
+  return err instanceof AcpRequestError ? err.code : null;
 }
 
 const MAX_ERROR_DATA_CHARS = 16 * 1024;
 
 /** The `data` of an ACP error, kept for the turn.failed event: as sent when small, else its first 16 KiB as text. */
 export function acpErrorData(err: unknown): unknown {
-  if (sdk === null || !(err instanceof sdk.RequestError) || err.data === undefined) return undefined;
+  if (!(err instanceof AcpRequestError) || err.data === undefined) return undefined;
   let text: string | undefined;
   try {
     text = JSON.stringify(err.data);

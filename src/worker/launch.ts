@@ -3,8 +3,8 @@
  *
  * A cold worker is two Node processes, the worker and its agent, and each takes most of its time to
  * ready booting (about 80-100 ms on a small VM) and loading code. Started by the worker only once
- * the worker's own code and the ACP SDK were loaded, the agent booted after the worker: two boots
- * in a row. The worker's entry (bin.ts) therefore starts the agent first, from this light module,
+ * the worker's own code was loaded, the agent booted after the worker: two boots in a row. The
+ * worker's entry (bin.ts) therefore starts the agent first, from this light module,
  * and loads the rest while the agent boots on the other CPU; startWorker adopts that process
  * instead of starting its own. Both sides build the argv, working directory and environment with
  * agentLaunch(), and startWorker adopts only a process started for exactly what it would start.

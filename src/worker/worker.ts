@@ -475,7 +475,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   };
 
   const onPromptAnswered = async (t: OpenTurn, response: PromptResponse): Promise<void> => {
-    // Updates that arrived just before the response may still be in the SDK's async dispatch chain.
+    // Updates sent before the response were handed over before it (acp-client.ts dispatches in line
+    // order); a macrotask more keeps the terminal event after anything they scheduled.
     await nextMacrotask();
     if (t.ended) return;
     if (t.cancelReason || response.stopReason === 'cancelled') {
@@ -673,8 +674,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     });
     droppedUpdates = 0;
     emit(t, { type: 'turn.started', agentId: opts.agentId });
-    // Sent now, not at the end of this tick: the prompt below validates and writes its request
-    // synchronously (the first one compiles the SDK's schemas), and the caller sees its turn start first.
+    // Sent now, not at the end of this tick: the prompt below writes its request synchronously, and
+    // the caller sees its turn start first.
     if (res.socket?.writableCorked) res.socket.uncork();
     // The agent continues under this worker's turn span.
     const prompt = s.prompt(message, { traceparent: traceparentOf(span) ?? t.trace?.traceparent ?? null, signal: t.promptAbort.signal });
@@ -1043,6 +1044,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       ...(opts.mcpServers ? { mcpServers: opts.mcpServers } : {}),
       onUpdate,
       onPermission: decidePermission,
+      onProtocolFault: (message) => log('warn', message),
     });
     const timeout = new Promise<never>((_, reject) => {
       initTimer = setTimeout(() => reject(new Error(`no ACP session after ${initTimeoutMs} ms`)), initTimeoutMs);
