@@ -320,13 +320,13 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
   async function locate(state: StateFile): Promise<ProcessIdentity | null> {
     if (state.pid !== null) {
       if (state.startTime === null) return null;
-      return (await isOurProcess(state.pid, state.startTime)) ? { pid: state.pid, startTime: state.startTime } : null;
+      return isOurProcess(state.pid, state.startTime) ? { pid: state.pid, startTime: state.startTime } : null;
     }
     const uid = await leasedUid(state);
     const found = await findProcessByEnv('SPAWNGATE_SPAWN_ID', state.spawnId, uid);
     if (found || uid === null) return found;
     const pid = await topmostOfUid(uid);
-    const startTime = pid === null ? null : await processStartTime(pid);
+    const startTime = pid === null ? null : processStartTime(pid);
     return pid !== null && startTime !== null ? { pid, startTime } : null;
   }
 
@@ -424,13 +424,13 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
 
   async function terminate(worker: ProcessIdentity, cgroup: CgroupPlan | null = null): Promise<void> {
     const { pid, startTime } = worker;
-    if (!(await isOurProcess(pid, startTime))) return;
+    if (!isOurProcess(pid, startTime)) return;
     signalGroup(pid, 'SIGTERM');
     for (let waited = 0; waited < killGraceMs; waited += 50) {
-      if (!(await isOurProcess(pid, startTime))) return;
+      if (!isOurProcess(pid, startTime)) return;
       await sleep(50);
     }
-    if (await isOurProcess(pid, startTime)) {
+    if (isOurProcess(pid, startTime)) {
       signalGroup(pid, 'SIGKILL');
       // Also what left the process group (setsid) but not the worker's cgroup.
       if (cgroup) await killCgroup(cgroup);
@@ -680,7 +680,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
           reject(new BackendError('BACKEND_FAILED', `cannot start worker ${argv[0]}: ${err.message}`, { cause: err, details: { reason: 'StartError' } })),
         );
       });
-      const startTime = await processStartTime(pid);
+      const startTime = processStartTime(pid);
       let exit: StateFile['exit'] = null;
       if (!startTime) {
         // Dead before its start time could be read. Not a failed create: the worker ran and left its
