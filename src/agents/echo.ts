@@ -8,8 +8,8 @@
  *
  * It speaks ACP's JSON-RPC 2.0 over newline-delimited JSON itself, without the ACP SDK: loading the
  * SDK and the zod it builds its schemas with took longer than everything else the agent does before
- * its first answer, and every worker that runs echo waits for that. The worker on the other end
- * uses the SDK, so each answer here is still checked against the protocol's schemas there.
+ * its first answer, and every worker that runs echo waits for that. The SDK's own client checks its
+ * session updates against the protocol's schema in test/worker/echo-agent.test.ts.
  */
 import { randomUUID } from 'node:crypto';
 import { createInterface } from 'node:readline';

@@ -174,12 +174,9 @@ export function permissionRequestProblem(params: unknown): Fault {
 /** The result of initialize. */
 export function initializeProblem(result: unknown): Fault {
   if (!isObj(result)) return 'result: must be an object';
-  const info = result['agentInfo'];
-  return first(
-    () => (Number.isInteger(result['protocolVersion']) ? null : 'result.protocolVersion: must be an integer'),
-    () => (info === undefined || info === null ? null : isObj(info) ? first(() => text(info, 'name', 'result.agentInfo'), () => text(info, 'version', 'result.agentInfo')) : 'result.agentInfo: must be an object'),
-    () => optional(result, 'agentCapabilities', 'result', isObj, 'an object'),
-  );
+  // protocolVersion is not read (the worker speaks v1 and fails on what it cannot read); agentInfo
+  // is read leniently where it is used (acp-session.ts): an odd one costs a name, not the session.
+  return optional(result, 'agentCapabilities', 'result', isObj, 'an object');
 }
 
 /** The result of session/new (and, without its sessionId, of session/load and session/resume). */

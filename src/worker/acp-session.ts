@@ -79,7 +79,7 @@ export async function openAcpSession(options: AcpSessionOptions): Promise<AcpSes
       clientCapabilities: { fs: { readTextFile: false, writeTextFile: false }, terminal: false },
       clientInfo: { name: 'spawngate-worker', version: '1' },
     }, initializeProblem);
-    const agentInfo = init.agentInfo ? { name: init.agentInfo.name, version: init.agentInfo.version } : null;
+    const agentInfo = agentInfoOf(init.agentInfo);
     const opened = await openOrResume(connection, init, options);
     // Updates that session/load replays arrive before this line and are dropped: they belong to earlier turns.
     sessionId = opened.sessionId;
@@ -139,6 +139,13 @@ async function openOrResume(connection: AcpClient, init: InitializeResponse, opt
     return { ...loaded, sessionId: resumeId };
   }
   throw new Error(`the agent cannot resume session ${resumeId}: it offers neither session/resume nor session/load`);
+}
+
+/** The agent's name and version as it gives them; an odd agentInfo costs the name, not the session. */
+function agentInfoOf(value: unknown): AgentInfo | null {
+  const info = record(value);
+  if (typeof info?.name !== 'string') return null;
+  return { name: info.name, version: typeof info.version === 'string' ? info.version : '' };
 }
 
 function record(value: unknown): Record<string, unknown> | null {
