@@ -172,18 +172,23 @@ export function connectAcpClient(input: ReadableStream<Uint8Array>, output: Writ
   void (async () => {
     const decoder = new TextDecoder();
     let buffered = '';
+    // Where the search for the next newline resumes: a long line arriving in many chunks is scanned
+    // once, not once per chunk (which an agent could make quadratic).
+    let scanFrom = 0;
     try {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
         buffered += decoder.decode(value, { stream: true });
         let newline: number;
-        while ((newline = buffered.indexOf('\n')) !== -1) {
+        while ((newline = buffered.indexOf('\n', scanFrom)) !== -1) {
           const line = buffered.slice(0, newline);
           buffered = buffered.slice(newline + 1);
+          scanFrom = 0;
           if (closed.signal.aborted) return;
           onLine(line);
         }
+        scanFrom = buffered.length;
         // A UTF-16 unit is at least one byte of UTF-8, so this bounds the bytes too.
         if (buffered.length > maxMessageBytes) throw new AcpProtocolError(`the agent sent a message longer than ${maxMessageBytes} bytes`);
       }

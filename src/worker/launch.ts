@@ -90,13 +90,19 @@ export function launchAgentEarly(env: Env): LaunchedAgent | null {
   const launch = agentLaunch(opts, opts.cwd ? resolvePath(opts.cwd) : process.cwd(), {});
   const held: string[] = [];
   let forward: ((line: string) => void) | null = null;
-  const proc = spawnAgentProcess({
-    ...launch,
-    onStderrLine: (line) => {
-      if (forward) forward(line);
-      else if (held.length < MAX_HELD_LINES) held.push(line);
-    },
-  });
+  let proc: AgentProcess;
+  try {
+    proc = spawnAgentProcess({
+      ...launch,
+      onStderrLine: (line) => {
+        if (forward) forward(line);
+        else if (held.length < MAX_HELD_LINES) held.push(line);
+      },
+    });
+  } catch {
+    // Refused before any process existed: the worker starts its agent itself and reports why.
+    return null;
+  }
   let owner: 'launcher' | 'worker' | 'discarded' = 'launcher';
   return {
     get pid() {
