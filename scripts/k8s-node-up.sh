@@ -198,7 +198,7 @@ if ((!reused)); then
   # Host paths the kubelet and containerd 1.6 create whatever they are configured with; the ones
   # that do not exist yet are listed, so k8s-node-down.sh removes exactly those (when empty).
   for dir in "${node_host_dirs[@]}"; do
-    [[ -e $dir ]] || grep -qxF -- "$dir" "$node_state/host-dirs-made" 2>/dev/null \
+    [[ -e $dir ]] || grep -xF -- "$dir" "$node_state/host-dirs-made" >/dev/null 2>&1 \
       || printf '%s\n' "$dir" >>"$node_state/host-dirs-made"
   done
   cat >"$node_state/containerd/config.toml" <<EOF

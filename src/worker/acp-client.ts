@@ -33,7 +33,7 @@ export class AcpProtocolError extends Error {
 const PARSE_ERROR = -32700;
 const INVALID_REQUEST = -32600;
 const METHOD_NOT_FOUND = -32601;
-const INVALID_PARAMS = -32602;
+export const INVALID_PARAMS = -32602;
 const INTERNAL_ERROR = -32603;
 
 /** The SDK's bound: a line longer than this ends the connection instead of growing without end. */
@@ -235,4 +235,3 @@ export function connectAcpClient(input: ReadableStream<Uint8Array>, output: Writ
   };
 }
 
-export { INVALID_PARAMS };

@@ -57,7 +57,7 @@ function first(...faults: (() => Fault)[]): Fault {
   return null;
 }
 
-export function contentBlockFault(value: unknown, path: string): Fault {
+function contentBlockFault(value: unknown, path: string): Fault {
   if (!isObj(value)) return `${path}: must be an object`;
   switch (value['type']) {
     case 'text':

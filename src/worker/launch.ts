@@ -27,7 +27,7 @@ export interface AgentLaunch {
 }
 
 /** What the agent inherits: the worker's environment without its credential, then `extra`. */
-export function agentEnvironment(extra: Record<string, string> | undefined): Record<string, string> {
+function agentEnvironment(extra: Record<string, string> | undefined): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(process.env)) {
     // The agent runs model-written code; it has no business holding the credential of its own worker.

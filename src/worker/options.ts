@@ -36,6 +36,15 @@ const PERMISSION_MODES: readonly PermissionMode[] = ['ask', 'allow_once', 'rejec
 
 export type Env = Record<string, string | undefined>;
 
+/** The value of a JSON variable, or undefined when it is not JSON (the caller names the variable). */
+function jsonOrUndefined(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
+}
+
 export function parseListen(value: string | undefined): WorkerListen | Issue {
   const spec = value?.trim() || '127.0.0.1:0';
   const path = 'SPAWNGATE_LISTEN';
@@ -59,12 +68,7 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions & { git?: Git
   let argv: string[] | null = null;
   const rawCommand = env['SPAWNGATE_AGENT_COMMAND'];
   if (rawCommand) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(rawCommand);
-    } catch {
-      parsed = undefined;
-    }
+    const parsed = jsonOrUndefined(rawCommand);
     if (Array.isArray(parsed) && parsed.length > 0 && parsed.every((a) => typeof a === 'string') && parsed[0] !== '') argv = parsed;
     else issues.push({ path: 'SPAWNGATE_AGENT_COMMAND', message: 'must be a JSON array of strings, e.g. ["node","/app/dist/agents/echo.js"]' });
   } else {
@@ -104,12 +108,7 @@ export function workerOptionsFromEnv(env: Env): StartWorkerOptions & { git?: Git
   let mcpServers: McpServer[] | undefined;
   const rawMcp = env['SPAWNGATE_MCP_SERVERS'];
   if (rawMcp) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(rawMcp);
-    } catch {
-      parsed = undefined;
-    }
+    const parsed = jsonOrUndefined(rawMcp);
     const named = (v: unknown): boolean => typeof v === 'object' && v !== null && typeof (v as { name?: unknown }).name === 'string';
     if (Array.isArray(parsed) && parsed.every(named)) mcpServers = parsed as McpServer[];
     else issues.push({ path: 'SPAWNGATE_MCP_SERVERS', message: 'must be a JSON array of ACP MCP servers ({name, command, args, env} or {type: "http", name, url, headers})' });
