@@ -1,5 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
@@ -251,6 +251,32 @@ describe('redis reservation store: failures are retryable errors, never an allow
     }
     // One outage, one warning — not one per reconnect attempt.
     expect(log.lines.filter((l) => l.level === 'warn' && l.msg.includes('connection failed'))).toHaveLength(1);
+  });
+
+  it('an event-loop stall past the command timeout does not fail a call whose answer arrived in time (the reserve holds its slot, once)', async () => {
+    const prefix = freshPrefix();
+    const s = await store(prefix, { commandTimeoutMs: 200 });
+    // Connected, and the reserve script cached: the reserve below is one command, sent at once.
+    const warm = await s.reserve({ spawnId: 'warm', concurrency: [{ scope: 'user', key: 'u', max: 1 }], rate: [] });
+    if (!warm.ok) throw new Error('warm-up reserve refused');
+    await s.release(warm.record.id);
+    const pending = s.reserve({ spawnId: 'stalled', concurrency: [{ scope: 'user', key: 'u', max: 1 }], rate: [] });
+    // Block this thread (as a gateway does while loading plugins) until Redis has run the reserve —
+    // its reply is then in this process' socket — and past the timeout. Bounded: 200 polls.
+    const keys = redisKeys(prefix);
+    const blockedAt = Date.now();
+    let landed = false;
+    for (let i = 0; i < 200 && !landed; i += 1) {
+      landed = execFileSync('redis-cli', ['-u', url, 'ZCARD', keys.index], { encoding: 'utf8' }).trim() === '1';
+    }
+    expect(landed).toBe(true);
+    while (Date.now() - blockedAt < 600) {
+      execFileSync('redis-cli', ['-u', url, 'PING']);
+    }
+    const outcome = await pending;
+    expect(outcome.ok).toBe(true);
+    expect(await s.counts(['user/u'])).toEqual(new Map([['user/u', 1]]));
+    expect(await s.active()).toHaveLength(1);
   });
 
   it('recovers when Redis comes back: retryable failures while it is down, reservations again after', async () => {

@@ -539,6 +539,40 @@ function connectionOptions(url: string): { url?: string; path?: string; db?: num
   throw new ConfigError('unsupported Redis URL scheme', [{ path: 'spawngate.store.url', message: 'must use redis://, rediss:// or unix://' }]);
 }
 
+/**
+ * `work`, or a timeout error once `ms` have passed and the answer still has not arrived after one
+ * more turn of I/O. A plain timer is not enough: when the event loop was blocked (a gateway loading
+ * plugins on a busy host), the timers run before the socket is read on the next turn, and an answer
+ * that arrived in time would be reported as a timeout.
+ */
+function withinDeadline<T>(work: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let settled = false;
+    const timer = setTimeout(() => {
+      // setImmediate runs after the poll phase that reads whatever reached the socket meanwhile.
+      setImmediate(() => {
+        if (settled) return;
+        settled = true;
+        reject(new Error(`Command timed out after ${ms} ms`));
+      });
+    }, ms);
+    work.then(
+      (value) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (err: unknown) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reject(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  });
+}
+
 function asNumber(value: unknown): number {
   return typeof value === 'number' ? value : Number(value);
 }
@@ -560,6 +594,8 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
   let isReplyError: (err: unknown) => boolean = () => false;
   /** Why a call would only wait for a connection that is known to be down; null when it may go ahead. */
   let unavailable: () => string | null = () => null;
+  /** How long one store call may take; null for a caller's own client, which sets its own bounds. */
+  let callTimeoutMs: number | null = null;
   if (options.client) {
     client = options.client;
   } else {
@@ -570,6 +606,7 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
     const { Redis, ReplyError } = await loadIoredis();
     isReplyError = (err) => err instanceof ReplyError;
     const timeout = options.commandTimeoutMs ?? 5000;
+    callTimeoutMs = timeout;
     const settings = {
       ...(target.path === undefined ? {} : { path: target.path }),
       ...(target.db === undefined ? {} : { db: target.db }),
@@ -582,7 +619,9 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
       // such a call fails instead, and reserve() undoes it by id (see there).
       autoResendUnfulfilledCommands: false,
       connectTimeout: timeout,
-      commandTimeout: timeout,
+      // Only a backstop that bounds ioredis' queue while a connection hangs: timed() holds each
+      // call to `timeout` itself, in a way that an event-loop stall cannot turn into a failure.
+      commandTimeout: timeout + Math.max(timeout, 30_000),
     };
     const redis = target.url === undefined ? new Redis(settings) : new Redis(target.url, settings);
     let healthy = true;
@@ -603,14 +642,19 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
     client = redis;
   }
 
+  /** One Redis command, bounded when this store owns the connection. */
+  function timed<T>(command: Promise<T>): Promise<T> {
+    return callTimeoutMs === null ? command : withinDeadline(command, callTimeoutMs);
+  }
+
   async function run(s: Script, keyArgs: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
     try {
-      return await client.evalsha(s.sha, keyArgs.length, ...keyArgs, ...args);
+      return await timed(client.evalsha(s.sha, keyArgs.length, ...keyArgs, ...args));
     } catch (err) {
       // NOSCRIPT is Redis' error code (the reply's first word) for a script cache that does not
       // hold this script yet, e.g. after a restart or SCRIPT FLUSH; EVAL runs and caches it.
       if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
-      return client.eval(s.source, keyArgs.length, ...keyArgs, ...args);
+      return timed(client.eval(s.source, keyArgs.length, ...keyArgs, ...args));
     }
   }
 
@@ -825,8 +869,8 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Rese
       guarded('active', async () => {
         // Lapsed leases are freed first, so what is listed is what holds slots now.
         await run(COUNTS, [keys.index], [clockArg(), keys.recordPrefix, keys.counterPrefix]);
-        const ids = await client.zrange(keys.index, 0, -1);
-        const hashes = await Promise.all(ids.map((id) => client.hgetall(keys.record(id))));
+        const ids = await timed(client.zrange(keys.index, 0, -1));
+        const hashes = await timed(Promise.all(ids.map((id) => client.hgetall(keys.record(id)))));
         const records: ReservationRecord[] = [];
         ids.forEach((id, i) => {
           const h = hashes[i];
