@@ -207,6 +207,25 @@ describe.each(entries)('worker process ($entry)', { timeout: 120_000 }, ({ scrip
     }
   });
 
+  it('on a Node.js older than 22.12 exits 2 at once with a JSON error line naming the version', async () => {
+    // The version is faked in the running Node, so the test needs no old Node on the machine.
+    const run = (version: string) =>
+      execFileAsync(process.execPath, ['--input-type=module', '-e', `Object.defineProperty(process.versions, 'node', { value: '${version}' }); await import(${JSON.stringify(pathToFileURL(script).href)});`], {
+        env: { ...process.env, SPAWNGATE_LISTEN: '0' },
+      }).then(
+        () => ({ code: 0, stderr: '' }),
+        (e: { code: number; stderr: string }) => ({ code: e.code, stderr: e.stderr }),
+      );
+    for (const version of ['20.19.0', '22.11.0']) {
+      const old = await run(version);
+      expect(old.code, version).toBe(2);
+      const line = JSON.parse(old.stderr.trim()) as { code?: string; message?: string; details?: { node?: string } };
+      expect(line.code).toBe('CONFIG_INVALID');
+      expect(line.message).toContain(`needs Node.js 22.12 or newer; it was started with Node.js ${version}`);
+      expect(line.details?.node).toBe(version);
+    }
+  });
+
   it('exits 2 with a JSON error line for a bad environment', async () => {
     const worker = spawnWorkerBin({ SPAWNGATE_LISTEN: '0' });
     expect((await bounded(worker.exited, 60_000, 'worker exit')).code).toBe(2);
