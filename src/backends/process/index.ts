@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { closeSync, constants as fsConstants, openSync } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, renameSync, writeFileSync } from 'node:fs';
 import { access, appendFile, chmod, chown, lstat, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -259,6 +259,17 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     await rename(tmp, stateFile(state.spawnId));
   }
 
+  /**
+   * The same, blocking: for the pid of a child that was just started, which must be on disk before
+   * create() returns (another gateway on this stateDir reads it) — two thread-pool round trips
+   * there cost a cold start more (1-4 ms on a busy 2-CPU host) than this write blocks (~0.1 ms).
+   */
+  function writeStateSync(state: StateFile): void {
+    const tmp = `${stateFile(state.spawnId)}.tmp`;
+    writeFileSync(tmp, JSON.stringify(state), { mode: 0o600 });
+    renameSync(tmp, stateFile(state.spawnId));
+  }
+
   /** The spawn's folder, made under a staging name and renamed: it never exists without its intent. */
   async function writeIntent(state: StateFile): Promise<void> {
     await mkdir(stateDir, { recursive: true, mode: uidMode ? 0o711 : 0o700 });
@@ -492,6 +503,17 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     }
   }
 
+  /** A spec's host check, once: validate() and the create() that follows it ask the same question. */
+  const hostChecks = new WeakMap<WorkerSpec, Promise<ProcessHostReport>>();
+  function checkHostOnce(spec: WorkerSpec): Promise<ProcessHostReport> {
+    let check = hostChecks.get(spec);
+    if (!check) {
+      check = checkHost(spec);
+      hostChecks.set(spec, check);
+    }
+    return check;
+  }
+
   /**
    * Refuses a spec this host cannot run as configured: workers under uids of their own without the
    * privilege to switch, limits without the cgroup controllers to enforce them.
@@ -512,13 +534,13 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
           details: { field: 'workspace.strategy', reason: 'HostPathUnsupported' },
         });
       }
-      const unusable = await commandsClosedToWorkers(spec);
+      // Both walk the file system one stat at a time: side by side, reported in this order.
+      const [unusable, blocked] = await Promise.all([commandsClosedToWorkers(spec), stateDirBlocked()]);
       if (unusable) {
         throw new BackendError('BACKEND_UNAVAILABLE', `profile ${spec.profileName}: workers of process backend ${options.name} run under uids of their own and cannot use ${unusable.what} ${unusable.file}: ${unusable.why}; install it where every user can read it (e.g. npm install -g), point ${unusable.field === 'command' ? 'the profile\'s command' : unusable.field} at such a copy, or set isolation.user: none on the backend`, {
           details: { field: unusable.field, reason: 'CommandUnreadable' },
         });
       }
-      const blocked = await stateDirBlocked();
       if (blocked) {
         throw new BackendError('BACKEND_UNAVAILABLE', `process backend ${options.name}: workers run under uids of their own and pass through every folder above stateDir ${stateDir} to reach their own, but ${blocked.path} (mode ${blocked.mode}) lets only its owner through; allow it (chmod o+x ${blocked.path}) or put stateDir under folders everyone may pass through (e.g. /var/lib/spawngate/process)`, {
           details: { field: 'stateDir', reason: 'StateDirNotTraversable' },
@@ -689,7 +711,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
         exit = early ? { ...early, reason: exitReason(early.code, early.signal, false) } : { code: null, signal: null, reason: 'Unknown' };
       }
       const state: StateFile = { ...intent, pid, startTime, creating: false, exit };
-      await writeState(state);
+      writeStateSync(state);
       child.unref();
       return { state, exited };
     } catch (err) {
@@ -728,7 +750,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
 
     async validate(spec) {
       checkSpec(spec);
-      const report = await checkHost(spec);
+      const report = await checkHostOnce(spec);
       if (usesOwnProxy(spec)) {
         loopback ??= probeWorkerNetwork(report.identity, true);
         const probe = await loopback;
@@ -751,7 +773,7 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
 
     async create(spec) {
       checkSpec(spec);
-      const report = await checkHost(spec);
+      const report = await checkHostOnce(spec);
       const cgroup = report.cgroups.host ? planCgroup(report.cgroups.host, spec.spawnId) : null;
       const dir = join(stateDir, spec.spawnId);
       const now = new Date();
@@ -785,15 +807,23 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
         }
         let started;
         try {
-          let leased = intent;
-          if (report.identity.mode === 'uid') {
+          const leasing = async (): Promise<StateFile> => {
+            if (report.identity.mode !== 'uid') return intent;
             // Leased after the intent exists (a delete finds the lease by the spawn id), recorded before anything runs as it.
             collectLeases();
-            leased = { ...intent, uid: await uidPool.acquire(spec.spawnId, resolve(stateDir)) };
+            const leased = { ...intent, uid: await uidPool.acquire(spec.spawnId, resolve(stateDir)) };
             await writeState(leased);
-          }
-          if (cgroup) await createCgroup(cgroup, { memoryBytes: parseMemoryBytes(spec.resources.limits.memory), cpu: parseCpu(spec.resources.limits.cpu), pids: spec.pidsLimit ?? report.cgroups.pidsMax });
-          started = await startChild(spec, leased, report);
+            return leased;
+          };
+          const grouping = async (): Promise<void> => {
+            if (cgroup) await createCgroup(cgroup, { memoryBytes: parseMemoryBytes(spec.resources.limits.memory), cpu: parseCpu(spec.resources.limits.cpu), pids: spec.pidsLimit ?? report.cgroups.pidsMax });
+          };
+          // Side by side (neither needs the other), and both settled before any cleanup below runs:
+          // a lease or cgroup still being made while it is removed would outlive the failed create.
+          const [leased, grouped] = await Promise.allSettled([leasing(), grouping()]);
+          if (leased.status === 'rejected') throw leased.reason;
+          if (grouped.status === 'rejected') throw grouped.reason;
+          started = await startChild(spec, leased.value, report);
         } catch (err) {
           // Nothing half-made may outlive a failed create: the caller gets no ref to delete it by.
           await proxies.get(spec.spawnId)?.close().catch(() => undefined);
