@@ -1,5 +1,9 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
+import { closeSync, constants, openSync, readFileSync, rmSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { constants as osConstants } from 'node:os';
+import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { lineSplitter } from './log-buffer.js';
 
@@ -44,33 +48,139 @@ export function spawnAgentProcess(options: AgentProcessOptions): AgentProcess {
     stdio: ['pipe', 'pipe', 'pipe'],
     detached: true,
   });
+  const outcome = settleOnce();
+  child.once('exit', (code, signal) => outcome.settle({ code, signal, spawnError: null }));
+  child.once('error', (err) => {
+    // 'error' also fires when a kill() fails on a live process; only a process that never got a pid failed to start.
+    if (child.pid === undefined) outcome.settle({ code: null, signal: null, spawnError: err.message });
+  });
+  return agentProcessOf(() => child.pid ?? null, child.stdin, child.stdout, child.stderr, outcome, options.onStderrLine);
+}
 
+/** The agent's three stdio FIFOs as the prelaunch script (backends/process/isolation.ts) left them, and its pid. */
+export interface PrelaunchedAgentOptions {
+  pid: number;
+  /** The folder holding the FIFOs `in`, `out` and `err`. */
+  dir: string;
+  onStderrLine: (line: string) => void;
+}
+
+/** Inherited from the prelaunch script: read-write ends that kept each FIFO open until the worker opened its own. */
+export const PRELAUNCH_FDS = [6, 7, 8] as const;
+
+/**
+ * Takes over an agent that the process backend started beside this worker (the worker's parent
+ * shell forked it, then became the worker): its stdio are FIFOs, opened here by path, and the
+ * inherited keep-open descriptors are closed, so the agent's stdout ends when the agent does and
+ * its stdin ends when this worker stops writing or dies. Node cannot wait for a child it did not
+ * spawn, so the exit is read from /proc/<pid>/stat (the exit code of a zombie, field 52) on
+ * SIGCHLD, at the end of its stdout, and every second; the zombie is reaped when the worker exits.
+ * Throws when the FIFOs cannot be opened (the caller stops the agent and starts its own).
+ */
+export function attachAgentProcess(options: PrelaunchedAgentOptions): AgentProcess {
+  const { pid, dir } = options;
+  const open = (name: string, flags: number): number => openSync(join(dir, name), flags | constants.O_NONBLOCK);
+  // A reader of the agent's stdin (the agent itself) exists unless it died: then ENXIO, and the
+  // inherited read-write end serves, whose writes go nowhere while the exit is reported.
+  let stdinFd: number;
+  let keepStdinFd = false;
+  try {
+    stdinFd = open('in', constants.O_WRONLY);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENXIO') throw err;
+    stdinFd = PRELAUNCH_FDS[0];
+    keepStdinFd = true;
+  }
+  const stdoutFd = open('out', constants.O_RDONLY);
+  const stderrFd = open('err', constants.O_RDONLY);
+  for (const fd of PRELAUNCH_FDS) if (!(keepStdinFd && fd === stdinFd)) closeQuietly(fd);
+  for (const name of ['in', 'out', 'err']) rmSync(join(dir, name), { force: true });
+
+  const stdin = new Socket({ fd: stdinFd, readable: false, writable: true });
+  const stdout = new Socket({ fd: stdoutFd, readable: true, writable: false });
+  const stderr = new Socket({ fd: stderrFd, readable: true, writable: false });
+  const outcome = settleOnce();
+  const check = (): void => {
+    const exit = zombieExit(pid);
+    if (exit) outcome.settle(exit);
+  };
+  // A SIGCHLD from any child of the worker (git, a fallback agent) is only a reason to look.
+  process.on('SIGCHLD', check);
+  stdout.once('end', check);
+  const poll = setInterval(check, 1000).unref();
+  void outcome.exited.then(() => {
+    process.off('SIGCHLD', check);
+    clearInterval(poll);
+  });
+  check();
+  return agentProcessOf(() => pid, stdin, stdout, stderr, outcome, options.onStderrLine);
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // Not inherited (EBADF): nothing to close.
+  }
+}
+
+const SIGNAL_NAMES = new Map(Object.entries(osConstants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
+
+/** The exit of `pid` once it is a zombie (waitpid's status in /proc/<pid>/stat field 52); null while it runs. */
+export function zombieExit(pid: number): AgentExit | null {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    // Reaped already (it was not this worker's child after all): gone, without a code.
+    return { code: null, signal: null, spawnError: null };
+  }
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  if (fields[0] !== 'Z' && fields[0] !== 'X') return null;
+  const status = Number(fields[49]);
+  if (!Number.isInteger(status)) return { code: null, signal: null, spawnError: null };
+  const signal = status & 0x7f;
+  if (signal === 0) return { code: (status >> 8) & 0xff, signal: null, spawnError: null };
+  return { code: null, signal: SIGNAL_NAMES.get(signal) ?? null, spawnError: null };
+}
+
+interface Outcome {
+  readonly exited: Promise<AgentExit>;
+  readonly exit: AgentExit | null;
+  settle(value: AgentExit): void;
+}
+
+function settleOnce(): Outcome {
   let exit: AgentExit | null = null;
   let resolveExited!: (value: AgentExit) => void;
   const exited = new Promise<AgentExit>((resolve) => {
     resolveExited = resolve;
   });
-  const settle = (value: AgentExit): void => {
-    if (exit) return;
-    exit = value;
-    resolveExited(value);
+  return {
+    exited,
+    get exit() {
+      return exit;
+    },
+    settle(value) {
+      if (exit) return;
+      exit = value;
+      resolveExited(value);
+    },
   };
-  child.once('exit', (code, signal) => settle({ code, signal, spawnError: null }));
-  child.once('error', (err) => {
-    // 'error' also fires when a kill() fails on a live process; only a process that never got a pid failed to start.
-    if (child.pid === undefined) settle({ code: null, signal: null, spawnError: err.message });
-  });
+}
 
-  const stderr = lineSplitter(options.onStderrLine);
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (chunk: string) => stderr.push(chunk));
-  child.stderr.once('end', () => stderr.end());
+function agentProcessOf(pidOf: () => number | null, stdin: Writable, stdout: Readable, stderr: Readable, outcome: Outcome, onStderrLine: (line: string) => void): AgentProcess {
+  const lines = lineSplitter(onStderrLine);
+  stderr.setEncoding('utf8');
+  stderr.on('data', (chunk: string) => lines.push(chunk));
+  stderr.once('end', () => lines.end());
   // A write to the stdin of an agent that already died raises EPIPE; the exit path reports the death.
-  child.stdin.on('error', () => {});
+  stdin.on('error', () => {});
+  stderr.on('error', () => {});
 
   const signalGroup = (signal: NodeJS.Signals): void => {
-    const pid = child.pid;
-    if (pid === undefined) return;
+    const pid = pidOf();
+    if (pid === null) return;
     try {
       process.kill(-pid, signal);
     } catch {
@@ -80,22 +190,22 @@ export function spawnAgentProcess(options: AgentProcessOptions): AgentProcess {
 
   return {
     get pid() {
-      return child.pid ?? null;
+      return pidOf();
     },
-    stdin: Writable.toWeb(child.stdin) as WritableStream<Uint8Array>,
-    stdout: Readable.toWeb(child.stdout) as ReadableStream<Uint8Array>,
-    exited,
+    stdin: Writable.toWeb(stdin) as WritableStream<Uint8Array>,
+    stdout: Readable.toWeb(stdout) as ReadableStream<Uint8Array>,
+    exited: outcome.exited,
     get exit() {
-      return exit;
+      return outcome.exit;
     },
     async terminate(graceMs: number): Promise<AgentExit | null> {
-      if (!child.stdin.destroyed) child.stdin.end();
+      if (!stdin.destroyed) stdin.end();
       signalGroup('SIGTERM');
-      await within(exited, graceMs);
+      await within(outcome.exited, graceMs);
       // Also after a clean leader exit: stragglers in the group must not outlive the worker.
       signalGroup('SIGKILL');
       // SIGKILL cannot be refused, but a process stuck in uninterruptible I/O still takes a moment to be reaped.
-      return within(exited, graceMs);
+      return within(outcome.exited, graceMs);
     },
   };
 }

@@ -9,12 +9,20 @@
  * instead of starting its own. Both sides build the argv, working directory and environment with
  * agentLaunch(), and startWorker adopts only a process started for exactly what it would start.
  *
+ * Earlier still, on the process backend: the backend's last wrapper starts the agent beside the
+ * worker (backends/process/isolation.ts AGENT_PRELAUNCH), so the two boots overlap from the first
+ * millisecond; the entry then takes that agent (attachAgentProcess) instead of starting one, when
+ * the backend's plan (prelaunchPlan, computed from the worker's environment) is the one it would
+ * make, and stops it otherwise.
+ *
  * Not early: a worker whose agent needs something set up first (a `git` workspace cloned into,
  * the egress proxy's loopback forwarder in the agent's environment) or whose environment is
  * invalid (main.ts reports that, and no agent is ever started).
  */
+import { createHash } from 'node:crypto';
+import { closeSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
-import { spawnAgentProcess } from './agent-process.js';
+import { attachAgentProcess, PRELAUNCH_FDS, spawnAgentProcess } from './agent-process.js';
 import type { AgentProcess } from './agent-process.js';
 import { workerOptionsFromEnv, type Env } from './options.js';
 import { safeDirectoryEnv } from './workspace.js';
@@ -26,12 +34,19 @@ export interface AgentLaunch {
   env: Record<string, string>;
 }
 
-/** What the agent inherits: the worker's environment without its credential, then `extra`. */
+/**
+ * Set by the process backend on a worker whose agent it starts beside the worker (see prelaunchPlan):
+ * the FIFOs' folder and the fingerprint of the launch; the prelaunch script adds the agent's pid.
+ */
+export const PRELAUNCH_ENV = { dir: 'SPAWNGATE_PRELAUNCH_DIR', sum: 'SPAWNGATE_PRELAUNCH_SUM', pid: 'SPAWNGATE_PRELAUNCH_PID' } as const;
+const PRELAUNCH_PREFIX = 'SPAWNGATE_PRELAUNCH_';
+
+/** What the agent inherits: the worker's environment without its credential (and the prelaunch's bookkeeping), then `extra`. */
 function agentEnvironment(extra: Record<string, string> | undefined): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(process.env)) {
     // The agent runs model-written code; it has no business holding the credential of its own worker.
-    if (value !== undefined && key !== 'SPAWNGATE_WORKER_TOKEN') env[key] = value;
+    if (value !== undefined && key !== 'SPAWNGATE_WORKER_TOKEN' && !key.startsWith(PRELAUNCH_PREFIX)) env[key] = value;
   }
   return { ...env, ...extra };
 }
@@ -49,6 +64,76 @@ export function agentLaunch(
     cwd,
     env: agentEnvironment({ ...agentEnv, ...proxyEnv, ...safeDirectoryEnv(cwd, { ...process.env, ...agentEnv }) }),
   };
+}
+
+/** What a prelaunch needs to start the agent a worker with environment `env`, started in `cwd`, would start. */
+export interface PrelaunchPlan {
+  argv: string[];
+  /** Set on top of the worker's environment (minus its credential): the workspace as git's safe.directory. */
+  extraEnv: Record<string, string>;
+  /** Fingerprint of argv, cwd and extraEnv: the worker adopts the agent only when its own plan has the same. */
+  sum: string;
+}
+
+function fingerprint(argv: readonly string[], cwd: string, extraEnv: Record<string, string>): string {
+  const extra = Object.entries(extraEnv).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return createHash('sha256').update(JSON.stringify([argv, cwd, extra])).digest('hex');
+}
+
+/**
+ * The agent launch of a worker with environment `env` started in `cwd`, when nothing must precede
+ * the agent (no `git` workspace to clone into, no egress forwarder in its environment, the agent
+ * runs where the worker starts); else null. The process backend starts that agent beside the
+ * worker; the worker, computing the same plan from its own environment, adopts it.
+ */
+export function prelaunchPlan(env: Env, cwd: string): PrelaunchPlan | null {
+  let opts: ReturnType<typeof workerOptionsFromEnv>;
+  try {
+    opts = workerOptionsFromEnv(env);
+  } catch {
+    return null;
+  }
+  if (opts.git || opts.egressProxySocket || (opts.cwd !== undefined && resolvePath(cwd, opts.cwd) !== cwd)) return null;
+  const argv = [opts.agentCommand, ...opts.agentArgs];
+  const extraEnv = safeDirectoryEnv(cwd, env);
+  return { argv, extraEnv, sum: fingerprint(argv, cwd, extraEnv) };
+}
+
+/** Stops an agent the process backend started for this worker, which this worker will not use, and lets go of its FIFOs. */
+function discardPrelaunched(env: Env): void {
+  const pid = Number(env[PRELAUNCH_ENV.pid]);
+  if (!Number.isInteger(pid) || pid <= 1) return;
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    // Gone already.
+  }
+  for (const fd of PRELAUNCH_FDS) {
+    try {
+      closeSync(fd);
+    } catch {
+      // Not inherited.
+    }
+  }
+}
+
+/** The agent started beside this worker, when there is one and it is the agent `launch` describes; else null (it is then stopped). */
+function prelaunched(env: Env, launch: AgentLaunch, onStderrLine: (line: string) => void): AgentProcess | null {
+  const pid = Number(env[PRELAUNCH_ENV.pid]);
+  const dir = env[PRELAUNCH_ENV.dir];
+  if (!env[PRELAUNCH_ENV.pid]) return null;
+  const plan = prelaunchPlan(env, launch.cwd);
+  const same = plan !== null && plan.sum === env[PRELAUNCH_ENV.sum] && plan.sum === fingerprint([launch.command, ...launch.args], launch.cwd, plan.extraEnv);
+  if (!same || !dir || !Number.isInteger(pid) || pid <= 1) {
+    discardPrelaunched(env);
+    return null;
+  }
+  try {
+    return attachAgentProcess({ pid, dir, onStderrLine });
+  } catch {
+    discardPrelaunched(env);
+    return null;
+  }
 }
 
 function sameLaunch(a: AgentLaunch, b: AgentLaunch): boolean {
@@ -83,22 +168,24 @@ export function launchAgentEarly(env: Env): LaunchedAgent | null {
     opts = workerOptionsFromEnv(env);
   } catch {
     // The entry reports the invalid environment; no agent for a worker that will not start.
+    discardPrelaunched(env);
     return null;
   }
-  if (opts.git || opts.egressProxySocket) return null;
+  if (opts.git || opts.egressProxySocket) {
+    discardPrelaunched(env);
+    return null;
+  }
   // As startWorker resolves it: the worker runs in its workspace unless told otherwise.
   const launch = agentLaunch(opts, opts.cwd ? resolvePath(opts.cwd) : process.cwd(), {});
   const held: string[] = [];
   let forward: ((line: string) => void) | null = null;
+  const onStderrLine = (line: string): void => {
+    if (forward) forward(line);
+    else if (held.length < MAX_HELD_LINES) held.push(line);
+  };
   let proc: AgentProcess;
   try {
-    proc = spawnAgentProcess({
-      ...launch,
-      onStderrLine: (line) => {
-        if (forward) forward(line);
-        else if (held.length < MAX_HELD_LINES) held.push(line);
-      },
-    });
+    proc = prelaunched(env, launch, onStderrLine) ?? spawnAgentProcess({ ...launch, onStderrLine });
   } catch {
     // Refused before any process existed: the worker starts its agent itself and reports why.
     return null;

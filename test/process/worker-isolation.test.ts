@@ -22,6 +22,7 @@ import { inspectProcessHost } from '../../src/backends/process/host.js';
 import type { Backend, WorkerRef, WorkerSpec } from '../../src/backends/types.js';
 import { BackendError } from '../../src/errors.js';
 import { waitForWorker } from '../../src/sessions/readiness.js';
+import { createWorkerClient } from '../../src/protocol/client.js';
 import { testWorkerSpec } from '../helpers/worker-spec.js';
 
 const probe = fileURLToPath(new URL('../fixtures/escape-probe.mjs', import.meta.url));
@@ -341,6 +342,29 @@ suite('process backend: workers under uids of their own, in cgroups', { timeout:
       expect(procUid(escapee)).toBe(stateOf(stateDir, ref.spawnId).uid);
       await backendOf({ stateDir }).delete(ref);
       await until('the escapee to be gone', () => Promise.resolve(alive(escapee) ? null : true), 5000);
+    });
+    it('the reference worker\'s agent is started beside it, as its child on FIFOs, under its uid, in its cgroup and network namespace; a worker of the profile\'s own command gets none; delete (after a restart) stops it', async () => {
+      const stateDir = stateDirFor('prelaunch');
+      const backend = backendOf({ stateDir });
+      const spec = testWorkerSpec({ egress: 'none' });
+      const ref = await create(backend, spec);
+      const endpoint = await waitForWorker({ backend, ref, token: spec.token, timeoutMs: 60_000 });
+      const agentPid = (await createWorkerClient({ ...endpoint, token: spec.token }).status()).agentPid as number;
+      const state = stateOf(stateDir, ref.spawnId);
+      const stat = readFileSync(`/proc/${agentPid}/stat`, 'utf8');
+      expect(Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]), 'the agent\'s parent').toBe(state.pid);
+      expect(readlinkSync(`/proc/${agentPid}/fd/0`)).toBe(`${join(state.dir, 'a', 'in')} (deleted)`);
+      expect(procUid(agentPid)).toBe(state.uid);
+      expect(readFileSync(`/proc/${agentPid}/cgroup`, 'utf8')).toBe(readFileSync(`/proc/${state.pid}/cgroup`, 'utf8'));
+      expect(readlinkSync(`/proc/${agentPid}/ns/net`)).toBe(readlinkSync(`/proc/${state.pid}/ns/net`));
+      expect(readlinkSync(`/proc/${agentPid}/ns/net`)).not.toBe(readlinkSync('/proc/self/ns/net'));
+      await backendOf({ stateDir }).delete(ref);
+      expect(alive(agentPid)).toBe(false);
+
+      // The profile's own worker command may not know to adopt an agent: none is started for it.
+      const own = await create(backend, probeSpec(['idle'], { egress: 'none' }));
+      await probed(backend, own);
+      expect(existsSync(join(stateOf(stateDir, own.spawnId).dir, 'a'))).toBe(false);
     });
   });
 

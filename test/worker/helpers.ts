@@ -128,11 +128,12 @@ export interface WorkerChild {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** `node src/worker/bin.ts` as a separate process, the way backends start it. */
-export function spawnWorkerBin(env: Record<string, string>, script: string = workerBin): WorkerChild {
+/** `node src/worker/bin.ts` as a separate process, the way backends start it; `before`: a wrapper that execs it (e.g. the prelaunch script). */
+export function spawnWorkerBin(env: Record<string, string>, script: string = workerBin, before: readonly string[] = []): WorkerChild {
   const base: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('SPAWNGATE_')) base[k] = v;
-  const child = spawn(process.execPath, [script], { cwd: repoRoot, env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const [cmd = process.execPath, ...args] = [...before, process.execPath, script];
+  const child = spawn(cmd, args, { cwd: repoRoot, env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const stdoutLines: string[] = [];
   let stderr = '';
   let buffered = '';

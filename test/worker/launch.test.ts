@@ -1,11 +1,14 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { launchAgentEarly, type LaunchedAgent } from '../../src/worker/launch.js';
+import { launchAgentEarly, PRELAUNCH_ENV, prelaunchPlan, type LaunchedAgent } from '../../src/worker/launch.js';
+import { AGENT_PRELAUNCH } from '../../src/backends/process/isolation.js';
 import { runWorkerFromEnv } from '../../src/worker/main.js';
 import type { RunningWorker } from '../../src/worker/worker.js';
 import { createWorkerClient, waitForHealthy } from '../../src/protocol/client.js';
-import { bounded, eventually, fixtureAgent, isAlive, newToken, spawnWorkerBin, startTestWorker, tempDir, workerBundle } from './helpers.js';
+import { bounded, collect, eventually, fixtureAgent, isAlive, messageText, newToken, repoRoot, spawnWorkerBin, startTestWorker, tempDir, workerBundle, type WorkerChild } from './helpers.js';
 
 const fixtureCommand = [process.execPath, fixtureAgent];
 const quietIo = { stdout: () => undefined, stderr: () => undefined };
@@ -108,5 +111,97 @@ describe('early agent launch', { timeout: 120_000 }, () => {
     expect(await bounded(worker.exited, 60_000, 'worker exit')).toEqual({ code: 2, signal: null });
     expect(worker.stderr()).toContain('SPAWNGATE_WORKER_TOKEN');
     expect(existsSync(marker)).toBe(false);
+  });
+});
+
+/** The built worker behind the process backend's prelaunch script, as the backend starts it (minus the isolation wrappers). */
+function prelaunchedWorker(extra: Record<string, string> = {}, sumOverride?: string): { worker: WorkerChild; token: string; fifos: string } {
+  const token = newToken();
+  const dir = tempDir();
+  cleanup.push(() => Promise.resolve(dir.remove()));
+  const fifos = join(dir.path, 'a');
+  mkdirSync(fifos);
+  const env = { SPAWNGATE_WORKER_TOKEN: token, SPAWNGATE_AGENT_ID: 'fixture', SPAWNGATE_AGENT_COMMAND: JSON.stringify(fixtureCommand), SPAWNGATE_LISTEN: '127.0.0.1:0', ...extra };
+  const plan = prelaunchPlan(env, realpathSync(repoRoot));
+  if (!plan) throw new Error('expected a prelaunch plan');
+  const pairs = Object.entries(plan.extraEnv).map(([k, v]) => `${k}=${v}`);
+  const worker = spawnWorkerBin({ ...env, [PRELAUNCH_ENV.dir]: fifos, [PRELAUNCH_ENV.sum]: sumOverride ?? plan.sum }, workerBundle, [
+    ...AGENT_PRELAUNCH,
+    fifos,
+    String(plan.argv.length),
+    String(pairs.length),
+    ...pairs,
+    ...plan.argv,
+  ]);
+  cleanup.push(async () => {
+    worker.child.kill('SIGTERM');
+    await bounded(worker.exited, 30_000, 'worker exit');
+  });
+  return { worker, token, fifos };
+}
+
+function statFields(pid: number): string[] {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+const sha = (value: string) => createHash('sha256').update(value).digest('hex');
+
+describe('agent started beside the worker (the process backend\'s prelaunch)', { timeout: 120_000 }, () => {
+  it('the worker adopts it: its child in a process group of its own, on the FIFOs, without the worker\'s credential, answering turns; it ends with the worker', async () => {
+    const { worker, token, fifos } = prelaunchedWorker();
+    const listening = await bounded(worker.listening, 60_000, 'listening line');
+    const client = createWorkerClient({ baseUrl: listening.url ?? '', token });
+    await waitForHealthy(client, { timeoutMs: 60_000 });
+    const agentPid = (await client.status()).agentPid as number;
+    expect(parentOf(agentPid)).toBe(worker.child.pid);
+    expect(Number(statFields(agentPid)[2])).toBe(agentPid);
+    // Its stdin is the FIFO the script made (unlinked once the worker opened its ends), not a pipe the worker made.
+    expect(readlinkSync(`/proc/${agentPid}/fd/0`)).toBe(`${join(fifos, 'in')} (deleted)`);
+    expect(readdirSync(fifos)).toEqual([]);
+    // Only one agent: the worker started none of its own.
+    const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(worker.child.pid)], { encoding: 'utf8' }).trim().split(/\s+/).map(Number);
+    expect(children).toEqual([agentPid]);
+    const say = async (text: string) => messageText(await collect(client.turn(text)));
+    expect(await say('hasenv SPAWNGATE_WORKER_TOKEN')).toBe('SPAWNGATE_WORKER_TOKEN unset');
+    expect(await say('hasenv SPAWNGATE_PRELAUNCH_SUM')).toBe('SPAWNGATE_PRELAUNCH_SUM unset');
+    expect(await say('hasenv SPAWNGATE_PRELAUNCH_PID')).toBe('SPAWNGATE_PRELAUNCH_PID unset');
+    expect(await say('hasenv GIT_CONFIG_VALUE_0')).toBe(`GIT_CONFIG_VALUE_0 sha256=${sha(realpathSync(repoRoot))}`);
+    expect(await say('hasenv SPAWNGATE_AGENT_ID')).toBe(`SPAWNGATE_AGENT_ID sha256=${sha('fixture')}`);
+    worker.child.kill('SIGTERM');
+    expect(await bounded(worker.exited, 30_000, 'worker exit')).toEqual({ code: 0, signal: null });
+    await eventually(() => (isAlive(agentPid) ? undefined : true), 20_000);
+  });
+
+  it('an agent that dies at start-up is reported with its exit code and its stderr, and the worker exits 1 without starting another', async () => {
+    const dir = tempDir();
+    cleanup.push(() => Promise.resolve(dir.remove()));
+    const starts = join(dir.path, 'starts');
+    const command = ['/bin/sh', '-c', 'echo start >> "$0"; exec "$1" "$2"', starts, ...fixtureCommand];
+    const { worker } = prelaunchedWorker({ ACP_FIXTURE_EXIT_AT_START: '7', SPAWNGATE_AGENT_COMMAND: JSON.stringify(command) });
+    expect(await bounded(worker.exited, 60_000, 'worker exit')).toEqual({ code: 1, signal: null });
+    expect(readFileSync(starts, 'utf8')).toBe('start\n');
+    const lines = worker
+      .stderr()
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as { source: string; message: string });
+    expect(lines.some((line) => line.source === 'worker' && line.message.startsWith('agent process ended {"exitCode":7,"signal":null'))).toBe(true);
+    expect(lines.some((line) => line.source === 'agent')).toBe(true);
+  });
+
+  it('an agent started for another launch is stopped, and the worker starts its own', async () => {
+    const { worker, token } = prelaunchedWorker({}, 'not-this-launch');
+    const listening = await bounded(worker.listening, 60_000, 'listening line');
+    const client = createWorkerClient({ baseUrl: listening.url ?? '', token });
+    await waitForHealthy(client, { timeoutMs: 60_000 });
+    const agentPid = (await client.status()).agentPid as number;
+    // The prelaunched agent was killed; a zombie until the worker exits (Node reaps only its own children).
+    const others = execFileSync('ps', ['-o', 'pid=', '--ppid', String(worker.child.pid)], { encoding: 'utf8' }).trim().split(/\s+/).map(Number).filter((pid) => pid !== agentPid);
+    expect(others).toHaveLength(1);
+    expect(isAlive(others[0] ?? -1)).toBe(false);
+    expect(isAlive(agentPid)).toBe(true);
+    expect(readlinkSync(`/proc/${agentPid}/fd/0`)).toMatch(/^(socket|pipe):/);
+    expect(messageText(await collect(client.turn('hello')))).toContain('hello');
   });
 });

@@ -8,11 +8,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BackendError, SpawngateError } from '../../errors.js';
 import type { ProcessBackendConfig } from '../../config/schema.js';
 import { workerBinCommand } from '../../worker/main.js';
+import { PRELAUNCH_ENV, prelaunchPlan, type PrelaunchPlan } from '../../worker/launch.js';
 import type { Backend, ListedWorker, WorkerEndpoint, WorkerPhase, WorkerRef, WorkerSpec, WorkerStatus } from '../types.js';
 import { WORKER_EXIT_DEADLINE } from '../../protocol/events.js';
 import { BACKEND_SPEC_VERSION, LABELS } from '../types.js';
 import { createWorkerClient } from '../../protocol/client.js';
-import { CGROUP_GATE, LOOPBACK_UP, UNSHARE_ARGS, UNSHARE_NET_ARGS, type IsolationProbe } from './isolation.js';
+import { AGENT_PRELAUNCH, CGROUP_GATE, LOOPBACK_UP, UNSHARE_ARGS, UNSHARE_NET_ARGS, type IsolationProbe } from './isolation.js';
 import { egressLogLine, startEgressProxy } from '../egress-proxy.js';
 import type { EgressDecision, EgressProxy } from '../egress-proxy.js';
 import { resolveSecret, secretPlaces } from '../secrets.js';
@@ -185,6 +186,8 @@ const STAGING_PREFIX = '.creating-';
 const STAGING_ABANDONED_MS = 1_000;
 /** The folder of the worker's own in its spawn's folder where it binds its socket. */
 const SOCKET_DIR = 's';
+/** The FIFOs of an agent started beside its worker. */
+const PRELAUNCH_DIR = 'a';
 
 /** The options of a configured process backend (`agents.executionBackends.<name>`, type process). */
 export function processBackendOptions(name: string, config: ProcessBackendConfig): ProcessBackendOptions {
@@ -614,6 +617,28 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     return checked.real;
   }
 
+  /** Whether setsid and mkfifo are on a PATH: a fact of the host, looked up once per PATH. */
+  const prelaunchTools = new Map<string, Promise<boolean>>();
+
+  /**
+   * The agent to start beside the worker (isolation.ts AGENT_PRELAUNCH), when the worker is this
+   * package's own (it knows to adopt it), nothing must precede the agent, and every program the
+   * prelaunch runs is there: else null, and the worker starts its agent itself, after its own boot.
+   */
+  async function prelaunchOf(env: Record<string, string>, workspace: string): Promise<PrelaunchPlan | null> {
+    // As the worker sees its working directory: resolved, so that both sides compute the same plan.
+    const plan = prelaunchPlan(env, await realpath(workspace).catch(() => workspace));
+    if (!plan?.argv[0]) return null;
+    const path = env['PATH'] ?? '';
+    let tools = prelaunchTools.get(path);
+    if (!tools) {
+      tools = Promise.all(['setsid', 'mkfifo'].map((cmd) => resolveCommand(cmd, workspace))).then((found) => found.every(Boolean));
+      prelaunchTools.set(path, tools);
+    }
+    const [agent, usable] = await Promise.all([resolveCommand(plan.argv[0], workspace), tools]);
+    return agent && usable ? plan : null;
+  }
+
   /** Starts the child of an intent and records its pid; throws with nothing of it left running. */
   async function startChild(spec: WorkerSpec, intent: StateFile, report: ProcessHostReport): Promise<{ state: StateFile; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> }> {
     const uid = intent.uid ?? null;
@@ -642,17 +667,6 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
     if (!(await resolveCommand(cmd, workspace))) {
       throw new BackendError('BACKEND_FAILED', `cannot start worker ${cmd}: spawn ${cmd} ENOENT`, { details: { reason: 'StartError' } });
     }
-    const loopbackUp = ownProxy ? [...LOOPBACK_UP] : [];
-    let argv = [cmd, ...cmdArgs];
-    if (uid !== null) {
-      // setpriv drops to the worker's uid last: the namespace and the cgroup are made by the gateway's user.
-      const drop = dropArgs(uid, uid);
-      if (!isolated) argv = [...drop, ...argv];
-      else if (report.identity.netnsBeforeDrop) argv = ['unshare', ...UNSHARE_NET_ARGS, ...loopbackUp, ...drop, ...argv];
-      else argv = [...drop, 'unshare', ...UNSHARE_ARGS, ...loopbackUp, ...argv];
-    } else if (isolated) argv = ['unshare', ...UNSHARE_ARGS, ...loopbackUp, ...argv];
-    // First of all, the worker's first process joins its cgroups: nothing of it runs unlimited.
-    if (intent.cgroup) argv = [...CGROUP_GATE, ...procsFiles(intent.cgroup), '--', ...argv];
     const egressSocket = join(intent.dir, 'egress.sock');
     if (ownProxy) {
       // Into the worker's own log, so `spawngate logs` shows what the agent tried to reach.
@@ -687,6 +701,28 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       // On top of the cgroup's limit: a V8 heap cap makes a Node worker fail with a heap error before the OOM killer comes.
       ...(memory ? { NODE_OPTIONS: `--max-old-space-size=${Math.max(32, Math.floor((memory / 2 ** 20) * 0.75))}` } : {}),
     };
+    let argv = [cmd, ...cmdArgs];
+    // Only this backend says an agent was started beside the worker (a profile's env cannot).
+    for (const name of Object.values(PRELAUNCH_ENV)) delete env[name];
+    const prelaunch = spec.command || options.workerCommand ? null : await prelaunchOf(env, workspace);
+    if (prelaunch) {
+      const fifos = join(intent.dir, PRELAUNCH_DIR);
+      await ownFolder(fifos);
+      env[PRELAUNCH_ENV.dir] = fifos;
+      env[PRELAUNCH_ENV.sum] = prelaunch.sum;
+      const pairs = Object.entries(prelaunch.extraEnv).map(([k, v]) => `${k}=${v}`);
+      argv = [...AGENT_PRELAUNCH, fifos, String(prelaunch.argv.length), String(pairs.length), ...pairs, ...prelaunch.argv, ...argv];
+    }
+    const loopbackUp = ownProxy ? [...LOOPBACK_UP] : [];
+    if (uid !== null) {
+      // setpriv drops to the worker's uid last: the namespace and the cgroup are made by the gateway's user.
+      const drop = dropArgs(uid, uid);
+      if (!isolated) argv = [...drop, ...argv];
+      else if (report.identity.netnsBeforeDrop) argv = ['unshare', ...UNSHARE_NET_ARGS, ...loopbackUp, ...drop, ...argv];
+      else argv = [...drop, 'unshare', ...UNSHARE_ARGS, ...loopbackUp, ...argv];
+    } else if (isolated) argv = ['unshare', ...UNSHARE_ARGS, ...loopbackUp, ...argv];
+    // First of all, the worker's first process joins its cgroups: nothing of it runs unlimited.
+    if (intent.cgroup) argv = [...CGROUP_GATE, ...procsFiles(intent.cgroup), '--', ...argv];
     const logFd = openSync(intent.logFile, 'a', 0o600);
     let child: ChildProcess;
     try {
