@@ -175,6 +175,13 @@ export interface Backend {
   running(ref: WorkerRef, options: RunningOptions): Promise<WorkerEndpoint>;
   /** `ready` may probe the worker's /healthz; `phase` and `reason` come from the backend alone. */
   status(ref: WorkerRef): Promise<WorkerStatus>;
+  /**
+   * Optional: the end of a worker this backend object watches without asking anyone (a child process
+   * it spawned), so the readiness wait need not poll status() while the worker boots. Resolves with
+   * the terminal status once the worker ended, null when `signal` aborts first. Returns null (not a
+   * promise) when this object cannot watch `ref` (created by another gateway): the caller polls.
+   */
+  ended?(ref: WorkerRef, signal: AbortSignal): Promise<WorkerStatus | null> | null;
   logs(ref: WorkerRef, options?: LogsOptions): Promise<string[]>;
   /** Idempotent: deleting what is already gone resolves. */
   delete(ref: WorkerRef): Promise<void>;

@@ -177,7 +177,10 @@ export async function waitForWorker(options: WaitForWorkerOptions): Promise<Work
 
   const stop = new AbortController();
   const both = signal ? AbortSignal.any([signal, stop.signal]) : stop.signal;
-  const exited = watchForExit(backend, ref, both, report);
+  // A backend that sees the exit itself is not asked every few ms while two processes boot on the
+  // same CPUs; shown statuses (onStatus) still come from polling.
+  const ended = options.onStatus || !backend.ended ? null : backend.ended(ref, both);
+  const exited = ended ?? watchForExit(backend, ref, both, report);
   const client = createWorkerClient({ ...endpoint, token });
   const healthy = waitForHealthy(client, { timeoutMs: Math.max(1, deadline - Date.now()), signal: both });
   try {

@@ -126,4 +126,18 @@ describe('process backend: intent before creation', () => {
     await backend.delete(ref);
     expect(existsSync(join(stateDir, s.spawnId))).toBe(false);
   });
+
+  it('ended(): the exit of a child it spawned, with its reason, without polling; null once aborted, and for a worker it did not start', async () => {
+    const s = testWorkerSpec({ owner, backendName: 'local', egress: 'open', command: [process.execPath, '-e', 'setTimeout(() => process.exit(4), 300)'] });
+    const ref = await backend.create(s);
+    const aborted = new AbortController();
+    const early = backend.ended?.(ref, aborted.signal);
+    aborted.abort();
+    expect(await early).toBeNull();
+    const status = await backend.ended?.(ref, new AbortController().signal);
+    expect(status).toMatchObject({ phase: 'failed', exitCode: 4, reason: 'Error' });
+    // Another backend object on the same folder (a restarted gateway) has no child to watch: the caller polls.
+    expect(createProcessBackend({ name: 'local', stateDir }).ended?.(ref, new AbortController().signal)).toBeNull();
+    await backend.delete(ref);
+  });
 });

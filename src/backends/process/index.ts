@@ -934,6 +934,21 @@ export function createProcessBackend(options: ProcessBackendOptions): Backend {
       }
     },
 
+    ended(ref, signal) {
+      const record = exitRecords.get(ref.spawnId);
+      if (!record) return null;
+      return new Promise<WorkerStatus | null>((resolve) => {
+        const stop = () => resolve(null);
+        if (signal.aborted) return stop();
+        signal.addEventListener('abort', stop, { once: true });
+        // The record settles once the exit is on disk, where status() reads its reason.
+        void record
+          .then(() => (signal.aborted ? null : backend.status(ref)))
+          .then(resolve, () => resolve(null))
+          .finally(() => signal.removeEventListener('abort', stop));
+      });
+    },
+
     async status(ref) {
       const found = await readState(ref.spawnId);
       if (!found) return { nativeId: ref.nativeId, phase: 'gone', ready: false, reason: 'NotFound', message: null, exitCode: null, attributes: { 'process.pid': Number(ref.nativeId) } };
