@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { closeSync, constants, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
@@ -66,7 +66,7 @@ export interface PrelaunchedAgentOptions {
 }
 
 /** Inherited from the prelaunch script: read-write ends that kept each FIFO open until the worker opened its own. */
-export const PRELAUNCH_FDS = [6, 7, 8] as const;
+const PRELAUNCH_FDS = [6, 7, 8] as const;
 
 /**
  * Takes over an agent that the process backend started beside this worker (the worker's parent
@@ -82,6 +82,7 @@ export function attachAgentProcess(options: PrelaunchedAgentOptions): AgentProce
   const open = (name: string, flags: number): number => openSync(join(dir, name), flags | constants.O_NONBLOCK);
   // A reader of the agent's stdin (the agent itself) exists unless it died: then ENXIO, and the
   // inherited read-write end serves, whose writes go nowhere while the exit is reported.
+  if (!isChild(pid) || !PRELAUNCH_FDS.every((fd) => isPrelaunchFd(fd, dir))) throw new Error(`no agent of this worker's prelaunch at pid ${pid}`);
   let stdinFd: number;
   let keepStdinFd = false;
   try {
@@ -93,7 +94,7 @@ export function attachAgentProcess(options: PrelaunchedAgentOptions): AgentProce
   }
   const stdoutFd = open('out', constants.O_RDONLY);
   const stderrFd = open('err', constants.O_RDONLY);
-  for (const fd of PRELAUNCH_FDS) if (!(keepStdinFd && fd === stdinFd)) closeQuietly(fd);
+  for (const fd of PRELAUNCH_FDS) if (!(keepStdinFd && fd === stdinFd)) closeSync(fd);
   for (const name of ['in', 'out', 'err']) rmSync(join(dir, name), { force: true });
 
   const stdin = new Socket({ fd: stdinFd, readable: false, writable: true });
@@ -116,11 +117,41 @@ export function attachAgentProcess(options: PrelaunchedAgentOptions): AgentProce
   return agentProcessOf(() => pid, stdin, stdout, stderr, outcome, options.onStderrLine);
 }
 
-function closeQuietly(fd: number): void {
+const PRELAUNCH_FIFOS = ['in', 'out', 'err'] as const;
+
+/** Whether `fd` is the prelaunch script's keep-open end of its FIFO in `dir` (not one of Node's own pipes, which are FIFOs too). */
+function isPrelaunchFd(fd: (typeof PRELAUNCH_FDS)[number], dir: string): boolean {
   try {
-    closeSync(fd);
+    // The kernel names the file by its resolved path.
+    return readlinkSync(`/proc/self/fd/${fd}`).replace(/ \(deleted\)$/, '') === join(realpathSync(dir), PRELAUNCH_FIFOS[PRELAUNCH_FDS.indexOf(fd)] ?? '');
   } catch {
-    // Not inherited (EBADF): nothing to close.
+    return false;
+  }
+}
+
+/** Whether `pid` is a child of this process (what the prelaunch script forked before it became this worker). */
+export function isChild(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === process.pid;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Closes the keep-open FIFO ends the prelaunch script left this worker, and only those: each number
+ * must name the script's FIFO in `dir`, so an environment that merely names a prelaunch (set by
+ * hand) cannot make the worker close descriptors of its own.
+ */
+export function closePrelaunchFds(dir: string): void {
+  for (const fd of PRELAUNCH_FDS) {
+    if (!isPrelaunchFd(fd, dir)) continue;
+    try {
+      closeSync(fd);
+    } catch {
+      // Closed meanwhile.
+    }
   }
 }
 

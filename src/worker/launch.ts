@@ -20,9 +20,8 @@
  * invalid (main.ts reports that, and no agent is ever started).
  */
 import { createHash } from 'node:crypto';
-import { closeSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
-import { attachAgentProcess, PRELAUNCH_FDS, spawnAgentProcess } from './agent-process.js';
+import { attachAgentProcess, closePrelaunchFds, isChild, spawnAgentProcess } from './agent-process.js';
 import type { AgentProcess } from './agent-process.js';
 import { workerOptionsFromEnv, type Env } from './options.js';
 import { safeDirectoryEnv } from './workspace.js';
@@ -103,18 +102,16 @@ export function prelaunchPlan(env: Env, cwd: string): PrelaunchPlan | null {
 function discardPrelaunched(env: Env): void {
   const pid = Number(env[PRELAUNCH_ENV.pid]);
   if (!Number.isInteger(pid) || pid <= 1) return;
-  try {
-    process.kill(-pid, 'SIGKILL');
-  } catch {
-    // Gone already.
-  }
-  for (const fd of PRELAUNCH_FDS) {
+  // Only this worker's own child: a pid named by hand is nothing of the worker's to stop.
+  if (isChild(pid)) {
     try {
-      closeSync(fd);
+      process.kill(-pid, 'SIGKILL');
     } catch {
-      // Not inherited.
+      // Gone already.
     }
   }
+  const dir = env[PRELAUNCH_ENV.dir];
+  if (dir) closePrelaunchFds(dir);
 }
 
 /** The agent started beside this worker, when there is one and it is the agent `launch` describes; else null (it is then stopped). */

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -203,5 +204,27 @@ describe('agent started beside the worker (the process backend\'s prelaunch)', {
     expect(isAlive(agentPid)).toBe(true);
     expect(readlinkSync(`/proc/${agentPid}/fd/0`)).toMatch(/^(socket|pipe):/);
     expect(messageText(await collect(client.turn('hello')))).toContain('hello');
+  });
+
+  it('an environment that merely names a prelaunch (set by hand) stops nothing and closes nothing of the worker\'s: it starts its own agent', async () => {
+    const bystander = spawn('sleep', ['600'], { detached: true, stdio: 'ignore' });
+    cleanup.push(async () => {
+      bystander.kill('SIGKILL');
+      await once(bystander, 'exit');
+    });
+    const pid = bystander.pid ?? -1;
+    const token = newToken();
+    const env = fixtureEnv({ SPAWNGATE_WORKER_TOKEN: token, [PRELAUNCH_ENV.pid]: String(pid), [PRELAUNCH_ENV.dir]: '/nonexistent', [PRELAUNCH_ENV.sum]: 'x' });
+    const worker = spawnWorkerBin(env, workerBundle);
+    cleanup.push(async () => {
+      worker.child.kill('SIGTERM');
+      await bounded(worker.exited, 30_000, 'worker exit');
+    });
+    const listening = await bounded(worker.listening, 60_000, 'listening line');
+    const client = createWorkerClient({ baseUrl: listening.url ?? '', token });
+    await waitForHealthy(client, { timeoutMs: 60_000 });
+    expect(messageText(await collect(client.turn('hello')))).toContain('hello');
+    expect(parentOf((await client.status()).agentPid as number)).toBe(worker.child.pid);
+    expect(isAlive(pid)).toBe(true);
   });
 });
