@@ -80,9 +80,9 @@ const PRELAUNCH_FDS = [6, 7, 8] as const;
 export function attachAgentProcess(options: PrelaunchedAgentOptions): AgentProcess {
   const { pid, dir } = options;
   const open = (name: string, flags: number): number => openSync(join(dir, name), flags | constants.O_NONBLOCK);
+  if (!isChild(pid) || !PRELAUNCH_FDS.every((fd) => isPrelaunchFd(fd, dir))) throw new Error(`no agent of this worker's prelaunch at pid ${pid}`);
   // A reader of the agent's stdin (the agent itself) exists unless it died: then ENXIO, and the
   // inherited read-write end serves, whose writes go nowhere while the exit is reported.
-  if (!isChild(pid) || !PRELAUNCH_FDS.every((fd) => isPrelaunchFd(fd, dir))) throw new Error(`no agent of this worker's prelaunch at pid ${pid}`);
   let stdinFd: number;
   let keepStdinFd = false;
   try {
@@ -131,11 +131,16 @@ function isPrelaunchFd(fd: (typeof PRELAUNCH_FDS)[number], dir: string): boolean
 
 /** Whether `pid` is a child of this process (what the prelaunch script forked before it became this worker). */
 export function isChild(pid: number): boolean {
+  return Number(procStat(pid)?.[1]) === process.pid;
+}
+
+/** The fields of /proc/<pid>/stat from field 3 (state) on, counted after comm's closing ")" (comm may hold spaces); null when there is no such process. */
+function procStat(pid: number): string[] | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === process.pid;
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   } catch {
-    return false;
+    return null;
   }
 }
 
@@ -159,14 +164,9 @@ const SIGNAL_NAMES = new Map(Object.entries(osConstants.signals).map(([name, n])
 
 /** The exit of `pid` once it is a zombie (waitpid's status in /proc/<pid>/stat field 52); null while it runs. */
 export function zombieExit(pid: number): AgentExit | null {
-  let stat: string;
-  try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    // Reaped already (it was not this worker's child after all): gone, without a code.
-    return { code: null, signal: null, spawnError: null };
-  }
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const fields = procStat(pid);
+  // Reaped already (it was not this worker's child after all): gone, without a code.
+  if (!fields) return { code: null, signal: null, spawnError: null };
   if (fields[0] !== 'Z' && fields[0] !== 'X') return null;
   const status = Number(fields[49]);
   if (!Number.isInteger(status)) return { code: null, signal: null, spawnError: null };

@@ -14,9 +14,32 @@ import { bounded, collect, eventually, fixtureAgent, isAlive, messageText, newTo
 const fixtureCommand = [process.execPath, fixtureAgent];
 const quietIo = { stdout: () => undefined, stderr: () => undefined };
 
-function parentOf(pid: number): number {
+/** /proc/<pid>/stat from field 3 (state) on. */
+function statFields(pid: number): string[] {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+function parentOf(pid: number): number {
+  return Number(statFields(pid)[1]);
+}
+
+/** A built worker started with `env` (behind `before`), stopped after the test. */
+function trackedWorkerBin(env: Record<string, string>, before: readonly string[] = []): WorkerChild {
+  const worker = spawnWorkerBin(env, workerBundle, before);
+  cleanup.push(async () => {
+    worker.child.kill('SIGTERM');
+    await bounded(worker.exited, 30_000, 'worker exit');
+  });
+  return worker;
+}
+
+/** The client of a worker started by trackedWorkerBin, once it listens and is healthy. */
+async function healthyClient(worker: WorkerChild, token: string): Promise<ReturnType<typeof createWorkerClient>> {
+  const listening = await bounded(worker.listening, 60_000, 'listening line');
+  const client = createWorkerClient({ baseUrl: listening.url ?? '', token });
+  await waitForHealthy(client, { timeoutMs: 60_000 });
+  return client;
 }
 
 /** A worker environment for the fixture agent, listening on an ephemeral loopback port. */
@@ -89,14 +112,8 @@ describe('early agent launch', { timeout: 120_000 }, () => {
     const token = newToken();
     // The agent's first line is written at once, long before the worker's server exists.
     const command = ['/bin/sh', '-c', `echo "early line from the agent" >&2; exec "$0" "$1"`, ...fixtureCommand];
-    const worker = spawnWorkerBin({ SPAWNGATE_WORKER_TOKEN: token, SPAWNGATE_AGENT_ID: 'fixture', SPAWNGATE_AGENT_COMMAND: JSON.stringify(command), SPAWNGATE_LISTEN: '127.0.0.1:0' }, workerBundle);
-    cleanup.push(async () => {
-      worker.child.kill('SIGTERM');
-      await bounded(worker.exited, 30_000, 'worker exit');
-    });
-    const listening = await bounded(worker.listening, 60_000, 'listening line');
-    const client = createWorkerClient({ baseUrl: listening.url ?? '', token });
-    await waitForHealthy(client, { timeoutMs: 60_000 });
+    const worker = trackedWorkerBin({ SPAWNGATE_WORKER_TOKEN: token, SPAWNGATE_AGENT_ID: 'fixture', SPAWNGATE_AGENT_COMMAND: JSON.stringify(command), SPAWNGATE_LISTEN: '127.0.0.1:0' });
+    const client = await healthyClient(worker, token);
     const agentPid = (await client.status()).agentPid as number;
     expect(parentOf(agentPid)).toBe(worker.child.pid);
     expect(await client.logs()).toContainEqual(expect.objectContaining({ source: 'agent', message: 'early line from the agent' }));
@@ -126,7 +143,7 @@ function prelaunchedWorker(extra: Record<string, string> = {}, sumOverride?: str
   const plan = prelaunchPlan(env, realpathSync(repoRoot));
   if (!plan) throw new Error('expected a prelaunch plan');
   const pairs = Object.entries(plan.extraEnv).map(([k, v]) => `${k}=${v}`);
-  const worker = spawnWorkerBin({ ...env, [PRELAUNCH_ENV.dir]: fifos, [PRELAUNCH_ENV.sum]: sumOverride ?? plan.sum }, workerBundle, [
+  const worker = trackedWorkerBin({ ...env, [PRELAUNCH_ENV.dir]: fifos, [PRELAUNCH_ENV.sum]: sumOverride ?? plan.sum }, [
     ...AGENT_PRELAUNCH,
     fifos,
     String(plan.argv.length),
@@ -134,16 +151,7 @@ function prelaunchedWorker(extra: Record<string, string> = {}, sumOverride?: str
     ...pairs,
     ...plan.argv,
   ]);
-  cleanup.push(async () => {
-    worker.child.kill('SIGTERM');
-    await bounded(worker.exited, 30_000, 'worker exit');
-  });
   return { worker, token, fifos };
-}
-
-function statFields(pid: number): string[] {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
 }
 
 const sha = (value: string) => createHash('sha256').update(value).digest('hex');
@@ -151,9 +159,7 @@ const sha = (value: string) => createHash('sha256').update(value).digest('hex');
 describe('agent started beside the worker (the process backend\'s prelaunch)', { timeout: 120_000 }, () => {
   it('the worker adopts it: its child in a process group of its own, on the FIFOs, without the worker\'s credential, answering turns; it ends with the worker', async () => {
     const { worker, token, fifos } = prelaunchedWorker();
-    const listening = await bounded(worker.listening, 60_000, 'listening line');
-    const client = createWorkerClient({ baseUrl: listening.url ?? '', token });
-    await waitForHealthy(client, { timeoutMs: 60_000 });
+    const client = await healthyClient(worker, token);
     const agentPid = (await client.status()).agentPid as number;
     expect(parentOf(agentPid)).toBe(worker.child.pid);
     expect(Number(statFields(agentPid)[2])).toBe(agentPid);
@@ -193,9 +199,7 @@ describe('agent started beside the worker (the process backend\'s prelaunch)', {
 
   it('an agent started for another launch is stopped, and the worker starts its own', async () => {
     const { worker, token } = prelaunchedWorker({}, 'not-this-launch');
-    const listening = await bounded(worker.listening, 60_000, 'listening line');
-    const client = createWorkerClient({ baseUrl: listening.url ?? '', token });
-    await waitForHealthy(client, { timeoutMs: 60_000 });
+    const client = await healthyClient(worker, token);
     const agentPid = (await client.status()).agentPid as number;
     // The prelaunched agent was killed; a zombie until the worker exits (Node reaps only its own children).
     const others = execFileSync('ps', ['-o', 'pid=', '--ppid', String(worker.child.pid)], { encoding: 'utf8' }).trim().split(/\s+/).map(Number).filter((pid) => pid !== agentPid);
@@ -215,14 +219,8 @@ describe('agent started beside the worker (the process backend\'s prelaunch)', {
     const pid = bystander.pid ?? -1;
     const token = newToken();
     const env = fixtureEnv({ SPAWNGATE_WORKER_TOKEN: token, [PRELAUNCH_ENV.pid]: String(pid), [PRELAUNCH_ENV.dir]: '/nonexistent', [PRELAUNCH_ENV.sum]: 'x' });
-    const worker = spawnWorkerBin(env, workerBundle);
-    cleanup.push(async () => {
-      worker.child.kill('SIGTERM');
-      await bounded(worker.exited, 30_000, 'worker exit');
-    });
-    const listening = await bounded(worker.listening, 60_000, 'listening line');
-    const client = createWorkerClient({ baseUrl: listening.url ?? '', token });
-    await waitForHealthy(client, { timeoutMs: 60_000 });
+    const worker = trackedWorkerBin(env);
+    const client = await healthyClient(worker, token);
     expect(messageText(await collect(client.turn('hello')))).toContain('hello');
     expect(parentOf((await client.status()).agentPid as number)).toBe(worker.child.pid);
     expect(isAlive(pid)).toBe(true);
