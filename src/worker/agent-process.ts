@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { closeSync, constants, openSync, readFileSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
+import { closeSync, constants, openSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { lineSplitter } from './log-buffer.js';
+import { procStatFields } from '../procfs.js';
 
 export interface AgentExit {
   code: number | null;
@@ -131,17 +132,7 @@ function isPrelaunchFd(fd: (typeof PRELAUNCH_FDS)[number], dir: string): boolean
 
 /** Whether `pid` is a child of this process (what the prelaunch script forked before it became this worker). */
 export function isChild(pid: number): boolean {
-  return Number(procStat(pid)?.[1]) === process.pid;
-}
-
-/** The fields of /proc/<pid>/stat from field 3 (state) on, counted after comm's closing ")" (comm may hold spaces); null when there is no such process. */
-function procStat(pid: number): string[] | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  } catch {
-    return null;
-  }
+  return Number(procStatFields(pid)?.[1]) === process.pid;
 }
 
 /**
@@ -164,7 +155,7 @@ const SIGNAL_NAMES = new Map(Object.entries(osConstants.signals).map(([name, n])
 
 /** The exit of `pid` once it is a zombie (waitpid's status in /proc/<pid>/stat field 52); null while it runs. */
 export function zombieExit(pid: number): AgentExit | null {
-  const fields = procStat(pid);
+  const fields = procStatFields(pid);
   // Reaped already (it was not this worker's child after all): gone, without a code.
   if (!fields) return { code: null, signal: null, spawnError: null };
   if (fields[0] !== 'Z' && fields[0] !== 'X') return null;

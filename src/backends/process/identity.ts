@@ -13,7 +13,7 @@ import { randomInt } from 'node:crypto';
 import { mkdir, readdir, readFile, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { readProcText } from './proc.js';
+import { readProcText } from '../../procfs.js';
 
 /** Linux capability numbers (include/uapi/linux/capability.h) the uid mode needs, and the one that lets the gateway make network namespaces itself. */
 export const CAPABILITIES = {

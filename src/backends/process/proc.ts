@@ -1,15 +1,5 @@
-import { readFileSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
-
-/**
- * A small procfs file (a process's stat or status), read synchronously: the kernel makes its text
- * on read, in microseconds, and no disk is involved. fs/promises' readFile takes about five
- * thread-pool round trips for one (0.15 ms against 0.012 here, and several ms on a busy 2-core
- * host), and a spawn read some on its critical path.
- */
-export function readProcText(path: string): string {
-  return readFileSync(path, 'utf8');
-}
+import { procStatFields } from '../../procfs.js';
 
 /**
  * Process identity on Linux: a pid is only "ours" if its start time (clock ticks since boot,
@@ -17,16 +7,10 @@ export function readProcText(path: string): string {
  * a recycled pid differ, so a stale state file can never make us signal a stranger.
  */
 export function processStartTime(pid: number): string | null {
-  try {
-    const stat = readProcText(`/proc/${pid}/stat`);
-    // comm (field 2) may contain spaces and parentheses: fields are counted after its closing ")".
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // rest[0] is field 3 (state); field 22 is rest[19]. A zombie has exited: treat it as gone.
-    if (rest[0] === 'Z') return null;
-    return rest[19] ?? null;
-  } catch {
-    return null;
-  }
+  const fields = procStatFields(pid);
+  // Field 22 is the start time. A zombie has exited: treat it as gone.
+  if (!fields || fields[0] === 'Z') return null;
+  return fields[19] ?? null;
 }
 
 export function isOurProcess(pid: number, startTime: string): boolean {
@@ -50,15 +34,11 @@ export interface ProcessIdentity {
 }
 
 function statFields(pid: number): { state: string; ppid: number; startTime: string } | null {
-  try {
-    const stat = readProcText(`/proc/${pid}/stat`);
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const startTime = rest[19];
-    if (rest[0] === undefined || startTime === undefined) return null;
-    return { state: rest[0], ppid: Number(rest[1]), startTime };
-  } catch {
-    return null;
-  }
+  const fields = procStatFields(pid);
+  const [state, ppid] = fields ?? [];
+  const startTime = fields?.[19];
+  if (state === undefined || startTime === undefined) return null;
+  return { state, ppid: Number(ppid), startTime };
 }
 
 /**
