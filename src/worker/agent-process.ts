@@ -66,8 +66,15 @@ export interface PrelaunchedAgentOptions {
   onStderrLine: (line: string) => void;
 }
 
-/** Inherited from the prelaunch script: read-write ends that kept each FIFO open until the worker opened its own. */
-const PRELAUNCH_FDS = [6, 7, 8] as const;
+/**
+ * Inherited from the prelaunch script: the read-write end (fd) that kept each FIFO (name, in the
+ * prelaunch folder) open until the worker opened its own.
+ */
+const PRELAUNCH = [
+  { fd: 6, name: 'in' },
+  { fd: 7, name: 'out' },
+  { fd: 8, name: 'err' },
+] as const;
 
 /**
  * Takes over an agent that the process backend started beside this worker (the worker's parent
@@ -81,22 +88,24 @@ const PRELAUNCH_FDS = [6, 7, 8] as const;
 export function attachAgentProcess(options: PrelaunchedAgentOptions): AgentProcess {
   const { pid, dir } = options;
   const open = (name: string, flags: number): number => openSync(join(dir, name), flags | constants.O_NONBLOCK);
-  if (!isChild(pid) || !PRELAUNCH_FDS.every((fd) => isPrelaunchFd(fd, dir))) throw new Error(`no agent of this worker's prelaunch at pid ${pid}`);
+  if (!isChild(pid) || prelaunchFdsIn(dir).length !== PRELAUNCH.length) throw new Error(`no agent of this worker's prelaunch at pid ${pid}`);
   // A reader of the agent's stdin (the agent itself) exists unless it died: then ENXIO, and the
   // inherited read-write end serves, whose writes go nowhere while the exit is reported.
   let stdinFd: number;
   let keepStdinFd = false;
   try {
-    stdinFd = open('in', constants.O_WRONLY);
+    stdinFd = open(PRELAUNCH[0].name, constants.O_WRONLY);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENXIO') throw err;
-    stdinFd = PRELAUNCH_FDS[0];
+    stdinFd = PRELAUNCH[0].fd;
     keepStdinFd = true;
   }
-  const stdoutFd = open('out', constants.O_RDONLY);
-  const stderrFd = open('err', constants.O_RDONLY);
-  for (const fd of PRELAUNCH_FDS) if (!(keepStdinFd && fd === stdinFd)) closeSync(fd);
-  for (const name of ['in', 'out', 'err']) rmSync(join(dir, name), { force: true });
+  const stdoutFd = open(PRELAUNCH[1].name, constants.O_RDONLY);
+  const stderrFd = open(PRELAUNCH[2].name, constants.O_RDONLY);
+  for (const { fd, name } of PRELAUNCH) {
+    if (!(keepStdinFd && fd === stdinFd)) closeSync(fd);
+    rmSync(join(dir, name), { force: true });
+  }
 
   const stdin = new Socket({ fd: stdinFd, readable: false, writable: true });
   const stdout = new Socket({ fd: stdoutFd, readable: true, writable: false });
@@ -118,16 +127,25 @@ export function attachAgentProcess(options: PrelaunchedAgentOptions): AgentProce
   return agentProcessOf(() => pid, stdin, stdout, stderr, outcome, options.onStderrLine);
 }
 
-const PRELAUNCH_FIFOS = ['in', 'out', 'err'] as const;
-
-/** Whether `fd` is the prelaunch script's keep-open end of its FIFO in `dir` (not one of Node's own pipes, which are FIFOs too). */
-function isPrelaunchFd(fd: (typeof PRELAUNCH_FDS)[number], dir: string): boolean {
+/**
+ * The keep-open ends this worker holds of the prelaunch script's FIFOs in `dir`, by path: Node's
+ * own pipes are FIFOs too, and an environment that merely names a prelaunch must not pass for one.
+ */
+function prelaunchFdsIn(dir: string): number[] {
+  let real: string;
   try {
-    // The kernel names the file by its resolved path.
-    return readlinkSync(`/proc/self/fd/${fd}`).replace(/ \(deleted\)$/, '') === join(realpathSync(dir), PRELAUNCH_FIFOS[PRELAUNCH_FDS.indexOf(fd)] ?? '');
+    real = realpathSync(dir);
   } catch {
-    return false;
+    return [];
   }
+  return PRELAUNCH.filter(({ fd, name }) => {
+    try {
+      // The kernel names the file by its resolved path.
+      return readlinkSync(`/proc/self/fd/${fd}`).replace(/ \(deleted\)$/, '') === join(real, name);
+    } catch {
+      return false;
+    }
+  }).map(({ fd }) => fd);
 }
 
 /** Whether `pid` is a child of this process (what the prelaunch script forked before it became this worker). */
@@ -135,14 +153,9 @@ export function isChild(pid: number): boolean {
   return Number(procStatFields(pid)?.[1]) === process.pid;
 }
 
-/**
- * Closes the keep-open FIFO ends the prelaunch script left this worker, and only those: each number
- * must name the script's FIFO in `dir`, so an environment that merely names a prelaunch (set by
- * hand) cannot make the worker close descriptors of its own.
- */
+/** Closes the keep-open FIFO ends the prelaunch script left this worker, and only those (prelaunchFdsIn). */
 export function closePrelaunchFds(dir: string): void {
-  for (const fd of PRELAUNCH_FDS) {
-    if (!isPrelaunchFd(fd, dir)) continue;
+  for (const fd of prelaunchFdsIn(dir)) {
     try {
       closeSync(fd);
     } catch {
