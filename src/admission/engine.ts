@@ -10,6 +10,7 @@ import type { PermissionDecision, PermissionInput } from './permissions.js';
 import { MASK_ENTRYPOINT } from './decision-mask.js';
 import type { MaskEvaluation } from './decision-mask.js';
 import { compilePolicy, startEvaluator } from './evaluator.js';
+import { prepareFastPath, type FastPathStatus } from './fast-path.js';
 import type { Evaluator, Outcome } from './evaluator.js';
 
 export const ENTRYPOINT = 'spawngate/admission/decision';
@@ -126,6 +127,8 @@ export interface PolicyEngine {
    */
   readonly configProblems: readonly string[];
   readonly revision: string | null;
+  /** Whether the bundle in force is evaluated on the calling thread first (fast-path.ts), why not, and how often it was. */
+  readonly fastPath: FastPathStatus;
   readonly lastError: PolicyError | null;
   /**
    * Whether the bundle in force decides: `failing` while its config is invalid (every spawn is then
@@ -272,8 +275,8 @@ async function instantiate(bundle: PolicyBundle, policyData: Readonly<Record<str
   // The override goes in before the self-check, so the canary checks the config that will serve.
   const bundleData = withPolicyData(bundle.data, policyData);
   try {
-    const module = await compilePolicy(bundle.wasm);
-    evaluator = await startEvaluator(module, dataBytes(dataWithRuntime(bundleData, {})), LOAD_STEP_TIMEOUT_MS, { onTimeout });
+    const [module, fast] = await Promise.all([compilePolicy(bundle.wasm), prepareFastPath(bundle.wasm)]);
+    evaluator = await startEvaluator(module, dataBytes(dataWithRuntime(bundleData, {})), LOAD_STEP_TIMEOUT_MS, { onTimeout }, fast);
   } catch (cause) {
     throw new PolicyError('POLICY_LOAD_FAILED', `policy.wasm could not be instantiated: ${describe(cause)}`, { cause });
   }
@@ -416,7 +419,7 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
       active = next;
       lastError = null;
       lastEvaluationFailure = null;
-      if (previous !== next.revision) logger.info('policy bundle loaded', { revision: next.revision, previous, readsRuntimeCatalog: next.readsRuntimeCatalog, policyData: options.policyData !== undefined });
+      if (previous !== next.revision) logger.info('policy bundle loaded', { revision: next.revision, previous, readsRuntimeCatalog: next.readsRuntimeCatalog, policyData: options.policyData !== undefined, fastPath: next.evaluator.fastPath().reason ?? 'on' });
       if (next.configProblems.length > 0) {
         logger.error('policy config is invalid; every spawn is denied (policy_config_invalid)', { revision: next.revision, problems: next.configProblems, policyData: options.policyData !== undefined });
       }
@@ -580,6 +583,9 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
     },
     get revision() {
       return active?.revision ?? null;
+    },
+    get fastPath(): FastPathStatus {
+      return active?.evaluator.fastPath() ?? { on: false, reason: 'no policy bundle is loaded', answered: 0, misses: 0 };
     },
     get lastError() {
       return lastError;

@@ -12,8 +12,8 @@
  * loaded machine is a good part of an evaluation. Readiness: the first message on `port` says
  * whether the bundle loaded, and ctl[READY] becomes 1 (loaded) or 2 (failed).
  *
- * Node runs this file as it is (type stripping under src/, tsc's output under dist/): it imports
- * nothing of spawngate's and uses only erasable syntax.
+ * Node runs this file as it is (type stripping under src/, tsc's output under dist/): it uses only
+ * erasable syntax, and of spawngate's code it loads only opa-raw, by URL.
  */
 import { availableParallelism } from 'node:os';
 import { receiveMessageOnPort, workerData } from 'node:worker_threads';
@@ -21,6 +21,10 @@ import type { MessagePort } from 'node:worker_threads';
 import * as sdk from '@open-policy-agent/opa-wasm';
 import type { LoadedPolicy } from '@open-policy-agent/opa-wasm';
 import type { Layout } from './evaluator.js';
+import type * as OpaRaw from './opa-raw.js';
+
+// By URL, so that under src/ (tests) it is the TypeScript source, as this file is (see above).
+const { evaluateRaw, opaEvalOf } = (await import(new URL(import.meta.url.endsWith('.ts') ? './opa-raw.ts' : './opa-raw.js', import.meta.url).href)) as typeof OpaRaw;
 
 // The SDK's ES module names only loadPolicy; loadPolicySync (a thread has no use for a promise) is on its default export.
 const { loadPolicySync } = (sdk as unknown as { default: typeof sdk }).default;
@@ -45,20 +49,6 @@ export type ThreadReady = { ok: true; entrypoints: Record<string, number> } | { 
 /** Indices into the control words, from evaluator.ts (LAYOUT) by way of workerData. */
 const { REQ, RES, READY, REQ_KIND, REQ_LEN, REQ_ENTRY, RES_KIND, RES_LEN, THREAD_AWAKE, CALLER_POLLING, MESSAGE, INLINE } = (workerData as ThreadData).layout;
 
-/**
- * The members of the SDK's LoadedPolicy (declared public in its typings) that its own evaluate()
- * uses on the OPA WASM ABI 1.2 path, and the one export it calls there.
- */
-interface RawPolicy {
-  minorVersion: unknown;
-  mem: { buffer: ArrayBuffer; grow(pages: number): number };
-  wasmInstance: { exports: Record<string, unknown> };
-  dataAddr: number;
-  dataHeapPtr: number;
-}
-
-type OpaEval = (reserved: number, entrypoint: number, dataAddr: number, inputAddr: number, inputLength: number, heapAddr: number, format: number) => number;
-
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 /**
@@ -69,7 +59,6 @@ const decoder = new TextDecoder();
  */
 const REQUEST_SPIN_MS = availableParallelism() > 1 ? 0.5 : 0;
 const cpuPause: () => void = (Atomics as unknown as { pause?: () => void }).pause?.bind(Atomics) ?? (() => undefined);
-const WASM_PAGE = 64 * 1024;
 
 /** The wasm SDK throws strings and plain objects as well as Errors. */
 function describe(thrown: unknown): string {
@@ -80,30 +69,6 @@ function describe(thrown: unknown): string {
   } catch {
     return String(thrown);
   }
-}
-
-/**
- * What the SDK's evaluate() does on ABI 1.2 (one opa_eval call: parse the input JSON placed just
- * above the data, evaluate, dump the result set as JSON), minus two copies and a byte-by-byte scan:
- * the input is encoded straight into WASM memory and the result's end is found natively.
- */
-function evaluateRaw(policy: RawPolicy, opaEval: OpaEval, entrypoint: number, input: string | Uint8Array): Uint8Array {
-  const inputAddr = policy.dataHeapPtr;
-  // UTF-8 needs at most 3 bytes per UTF-16 unit.
-  const shortfall = inputAddr + (typeof input === 'string' ? input.length * 3 : input.length) - policy.mem.buffer.byteLength;
-  if (shortfall > 0) policy.mem.grow(Math.ceil(shortfall / WASM_PAGE));
-  let written: number;
-  if (typeof input === 'string') {
-    written = encoder.encodeInto(input, new Uint8Array(policy.mem.buffer, inputAddr)).written;
-  } else {
-    new Uint8Array(policy.mem.buffer, inputAddr, input.length).set(input);
-    written = input.length;
-  }
-  const resultAddr = opaEval(0, entrypoint, policy.dataAddr, inputAddr, written, inputAddr + written, 0);
-  // Evaluation may have grown the memory, which detaches any earlier view of it.
-  const heap = new Uint8Array(policy.mem.buffer);
-  const end = heap.indexOf(0, resultAddr);
-  return heap.subarray(resultAddr, end < 0 ? heap.length : end);
 }
 
 // The SDK takes an ArrayBuffer as already-serialised JSON, all of it: it must be exactly the bytes.
@@ -124,8 +89,8 @@ function serve(data: ThreadData): void {
     Atomics.notify(control, READY);
     return;
   }
-  const raw = policy as unknown as RawPolicy;
-  const opaEval = typeof raw.minorVersion === 'number' && raw.minorVersion >= 2 && typeof raw.wasmInstance.exports.opa_eval === 'function' ? (raw.wasmInstance.exports.opa_eval as OpaEval) : null;
+  const raw = policy as unknown as OpaRaw.RawPolicy;
+  const opaEval = opaEvalOf(raw);
   /** The result set as UTF-8 JSON. */
   const evaluate = (entrypoint: number, input: string | Uint8Array): Uint8Array => {
     if (opaEval) return evaluateRaw(raw, opaEval, entrypoint, input);

@@ -17,6 +17,11 @@
  * not any one evaluation, was slow. Whatever is ahead is itself stopped at its own deadline, so the
  * wait stays bounded. Sync calls (rare: permission requests, the mask) count from the call.
  *
+ * Before any of that, an evaluation is tried on the calling thread (fast-path.ts): the same
+ * module with fuel, which stops it after a bounded amount of work. What it answers never reaches
+ * the thread; what runs out of fuel or fails there goes to the thread as above, so the deadline
+ * keeps its meaning. Data changes reach the fast path only once the thread has taken them.
+ *
  * A second thread with the same module is kept started and idle: a thread takes longer to come up
  * (a few hundred ms on a busy machine) than a deadline lasts, so without the spare the calls right
  * after a timeout would time out too, waiting for the replacement. The spare is given the data in
@@ -27,6 +32,7 @@ import { performance } from 'node:perf_hooks';
 import { MessageChannel, receiveMessageOnPort, Worker } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
 import type { ThreadData, ThreadReady, ThreadReply, ThreadRequest } from './evaluator-thread.js';
+import type { FastPath, FastPathStatus } from './fast-path.js';
 
 /**
  * Indices into the control words, and the two ways a request or an answer travels. The thread gets
@@ -284,6 +290,8 @@ function timeout(job: Job, queued: boolean): Outcome {
 
 export interface Evaluator {
   readonly entrypoints: Readonly<Record<string, number>>;
+  /** Whether evaluations are answered on the calling thread first (fast-path.ts), and how often. */
+  fastPath(): FastPathStatus;
   /** Evaluates, blocking the calling thread until the answer or the deadline. */
   callSync(request: ThreadRequest, timeoutMs: number): Outcome;
   /** Evaluates; waits on the event loop for at most SPIN_MS (see the file comment). */
@@ -300,8 +308,13 @@ export interface Evaluator {
  * Starts an evaluator for a compiled bundle with its data (JSON bytes); rejects with the thread's
  * error, or when it is not up within `startTimeoutMs`.
  */
-export async function startEvaluator(module: WasmModule, data: ArrayBuffer, startTimeoutMs: number, events: EvaluatorEvents = {}): Promise<Evaluator> {
+export async function startEvaluator(module: WasmModule, data: ArrayBuffer, startTimeoutMs: number, events: EvaluatorEvents = {}, fast: FastPath | null = null): Promise<Evaluator> {
   let current = data;
+  /**
+   * Data changes asked for and not yet taken by the thread. The fast path waits them out: an
+   * evaluation asked for after a change must see it, as one queued behind it on the thread does.
+   */
+  let dataPending = 0;
   let thread = new Thread(module, current);
   // Both come up side by side; the spare is ready from the start, so the first timeout is recovered from at once.
   let spare: Thread | null = new Thread(module, current);
@@ -385,6 +398,8 @@ export async function startEvaluator(module: WasmModule, data: ArrayBuffer, star
     // Never settled through this: a sync call is answered or replaced before it returns.
     const job: Job = { request, started, deadline: started + timeoutMs, timeoutMs, settle: () => undefined };
     if (closed) return { ok: false, kind: 'error', error: 'the policy evaluator is closed' };
+    const answered = fastAnswer(request);
+    if (answered) return answered;
     // Ahead of it there can only be a call of the async kind (a sync call returns answered).
     settleInFlightSync(job.deadline);
     if (thread.inflight) return timeout(job, true);
@@ -445,8 +460,17 @@ export async function startEvaluator(module: WasmModule, data: ArrayBuffer, star
     }
   }
 
+  /** The fast path's answer to an evaluation, or null: the thread's turn. */
+  function fastAnswer(request: ThreadRequest): Outcome | null {
+    if (!fast || request.op !== 'eval' || dataPending > 0) return null;
+    const text = fast.evaluate(request.entrypoint, request.json, current);
+    return text === null ? null : { ok: true, text };
+  }
+
   function call(request: ThreadRequest, timeoutMs: number): Promise<Outcome> {
     if (closed) return Promise.resolve({ ok: false, kind: 'error', error: 'the policy evaluator is closed' });
+    const answered = fastAnswer(request);
+    if (answered) return Promise.resolve(answered);
     return new Promise<Outcome>((settle) => {
       const started = now();
       queue.push({ request, started, deadline: started + queueBoundMs(timeoutMs), timeoutMs, settle });
@@ -465,10 +489,25 @@ export async function startEvaluator(module: WasmModule, data: ArrayBuffer, star
 
   return {
     entrypoints,
+    fastPath: () => fast?.status() ?? { on: false, reason: 'not prepared for this evaluator', answered: 0, misses: 0 },
     callSync,
     call,
-    setDataSync: (data, timeoutMs) => accept(data, callSync({ op: 'data', data }, timeoutMs)),
-    setData: async (data, timeoutMs) => accept(data, await call({ op: 'data', data }, timeoutMs)),
+    setDataSync(data, timeoutMs) {
+      dataPending++;
+      try {
+        return accept(data, callSync({ op: 'data', data }, timeoutMs));
+      } finally {
+        dataPending--;
+      }
+    },
+    async setData(data, timeoutMs) {
+      dataPending++;
+      try {
+        return accept(data, await call({ op: 'data', data }, timeoutMs));
+      } finally {
+        dataPending--;
+      }
+    },
     retire() {
       retired = true;
       spare?.terminate();
@@ -477,6 +516,7 @@ export async function startEvaluator(module: WasmModule, data: ArrayBuffer, star
     },
     close() {
       closed = true;
+      fast?.close();
       // The call in flight has left the queue: settle it here, or its caller would wait forever.
       const flight = thread.inflight;
       thread.terminate();

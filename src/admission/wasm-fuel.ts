@@ -1,0 +1,301 @@
+/**
+ * Fuel for a policy's WASM: a rewrite of the module that counts down a global at the entry of
+ * every function and at the head of every loop, and traps when it runs out. With it an evaluation
+ * can run on the calling thread and still stop after a bounded amount of work, which is what the
+ * evaluator's fast path needs (evaluator.ts): a WASM call cannot be interrupted from outside on
+ * its own thread, so without fuel every evaluation had to go to another thread to be stoppable,
+ * and that hand-over cost about as much as the evaluation itself on one CPU.
+ *
+ * Every unbounded run passes a loop head or the entry of a function that calls others again and
+ * again (a WASM function cannot jump backwards any other way, and a function that calls none is
+ * bounded but for its loops), so counting those bounds the whole run. Memory copies
+ * and fills are single instructions but their size is bounded by the memory, which has a maximum.
+ *
+ * Only the code section changes, plus one global and its export: no index of any existing
+ * function, global or table moves, so the names section and the data stay valid as they are.
+ * Opcodes are decoded only to find where instructions begin; an opcode this decoder does not know
+ * (SIMD, threads, exceptions: nothing `opa build` emits today) makes the rewrite refuse, and the
+ * evaluator then simply keeps every evaluation on its thread.
+ */
+
+/** Name of the exported mutable i32 global that holds the fuel left. */
+export const FUEL_EXPORT = 'spawngate_fuel';
+
+const MAGIC = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+const SECTION = { custom: 0, import: 2, global: 6, export: 7, code: 10 } as const;
+/** Sections in the order the binary format requires (custom ones may be anywhere). */
+const ORDER = [1, 2, 3, 4, 5, 13, 6, 7, 8, 9, 12, 10, 11];
+
+class Reader {
+  pos: number;
+  constructor(
+    readonly bytes: Uint8Array,
+    start = 0,
+    readonly end = bytes.length,
+  ) {
+    this.pos = start;
+  }
+
+  byte(): number {
+    if (this.pos >= this.end) throw new Error(`unexpected end of the module at byte ${this.pos}`);
+    return this.bytes[this.pos++]!;
+  }
+
+  u32(): number {
+    let result = 0;
+    let shift = 0;
+    for (;;) {
+      const b = this.byte();
+      result |= (b & 0x7f) << shift;
+      if ((b & 0x80) === 0) return result >>> 0;
+      shift += 7;
+      if (shift > 28) throw new Error(`a LEB128 integer at byte ${this.pos} is longer than 5 bytes`);
+    }
+  }
+
+  /** Skips a LEB128 number of any width, signed or not. */
+  skipLeb(): void {
+    for (let i = 0; i < 10; i++) if ((this.byte() & 0x80) === 0) return;
+    throw new Error(`a LEB128 integer at byte ${this.pos} is longer than 10 bytes`);
+  }
+
+  skip(n: number): void {
+    if (this.pos + n > this.end) throw new Error(`unexpected end of the module at byte ${this.pos}`);
+    this.pos += n;
+  }
+}
+
+function leb(value: number): number[] {
+  const out: number[] = [];
+  let v = value >>> 0;
+  do {
+    let b = v & 0x7f;
+    v >>>= 7;
+    if (v !== 0) b |= 0x80;
+    out.push(b);
+  } while (v !== 0);
+  return out;
+}
+
+function name(text: string): number[] {
+  const bytes = Buffer.from(text, 'utf8');
+  return [...leb(bytes.length), ...bytes];
+}
+
+interface Section {
+  id: number;
+  /** The section's content, without its id and size. */
+  body: Uint8Array;
+}
+
+function sectionsOf(bytes: Uint8Array): Section[] {
+  if (bytes.length < 8 || MAGIC.some((b, i) => bytes[i] !== b)) throw new Error('not a WebAssembly 1.0 binary module');
+  const r = new Reader(bytes, 8);
+  const sections: Section[] = [];
+  while (r.pos < bytes.length) {
+    const id = r.byte();
+    const size = r.u32();
+    const start = r.pos;
+    r.skip(size);
+    sections.push({ id, body: bytes.subarray(start, start + size) });
+  }
+  return sections;
+}
+
+/** The block type after block, loop and if: the empty type, a value type, or a type index (s33). */
+function skipBlockType(r: Reader): void {
+  const b = r.bytes[r.pos];
+  if (b === undefined) throw new Error(`unexpected end of the module at byte ${r.pos}`);
+  if (b === 0x40 || (b >= 0x6f && b <= 0x7f)) r.pos++;
+  else r.skipLeb();
+}
+
+/**
+ * Walks one function body's instructions (from after its locals to its end): where each loop's
+ * body begins (right after `loop <blocktype>`, where a branch back to the loop lands), and whether
+ * the function calls any other.
+ */
+function scan(r: Reader): { heads: number[]; calls: boolean } {
+  const heads: number[] = [];
+  let calls = false;
+  while (r.pos < r.end) {
+    const at = r.pos;
+    const op = r.byte();
+    if (op === 0x03) {
+      skipBlockType(r);
+      heads.push(r.pos);
+    } else if (op === 0x02 || op === 0x04) skipBlockType(r);
+    else if (op === 0x00 || op === 0x01 || op === 0x05 || op === 0x0b || op === 0x0f || op === 0x1a || op === 0x1b || op === 0xd1) {
+      // no immediate
+    } else if (op === 0x10 || op === 0x12) {
+      calls = true;
+      r.skipLeb();
+    } else if (op === 0x0c || op === 0x0d || (op >= 0x20 && op <= 0x26) || op === 0xd2) r.skipLeb();
+    else if (op === 0x0e) {
+      const n = r.u32();
+      for (let i = 0; i <= n; i++) r.skipLeb();
+    } else if (op === 0x11 || op === 0x13) {
+      calls = true;
+      r.skipLeb();
+      r.skipLeb();
+    } else if (op === 0x1c) {
+      const n = r.u32();
+      r.skip(n);
+    } else if (op >= 0x28 && op <= 0x3e) {
+      // memarg: alignment (bit 6 set: a memory index follows), then offset
+      const align = r.u32();
+      if (align & 0x40) r.skipLeb();
+      r.skipLeb();
+    } else if (op === 0x3f || op === 0x40) r.skipLeb();
+    else if (op === 0x41 || op === 0x42) r.skipLeb();
+    else if (op === 0x43) r.skip(4);
+    else if (op === 0x44) r.skip(8);
+    else if (op >= 0x45 && op <= 0xc4) {
+      // numeric and sign-extension operators: no immediate
+    } else if (op === 0xd0) r.skip(1);
+    else if (op === 0xfc) {
+      const sub = r.u32();
+      if (sub <= 7) {
+        // saturating truncations
+      } else if (sub === 9 || sub === 13) r.skipLeb();
+      else if (sub === 16) r.skipLeb();
+      // memory.init/copy/fill and table.init/copy/grow/fill do work in proportion to an operand,
+      // which one count per instruction would not bound well.
+      else throw new Error(`unsupported instruction 0xfc ${sub} at byte ${at}: its cost is not metered`);
+    } else throw new Error(`unsupported instruction 0x${op.toString(16)} at byte ${at}`);
+  }
+  return { heads, calls };
+}
+
+/** Counts the imports of one kind (3: global). */
+function importedOfKind(body: Uint8Array, kind: number): number {
+  const r = new Reader(body);
+  let count = 0;
+  for (let n = r.u32(); n > 0; n--) {
+    r.skip(r.u32());
+    r.skip(r.u32());
+    const k = r.byte();
+    if (k === kind) count++;
+    if (k === 0x00) r.skipLeb();
+    else if (k === 0x01) {
+      r.skip(1);
+      skipLimits(r);
+    } else if (k === 0x02) skipLimits(r);
+    else if (k === 0x03) r.skip(2);
+    else if (k === 0x04) {
+      r.skip(1);
+      r.skipLeb();
+    } else throw new Error(`unsupported import kind ${k}`);
+  }
+  return count;
+}
+
+function skipLimits(r: Reader): void {
+  const flags = r.byte();
+  r.skipLeb();
+  if (flags & 0x01) r.skipLeb();
+}
+
+function vecCount(body: Uint8Array): { count: number; rest: Uint8Array } {
+  const r = new Reader(body);
+  const count = r.u32();
+  return { count, rest: body.subarray(r.pos) };
+}
+
+/**
+ * The fuel check: fuel -= 1; if fuel < 0, trap. Stack-neutral, so it fits at a function's start and
+ * at a loop's head whatever their types.
+ */
+function fuelCheck(global: number): number[] {
+  const g = leb(global);
+  return [0x23, ...g, 0x41, 0x01, 0x6b, 0x24, ...g, 0x23, ...g, 0x41, 0x00, 0x48, 0x04, 0x40, 0x00, 0x0b];
+}
+
+function instrumentCode(body: Uint8Array, global: number): Uint8Array {
+  const check = Uint8Array.from(fuelCheck(global));
+  const r = new Reader(body);
+  const functions = r.u32();
+  const chunks: Uint8Array[] = [Uint8Array.from(leb(functions))];
+  for (let f = 0; f < functions; f++) {
+    const size = r.u32();
+    const start = r.pos;
+    const end = start + size;
+    const fr = new Reader(body, start, end);
+    for (let groups = fr.u32(); groups > 0; groups--) {
+      fr.skipLeb();
+      fr.skip(1);
+    }
+    const codeStart = fr.pos;
+    const { heads, calls } = scan(fr);
+    // A function that calls none runs a bounded time but for its loops, which are counted: its
+    // entry needs no count. Between two counts a caller runs straight-line code, so the calls it
+    // makes to such functions are bounded by the fuel too. Most of OPA's small helpers are such.
+    const parts: Uint8Array[] = [body.subarray(start, codeStart)];
+    if (calls) parts.push(check);
+    let from = codeStart;
+    for (const head of heads) {
+      parts.push(body.subarray(from, head), check);
+      from = head;
+    }
+    parts.push(body.subarray(from, end));
+    chunks.push(Uint8Array.from(leb(parts.reduce((n, p) => n + p.length, 0))), ...parts);
+    r.pos = end;
+  }
+  return concat(chunks);
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  return out;
+}
+
+/**
+ * The module with fuel: a new exported mutable i32 global FUEL_EXPORT, counted down by one at every
+ * function entry and loop iteration; at zero the next count traps (a WebAssembly.RuntimeError,
+ * "unreachable"). Set it before each call. Throws when the module uses an instruction this
+ * rewrite does not know.
+ */
+export function withFuel(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+  const sections = sectionsOf(bytes);
+  if (!sections.some((s) => s.id === SECTION.code)) throw new Error('the module has no code section');
+  const imports = sections.find((s) => s.id === SECTION.import);
+  const globals = sections.find((s) => s.id === SECTION.global);
+  const global = (imports ? importedOfKind(imports.body, 0x03) : 0) + (globals ? vecCount(globals.body).count : 0);
+  const out: Section[] = [];
+  const added = { global: false, export: false };
+  // Starts full, so the module's own start-up code (and any caller that never sets it) runs as before.
+  const fuelGlobal = [0x7f, 0x01, 0x41, 0xff, 0xff, 0xff, 0xff, 0x07, 0x0b];
+  const fuelExport = [...name(FUEL_EXPORT), 0x03, ...leb(global)];
+  const rank = (id: number) => ORDER.indexOf(id);
+  /** Adds the new sections that must come before a section of this id, if they are still missing. */
+  const before = (id: number) => {
+    if (!added.global && rank(id) > rank(SECTION.global)) {
+      out.push({ id: SECTION.global, body: Uint8Array.from([...leb(1), ...fuelGlobal]) });
+      added.global = true;
+    }
+    if (!added.export && rank(id) > rank(SECTION.export)) {
+      out.push({ id: SECTION.export, body: Uint8Array.from([...leb(1), ...fuelExport]) });
+      added.export = true;
+    }
+  };
+  for (const section of sections) {
+    if (section.id !== SECTION.custom) before(section.id);
+    if (section.id === SECTION.global) {
+      const { count, rest } = vecCount(section.body);
+      out.push({ id: section.id, body: Uint8Array.from([...leb(count + 1), ...rest, ...fuelGlobal]) });
+      added.global = true;
+    } else if (section.id === SECTION.export) {
+      const { count, rest } = vecCount(section.body);
+      out.push({ id: section.id, body: Uint8Array.from([...leb(count + 1), ...rest, ...fuelExport]) });
+      added.export = true;
+    } else if (section.id === SECTION.code) {
+      out.push({ id: section.id, body: instrumentCode(section.body, global) });
+    } else out.push(section);
+  }
+  return concat([Uint8Array.from(MAGIC), ...out.flatMap((section) => [Uint8Array.from([section.id, ...leb(section.body.length)]), section.body])]);
+}
