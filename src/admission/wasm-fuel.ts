@@ -26,13 +26,14 @@ const SECTION = { custom: 0, import: 2, global: 6, export: 7, code: 10 } as cons
 /** Sections in the order the binary format requires (custom ones may be anywhere). */
 const ORDER = [1, 2, 3, 4, 5, 13, 6, 7, 8, 9, 12, 10, 11];
 
+// No parameter properties: tests run this file from source, where Node only strips types.
 class Reader {
+  readonly bytes: Uint8Array;
+  readonly end: number;
   pos: number;
-  constructor(
-    readonly bytes: Uint8Array,
-    start = 0,
-    readonly end = bytes.length,
-  ) {
+  constructor(bytes: Uint8Array, start = 0, end = bytes.length) {
+    this.bytes = bytes;
+    this.end = end;
     this.pos = start;
   }
 
