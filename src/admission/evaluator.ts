@@ -9,7 +9,8 @@
  *   decision-log mask, library callers): the caller blocks in Atomics.wait, at most until its deadline.
  * - `call` is the gate's: it waits synchronously only for SPIN_MS (an ordinary evaluation is done
  *   by then, without the cost of an event-loop turn), then with Atomics.waitAsync, so a slow
- *   evaluation holds the event loop for at most SPIN_MS, not for its deadline.
+ *   evaluation holds the event loop for at most SPIN_MS, not for its deadline (after the fast
+ *   path below, which holds it until the evaluation's fuel runs out).
  * For the gate's calls the deadline counts from the moment the evaluation starts on the thread;
  * the wait in the queue before it has a bound of its own (queueBoundMs: 20 deadlines, at least 5 s).
  * Counting the queue against the evaluation's deadline turned a burst of ordinary admissions on a

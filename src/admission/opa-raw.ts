@@ -47,8 +47,16 @@ export function evaluateRaw(policy: RawPolicy, opaEval: OpaEval, entrypoint: num
     written = input.length;
   }
   const resultAddr = opaEval(0, entrypoint, policy.dataAddr, inputAddr, written, inputAddr + written, 0);
-  // Evaluation may have grown the memory, which detaches any earlier view of it.
+  return cString(policy, resultAddr);
+}
+
+/**
+ * The NUL-terminated bytes at `addr` in the instance's memory (how OPA's WASM hands out JSON), as a
+ * view valid until the next call into the instance. Read from the memory as it is now: a call may
+ * have grown it, which detaches any earlier view.
+ */
+export function cString(policy: Pick<RawPolicy, 'mem'>, addr: number): Uint8Array {
   const heap = new Uint8Array(policy.mem.buffer);
-  const end = heap.indexOf(0, resultAddr);
-  return heap.subarray(resultAddr, end < 0 ? heap.length : end);
+  const end = heap.indexOf(0, addr);
+  return heap.subarray(addr, end < 0 ? heap.length : end);
 }

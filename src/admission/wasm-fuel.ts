@@ -1,6 +1,6 @@
 /**
- * Fuel for a policy's WASM: a rewrite of the module that counts down a global at the entry of
- * every function and at the head of every loop, and traps when it runs out. With it an evaluation
+ * Fuel for a policy's WASM: a rewrite of the module that counts down a global at the head of
+ * every loop and at the entry of every function that calls another, and traps when it runs out. With it an evaluation
  * can run on the calling thread and still stop after a bounded amount of work, which is what the
  * evaluator's fast path needs (evaluator.ts): a WASM call cannot be interrupted from outside on
  * its own thread, so without fuel every evaluation had to go to another thread to be stoppable,
@@ -8,14 +8,17 @@
  *
  * Every unbounded run passes a loop head or the entry of a function that calls others again and
  * again (a WASM function cannot jump backwards any other way, and a function that calls none is
- * bounded but for its loops), so counting those bounds the whole run. Memory copies
- * and fills are single instructions but their size is bounded by the memory, which has a maximum.
+ * bounded but for its loops), so counting those bounds the number of counts. What one count may
+ * cost is bounded by the straight-line code between two of them, which for OPA's runtime can be a
+ * few value comparisons and allocations: a count is not a fixed time (fast-path.ts has figures).
+ * Bulk memory copies and fills, whose cost grows with an operand, are refused.
  *
  * Only the code section changes, plus one global and its export: no index of any existing
  * function, global or table moves, so the names section and the data stay valid as they are.
  * Opcodes are decoded only to find where instructions begin; an opcode this decoder does not know
  * (SIMD, threads, exceptions: nothing `opa build` emits today) makes the rewrite refuse, and the
- * evaluator then simply keeps every evaluation on its thread.
+ * evaluator then simply keeps every evaluation on its thread. Block types are decoded as WASM 2.0
+ * has them; a later proposal's (GC reference types) could be misread.
  */
 
 /** Name of the exported mutable i32 global that holds the fuel left. */
@@ -257,7 +260,7 @@ function concat(chunks: Uint8Array[]): Uint8Array<ArrayBuffer> {
 
 /**
  * The module with fuel: a new exported mutable i32 global FUEL_EXPORT, counted down by one at every
- * function entry and loop iteration; at zero the next count traps (a WebAssembly.RuntimeError,
+ * loop iteration and every entry of a function that calls another; at zero the next count traps (a WebAssembly.RuntimeError,
  * "unreachable"). Set it before each call. Throws when the module uses an instruction this
  * rewrite does not know.
  */
