@@ -238,7 +238,7 @@ console.log(row('machine floor: fixed CPU task, same p50', floor));
 console.log(row('one evaluation after 20 ms of quiet', lone));
 console.log(row('opa run --server, loopback REST (baseline)', rest));
 console.log(row('  the same, catalog in its data (detail)', restData));
-console.log(`policy fast path (evaluation on the calling thread, with fuel): ${fastPath.on ? 'on' : `off, ${fastPath.reason}`}; ${fastPath.answered} evaluations answered there, ${fastPath.misses} sent on to the evaluator thread`);
+console.log(`policy fast path (evaluation on the calling thread, with fuel and a time budget): ${fastPath.on ? 'on' : `off, ${fastPath.reason}`}; ${fastPath.answered} evaluations answered there, ${fastPath.misses} sent on to the evaluator thread, ${fastPath.long} sent there for their length`);
 console.log(`input JSON: ${Math.round(gateJson.reduce((n, j) => n + j.length, 0) / gateJson.length)} bytes to the engine, ${Math.round(inputJson.reduce((n, j) => n + j.length, 0) / inputJson.length)} with the catalog`);
 console.log(`\nREST / in-process: p50 ${(rest.p50us / inProcess.p50us).toFixed(1)}×, p99 ${(rest.p99us / inProcess.p99us).toFixed(1)}×, throughput ${(inProcess.perSec / rest.perSec).toFixed(1)}×`);
 console.log(`REST with the catalog in its data / in-process (detail): p50 ${(restData.p50us / inProcess.p50us).toFixed(1)}×`);

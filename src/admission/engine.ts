@@ -10,7 +10,7 @@ import type { PermissionDecision, PermissionInput } from './permissions.js';
 import { MASK_ENTRYPOINT } from './decision-mask.js';
 import type { MaskEvaluation } from './decision-mask.js';
 import { compilePolicy, startEvaluator } from './evaluator.js';
-import { prepareFastPath, type FastPathStatus } from './fast-path.js';
+import { prepareFastPath, type FastPathOptions, type FastPathStatus } from './fast-path.js';
 import type { Evaluator, Outcome } from './evaluator.js';
 
 export const ENTRYPOINT = 'spawngate/admission/decision';
@@ -70,6 +70,8 @@ export interface PolicyEngineOptions {
    * for a permission request) with code `policy_timeout`, and the evaluator's thread is replaced.
    */
   evaluationTimeoutMs?: number;
+  /** The fast path's time budget and slice (fast-path.ts); tests that count its answers widen the budget. */
+  fastPath?: FastPathOptions;
 }
 
 export interface PolicyHealth {
@@ -270,12 +272,12 @@ function dataTaken(outcome: Outcome): void {
   if (!outcome.ok) throw new Error(outcome.error);
 }
 
-async function instantiate(bundle: PolicyBundle, policyData: Readonly<Record<string, unknown>> | undefined, onTimeout: (event: { elapsedMs: number; timeoutMs: number }) => void): Promise<Active> {
+async function instantiate(bundle: PolicyBundle, policyData: Readonly<Record<string, unknown>> | undefined, onTimeout: (event: { elapsedMs: number; timeoutMs: number }) => void, fastPath: FastPathOptions | undefined): Promise<Active> {
   let evaluator: Evaluator;
   // The override goes in before the self-check, so the canary checks the config that will serve.
   const bundleData = withPolicyData(bundle.data, policyData);
   try {
-    const [module, fast] = await Promise.all([compilePolicy(bundle.wasm), prepareFastPath(bundle.wasm)]);
+    const [module, fast] = await Promise.all([compilePolicy(bundle.wasm), prepareFastPath(bundle.wasm, fastPath)]);
     evaluator = await startEvaluator(module, dataBytes(dataWithRuntime(bundleData, {})), LOAD_STEP_TIMEOUT_MS, { onTimeout }, fast);
   } catch (cause) {
     throw new PolicyError('POLICY_LOAD_FAILED', `policy.wasm could not be instantiated: ${describe(cause)}`, { cause });
@@ -396,7 +398,7 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
   async function load(): Promise<{ ok: true; revision: string } | { ok: false; error: PolicyError }> {
     try {
       const bundle = 'bundle' in options.source ? options.source.bundle : await options.readBundle(options.source.path);
-      const next = await instantiate(bundle, options.policyData, onTimeout);
+      const next = await instantiate(bundle, options.policyData, onTimeout, options.fastPath);
       try {
         // The runtime data as it is now: a setRuntimeData during the load went to the bundle serving then.
         let taken: RuntimeData | null;
@@ -585,7 +587,7 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
       return active?.revision ?? null;
     },
     get fastPath(): FastPathStatus {
-      return active?.evaluator.fastPath() ?? { on: false, reason: 'no policy bundle is loaded', answered: 0, misses: 0 };
+      return active?.evaluator.fastPath() ?? { on: false, reason: 'no policy bundle is loaded', answered: 0, misses: 0, instances: 0, long: 0 };
     },
     get lastError() {
       return lastError;

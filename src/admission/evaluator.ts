@@ -10,7 +10,7 @@
  * - `call` is the gate's: it waits synchronously only for SPIN_MS (an ordinary evaluation is done
  *   by then, without the cost of an event-loop turn), then with Atomics.waitAsync, so a slow
  *   evaluation holds the event loop for at most SPIN_MS, not for its deadline (after the fast
- *   path below, which holds it until the evaluation's fuel runs out).
+ *   path below, which holds it for at most its own budget, about as long).
  * For the gate's calls the deadline counts from the moment the evaluation starts on the thread;
  * the wait in the queue before it has a bound of its own (queueBoundMs: 20 deadlines, at least 5 s).
  * Counting the queue against the evaluation's deadline turned a burst of ordinary admissions on a
@@ -19,8 +19,8 @@
  * wait stays bounded. Sync calls (rare: permission requests, the mask) count from the call.
  *
  * Before any of that, an evaluation is tried on the calling thread (fast-path.ts): the same
- * module with fuel, which stops it after a bounded amount of work. What it answers never reaches
- * the thread; what runs out of fuel or fails there goes to the thread as above, so the deadline
+ * module with fuel, which stops it after a bounded time. What it answers never reaches
+ * the thread; what runs out of time or fails there goes to the thread as above, so the deadline
  * keeps its meaning. Data changes reach the fast path only once the thread has taken them.
  *
  * A second thread with the same module is kept started and idle: a thread takes longer to come up
@@ -490,7 +490,7 @@ export async function startEvaluator(module: WasmModule, data: ArrayBuffer, star
 
   return {
     entrypoints,
-    fastPath: () => fast?.status() ?? { on: false, reason: 'not prepared for this evaluator', answered: 0, misses: 0 },
+    fastPath: () => fast?.status() ?? { on: false, reason: 'not prepared for this evaluator', answered: 0, misses: 0, instances: 0, long: 0 },
     callSync,
     call,
     setDataSync(data, timeoutMs) {

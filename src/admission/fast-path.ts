@@ -3,47 +3,84 @@
  * calling thread, which answers an ordinary evaluation without handing it to the evaluator's
  * thread. On one CPU that hand-over (two thread wake-ups) cost about as much as the evaluation.
  *
- * An evaluation gets FAST_FUEL units, about 30 times what an admission of the shipped policy uses
- * (24-34 thousand, 30-50 µs). A unit is not a fixed time: a policy spinning in a comprehension
- * ran out of them in 20-32 ms here, which is what such an evaluation holds the event loop for
- * before the thread takes it, on top of the deadline. One that runs out, or fails in any way, is not answered here:
- * the caller sends it to the thread, where it runs again under the deadline and is decided as
- * before, and the instance here is dropped (a trap may leave its stack pointer mid-call) and made
- * again from the compiled module on the next evaluation. So the deadline still bounds what any
- * evaluation costs its caller, give or take the fuel's worth, and a policy that is usually heavy
- * is sent straight to the thread after a miss, for twice as many calls after each further miss.
+ * An evaluation here has a time budget on the event loop, FAST_BUDGET_MS. WASM has no clock, so
+ * the fuel is handed out in slices of FAST_SLICE units (an admission of the shipped policy uses
+ * 24-34 thousand, 30-50 µs): when a slice runs out, the module calls back (through its builtin
+ * import, with an id no builtin has) and gets another slice, or, past the budget, an exception
+ * that unwinds it. A unit is not a fixed time (a slice of a policy spinning in a comprehension
+ * took 0.2-0.4 ms here), so what one evaluation may hold the event loop for is the budget plus
+ * at most one slice; docs/policy.md has the measured figures.
  *
+ * One that runs out, or fails in any way, is not answered here: the caller sends it to the
+ * thread, where it runs again under the deadline and is decided as before. The instance here is
+ * then put back as it was when its data was set (memory below the data's end and the module's
+ * mutable globals: a stopped call leaves the stack pointer and the allocator mid-call), which
+ * costs a copy of a few hundred KB, not a new instance (1-3 ms, and its first evaluations are
+ * slow). A policy that is usually heavy is sent straight to the thread after a miss, for twice as
+ * many calls after each further miss.
+ *
+ * The instance is made here with imports of our own rather than by the SDK's loader: the refuel
+ * call goes through the builtin import, which on this path has nothing else to do.
  * Some bundles cannot take this path, and are evaluated on the thread only:
  * - a bundle that calls builtins implemented in JavaScript by the SDK (sprintf, regex.split and
  *   others): fuel does not reach into them, and some have no bound (a backtracking RegExp);
  * - a module this rewrite cannot meter (wasm-fuel.ts), or one older than OPA's WASM ABI 1.2.
  */
-import * as sdk from '@open-policy-agent/opa-wasm';
-import type { LoadedPolicy } from '@open-policy-agent/opa-wasm';
+import { performance } from 'node:perf_hooks';
 import { compilePolicy, type WasmModule } from './evaluator.js';
 import { cString, evaluateRaw, opaEvalOf, type OpaEval, type RawPolicy } from './opa-raw.js';
 import { FUEL_EXPORT, withFuel } from './wasm-fuel.js';
 
-// The SDK's ES module names only loadPolicy; loadPolicySync is on its default export.
-const { loadPolicySync } = (sdk as unknown as { default: typeof sdk }).default;
-
-/** Fuel for one evaluation on the fast path (wasm-fuel.ts counts loop heads and calls). */
-export const FAST_FUEL = 1_000_000;
+/** Fuel units between two looks at the clock (wasm-fuel.ts counts loop heads and calls). */
+export const FAST_SLICE = 10_000;
+/** Event-loop time one evaluation may take here before it goes to the thread instead. */
+export const FAST_BUDGET_MS = 2;
+/**
+ * Inputs longer than this (JSON characters) go straight to the thread. What an evaluation costs
+ * grows with the task's length (about 1 µs a word for the shipped policy: 0.5 ms for a 1 KiB
+ * task, 10 ms for 64 KiB), so a long one would spend the budget here and then run on the thread
+ * all the same, and its miss would send the short ones after it to the thread too.
+ */
+export const FAST_MAX_INPUT = 8 * 1024;
 /** Setting the data parses it in WASM: bounded by its size, which the gateway's own config sets. */
 const DATA_FUEL = 0x7fffffff;
 /** The instance's memory limit (256 MiB): past it an evaluation fails here and goes to the thread. */
 const MAX_PAGES = 4096;
 /** The longest run of calls sent straight to the thread after repeated misses. */
 const MAX_SKIP = 1024;
+/** The builtin id the fuel check passes to ask for more fuel: OPA numbers its builtins from 0. */
+const REFUEL_ID = -1;
 
+interface Global {
+  value: number;
+}
+interface WasmApi {
+  Memory: new (descriptor: { initial: number; maximum: number }) => RawPolicy['mem'];
+  Instance: new (module: WasmModule, imports: object) => { exports: Record<string, unknown> };
+}
+const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+interface OpaExports {
+  opa_malloc(size: number): number;
+  opa_json_parse(addr: number, length: number): number;
+  opa_json_dump(addr: number): number;
+  opa_heap_ptr_get(): number;
+  opa_heap_ptr_set(addr: number): void;
+  builtins(): number;
+}
 
 interface Instance {
-  policy: LoadedPolicy;
   raw: RawPolicy;
+  exports: OpaExports;
   opaEval: OpaEval;
-  fuel: { value: number };
+  fuel: Global;
+  /** The module's own mutable globals (the stack pointer, for OPA). */
+  globals: Global[];
+  baseHeapPtr: number;
   /** The data it holds (the evaluator's JSON bytes, compared by identity). */
   data: ArrayBuffer | null;
+  /** Memory below the data's end and the globals, as they were when the data was set. */
+  rest: { memory: Uint8Array; globals: number[] } | null;
 }
 
 export interface FastPathStatus {
@@ -52,8 +89,12 @@ export interface FastPathStatus {
   reason: string | null;
   /** Evaluations answered here. */
   answered: number;
-  /** Evaluations that ran out of fuel or failed here and went to the thread. */
+  /** Evaluations that ran out of time or failed here and went to the thread. */
   misses: number;
+  /** Instances made: one, unless a stopped one could not be put back. */
+  instances: number;
+  /** Evaluations sent to the thread without a try here, their input being longer than FAST_MAX_INPUT. */
+  long: number;
 }
 
 export interface FastPath {
@@ -63,59 +104,134 @@ export interface FastPath {
   close(): void;
 }
 
+export interface FastPathOptions {
+  budgetMs?: number;
+  slice?: number;
+  maxInput?: number;
+  /** The clock the budget is read on (milliseconds); tests drive their own. */
+  now?: () => number;
+}
+
 const decoder = new TextDecoder();
 
-/** The builtins the module calls out to JavaScript for, by name. */
-function externalBuiltins(raw: RawPolicy): string[] {
-  const exports = raw.wasmInstance.exports as Record<string, (...args: number[]) => number>;
-  return Object.keys(JSON.parse(decoder.decode(cString(raw, exports.opa_json_dump!(exports.builtins!())))) as Record<string, unknown>);
-}
-
-function instantiate(module: WasmModule): Instance {
-  const policy = loadPolicySync(module as Parameters<typeof loadPolicySync>[0], { initial: 5, maximum: MAX_PAGES });
-  const raw = policy as unknown as RawPolicy;
-  const opaEval = opaEvalOf(raw);
-  const fuel = raw.wasmInstance.exports[FUEL_EXPORT] as { value: number } | undefined;
-  if (!opaEval || !fuel) throw new Error('the module has no opa_eval of ABI 1.2 or no fuel');
-  return { policy, raw, opaEval, fuel, data: null };
-}
+class OutOfTime extends Error {}
 
 /** A fast path that is off, and why. */
 function off(reason: string): FastPath {
   return {
     evaluate: () => null,
-    status: () => ({ on: false, reason, answered: 0, misses: 0 }),
+    status: () => ({ on: false, reason, answered: 0, misses: 0, instances: 0, long: 0 }),
     close: () => undefined,
   };
 }
+
+const message = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause));
 
 /**
  * The fast path for a bundle's policy.wasm; one that is off (status().reason says why) when the
  * bundle cannot take it. Never throws: the thread alone is always a way to evaluate.
  */
-export async function prepareFastPath(bytes: Uint8Array): Promise<FastPath> {
+export async function prepareFastPath(bytes: Uint8Array, options: FastPathOptions = {}): Promise<FastPath> {
+  const budgetMs = options.budgetMs ?? FAST_BUDGET_MS;
+  const slice = options.slice ?? FAST_SLICE;
+  const maxInput = options.maxInput ?? FAST_MAX_INPUT;
+  const now = options.now ?? (() => performance.now());
+  /** When the evaluation under way must stop: past it, the next refuel throws. */
+  let deadline = Infinity;
+  let instances = 0;
+
+  function refuel(): number {
+    if (now() > deadline) throw new OutOfTime('the evaluation ran past its time on the fast path');
+    return slice;
+  }
+
   let module: WasmModule;
+  let globalNames: string[];
   let first: Instance;
   try {
-    module = await compilePolicy(withFuel(bytes));
-    first = instantiate(module);
+    const fueled = withFuel(bytes, { refuel: { module: 'env', name: 'opa_builtin0', arg: REFUEL_ID } });
+    if (!fueled.refuel) throw new Error('it has no builtin import of the expected type to refuel through');
+    globalNames = fueled.globals;
+    module = await compilePolicy(fueled.bytes);
+    first = instantiate();
   } catch (cause) {
-    return off(`its WASM cannot be metered: ${cause instanceof Error ? cause.message : String(cause)}`);
+    return off(`its WASM cannot be metered: ${message(cause)}`);
   }
-  const external = externalBuiltins(first.raw);
+  const external = Object.keys(JSON.parse(decoder.decode(cString(first.raw, first.exports.opa_json_dump(first.exports.builtins())))) as Record<string, unknown>);
   if (external.length > 0) return off(`it calls builtins that run as JavaScript (${external.sort().join(', ')})`);
+
+  function instantiate(): Instance {
+    instances++;
+    const memory = new wasm.Memory({ initial: 5, maximum: MAX_PAGES });
+    const builtin = () => {
+      throw new Error('a builtin that runs as JavaScript was called on the fast path');
+    };
+    const env = {
+      memory,
+      opa_abort(addr: number) {
+        throw new Error(`opa_abort: ${decoder.decode(cString({ mem: memory }, addr))}`);
+      },
+      opa_println: () => undefined,
+      opa_builtin0: (id: number) => (id === REFUEL_ID ? refuel() : builtin()),
+      opa_builtin1: builtin,
+      opa_builtin2: builtin,
+      opa_builtin3: builtin,
+      opa_builtin4: builtin,
+    };
+    const wasmInstance = new wasm.Instance(module, { env });
+    const exports = wasmInstance.exports as unknown as OpaExports & Record<string, unknown>;
+    const version = (name: string) => (exports[name] as Global | undefined)?.value;
+    if (version('opa_wasm_abi_version') !== 1) throw new Error(`OPA WASM ABI ${version('opa_wasm_abi_version')}, not 1`);
+    const fuel = exports[FUEL_EXPORT] as Global | undefined;
+    if (!fuel) throw new Error('the module has no fuel');
+    const raw: RawPolicy = { minorVersion: version('opa_wasm_abi_minor_version'), mem: memory, wasmInstance, dataAddr: 0, dataHeapPtr: 0 };
+    const opaEval = opaEvalOf(raw);
+    if (!opaEval) throw new Error('the module has no opa_eval of ABI 1.2');
+    const instance: Instance = { raw, exports, opaEval, fuel, globals: globalNames.map((n) => exports[n] as Global), baseHeapPtr: 0, data: null, rest: null };
+    raw.dataAddr = parse(instance, new TextEncoder().encode('{}'));
+    instance.baseHeapPtr = raw.dataHeapPtr = exports.opa_heap_ptr_get();
+    return instance;
+  }
+
+  /** What the SDK's _loadJSON does: the JSON parsed into a value on the instance's heap. */
+  function parse(instance: Instance, json: Uint8Array): number {
+    const addr = instance.exports.opa_malloc(json.length);
+    new Uint8Array(instance.raw.mem.buffer).set(json, addr);
+    const value = instance.exports.opa_json_parse(addr, json.length);
+    if (value === 0) throw new Error('the policy data is not JSON OPA can parse');
+    return value;
+  }
+
+  function setData(instance: Instance, data: ArrayBuffer): void {
+    instance.rest = null;
+    instance.data = null;
+    instance.exports.opa_heap_ptr_set(instance.baseHeapPtr);
+    instance.raw.dataAddr = parse(instance, new Uint8Array(data));
+    instance.raw.dataHeapPtr = instance.exports.opa_heap_ptr_get();
+    instance.rest = { memory: new Uint8Array(instance.raw.mem.buffer, 0, instance.raw.dataHeapPtr).slice(), globals: instance.globals.map((g) => g.value) };
+    instance.data = data;
+  }
+
+  /** Puts a stopped instance back as it was when its data was set; false when it cannot be. */
+  function restore(instance: Instance): boolean {
+    if (!instance.rest) return false;
+    new Uint8Array(instance.raw.mem.buffer).set(instance.rest.memory, 0);
+    instance.rest.globals.forEach((value, i) => (instance.globals[i]!.value = value));
+    return true;
+  }
 
   let instance: Instance | null = first;
   let closed = false;
   let answered = 0;
   let misses = 0;
+  let long = 0;
   /** Calls still to send straight to the thread, and how many the next miss will skip. */
   let skip = 0;
   let backoff = 1;
 
   function miss(): null {
     misses++;
-    instance = null;
+    if (instance && !restore(instance)) instance = null;
     skip = backoff;
     backoff = Math.min(MAX_SKIP, backoff * 2);
     return null;
@@ -124,27 +240,34 @@ export async function prepareFastPath(bytes: Uint8Array): Promise<FastPath> {
   return {
     evaluate(entrypoint, json, data) {
       if (closed) return null;
+      if (json.length > maxInput) {
+        long++;
+        return null;
+      }
       if (skip > 0) {
         skip--;
         return null;
       }
       try {
-        instance ??= instantiate(module);
+        instance ??= instantiate();
         if (instance.data !== data) {
+          deadline = Infinity;
           instance.fuel.value = DATA_FUEL;
-          instance.policy.setData(data);
-          instance.data = data;
+          setData(instance, data);
         }
-        instance.fuel.value = FAST_FUEL;
+        deadline = now() + budgetMs;
+        instance.fuel.value = slice;
         const text = decoder.decode(evaluateRaw(instance.raw, instance.opaEval, entrypoint, json));
         answered++;
         backoff = 1;
         return text;
       } catch {
         return miss();
+      } finally {
+        deadline = Infinity;
       }
     },
-    status: () => ({ on: !closed, reason: closed ? 'closed' : null, answered, misses }),
+    status: () => ({ on: !closed, reason: closed ? 'closed' : null, answered, misses, instances, long }),
     close() {
       closed = true;
       instance = null;

@@ -1,6 +1,7 @@
 /**
  * Fuel for a policy's WASM: a rewrite of the module that counts down a global at the head of
- * every loop and at the entry of every function that calls another, and traps when it runs out. With it an evaluation
+ * every loop and at the entry of every function that calls another, and when it runs out either
+ * traps or, given a refuel import, asks the host for more (which may throw instead). With it an evaluation
  * can run on the calling thread and still stop after a bounded amount of work, which is what the
  * evaluator's fast path needs (evaluator.ts): a WASM call cannot be interrupted from outside on
  * its own thread, so without fuel every evaluation had to go to another thread to be stoppable,
@@ -13,8 +14,12 @@
  * few value comparisons and allocations: a count is not a fixed time (fast-path.ts has figures).
  * Bulk memory copies and fills, whose cost grows with an operand, are refused.
  *
- * Only the code section changes, plus one global and its export: no index of any existing
- * function, global or table moves, so the names section and the data stay valid as they are.
+ * Only the code section changes, plus one global and some exports: no index of any existing
+ * function, global or table moves, so the names section and the data stay valid as they are. The
+ * refuel hook is a function the module already imports (for OPA, its builtin dispatcher), because
+ * adding an import would move every function index. The module's own mutable globals are exported
+ * too (GLOBAL_EXPORT_PREFIX + index), so that a host can put an instance back as it was after a
+ * stopped call (fast-path.ts): a trap leaves the stack pointer mid-call.
  * Opcodes are decoded only to find where instructions begin; an opcode this decoder does not know
  * (SIMD, threads, exceptions: nothing `opa build` emits today) makes the rewrite refuse, and the
  * evaluator then simply keeps every evaluation on its thread. Block types are decoded as WASM 2.0
@@ -23,9 +28,34 @@
 
 /** Name of the exported mutable i32 global that holds the fuel left. */
 export const FUEL_EXPORT = 'spawngate_fuel';
+/** Each of the module's own mutable globals is exported under this prefix and its index. */
+export const GLOBAL_EXPORT_PREFIX = 'spawngate_global_';
+
+/**
+ * A function the module imports, of type (i32, i32) -> i32, that the fuel check calls with
+ * (arg, 0) when the fuel runs out: what it returns is the new fuel; to stop, it throws.
+ */
+export interface RefuelImport {
+  module: string;
+  name: string;
+  arg: number;
+}
+
+export interface FuelOptions {
+  /** Without it, or when the module does not import it with that type, running out traps. */
+  refuel?: RefuelImport;
+}
+
+export interface FueledModule {
+  bytes: Uint8Array<ArrayBuffer>;
+  /** Whether running out calls the refuel import (else it traps). */
+  refuel: boolean;
+  /** The export names of the module's own mutable globals. */
+  globals: string[];
+}
 
 const MAGIC = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
-const SECTION = { custom: 0, import: 2, global: 6, export: 7, code: 10 } as const;
+const SECTION = { custom: 0, type: 1, import: 2, global: 6, export: 7, code: 10 } as const;
 /** Sections in the order the binary format requires (custom ones may be anywhere). */
 const ORDER = [1, 2, 3, 4, 5, 13, 6, 7, 8, 9, 12, 10, 11];
 
@@ -79,6 +109,20 @@ function leb(value: number): number[] {
     out.push(b);
   } while (v !== 0);
   return out;
+}
+
+function sleb(value: number): number[] {
+  const out: number[] = [];
+  let v = value | 0;
+  for (;;) {
+    const b = v & 0x7f;
+    v >>= 7;
+    if ((v === 0 && (b & 0x40) === 0) || (v === -1 && (b & 0x40) !== 0)) {
+      out.push(b);
+      return out;
+    }
+    out.push(b | 0x80);
+  }
 }
 
 function name(text: string): number[] {
@@ -171,16 +215,29 @@ function scan(r: Reader): { heads: number[]; calls: boolean } {
   return { heads, calls };
 }
 
-/** Counts the imports of one kind (3: global). */
-function importedOfKind(body: Uint8Array, kind: number): number {
+interface ImportEntry {
+  module: string;
+  name: string;
+  kind: number;
+  /** For a function: its type index. */
+  type: number;
+}
+
+function readImports(body: Uint8Array): ImportEntry[] {
   const r = new Reader(body);
-  let count = 0;
+  const entries: ImportEntry[] = [];
+  const text = () => {
+    const n = r.u32();
+    const start = r.pos;
+    r.skip(n);
+    return Buffer.from(body.subarray(start, start + n)).toString('utf8');
+  };
   for (let n = r.u32(); n > 0; n--) {
-    r.skip(r.u32());
-    r.skip(r.u32());
+    const module = text();
+    const field = text();
     const k = r.byte();
-    if (k === kind) count++;
-    if (k === 0x00) r.skipLeb();
+    let type = -1;
+    if (k === 0x00) type = r.u32();
     else if (k === 0x01) {
       r.skip(1);
       skipLimits(r);
@@ -190,8 +247,48 @@ function importedOfKind(body: Uint8Array, kind: number): number {
       r.skip(1);
       r.skipLeb();
     } else throw new Error(`unsupported import kind ${k}`);
+    entries.push({ module, name: field, kind: k, type });
   }
-  return count;
+  return entries;
+}
+
+/** Whether type `index` of the type section is (i32, i32) -> i32. */
+function isRefuelType(body: Uint8Array, index: number): boolean {
+  const r = new Reader(body);
+  const count = r.u32();
+  for (let i = 0; i < count; i++) {
+    if (r.byte() !== 0x60) return false;
+    const params: number[] = [];
+    for (let n = r.u32(); n > 0; n--) params.push(r.byte());
+    const results: number[] = [];
+    for (let n = r.u32(); n > 0; n--) results.push(r.byte());
+    if (i === index) return params.length === 2 && params[0] === 0x7f && params[1] === 0x7f && results.length === 1 && results[0] === 0x7f;
+  }
+  return false;
+}
+
+/** The indices of the module's own mutable globals (after the imported ones). */
+function mutableGlobals(body: Uint8Array, firstIndex: number): number[] {
+  const r = new Reader(body);
+  const out: number[] = [];
+  const count = r.u32();
+  for (let i = 0; i < count; i++) {
+    const type = r.byte();
+    const mutable = r.byte() === 0x01;
+    if (mutable && !(type >= 0x7c && type <= 0x7f)) throw new Error(`global ${firstIndex + i} is mutable and not a number, which a host cannot save and restore`);
+    if (mutable) out.push(firstIndex + i);
+    // Its constant initialiser, to its end.
+    for (;;) {
+      const op = r.byte();
+      if (op === 0x0b) break;
+      if (op === 0x41 || op === 0x42 || op === 0x23 || op === 0xd2) r.skipLeb();
+      else if (op === 0x43) r.skip(4);
+      else if (op === 0x44) r.skip(8);
+      else if (op === 0xd0) r.skip(1);
+      else if (op !== 0x6a && op !== 0x6b && op !== 0x6c && op !== 0x7c && op !== 0x7d && op !== 0x7e) throw new Error(`unsupported instruction 0x${op.toString(16)} in the initialiser of global ${firstIndex + i}`);
+    }
+  }
+  return out;
 }
 
 function skipLimits(r: Reader): void {
@@ -207,16 +304,16 @@ function vecCount(body: Uint8Array): { count: number; rest: Uint8Array } {
 }
 
 /**
- * The fuel check: fuel -= 1; if fuel < 0, trap. Stack-neutral, so it fits at a function's start and
- * at a loop's head whatever their types.
+ * The fuel check: fuel -= 1; if fuel < 0, fuel = refuel(arg, 0), or trap without a refuel import.
+ * Stack-neutral, so it fits at a function's start and at a loop's head whatever their types.
  */
-function fuelCheck(global: number): number[] {
+function fuelCheck(global: number, refuel: { func: number; arg: number } | null): number[] {
   const g = leb(global);
-  return [0x23, ...g, 0x41, 0x01, 0x6b, 0x24, ...g, 0x23, ...g, 0x41, 0x00, 0x48, 0x04, 0x40, 0x00, 0x0b];
+  const out = refuel ? [0x41, ...sleb(refuel.arg), 0x41, 0x00, 0x10, ...leb(refuel.func), 0x24, ...g] : [0x00];
+  return [0x23, ...g, 0x41, 0x01, 0x6b, 0x24, ...g, 0x23, ...g, 0x41, 0x00, 0x48, 0x04, 0x40, ...out, 0x0b];
 }
 
-function instrumentCode(body: Uint8Array, global: number): Uint8Array {
-  const check = Uint8Array.from(fuelCheck(global));
+function instrumentCode(body: Uint8Array, check: Uint8Array): Uint8Array {
   const r = new Reader(body);
   const functions = r.u32();
   const chunks: Uint8Array[] = [Uint8Array.from(leb(functions))];
@@ -260,21 +357,31 @@ function concat(chunks: Uint8Array[]): Uint8Array<ArrayBuffer> {
 
 /**
  * The module with fuel: a new exported mutable i32 global FUEL_EXPORT, counted down by one at every
- * loop iteration and every entry of a function that calls another; at zero the next count traps (a WebAssembly.RuntimeError,
- * "unreachable"). Set it before each call. Throws when the module uses an instruction this
- * rewrite does not know.
+ * loop iteration and every entry of a function that calls another; past zero the next count calls
+ * the refuel import (options.refuel) for more, or traps (a WebAssembly.RuntimeError, "unreachable")
+ * when the module has no such import. Set it before each call. Throws when the module uses an
+ * instruction this rewrite does not know.
  */
-export function withFuel(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+export function withFuel(bytes: Uint8Array, options: FuelOptions = {}): FueledModule {
   const sections = sectionsOf(bytes);
   if (!sections.some((s) => s.id === SECTION.code)) throw new Error('the module has no code section');
-  const imports = sections.find((s) => s.id === SECTION.import);
+  const importSection = sections.find((s) => s.id === SECTION.import);
+  const types = sections.find((s) => s.id === SECTION.type);
   const globals = sections.find((s) => s.id === SECTION.global);
-  const global = (imports ? importedOfKind(imports.body, 0x03) : 0) + (globals ? vecCount(globals.body).count : 0);
+  const imports = importSection ? readImports(importSection.body) : [];
+  const importedGlobals = imports.filter((i) => i.kind === 0x03).length;
+  const global = importedGlobals + (globals ? vecCount(globals.body).count : 0);
+  const own = globals ? mutableGlobals(globals.body, importedGlobals) : [];
+  const functions = imports.filter((i) => i.kind === 0x00);
+  const wanted = options.refuel;
+  const hook = wanted ? functions.findIndex((f) => f.module === wanted.module && f.name === wanted.name) : -1;
+  const refuel = wanted && hook >= 0 && types && isRefuelType(types.body, functions[hook]!.type) ? { func: hook, arg: wanted.arg } : null;
+  const check = Uint8Array.from(fuelCheck(global, refuel));
   const out: Section[] = [];
   const added = { global: false, export: false };
   // Starts full, so the module's own start-up code (and any caller that never sets it) runs as before.
   const fuelGlobal = [0x7f, 0x01, 0x41, 0xff, 0xff, 0xff, 0xff, 0x07, 0x0b];
-  const fuelExport = [...name(FUEL_EXPORT), 0x03, ...leb(global)];
+  const newExports = [[...name(FUEL_EXPORT), 0x03, ...leb(global)], ...own.map((g) => [...name(`${GLOBAL_EXPORT_PREFIX}${g}`), 0x03, ...leb(g)])];
   const rank = (id: number) => ORDER.indexOf(id);
   /** Adds the new sections that must come before a section of this id, if they are still missing. */
   const before = (id: number) => {
@@ -283,7 +390,7 @@ export function withFuel(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
       added.global = true;
     }
     if (!added.export && rank(id) > rank(SECTION.export)) {
-      out.push({ id: SECTION.export, body: Uint8Array.from([...leb(1), ...fuelExport]) });
+      out.push({ id: SECTION.export, body: Uint8Array.from([...leb(newExports.length), ...newExports.flat()]) });
       added.export = true;
     }
   };
@@ -295,11 +402,12 @@ export function withFuel(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
       added.global = true;
     } else if (section.id === SECTION.export) {
       const { count, rest } = vecCount(section.body);
-      out.push({ id: section.id, body: Uint8Array.from([...leb(count + 1), ...rest, ...fuelExport]) });
+      out.push({ id: section.id, body: Uint8Array.from([...leb(count + newExports.length), ...rest, ...newExports.flat()]) });
       added.export = true;
     } else if (section.id === SECTION.code) {
-      out.push({ id: section.id, body: instrumentCode(section.body, global) });
+      out.push({ id: section.id, body: instrumentCode(section.body, check) });
     } else out.push(section);
   }
-  return concat([Uint8Array.from(MAGIC), ...out.flatMap((section) => [Uint8Array.from([section.id, ...leb(section.body.length)]), section.body])]);
+  const result = concat([Uint8Array.from(MAGIC), ...out.flatMap((section) => [Uint8Array.from([section.id, ...leb(section.body.length)]), section.body])]);
+  return { bytes: result, refuel: refuel !== null, globals: own.map((g) => `${GLOBAL_EXPORT_PREFIX}${g}`) };
 }

@@ -17,7 +17,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPolicyEngine, ENTRYPOINT, type PolicyEngine } from '../../src/admission/engine.js';
 import { readBundle } from '../../src/admission/bundle.js';
 import { SHIPPED_BUNDLE } from '../../src/admission/gate.js';
-import { FUEL_EXPORT, withFuel } from '../../src/admission/wasm-fuel.js';
+import { FUEL_EXPORT, GLOBAL_EXPORT_PREFIX, withFuel } from '../../src/admission/wasm-fuel.js';
+import { FAST_MAX_INPUT, prepareFastPath } from '../../src/admission/fast-path.js';
 import { buildBundle } from '../../src/cli/policy-tool.js';
 import type { AdmissionInput } from '../../src/admission/types.js';
 import { memoryLogger } from '../helpers/logger.js';
@@ -55,7 +56,7 @@ describe('wasm fuel rewrite', () => {
       (start $init)
       (func (export "ran") (result i32) (global.get $ran))
       (func (export "spin") (loop $l (br $l))))`);
-    const exports = instantiate(withFuel(bytes));
+    const exports = instantiate(withFuel(bytes).bytes);
     expect((exports.ran as () => number)()).toBe(1);
     (exports[FUEL_EXPORT] as Fuel).value = 10_000;
     expect(() => (exports.spin as () => void)()).toThrow(wasm.RuntimeError);
@@ -70,7 +71,7 @@ describe('wasm fuel rewrite', () => {
           (call $f (i32.sub (local.get $n) (i32.const 1)))
           (call $f (i32.sub (local.get $n) (i32.const 1))))))
       (func (export "tree") (param i32) (call $f (local.get 0))))`);
-    const exports = instantiate(withFuel(bytes));
+    const exports = instantiate(withFuel(bytes).bytes);
     (exports[FUEL_EXPORT] as Fuel).value = 100_000;
     expect(() => (exports.tree as (n: number) => void)(60)).toThrow(wasm.RuntimeError);
     // A small tree fits, and costs one unit per call of the calling function.
@@ -95,12 +96,48 @@ describe('wasm fuel rewrite', () => {
     const bytes = await assemble(wat);
     const imports = { env: { g: 2 } };
     const plain = instantiate(bytes, imports);
-    const fueled = instantiate(withFuel(bytes), imports);
+    const fueled = instantiate(withFuel(bytes).bytes, imports);
     (fueled[FUEL_EXPORT] as Fuel).value = 1_000;
     expect((fueled.sum as (n: number) => number)(100)).toBe((plain.sum as (n: number) => number)(100));
     expect((fueled.sum as (n: number) => number)(100)).toBe(500);
     // Two runs of 101 loop heads each; the function calls nothing, so its entry is not counted.
     expect(1_000 - (fueled[FUEL_EXPORT] as Fuel).value).toBe(202);
+  });
+
+  it('asks the refuel import for more when the fuel runs out, and stops when it throws', async () => {
+    const wat = (type: string) => `(module
+      (import "env" "opa_builtin0" (func $b0 ${type}))
+      (global $sp (mut i32) (i32.const 65536))
+      (global $const i32 (i32.const 7))
+      (func (export "spin") (loop $l (global.set $sp (i32.sub (global.get $sp) (i32.const 1))) (br $l))))`;
+    const bytes = await assemble(wat('(param i32 i32) (result i32)'));
+    const fueled = withFuel(bytes, { refuel: { module: 'env', name: 'opa_builtin0', arg: -1 } });
+    expect(fueled.refuel).toBe(true);
+    // The module's own mutable global (index 0) is exported, so that a host can put it back.
+    expect(fueled.globals).toEqual([`${GLOBAL_EXPORT_PREFIX}0`]);
+    const calls: number[][] = [];
+    class Stop extends Error {}
+    const exports = instantiate(fueled.bytes, {
+      env: {
+        opa_builtin0: (id: number, ctx: number) => {
+          calls.push([id, ctx]);
+          if (calls.length > 3) throw new Stop('enough');
+          return 100;
+        },
+      },
+    });
+    (exports[FUEL_EXPORT] as Fuel).value = 50;
+    expect(() => (exports.spin as () => void)()).toThrow(Stop);
+    // 50 units, then three refuels of 100 (the count that asked is not charged: 101 iterations
+    // each); the fourth ask throws, and that is the only way out.
+    expect(calls).toEqual([[-1, 0], [-1, 0], [-1, 0], [-1, 0]]);
+    expect(65536 - (exports[`${GLOBAL_EXPORT_PREFIX}0`] as Fuel).value).toBe(50 + 3 * 101);
+    // An import of another type is not called: running out traps instead.
+    const other = withFuel(await assemble(wat('(param i32) (result i32)')), { refuel: { module: 'env', name: 'opa_builtin0', arg: -1 } });
+    expect(other.refuel).toBe(false);
+    const trapping = instantiate(other.bytes, { env: { opa_builtin0: () => 1 } });
+    (trapping[FUEL_EXPORT] as Fuel).value = 50;
+    expect(() => (trapping.spin as () => void)()).toThrow(wasm.RuntimeError);
   });
 
   it('refuses what it cannot meter or decode, naming the instruction', async () => {
@@ -113,6 +150,16 @@ describe('wasm fuel rewrite', () => {
 });
 
 const withoutCatalog = ({ catalog: _catalog, ...rest }: AdmissionInput) => JSON.stringify(rest);
+
+/** A rule that spins for seconds when the task is "spin". */
+const SPIN = `package spawngate.admission
+
+deny contains [1, "spin_finished", "the spin ended"] if {
+	input.request.task == "spin"
+	xs := numbers.range(1, 40000)
+	count([1 | some i in xs; some j in xs; i == j + 1000000]) >= 0
+}
+`;
 
 /** A copy of policies/ (no tests) with extra files, built into a bundle. */
 async function bundleWith(dir: string, name: string, extra: Record<string, string>): Promise<string> {
@@ -137,8 +184,10 @@ describe('policy fast path', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
+  // These tests count what the fast path answers: a budget wider than a busy machine's pauses
+  // (below the deadline) keeps an ordinary evaluation from going to the thread on time alone.
   async function engine(source: Parameters<typeof createPolicyEngine>[0]['source'], timeoutMs = 250): Promise<PolicyEngine> {
-    const e = await createPolicyEngine({ source, readBundle, evaluationTimeoutMs: timeoutMs });
+    const e = await createPolicyEngine({ source, readBundle, evaluationTimeoutMs: timeoutMs, fastPath: { budgetMs: timeoutMs * 0.75 } });
     engines.push(e);
     return e;
   }
@@ -161,17 +210,8 @@ describe('policy fast path', () => {
     expect(e.fastPath.answered).toBeGreaterThanOrEqual(inputs.length * 2);
   });
 
-  it('sends an evaluation that runs out of fuel to the thread, which stops it at the deadline, then answers the next ones itself', async () => {
-    const spin = await bundleWith(dir, 'spin', {
-      'spin.rego': `package spawngate.admission
-
-deny contains [1, "spin_finished", "the spin ended"] if {
-	input.request.task == "spin"
-	xs := numbers.range(1, 40000)
-	count([1 | some i in xs; some j in xs; i == j + 1000000]) >= 0
-}
-`,
-    });
+  it('sends an evaluation that runs out of time to the thread, which stops it at the deadline, then answers the next ones itself', async () => {
+    const spin = await bundleWith(dir, 'spin', { 'spin.rego': SPIN });
     const e = await engine({ path: spin }, 200);
     const ordinary = coverageInputs[Object.keys(coverageInputs)[0]!]!;
     const hi = () => e.evaluateJson(JSON.stringify(ordinary)).decision;
@@ -185,6 +225,36 @@ deny contains [1, "spin_finished", "the spin ended"] if {
     expect(hi()).toEqual(expected);
     expect(hi()).toEqual(expected);
     expect(e.fastPath).toMatchObject({ on: true, misses: before.misses + 1, answered: before.answered + 1 });
+  });
+
+  it('stops a spinning evaluation at its first look at the clock past the budget, then answers from the same instance put back', async () => {
+    const bundle = await readBundle(await bundleWith(dir, 'spin-clock', { 'spin.rego': SPIN }));
+    let t = 0;
+    let reads = 0;
+    // Each look at this clock moves it 0.5 ms on.
+    const fast = await prepareFastPath(bundle.wasm, { budgetMs: 2, now: () => ((reads += 1), (t += 0.5)) });
+    const sdk = await loadPolicy(bundle.wasm);
+    sdk.setData(bundle.data as object);
+    const data = new TextEncoder().encode(JSON.stringify(bundle.data)).buffer;
+    const ask = (input: AdmissionInput) => {
+      const text = fast.evaluate(0, JSON.stringify(input), data);
+      return text === null ? null : (JSON.parse(text) as unknown);
+    };
+    const expectedOf = (input: AdmissionInput) => sdk.evaluate(input, ENTRYPOINT) as unknown;
+    const inputs = Object.values(coverageInputs);
+    const ordinary = inputs[0]!;
+    expect(ask(ordinary)).toEqual(expectedOf(ordinary));
+    reads = 0;
+    expect(ask({ ...ordinary, request: { ...ordinary.request, task: 'spin' } })).toBeNull();
+    // One look at the start (deadline 0.5 + 2), refuels at 1, 1.5, 2 and 2.5, and the one at 3 stops it.
+    expect(reads).toBe(6);
+    expect(fast.status()).toMatchObject({ on: true, misses: 1, instances: 1 });
+    // The call right after a miss is the thread's; then every input is decided here as the SDK
+    // decides it, by the instance that was stopped mid-evaluation and put back.
+    expect(ask(ordinary)).toBeNull();
+    for (const input of inputs) expect(ask(input)).toEqual(expectedOf(input));
+    expect(fast.status()).toMatchObject({ misses: 1, instances: 1, answered: 1 + inputs.length });
+    fast.close();
   });
 
   it('keeps a bundle that calls a builtin run by JavaScript off the fast path, and still decides with it', async () => {
@@ -201,6 +271,23 @@ deny contains [1, "named", sprintf("task %s", [input.request.task])] if input.re
     const denied = e.evaluateJson(JSON.stringify({ ...ordinary, request: { ...ordinary.request, task: 'deny me' } })).decision;
     expect(denied.reasons).toContainEqual({ code: 'named', message: 'task deny me' });
     expect(e.fastPath.answered).toBe(0);
+  });
+
+  it('sends an input longer than FAST_MAX_INPUT straight to the thread, without a try or a miss', async () => {
+    const e = await engine({ path: SHIPPED_BUNDLE });
+    const bundle = await readBundle(SHIPPED_BUNDLE);
+    const sdk = await loadPolicy(bundle.wasm);
+    sdk.setData(bundle.data as object);
+    const ordinary = coverageInputs[Object.keys(coverageInputs)[0]!]!;
+    const task = 'run the tests and fix the build '.repeat(Math.ceil(FAST_MAX_INPUT / 32));
+    const long = { ...ordinary, request: { ...ordinary.request, task } };
+    const [expected] = sdk.evaluate(long, ENTRYPOINT) as [{ result: unknown }];
+    const before = e.fastPath;
+    expect(e.evaluateJson(JSON.stringify(long)).decision).toEqual(expected.result);
+    expect(e.fastPath).toMatchObject({ long: before.long + 1, misses: before.misses, answered: before.answered });
+    // The short one after it is not held back by it.
+    e.evaluateJson(JSON.stringify(ordinary));
+    expect(e.fastPath).toMatchObject({ long: before.long + 1, misses: before.misses, answered: before.answered + 1 });
   });
 
   it('evaluates against new runtime data from the first call after it is set', async () => {
