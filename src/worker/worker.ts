@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import type { McpServer, PromptResponse, RequestPermissionRequest, RequestPermissionResponse, SessionUpdate } from '@agentclientprotocol/sdk';
-import { SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { INVALID_SPAN_CONTEXT, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Span } from '@opentelemetry/api';
 import { REASON_CODE, WORKER_EXIT_DEADLINE } from '../protocol/events.js';
 import { BackendError, ConfigError, WorkerProtocolError } from '../errors.js';
@@ -185,6 +185,8 @@ interface OpenTurn {
   ended: boolean;
   cancelReason: CancelReason | null;
   graceTimer: NodeJS.Timeout | null;
+  /** A warm worker's rehearsal (see rehearse): counted nowhere, traced nowhere. */
+  readonly rehearsal: boolean;
 }
 
 type TerminalBody = Extract<EventBody, { type: 'turn.completed' | 'turn.failed' | 'turn.cancelled' }>;
@@ -359,8 +361,12 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   let exitTimer: NodeJS.Timeout | null = null;
   const stats = { turns: 0, completed: 0, failed: 0, cancelled: 0 };
   let droppedUpdates = 0;
+  /** While a warm worker rehearses its turn path (rehearse below): the secret its one /turn carries. */
+  let rehearsal: string | null = null;
 
   const log = (level: WorkerLogLine['level'], message: string, fields?: Record<string, unknown>): void => {
+    // A rehearsal's turn did not happen, as far as anyone reading the log is concerned.
+    if (rehearsal !== null) return;
     const line: WorkerLogLine = {
       time: new Date().toISOString(),
       source: 'worker',
@@ -390,7 +396,9 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     emit(t, body);
     t.ended = true;
     if (t.graceTimer) clearTimeout(t.graceTimer);
-    if (body.type === 'turn.completed') stats.completed++;
+    if (t.rehearsal) {
+      // counted nowhere
+    } else if (body.type === 'turn.completed') stats.completed++;
     else if (body.type === 'turn.failed') stats.failed++;
     else stats.cancelled++;
     if (turn === t) {
@@ -455,7 +463,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     t.cancelReason = reason;
     log('info', 'cancelling turn', { turnId: t.id, reason });
     settlePermissions(t, `the turn was cancelled (${reason})`);
-    if (session && !session.closedSignal.aborted) {
+    if (!t.rehearsal && session && !session.closedSignal.aborted) {
       session.cancel().catch((err: unknown) => log('warn', 'session/cancel could not be sent', { error: String(err) }));
     }
     t.graceTimer = setTimeout(() => {
@@ -620,13 +628,13 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     sendJson(res, 200, { claimed: true, deadlineAt: deadlineAt?.toISOString() ?? null });
   };
 
-  const startTurn = (res: ServerResponse, req: IncomingMessage, message: string, turnId: string, s: AcpSession): void => {
+  const startTurn = (res: ServerResponse, req: IncomingMessage, message: string, turnId: string, s: AcpSession, rehearsing = false): void => {
     let resolveDone!: () => void;
     const done = new Promise<void>((resolve) => {
       resolveDone = resolve;
     });
     const traceHeader = parseTraceparent(req.headers.traceparent);
-    const span = startSpan(SPAN.workerTurn, parentContext(traceHeader?.traceparent ?? null), SpanKind.SERVER);
+    const span = rehearsing ? trace.wrapSpanContext(INVALID_SPAN_CONTEXT) : startSpan(SPAN.workerTurn, parentContext(traceHeader?.traceparent ?? null), SpanKind.SERVER);
     setAttributes(span, {
       'spawngate.turn_id': turnId,
       'spawngate.agent_id': opts.agentId,
@@ -652,10 +660,14 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       ended: false,
       cancelReason: null,
       graceTimer: null,
+      rehearsal: rehearsing,
     };
     turn = t;
-    state = 'busy';
-    stats.turns++;
+    // A rehearsal runs while the worker is still "starting": nobody sees it busy, or claims it mid-way.
+    if (!rehearsing) {
+      state = 'busy';
+      stats.turns++;
+    }
     res.writeHead(200, {
       'content-type': 'application/x-ndjson; charset=utf-8',
       'cache-control': 'no-store',
@@ -720,7 +732,9 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   const openTurn = (): OpenTurn | null => turn;
 
   const handleTurn = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    if (state === 'starting' || state === 'exiting') {
+    const rehearsing = rehearsal !== null && state === 'starting' && req.headers['x-spawngate-rehearsal'] === rehearsal;
+    if (rehearsing) rehearsal = `${rehearsal}:taken`;
+    if (!rehearsing && (state === 'starting' || state === 'exiting')) {
       refuse(req, res, limits, () => refuseUnavailable(res));
       return;
     }
@@ -748,8 +762,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     const wound = winding;
     if (wound) await within(wound.settled, letGoWaitMs);
     // Re-checked after the body arrived: the state may have changed and another request may have taken the slot.
-    const s = session;
-    if (!s || !serving()) {
+    const s = rehearsing ? rehearsalSession(session) : session;
+    if (!s || (!rehearsing && !serving())) {
       refuseUnavailable(res);
       return;
     }
@@ -763,7 +777,65 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       sendError(res, 409, 'busy', `the agent has not let go of the force-cancelled turn ${stillWinding.turnId} yet; its output must not reach a new turn`, { currentTurnId: stillWinding.turnId });
       return;
     }
-    startTurn(res, req, message, turnId ?? randomUUID(), s);
+    startTurn(res, req, message, turnId ?? randomUUID(), s, rehearsing);
+  };
+
+  /** The session a rehearsal's turn talks to: the agent's, but for a prompt that never reaches it. */
+  const rehearsalSession = (s: AcpSession | null): AcpSession | null =>
+    s && {
+      sessionId: s.sessionId,
+      agentInfo: s.agentInfo,
+      resumed: s.resumed,
+      model: s.model,
+      closedSignal: s.closedSignal,
+      prompt: () => Promise.resolve({ stopReason: 'end_turn' }),
+      cancel: () => Promise.resolve(),
+      close: () => undefined,
+    };
+
+  /**
+   * A warm worker runs one turn through its own HTTP server before it says it is ready, against a
+   * session whose prompt answers at once: the agent sees nothing, nothing is logged, traced or
+   * counted, and the worker stays "starting" throughout. What it buys is the claiming spawn's first
+   * turn: V8 compiles a function the first time it runs, and the turn path (the request, the
+   * stream's head and first line) cost about 1 ms more on a worker's first turn than on its second.
+   * A cold worker has no such wait to hide it in, so it does not rehearse. Bounded; a rehearsal
+   * that fails only loses its speed-up.
+   */
+  const rehearse = async (): Promise<void> => {
+    const secret = randomUUID();
+    const eventAt = lastEventAt;
+    const started = performance.now();
+    rehearsal = secret;
+    let completed = false;
+    try {
+      const body = JSON.stringify({ message: 'rehearsal', turnId: `rehearsal-${secret}` });
+      const target =
+        'socketPath' in address
+          ? { socketPath: address.socketPath }
+          : (() => {
+              const url = new URL(address.url);
+              return { host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port) };
+            })();
+      const answered = new Promise<string>((resolve) => {
+        const req = httpRequest(
+          { ...target, method: 'POST', path: '/turn', headers: { authorization: `Bearer ${opts.token}`, 'content-type': 'application/json', 'x-spawngate-rehearsal': secret } },
+          (res) => {
+            let text = '';
+            res.setEncoding('utf8');
+            res.on('data', (chunk: string) => (text = (text + chunk).slice(-4096)));
+            res.on('end', () => resolve(text)).on('error', () => resolve(text)).on('close', () => resolve(text));
+          },
+        );
+        req.on('error', () => resolve(''));
+        req.end(body);
+      });
+      completed = ((await within(answered, 2000)) ?? '').includes('"type":"turn.completed"');
+    } finally {
+      rehearsal = null;
+      lastEventAt = eventAt;
+    }
+    log('info', 'rehearsed the turn path before taking claims', { completed, ms: Math.round(performance.now() - started) });
   };
 
   /**
@@ -1061,6 +1133,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
       setAttributes(handshake, { 'spawngate.session.id': s.sessionId, 'spawngate.agent.name': s.agentInfo?.name ?? null, 'spawngate.agent.version': s.agentInfo?.version ?? null });
       endSpan(handshake);
       endStartSpan(null);
+      if (opts.claimable) await rehearse();
+      if (closing) return;
       state = 'idle';
       leaveStarting();
       log('info', 'ACP session ready', { sessionId: s.sessionId, agentInfo, resumed: s.resumed, model: s.model });

@@ -66,6 +66,38 @@ describe('worker POST /claim', () => {
     await expect(used.client.claim({ token: token32(), probe: true })).rejects.toMatchObject({ details: { httpStatus: 409, workerError: 'not_claimable' } });
   });
 
+  it('rehearses its turn path once before it is ready, unseen: the agent gets no prompt, nothing is counted, the first real turn is its first', async () => {
+    const lines: WorkerLogLine[] = [];
+    const w = await warm({ onLog: (l) => lines.push(l) });
+    const messages = () => lines.map((l) => l.message);
+    expect(messages().filter((m) => m.startsWith('rehearsed the turn path'))).toEqual([expect.stringContaining('"completed":true') as unknown]);
+    // Ready after the rehearsal, never before it.
+    expect(messages().findIndex((m) => m.startsWith('ACP session ready'))).toBeGreaterThan(messages().findIndex((m) => m.startsWith('rehearsed')));
+    expect(messages().filter((m) => /fixture: prompt|turn started|turn ended/.test(m))).toEqual([]);
+    await expect(w.client.status()).resolves.toMatchObject({ state: 'idle', turns: 0, outcomes: { completed: 0, failed: 0, cancelled: 0 }, lastEventAt: null });
+    const mine = token32();
+    await w.client.claim({ token: mine });
+    const events = await collect(w.clientWith(mine).turn('hello'));
+    expect(events[0]).toMatchObject({ type: 'turn.started', seq: 0 });
+    expect(messageText(events)).toContain('hello');
+    expect(messages().filter((m) => m.includes('fixture: prompt'))).toEqual([expect.stringContaining('"hello"') as unknown]);
+    await expect(w.clientWith(mine).status()).resolves.toMatchObject({ turns: 1, outcomes: { completed: 1 } });
+    // A worker that is not claimable does not rehearse.
+    const cold: WorkerLogLine[] = [];
+    const plain = await startTestWorker('tcp', { onLog: (l) => cold.push(l) });
+    workers.push(plain);
+    await plain.worker.ready;
+    expect(cold.some((l) => l.message.startsWith('rehearsed'))).toBe(false);
+  });
+
+  it('rehearses over TCP too', async () => {
+    const lines: WorkerLogLine[] = [];
+    const w = await startTestWorker('tcp', { claimable: true, onLog: (l) => lines.push(l) });
+    workers.push(w);
+    await w.worker.ready;
+    expect(lines.filter((l) => l.message.startsWith('rehearsed the turn path'))).toEqual([expect.objectContaining({ message: expect.stringContaining('"completed":true') as unknown })]);
+  });
+
   it('is not a route of a worker started without claimable', async () => {
     const w = await startTestWorker('unix');
     workers.push(w);
