@@ -125,8 +125,17 @@ setsid "$bin" \
   --metrics-port=0 \
   --v=1 \
   >"$dir/kube-router.log" 2>&1 </dev/null 8>&- 9>&- &
-printf '%s\n' "$!" >"$pidfile"
-log "started kube-router (pid $!)"
+child=$!
+printf '%s\n' "$child" >"$pidfile"
+# Until the fork has exec'd, the pid is still a bash (its exe is not kube-router), and running_pid
+# below would call it gone: on a cold start (a fresh machine, the binary not in the page cache yet)
+# that took longer than the first poll. Bounded (5 s), as daemon_start in lib/daemons.sh.
+for ((i = 0; i < 500; i++)); do
+  running_pid >/dev/null && break
+  kill -0 "$child" 2>/dev/null || break
+  sleep 0.01
+done
+log "started kube-router (pid $child)"
 
 for ((i = 0; i < 600; i++)); do
   chains_ready && { log "NetworkPolicy enforced on $node"; exit 0; }
