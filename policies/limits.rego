@@ -110,7 +110,7 @@ cap_profile_channel := [7, "profile_channel", key, cap, used] if {
 default cap_parent := null
 
 cap_parent := [8, "parent", input.caller.sessionKey, cap, object.get(input.usage, "children", 0)] if {
-	cap := tree_config.maxChildren
+	cap := tree_setting("maxChildren")
 	cap != null
 }
 
@@ -165,20 +165,25 @@ rate_limits := [{"scope": scope, "key": rate_keys[scope], "perMinute": bucket.pe
 # none): every missing field is its default.
 tree_defaults := {"maxChildren": null, "maxSpawns": null, "maxWorkerSeconds": null, "windowSeconds": 86400}
 
-tree_config := object.union(tree_defaults, trees) if {
+# One setting, as object.union(tree_defaults, trees) would have it (the defaults are no objects,
+# so a set key simply wins, null included), read by direct lookup: the merged object cost more to
+# build than everything that reads it.
+tree_setting(key) := object.get(tree_settings, key, tree_defaults[key])
+
+tree_settings := trees if {
 	trees := object.get(cfg, "trees", {})
 	is_object(trees)
-} else := tree_defaults
+} else := {}
 
 tree_root := object.get(input.caller, "rootSessionKey", input.caller.sessionKey)
 
 tree_budget := {
 	"root": tree_root,
-	"maxSpawns": tree_config.maxSpawns,
-	"maxWorkerSeconds": tree_config.maxWorkerSeconds,
-	"windowSeconds": tree_config.windowSeconds,
+	"maxSpawns": tree_setting("maxSpawns"),
+	"maxWorkerSeconds": tree_setting("maxWorkerSeconds"),
+	"windowSeconds": tree_setting("windowSeconds"),
 } if {
-	some cap in [tree_config.maxSpawns, tree_config.maxWorkerSeconds]
+	some cap in [tree_setting("maxSpawns"), tree_setting("maxWorkerSeconds")]
 	cap != null
 }
 

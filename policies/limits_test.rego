@@ -186,6 +186,21 @@ test_config_without_trees_is_valid_and_sets_no_budget if {
 	not "tree" in object.keys(d.limits)
 }
 
+# A tree setting the config sets wins over its default, null included; the rest keep theirs.
+test_tree_settings_set_to_null_override_the_defaults if {
+	d := decide({}) with data.spawngate.admission.config as config_set("/trees", {"maxSpawns": 3, "windowSeconds": null, "maxChildren": 2})
+	d.limits.tree == {"root": "agent:main:main", "maxSpawns": 3, "maxWorkerSeconds": null, "windowSeconds": null}
+	limit(d, "parent") == [{"scope": "parent", "key": "agent:main:main", "max": 2}]
+}
+
+# trees that is not an object is a config problem; the limits are then worked out from the defaults.
+test_trees_that_are_not_an_object_leave_the_defaults if {
+	d := decide({}) with data.spawngate.admission.config as config_set("/trees", ["maxSpawns", 3])
+	has_code(d, "policy_config_invalid")
+	limit(d, "parent") == []
+	not "tree" in object.keys(d.limits)
+}
+
 test_no_wait_unless_the_caller_asks if {
 	not "wait" in object.keys(decide({}))
 	d := decide({"request": {"waitSeconds": 20}})

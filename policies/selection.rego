@@ -82,20 +82,31 @@ ignored_words := {word | some word in cfg.buildPlacement.ignoredWords}
 
 # Every keyword, phrase and command is looked for in the whole text: one native scan per entry
 # costs far less than a rule evaluation per word, and a task can be a long prompt. The unpadded
-# contains needs no new string and rules out almost every entry.
+# contains needs no new string and rules out almost every entry. The text is taken once per list
+# rather than at every entry (each reference to a rule is a call and a memo lookup in WASM), and
+# only for a list with an entry to look for: the task is normalised exactly when it was before.
 default build_task := false
 
 build_task if {
-	some keyword in cfg.buildPlacement.keywords
-	contains(task_text, keyword)
-	contains(task_text, concat("", [" ", keyword, " "]))
+	keywords := cfg.buildPlacement.keywords
+	has_entries(keywords)
+	text := task_text
+	some keyword in keywords
+	contains(text, keyword)
+	contains(text, concat("", [" ", keyword, " "]))
 } else if {
-	some phrase in cfg.buildPlacement.phrases
-	contains(task_text, phrase)
-	contains(task_text, concat("", [" ", phrase, " "]))
+	phrases := cfg.buildPlacement.phrases
+	has_entries(phrases)
+	text := task_text
+	some phrase in phrases
+	contains(text, phrase)
+	contains(text, concat("", [" ", phrase, " "]))
 } else if {
-	some name, targets in cfg.buildPlacement.commands
-	contains(task_text, concat("", [" ", name, " "]))
+	commands := cfg.buildPlacement.commands
+	has_entries(commands)
+	text := task_text
+	some name, targets in commands
+	contains(text, concat("", [" ", name, " "]))
 	some i, word in task_words
 	word == name
 	command_run(i, targets)
@@ -113,6 +124,13 @@ command_ends_at(_, next) if next == count(task_words)
 command_ends_at(_, next) if task_words[next] == ";"
 
 command_ends_at(targets, next) if task_words[next] in targets
+
+# Whether `some x in collection` has an element to bind: an array, set or object with one. Not a
+# string, which count measures but `some ... in` does not iterate.
+has_entries(collection) if {
+	not is_string(collection)
+	count(collection) > 0
+}
 
 # "-j8" and "-j 8" are the words [".", "j8"] and [".", "j", "8"].
 jobs_flag_words(at) := 3 if {

@@ -140,6 +140,18 @@ test_build_phrase_late_in_a_long_task_is_found if {
 	decide({"request": {"task": prose}}).profile == "small"
 }
 
+# An empty list, or one that is not a list (a config problem), finds nothing; the other lists still count.
+test_build_lists_may_be_empty_or_not_lists if {
+	config := json.patch(data.spawngate.admission.config, [
+		{"op": "replace", "path": "/buildPlacement/keywords", "value": []},
+		{"op": "replace", "path": "/buildPlacement/phrases", "value": "npm test"},
+	])
+	decide({"request": {"task": "npm test"}}).profile == "small" with data.spawngate.admission.config as config
+	decide({"request": {"task": "make test"}}).profile == "build" with data.spawngate.admission.config as config
+	no_commands := json.patch(config, [{"op": "replace", "path": "/buildPlacement/commands", "value": {}}])
+	decide({"request": {"task": "make test"}}).profile == "small" with data.spawngate.admission.config as no_commands
+}
+
 test_explicit_profile_is_never_moved if {
 	d := decide({"request": {"task": "npm test", "execution": {"backend": "k8s", "profile": "small", "egress": null}}, "resolved": {"profile": "small", "source": "explicit"}})
 	d.profile == "small"
