@@ -5,11 +5,13 @@
  *
  * An evaluation here has a time budget on the event loop, FAST_BUDGET_MS. WASM has no clock, so
  * the fuel is handed out in slices of FAST_SLICE units (an admission of the shipped policy uses
- * 24-34 thousand, 30-50 µs): when a slice runs out, the module calls back (through its builtin
- * import, with an id no builtin has) and gets another slice, or, past the budget, an exception
- * that unwinds it. A unit is not a fixed time (a slice of a policy spinning in a comprehension
- * took 0.2-0.4 ms here), so what one evaluation may hold the event loop for is the budget plus
- * at most one slice; docs/policy.md has the measured figures.
+ * about 15 thousand, 30 µs): when a slice has run out, the next entry of a function that calls
+ * others calls back (through the builtin import, with an id no builtin has) and gets another
+ * slice, or, past the budget, an exception that unwinds it; a loop that enters no such function
+ * traps once it is FAST_LOOP_GRACE past its slice. A unit is not a fixed time (2-44 ns here, the
+ * most for a policy spinning in a comprehension), so what one evaluation may hold the event loop
+ * for is the budget plus at most one slice and the grace: 2.1-3.3 ms for that spin, measured;
+ * docs/policy.md has the figures.
  *
  * One that runs out, or fails in any way, is not answered here: the caller sends it to the
  * thread, where it runs again under the deadline and is decided as before. The instance here is
@@ -33,12 +35,18 @@ import { FUEL_EXPORT, withFuel } from './wasm-fuel.js';
 
 /** Fuel units between two looks at the clock (wasm-fuel.ts counts loop heads and calls). */
 export const FAST_SLICE = 10_000;
+/**
+ * How far past its slice a loop may go before it traps: only function entries look at the clock
+ * (wasm-fuel.ts says why), so a loop that enters none (a scan in a runtime helper) is bounded by
+ * this instead. Its evaluation then goes to the thread like any other miss.
+ */
+export const FAST_LOOP_GRACE = 40_000;
 /** Event-loop time one evaluation may take here before it goes to the thread instead. */
 export const FAST_BUDGET_MS = 2;
 /**
  * Inputs longer than this (JSON characters) go straight to the thread. What an evaluation costs
- * grows with the task's length (about 1 µs a word for the shipped policy: 0.5 ms for a 1 KiB
- * task, 10 ms for 64 KiB), so a long one would spend the budget here and then run on the thread
+ * grows with the task's length (for the shipped policy, 0.15 ms for a 1 KiB task, 0.6 ms for 7 KiB and
+ * 10 ms for 64 KiB), so a long one would spend the budget here and then run on the thread
  * all the same, and its miss would send the short ones after it to the thread too.
  */
 export const FAST_MAX_INPUT = 8 * 1024;
@@ -149,7 +157,7 @@ export async function prepareFastPath(bytes: Uint8Array, options: FastPathOption
   let globalNames: string[];
   let first: Instance;
   try {
-    const fueled = withFuel(bytes, { refuel: { module: 'env', name: 'opa_builtin0', arg: REFUEL_ID } });
+    const fueled = withFuel(bytes, { refuel: { module: 'env', name: 'opa_builtin0', arg: REFUEL_ID }, loopGrace: FAST_LOOP_GRACE });
     if (!fueled.refuel) throw new Error('it has no builtin import of the expected type to refuel through');
     globalNames = fueled.globals;
     module = await compilePolicy(fueled.bytes);

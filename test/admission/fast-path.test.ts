@@ -104,14 +104,18 @@ describe('wasm fuel rewrite', () => {
     expect(1_000 - (fueled[FUEL_EXPORT] as Fuel).value).toBe(202);
   });
 
-  it('asks the refuel import for more when the fuel runs out, and stops when it throws', async () => {
+  it('asks the refuel import for more at a function entry, stops when it throws, and lets a loop overdraw only its grace', async () => {
     const wat = (type: string) => `(module
       (import "env" "opa_builtin0" (func $b0 ${type}))
       (global $sp (mut i32) (i32.const 65536))
       (global $const i32 (i32.const 7))
-      (func (export "spin") (loop $l (global.set $sp (i32.sub (global.get $sp) (i32.const 1))) (br $l))))`;
+      (func $leaf (global.set $sp (i32.sub (global.get $sp) (i32.const 1))))
+      (func $step (call $leaf))
+      (func (export "calls") (loop $l (call $step) (br $l)))
+      (func (export "scan") (loop $l (global.set $sp (i32.sub (global.get $sp) (i32.const 1))) (br $l))))`;
     const bytes = await assemble(wat('(param i32 i32) (result i32)'));
-    const fueled = withFuel(bytes, { refuel: { module: 'env', name: 'opa_builtin0', arg: -1 } });
+    const refuel = { module: 'env', name: 'opa_builtin0', arg: -1 };
+    const fueled = withFuel(bytes, { refuel, loopGrace: 100 });
     expect(fueled.refuel).toBe(true);
     // The module's own mutable global (index 0) is exported, so that a host can put it back.
     expect(fueled.globals).toEqual([`${GLOBAL_EXPORT_PREFIX}0`]);
@@ -126,18 +130,30 @@ describe('wasm fuel rewrite', () => {
         },
       },
     });
-    (exports[FUEL_EXPORT] as Fuel).value = 50;
-    expect(() => (exports.spin as () => void)()).toThrow(Stop);
-    // 50 units, then three refuels of 100 (the count that asked is not charged: 101 iterations
-    // each); the fourth ask throws, and that is the only way out.
+    const fuel = exports[FUEL_EXPORT] as Fuel;
+    const sp = exports[`${GLOBAL_EXPORT_PREFIX}0`] as Fuel;
+    // A loop that enters a function that calls another: that entry asks, three refuels are given,
+    // and the fourth ask throws, which is the only way out.
+    fuel.value = 50;
+    expect(() => (exports.calls as () => void)()).toThrow(Stop);
     expect(calls).toEqual([[-1, 0], [-1, 0], [-1, 0], [-1, 0]]);
-    expect(65536 - (exports[`${GLOBAL_EXPORT_PREFIX}0`] as Fuel).value).toBe(50 + 3 * 101);
-    // An import of another type is not called: running out traps instead.
-    const other = withFuel(await assemble(wat('(param i32) (result i32)')), { refuel: { module: 'env', name: 'opa_builtin0', arg: -1 } });
+    // A loop that enters none never asks: it runs 50 units, then 100 of grace, and traps at the next count.
+    calls.length = 0;
+    fuel.value = 50;
+    sp.value = 65536;
+    expect(() => (exports.scan as () => void)()).toThrow(wasm.RuntimeError);
+    expect(calls).toEqual([]);
+    expect(65536 - sp.value).toBe(150);
+    expect(fuel.value).toBe(-101);
+    // An import of another type is not called: running out traps everywhere instead.
+    const other = withFuel(await assemble(wat('(param i32) (result i32)')), { refuel, loopGrace: 100 });
     expect(other.refuel).toBe(false);
     const trapping = instantiate(other.bytes, { env: { opa_builtin0: () => 1 } });
     (trapping[FUEL_EXPORT] as Fuel).value = 50;
-    expect(() => (trapping.spin as () => void)()).toThrow(wasm.RuntimeError);
+    expect(() => (trapping.calls as () => void)()).toThrow(wasm.RuntimeError);
+    (trapping[FUEL_EXPORT] as Fuel).value = 50;
+    expect(() => (trapping.scan as () => void)()).toThrow(wasm.RuntimeError);
+    expect((trapping[FUEL_EXPORT] as Fuel).value).toBe(-1);
   });
 
   it('refuses what it cannot meter or decode, naming the instruction', async () => {
