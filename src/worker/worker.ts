@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import type { McpServer, PromptResponse, RequestPermissionRequest, RequestPermissionResponse, SessionUpdate } from '@agentclientprotocol/sdk';
@@ -57,7 +57,7 @@ import type { EventBody } from './map-update.js';
 
 // Not `import { createServer } from 'node:http'`: that builds the module's ESM facade, which reads
 // every export and so loads Node's bundled undici, about 20 ms of each worker's start for nothing.
-const { createServer } = process.getBuiltinModule('node:http');
+const { createServer, request: httpRequest } = process.getBuiltinModule('node:http');
 
 export type WorkerListen = ListenAddress;
 
