@@ -734,6 +734,12 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
   const handleTurn = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const rehearsing = rehearsal !== null && state === 'starting' && req.headers['x-spawngate-rehearsal'] === rehearsal;
     if (rehearsing) rehearsal = `${rehearsal}:taken`;
+    else if (req.headers['x-spawngate-rehearsal'] !== undefined) {
+      // A rehearsal's request that arrives after it was given up (or anyone else's) never becomes a
+      // real turn: the agent would get its prompt, and the worker would no longer be claimable.
+      refuse(req, res, limits, () => sendError(res, 409, 'not_ready', 'no rehearsal is waiting for this request'));
+      return;
+    }
     if (!rehearsing && (state === 'starting' || state === 'exiting')) {
       refuse(req, res, limits, () => refuseUnavailable(res));
       return;
@@ -808,6 +814,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
     const started = performance.now();
     rehearsal = secret;
     let completed = false;
+    let sent = null as { destroy(): void } | null;
     try {
       const body = JSON.stringify({ message: 'rehearsal', turnId: `rehearsal-${secret}` });
       const target =
@@ -819,7 +826,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
             })();
       const answered = new Promise<string>((resolve) => {
         const req = httpRequest(
-          { ...target, method: 'POST', path: '/turn', headers: { authorization: `Bearer ${opts.token}`, 'content-type': 'application/json', 'x-spawngate-rehearsal': secret } },
+          { ...target, agent: false, method: 'POST', path: '/turn', headers: { authorization: `Bearer ${opts.token}`, 'content-type': 'application/json', 'x-spawngate-rehearsal': secret } },
           (res) => {
             let text = '';
             res.setEncoding('utf8');
@@ -829,9 +836,11 @@ export async function startWorker(opts: StartWorkerOptions): Promise<RunningWork
         );
         req.on('error', () => resolve(''));
         req.end(body);
+        sent = req;
       });
       completed = ((await within(answered, 2000)) ?? '').includes('"type":"turn.completed"');
     } finally {
+      sent?.destroy();
       rehearsal = null;
       lastEventAt = eventAt;
     }

@@ -3,6 +3,7 @@
  * nothing afterwards) and may bring its deadline forward, never back; once only, only a worker
  * that is ready and never ran a turn, and only a worker started claimable.
  */
+import { request } from 'node:http';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { WorkerLogLine } from '../../src/protocol/events.js';
 import { collect, messageText, newToken, startTestWorker } from './helpers.js';
@@ -88,6 +89,28 @@ describe('worker POST /claim', () => {
     workers.push(plain);
     await plain.worker.ready;
     expect(cold.some((l) => l.message.startsWith('rehearsed'))).toBe(false);
+  });
+
+  it('never runs a request that claims to be a rehearsal as a turn once none is waiting', async () => {
+    const lines: WorkerLogLine[] = [];
+    const w = await warm({ onLog: (l) => lines.push(l) });
+    const address = w.worker.address as { socketPath: string };
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = request(
+        { socketPath: address.socketPath, method: 'POST', path: '/turn', headers: { authorization: `Bearer ${w.token}`, 'content-type': 'application/json', 'x-spawngate-rehearsal': 'guess' } },
+        (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        },
+      );
+      req.on('error', reject);
+      req.end(JSON.stringify({ message: 'hello' }));
+    });
+    expect(answer.status).toBe(409);
+    expect(answer.body).toContain('no rehearsal is waiting');
+    expect(lines.some((l) => l.message.includes('fixture: prompt'))).toBe(false);
+    await expect(w.client.status()).resolves.toMatchObject({ state: 'idle', turns: 0 });
   });
 
   it('rehearses over TCP too', async () => {
