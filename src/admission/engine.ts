@@ -10,7 +10,7 @@ import type { PermissionDecision, PermissionInput } from './permissions.js';
 import { MASK_ENTRYPOINT } from './decision-mask.js';
 import type { MaskEvaluation } from './decision-mask.js';
 import { compilePolicy, startEvaluator } from './evaluator.js';
-import { prepareFastPath, type FastPathOptions, type FastPathStatus } from './fast-path.js';
+import { offStatus, prepareFastPath, type FastPathOptions, type FastPathStatus } from './fast-path.js';
 import type { Evaluator, Outcome } from './evaluator.js';
 
 export const ENTRYPOINT = 'spawngate/admission/decision';
@@ -70,7 +70,7 @@ export interface PolicyEngineOptions {
    * for a permission request) with code `policy_timeout`, and the evaluator's thread is replaced.
    */
   evaluationTimeoutMs?: number;
-  /** The fast path's time budget and slice (fast-path.ts); tests that count its answers widen the budget. */
+  /** The fast path's time budget (fast-path.ts); tests that count its answers widen it. */
   fastPath?: FastPathOptions;
 }
 
@@ -587,7 +587,7 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
       return active?.revision ?? null;
     },
     get fastPath(): FastPathStatus {
-      return active?.evaluator.fastPath() ?? { on: false, reason: 'no policy bundle is loaded', answered: 0, misses: 0, instances: 0, long: 0 };
+      return active?.evaluator.fastPath() ?? offStatus('no policy bundle is loaded');
     },
     get lastError() {
       return lastError;

@@ -33,7 +33,7 @@ import { performance } from 'node:perf_hooks';
 import { MessageChannel, receiveMessageOnPort, Worker } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
 import type { ThreadData, ThreadReady, ThreadReply, ThreadRequest } from './evaluator-thread.js';
-import type { FastPath, FastPathStatus } from './fast-path.js';
+import { offStatus, type FastPath, type FastPathStatus } from './fast-path.js';
 
 /**
  * Indices into the control words, and the two ways a request or an answer travels. The thread gets
@@ -490,7 +490,7 @@ export async function startEvaluator(module: WasmModule, data: ArrayBuffer, star
 
   return {
     entrypoints,
-    fastPath: () => fast?.status() ?? { on: false, reason: 'not prepared for this evaluator', answered: 0, misses: 0, instances: 0, long: 0 },
+    fastPath: () => fast?.status() ?? offStatus('not prepared for this evaluator'),
     callSync,
     call,
     setDataSync(data, timeoutMs) {

@@ -114,8 +114,6 @@ export interface FastPath {
 
 export interface FastPathOptions {
   budgetMs?: number;
-  slice?: number;
-  maxInput?: number;
   /** The clock the budget is read on (milliseconds); tests drive their own. */
   now?: () => number;
 }
@@ -124,11 +122,16 @@ const decoder = new TextDecoder();
 
 class OutOfTime extends Error {}
 
+/** The status of a fast path that is off (or not there), and why. */
+export function offStatus(reason: string): FastPathStatus {
+  return { on: false, reason, answered: 0, misses: 0, instances: 0, long: 0 };
+}
+
 /** A fast path that is off, and why. */
 function off(reason: string): FastPath {
   return {
     evaluate: () => null,
-    status: () => ({ on: false, reason, answered: 0, misses: 0, instances: 0, long: 0 }),
+    status: () => offStatus(reason),
     close: () => undefined,
   };
 }
@@ -141,8 +144,6 @@ const message = (cause: unknown) => (cause instanceof Error ? cause.message : St
  */
 export async function prepareFastPath(bytes: Uint8Array, options: FastPathOptions = {}): Promise<FastPath> {
   const budgetMs = options.budgetMs ?? FAST_BUDGET_MS;
-  const slice = options.slice ?? FAST_SLICE;
-  const maxInput = options.maxInput ?? FAST_MAX_INPUT;
   const now = options.now ?? (() => performance.now());
   /** When the evaluation under way must stop: past it, the next refuel throws. */
   let deadline = Infinity;
@@ -150,7 +151,7 @@ export async function prepareFastPath(bytes: Uint8Array, options: FastPathOption
 
   function refuel(): number {
     if (now() > deadline) throw new OutOfTime('the evaluation ran past its time on the fast path');
-    return slice;
+    return FAST_SLICE;
   }
 
   let module: WasmModule;
@@ -248,7 +249,7 @@ export async function prepareFastPath(bytes: Uint8Array, options: FastPathOption
   return {
     evaluate(entrypoint, json, data) {
       if (closed) return null;
-      if (json.length > maxInput) {
+      if (json.length > FAST_MAX_INPUT) {
         long++;
         return null;
       }
@@ -264,7 +265,7 @@ export async function prepareFastPath(bytes: Uint8Array, options: FastPathOption
           setData(instance, data);
         }
         deadline = now() + budgetMs;
-        instance.fuel.value = slice;
+        instance.fuel.value = FAST_SLICE;
         const text = decoder.decode(evaluateRaw(instance.raw, instance.opaEval, entrypoint, json));
         answered++;
         backoff = 1;
