@@ -9,7 +9,8 @@ import { checkPermissionDecision, PERMISSION_ENTRYPOINT } from './permissions.js
 import type { PermissionDecision, PermissionInput } from './permissions.js';
 import { MASK_ENTRYPOINT } from './decision-mask.js';
 import type { MaskEvaluation } from './decision-mask.js';
-import { compilePolicy, startEvaluator } from './evaluator.js';
+import { startEvaluator } from './evaluator.js';
+import { compilePolicy } from './opa-raw.js';
 import { offStatus, prepareFastPath, type FastPathOptions, type FastPathStatus } from './fast-path.js';
 import type { Evaluator, Outcome } from './evaluator.js';
 

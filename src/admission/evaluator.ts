@@ -34,6 +34,7 @@ import { MessageChannel, receiveMessageOnPort, Worker } from 'node:worker_thread
 import type { MessagePort } from 'node:worker_threads';
 import type { ThreadData, ThreadReady, ThreadReply, ThreadRequest } from './evaluator-thread.js';
 import { offStatus, type FastPath, type FastPathStatus } from './fast-path.js';
+import type { WasmModule } from './opa-raw.js';
 
 /**
  * Indices into the control words, and the two ways a request or an answer travels. The thread gets
@@ -47,16 +48,6 @@ const CONTROL_WORDS = 10;
 /** Inputs and answers up to this size pass through shared memory; larger ones as messages. */
 const INLINE_BYTES = 256 * 1024;
 const encoder = new TextEncoder();
-
-/** A compiled WebAssembly.Module (the project's lib has no WebAssembly types); threads share it, so a restart does not compile again. */
-export type WasmModule = object;
-
-const wasm = (globalThis as unknown as { WebAssembly: { compile(bytes: Uint8Array): Promise<WasmModule> } }).WebAssembly;
-
-/** Compiles a bundle's policy.wasm once for every thread that will run it. */
-export function compilePolicy(bytes: Uint8Array): Promise<WasmModule> {
-  return wasm.compile(bytes);
-}
 
 // ES2024's Atomics.waitAsync, beyond the project's lib.
 type WaitAsyncResult = { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };

@@ -29,8 +29,7 @@
  * - a module this rewrite cannot meter (wasm-fuel.ts), or one older than OPA's WASM ABI 1.2.
  */
 import { performance } from 'node:perf_hooks';
-import { compilePolicy, type WasmModule } from './evaluator.js';
-import { cString, evaluateRaw, opaEvalOf, type OpaEval, type RawPolicy } from './opa-raw.js';
+import { compilePolicy, cString, evaluateRaw, opaEvalOf, type OpaEval, type RawPolicy, type WasmModule } from './opa-raw.js';
 import { FUEL_EXPORT, withFuel } from './wasm-fuel.js';
 
 /** Fuel units between two looks at the clock (wasm-fuel.ts counts loop heads and calls). */

@@ -19,6 +19,16 @@ export interface RawPolicy {
 
 export type OpaEval = (reserved: number, entrypoint: number, dataAddr: number, inputAddr: number, inputLength: number, heapAddr: number, format: number) => number;
 
+/** A compiled WebAssembly.Module (the project's lib has no WebAssembly types); threads share it, so a restart does not compile again. */
+export type WasmModule = object;
+
+const wasm = (globalThis as unknown as { WebAssembly: { compile(bytes: Uint8Array): Promise<WasmModule> } }).WebAssembly;
+
+/** Compiles a bundle's policy.wasm once for every thread that will run it (and the fast path's rewrite of it). */
+export function compilePolicy(bytes: Uint8Array): Promise<WasmModule> {
+  return wasm.compile(bytes);
+}
+
 const encoder = new TextEncoder();
 const WASM_PAGE = 64 * 1024;
 
