@@ -32,12 +32,12 @@ import { performance } from 'node:perf_hooks';
 import { compilePolicy, cString, evaluateRaw, opaEvalOf, type OpaEval, type RawPolicy, type WasmModule } from './opa-raw.js';
 import { FUEL_EXPORT, withFuel } from './wasm-fuel.js';
 
-/** Fuel units between two looks at the clock (wasm-fuel.ts counts loop heads and calls). */
-export const FAST_SLICE = 10_000;
+/** Fuel units between two looks at the clock (wasm-fuel.ts counts loop iterations and function entries): 15-30 µs. */
+export const FAST_SLICE = 30_000;
 /**
- * How far past its slice a loop may go before it traps: only function entries look at the clock
- * (wasm-fuel.ts says why), so a loop that enters none (a scan in a runtime helper) is bounded by
- * this instead. Its evaluation then goes to the thread like any other miss.
+ * How far past its slice a loop that makes no call may go before it traps: such a loop does not
+ * look at the clock (wasm-fuel.ts says why), so a long one (a scan in a runtime helper) is bounded
+ * by this instead. Its evaluation then goes to the thread like any other miss.
  */
 export const FAST_LOOP_GRACE = 40_000;
 /** Event-loop time one evaluation may take here before it goes to the thread instead. */

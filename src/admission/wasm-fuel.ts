@@ -1,19 +1,20 @@
 /**
  * Fuel for a policy's WASM: a rewrite of the module that counts down a global at the head of
- * every loop and at the entry of every function that calls another, and when it runs out either
- * traps or, given a refuel import, asks the host for more at a function's entry (which may throw
- * instead; see withFuel for where and why only there). With it an evaluation
- * can run on the calling thread and still stop after a bounded amount of work, which is what the
- * evaluator's fast path needs (evaluator.ts): a WASM call cannot be interrupted from outside on
- * its own thread, so without fuel every evaluation had to go to another thread to be stoppable,
- * and that hand-over cost about as much as the evaluation itself on one CPU.
+ * every loop and at the entry of every function that could be on a cycle of calls, and when it
+ * runs out either traps or, given a refuel import, asks the host for more (which may throw
+ * instead; see withFuel for where). With it an evaluation can run on the calling thread and still
+ * stop after a bounded amount of work, which is what the evaluator's fast path needs
+ * (evaluator.ts): a WASM call cannot be interrupted from outside on its own thread, so without
+ * fuel every evaluation had to go to another thread to be stoppable, and that hand-over cost
+ * about as much as the evaluation itself on one CPU.
  *
- * Every unbounded run passes a loop head or the entry of a function that calls others again and
- * again (a WASM function cannot jump backwards any other way, and a function that calls none is
- * bounded but for its loops), so counting those bounds the number of counts. What one count may
- * cost is bounded by the straight-line code between two of them, which for OPA's runtime can be a
- * few value comparisons and allocations: a count is not a fixed time (fast-path.ts has figures).
- * Bulk memory copies and fills, whose cost grows with an operand, are refused.
+ * A unit of fuel is one function entry or one loop iteration. Every unbounded run passes a loop
+ * head or goes round a cycle of calls (a WASM function cannot jump backwards any other way), so
+ * those are counted where they happen; the entries of the other functions are charged ahead, to
+ * the count before them (see charges). What one unit may cost is bounded by the straight-line code
+ * of one function or one iteration, which for OPA's runtime can be a few value comparisons and
+ * allocations: a unit is not a fixed time (fast-path.ts has figures). Bulk memory copies and
+ * fills, whose cost grows with an operand, are refused.
  *
  * Only the code section changes, plus one global and some exports: no index of any existing
  * function, global or table moves, so the names section and the data stay valid as they are. The
@@ -164,32 +165,55 @@ function skipBlockType(r: Reader): void {
   else r.skipLeb();
 }
 
-/**
- * Walks one function body's instructions (from after its locals to its end): where each loop's
- * body begins (right after `loop <blocktype>`, where a branch back to the loop lands), and whether
- * the function calls any other.
- */
-function scan(r: Reader): { heads: number[]; calls: boolean } {
+/** What scan finds in one function body. */
+interface Body {
+  /** Where each loop's body begins (right after `loop <blocktype>`, where a branch back to the loop lands). */
+  heads: number[];
+  /** Every direct call site: the function it calls, and the innermost loop it is in (an index into heads, or -1). */
+  sites: { callee: number; loop: number }[];
+  /** Whether it calls through a table, whose target this rewrite does not know. */
+  indirect: boolean;
+  /** For each loop in heads: whether it makes a call of any kind that is in no loop nested in it. */
+  loopCalls: boolean[];
+}
+
+/** Walks one function body's instructions (from after its locals to its end). */
+function scan(r: Reader): Body {
   const heads: number[] = [];
-  let calls = false;
+  const sites: Body['sites'] = [];
+  const loopCalls: boolean[] = [];
+  let indirect = false;
+  // The enclosing blocks, innermost last: the loop's index in heads, or -1 for a block or an if.
+  const open: number[] = [];
+  const loop = () => {
+    for (let i = open.length - 1; i >= 0; i--) if (open[i]! >= 0) return open[i]!;
+    return -1;
+  };
   while (r.pos < r.end) {
     const at = r.pos;
     const op = r.byte();
     if (op === 0x03) {
       skipBlockType(r);
+      open.push(heads.length);
       heads.push(r.pos);
-    } else if (op === 0x02 || op === 0x04) skipBlockType(r);
-    else if (op === 0x00 || op === 0x01 || op === 0x05 || op === 0x0b || op === 0x0f || op === 0x1a || op === 0x1b || op === 0xd1) {
+      loopCalls.push(false);
+    } else if (op === 0x02 || op === 0x04) {
+      skipBlockType(r);
+      open.push(-1);
+    } else if (op === 0x0b) open.pop();
+    else if (op === 0x00 || op === 0x01 || op === 0x05 || op === 0x0f || op === 0x1a || op === 0x1b || op === 0xd1) {
       // no immediate
     } else if (op === 0x10 || op === 0x12) {
-      calls = true;
-      r.skipLeb();
+      const site = { callee: r.u32(), loop: loop() };
+      sites.push(site);
+      if (site.loop >= 0) loopCalls[site.loop] = true;
     } else if (op === 0x0c || op === 0x0d || (op >= 0x20 && op <= 0x26) || op === 0xd2) r.skipLeb();
     else if (op === 0x0e) {
       const n = r.u32();
       for (let i = 0; i <= n; i++) r.skipLeb();
     } else if (op === 0x11 || op === 0x13) {
-      calls = true;
+      indirect = true;
+      if (loop() >= 0) loopCalls[loop()] = true;
       r.skipLeb();
       r.skipLeb();
     } else if (op === 0x1c) {
@@ -218,7 +242,7 @@ function scan(r: Reader): { heads: number[]; calls: boolean } {
       else throw new Error(`unsupported instruction 0xfc ${sub} at byte ${at}: its cost is not metered`);
     } else throw new Error(`unsupported instruction 0x${op.toString(16)} at byte ${at}`);
   }
-  return { heads, calls };
+  return { heads, sites, indirect, loopCalls };
 }
 
 interface ImportEntry {
@@ -310,19 +334,128 @@ function vecCount(body: Uint8Array): { count: number; rest: Uint8Array } {
 }
 
 /**
- * A fuel check: fuel -= 1; if fuel < floor, fuel = refuel(arg, 0), or trap without a refuel.
+ * A fuel check: fuel -= cost; if fuel < floor, fuel = refuel(arg, 0), or trap without a refuel.
  * Stack-neutral, so it fits at a function's start and at a loop's head whatever their types.
  */
-function fuelCheck(global: number, floor: number, refuel: { func: number; arg: number } | null): Uint8Array {
+function fuelCheck(global: number, cost: number, floor: number, refuel: { func: number; arg: number } | null): Uint8Array {
   const g = leb(global);
   const out = refuel ? [0x41, ...sleb(refuel.arg), 0x41, 0x00, 0x10, ...leb(refuel.func), 0x24, ...g] : [0x00];
-  return Uint8Array.from([0x23, ...g, 0x41, 0x01, 0x6b, 0x24, ...g, 0x23, ...g, 0x41, ...sleb(floor), 0x48, 0x04, 0x40, ...out, 0x0b]);
+  return Uint8Array.from([0x23, ...g, 0x41, ...sleb(cost), 0x6b, 0x24, ...g, 0x23, ...g, 0x41, ...sleb(floor), 0x48, 0x04, 0x40, ...out, 0x0b]);
 }
 
-function instrumentCode(body: Uint8Array, checks: { entry: Uint8Array; loop: Uint8Array }): Uint8Array {
+/**
+ * How the checks are made: one at an entry, or at the head of a loop that makes calls, may refuel;
+ * one at the head of a loop that makes none traps past its floor.
+ */
+interface Checks {
+  entry(cost: number): Uint8Array;
+  loop(cost: number, calls: boolean): Uint8Array;
+}
+
+/**
+ * The most function entries an uncounted function may make (its own included) before its caller's
+ * count; see charges.
+ */
+export const MAX_UNCOUNTED_ENTRIES = 8;
+
+/** What each function's entry and each of its loop heads take from the fuel; 0: not counted. */
+interface Charges {
+  entry: number;
+  loops: number[];
+}
+
+/**
+ * What every entry and loop head costs. A unit is one function entry or one loop iteration; where
+ * one is not counted where it happens, it is charged ahead, at the count that precedes it.
+ *
+ * Every unbounded run passes a loop head or goes round a cycle of calls, so loop heads are all
+ * counted, and function entries need be counted only where a cycle could pass them. A function is
+ * left uncounted when it is in no cycle of direct calls and calls nothing through a table or an
+ * import (whose targets this rewrite cannot follow: counting the caller puts a count on any cycle
+ * through them), and when it makes, with the uncounted calls below it, at most
+ * MAX_UNCOUNTED_ENTRIES entries outside its loops. Those entries are charged where the call that
+ * leads to them is: at the enclosing loop's head for a call in a loop, at the caller's entry
+ * otherwise (each call site once, taken or not: an upper bound). So the fuel still bounds the
+ * number of entries and iterations, and one unit still stands for the straight-line code of one.
+ *
+ * OPA's hot helpers (object lookups and inserts, the allocator) call a few others and are entered
+ * thousands of times an evaluation: a count at each of their entries cost the shipped policy 8%.
+ */
+function charges(bodies: Body[], importedFunctions: number): Charges[] {
+  const n = bodies.length;
+  const out: Charges[] = bodies.map((b) => ({ entry: 1, loops: b.heads.map(() => 1) }));
+  /** Entries a call to the function makes before the next count: 0 for one counted itself. */
+  const weight = new Array<number>(n).fill(0);
+  const local = (callee: number) => callee - importedFunctions;
+  const own = (callee: number) => local(callee) >= 0 && local(callee) < n;
+  const settle = (component: number[]) => {
+    const cyclic = component.length > 1 || bodies[component[0]!]!.sites.some((site) => local(site.callee) === component[0]);
+    for (const f of component) {
+      const body = bodies[f]!;
+      const charge = out[f]!;
+      let outside = 1;
+      for (const site of body.sites) {
+        const w = own(site.callee) ? weight[local(site.callee)]! : 0;
+        if (site.loop < 0) outside += w;
+        else charge.loops[site.loop]! += w;
+      }
+      const free = !cyclic && !body.indirect && body.sites.every((site) => own(site.callee)) && outside <= MAX_UNCOUNTED_ENTRIES;
+      charge.entry = free ? 0 : outside;
+      weight[f] = free ? outside : 0;
+    }
+  };
+  // Tarjan's strongly connected components over the direct calls between the module's own
+  // functions; they come out callees first, which is the order the weights need. Iterative, so a
+  // deep call graph cannot overflow the host's stack.
+  const index = new Array<number>(n).fill(-1);
+  const low = new Array<number>(n).fill(0);
+  const onStack = new Array<boolean>(n).fill(false);
+  const stack: number[] = [];
+  let next = 0;
+  for (let root = 0; root < n; root++) {
+    if (index[root] !== -1) continue;
+    const frames: { f: number; i: number }[] = [{ f: root, i: 0 }];
+    index[root] = low[root] = next++;
+    stack.push(root);
+    onStack[root] = true;
+    while (frames.length > 0) {
+      const frame = frames[frames.length - 1]!;
+      const sites = bodies[frame.f]!.sites;
+      if (frame.i < sites.length) {
+        const callee = sites[frame.i++]!.callee;
+        if (!own(callee)) continue;
+        const c = local(callee);
+        if (index[c] === -1) {
+          index[c] = low[c] = next++;
+          stack.push(c);
+          onStack[c] = true;
+          frames.push({ f: c, i: 0 });
+        } else if (onStack[c]) low[frame.f] = Math.min(low[frame.f]!, index[c]!);
+        continue;
+      }
+      frames.pop();
+      const parent = frames[frames.length - 1];
+      if (parent) low[parent.f] = Math.min(low[parent.f]!, low[frame.f]!);
+      if (low[frame.f] === index[frame.f]) {
+        const component: number[] = [];
+        let f: number;
+        do {
+          f = stack.pop()!;
+          onStack[f] = false;
+          component.push(f);
+        } while (f !== frame.f);
+        settle(component);
+      }
+    }
+  }
+  return out;
+}
+
+function instrumentCode(body: Uint8Array, checks: Checks, importedFunctions: number): Uint8Array {
   const r = new Reader(body);
   const functions = r.u32();
   const chunks: Uint8Array[] = [Uint8Array.from(leb(functions))];
+  const found: { start: number; codeStart: number; end: number; body: Body }[] = [];
   for (let f = 0; f < functions; f++) {
     const size = r.u32();
     const start = r.pos;
@@ -333,21 +466,25 @@ function instrumentCode(body: Uint8Array, checks: { entry: Uint8Array; loop: Uin
       fr.skip(1);
     }
     const codeStart = fr.pos;
-    const { heads, calls } = scan(fr);
-    // A function that calls none runs a bounded time but for its loops, which are counted: its
-    // entry needs no count. Between two counts a caller runs straight-line code, so the calls it
-    // makes to such functions are bounded by the fuel too. Most of OPA's small helpers are such.
-    const parts: Uint8Array[] = [body.subarray(start, codeStart)];
-    if (calls) parts.push(checks.entry);
-    let from = codeStart;
-    for (const head of heads) {
-      parts.push(body.subarray(from, head), checks.loop);
-      from = head;
-    }
-    parts.push(body.subarray(from, end));
-    chunks.push(Uint8Array.from(leb(parts.reduce((n, p) => n + p.length, 0))), ...parts);
+    found.push({ start, codeStart, end, body: scan(fr) });
     r.pos = end;
   }
+  const charged = charges(
+    found.map((f) => f.body),
+    importedFunctions,
+  );
+  found.forEach(({ start, codeStart, end, body: { heads, loopCalls } }, f) => {
+    const charge = charged[f]!;
+    const parts: Uint8Array[] = [body.subarray(start, codeStart)];
+    if (charge.entry > 0) parts.push(checks.entry(charge.entry));
+    let from = codeStart;
+    heads.forEach((head, i) => {
+      parts.push(body.subarray(from, head), checks.loop(charge.loops[i]!, loopCalls[i]!));
+      from = head;
+    });
+    parts.push(body.subarray(from, end));
+    chunks.push(Uint8Array.from(leb(parts.reduce((n, p) => n + p.length, 0))), ...parts);
+  });
   return concat(chunks);
 }
 
@@ -362,14 +499,14 @@ function concat(chunks: Uint8Array[]): Uint8Array<ArrayBuffer> {
 }
 
 /**
- * The module with fuel: a new exported mutable i32 global FUEL_EXPORT, counted down by one at every
- * loop iteration and every entry of a function that calls another. Set it before each call.
+ * The module with fuel: a new exported mutable i32 global FUEL_EXPORT, counted down by the charge
+ * of every loop iteration and of every counted function entry (charges). Set it before each call.
  * Without a refuel import, the first count past zero traps (a WebAssembly.RuntimeError,
- * "unreachable"). With one (options.refuel), a function entry past zero calls it for more, and a
- * loop head traps once the fuel is below -loopGrace. Only entries ask: a call in a loop's check
- * (taken or not) made the shipped policy's evaluations 14% slower in V8, one at the entry of a
- * function that calls others anyway 4%. A loop that runs long without entering such a function
- * (a scan inside a runtime helper) is bounded by the grace instead of by the host's clock.
+ * "unreachable"). With one (options.refuel), a counted entry past zero calls it for more, and so
+ * does the head of a loop that makes calls; the head of a loop that makes none traps once the fuel
+ * is below -loopGrace. A call in the check of every loop made the shipped policy's evaluations
+ * 14% slower in V8: its tightest loops (hashing, comparing and copying bytes) call nothing, and
+ * cost no more than their few instructions an iteration, so the grace bounds them in time too.
  * Throws when the module uses an instruction this rewrite does not know.
  */
 export function withFuel(bytes: Uint8Array, options: FuelOptions = {}): FueledModule {
@@ -386,7 +523,11 @@ export function withFuel(bytes: Uint8Array, options: FuelOptions = {}): FueledMo
   const wanted = options.refuel;
   const hook = wanted ? functions.findIndex((f) => f.module === wanted.module && f.name === wanted.name) : -1;
   const refuel = wanted && hook >= 0 && types && isRefuelType(types.body, functions[hook]!.type) ? { func: hook, arg: wanted.arg } : null;
-  const checks = { entry: fuelCheck(global, 0, refuel), loop: refuel ? fuelCheck(global, -(options.loopGrace ?? 0), null) : fuelCheck(global, 0, null) };
+  const loopFloor = refuel ? -(options.loopGrace ?? 0) : 0;
+  const checks: Checks = {
+    entry: (cost) => fuelCheck(global, cost, 0, refuel),
+    loop: (cost, calls) => (calls && refuel ? fuelCheck(global, cost, 0, refuel) : fuelCheck(global, cost, loopFloor, null)),
+  };
   const out: Section[] = [];
   const added = { global: false, export: false };
   // Starts full, so the module's own start-up code (and any caller that never sets it) runs as before.
@@ -415,7 +556,7 @@ export function withFuel(bytes: Uint8Array, options: FuelOptions = {}): FueledMo
       out.push({ id: section.id, body: Uint8Array.from([...leb(count + newExports.length), ...rest, ...newExports.flat()]) });
       added.export = true;
     } else if (section.id === SECTION.code) {
-      out.push({ id: section.id, body: instrumentCode(section.body, checks) });
+      out.push({ id: section.id, body: instrumentCode(section.body, checks, functions.length) });
     } else out.push(section);
   }
   const result = concat([Uint8Array.from(MAGIC), ...out.flatMap((section) => [Uint8Array.from([section.id, ...leb(section.body.length)]), section.body])]);

@@ -74,10 +74,36 @@ describe('wasm fuel rewrite', () => {
     const exports = instantiate(withFuel(bytes).bytes);
     (exports[FUEL_EXPORT] as Fuel).value = 100_000;
     expect(() => (exports.tree as (n: number) => void)(60)).toThrow(wasm.RuntimeError);
-    // A small tree fits, and costs one unit per call of the calling function.
+    // A small tree fits, and costs one unit per entry of the recursive function (1 + 2 + 4 + 8 + 16);
+    // the export that calls it once is in no cycle and enters one counted function: not counted.
     (exports[FUEL_EXPORT] as Fuel).value = 100_000;
     (exports.tree as (n: number) => void)(4);
-    expect(100_000 - (exports[FUEL_EXPORT] as Fuel).value).toBe(1 + 31);
+    expect(100_000 - (exports[FUEL_EXPORT] as Fuel).value).toBe(31);
+  });
+
+  it('stops an exponential tree of distinct functions, with no loop and no recursion', async () => {
+    // $f0 calls $f1 twice, $f1 calls $f2 twice, … $f59: 2^60 calls, and no cycle for the call graph to show.
+    const levels = 60;
+    const funcs = Array.from({ length: levels }, (_, i) => (i === levels - 1 ? `(func $f${i} (global.set $n (i32.add (global.get $n) (i32.const 1))))` : `(func $f${i} (call $f${i + 1}) (call $f${i + 1}))`));
+    const bytes = await assemble(`(module
+      (global $n (mut i32) (i32.const 0))
+      ${funcs.join('\n')}
+      (func (export "tree") (call $f0))
+      (func (export "small") (call $f${levels - 5}))
+      (func (export "leaves") (result i32) (global.get $n)))`);
+    const exports = instantiate(withFuel(bytes).bytes);
+    const fuel = exports[FUEL_EXPORT] as Fuel;
+    fuel.value = 100_000;
+    expect(() => (exports.tree as () => void)()).toThrow(wasm.RuntimeError);
+    expect(fuel.value).toBeLessThan(0);
+    const before = (exports.leaves as () => number)();
+    fuel.value = 100_000;
+    (exports.small as () => void)();
+    expect((exports.leaves as () => number)() - before).toBe(16);
+    // $f59 to $f57 enter at most MAX_UNCOUNTED_ENTRIES (8) functions each and go uncounted; $f56
+    // would enter 15, so its entry counts and is charged all 15: the two $f56 trees take 30 units
+    // for their 30 entries. The export and $f55 above them are left to the host's call.
+    expect(100_000 - fuel.value).toBe(30);
   });
 
   it('leaves what a bounded loop computes as it was, counting one unit per iteration', async () => {
@@ -110,8 +136,8 @@ describe('wasm fuel rewrite', () => {
       (global $sp (mut i32) (i32.const 65536))
       (global $const i32 (i32.const 7))
       (func $leaf (global.set $sp (i32.sub (global.get $sp) (i32.const 1))))
-      (func $step (call $leaf))
-      (func (export "calls") (loop $l (call $step) (br $l)))
+      (func $step (param $again i32) (if (local.get $again) (then (call $step (i32.const 0)))) (call $leaf))
+      (func (export "calls") (loop $l (call $step (i32.const 0)) (br $l)))
       (func (export "scan") (loop $l (global.set $sp (i32.sub (global.get $sp) (i32.const 1))) (br $l))))`;
     const bytes = await assemble(wat('(param i32 i32) (result i32)'));
     const refuel = { module: 'env', name: 'opa_builtin0', arg: -1 };
@@ -132,7 +158,7 @@ describe('wasm fuel rewrite', () => {
     });
     const fuel = exports[FUEL_EXPORT] as Fuel;
     const sp = exports[`${GLOBAL_EXPORT_PREFIX}0`] as Fuel;
-    // A loop that enters a function that calls another: that entry asks, three refuels are given,
+    // A loop that enters a function whose entry counts (it may call itself): that entry asks, three refuels are given,
     // and the fourth ask throws, which is the only way out.
     fuel.value = 50;
     expect(() => (exports.calls as () => void)()).toThrow(Stop);
