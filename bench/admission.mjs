@@ -173,6 +173,7 @@ const post = (body) => send('POST', '/v1/data/spawngate/admission/decision', bod
 const put = (path, body) => send('PUT', path, body);
 const bodies = inputs.map((input) => JSON.stringify({ input }));
 let rest;
+let beside;
 let restData;
 let fastPath;
 try {
@@ -195,14 +196,29 @@ try {
     }
   }
   for (let i = 0; i < 200; i++) await post(bodies[i % bodies.length]);
+  // In rounds, each followed by a round of in-process evaluations: the ratio's two sides then share
+  // the same minutes of the machine. On a shared VM its speed drifts by tens of percent from one
+  // minute to the next, which moved the ratio of two runs measured apart by as much.
   const restSamples = new Array(REST_N);
-  t0 = performance.now();
-  for (let i = 0; i < REST_N; i++) {
-    const s = process.hrtime.bigint();
-    await post(bodies[i % bodies.length]);
-    restSamples[i] = Number(process.hrtime.bigint() - s);
+  const besideSamples = [];
+  const rounds = 10;
+  let restMs = 0;
+  for (let round = 0, i = 0; round < rounds; round++) {
+    t0 = performance.now();
+    for (const end = Math.round(((round + 1) * REST_N) / rounds); i < end; i++) {
+      const s = process.hrtime.bigint();
+      await post(bodies[i % bodies.length]);
+      restSamples[i] = Number(process.hrtime.bigint() - s);
+    }
+    restMs += performance.now() - t0;
+    for (let k = 0; k < N / rounds; k++) {
+      const s = process.hrtime.bigint();
+      gate.policy.evaluateJsonWithoutCatalog(gateJson[k % gateJson.length]);
+      besideSamples.push(Number(process.hrtime.bigint() - s));
+    }
   }
-  rest = summarize(restSamples, performance.now() - t0);
+  rest = summarize(restSamples, restMs);
+  beside = summarize(besideSamples, 1);
 
   // For detail: the sidecar given the same advantage, the catalog pushed once into its data.
   await put('/v1/data/spawngate/runtime', JSON.stringify({ catalog: inputs[0].catalog }));
@@ -240,10 +256,10 @@ console.log(row('opa run --server, loopback REST (baseline)', rest));
 console.log(row('  the same, catalog in its data (detail)', restData));
 console.log(`policy fast path (evaluation on the calling thread, with fuel and a time budget): ${fastPath.on ? 'on' : `off, ${fastPath.reason}`}; ${fastPath.answered} evaluations answered there, ${fastPath.misses} sent on to the evaluator thread, ${fastPath.long} sent there for their length`);
 console.log(`input JSON: ${Math.round(gateJson.reduce((n, j) => n + j.length, 0) / gateJson.length)} bytes to the engine, ${Math.round(inputJson.reduce((n, j) => n + j.length, 0) / inputJson.length)} with the catalog`);
-console.log(`\nREST / in-process: p50 ${(rest.p50us / inProcess.p50us).toFixed(1)}×, p99 ${(rest.p99us / inProcess.p99us).toFixed(1)}×, throughput ${(inProcess.perSec / rest.perSec).toFixed(1)}×`);
+console.log(`\nREST / in-process: p50 ${(rest.p50us / beside.p50us).toFixed(1)}× (in-process p50 ${beside.p50us.toFixed(1)} µs in the rounds between REST's, the target's ratio; ${(rest.p50us / inProcess.p50us).toFixed(1)}× against the row above), p99 ${(rest.p99us / inProcess.p99us).toFixed(1)}×, throughput ${(inProcess.perSec / rest.perSec).toFixed(1)}×`);
 console.log(`REST with the catalog in its data / in-process (detail): p50 ${(restData.p50us / inProcess.p50us).toFixed(1)}×`);
 const spread = (rates) => `slowest ${rates[0].toFixed(0)}/s, median ${rates[Math.floor(rates.length / 2)].toFixed(0)}/s, fastest ${rates.at(-1).toFixed(0)}/s`;
 if (roundRates.length) console.log(`admit+reserve+release, warm, ${roundRates.length} rounds of ${ROUND}: ${spread(roundRates)} (the row and the target: the whole warm run)`);
 if (coldRun.rates.length) console.log(`admit+reserve+release, its first ${allowN} calls from a cold start (the JIT at work), ${coldRun.rates.length} rounds of ${ROUND}: ${spread(coldRun.rates)}`);
 console.log(`machine floor: a fixed CPU task with the evaluation's p50 has p99 ${floor.p99us.toFixed(0)} µs here (${(floor.p99us / floor.p50us).toFixed(1)}× its p50); the evaluation's p99 is ${(inProcess.p99us / floor.p99us).toFixed(2)}× that floor`);
-console.log(`targets (issue 13): in-process p99 ≤ 100 µs: ${inProcess.p99us <= 100 ? 'met' : 'NOT met'}; ≥ 50× faster than REST (p50): ${rest.p50us / inProcess.p50us >= 50 ? 'met' : 'NOT met'}; ≥ 10,000 admit+reserve+release/s: ${reservePath.perSec >= 10000 ? 'met' : 'NOT met'}`);
+console.log(`targets (issue 13): in-process p99 ≤ 100 µs: ${inProcess.p99us <= 100 ? 'met' : 'NOT met'}; ≥ 50× faster than REST (p50): ${rest.p50us / beside.p50us >= 50 ? 'met' : 'NOT met'}; ≥ 10,000 admit+reserve+release/s: ${reservePath.perSec >= 10000 ? 'met' : 'NOT met'}`);
