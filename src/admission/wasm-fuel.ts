@@ -175,6 +175,8 @@ interface Body {
   indirect: boolean;
   /** For each loop in heads: whether it makes a call of any kind that is in no loop nested in it. */
   loopCalls: boolean[];
+  /** For each loop in heads: its instructions that are in no loop nested in it. */
+  loopSizes: number[];
 }
 
 /** Walks one function body's instructions (from after its locals to its end). */
@@ -182,6 +184,7 @@ function scan(r: Reader): Body {
   const heads: number[] = [];
   const sites: Body['sites'] = [];
   const loopCalls: boolean[] = [];
+  const loopSizes: number[] = [];
   let indirect = false;
   // The enclosing blocks, innermost last: the loop's index in heads, or -1 for a block or an if.
   const open: number[] = [];
@@ -192,11 +195,14 @@ function scan(r: Reader): Body {
   while (r.pos < r.end) {
     const at = r.pos;
     const op = r.byte();
+    const inner = loop();
+    if (inner >= 0) loopSizes[inner]!++;
     if (op === 0x03) {
       skipBlockType(r);
       open.push(heads.length);
       heads.push(r.pos);
       loopCalls.push(false);
+      loopSizes.push(0);
     } else if (op === 0x02 || op === 0x04) {
       skipBlockType(r);
       open.push(-1);
@@ -242,7 +248,7 @@ function scan(r: Reader): Body {
       else throw new Error(`unsupported instruction 0xfc ${sub} at byte ${at}: its cost is not metered`);
     } else throw new Error(`unsupported instruction 0x${op.toString(16)} at byte ${at}`);
   }
-  return { heads, sites, indirect, loopCalls };
+  return { heads, sites, indirect, loopCalls, loopSizes };
 }
 
 interface ImportEntry {
@@ -358,6 +364,14 @@ interface Checks {
  */
 export const MAX_UNCOUNTED_ENTRIES = 8;
 
+/**
+ * A loop iteration is charged a unit more for every so many of its instructions, so that a unit
+ * stands for a bounded amount of straight-line code even in a loop that makes no call, which only
+ * the grace stops (withFuel): OPA's runtime loops are shorter than this, a module built to spin in
+ * one long loop body is not.
+ */
+export const INSTRUCTIONS_PER_UNIT = 64;
+
 /** What each function's entry and each of its loop heads take from the fuel; 0: not counted. */
 interface Charges {
   entry: number;
@@ -383,7 +397,7 @@ interface Charges {
  */
 function charges(bodies: Body[], importedFunctions: number): Charges[] {
   const n = bodies.length;
-  const out: Charges[] = bodies.map((b) => ({ entry: 1, loops: b.heads.map(() => 1) }));
+  const out: Charges[] = bodies.map((b) => ({ entry: 1, loops: b.loopSizes.map((size) => 1 + Math.floor(size / INSTRUCTIONS_PER_UNIT)) }));
   /** Entries a call to the function makes before the next count: 0 for one counted itself. */
   const weight = new Array<number>(n).fill(0);
   const local = (callee: number) => callee - importedFunctions;

@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPolicyEngine, ENTRYPOINT, type PolicyEngine } from '../../src/admission/engine.js';
 import { readBundle } from '../../src/admission/bundle.js';
 import { SHIPPED_BUNDLE } from '../../src/admission/gate.js';
-import { FUEL_EXPORT, GLOBAL_EXPORT_PREFIX, withFuel } from '../../src/admission/wasm-fuel.js';
+import { FUEL_EXPORT, GLOBAL_EXPORT_PREFIX, INSTRUCTIONS_PER_UNIT, withFuel } from '../../src/admission/wasm-fuel.js';
 import { FAST_MAX_INPUT, prepareFastPath } from '../../src/admission/fast-path.js';
 import { buildBundle } from '../../src/cli/policy-tool.js';
 import type { AdmissionInput } from '../../src/admission/types.js';
@@ -128,6 +128,27 @@ describe('wasm fuel rewrite', () => {
     expect((fueled.sum as (n: number) => number)(100)).toBe(500);
     // Two runs of 101 loop heads each; the function calls nothing, so its entry is not counted.
     expect(1_000 - (fueled[FUEL_EXPORT] as Fuel).value).toBe(202);
+  });
+
+  it('charges a loop iteration a unit more for every INSTRUCTIONS_PER_UNIT instructions of its body', async () => {
+    // 100 blocks of 4 instructions, and a few to count the iterations: 400-420 in the loop's body.
+    const step = '(global.set $g (i32.add (global.get $g) (i32.const 1)))';
+    const bytes = await assemble(`(module
+      (global $g (mut i32) (i32.const 0))
+      (func (export "long") (param $n i32) (local $i i32)
+        (loop $l
+          ${Array.from({ length: 100 }, () => step).join(' ')}
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (local.get $n)))))
+      (func (export "g") (result i32) (global.get $g)))`);
+    const exports = instantiate(withFuel(bytes).bytes);
+    const fuel = exports[FUEL_EXPORT] as Fuel;
+    fuel.value = 100_000;
+    (exports.long as (n: number) => void)(10);
+    expect((exports.g as () => number)()).toBe(1000);
+    const perIteration = 1 + Math.floor(400 / INSTRUCTIONS_PER_UNIT);
+    expect(100_000 - fuel.value).toBe(10 * perIteration);
+    expect(perIteration).toBe(7);
   });
 
   it('asks the refuel import for more at a function entry, stops when it throws, and lets a loop overdraw only its grace', async () => {
