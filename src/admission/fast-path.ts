@@ -5,13 +5,13 @@
  *
  * An evaluation here has a time budget on the event loop, FAST_BUDGET_MS. WASM has no clock, so
  * the fuel is handed out in slices of FAST_SLICE units (an admission of the shipped policy uses
- * about 60 thousand, 30 µs): when a slice has run out, the next counted function entry, or head of
+ * about 80 thousand, 30 µs): when a slice has run out, the next counted function entry, or head of
  * a loop that makes calls, calls back (through the builtin import, with an id no builtin has) and
  * gets another slice, or, past the budget, an exception that unwinds it; a loop that makes no
- * call traps once it is FAST_LOOP_GRACE past its slice. A unit is not a fixed time (0.5-0.9 ns
+ * call traps once it is FAST_LOOP_GRACE past its slice. A unit is not a fixed time (0.4-0.6 ns
  * here, measured on ordinary evaluations, an 8 KB task and a policy spinning in a comprehension),
  * so what one evaluation may hold the event loop for is the budget plus at most one slice and the
- * grace: 2.1-2.6 ms for that spin, measured; docs/policy.md has the figures.
+ * grace: 2.1-2.3 ms for that spin at the median, measured; docs/policy.md has the figures.
  *
  * One that runs out, or fails in any way, is not answered here: the caller sends it to the
  * thread, where it runs again under the deadline and is decided as before. The instance here is
@@ -32,8 +32,8 @@ import { performance } from 'node:perf_hooks';
 import { compilePolicy, cString, evaluateRaw, opaEvalOf, type OpaEval, type RawPolicy, type WasmModule } from './opa-raw.js';
 import { FUEL_EXPORT, withFuel } from './wasm-fuel.js';
 
-/** Fuel units between two looks at the clock (wasm-fuel.ts counts loop iterations and function entries): 15-30 µs. */
-export const FAST_SLICE = 30_000;
+/** Fuel units between two looks at the clock (wasm-fuel.ts counts loop iterations and function entries): 20-30 µs. */
+export const FAST_SLICE = 50_000;
 /**
  * How far past its slice a loop that makes no call may go before it traps: such a loop does not
  * look at the clock (wasm-fuel.ts says why), so a long one (a scan in a runtime helper) is bounded

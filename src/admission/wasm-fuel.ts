@@ -8,13 +8,13 @@
  * fuel every evaluation had to go to another thread to be stoppable, and that hand-over cost
  * about as much as the evaluation itself on one CPU.
  *
- * A unit of fuel is one function entry or one loop iteration. Every unbounded run passes a loop
- * head or goes round a cycle of calls (a WASM function cannot jump backwards any other way), so
- * those are counted where they happen; the entries of the other functions are charged ahead, to
- * the count before them (see charges). What one unit may cost is bounded by the straight-line code
- * of one function or one iteration, which for OPA's runtime can be a few value comparisons and
- * allocations: a unit is not a fixed time (fast-path.ts has figures). Bulk memory copies and
- * fills, whose cost grows with an operand, are refused.
+ * A function entry or a loop iteration costs a unit, and one more for every INSTRUCTIONS_PER_UNIT
+ * instructions of its straight-line code. Every unbounded run passes a loop head or goes round a
+ * cycle of calls (a WASM function cannot jump backwards any other way), so those are counted where
+ * they happen; the entries of the other functions are charged ahead, to the count before them
+ * (see charges). A unit is still not a fixed time (a load that misses the cache costs more than an
+ * add; fast-path.ts has figures). Bulk memory copies
+ * and fills, whose cost grows with an operand, are refused.
  *
  * Only the code section changes, plus one global and some exports: no index of any existing
  * function, global or table moves, so the names section and the data stay valid as they are. The
@@ -177,6 +177,8 @@ interface Body {
   loopCalls: boolean[];
   /** For each loop in heads: its instructions that are in no loop nested in it. */
   loopSizes: number[];
+  /** Its instructions that are in no loop. */
+  size: number;
 }
 
 /** Walks one function body's instructions (from after its locals to its end). */
@@ -185,6 +187,7 @@ function scan(r: Reader): Body {
   const sites: Body['sites'] = [];
   const loopCalls: boolean[] = [];
   const loopSizes: number[] = [];
+  let size = 0;
   let indirect = false;
   // The enclosing blocks, innermost last: the loop's index in heads, or -1 for a block or an if.
   const open: number[] = [];
@@ -197,6 +200,7 @@ function scan(r: Reader): Body {
     const op = r.byte();
     const inner = loop();
     if (inner >= 0) loopSizes[inner]!++;
+    else size++;
     if (op === 0x03) {
       skipBlockType(r);
       open.push(heads.length);
@@ -248,7 +252,7 @@ function scan(r: Reader): Body {
       else throw new Error(`unsupported instruction 0xfc ${sub} at byte ${at}: its cost is not metered`);
     } else throw new Error(`unsupported instruction 0x${op.toString(16)} at byte ${at}`);
   }
-  return { heads, sites, indirect, loopCalls, loopSizes };
+  return { heads, sites, indirect, loopCalls, loopSizes, size };
 }
 
 interface ImportEntry {
@@ -359,18 +363,22 @@ interface Checks {
 }
 
 /**
- * The most function entries an uncounted function may make (its own included) before its caller's
- * count; see charges.
+ * The most units an uncounted function may take (its own entry and the uncounted calls below it)
+ * before its caller's count; see charges.
  */
-export const MAX_UNCOUNTED_ENTRIES = 8;
+export const MAX_UNCOUNTED_UNITS = 8;
 
 /**
- * A loop iteration is charged a unit more for every so many of its instructions, so that a unit
- * stands for a bounded amount of straight-line code even in a loop that makes no call, which only
- * the grace stops (withFuel): OPA's runtime loops are shorter than this, a module built to spin in
- * one long loop body is not.
+ * A loop iteration or a function entry is charged a unit more for every so many of its
+ * instructions (those of a function outside its loops, those of a loop outside the loops in it),
+ * so that a unit stands for a bounded stretch of code: between two looks at the clock a slice of
+ * units runs, and a loop that makes no call runs up to the grace of them (withFuel). Most of OPA's
+ * runtime helpers and loops are shorter than this; a module built with one huge body is not.
  */
 export const INSTRUCTIONS_PER_UNIT = 64;
+
+/** The units one run through `size` instructions of straight-line code is charged. */
+const units = (size: number) => 1 + Math.floor(size / INSTRUCTIONS_PER_UNIT);
 
 /** What each function's entry and each of its loop heads take from the fuel; 0: not counted. */
 interface Charges {
@@ -379,26 +387,26 @@ interface Charges {
 }
 
 /**
- * What every entry and loop head costs. A unit is one function entry or one loop iteration; where
- * one is not counted where it happens, it is charged ahead, at the count that precedes it.
+ * What every entry and loop head costs (see INSTRUCTIONS_PER_UNIT for what a unit is). Where an
+ * entry is not counted where it happens, it is charged ahead, at the count that precedes it.
  *
  * Every unbounded run passes a loop head or goes round a cycle of calls, so loop heads are all
  * counted, and function entries need be counted only where a cycle could pass them. A function is
  * left uncounted when it is in no cycle of direct calls and calls nothing through a table or an
  * import (whose targets this rewrite cannot follow: counting the caller puts a count on any cycle
- * through them), and when it makes, with the uncounted calls below it, at most
- * MAX_UNCOUNTED_ENTRIES entries outside its loops. Those entries are charged where the call that
- * leads to them is: at the enclosing loop's head for a call in a loop, at the caller's entry
- * otherwise (each call site once, taken or not: an upper bound). So the fuel still bounds the
- * number of entries and iterations, and one unit still stands for the straight-line code of one.
+ * through them), and when it takes, with the uncounted calls below it outside its loops, at most
+ * MAX_UNCOUNTED_UNITS. Those units are charged where the call that leads to them is: at the
+ * enclosing loop's head for a call in a loop, at the caller's entry otherwise (each call site
+ * once, taken or not: an upper bound). So the fuel still bounds the code run, a unit for a bounded
+ * stretch of it.
  *
  * OPA's hot helpers (object lookups and inserts, the allocator) call a few others and are entered
- * thousands of times an evaluation: a count at each of their entries cost the shipped policy 8%.
+ * thousands of times an evaluation: a count at each of their entries cost the shipped policy 4-6%.
  */
 function charges(bodies: Body[], importedFunctions: number): Charges[] {
   const n = bodies.length;
-  const out: Charges[] = bodies.map((b) => ({ entry: 1, loops: b.loopSizes.map((size) => 1 + Math.floor(size / INSTRUCTIONS_PER_UNIT)) }));
-  /** Entries a call to the function makes before the next count: 0 for one counted itself. */
+  const out: Charges[] = bodies.map((b) => ({ entry: 1, loops: b.loopSizes.map(units) }));
+  /** Units a call to the function takes before the next count: 0 for one counted itself. */
   const weight = new Array<number>(n).fill(0);
   const local = (callee: number) => callee - importedFunctions;
   const own = (callee: number) => local(callee) >= 0 && local(callee) < n;
@@ -407,13 +415,13 @@ function charges(bodies: Body[], importedFunctions: number): Charges[] {
     for (const f of component) {
       const body = bodies[f]!;
       const charge = out[f]!;
-      let outside = 1;
+      let outside = units(body.size);
       for (const site of body.sites) {
         const w = own(site.callee) ? weight[local(site.callee)]! : 0;
         if (site.loop < 0) outside += w;
         else charge.loops[site.loop]! += w;
       }
-      const free = !cyclic && !body.indirect && body.sites.every((site) => own(site.callee)) && outside <= MAX_UNCOUNTED_ENTRIES;
+      const free = !cyclic && !body.indirect && body.sites.every((site) => own(site.callee)) && outside <= MAX_UNCOUNTED_UNITS;
       charge.entry = free ? 0 : outside;
       weight[f] = free ? outside : 0;
     }

@@ -100,9 +100,10 @@ describe('wasm fuel rewrite', () => {
     fuel.value = 100_000;
     (exports.small as () => void)();
     expect((exports.leaves as () => number)() - before).toBe(16);
-    // $f59 to $f57 enter at most MAX_UNCOUNTED_ENTRIES (8) functions each and go uncounted; $f56
-    // would enter 15, so its entry counts and is charged all 15: the two $f56 trees take 30 units
-    // for their 30 entries. The export and $f55 above them are left to the host's call.
+    // A unit an entry here (each body is a few instructions). $f59 to $f57 take at most
+    // MAX_UNCOUNTED_UNITS (8) with what they call and go uncounted; $f56 would take 15, so its
+    // entry counts and is charged all 15: the two $f56 trees take 30 units for their 30 entries.
+    // The export and $f55 above them are left to the host's call.
     expect(100_000 - fuel.value).toBe(30);
   });
 
@@ -130,7 +131,7 @@ describe('wasm fuel rewrite', () => {
     expect(1_000 - (fueled[FUEL_EXPORT] as Fuel).value).toBe(202);
   });
 
-  it('charges a loop iteration a unit more for every INSTRUCTIONS_PER_UNIT instructions of its body', async () => {
+  it('charges a loop iteration or a function entry a unit more for every INSTRUCTIONS_PER_UNIT instructions', async () => {
     // 100 blocks of 4 instructions, and a few to count the iterations: 400-420 in the loop's body.
     const step = '(global.set $g (i32.add (global.get $g) (i32.const 1)))';
     const bytes = await assemble(`(module
@@ -140,6 +141,7 @@ describe('wasm fuel rewrite', () => {
           ${Array.from({ length: 100 }, () => step).join(' ')}
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
           (br_if $l (i32.lt_u (local.get $i) (local.get $n)))))
+      (func (export "straight") ${Array.from({ length: 200 }, () => step).join(' ')})
       (func (export "g") (result i32) (global.get $g)))`);
     const exports = instantiate(withFuel(bytes).bytes);
     const fuel = exports[FUEL_EXPORT] as Fuel;
@@ -149,6 +151,11 @@ describe('wasm fuel rewrite', () => {
     const perIteration = 1 + Math.floor(400 / INSTRUCTIONS_PER_UNIT);
     expect(100_000 - fuel.value).toBe(10 * perIteration);
     expect(perIteration).toBe(7);
+    // So is a function's entry for its straight-line code: 800 instructions, 13 units, more than
+    // an uncounted function may take, so it counts its own entry.
+    fuel.value = 100_000;
+    (exports.straight as () => void)();
+    expect(100_000 - fuel.value).toBe(1 + Math.floor(800 / INSTRUCTIONS_PER_UNIT));
   });
 
   it('asks the refuel import for more at a function entry, stops when it throws, and lets a loop overdraw only its grace', async () => {
