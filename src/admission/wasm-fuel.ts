@@ -189,12 +189,9 @@ function scan(r: Reader): Body {
   const loopSizes: number[] = [];
   let size = 0;
   let indirect = false;
-  // The enclosing blocks, innermost last: the loop's index in heads, or -1 for a block or an if.
+  // For each enclosing block, innermost last: the innermost loop there (its index in heads), or -1.
   const open: number[] = [];
-  const loop = () => {
-    for (let i = open.length - 1; i >= 0; i--) if (open[i]! >= 0) return open[i]!;
-    return -1;
-  };
+  const loop = () => (open.length > 0 ? open[open.length - 1]! : -1);
   while (r.pos < r.end) {
     const at = r.pos;
     const op = r.byte();
@@ -209,7 +206,7 @@ function scan(r: Reader): Body {
       loopSizes.push(0);
     } else if (op === 0x02 || op === 0x04) {
       skipBlockType(r);
-      open.push(-1);
+      open.push(inner);
     } else if (op === 0x0b) open.pop();
     else if (op === 0x00 || op === 0x01 || op === 0x05 || op === 0x0f || op === 0x1a || op === 0x1b || op === 0xd1) {
       // no immediate
