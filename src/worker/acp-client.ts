@@ -70,7 +70,20 @@ function isObj(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-export function connectAcpClient(input: ReadableStream<Uint8Array>, output: WritableStream<Uint8Array>, handlers: AcpClientHandlers, maxMessageBytes = MAX_MESSAGE_BYTES): AcpClient {
+/**
+ * What the client reads the agent's messages from: the part of a web ReadableStream it uses, so
+ * that a worker can hand it the agent's stdout without loading Node's web streams (agent-process.ts).
+ */
+export interface ByteSource {
+  getReader(): { read(): Promise<{ done: boolean; value?: Uint8Array }>; cancel(reason?: unknown): Promise<void> };
+}
+
+/** What the client writes its messages to: the part of a web WritableStream it uses. */
+export interface ByteSink {
+  getWriter(): { write(chunk: Uint8Array): Promise<void> };
+}
+
+export function connectAcpClient(input: ByteSource, output: ByteSink, handlers: AcpClientHandlers, maxMessageBytes = MAX_MESSAGE_BYTES): AcpClient {
   const closed = new AbortController();
   const pending = new Map<number, Pending>();
   let nextId = 0;

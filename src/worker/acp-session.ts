@@ -1,13 +1,13 @@
 import type { InitializeResponse, McpServer, PromptResponse, RequestPermissionRequest, RequestPermissionResponse, SessionNotification, SessionUpdate } from '@agentclientprotocol/sdk';
-import { AcpRequestError, connectAcpClient, INVALID_PARAMS, type AcpClient } from './acp-client.js';
+import { AcpRequestError, connectAcpClient, INVALID_PARAMS, type AcpClient, type ByteSink, type ByteSource } from './acp-client.js';
 import { initializeProblem, objectResultProblem, permissionRequestProblem, promptResultProblem, sessionNotificationProblem, sessionResultProblem } from './acp-messages.js';
 
 /** The protocol version the worker speaks (ACP's stable v1). */
 const PROTOCOL_VERSION = 1;
 
 export interface AcpSessionOptions {
-  stdin: WritableStream<Uint8Array>;
-  stdout: ReadableStream<Uint8Array>;
+  stdin: ByteSink;
+  stdout: ByteSource;
   cwd: string;
   /** A model the session should use: applied through the agent's "model" config option (or the older session/set_model) when it offers it. */
   model?: string | null;

@@ -4,7 +4,8 @@ import { closeSync, constants, openSync, readlinkSync, realpathSync, rmSync } fr
 import { Socket } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
-import { Readable, Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
+import type { ByteSink, ByteSource } from './acp-client.js';
 import { lineSplitter } from './log-buffer.js';
 import { procStatFields } from '../procfs.js';
 
@@ -25,9 +26,9 @@ export interface AgentProcessOptions {
 
 export interface AgentProcess {
   readonly pid: number | null;
-  /** Web streams for ndJsonStream: what the worker writes to the agent's stdin, and reads from its stdout. */
-  readonly stdin: WritableStream<Uint8Array>;
-  readonly stdout: ReadableStream<Uint8Array>;
+  /** What the worker writes to the agent's stdin, and reads from its stdout (the ACP client's side of them). */
+  readonly stdin: ByteSink;
+  readonly stdout: ByteSource;
   /** Resolves once, when the process has exited (or failed to start). */
   readonly exited: Promise<AgentExit>;
   readonly exit: AgentExit | null;
@@ -204,6 +205,38 @@ function settleOnce(): Outcome {
   };
 }
 
+// The agent's pipes as the ACP client uses them, straight on the Node streams. Readable.toWeb and
+// Writable.toWeb were what the client had before: their first use loads Node's web streams, about
+// 8 ms of a cold worker's start, spent before its first answer.
+
+function sourceOf(stream: Readable): ByteSource {
+  return {
+    getReader() {
+      const chunks = stream[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>;
+      return {
+        async read() {
+          const next = await chunks.next();
+          return next.done ? { done: true } : { done: false, value: next.value };
+        },
+        cancel() {
+          stream.destroy();
+          return Promise.resolve();
+        },
+      };
+    },
+  };
+}
+
+function sinkOf(stream: Writable): ByteSink {
+  return {
+    getWriter() {
+      return {
+        write: (chunk) => new Promise<void>((resolve, reject) => stream.write(chunk, (err) => (err ? reject(err) : resolve()))),
+      };
+    },
+  };
+}
+
 function agentProcessOf(pidOf: () => number | null, stdin: Writable, stdout: Readable, stderr: Readable, outcome: Outcome, onStderrLine: (line: string) => void): AgentProcess {
   const lines = lineSplitter(onStderrLine);
   stderr.setEncoding('utf8');
@@ -227,8 +260,8 @@ function agentProcessOf(pidOf: () => number | null, stdin: Writable, stdout: Rea
     get pid() {
       return pidOf();
     },
-    stdin: Writable.toWeb(stdin) as WritableStream<Uint8Array>,
-    stdout: Readable.toWeb(stdout) as ReadableStream<Uint8Array>,
+    stdin: sinkOf(stdin),
+    stdout: sourceOf(stdout),
     exited: outcome.exited,
     get exit() {
       return outcome.exit;
