@@ -9,14 +9,15 @@ const upward = {
   group: ['**/admission/**', '**/sessions/**', '**/server/**', '**/cli/**', '**/spawngate.js'],
   message: 'A backend or the worker knows its contract (src/backends/types.ts, src/protocol/), never admission, sessions, the server or the CLI.',
 };
+const apartFromBackends = { group: ['**/backends/**'], message: 'The worker and the protocol stand apart from the backends: shared types live in src/protocol/.' };
 const zones = [
   { files: ['src/admission/**', 'src/sessions/**', 'src/config/**', 'src/telemetry/**', 'src/server/**', 'src/protocol/**'], patterns: [concreteBackends] },
   // Type-only imports stay allowed: a backend's spec carries the decided egress mode.
   { files: ['src/backends/**'], patterns: [{ ...upward, allowTypeImports: true }] },
-  { files: ['src/protocol/**'], patterns: [upward, { group: ['**/backends/**'], message: 'The worker and the protocol stand apart from the backends: shared types live in src/protocol/.' }] },
+  { files: ['src/protocol/**'], patterns: [upward, apartFromBackends] },
   {
     files: ['src/worker/**'],
-    patterns: [upward, { group: ['**/backends/**'], message: 'The worker and the protocol stand apart from the backends: shared types live in src/protocol/.' }],
+    patterns: [upward, apartFromBackends],
     // Measured twice (bench:spawn): the ESM facade of node:http loads Node's bundled undici, 20-50 ms of every worker's start.
     paths: [{ name: 'node:http', allowTypeImports: true, message: "Take it from process.getBuiltinModule('node:http'): its ESM facade loads undici, 20-50 ms of a worker's start." }],
   },

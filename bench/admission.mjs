@@ -218,7 +218,8 @@ try {
     }
   }
   rest = summarize(restSamples, restMs);
-  beside = summarize(besideSamples, 1);
+  // No rate: REST's rounds lie between its samples.
+  beside = { ...summarize(besideSamples, 1), perSec: null };
 
   // For detail: the sidecar given the same advantage, the catalog pushed once into its data.
   await put('/v1/data/spawngate/runtime', JSON.stringify({ catalog: inputs[0].catalog }));

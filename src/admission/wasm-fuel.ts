@@ -191,11 +191,10 @@ function scan(r: Reader): Body {
   let indirect = false;
   // For each enclosing block, innermost last: the innermost loop there (its index in heads), or -1.
   const open: number[] = [];
-  const loop = () => (open.length > 0 ? open[open.length - 1]! : -1);
   while (r.pos < r.end) {
     const at = r.pos;
     const op = r.byte();
-    const inner = loop();
+    const inner = open.length > 0 ? open[open.length - 1]! : -1;
     if (inner >= 0) loopSizes[inner]!++;
     else size++;
     if (op === 0x03) {
@@ -211,16 +210,15 @@ function scan(r: Reader): Body {
     else if (op === 0x00 || op === 0x01 || op === 0x05 || op === 0x0f || op === 0x1a || op === 0x1b || op === 0xd1) {
       // no immediate
     } else if (op === 0x10 || op === 0x12) {
-      const site = { callee: r.u32(), loop: loop() };
-      sites.push(site);
-      if (site.loop >= 0) loopCalls[site.loop] = true;
+      sites.push({ callee: r.u32(), loop: inner });
+      if (inner >= 0) loopCalls[inner] = true;
     } else if (op === 0x0c || op === 0x0d || (op >= 0x20 && op <= 0x26) || op === 0xd2) r.skipLeb();
     else if (op === 0x0e) {
       const n = r.u32();
       for (let i = 0; i <= n; i++) r.skipLeb();
     } else if (op === 0x11 || op === 0x13) {
       indirect = true;
-      if (loop() >= 0) loopCalls[loop()] = true;
+      if (inner >= 0) loopCalls[inner] = true;
       r.skipLeb();
       r.skipLeb();
     } else if (op === 0x1c) {
